@@ -1,0 +1,8 @@
+//! The only place in recur with `unsafe` code and SIMD.
+//!
+//! Every unsafe block carries a `// SAFETY:` comment, and every kernel is tested against a plain
+//! scalar version of itself.
+
+pub mod gemm;
+
+pub use gemm::GemmShape;
