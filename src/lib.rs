@@ -50,3 +50,7 @@ pub use params::{ParamId, ParamStore};
 pub use rng::Rng;
 pub use tape::{CustomOp, Grads, Tape, Var};
 pub use tensor::{Float, Shape, Tensor};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

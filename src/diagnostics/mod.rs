@@ -1,1 +1,5 @@
-//! Diagnostics: gradient checking by finite differences.
+//! Diagnostics: checking gradients by finite differences.
+
+mod gradcheck;
+
+pub use gradcheck::{GradcheckOptions, GradcheckReport, gradcheck};
