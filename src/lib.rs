@@ -40,6 +40,7 @@
 pub mod diagnostics;
 mod error;
 pub mod kernels;
+pub mod nn;
 mod params;
 mod rng;
 pub mod tape;

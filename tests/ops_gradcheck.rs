@@ -110,7 +110,8 @@ fn concat_slice_stack_select_reshape() {
         let seq = rand_tensor(&mut rng, &[n, b, m], -1.0, 1.0);
         let idx = rng.below(n);
         check(vec![seq.clone()], |t, _, x| t.select(x[0], idx));
-        check(vec![seq], |t, _, x| t.reshape(x[0], &[n * b, m]));
+        check(vec![seq.clone()], |t, _, x| t.reshape(x[0], &[n * b, m]));
+        check(vec![seq], |t, _, x| t.swap01(x[0]));
     }
 }
 

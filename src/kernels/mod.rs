@@ -6,3 +6,6 @@
 pub mod gemm;
 
 pub use gemm::GemmShape;
+pub mod gru;
+pub mod lstm;
+pub mod rnn;

@@ -46,6 +46,7 @@ pub(crate) enum Op<T: Float> {
         index: usize,
     },
     Reshape,
+    Swap01,
     /// Token ids in `Tape::aux[ids]`.
     Embedding {
         ids: Range<usize>,
@@ -83,6 +84,7 @@ impl<T: Float> Op<T> {
             Op::Stack => "stack",
             Op::Select { .. } => "select",
             Op::Reshape => "reshape",
+            Op::Swap01 => "swap01",
             Op::Embedding { .. } => "embedding",
             Op::CrossEntropy { .. } => "cross_entropy",
             Op::Mse => "mse",
@@ -154,6 +156,7 @@ pub(crate) fn backward<T: Float>(
         Op::Stack => shape::stack_backward(ins, gy, acc),
         Op::Select { index } => shape::select_backward(ins[0], *index, gy, acc),
         Op::Reshape => shape::reshape_backward(ins[0], gy, acc),
+        Op::Swap01 => shape::swap01_backward(ins[0], gy, acc),
         Op::Embedding { ids } => embed::embedding_backward(ins[0], &aux[ids.clone()], gy, acc),
         Op::CrossEntropy { targets, count } => {
             let probs = val(outs.start + 1);

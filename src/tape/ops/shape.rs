@@ -143,6 +143,29 @@ impl<T: Float> Tape<T> {
         self.push1(Op::Select { index }, &[ia], out)
     }
 
+    /// Swaps the first two axes of a rank-3 tensor: `[B, T, F]` becomes `[T, B, F]` and back
+    /// (for batch-first sequences).
+    pub fn swap01(&mut self, a: Var) -> Result<Var> {
+        let ia = self.check("swap01", a)?;
+        let s = self.slots[ia as usize].value.shape();
+        let &[d0, d1, f] = s.dims() else {
+            return Err(Error::invalid(
+                "swap01",
+                format!("expected a rank-3 tensor, got shape {s}"),
+            ));
+        };
+        let mut out = self.alloc(Shape::new(&[d1, d0, f])?);
+        swap01_into(
+            self.slots[ia as usize].value.data(),
+            out.data_mut(),
+            d0,
+            d1,
+            f,
+            false,
+        );
+        self.push1(Op::Swap01, &[ia], out)
+    }
+
     /// The same elements under another shape with as many elements.
     pub fn reshape(&mut self, a: Var, dims: &[usize]) -> Result<Var> {
         let ia = self.check("reshape", a)?;
@@ -224,6 +247,38 @@ pub(super) fn select_backward<T: Float>(
         {
             *d += g;
         }
+    }
+}
+
+/// `dst[j, i, :] (op)= src[i, j, :]` for `src` shaped `[d0, d1, f]`; adds when `accumulate`.
+fn swap01_into<T: Float>(
+    src: &[T],
+    dst: &mut [T],
+    d0: usize,
+    d1: usize,
+    f: usize,
+    accumulate: bool,
+) {
+    for i in 0..d0 {
+        for j in 0..d1 {
+            let s = &src[(i * d1 + j) * f..(i * d1 + j + 1) * f];
+            let d = &mut dst[(j * d0 + i) * f..(j * d0 + i + 1) * f];
+            if accumulate {
+                for (x, &y) in d.iter_mut().zip(s) {
+                    *x += y;
+                }
+            } else {
+                d.copy_from_slice(s);
+            }
+        }
+    }
+}
+
+pub(super) fn swap01_backward<T: Float>(a: u32, gy: &Tensor<T>, acc: &mut GradAcc<'_, T>) {
+    if acc.needs(a) {
+        // gy is [d1, d0, f]; swapping back gives a's layout.
+        let (d1, d0, f) = (gy.dims()[0], gy.dims()[1], gy.dims()[2]);
+        swap01_into(gy.data(), acc.buf(a), d1, d0, f, true);
     }
 }
 

@@ -1,0 +1,556 @@
+//! The recurrent layers `Rnn`, `Lstm` and `Gru`: PyTorch's options, names and layouts, run
+//! either by the fused kernels or by the reference built from primitive tape ops.
+
+use super::{fused, reference};
+use crate::kernels::rnn::Activation;
+use crate::params::{ParamId, ParamStore};
+use crate::rng::Rng;
+use crate::tape::{Tape, Var};
+use crate::tensor::{Float, Shape, Tensor};
+use crate::{Error, Result};
+
+/// Which recurrent cell a layer runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CellKind {
+    /// Vanilla RNN, `h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)` with tanh or relu.
+    Rnn(Activation),
+    /// LSTM with gates in PyTorch's order i, f, g, o.
+    Lstm,
+    /// GRU with gates r, z, n and the reset gate applied after the hidden product.
+    Gru,
+}
+
+impl CellKind {
+    /// Number of gate blocks `G` in `weight_ih` (`[G*H, I]`): 1, 4 or 3.
+    pub fn gates(self) -> usize {
+        match self {
+            CellKind::Rnn(_) => 1,
+            CellKind::Lstm => 4,
+            CellKind::Gru => 3,
+        }
+    }
+
+    /// Whether the cell carries a cell state `c` besides `h`.
+    pub fn has_cell_state(self) -> bool {
+        self == CellKind::Lstm
+    }
+
+    /// The cell's name as used in files and on the command line: rnn, rnn_relu, lstm, gru.
+    pub fn name(self) -> &'static str {
+        match self {
+            CellKind::Rnn(Activation::Tanh) => "rnn",
+            CellKind::Rnn(Activation::Relu) => "rnn_relu",
+            CellKind::Lstm => "lstm",
+            CellKind::Gru => "gru",
+        }
+    }
+}
+
+/// Options of a recurrent layer, as in PyTorch's `nn.RNN`, `nn.LSTM` and `nn.GRU`.
+///
+/// ```
+/// use recur::nn::RecurrentConfig;
+/// let cfg = RecurrentConfig::new(64, 128).num_layers(2).bidirectional(true).dropout(0.1);
+/// assert_eq!(cfg.hidden_size, 128);
+/// assert!(cfg.bias && !cfg.batch_first);
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecurrentConfig {
+    /// Features per input step `I`.
+    pub input_size: usize,
+    /// Hidden units `H`.
+    pub hidden_size: usize,
+    /// Stacked layers `L` (default 1).
+    pub num_layers: usize,
+    /// Use `bias_ih` and `bias_hh` (default true).
+    pub bias: bool,
+    /// Inputs and outputs are `[B, T, F]` instead of `[T, B, F]` (default false).
+    pub batch_first: bool,
+    /// Dropout probability on the outputs of every layer but the last, in training (default 0).
+    pub dropout: f64,
+    /// Run a second direction over the reversed sequence (default false).
+    pub bidirectional: bool,
+}
+
+impl RecurrentConfig {
+    /// A one-layer, unidirectional configuration with biases.
+    pub fn new(input_size: usize, hidden_size: usize) -> Self {
+        RecurrentConfig {
+            input_size,
+            hidden_size,
+            num_layers: 1,
+            bias: true,
+            batch_first: false,
+            dropout: 0.0,
+            bidirectional: false,
+        }
+    }
+    /// Sets `num_layers`.
+    pub fn num_layers(mut self, n: usize) -> Self {
+        self.num_layers = n;
+        self
+    }
+    /// Sets `bias`.
+    pub fn bias(mut self, on: bool) -> Self {
+        self.bias = on;
+        self
+    }
+    /// Sets `batch_first`.
+    pub fn batch_first(mut self, on: bool) -> Self {
+        self.batch_first = on;
+        self
+    }
+    /// Sets `dropout`.
+    pub fn dropout(mut self, p: f64) -> Self {
+        self.dropout = p;
+        self
+    }
+    /// Sets `bidirectional`.
+    pub fn bidirectional(mut self, on: bool) -> Self {
+        self.bidirectional = on;
+        self
+    }
+    /// Number of directions `D` (1 or 2).
+    pub fn directions(&self) -> usize {
+        if self.bidirectional { 2 } else { 1 }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::invalid("RecurrentConfig", m));
+        if self.input_size == 0 || self.hidden_size == 0 || self.num_layers == 0 {
+            return bad(format!(
+                "input_size ({}), hidden_size ({}) and num_layers ({}) must be positive",
+                self.input_size, self.hidden_size, self.num_layers
+            ));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
+        Ok(())
+    }
+}
+
+/// The parameters of one direction of one layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectionParams {
+    /// `weight_ih_l{k}[_reverse]`: `[G*H, in]`.
+    pub w_ih: ParamId,
+    /// `weight_hh_l{k}[_reverse]`: `[G*H, H]`.
+    pub w_hh: ParamId,
+    /// `bias_ih_l{k}[_reverse]`: `[G*H]`, when the layer has biases.
+    pub b_ih: Option<ParamId>,
+    /// `bias_hh_l{k}[_reverse]`: `[G*H]`.
+    pub b_hh: Option<ParamId>,
+}
+
+/// Which implementation runs the recurrence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Implementation {
+    /// Fused kernels: one GEMM for all input projections, a recurrent GEMM and a fused gate
+    /// kernel per step, one tape node per layer and direction (the default).
+    #[default]
+    Fused,
+    /// Built from primitive tape ops (matmul, add, sigmoid, tanh, mul, slice) step by step: the
+    /// reference the fused kernels are tested against.
+    Reference,
+}
+
+/// Optional inputs of a forward pass.
+#[derive(Default)]
+pub struct ForwardOptions<'a> {
+    /// Initial hidden state `[D*L, B, H]` (zeros when absent).
+    pub h0: Option<Var>,
+    /// Initial cell state `[D*L, B, H]` (LSTM only; zeros when absent).
+    pub c0: Option<Var>,
+    /// Length of each sequence in the batch (each in `1..=T`): past its length a sequence's
+    /// state is frozen and its outputs are zero.
+    pub lengths: Option<&'a [usize]>,
+    /// Training mode: the generator for dropout masks between layers. `None` is evaluation mode.
+    pub dropout_rng: Option<&'a mut Rng>,
+    /// Which implementation to run.
+    pub implementation: Implementation,
+}
+
+/// What a recurrent layer returns, the same for every cell.
+#[derive(Clone, Copy, Debug)]
+pub struct RecurrentOutput {
+    /// Outputs of the last layer for every step: `[T, B, D*H]` (`[B, T, D*H]` if batch-first).
+    pub y: Var,
+    /// Final hidden state of every layer and direction: `[D*L, B, H]`.
+    pub h_n: Var,
+    /// Final cell state `[D*L, B, H]` (LSTM only).
+    pub c_n: Option<Var>,
+}
+
+/// A stack of recurrent layers of one cell kind: the engine behind [`Rnn`], [`Lstm`], [`Gru`].
+#[derive(Clone, Debug)]
+pub struct Recurrent {
+    kind: CellKind,
+    config: RecurrentConfig,
+    /// Indexed `[layer * D + direction]`.
+    params: Vec<DirectionParams>,
+}
+
+impl Recurrent {
+    /// Registers the parameters of a new layer stack in `store` under PyTorch's names (prefixed
+    /// by `prefix`, e.g. `"rnn."`), initialised as PyTorch does: `U(-1/sqrt(H), 1/sqrt(H))`.
+    pub fn new<T: Float>(
+        store: &mut ParamStore<T>,
+        prefix: &str,
+        kind: CellKind,
+        config: RecurrentConfig,
+        rng: &mut Rng,
+    ) -> Result<Self> {
+        config.validate()?;
+        let (h, g) = (config.hidden_size, kind.gates());
+        let bound = 1.0 / (h as f64).sqrt();
+        let mut uniform = |dims: &[usize]| -> Result<Tensor<T>> {
+            Tensor::from_fn(dims, |_| T::from_f64(rng.uniform_range(-bound, bound)))
+        };
+        let mut params = Vec::new();
+        for layer in 0..config.num_layers {
+            let in_size = if layer == 0 {
+                config.input_size
+            } else {
+                h * config.directions()
+            };
+            for dir in 0..config.directions() {
+                let sfx = if dir == 1 { "_reverse" } else { "" };
+                let w_ih = store.add(
+                    format!("{prefix}weight_ih_l{layer}{sfx}"),
+                    uniform(&[g * h, in_size])?,
+                )?;
+                let w_hh = store.add(
+                    format!("{prefix}weight_hh_l{layer}{sfx}"),
+                    uniform(&[g * h, h])?,
+                )?;
+                let (b_ih, b_hh) =
+                    if config.bias {
+                        (
+                            Some(store.add(
+                                format!("{prefix}bias_ih_l{layer}{sfx}"),
+                                uniform(&[g * h])?,
+                            )?),
+                            Some(store.add(
+                                format!("{prefix}bias_hh_l{layer}{sfx}"),
+                                uniform(&[g * h])?,
+                            )?),
+                        )
+                    } else {
+                        (None, None)
+                    };
+                params.push(DirectionParams {
+                    w_ih,
+                    w_hh,
+                    b_ih,
+                    b_hh,
+                });
+            }
+        }
+        Ok(Recurrent {
+            kind,
+            config,
+            params,
+        })
+    }
+
+    /// The cell kind.
+    pub fn kind(&self) -> CellKind {
+        self.kind
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RecurrentConfig {
+        &self.config
+    }
+
+    /// The parameters of `layer`, direction `dir` (0 forward, 1 reverse).
+    pub fn direction_params(&self, layer: usize, dir: usize) -> Option<DirectionParams> {
+        if dir >= self.config.directions() {
+            return None;
+        }
+        self.params
+            .get(layer * self.config.directions() + dir)
+            .copied()
+    }
+
+    /// Every parameter id, in registration order.
+    pub fn param_ids(&self) -> Vec<ParamId> {
+        self.params
+            .iter()
+            .flat_map(|p| [Some(p.w_ih), Some(p.w_hh), p.b_ih, p.b_hh])
+            .flatten()
+            .collect()
+    }
+
+    /// Runs the layer stack over a batch of sequences `x` (`[T, B, I]`, or `[B, T, I]` when
+    /// batch-first).
+    pub fn forward<T: Float>(
+        &self,
+        tape: &mut Tape<T>,
+        store: &ParamStore<T>,
+        x: Var,
+        opts: ForwardOptions<'_>,
+    ) -> Result<RecurrentOutput> {
+        let cfg = &self.config;
+        let (d_n, l_n, h) = (cfg.directions(), cfg.num_layers, cfg.hidden_size);
+        let xs = tape.shape(x)?;
+        let &[a0, a1, i_size] = xs.dims() else {
+            return Err(Error::invalid(
+                "recurrent forward",
+                format!(
+                    "input must be rank 3 ({}), got shape {xs}",
+                    if cfg.batch_first {
+                        "[B, T, I]"
+                    } else {
+                        "[T, B, I]"
+                    }
+                ),
+            ));
+        };
+        let (t_len, batch) = if cfg.batch_first { (a1, a0) } else { (a0, a1) };
+        if i_size != cfg.input_size {
+            return Err(Error::invalid(
+                "recurrent forward",
+                format!(
+                    "input has {i_size} features per step but input_size is {} (shape {xs})",
+                    cfg.input_size
+                ),
+            ));
+        }
+        let state_shape = Shape::new(&[d_n * l_n, batch, h])?;
+        for (name, s) in [("h0", opts.h0), ("c0", opts.c0)] {
+            if let Some(v) = s {
+                let got = tape.shape(v)?;
+                if got != state_shape {
+                    return Err(Error::ShapeMismatch {
+                        op: if name == "h0" {
+                            "recurrent forward (h0)"
+                        } else {
+                            "recurrent forward (c0)"
+                        },
+                        lhs: state_shape,
+                        rhs: got,
+                    });
+                }
+            }
+        }
+        if opts.c0.is_some() && !self.kind.has_cell_state() {
+            return Err(Error::invalid(
+                "recurrent forward",
+                format!(
+                    "c0 given to a {} layer, which has no cell state",
+                    self.kind.name()
+                ),
+            ));
+        }
+        let lengths = match opts.lengths {
+            Some(l) => Some(validate_lengths(l, batch, t_len)?),
+            None => None,
+        };
+        let lengths = lengths.as_deref();
+        let mut rng = opts.dropout_rng;
+
+        let mut input = if cfg.batch_first { tape.swap01(x)? } else { x };
+        let mut h_finals = Vec::with_capacity(d_n * l_n);
+        let mut c_finals = Vec::with_capacity(d_n * l_n);
+        for layer in 0..l_n {
+            let mut ys = Vec::with_capacity(d_n);
+            for dir in 0..d_n {
+                let k = layer * d_n + dir;
+                let h0 = match opts.h0 {
+                    Some(v) => tape.select(v, k)?,
+                    None => tape.constant(Tensor::zeros(&[batch, h])?),
+                };
+                let c0 = if self.kind.has_cell_state() {
+                    Some(match opts.c0 {
+                        Some(v) => tape.select(v, k)?,
+                        None => tape.constant(Tensor::zeros(&[batch, h])?),
+                    })
+                } else {
+                    None
+                };
+                let run = DirectionRun {
+                    kind: self.kind,
+                    params: self.params[k],
+                    reverse: dir == 1,
+                    lengths,
+                };
+                let out = match opts.implementation {
+                    Implementation::Fused => fused::run(tape, store, &run, input, h0, c0)?,
+                    Implementation::Reference => reference::run(tape, store, &run, input, h0, c0)?,
+                };
+                ys.push(out.y);
+                h_finals.push(out.h_n);
+                if let Some(c) = out.c_n {
+                    c_finals.push(c);
+                }
+            }
+            input = if d_n == 1 { ys[0] } else { tape.concat(&ys)? };
+            if layer + 1 < l_n && cfg.dropout > 0.0 {
+                if let Some(r) = rng.as_deref_mut() {
+                    input = dropout(tape, input, cfg.dropout, r)?;
+                }
+            }
+        }
+        let y = if cfg.batch_first {
+            tape.swap01(input)?
+        } else {
+            input
+        };
+        let h_n = tape.stack(&h_finals)?;
+        let c_n = if c_finals.is_empty() {
+            None
+        } else {
+            Some(tape.stack(&c_finals)?)
+        };
+        Ok(RecurrentOutput { y, h_n, c_n })
+    }
+}
+
+/// Inverted dropout: zeroes each element with probability `p` and scales the rest by 1/(1-p).
+pub(crate) fn dropout<T: Float>(tape: &mut Tape<T>, x: Var, p: f64, rng: &mut Rng) -> Result<Var> {
+    let s = tape.shape(x)?;
+    let keep = 1.0 / (1.0 - p);
+    let mask = Tensor::from_fn(s.dims(), |_| {
+        T::from_f64(if rng.uniform() < p { 0.0 } else { keep })
+    })?;
+    let m = tape.constant(mask);
+    tape.mul(x, m)
+}
+
+fn validate_lengths(l: &[usize], batch: usize, t_len: usize) -> Result<Vec<usize>> {
+    if l.len() != batch {
+        return Err(Error::invalid(
+            "recurrent forward",
+            format!("{} lengths given for a batch of {batch}", l.len()),
+        ));
+    }
+    if let Some((b, &bad)) = l.iter().enumerate().find(|(_, n)| **n == 0 || **n > t_len) {
+        return Err(Error::invalid(
+            "recurrent forward",
+            format!("length {bad} of sequence {b} is outside 1..={t_len} (the sequence length)"),
+        ));
+    }
+    Ok(l.to_vec())
+}
+
+/// One direction of one layer, as the implementations see it.
+pub(crate) struct DirectionRun<'a> {
+    pub(crate) kind: CellKind,
+    pub(crate) params: DirectionParams,
+    pub(crate) reverse: bool,
+    pub(crate) lengths: Option<&'a [usize]>,
+}
+
+impl DirectionRun<'_> {
+    /// Whether batch entry `b` is inside its sequence at time `t`.
+    pub(crate) fn active(&self, t: usize, b: usize) -> bool {
+        self.lengths.is_none_or(|l| t < l[b])
+    }
+    /// The time index of processing step `s` out of `t_len`.
+    pub(crate) fn time(&self, s: usize, t_len: usize) -> usize {
+        if self.reverse { t_len - 1 - s } else { s }
+    }
+}
+
+/// The outputs of one direction: `y` `[T, B, H]`, `h_n` and `c_n` `[B, H]`.
+pub(crate) struct DirectionOutput {
+    pub(crate) y: Var,
+    pub(crate) h_n: Var,
+    pub(crate) c_n: Option<Var>,
+}
+
+macro_rules! layer_type {
+    ($(#[$doc:meta])* $name:ident, $kind:expr, $prefix_doc:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug)]
+        pub struct $name(pub Recurrent);
+
+        impl $name {
+            #[doc = concat!("Registers a new ", $prefix_doc, " in `store` under PyTorch's names, prefixed by `prefix`.")]
+            pub fn new<T: Float>(store: &mut ParamStore<T>, prefix: &str, config: RecurrentConfig, rng: &mut Rng) -> Result<Self> {
+                Ok($name(Recurrent::new(store, prefix, $kind, config, rng)?))
+            }
+
+            /// Runs the layer; see [`Recurrent::forward`].
+            pub fn forward<T: Float>(&self, tape: &mut Tape<T>, store: &ParamStore<T>, x: Var, opts: ForwardOptions<'_>) -> Result<RecurrentOutput> {
+                self.0.forward(tape, store, x, opts)
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = Recurrent;
+            fn deref(&self) -> &Recurrent {
+                &self.0
+            }
+        }
+    };
+}
+
+layer_type!(
+    /// A multi-layer LSTM, PyTorch's `nn.LSTM`: `i, f, g, o` gates,
+    /// `c_t = f * c_{t-1} + i * g`, `h_t = o * tanh(c_t)`.
+    ///
+    /// ```
+    /// use recur::nn::{ForwardOptions, Lstm, RecurrentConfig};
+    /// use recur::{ParamStore, Rng, Tape, Tensor};
+    /// let mut ps = ParamStore::<f32>::new();
+    /// let lstm = Lstm::new(&mut ps, "", RecurrentConfig::new(3, 5).num_layers(2), &mut Rng::new(0))?;
+    /// assert!(ps.find("weight_hh_l1").is_some());
+    /// let mut tape = Tape::new();
+    /// let x = tape.constant(Tensor::zeros(&[7, 2, 3])?); // [T, B, I]
+    /// let out = lstm.forward(&mut tape, &ps, x, ForwardOptions::default())?;
+    /// assert_eq!(tape.shape(out.y)?.dims(), &[7, 2, 5]);
+    /// assert_eq!(tape.shape(out.c_n.unwrap())?.dims(), &[2, 2, 5]);
+    /// # Ok::<(), recur::Error>(())
+    /// ```
+    Lstm, CellKind::Lstm, "LSTM"
+);
+layer_type!(
+    /// A multi-layer GRU, PyTorch's `nn.GRU`: `r, z, n` gates,
+    /// `n = tanh(W_in x + b_in + r * (W_hn h + b_hn))`, `h' = (1 - z) * n + z * h`.
+    Gru, CellKind::Gru, "GRU"
+);
+
+/// A multi-layer Elman RNN, PyTorch's `nn.RNN`: `h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`.
+/// The chapter's `h_t = tanh(W_h h_{t-1} + W_x x_t + b)` is this cell with `b = b_ih + b_hh`.
+#[derive(Clone, Debug)]
+pub struct Rnn(pub Recurrent);
+
+impl Rnn {
+    /// Registers a new RNN with the given nonlinearity (tanh or relu).
+    pub fn new<T: Float>(
+        store: &mut ParamStore<T>,
+        prefix: &str,
+        config: RecurrentConfig,
+        nonlinearity: Activation,
+        rng: &mut Rng,
+    ) -> Result<Self> {
+        Ok(Rnn(Recurrent::new(
+            store,
+            prefix,
+            CellKind::Rnn(nonlinearity),
+            config,
+            rng,
+        )?))
+    }
+
+    /// Runs the layer; see [`Recurrent::forward`].
+    pub fn forward<T: Float>(
+        &self,
+        tape: &mut Tape<T>,
+        store: &ParamStore<T>,
+        x: Var,
+        opts: ForwardOptions<'_>,
+    ) -> Result<RecurrentOutput> {
+        self.0.forward(tape, store, x, opts)
+    }
+}
+
+impl std::ops::Deref for Rnn {
+    type Target = Recurrent;
+    fn deref(&self) -> &Recurrent {
+        &self.0
+    }
+}

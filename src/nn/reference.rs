@@ -1,0 +1,134 @@
+//! The reference recurrence: each step written with primitive tape ops, exactly as the formulas
+//! read. It is slow (many small nodes per step) and obviously right; the fused kernels are tested
+//! against it, and it shows how to build a custom cell from tape ops.
+
+use super::recurrent::{CellKind, DirectionOutput, DirectionRun};
+use crate::Result;
+use crate::kernels::rnn::Activation;
+use crate::params::ParamStore;
+use crate::tape::{Tape, Var};
+use crate::tensor::{Float, Tensor};
+
+/// `x W^T + b` for a `[B, in]` input, `[out, in]` weight and optional `[out]` bias.
+fn affine<T: Float>(tape: &mut Tape<T>, x: Var, w: Var, b: Option<Var>) -> Result<Var> {
+    let y = tape.matmul_t(x, false, w, true)?;
+    match b {
+        Some(b) => tape.add(y, b),
+        None => Ok(y),
+    }
+}
+
+/// Runs one direction of one layer over `x` (`[T, B, I]`) from `h0` (and `c0`), `[B, H]`.
+pub(crate) fn run<T: Float>(
+    tape: &mut Tape<T>,
+    store: &ParamStore<T>,
+    run: &DirectionRun<'_>,
+    x: Var,
+    h0: Var,
+    c0: Option<Var>,
+) -> Result<DirectionOutput> {
+    let dims = tape.shape(x)?;
+    let (t_len, batch) = (dims.dims()[0], dims.dims()[1]);
+    let h_size = tape.shape(h0)?.dims()[1];
+    let p = run.params;
+    let w_ih = tape.param(store, p.w_ih)?;
+    let w_hh = tape.param(store, p.w_hh)?;
+    let b_ih = p.b_ih.map(|id| tape.param(store, id)).transpose()?;
+    let b_hh = p.b_hh.map(|id| tape.param(store, id)).transpose()?;
+
+    let (mut h, mut c) = (h0, c0);
+    let mut ys: Vec<Option<Var>> = vec![None; t_len];
+    for s in 0..t_len {
+        let t = run.time(s, t_len);
+        let x_t = tape.select(x, t)?;
+        let (h_new, c_new) = match run.kind {
+            CellKind::Rnn(act) => {
+                let a = affine(tape, x_t, w_ih, b_ih)?;
+                let r = affine(tape, h, w_hh, b_hh)?;
+                let pre = tape.add(a, r)?;
+                let h_new = match act {
+                    Activation::Tanh => tape.tanh(pre)?,
+                    Activation::Relu => tape.relu(pre)?,
+                };
+                (h_new, None)
+            }
+            CellKind::Lstm => {
+                let a = affine(tape, x_t, w_ih, b_ih)?;
+                let r = affine(tape, h, w_hh, b_hh)?;
+                let gates = tape.add(a, r)?;
+                let hs = h_size;
+                let i = tape.slice(gates, 0, hs)?;
+                let i = tape.sigmoid(i)?;
+                let f = tape.slice(gates, hs, 2 * hs)?;
+                let f = tape.sigmoid(f)?;
+                let g = tape.slice(gates, 2 * hs, 3 * hs)?;
+                let g = tape.tanh(g)?;
+                let o = tape.slice(gates, 3 * hs, 4 * hs)?;
+                let o = tape.sigmoid(o)?;
+                let c_prev = c.expect("an LSTM carries a cell state");
+                let fc = tape.mul(f, c_prev)?;
+                let ig = tape.mul(i, g)?;
+                let c_new = tape.add(fc, ig)?; // c_t = f * c_{t-1} + i * g
+                let tc = tape.tanh(c_new)?;
+                let h_new = tape.mul(o, tc)?; // h_t = o * tanh(c_t)
+                (h_new, Some(c_new))
+            }
+            CellKind::Gru => {
+                let hs = h_size;
+                let xp = affine(tape, x_t, w_ih, b_ih)?;
+                let hp = affine(tape, h, w_hh, b_hh)?;
+                let (xr, hr) = (tape.slice(xp, 0, hs)?, tape.slice(hp, 0, hs)?);
+                let r = tape.add(xr, hr)?;
+                let r = tape.sigmoid(r)?;
+                let (xz, hz) = (tape.slice(xp, hs, 2 * hs)?, tape.slice(hp, hs, 2 * hs)?);
+                let z = tape.add(xz, hz)?;
+                let z = tape.sigmoid(z)?;
+                let (xn, hn) = (
+                    tape.slice(xp, 2 * hs, 3 * hs)?,
+                    tape.slice(hp, 2 * hs, 3 * hs)?,
+                );
+                let rhn = tape.mul(r, hn)?;
+                let n = tape.add(xn, rhn)?;
+                let n = tape.tanh(n)?; // n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+                // h' = (1 - z) * n + z * h, computed as n + z * (h - n)
+                let h_minus_n = tape.sub(h, n)?;
+                let zd = tape.mul(z, h_minus_n)?;
+                (tape.add(n, zd)?, None)
+            }
+        };
+        match run.lengths {
+            None => {
+                ys[t] = Some(h_new);
+                h = h_new;
+                c = c_new;
+            }
+            Some(_) => {
+                // m = 1 where the sequence is still running at time t, else 0 (state frozen).
+                let m = Tensor::from_fn(&[batch, h_size], |k| {
+                    if run.active(t, k / h_size) {
+                        T::ONE
+                    } else {
+                        T::ZERO
+                    }
+                })?;
+                let not_m = Tensor::from_fn(&[batch, h_size], |k| T::ONE - m.data()[k])?;
+                let (m, not_m) = (tape.constant(m), tape.constant(not_m));
+                ys[t] = Some(tape.mul(m, h_new)?);
+                h = blend(tape, m, not_m, h_new, h)?;
+                if let (Some(cn), Some(cp)) = (c_new, c) {
+                    c = Some(blend(tape, m, not_m, cn, cp)?);
+                }
+            }
+        }
+    }
+    let ys: Vec<Var> = ys.into_iter().map(|y| y.expect("every step ran")).collect();
+    let y = tape.stack(&ys)?;
+    Ok(DirectionOutput { y, h_n: h, c_n: c })
+}
+
+/// `m * new + (1 - m) * old`, exact for a 0/1 mask.
+fn blend<T: Float>(tape: &mut Tape<T>, m: Var, not_m: Var, new: Var, old: Var) -> Result<Var> {
+    let a = tape.mul(m, new)?;
+    let b = tape.mul(not_m, old)?;
+    tape.add(a, b)
+}

@@ -1,0 +1,272 @@
+//! The fused layers against the reference built from primitive tape ops: outputs and every
+//! gradient, on random shapes (B = 1, T = 1, H not a multiple of 8, several layers,
+//! bidirectional, ragged lengths), f64 to 1e-10 and f32 to 1e-5 relative; and gradcheck of the
+//! fused layers in f64.
+
+use recur::diagnostics::{GradcheckOptions, gradcheck};
+use recur::nn::{Activation, CellKind, ForwardOptions, Implementation, Recurrent, RecurrentConfig};
+use recur::{Float, ParamStore, Rng, Tape, Tensor, Var};
+
+const KINDS: [CellKind; 4] = [
+    CellKind::Lstm,
+    CellKind::Gru,
+    CellKind::Rnn(Activation::Tanh),
+    CellKind::Rnn(Activation::Relu),
+];
+
+#[derive(Clone, Debug)]
+struct Case {
+    kind: CellKind,
+    cfg: RecurrentConfig,
+    t: usize,
+    b: usize,
+    lengths: Option<Vec<usize>>,
+    with_h0: bool,
+    seed: u64,
+}
+
+fn random_case(rng: &mut Rng, kind: CellKind, seed: u64) -> Case {
+    let t = 1 + rng.below(6);
+    let b = 1 + rng.below(4);
+    let cfg = RecurrentConfig::new(1 + rng.below(5), 1 + rng.below(11))
+        .num_layers(1 + rng.below(2))
+        .bidirectional(rng.below(2) == 1)
+        .bias(rng.below(4) != 0)
+        .batch_first(rng.below(3) == 0);
+    let lengths = (rng.below(2) == 1).then(|| (0..b).map(|_| 1 + rng.below(t)).collect());
+    Case {
+        kind,
+        cfg,
+        t,
+        b,
+        lengths,
+        with_h0: rng.below(2) == 1,
+        seed,
+    }
+}
+
+/// Inputs of one case: x, h0, c0 and the loss weights ry, rh, rc.
+struct Data<T> {
+    x: Tensor<T>,
+    h0: Tensor<T>,
+    c0: Tensor<T>,
+    ry: Tensor<T>,
+    rh: Tensor<T>,
+    rc: Tensor<T>,
+}
+
+fn data<T: Float>(c: &Case) -> Data<T> {
+    let mut rng = Rng::new(c.seed ^ 0xdead);
+    let mut r = |dims: &[usize]| {
+        Tensor::from_fn(dims, |_| T::from_f64(rng.uniform_range(-1.0, 1.0))).unwrap()
+    };
+    let (d, l, h) = (c.cfg.directions(), c.cfg.num_layers, c.cfg.hidden_size);
+    let xd = if c.cfg.batch_first {
+        [c.b, c.t, c.cfg.input_size]
+    } else {
+        [c.t, c.b, c.cfg.input_size]
+    };
+    let yd = if c.cfg.batch_first {
+        [c.b, c.t, d * h]
+    } else {
+        [c.t, c.b, d * h]
+    };
+    Data {
+        x: r(&xd),
+        h0: r(&[d * l, c.b, h]),
+        c0: r(&[d * l, c.b, h]),
+        ry: r(&yd),
+        rh: r(&[d * l, c.b, h]),
+        rc: r(&[d * l, c.b, h]),
+    }
+}
+
+/// loss = sum(y * ry) + sum(h_n * rh) (+ sum(c_n * rc)).
+#[allow(clippy::too_many_arguments)]
+fn loss<T: Float>(
+    tape: &mut Tape<T>,
+    layer: &Recurrent,
+    ps: &ParamStore<T>,
+    c: &Case,
+    d: &Data<T>,
+    x: Var,
+    h0: Option<Var>,
+    c0: Option<Var>,
+    imp: Implementation,
+) -> recur::Result<Var> {
+    let opts = ForwardOptions {
+        h0,
+        c0,
+        lengths: c.lengths.as_deref(),
+        dropout_rng: None,
+        implementation: imp,
+    };
+    let out = layer.forward(tape, ps, x, opts)?;
+    let ry = tape.constant(d.ry.clone());
+    let rh = tape.constant(d.rh.clone());
+    let a = tape.mul(out.y, ry)?;
+    let a = tape.sum(a)?;
+    let b = tape.mul(out.h_n, rh)?;
+    let b = tape.sum(b)?;
+    let mut l = tape.add(a, b)?;
+    if let Some(cn) = out.c_n {
+        let rc = tape.constant(d.rc.clone());
+        let m = tape.mul(cn, rc)?;
+        let m = tape.sum(m)?;
+        l = tape.add(l, m)?;
+    }
+    Ok(l)
+}
+
+/// Runs one implementation; returns (loss, y, h_n, grads of params, x, h0, c0).
+fn run<T: Float>(c: &Case, imp: Implementation) -> Vec<(String, Tensor<T>)> {
+    let mut ps = ParamStore::<T>::new();
+    let layer = Recurrent::new(&mut ps, "", c.kind, c.cfg.clone(), &mut Rng::new(c.seed)).unwrap();
+    let d = data::<T>(c);
+    let mut tape = Tape::new();
+    let x = tape.input(d.x.clone());
+    let h0 = c.with_h0.then(|| tape.input(d.h0.clone()));
+    let c0 = (c.with_h0 && c.kind == CellKind::Lstm).then(|| tape.input(d.c0.clone()));
+    let l = loss(&mut tape, &layer, &ps, c, &d, x, h0, c0, imp).unwrap();
+    let mut out = vec![("loss".to_string(), tape.value(l).unwrap().clone())];
+    let g = tape.backward(l).unwrap();
+    for (id, name, _) in ps.iter() {
+        out.push((
+            format!("grad.{name}"),
+            g.param(id).expect("every parameter is used").clone(),
+        ));
+    }
+    out.push(("grad.x".into(), g.wrt(x).unwrap().clone()));
+    if let Some(h0) = h0 {
+        out.push(("grad.h0".into(), g.wrt(h0).unwrap().clone()));
+    }
+    if let Some(c0) = c0 {
+        out.push(("grad.c0".into(), g.wrt(c0).unwrap().clone()));
+    }
+    out
+}
+
+fn max_rel<T: Float>(a: &Tensor<T>, b: &Tensor<T>) -> f64 {
+    let scale = b
+        .data()
+        .iter()
+        .map(|x| x.to_f64().abs())
+        .fold(1e-3, f64::max);
+    a.max_abs_diff(b).unwrap() / scale
+}
+
+fn compare<T: Float>(c: &Case, tol: f64) {
+    let fused = run::<T>(c, Implementation::Fused);
+    let reference = run::<T>(c, Implementation::Reference);
+    assert_eq!(fused.len(), reference.len());
+    for ((n, a), (_, b)) in fused.iter().zip(&reference) {
+        let e = max_rel(a, b);
+        assert!(e < tol, "{n}: relative error {e:e} in {c:?} ({})", T::DTYPE);
+    }
+}
+
+#[test]
+fn fused_equals_reference_f64() {
+    let mut rng = Rng::new(11);
+    for kind in KINDS {
+        for k in 0..12 {
+            let c = random_case(&mut rng, kind, 100 + k);
+            compare::<f64>(&c, 1e-10);
+        }
+    }
+}
+
+#[test]
+fn fused_equals_reference_f32() {
+    let mut rng = Rng::new(12);
+    for kind in KINDS {
+        for k in 0..12 {
+            let c = random_case(&mut rng, kind, 200 + k);
+            compare::<f32>(&c, 1e-5);
+        }
+    }
+}
+
+#[test]
+fn fused_equals_reference_on_named_edge_cases() {
+    for kind in KINDS {
+        // B = 1, T = 1
+        let base = Case {
+            kind,
+            cfg: RecurrentConfig::new(3, 9),
+            t: 1,
+            b: 1,
+            lengths: None,
+            with_h0: true,
+            seed: 5,
+        };
+        compare::<f64>(&base, 1e-10);
+        // several layers, bidirectional, ragged lengths including a full-length one
+        let c = Case {
+            cfg: RecurrentConfig::new(4, 13)
+                .num_layers(3)
+                .bidirectional(true),
+            t: 7,
+            b: 4,
+            lengths: Some(vec![7, 1, 4, 2]),
+            seed: 6,
+            ..base.clone()
+        };
+        compare::<f64>(&c, 1e-10);
+        compare::<f32>(&c, 1e-5);
+        // long sequence
+        let c = Case {
+            cfg: RecurrentConfig::new(2, 5),
+            t: 60,
+            b: 2,
+            lengths: Some(vec![60, 37]),
+            seed: 7,
+            ..base
+        };
+        compare::<f64>(&c, 1e-10);
+    }
+}
+
+#[test]
+fn gradcheck_passes_on_the_fused_layers() {
+    for kind in KINDS {
+        let c = Case {
+            kind,
+            cfg: RecurrentConfig::new(2, 3).num_layers(2).bidirectional(true),
+            t: 3,
+            b: 2,
+            lengths: Some(vec![3, 2]),
+            with_h0: true,
+            seed: 9,
+        };
+        let mut ps = ParamStore::<f64>::new();
+        let layer =
+            Recurrent::new(&mut ps, "", c.kind, c.cfg.clone(), &mut Rng::new(c.seed)).unwrap();
+        let d = data::<f64>(&c);
+        let mut inputs = vec![d.x.clone(), d.h0.clone()];
+        if kind == CellKind::Lstm {
+            inputs.push(d.c0.clone());
+        }
+        let report = gradcheck(
+            &mut ps,
+            &inputs,
+            GradcheckOptions::default(),
+            |tape, ps, xs| {
+                loss(
+                    tape,
+                    &layer,
+                    ps,
+                    &c,
+                    &d,
+                    xs[0],
+                    Some(xs[1]),
+                    xs.get(2).copied(),
+                    Implementation::Fused,
+                )
+            },
+        )
+        .unwrap();
+        assert!(report.passed(), "{kind:?}: {report:#?}");
+        assert!(report.max_rel_err < 1e-6, "{kind:?}: {report:#?}");
+    }
+}
