@@ -39,6 +39,7 @@
 
 pub mod diagnostics;
 mod error;
+pub mod io;
 pub mod kernels;
 pub mod nn;
 mod params;

@@ -1,6 +1,16 @@
-//! The `recur` command-line tool.
+//! `recur example`: the chapter's worked example, forward and backward.
+
+use std::process::ExitCode;
 
 use recur::{ParamStore, Result, Tape, Tensor};
+
+use crate::CmdResult;
+
+/// Runs the worked example and prints its states and gradients.
+pub fn run() -> CmdResult {
+    worked_example().map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
 
 /// The chapter's worked example: a 2-unit tanh RNN over the inputs 1, -1, 2.
 fn worked_example() -> Result<()> {
@@ -30,11 +40,4 @@ fn worked_example() -> Result<()> {
         grads.param(w_x).expect("W_x is used").data()
     );
     Ok(())
-}
-
-fn main() {
-    if let Err(e) = worked_example() {
-        eprintln!("recur: {e}");
-        std::process::exit(1);
-    }
 }

@@ -1,0 +1,41 @@
+//! The `recur` command-line tool.
+//!
+//! Each subcommand lives in its own module; `main` only parses the arguments and maps a failure
+//! to one clear line on stderr and a non-zero exit status.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod example;
+
+/// Train recurrent sequence models (RNN, LSTM, GRU) on CPUs.
+#[derive(Parser)]
+#[command(name = "recur", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the chapter's worked example: a 2-unit tanh RNN over the inputs 1, -1, 2.
+    Example,
+}
+
+/// What a subcommand hands back: an exit status, or a message for stderr (exit status 1).
+pub type CmdResult = Result<ExitCode, String>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None | Some(Command::Example) => example::run(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("recur: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
