@@ -37,6 +37,7 @@
 //! Build with `-C target-cpu=native` (this crate's `.cargo/config.toml` does) so the SIMD kernels
 //! use the machine's widest vectors.
 
+pub mod data;
 pub mod diagnostics;
 mod error;
 pub mod io;
