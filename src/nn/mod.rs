@@ -3,7 +3,7 @@
 
 mod fused;
 mod recurrent;
-mod reference;
+pub(crate) mod reference;
 
 pub use crate::kernels::rnn::Activation;
 pub use recurrent::{

@@ -35,67 +35,19 @@ pub(crate) fn run<T: Float>(
     let w_hh = tape.param(store, p.w_hh)?;
     let b_ih = p.b_ih.map(|id| tape.param(store, id)).transpose()?;
     let b_hh = p.b_hh.map(|id| tape.param(store, id)).transpose()?;
+    let w = StepWeights {
+        w_ih,
+        w_hh,
+        b_ih,
+        b_hh,
+    };
 
     let (mut h, mut c) = (h0, c0);
     let mut ys: Vec<Option<Var>> = vec![None; t_len];
     for s in 0..t_len {
         let t = run.time(s, t_len);
         let x_t = tape.select(x, t)?;
-        let (h_new, c_new) = match run.kind {
-            CellKind::Rnn(act) => {
-                let a = affine(tape, x_t, w_ih, b_ih)?;
-                let r = affine(tape, h, w_hh, b_hh)?;
-                let pre = tape.add(a, r)?;
-                let h_new = match act {
-                    Activation::Tanh => tape.tanh(pre)?,
-                    Activation::Relu => tape.relu(pre)?,
-                };
-                (h_new, None)
-            }
-            CellKind::Lstm => {
-                let a = affine(tape, x_t, w_ih, b_ih)?;
-                let r = affine(tape, h, w_hh, b_hh)?;
-                let gates = tape.add(a, r)?;
-                let hs = h_size;
-                let i = tape.slice(gates, 0, hs)?;
-                let i = tape.sigmoid(i)?;
-                let f = tape.slice(gates, hs, 2 * hs)?;
-                let f = tape.sigmoid(f)?;
-                let g = tape.slice(gates, 2 * hs, 3 * hs)?;
-                let g = tape.tanh(g)?;
-                let o = tape.slice(gates, 3 * hs, 4 * hs)?;
-                let o = tape.sigmoid(o)?;
-                let c_prev = c.expect("an LSTM carries a cell state");
-                let fc = tape.mul(f, c_prev)?;
-                let ig = tape.mul(i, g)?;
-                let c_new = tape.add(fc, ig)?; // c_t = f * c_{t-1} + i * g
-                let tc = tape.tanh(c_new)?;
-                let h_new = tape.mul(o, tc)?; // h_t = o * tanh(c_t)
-                (h_new, Some(c_new))
-            }
-            CellKind::Gru => {
-                let hs = h_size;
-                let xp = affine(tape, x_t, w_ih, b_ih)?;
-                let hp = affine(tape, h, w_hh, b_hh)?;
-                let (xr, hr) = (tape.slice(xp, 0, hs)?, tape.slice(hp, 0, hs)?);
-                let r = tape.add(xr, hr)?;
-                let r = tape.sigmoid(r)?;
-                let (xz, hz) = (tape.slice(xp, hs, 2 * hs)?, tape.slice(hp, hs, 2 * hs)?);
-                let z = tape.add(xz, hz)?;
-                let z = tape.sigmoid(z)?;
-                let (xn, hn) = (
-                    tape.slice(xp, 2 * hs, 3 * hs)?,
-                    tape.slice(hp, 2 * hs, 3 * hs)?,
-                );
-                let rhn = tape.mul(r, hn)?;
-                let n = tape.add(xn, rhn)?;
-                let n = tape.tanh(n)?; // n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
-                // h' = (1 - z) * n + z * h, computed as n + z * (h - n)
-                let h_minus_n = tape.sub(h, n)?;
-                let zd = tape.mul(z, h_minus_n)?;
-                (tape.add(n, zd)?, None)
-            }
-        };
+        let (h_new, c_new) = cell_step(tape, run.kind, h_size, x_t, h, c, &w)?;
         match run.lengths {
             None => {
                 ys[t] = Some(h_new);
@@ -124,6 +76,82 @@ pub(crate) fn run<T: Float>(
     let ys: Vec<Var> = ys.into_iter().map(|y| y.expect("every step ran")).collect();
     let y = tape.stack(&ys)?;
     Ok(DirectionOutput { y, h_n: h, c_n: c })
+}
+
+/// The weights of one layer and direction, as tape variables.
+pub(crate) struct StepWeights {
+    pub(crate) w_ih: Var,
+    pub(crate) w_hh: Var,
+    pub(crate) b_ih: Option<Var>,
+    pub(crate) b_hh: Option<Var>,
+}
+
+/// One step of a cell from primitive ops: `x_t` `[B, I]`, `h` (and `c`) `[B, H]` to the next
+/// `h` (and `c`). The formulas are the chapter's (and PyTorch's gate orders).
+pub(crate) fn cell_step<T: Float>(
+    tape: &mut Tape<T>,
+    kind: CellKind,
+    h_size: usize,
+    x_t: Var,
+    h: Var,
+    c: Option<Var>,
+    w: &StepWeights,
+) -> Result<(Var, Option<Var>)> {
+    Ok(match kind {
+        CellKind::Rnn(act) => {
+            let a = affine(tape, x_t, w.w_ih, w.b_ih)?;
+            let r = affine(tape, h, w.w_hh, w.b_hh)?;
+            let pre = tape.add(a, r)?;
+            let h_new = match act {
+                Activation::Tanh => tape.tanh(pre)?,
+                Activation::Relu => tape.relu(pre)?,
+            };
+            (h_new, None)
+        }
+        CellKind::Lstm => {
+            let a = affine(tape, x_t, w.w_ih, w.b_ih)?;
+            let r = affine(tape, h, w.w_hh, w.b_hh)?;
+            let gates = tape.add(a, r)?;
+            let hs = h_size;
+            let i = tape.slice(gates, 0, hs)?;
+            let i = tape.sigmoid(i)?;
+            let f = tape.slice(gates, hs, 2 * hs)?;
+            let f = tape.sigmoid(f)?;
+            let g = tape.slice(gates, 2 * hs, 3 * hs)?;
+            let g = tape.tanh(g)?;
+            let o = tape.slice(gates, 3 * hs, 4 * hs)?;
+            let o = tape.sigmoid(o)?;
+            let c_prev = c.expect("an LSTM carries a cell state");
+            let fc = tape.mul(f, c_prev)?;
+            let ig = tape.mul(i, g)?;
+            let c_new = tape.add(fc, ig)?; // c_t = f * c_{t-1} + i * g
+            let tc = tape.tanh(c_new)?;
+            let h_new = tape.mul(o, tc)?; // h_t = o * tanh(c_t)
+            (h_new, Some(c_new))
+        }
+        CellKind::Gru => {
+            let hs = h_size;
+            let xp = affine(tape, x_t, w.w_ih, w.b_ih)?;
+            let hp = affine(tape, h, w.w_hh, w.b_hh)?;
+            let (xr, hr) = (tape.slice(xp, 0, hs)?, tape.slice(hp, 0, hs)?);
+            let r = tape.add(xr, hr)?;
+            let r = tape.sigmoid(r)?;
+            let (xz, hz) = (tape.slice(xp, hs, 2 * hs)?, tape.slice(hp, hs, 2 * hs)?);
+            let z = tape.add(xz, hz)?;
+            let z = tape.sigmoid(z)?;
+            let (xn, hn) = (
+                tape.slice(xp, 2 * hs, 3 * hs)?,
+                tape.slice(hp, 2 * hs, 3 * hs)?,
+            );
+            let rhn = tape.mul(r, hn)?;
+            let n = tape.add(xn, rhn)?;
+            let n = tape.tanh(n)?; // n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+            // h' = (1 - z) * n + z * h, computed as n + z * (h - n)
+            let h_minus_n = tape.sub(h, n)?;
+            let zd = tape.mul(z, h_minus_n)?;
+            (tape.add(n, zd)?, None)
+        }
+    })
 }
 
 /// `m * new + (1 - m) * old`, exact for a 0/1 mask.
