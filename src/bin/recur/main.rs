@@ -7,7 +7,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod adding;
+mod demo;
 mod example;
+mod gradflow;
+mod plot;
 
 /// Train recurrent sequence models (RNN, LSTM, GRU) on CPUs.
 #[derive(Parser)]
@@ -21,15 +25,44 @@ struct Cli {
 enum Command {
     /// Print the chapter's worked example: a 2-unit tanh RNN over the inputs 1, -1, 2.
     Example,
+    /// Train RNN, LSTM and GRU on the adding problem, with and without clipping, and report
+    /// which beat the baseline and how the gradient flows (the default with no arguments).
+    Demo(demo::DemoArgs),
+    /// Measure ||dL/dh_t|| through time for each cell, at initialisation and after training.
+    Gradflow(gradflow::GradflowArgs),
 }
 
 /// What a subcommand hands back: an exit status, or a message for stderr (exit status 1).
 pub type CmdResult = Result<ExitCode, String>;
 
+/// Sets the size of rayon's global pool (once, before any parallel work).
+pub fn set_threads(threads: Option<usize>) -> Result<(), String> {
+    if let Some(n) = threads {
+        if n == 0 {
+            return Err("--threads must be at least 1".into());
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| format!("cannot start {n} threads: {e}"))?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        None | Some(Command::Example) => example::run(),
+    // With no subcommand, run the demonstration with its defaults.
+    let command = match cli.command {
+        Some(c) => c,
+        None => match Cli::parse_from(["recur", "demo"]).command {
+            Some(c) => c,
+            None => unreachable!("`recur demo` names a subcommand"),
+        },
+    };
+    let result = match command {
+        Command::Example => example::run(),
+        Command::Demo(args) => demo::run(&args),
+        Command::Gradflow(args) => gradflow::run(&args),
     };
     match result {
         Ok(code) => code,

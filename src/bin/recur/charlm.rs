@@ -1,0 +1,200 @@
+//! The character language model the `train` and `sample` commands use: an embedding, a stack of
+//! recurrent layers and a linear head over the vocabulary.
+
+use serde::{Deserialize, Serialize};
+
+use recur::data::CharVocab;
+use recur::nn::{Activation, CellKind, Embedding, ForwardOptions, Linear, Recurrent, RecurrentConfig};
+use recur::{Error, ParamStore, Result, Rng, Tape, Tensor, Var};
+
+/// Everything needed to rebuild the model; stored as JSON in checkpoints.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// `rnn`, `rnn-relu`, `lstm` or `gru`.
+    pub cell: String,
+    pub hidden: usize,
+    pub layers: usize,
+    pub embed: usize,
+    pub dropout: f64,
+    /// The vocabulary, in id order.
+    pub vocab: String,
+}
+
+impl ModelConfig {
+    pub fn kind(&self) -> Result<CellKind> {
+        Ok(match self.cell.as_str() {
+            "rnn" => CellKind::Rnn(Activation::Tanh),
+            "rnn-relu" => CellKind::Rnn(Activation::Relu),
+            "lstm" => CellKind::Lstm,
+            "gru" => CellKind::Gru,
+            other => {
+                return Err(Error::invalid(
+                    "model config",
+                    format!("unknown cell `{other}` (expected rnn, rnn-relu, lstm or gru)"),
+                ));
+            }
+        })
+    }
+
+    pub fn vocab(&self) -> Result<CharVocab> {
+        CharVocab::from_chars(self.vocab.chars().collect())
+    }
+}
+
+/// The recurrent state carried from one chunk to the next: `[L, B, H]` each.
+#[derive(Clone, Debug)]
+pub struct State {
+    pub h: Tensor<f32>,
+    pub c: Option<Tensor<f32>>,
+}
+
+/// Embedding -> recurrent stack -> linear head.
+pub struct CharModel {
+    pub config: ModelConfig,
+    pub vocab: CharVocab,
+    pub embed: Embedding,
+    pub rnn: Recurrent,
+    pub head: Linear,
+}
+
+impl CharModel {
+    /// Registers a freshly initialised model in `store` (names `embed.weight`, `rnn.weight_ih_l0`,
+    /// ..., `head.weight`, `head.bias`).
+    pub fn new(store: &mut ParamStore<f32>, config: ModelConfig, rng: &mut Rng) -> Result<Self> {
+        let vocab = config.vocab()?;
+        let kind = config.kind()?;
+        let embed = Embedding::new(store, "embed.", vocab.len(), config.embed, rng)?;
+        let rc = RecurrentConfig::new(config.embed, config.hidden)
+            .num_layers(config.layers)
+            .dropout(config.dropout);
+        let rnn = Recurrent::new(store, "rnn.", kind, rc, rng)?;
+        let head = Linear::new(store, "head.", config.hidden, vocab.len(), true, rng)?;
+        Ok(CharModel {
+            config,
+            vocab,
+            embed,
+            rnn,
+            head,
+        })
+    }
+
+    /// A zero state for `batch` streams.
+    pub fn zero_state(&self, batch: usize) -> Result<State> {
+        let dims = [self.config.layers, batch, self.config.hidden];
+        Ok(State {
+            h: Tensor::zeros(&dims)?,
+            c: self.rnn.kind().has_cell_state().then(|| Tensor::zeros(&dims)).transpose()?,
+        })
+    }
+
+    /// Logits `[T*B, V]` for the ids `[T, B]` from `state`; returns them and the final state.
+    pub fn logits(
+        &self,
+        tape: &mut Tape<f32>,
+        store: &ParamStore<f32>,
+        ids: &[usize],
+        t_len: usize,
+        batch: usize,
+        state: &State,
+        dropout_rng: Option<&mut Rng>,
+    ) -> Result<(Var, State)> {
+        let x = self.embed.forward(tape, store, ids, &[t_len, batch])?;
+        let h0 = tape.constant(state.h.clone());
+        let c0 = state.c.clone().map(|c| tape.constant(c));
+        let out = self.rnn.forward(
+            tape,
+            store,
+            x,
+            ForwardOptions {
+                h0: Some(h0),
+                c0,
+                dropout_rng,
+                ..Default::default()
+            },
+        )?;
+        let next = State {
+            h: tape.value(out.h_n)?.clone(),
+            c: out.c_n.map(|c| tape.value(c).cloned()).transpose()?,
+        };
+        let y = tape.reshape(out.y, &[t_len * batch, self.config.hidden])?;
+        Ok((self.head.forward(tape, store, y)?, next))
+    }
+
+    /// Mean cross-entropy (nats per character) of predicting `targets` from `ids`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn loss(
+        &self,
+        tape: &mut Tape<f32>,
+        store: &ParamStore<f32>,
+        ids: &[usize],
+        targets: &[usize],
+        t_len: usize,
+        batch: usize,
+        state: &State,
+        dropout_rng: Option<&mut Rng>,
+    ) -> Result<(Var, State)> {
+        let (logits, next) = self.logits(tape, store, ids, t_len, batch, state, dropout_rng)?;
+        Ok((tape.cross_entropy(logits, targets, None)?, next))
+    }
+
+    /// Generates `length` characters after `prime` (which must be non-empty and in the
+    /// vocabulary), sampling from softmax(logits / temperature).
+    pub fn sample(
+        &self,
+        store: &ParamStore<f32>,
+        prime: &str,
+        length: usize,
+        temperature: f64,
+        rng: &mut Rng,
+    ) -> Result<String> {
+        let ids = self.vocab.encode(prime)?;
+        if ids.is_empty() {
+            return Err(Error::invalid("sample", "the prime text is empty"));
+        }
+        let mut tape = Tape::new();
+        let mut state = self.zero_state(1)?;
+        let mut out = String::with_capacity(length);
+        // Read the prime; the last character's logits give the first sample.
+        tape.clear();
+        let (mut logits, s) = self.logits(&mut tape, store, &ids, ids.len(), 1, &state, None)?;
+        state = s;
+        let v = self.vocab.len();
+        let mut last_row = tape.value(logits)?.data()[(ids.len() - 1) * v..].to_vec();
+        for _ in 0..length {
+            let next = sample_index(&last_row, temperature, rng);
+            out.push(self.vocab.char(next)?);
+            tape.clear();
+            let (l, s) = self.logits(&mut tape, store, &[next], 1, 1, &state, None)?;
+            logits = l;
+            state = s;
+            last_row = tape.value(logits)?.data().to_vec();
+        }
+        Ok(out)
+    }
+}
+
+/// Draws an index from softmax(logits / temperature); temperature 0 picks the argmax.
+fn sample_index(logits: &[f32], temperature: f64, rng: &mut Rng) -> usize {
+    let argmax = logits
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i);
+    if temperature <= 0.0 {
+        return argmax;
+    }
+    let m = logits[argmax] as f64;
+    let w: Vec<f64> = logits
+        .iter()
+        .map(|&l| ((l as f64 - m) / temperature).exp())
+        .collect();
+    let total: f64 = w.iter().sum();
+    let mut u = rng.uniform() * total;
+    for (i, wi) in w.iter().enumerate() {
+        if u < *wi {
+            return i;
+        }
+        u -= wi;
+    }
+    argmax
+}

@@ -1,0 +1,130 @@
+//! `recur gradflow`: ||dL/dh_t|| against t for RNN, LSTM and GRU, at initialisation and after a
+//! short training on the adding problem, as CSV and a log-scale SVG plot.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+use recur::nn::{Activation, CellKind};
+
+use crate::CmdResult;
+use crate::adding::{RunSpec, train};
+use crate::plot::{Chart, Series, write_csv, write_svg};
+
+/// A cell type named on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CellArg {
+    /// Vanilla RNN with tanh.
+    Rnn,
+    /// Vanilla RNN with ReLU.
+    RnnRelu,
+    /// Long short-term memory.
+    Lstm,
+    /// Gated recurrent unit.
+    Gru,
+}
+
+impl CellArg {
+    /// The library's cell kind.
+    pub fn kind(self) -> CellKind {
+        match self {
+            CellArg::Rnn => CellKind::Rnn(Activation::Tanh),
+            CellArg::RnnRelu => CellKind::Rnn(Activation::Relu),
+            CellArg::Lstm => CellKind::Lstm,
+            CellArg::Gru => CellKind::Gru,
+        }
+    }
+
+    /// The name used in files and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            CellArg::Rnn => "rnn",
+            CellArg::RnnRelu => "rnn-relu",
+            CellArg::Lstm => "lstm",
+            CellArg::Gru => "gru",
+        }
+    }
+}
+
+/// Options of `recur gradflow`.
+#[derive(Args, Debug)]
+pub struct GradflowArgs {
+    /// Cells to measure (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [CellArg::Rnn, CellArg::Lstm, CellArg::Gru])]
+    pub cell: Vec<CellArg>,
+    /// Sequence length T.
+    #[arg(long, default_value_t = 100)]
+    pub seq_len: usize,
+    /// Hidden units.
+    #[arg(long, default_value_t = 64)]
+    pub hidden: usize,
+    /// Training steps on the adding problem before the second measurement.
+    #[arg(long, default_value_t = 300)]
+    pub steps: usize,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output directory.
+    #[arg(long, default_value = "recur-gradflow")]
+    pub out: PathBuf,
+}
+
+/// Runs the measurement.
+pub fn run(args: &GradflowArgs) -> CmdResult {
+    if args.seq_len < 2 || args.hidden == 0 {
+        return Err("--seq-len must be >= 2 and --hidden >= 1".into());
+    }
+    std::fs::create_dir_all(&args.out)
+        .map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
+    let mut rows = Vec::new();
+    let mut series = Vec::new();
+    for &cell in &args.cell {
+        let spec = RunSpec {
+            kind: cell.kind(),
+            hidden: args.hidden,
+            seq_len: args.seq_len,
+            batch: 32,
+            steps: args.steps,
+            lr: 0.005,
+            clip: Some(1.0),
+            eval_every: args.steps.max(1),
+            seed: args.seed,
+        };
+        let r = train(&spec, |_, _| {}).map_err(|e| e.to_string())?;
+        for (when, flow) in [("init", &r.flow_init), ("trained", &r.flow_trained)] {
+            let g = &flow.layers[0].dl_dh;
+            println!(
+                "{:<8} {:<8} ||dL/dh_1|| = {:.3e}   ||dL/dh_T|| = {:.3e}",
+                cell.name(),
+                when,
+                g[0],
+                g[g.len() - 1]
+            );
+            for (t, v) in g.iter().enumerate() {
+                rows.push(vec![
+                    cell.name().to_string(),
+                    when.to_string(),
+                    (t + 1).to_string(),
+                    format!("{v:.6e}"),
+                ]);
+            }
+            series.push(Series {
+                name: format!("{} ({when})", cell.name()),
+                points: g.iter().enumerate().map(|(t, &v)| ((t + 1) as f64, v)).collect(),
+            });
+        }
+    }
+    write_csv(&args.out.join("gradient_flow.csv"), &["cell", "when", "t", "grad_norm"], &rows)?;
+    write_svg(
+        &args.out.join("gradient_flow.svg"),
+        &Chart {
+            title: &format!("||dL/dh_t|| against t (T = {}, loss at the last step)", args.seq_len),
+            x_label: "timestep t",
+            y_label: "||dL/dh_t||",
+            log_y: true,
+        },
+        &series,
+    )?;
+    println!("wrote {}", args.out.join("gradient_flow.{csv,svg}").display());
+    Ok(ExitCode::SUCCESS)
+}
