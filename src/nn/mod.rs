@@ -1,11 +1,15 @@
 //! Neural-network layers: recurrent layers (RNN, LSTM, GRU) with PyTorch's options, parameter
 //! names and layouts.
 
+mod embedding;
 mod fused;
+mod linear;
 mod recurrent;
 pub(crate) mod reference;
 
 pub use crate::kernels::rnn::Activation;
+pub use embedding::Embedding;
+pub use linear::Linear;
 pub use recurrent::{
     CellKind, DirectionParams, ForwardOptions, Gru, Implementation, Lstm, Recurrent,
     RecurrentConfig, RecurrentOutput, Rnn,
