@@ -100,7 +100,12 @@ impl AddingModel {
 }
 
 /// Evaluates the MSE on `batch` without building gradients.
-fn evaluate(model: &AddingModel, store: &ParamStore<f32>, tape: &mut Tape<f32>, batch: &AddingBatch<f32>) -> Result<f64> {
+fn evaluate(
+    model: &AddingModel,
+    store: &ParamStore<f32>,
+    tape: &mut Tape<f32>,
+    batch: &AddingBatch<f32>,
+) -> Result<f64> {
     tape.clear();
     let loss = model.loss(tape, store, batch)?;
     Ok(tape.value(loss)?.data()[0] as f64)

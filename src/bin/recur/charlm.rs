@@ -4,7 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 use recur::data::CharVocab;
-use recur::nn::{Activation, CellKind, Embedding, ForwardOptions, Linear, Recurrent, RecurrentConfig};
+use recur::nn::{
+    Activation, CellKind, Embedding, ForwardOptions, Linear, Recurrent, RecurrentConfig,
+};
 use recur::{Error, ParamStore, Result, Rng, Tape, Tensor, Var};
 
 /// Everything needed to rebuild the model; stored as JSON in checkpoints.
@@ -83,7 +85,12 @@ impl CharModel {
         let dims = [self.config.layers, batch, self.config.hidden];
         Ok(State {
             h: Tensor::zeros(&dims)?,
-            c: self.rnn.kind().has_cell_state().then(|| Tensor::zeros(&dims)).transpose()?,
+            c: self
+                .rnn
+                .kind()
+                .has_cell_state()
+                .then(|| Tensor::zeros(&dims))
+                .transpose()?,
         })
     }
 

@@ -3,15 +3,16 @@
 //! baseline and how differently the gradient flows back through time.
 
 use std::fmt::Write as _;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
 use recur::data::AddingBatch;
-use recur::nn::{Activation, CellKind};
 
 use crate::CmdResult;
 use crate::adding::{RunResult, RunSpec, train};
+use crate::gradflow::CellArg;
 use crate::plot::{Chart, Series, write_csv, write_svg};
 
 /// Options of `recur demo`.
@@ -41,6 +42,9 @@ pub struct DemoArgs {
     /// Threads for the batch (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Cells to train (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [CellArg::Rnn, CellArg::Lstm, CellArg::Gru])]
+    pub cell: Vec<CellArg>,
     /// Where the report goes.
     #[arg(long, default_value = "recur-demo")]
     pub out: PathBuf,
@@ -69,14 +73,13 @@ pub fn run(args: &DemoArgs) -> CmdResult {
          Adam lr {}, with and without clipping at tau = {}",
         args.seq_len, args.hidden, args.steps, args.batch, args.lr, args.clip
     );
-    println!("baseline (always predict 1): MSE {:.3}", AddingBatch::<f32>::BASELINE_MSE);
-    let cells = [
-        ("rnn", CellKind::Rnn(Activation::Tanh)),
-        ("lstm", CellKind::Lstm),
-        ("gru", CellKind::Gru),
-    ];
+    println!(
+        "baseline (always predict 1): MSE {:.3}",
+        AddingBatch::<f32>::BASELINE_MSE
+    );
     let mut runs = Vec::new();
-    for (name, kind) in cells {
+    for &cell in &args.cell {
+        let (name, kind) = (cell.name(), cell.kind());
         for clipped in [false, true] {
             let spec = RunSpec {
                 kind,
@@ -90,10 +93,15 @@ pub fn run(args: &DemoArgs) -> CmdResult {
                 seed: args.seed,
             };
             let label = format!("{name}{}", if clipped { " +clip" } else { "" });
+            let live = std::io::stdout().is_terminal();
             let result = train(&spec, |step, mse| {
-                print!("\r  {label:<10} step {step:>6}/{}  val MSE {mse:.4}   ", args.steps);
-                use std::io::Write;
-                let _ = std::io::stdout().flush();
+                if live {
+                    print!(
+                        "\r  {label:<10} step {step:>6}/{}  val MSE {mse:.4}   ",
+                        args.steps
+                    );
+                    let _ = std::io::stdout().flush();
+                }
             })
             .map_err(|e| e.to_string())?;
             println!(
@@ -129,7 +137,11 @@ fn write_report(out: &Path, args: &DemoArgs, runs: &[Named]) -> Result<String, S
             ]);
         }
     }
-    write_csv(&out.join("loss.csv"), &["cell", "clipped", "step", "val_mse"], &rows)?;
+    write_csv(
+        &out.join("loss.csv"),
+        &["cell", "clipped", "step", "val_mse"],
+        &rows,
+    )?;
     let mut series: Vec<Series> = runs
         .iter()
         .map(|r| Series {
@@ -160,7 +172,10 @@ fn write_report(out: &Path, args: &DemoArgs, runs: &[Named]) -> Result<String, S
     let mut rows = Vec::new();
     let mut series = Vec::new();
     for r in &clipped {
-        for (when, flow) in [("init", &r.result.flow_init), ("trained", &r.result.flow_trained)] {
+        for (when, flow) in [
+            ("init", &r.result.flow_init),
+            ("trained", &r.result.flow_trained),
+        ] {
             let g = &flow.layers[0].dl_dh;
             for (t, v) in g.iter().enumerate() {
                 rows.push(vec![
@@ -172,11 +187,19 @@ fn write_report(out: &Path, args: &DemoArgs, runs: &[Named]) -> Result<String, S
             }
             series.push(Series {
                 name: format!("{} ({when})", r.cell),
-                points: g.iter().enumerate().map(|(t, &v)| ((t + 1) as f64, v)).collect(),
+                points: g
+                    .iter()
+                    .enumerate()
+                    .map(|(t, &v)| ((t + 1) as f64, v))
+                    .collect(),
             });
         }
     }
-    write_csv(&out.join("gradient_flow.csv"), &["cell", "when", "t", "grad_norm"], &rows)?;
+    write_csv(
+        &out.join("gradient_flow.csv"),
+        &["cell", "when", "t", "grad_norm"],
+        &rows,
+    )?;
     write_svg(
         &out.join("gradient_flow.svg"),
         &Chart {
@@ -191,13 +214,21 @@ fn write_report(out: &Path, args: &DemoArgs, runs: &[Named]) -> Result<String, S
     // The text summary.
     let base = AddingBatch::<f32>::BASELINE_MSE;
     let mut s = String::new();
-    let _ = writeln!(s, "\nrecur demo: the adding problem at T = {}", args.seq_len);
+    let _ = writeln!(
+        s,
+        "\nrecur demo: the adding problem at T = {}",
+        args.seq_len
+    );
     let _ = writeln!(
         s,
         "budget per model: {} steps x batch {}, hidden {}, Adam lr {}, seed {}",
         args.steps, args.batch, args.hidden, args.lr, args.seed
     );
-    let _ = writeln!(s, "\n{:<11} {:>10} {:>9} {:>13}  beats 0.167?", "model", "val MSE", "time s", "max |grad|");
+    let _ = writeln!(
+        s,
+        "\n{:<11} {:>10} {:>9} {:>13}  beats 0.167?",
+        "model", "val MSE", "time s", "max |grad|"
+    );
     for r in runs {
         let max_g = r.result.grad_norms.iter().copied().fold(0.0, f64::max);
         let _ = writeln!(
@@ -216,7 +247,10 @@ fn write_report(out: &Path, args: &DemoArgs, runs: &[Named]) -> Result<String, S
             }
         );
     }
-    let _ = writeln!(s, "\ngradient reaching the first step, ||dL/dh_1|| / ||dL/dh_T||:");
+    let _ = writeln!(
+        s,
+        "\ngradient reaching the first step, ||dL/dh_1|| / ||dL/dh_T||:"
+    );
     for r in &clipped {
         let ratio = |f: &recur::diagnostics::GradientFlow| {
             let g = &f.layers[0].dl_dh;
@@ -230,7 +264,10 @@ fn write_report(out: &Path, args: &DemoArgs, runs: &[Named]) -> Result<String, S
             ratio(&r.result.flow_trained)
         );
     }
-    let _ = writeln!(s, "\nfiles: loss.csv, loss.svg, gradient_flow.csv, gradient_flow.svg, summary.txt");
+    let _ = writeln!(
+        s,
+        "\nfiles: loss.csv, loss.svg, gradient_flow.csv, gradient_flow.svg, summary.txt"
+    );
     recur::io::atomic_write(&out.join("summary.txt"), s.as_bytes()).map_err(|e| e.to_string())?;
     Ok(s)
 }

@@ -24,6 +24,12 @@ pub enum CellArg {
     Gru,
 }
 
+impl std::fmt::Display for CellArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl CellArg {
     /// The library's cell kind.
     pub fn kind(self) -> CellKind {
@@ -110,21 +116,35 @@ pub fn run(args: &GradflowArgs) -> CmdResult {
             }
             series.push(Series {
                 name: format!("{} ({when})", cell.name()),
-                points: g.iter().enumerate().map(|(t, &v)| ((t + 1) as f64, v)).collect(),
+                points: g
+                    .iter()
+                    .enumerate()
+                    .map(|(t, &v)| ((t + 1) as f64, v))
+                    .collect(),
             });
         }
     }
-    write_csv(&args.out.join("gradient_flow.csv"), &["cell", "when", "t", "grad_norm"], &rows)?;
+    write_csv(
+        &args.out.join("gradient_flow.csv"),
+        &["cell", "when", "t", "grad_norm"],
+        &rows,
+    )?;
     write_svg(
         &args.out.join("gradient_flow.svg"),
         &Chart {
-            title: &format!("||dL/dh_t|| against t (T = {}, loss at the last step)", args.seq_len),
+            title: &format!(
+                "||dL/dh_t|| against t (T = {}, loss at the last step)",
+                args.seq_len
+            ),
             x_label: "timestep t",
             y_label: "||dL/dh_t||",
             log_y: true,
         },
         &series,
     )?;
-    println!("wrote {}", args.out.join("gradient_flow.{csv,svg}").display());
+    println!(
+        "wrote {}",
+        args.out.join("gradient_flow.{csv,svg}").display()
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -8,10 +8,15 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod adding;
+mod charlm;
+mod checkpoint;
 mod demo;
 mod example;
 mod gradflow;
+mod optimizer;
 mod plot;
+mod sample;
+mod train;
 
 /// Train recurrent sequence models (RNN, LSTM, GRU) on CPUs.
 #[derive(Parser)]
@@ -28,6 +33,10 @@ enum Command {
     /// Train RNN, LSTM and GRU on the adding problem, with and without clipping, and report
     /// which beat the baseline and how the gradient flows (the default with no arguments).
     Demo(demo::DemoArgs),
+    /// Train a character language model on a text file.
+    Train(train::TrainArgs),
+    /// Generate text from a checkpoint written by `recur train`.
+    Sample(sample::SampleArgs),
     /// Measure ||dL/dh_t|| through time for each cell, at initialisation and after training.
     Gradflow(gradflow::GradflowArgs),
 }
@@ -63,6 +72,8 @@ fn main() -> ExitCode {
         Command::Example => example::run(),
         Command::Demo(args) => demo::run(&args),
         Command::Gradflow(args) => gradflow::run(&args),
+        Command::Train(args) => train::run(&args),
+        Command::Sample(args) => sample::run(&args),
     };
     match result {
         Ok(code) => code,
