@@ -132,10 +132,18 @@ fn run_case(name: &str) {
         opt.step(&mut ps, &g).unwrap();
         for (n, &id) in NAMES.iter().zip(&ids) {
             let want: Tensor<f64> = ar.tensor(&format!("p{k}.{n}")).unwrap();
-            assert_close(&format!("{name} step {k} param {n}"), ps.get(id), &want, 1e-6);
+            assert_close(
+                &format!("{name} step {k} param {n}"),
+                ps.get(id),
+                &want,
+                1e-6,
+            );
         }
     }
-    assert!(skipped > 0, "the fixture should include steps without a gradient");
+    assert!(
+        skipped > 0,
+        "the fixture should include steps without a gradient"
+    );
 }
 
 macro_rules! cases {
@@ -193,7 +201,12 @@ fn clipping_matches_pytorch() {
     let mut ps = ParamStore::<f64>::new();
     let ids: Vec<ParamId> = NAMES
         .iter()
-        .map(|n| ps.add(*n, Tensor::zeros(ar.get(&format!("grad.{n}")).unwrap().dims()).unwrap()))
+        .map(|n| {
+            ps.add(
+                *n,
+                Tensor::zeros(ar.get(&format!("grad.{n}")).unwrap().dims()).unwrap(),
+            )
+        })
         .collect::<Result<_, _>>()
         .unwrap();
     let grads: Vec<(ParamId, Tensor<f64>)> = NAMES
@@ -206,7 +219,10 @@ fn clipping_matches_pytorch() {
         let mut g = replay_grads(&mut tape, &ps, &grads);
         let norm = clip_grad_norm(&mut g, max_norm).unwrap();
         let want_norm = ar.tensor::<f64>(&format!("{label}.norm")).unwrap().data()[0];
-        assert!((norm - want_norm).abs() <= 1e-12 * want_norm, "{norm} vs {want_norm}");
+        assert!(
+            (norm - want_norm).abs() <= 1e-12 * want_norm,
+            "{norm} vs {want_norm}"
+        );
         for (n, &id) in NAMES.iter().zip(&ids) {
             let want = ar.tensor(&format!("{label}.{n}")).unwrap();
             assert_close(&format!("{label} {n}"), g.param(id).unwrap(), &want, 1e-12);

@@ -89,7 +89,11 @@ impl<T: Float> Adagrad<T> {
         check_nonneg(OP, "lr", cfg.lr)?;
         check_nonneg(OP, "lr_decay", cfg.lr_decay)?;
         check_nonneg(OP, "weight_decay", cfg.weight_decay)?;
-        check_nonneg(OP, "initial_accumulator_value", cfg.initial_accumulator_value)?;
+        check_nonneg(
+            OP,
+            "initial_accumulator_value",
+            cfg.initial_accumulator_value,
+        )?;
         check_nonneg(OP, "eps", cfg.eps)?;
         let mut state = StateTable::new();
         state.set_names(vec!["sum"]);

@@ -41,10 +41,10 @@ pub use rmsprop::{RmsProp, RmsPropConfig};
 pub use schedule::{ConstantLr, CosineAnnealingLr, LrSchedule, StepLr, WarmupCosine, WarmupLinear};
 pub use sgd::{Sgd, SgdConfig};
 
+use crate::Result;
 use crate::params::ParamStore;
 use crate::tape::Grads;
 use crate::tensor::{Float, Tensor};
-use crate::Result;
 
 /// An optimizer: updates parameters from their gradients, and can save and restore its state.
 ///

@@ -131,7 +131,11 @@ impl<T: Float> Optimizer<T> for Sgd<T> {
             let p = store.get_mut(id);
             if c.momentum == 0.0 {
                 for (pi, &gi) in p.data_mut().iter_mut().zip(g.data()) {
-                    let d = if c.weight_decay != 0.0 { gi + wd * *pi } else { gi };
+                    let d = if c.weight_decay != 0.0 {
+                        gi + wd * *pi
+                    } else {
+                        gi
+                    };
                     *pi -= lr * d;
                 }
                 continue;
@@ -141,7 +145,11 @@ impl<T: Float> Optimizer<T> for Sgd<T> {
             st.step += 1;
             let buf = st.bufs[0].data_mut();
             for ((pi, &gi), bi) in p.data_mut().iter_mut().zip(g.data()).zip(buf) {
-                let d = if c.weight_decay != 0.0 { gi + wd * *pi } else { gi };
+                let d = if c.weight_decay != 0.0 {
+                    gi + wd * *pi
+                } else {
+                    gi
+                };
                 *bi = if first { d } else { mom * *bi + damp * d };
                 let upd = if c.nesterov { d + mom * *bi } else { *bi };
                 *pi -= lr * upd;
