@@ -2,6 +2,8 @@
 //! names and layouts.
 
 mod fused;
+pub mod init;
+pub mod loss;
 mod recurrent;
 mod reference;
 
