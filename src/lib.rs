@@ -43,6 +43,7 @@ mod error;
 pub mod io;
 pub mod kernels;
 pub mod nn;
+pub mod optim;
 mod params;
 mod rng;
 pub mod tape;

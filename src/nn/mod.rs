@@ -3,7 +3,9 @@
 
 mod embedding;
 mod fused;
+pub mod init;
 mod linear;
+pub mod loss;
 mod recurrent;
 pub(crate) mod reference;
 

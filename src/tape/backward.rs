@@ -7,22 +7,45 @@ use crate::tensor::{Float, Tensor};
 use crate::{Error, Result};
 
 /// Gradients from one [`Tape::backward`] call, borrowed from the tape.
+///
+/// The borrow is mutable so that gradients can be modified in place before an optimizer step
+/// (clipping, see [`crate::optim::clip_grad_norm`]).
 pub struct Grads<'t, T: Float> {
-    tape: &'t Tape<T>,
+    tape: &'t mut Tape<T>,
 }
 
-impl<'t, T: Float> Grads<'t, T> {
+impl<T: Float> Grads<'_, T> {
     /// The gradient of the loss with respect to `v`, or `None` if the loss does not depend on it.
-    pub fn wrt(&self, v: Var) -> Option<&'t Tensor<T>> {
+    pub fn wrt(&self, v: Var) -> Option<&Tensor<T>> {
         let i = self.tape.check("Grads::wrt", v).ok()?;
         self.tape.grads.get(i as usize)?.as_ref()
     }
 
     /// The gradient with respect to a parameter, or `None` if it was not on the tape or the loss
     /// does not depend on it.
-    pub fn param(&self, id: ParamId) -> Option<&'t Tensor<T>> {
+    pub fn param(&self, id: ParamId) -> Option<&Tensor<T>> {
         let s = self.tape.param_slot(id)?;
         self.tape.grads.get(s as usize)?.as_ref()
+    }
+
+    /// The gradient with respect to a parameter, mutable (for clipping or scaling in place).
+    pub fn param_mut(&mut self, id: ParamId) -> Option<&mut Tensor<T>> {
+        let s = self.tape.param_slot(id)?;
+        self.tape.grads.get_mut(s as usize)?.as_mut()
+    }
+
+    /// Every parameter that has a gradient, in `ParamId` order.
+    pub fn param_ids(&self) -> Vec<ParamId> {
+        self.tape
+            .param_slots
+            .iter()
+            .enumerate()
+            .filter_map(|(k, s)| {
+                let s = (*s)? as usize;
+                self.tape.grads.get(s)?.as_ref()?;
+                Some(ParamId(k as u32))
+            })
+            .collect()
     }
 }
 

@@ -77,7 +77,7 @@ pub struct Tape<T: Float> {
     /// Integer payloads of ops (token ids, class targets), referenced by range.
     pub(crate) aux: Vec<usize>,
     /// Slot of each parameter already on the tape, by `ParamId` index.
-    param_slots: Vec<Option<u32>>,
+    pub(crate) param_slots: Vec<Option<u32>>,
     pub(crate) grads: Vec<Option<Tensor<T>>>,
     pub(crate) pool: Pool<T>,
     anomaly: bool,

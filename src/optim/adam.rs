@@ -1,0 +1,274 @@
+//! Adam (with optional AMSGrad) and AdamW (decoupled weight decay).
+
+use super::Optimizer;
+use super::state::{StateTable, check_nonneg, check_unit, grads_to_apply, scalar};
+use crate::params::ParamStore;
+use crate::tape::Grads;
+use crate::tensor::{Float, Tensor};
+use crate::{Error, Result};
+
+/// Settings of [`Adam`] and [`AdamW`], with PyTorch's defaults. `weight_decay` defaults to 0 for
+/// Adam; [`AdamConfig::adamw`] gives AdamW's default of 1e-2.
+///
+/// ```
+/// use recur::optim::AdamConfig;
+/// let cfg = AdamConfig::default().lr(3e-4).amsgrad(true);
+/// assert_eq!((cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay), (0.9, 0.999, 1e-8, 0.0));
+/// assert_eq!(AdamConfig::adamw().weight_decay, 1e-2);
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdamConfig {
+    /// Learning rate (default 1e-3).
+    pub lr: f64,
+    /// Decay of the first-moment average (default 0.9).
+    pub beta1: f64,
+    /// Decay of the second-moment average (default 0.999).
+    pub beta2: f64,
+    /// Added to the denominator (default 1e-8).
+    pub eps: f64,
+    /// Adam: L2 penalty added to the gradient; AdamW: decoupled decay `p *= 1 - lr * wd`
+    /// (default 0 for Adam, 1e-2 for AdamW).
+    pub weight_decay: f64,
+    /// Use the maximum of past second moments (AMSGrad; default false).
+    pub amsgrad: bool,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        AdamConfig {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            amsgrad: false,
+        }
+    }
+}
+
+impl AdamConfig {
+    /// PyTorch's AdamW defaults (Adam's, with `weight_decay` 1e-2).
+    pub fn adamw() -> Self {
+        AdamConfig {
+            weight_decay: 1e-2,
+            ..Self::default()
+        }
+    }
+    /// Sets `lr`.
+    pub fn lr(mut self, v: f64) -> Self {
+        self.lr = v;
+        self
+    }
+    /// Sets `beta1` and `beta2`.
+    pub fn betas(mut self, beta1: f64, beta2: f64) -> Self {
+        self.beta1 = beta1;
+        self.beta2 = beta2;
+        self
+    }
+    /// Sets `eps`.
+    pub fn eps(mut self, v: f64) -> Self {
+        self.eps = v;
+        self
+    }
+    /// Sets `weight_decay`.
+    pub fn weight_decay(mut self, v: f64) -> Self {
+        self.weight_decay = v;
+        self
+    }
+    /// Sets `amsgrad`.
+    pub fn amsgrad(mut self, on: bool) -> Self {
+        self.amsgrad = on;
+        self
+    }
+
+    fn validate(&self, op: &'static str) -> Result<()> {
+        check_nonneg(op, "lr", self.lr)?;
+        check_unit(op, "beta1", self.beta1)?;
+        check_unit(op, "beta2", self.beta2)?;
+        check_nonneg(op, "eps", self.eps)?;
+        check_nonneg(op, "weight_decay", self.weight_decay)
+    }
+}
+
+/// The update shared by Adam and AdamW.
+#[derive(Clone, Debug)]
+struct AdamCore<T: Float> {
+    cfg: AdamConfig,
+    decoupled: bool,
+    state: StateTable<T>,
+}
+
+impl<T: Float> AdamCore<T> {
+    fn new(cfg: AdamConfig, decoupled: bool, op: &'static str) -> Result<Self> {
+        cfg.validate(op)?;
+        let mut state = StateTable::new();
+        let mut names = vec!["exp_avg", "exp_avg_sq"];
+        if cfg.amsgrad {
+            names.push("max_exp_avg_sq");
+        }
+        state.set_names(names);
+        Ok(AdamCore {
+            cfg,
+            decoupled,
+            state,
+        })
+    }
+
+    fn step(
+        &mut self,
+        op: &'static str,
+        store: &mut ParamStore<T>,
+        grads: &Grads<'_, T>,
+    ) -> Result<()> {
+        let ids = grads_to_apply(op, store, grads)?;
+        let c = &self.cfg;
+        let (b1, b2) = (T::from_f64(c.beta1), T::from_f64(c.beta2));
+        let (omb1, omb2) = (T::from_f64(1.0 - c.beta1), T::from_f64(1.0 - c.beta2));
+        let (wd, eps) = (T::from_f64(c.weight_decay), T::from_f64(c.eps));
+        let decay = T::from_f64(1.0 - c.lr * c.weight_decay);
+        for id in ids {
+            let g = grads.param(id).expect("checked by grads_to_apply");
+            let p = store.get_mut(id);
+            let st = self.state.get_or_init(id, p, T::ZERO);
+            st.step += 1;
+            let t = st.step as i32;
+            let bc1 = 1.0 - c.beta1.powi(t);
+            let bc2_sqrt = T::from_f64((1.0 - c.beta2.powi(t)).sqrt());
+            let step_size = T::from_f64(c.lr / bc1);
+            let (m, rest) = st.bufs.split_at_mut(1);
+            let (v, vmax) = rest.split_at_mut(1);
+            let m = m[0].data_mut();
+            let v = v[0].data_mut();
+            let mut vmax = vmax.first_mut().map(|t| t.data_mut());
+            for (k, (pi, &gi)) in p.data_mut().iter_mut().zip(g.data()).enumerate() {
+                let mut gi = gi;
+                if c.weight_decay != 0.0 {
+                    if self.decoupled {
+                        *pi *= decay;
+                    } else {
+                        gi += wd * *pi;
+                    }
+                }
+                m[k] = b1 * m[k] + omb1 * gi;
+                v[k] = b2 * v[k] + omb2 * gi * gi;
+                let second = match vmax.as_deref_mut() {
+                    Some(mx) => {
+                        mx[k] = mx[k].max(v[k]);
+                        mx[k]
+                    }
+                    None => v[k],
+                };
+                let denom = second.sqrt() / bc2_sqrt + eps;
+                *pi -= step_size * m[k] / denom;
+            }
+        }
+        Ok(())
+    }
+
+    fn load_state(
+        &mut self,
+        op: &'static str,
+        store: &ParamStore<T>,
+        tensors: &[(String, Tensor<T>)],
+        scalars: &[(String, f64)],
+    ) -> Result<()> {
+        let slots = self.state.import(op, store, tensors)?;
+        let lr = scalar(op, scalars, "lr")?;
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err(Error::format(op, format!("scalar `lr` is {lr}")));
+        }
+        self.state.slots = slots;
+        self.cfg.lr = lr;
+        Ok(())
+    }
+}
+
+macro_rules! adam_variant {
+    ($name:ident, $str:literal, $decoupled:expr, $doc:literal) => {
+        #[doc = $doc]
+        #[derive(Clone, Debug)]
+        pub struct $name<T: Float> {
+            core: AdamCore<T>,
+        }
+
+        impl<T: Float> $name<T> {
+            /// A new optimizer; fails on a hyper-parameter out of range (betas in `[0, 1)`,
+            /// `lr`, `eps` and `weight_decay` finite and `>= 0`).
+            pub fn new(cfg: AdamConfig) -> Result<Self> {
+                Ok($name {
+                    core: AdamCore::new(cfg, $decoupled, concat!(stringify!($name), "::new"))?,
+                })
+            }
+
+            /// The settings.
+            pub fn config(&self) -> &AdamConfig {
+                &self.core.cfg
+            }
+        }
+
+        impl<T: Float> Optimizer<T> for $name<T> {
+            fn name(&self) -> &'static str {
+                $str
+            }
+
+            fn step(&mut self, store: &mut ParamStore<T>, grads: &Grads<'_, T>) -> Result<()> {
+                self.core
+                    .step(concat!(stringify!($name), "::step"), store, grads)
+            }
+
+            fn lr(&self) -> f64 {
+                self.core.cfg.lr
+            }
+
+            fn set_lr(&mut self, lr: f64) {
+                self.core.cfg.lr = lr;
+            }
+
+            fn state_tensors(&self, store: &ParamStore<T>) -> Vec<(String, Tensor<T>)> {
+                self.core.state.export(store)
+            }
+
+            fn state_scalars(&self) -> Vec<(String, f64)> {
+                vec![("lr".into(), self.core.cfg.lr)]
+            }
+
+            fn load_state(
+                &mut self,
+                store: &ParamStore<T>,
+                tensors: &[(String, Tensor<T>)],
+                scalars: &[(String, f64)],
+            ) -> Result<()> {
+                self.core.load_state(
+                    concat!(stringify!($name), "::load_state"),
+                    store,
+                    tensors,
+                    scalars,
+                )
+            }
+        }
+    };
+}
+
+adam_variant!(
+    Adam,
+    "adam",
+    false,
+    "Adam as `torch.optim.Adam` (the weight decay is an L2 term added to the gradient):\n\n\
+```text\n\
+g = grad + weight_decay * p\n\
+m = beta1 * m + (1 - beta1) * g\n\
+v = beta2 * v + (1 - beta2) * g^2\n\
+v_hat = max(v_hat, v) if amsgrad else v\n\
+p = p - lr / (1 - beta1^t) * m / (sqrt(v_hat) / sqrt(1 - beta2^t) + eps)\n\
+```\n\n\
+`t` counts the updates of each parameter (a step without its gradient does not count)."
+);
+
+adam_variant!(
+    AdamW,
+    "adamw",
+    true,
+    "AdamW as `torch.optim.AdamW`: Adam with decoupled weight decay, `p = p * (1 - lr * \
+weight_decay)` before the Adam update of the undecayed gradient. Build it with \
+[`AdamConfig::adamw`] for PyTorch's default decay of 1e-2."
+);
