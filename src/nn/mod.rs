@@ -1,6 +1,7 @@
 //! Neural-network layers: recurrent layers (RNN, LSTM, GRU) with PyTorch's options, parameter
 //! names and layouts.
 
+mod cell;
 mod embedding;
 mod fused;
 mod linear;
@@ -8,6 +9,9 @@ mod recurrent;
 mod reference;
 
 pub use crate::kernels::rnn::Activation;
+pub use cell::{
+    Cell, CellConfig, CellState, GruCell, LstmCell, RecurrentCell, RnnCell, StateTensors,
+};
 pub use embedding::Embedding;
 pub use linear::Linear;
 pub use recurrent::{
