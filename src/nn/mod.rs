@@ -7,6 +7,7 @@ mod fused;
 mod linear;
 mod recurrent;
 mod reference;
+mod state_dict;
 
 pub use crate::kernels::rnn::Activation;
 pub use cell::{
@@ -17,4 +18,7 @@ pub use linear::Linear;
 pub use recurrent::{
     CellKind, DirectionParams, ForwardOptions, Gru, Implementation, Lstm, Recurrent,
     RecurrentConfig, RecurrentOutput, Rnn,
+};
+pub use state_dict::{
+    Module, load_state_dict, load_state_dict_file, save_state_dict, state_dict, state_dict_bytes,
 };
