@@ -5,6 +5,7 @@ mod cell;
 mod embedding;
 mod fused;
 mod linear;
+pub mod parity;
 mod recurrent;
 mod reference;
 mod state_dict;
