@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod example;
+mod parity;
 
 /// Train recurrent sequence models (RNN, LSTM, GRU) on CPUs.
 #[derive(Parser)]
@@ -21,6 +22,13 @@ struct Cli {
 enum Command {
     /// Print the chapter's worked example: a 2-unit tanh RNN over the inputs 1, -1, 2.
     Example,
+    /// Check recur against PyTorch: run parity fixtures (tests/fixtures/gen_parity.py) and print
+    /// the largest relative errors; exit status 1 if any fails, 2 if any is not a fixture.
+    Parity {
+        /// Fixture files (safetensors).
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+    },
 }
 
 /// What a subcommand hands back: an exit status, or a message for stderr (exit status 1).
@@ -30,6 +38,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         None | Some(Command::Example) => example::run(),
+        Some(Command::Parity { files }) => parity::run(&files),
     };
     match result {
         Ok(code) => code,
