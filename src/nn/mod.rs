@@ -1,18 +1,27 @@
 //! Neural-network layers: recurrent layers (RNN, LSTM, GRU) with PyTorch's options, parameter
 //! names and layouts.
 
+mod cell;
 mod embedding;
 mod fused;
 pub mod init;
 mod linear;
 pub mod loss;
+pub mod parity;
 mod recurrent;
 pub(crate) mod reference;
+mod state_dict;
 
 pub use crate::kernels::rnn::Activation;
+pub use cell::{
+    Cell, CellConfig, CellState, GruCell, LstmCell, RecurrentCell, RnnCell, StateTensors,
+};
 pub use embedding::Embedding;
 pub use linear::Linear;
 pub use recurrent::{
     CellKind, DirectionParams, ForwardOptions, Gru, Implementation, Lstm, Recurrent,
     RecurrentConfig, RecurrentOutput, Rnn,
+};
+pub use state_dict::{
+    Module, load_state_dict, load_state_dict_file, save_state_dict, state_dict, state_dict_bytes,
 };

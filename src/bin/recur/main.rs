@@ -14,6 +14,7 @@ mod demo;
 mod example;
 mod gradflow;
 mod optimizer;
+mod parity;
 mod plot;
 mod sample;
 mod train;
@@ -39,6 +40,13 @@ enum Command {
     Sample(sample::SampleArgs),
     /// Measure ||dL/dh_t|| through time for each cell, at initialisation and after training.
     Gradflow(gradflow::GradflowArgs),
+    /// Check recur against PyTorch: run parity fixtures (tests/fixtures/gen_parity.py) and print
+    /// the largest relative errors; exit status 1 if any fails, 2 if any is not a fixture.
+    Parity {
+        /// Fixture files (safetensors).
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+    },
 }
 
 /// What a subcommand hands back: an exit status, or a message for stderr (exit status 1).
@@ -74,6 +82,7 @@ fn main() -> ExitCode {
         Command::Gradflow(args) => gradflow::run(&args),
         Command::Train(args) => train::run(&args),
         Command::Sample(args) => sample::run(&args),
+        Command::Parity { files } => parity::run(&files),
     };
     match result {
         Ok(code) => code,
