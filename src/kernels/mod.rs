@@ -12,3 +12,6 @@ pub mod rnn;
 pub mod simd;
 
 pub use simd::SimdFloat;
+
+#[cfg(test)]
+mod testutil;
