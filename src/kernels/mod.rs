@@ -9,3 +9,9 @@ pub use gemm::GemmShape;
 pub mod gru;
 pub mod lstm;
 pub mod rnn;
+pub mod simd;
+
+pub use simd::SimdFloat;
+
+#[cfg(test)]
+mod testutil;

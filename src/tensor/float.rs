@@ -1,15 +1,19 @@
 //! The element types recur computes in: `f32` and `f64`.
 
 use std::fmt::{Debug, Display};
+
+use crate::kernels::SimdFloat;
 use std::iter::Sum;
 use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssign};
 
 /// A floating-point element type: implemented for `f32` and `f64`.
 ///
 /// It carries the scalar math the reference ops need and the matrix product the kernels
-/// dispatch to (`sgemm` or `dgemm`).
+/// dispatch to (`sgemm` or `dgemm`), and through [`SimdFloat`] the vector type and vectorised
+/// `exp`, `sigmoid` and `tanh` of the kernels.
 pub trait Float:
-    Copy
+    SimdFloat
+    + Copy
     + Send
     + Sync
     + Default
