@@ -197,7 +197,7 @@ fn expect_refused(
     assert!(!same_store(&ps_before, &ps_before_load));
     let opt_before = opt.clone();
     let mut rng = Rng::new(123);
-    let err = load_checkpoint(&path, &mut ps, &mut opt, &mut rng, expect_config(check))
+    let err = load_checkpoint(path, &mut ps, &mut opt, &mut rng, expect_config(check))
         .unwrap_err()
         .to_string();
     for n in needles {
@@ -348,7 +348,12 @@ fn missing_or_damaged_state_is_refused() {
     let dir = tmp_dir("state");
     let (path, ..) = saved_lstm(&dir);
     let cfg = config_json(CellKind::Lstm, 4);
-    let cases: Vec<(&str, Box<dyn Fn(&str) -> bool>, &[&str])> = vec![
+    type Case = (
+        &'static str,
+        Box<dyn Fn(&str) -> bool>,
+        &'static [&'static str],
+    );
+    let cases: Vec<Case> = vec![
         (
             "no-exp-avg",
             Box::new(|n: &str| n == "optim.rnn.weight_hh_l0.exp_avg"),

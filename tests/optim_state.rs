@@ -41,7 +41,10 @@ fn train_step(opt: &mut dyn Optimizer<f64>, ps: &mut ParamStore<f64>, with_b: bo
     opt.step(ps, &grads).unwrap();
 }
 
-fn optimizers() -> Vec<Box<dyn Fn() -> Box<dyn Optimizer<f64>>>> {
+/// Builds a fresh optimizer.
+type Make = Box<dyn Fn() -> Box<dyn Optimizer<f64>>>;
+
+fn optimizers() -> Vec<Make> {
     vec![
         Box::new(|| Box::new(Sgd::new(SgdConfig::default().lr(0.1).momentum(0.9)).unwrap())),
         Box::new(|| Box::new(Adam::new(AdamConfig::default().lr(0.05).amsgrad(true)).unwrap())),
