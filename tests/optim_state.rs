@@ -230,3 +230,22 @@ fn tape_loss(tape: &mut Tape<f64>, ps: &ParamStore<f64>, a: ParamId) -> recur::V
     let s = tape.sum(sq).unwrap();
     tape.scale(s, 0.5).unwrap()
 }
+
+#[test]
+fn schedules_validate_their_settings() {
+    use recur::optim::{CosineAnnealingLr, LrSchedule, StepLr, WarmupCosine, WarmupLinear};
+    assert!(StepLr::new(0.1, 0, 0.5).is_err());
+    assert!(StepLr::new(f64::NAN, 3, 0.5).is_err());
+    assert!(CosineAnnealingLr::new(0.1, 0, 0.0).is_err());
+    assert!(WarmupLinear::new(0.1, 0.0, 1.0, 5).is_err());
+    assert!(WarmupLinear::new(0.1, 0.5, 1.0, 0).is_err());
+    assert!(WarmupCosine::new(0.1, 0.1, 10, 10, 0.0).is_err());
+    // No warm-up: plain cosine from the first step.
+    let s = WarmupCosine::new(0.1, 0.1, 0, 10, 0.0).unwrap();
+    let c = CosineAnnealingLr::new(0.1, 10, 0.0).unwrap();
+    for t in 0..12 {
+        assert_eq!(s.lr_at(t), c.lr_at(t));
+    }
+    // Step decay far out does not overflow.
+    assert_eq!(StepLr::new(0.1, 1, 0.5).unwrap().lr_at(usize::MAX), 0.0);
+}
