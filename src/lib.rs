@@ -50,6 +50,7 @@ pub mod tape;
 pub mod tensor;
 
 pub use error::{Error, Result};
+pub use optim::Optimizer;
 pub use params::{ParamId, ParamStore};
 pub use rng::Rng;
 pub use tape::{CustomOp, Grads, Tape, Var};

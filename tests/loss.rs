@@ -1,5 +1,7 @@
 //! Sequence losses: values against a direct computation, gradients against finite differences.
 
+#![allow(clippy::needless_range_loop)] // index loops mirror the [T, B, F] formulas
+
 use recur::diagnostics::{GradcheckOptions, gradcheck};
 use recur::nn::loss::{
     last_step_cross_entropy, last_step_mse, sequence_cross_entropy, sequence_mse,
@@ -114,9 +116,12 @@ fn gradients_match_finite_differences() {
     let mut ps = ParamStore::<f64>::new();
     let opts = GradcheckOptions::default();
     let x = random(&[T, B, V], 6);
-    let r = gradcheck(&mut ps, &[x.clone()], opts.clone(), |tape, _, xs| {
-        sequence_cross_entropy(tape, xs[0], &TARGETS, Some(&LENGTHS))
-    })
+    let r = gradcheck(
+        &mut ps,
+        std::slice::from_ref(&x),
+        opts.clone(),
+        |tape, _, xs| sequence_cross_entropy(tape, xs[0], &TARGETS, Some(&LENGTHS)),
+    )
     .unwrap();
     assert!(r.passed() && r.checked == T * B * V, "{r:?}");
     let r = gradcheck(&mut ps, &[x], opts.clone(), |tape, _, xs| {

@@ -41,7 +41,10 @@ fn train_step(opt: &mut dyn Optimizer<f64>, ps: &mut ParamStore<f64>, with_b: bo
     opt.step(ps, &grads).unwrap();
 }
 
-fn optimizers() -> Vec<Box<dyn Fn() -> Box<dyn Optimizer<f64>>>> {
+/// Builds a fresh optimizer.
+type Make = Box<dyn Fn() -> Box<dyn Optimizer<f64>>>;
+
+fn optimizers() -> Vec<Make> {
     vec![
         Box::new(|| Box::new(Sgd::new(SgdConfig::default().lr(0.1).momentum(0.9)).unwrap())),
         Box::new(|| Box::new(Adam::new(AdamConfig::default().lr(0.05).amsgrad(true)).unwrap())),
@@ -226,4 +229,23 @@ fn tape_loss(tape: &mut Tape<f64>, ps: &ParamStore<f64>, a: ParamId) -> recur::V
     let sq = tape.mul(v, v).unwrap();
     let s = tape.sum(sq).unwrap();
     tape.scale(s, 0.5).unwrap()
+}
+
+#[test]
+fn schedules_validate_their_settings() {
+    use recur::optim::{CosineAnnealingLr, LrSchedule, StepLr, WarmupCosine, WarmupLinear};
+    assert!(StepLr::new(0.1, 0, 0.5).is_err());
+    assert!(StepLr::new(f64::NAN, 3, 0.5).is_err());
+    assert!(CosineAnnealingLr::new(0.1, 0, 0.0).is_err());
+    assert!(WarmupLinear::new(0.1, 0.0, 1.0, 5).is_err());
+    assert!(WarmupLinear::new(0.1, 0.5, 1.0, 0).is_err());
+    assert!(WarmupCosine::new(0.1, 0.1, 10, 10, 0.0).is_err());
+    // No warm-up: plain cosine from the first step.
+    let s = WarmupCosine::new(0.1, 0.1, 0, 10, 0.0).unwrap();
+    let c = CosineAnnealingLr::new(0.1, 10, 0.0).unwrap();
+    for t in 0..12 {
+        assert_eq!(s.lr_at(t), c.lr_at(t));
+    }
+    // Step decay far out does not overflow.
+    assert_eq!(StepLr::new(0.1, 1, 0.5).unwrap().lr_at(usize::MAX), 0.0);
 }

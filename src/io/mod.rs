@@ -24,6 +24,8 @@
 //! # Ok::<(), recur::Error>(())
 //! ```
 
+pub mod checkpoint;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Write;

@@ -116,10 +116,10 @@ pub fn last_step_cross_entropy<T: Float>(
     let last = |k: usize| lengths.map_or(t_len - 1, |l| l[k] - 1);
     let mut mask = vec![false; t_len * b];
     let mut full = vec![0; t_len * b];
-    for (k, &target) in targets.iter().enumerate().take(b) {
+    for (k, &c) in targets.iter().enumerate() {
         let i = last(k) * b + k;
         mask[i] = true;
-        full[i] = target;
+        full[i] = c;
     }
     tape.cross_entropy_masked(logits, &full, &mask)
 }

@@ -22,6 +22,10 @@ pub fn grad_norm<T: Float>(grads: &Grads<'_, T>) -> f64 {
 /// `g <- g * max_norm / (norm + 1e-6)` when that factor is below 1, as
 /// `torch.nn.utils.clip_grad_norm_` does. Returns the norm *before* clipping.
 ///
+/// This is the chapter's remedy for exploding gradients (if `||g|| > tau`, rescale `g` to norm
+/// `tau`), with PyTorch's `1e-6` guard in the denominator: the clipped norm is
+/// `tau * norm / (norm + 1e-6)`, below `tau` by a relative `1e-6 / norm` at most.
+///
 /// A non-finite norm (a NaN or infinite gradient) is an [`Error::NonFinite`] and leaves the
 /// gradients unchanged; a `max_norm` that is not finite and positive is [`Error::Invalid`].
 ///

@@ -134,7 +134,8 @@ impl WarmupLinear {
     ) -> Result<Self> {
         const OP: &str = "WarmupLinear::new";
         check_lr(OP, "base_lr", base_lr)?;
-        if !(start_factor > 0.0 && start_factor <= 1.0 && (0.0..=1.0).contains(&end_factor)) {
+        let ok = start_factor > 0.0 && start_factor <= 1.0 && (0.0..=1.0).contains(&end_factor);
+        if !ok {
             return Err(Error::invalid(
                 OP,
                 format!(

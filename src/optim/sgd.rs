@@ -182,6 +182,12 @@ impl<T: Float> Optimizer<T> for Sgd<T> {
     ) -> Result<()> {
         let slots = self.state.import("Sgd::load_state", store, tensors)?;
         let lr = scalar("Sgd::load_state", scalars, "lr")?;
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err(Error::format(
+                "Sgd::load_state",
+                format!("scalar `lr` is {lr}"),
+            ));
+        }
         self.state.slots = slots;
         self.cfg.lr = lr;
         Ok(())
