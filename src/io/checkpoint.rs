@@ -59,7 +59,7 @@ use super::{Archive, Entry, Metadata, StoredDtype, atomic_write, to_bytes};
 use crate::optim::Optimizer;
 use crate::params::ParamStore;
 use crate::rng::Rng;
-use crate::tensor::Float;
+use crate::tensor::{Float, Tensor};
 use crate::{Error, Result};
 
 /// The `kind` metadata value of a recur checkpoint.
@@ -73,6 +73,8 @@ const OPTIM: &str = "optim.";
 const OPTIM_SCALAR: &str = "optim_scalar.";
 const RNG: &str = "rng.state";
 const PROGRESS: &str = "progress";
+/// Prefix of the extra tensors of [`save_checkpoint_with_extras`].
+pub const EXTRA: &str = "extra.";
 
 /// What a checkpoint records besides tensors.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,6 +97,20 @@ pub fn save_checkpoint<T: Float>(
     optimizer: &dyn Optimizer<T>,
     rng: &Rng,
     info: &CheckpointInfo,
+) -> Result<()> {
+    save_checkpoint_with_extras(path, store, optimizer, rng, info, &[])
+}
+
+/// Like [`save_checkpoint`], with extra named tensors stored as `extra.{name}` (for example the
+/// hidden state carried between chunks of truncated backpropagation through time). Read them back
+/// with [`Archive::tensor`] on the file; [`load_checkpoint`] ignores them.
+pub fn save_checkpoint_with_extras<T: Float>(
+    path: &Path,
+    store: &ParamStore<T>,
+    optimizer: &dyn Optimizer<T>,
+    rng: &Rng,
+    info: &CheckpointInfo,
+    extras: &[(&str, &Tensor<T>)],
 ) -> Result<()> {
     serde_json::from_str::<serde_json::Value>(&info.config)
         .map_err(|e| Error::invalid("save_checkpoint", format!("config is not valid JSON: {e}")))?;
@@ -119,6 +135,9 @@ pub fn save_checkpoint<T: Float>(
     }
     entries.push((RNG.to_string(), Entry::I64(&rng_words)));
     entries.push((PROGRESS.to_string(), Entry::I64(&progress)));
+    for (name, t) in extras {
+        entries.push((format!("{EXTRA}{name}"), Entry::Float(t)));
+    }
 
     let state_names: Vec<&str> = optim_tensors.iter().map(|(n, _)| n.as_str()).collect();
     let mut meta = Metadata::new();

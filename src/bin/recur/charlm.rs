@@ -95,6 +95,7 @@ impl CharModel {
     }
 
     /// Logits `[T*B, V]` for the ids `[T, B]` from `state`; returns them and the final state.
+    #[allow(clippy::too_many_arguments)]
     pub fn logits(
         &self,
         tape: &mut Tape<f32>,

@@ -3,6 +3,7 @@
 //! gradient is not), with a held-out validation split, checkpoints that resume exactly, samples,
 //! a live progress bar and a loss plot.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -292,7 +293,7 @@ pub fn run(args: &TrainArgs) -> CmdResult {
     }
 
     let chars_per_step = (args.batch * args.seq_len) as f64;
-    let bar = if args.quiet || args.json {
+    let bar = if args.quiet || args.json || !std::io::stderr().is_terminal() {
         ProgressBar::with_draw_target(Some(total_steps as u64), ProgressDrawTarget::hidden())
     } else {
         ProgressBar::new(total_steps as u64)
@@ -304,9 +305,18 @@ pub fn run(args: &TrainArgs) -> CmdResult {
         .map_err(|e| e.to_string())?,
     );
     bar.set_position(ts.step as u64);
+    // Lines above the bar on a terminal; plain lines when stderr is redirected.
+    let live = !(args.quiet || args.json) && std::io::stderr().is_terminal();
+    let say = |msg: String| {
+        if live {
+            bar.println(msg);
+        } else if !(args.quiet || args.json) {
+            println!("{msg}");
+        }
+    };
     let chunks = corpus.train.chunks();
-    if !args.quiet && !args.json {
-        bar.println(format!(
+    {
+        say(format!(
             "{} characters ({} distinct), {} for training, {} chunks per epoch; unigram entropy {:.3} nats = {:.3} bits per character",
             corpus.total_chars,
             corpus.vocab.len(),
@@ -415,8 +425,8 @@ pub fn run(args: &TrainArgs) -> CmdResult {
                         "chars_per_sec": cps, "elapsed_s": secs,
                     })
                 );
-            } else if !args.quiet {
-                bar.println(format!(
+            } else {
+                say(format!(
                     "step {:>6}  train {:.4}  val {:.4} nats = {:.3} bpc{}",
                     ts.step,
                     train_loss,
