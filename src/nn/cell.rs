@@ -113,14 +113,13 @@ impl Cell {
         let mut uniform = |dims: &[usize]| -> Result<Tensor<T>> {
             Tensor::from_fn(dims, |_| T::from_f64(rng.uniform_range(-bound, bound)))
         };
-        let values = [
-            uniform(&[g * h, i])?,
-            uniform(&[g * h, h])?,
-            uniform(&[g * h])?,
-            uniform(&[g * h])?,
-        ];
         let mut ids = Vec::with_capacity(4);
-        for (name, value) in names.into_iter().zip(values) {
+        for (k, name) in names.into_iter().enumerate() {
+            let value = match k {
+                0 => uniform(&[g * h, i])?,
+                1 => uniform(&[g * h, h])?,
+                _ => uniform(&[g * h])?,
+            };
             ids.push(store.add(name, value)?);
         }
         let params = DirectionParams {
