@@ -1,6 +1,7 @@
-//! Recurrent cells: stepped by hand over a sequence they reproduce a one-layer `Recurrent` stack
-//! (outputs and every gradient, both directions); the tape-free step gives the same numbers as
-//! the tape step; gradcheck of the step in f64; PyTorch cell names; shape errors.
+//! Recurrent cells: stepped by hand over a sequence, layer by layer, they reproduce a `Recurrent`
+//! stack (outputs and every gradient, both directions, several layers); the tape-free step gives
+//! the same numbers as the tape step; gradcheck of the step in f64; PyTorch cell names; shape
+//! errors.
 
 use recur::diagnostics::{GradcheckOptions, gradcheck};
 use recur::nn::{
@@ -38,15 +39,23 @@ struct Inputs<T: Float> {
     rc: Tensor<T>,
 }
 
-fn inputs<T: Float>(seed: u64, t: usize, b: usize, i: usize, h: usize, d: usize) -> Inputs<T> {
+fn inputs<T: Float>(
+    seed: u64,
+    t: usize,
+    b: usize,
+    i: usize,
+    h: usize,
+    d: usize,
+    l: usize,
+) -> Inputs<T> {
     let mut rng = Rng::new(seed);
     Inputs {
         x: rand(&mut rng, &[t, b, i]),
-        h0: rand(&mut rng, &[d, b, h]),
-        c0: rand(&mut rng, &[d, b, h]),
+        h0: rand(&mut rng, &[d * l, b, h]),
+        c0: rand(&mut rng, &[d * l, b, h]),
         ry: rand(&mut rng, &[t, b, d * h]),
-        rh: rand(&mut rng, &[d, b, h]),
-        rc: rand(&mut rng, &[d, b, h]),
+        rh: rand(&mut rng, &[d * l, b, h]),
+        rc: rand(&mut rng, &[d * l, b, h]),
     }
 }
 
@@ -91,33 +100,37 @@ fn outputs<T: Float>(
     let (y, h_n, c_n) = if by_cells {
         let t_len = d.x.dims()[0];
         let dirs = layer.config().directions();
-        let (mut ys, mut hs, mut cs) = (Vec::new(), Vec::new(), Vec::new());
-        for dir in 0..dirs {
-            let cell = Cell::from_layer(layer, 0, dir).unwrap();
-            let mut s = CellState {
-                h: tape.select(h0, dir).unwrap(),
-                c: c0.map(|c| tape.select(c, dir).unwrap()),
-            };
-            let mut out = vec![None; t_len];
-            for k in 0..t_len {
-                let t = if dir == 1 { t_len - 1 - k } else { k };
-                let x_t = tape.select(x, t).unwrap();
-                s = cell.step(&mut tape, ps, x_t, s).unwrap();
-                out[t] = Some(s.h);
+        let (mut input, mut hs, mut cs) = (x, Vec::new(), Vec::new());
+        for l in 0..layer.config().num_layers {
+            let mut ys = Vec::new();
+            for dir in 0..dirs {
+                let cell = Cell::from_layer(layer, l, dir).unwrap();
+                let k = l * dirs + dir;
+                let mut s = CellState {
+                    h: tape.select(h0, k).unwrap(),
+                    c: c0.map(|c| tape.select(c, k).unwrap()),
+                };
+                let mut out = vec![None; t_len];
+                for step in 0..t_len {
+                    let t = if dir == 1 { t_len - 1 - step } else { step };
+                    let x_t = tape.select(input, t).unwrap();
+                    s = cell.step(&mut tape, ps, x_t, s).unwrap();
+                    out[t] = Some(s.h);
+                }
+                let out: Vec<Var> = out.into_iter().map(Option::unwrap).collect();
+                ys.push(tape.stack(&out).unwrap());
+                hs.push(s.h);
+                cs.extend(s.c);
             }
-            let out: Vec<Var> = out.into_iter().map(Option::unwrap).collect();
-            ys.push(tape.stack(&out).unwrap());
-            hs.push(s.h);
-            cs.extend(s.c);
+            input = if dirs == 1 {
+                ys[0]
+            } else {
+                tape.concat(&ys).unwrap()
+            };
         }
-        let y = if dirs == 1 {
-            ys[0]
-        } else {
-            tape.concat(&ys).unwrap()
-        };
         let h_n = tape.stack(&hs).unwrap();
         let c_n = lstm.then(|| tape.stack(&cs).unwrap());
-        (y, h_n, c_n)
+        (input, h_n, c_n)
     } else {
         let o = layer
             .forward(
@@ -156,12 +169,22 @@ fn outputs<T: Float>(
 fn cells_match_layer<T: Float>(tol: f64) {
     let mut rng = Rng::new(42);
     for kind in KINDS {
-        for (bias, bidir, t_len) in [(true, false, 1), (true, true, 7), (false, false, 5)] {
+        let cases = [
+            (true, false, 1, 1),
+            (true, true, 7, 1),
+            (false, false, 5, 1),
+            (true, true, 4, 2),
+            (false, false, 3, 3),
+        ];
+        for (bias, bidir, t_len, layers) in cases {
             let (b, i, h) = (1 + rng.below(3), 1 + rng.below(4), 1 + rng.below(9));
-            let cfg = RecurrentConfig::new(i, h).bias(bias).bidirectional(bidir);
+            let cfg = RecurrentConfig::new(i, h)
+                .bias(bias)
+                .bidirectional(bidir)
+                .num_layers(layers);
             let mut ps = ParamStore::<T>::new();
             let layer = Recurrent::new(&mut ps, "rnn.", kind, cfg.clone(), &mut rng).unwrap();
-            let d = inputs::<T>(rng.next_u64(), t_len, b, i, h, cfg.directions());
+            let d = inputs::<T>(rng.next_u64(), t_len, b, i, h, cfg.directions(), layers);
             let want = outputs(&layer, &ps, &d, false);
             let got = outputs(&layer, &ps, &d, true);
             assert_eq!(want.len(), got.len());
@@ -192,8 +215,9 @@ fn cells_stepped_by_hand_match_the_layer_f32() {
 #[test]
 fn standalone_cells_and_inference_step_match_layer() {
     let mut rng = Rng::new(9);
-    for kind in KINDS {
-        let (t_len, b, i, h) = (6, 3, 4, 5);
+    // Batches of 3 and 7 take the two paths of the tape-free product (rows, blocked GEMM).
+    for (kind, b) in KINDS.iter().flat_map(|&k| [(k, 3), (k, 7)]) {
+        let (t_len, i, h) = (6, 4, 5);
         let mut lps = ParamStore::<f64>::new();
         let cfg = RecurrentConfig::new(i, h);
         let layer = Recurrent::new(&mut lps, "", kind, cfg, &mut rng).unwrap();

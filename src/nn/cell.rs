@@ -113,14 +113,13 @@ impl Cell {
         let mut uniform = |dims: &[usize]| -> Result<Tensor<T>> {
             Tensor::from_fn(dims, |_| T::from_f64(rng.uniform_range(-bound, bound)))
         };
-        let values = [
-            uniform(&[g * h, i])?,
-            uniform(&[g * h, h])?,
-            uniform(&[g * h])?,
-            uniform(&[g * h])?,
-        ];
         let mut ids = Vec::with_capacity(4);
-        for (name, value) in names.into_iter().zip(values) {
+        for (k, name) in names.into_iter().enumerate() {
+            let value = match k {
+                0 => uniform(&[g * h, i])?,
+                1 => uniform(&[g * h, h])?,
+                _ => uniform(&[g * h])?,
+            };
             ids.push(store.add(name, value)?);
         }
         let params = DirectionParams {
@@ -383,7 +382,7 @@ impl Cell {
             trans_a: false,
             trans_b: true,
         };
-        T::gemm(proj, T::ONE, x.data(), w_ih, T::ONE, &mut xp);
+        add_x_wt(proj, x.data(), w_ih, &mut xp);
         let rec = GemmShape {
             m: batch,
             k: hsz,
@@ -396,12 +395,12 @@ impl Cell {
         let mut c_out = None;
         match self.kind {
             CellKind::Rnn(act) => {
-                T::gemm(rec, T::ONE, h_prev, w_hh, T::ONE, &mut xp);
+                add_x_wt(rec, h_prev, w_hh, &mut xp);
                 rnn::rnn_forward(&mut xp, act);
                 h.copy_from_slice(&xp);
             }
             CellKind::Lstm => {
-                T::gemm(rec, T::ONE, h_prev, w_hh, T::ONE, &mut xp);
+                add_x_wt(rec, h_prev, w_hh, &mut xp);
                 let c_prev = state.c.as_ref().expect("checked: an LSTM state has c");
                 let mut c = vec![T::ZERO; batch * hsz];
                 lstm::lstm_forward(&mut xp, c_prev.data(), &mut c, &mut h, hsz);
@@ -414,7 +413,7 @@ impl Cell {
                         row.copy_from_slice(b_hh);
                     }
                 }
-                T::gemm(rec, T::ONE, h_prev, w_hh, T::ONE, &mut hp);
+                add_x_wt(rec, h_prev, w_hh, &mut hp);
                 let mut saved = vec![T::ZERO; batch * 4 * hsz];
                 gru::gru_forward(&xp, &hp, h_prev, &mut h, &mut saved, hsz);
             }
@@ -424,6 +423,46 @@ impl Cell {
             c: c_out,
         })
     }
+}
+
+/// Batches up to this size take the row-by-row product in [`add_x_wt`].
+const SMALL_BATCH: usize = 4;
+
+/// `out += x W^T` for `x` `[m, k]`, `W` `[n, k]` (both row-major), `out` `[m, n]`.
+///
+/// For the few rows of a sampling step, each output is a dot product of two contiguous rows:
+/// the weights stream through once, unpacked. Larger batches go to the blocked GEMM, whose
+/// packing pays off there.
+fn add_x_wt<T: Float>(s: GemmShape, x: &[T], w: &[T], out: &mut [T]) {
+    debug_assert!(!s.trans_a && s.trans_b);
+    if s.m > SMALL_BATCH {
+        T::gemm(s, T::ONE, x, w, T::ONE, out);
+        return;
+    }
+    // Weight rows outside, batch rows inside: the weights stream through once per step.
+    for (j, w_row) in w.chunks_exact(s.k).enumerate() {
+        for (b, x_row) in x.chunks_exact(s.k).enumerate() {
+            out[b * s.n + j] += dot(x_row, w_row);
+        }
+    }
+}
+
+/// Dot product with eight independent partial sums, so the compiler can keep them in one
+/// vector register and the additions do not wait on each other.
+fn dot<T: Float>(a: &[T], b: &[T]) -> T {
+    let mut acc = [T::ZERO; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for j in 0..8 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    let mut tail = T::ZERO;
+    for (x, y) in ar.iter().zip(br) {
+        tail += *x * *y;
+    }
+    (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + tail
 }
 
 /// `x W^T + b` for `[B, in]` rows.

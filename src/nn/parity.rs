@@ -145,10 +145,11 @@ fn meta<'a>(a: &'a Archive, key: &str) -> Result<&'a str> {
 
 fn meta_usize(a: &Archive, key: &str) -> Result<usize> {
     let v = meta(a, key)?;
+    // The cap keeps products of sizes far from overflow; real sizes are far below it.
     match v.trim().parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n),
+        Ok(n) if n > 0 && n <= 1 << 31 => Ok(n),
         _ => Err(bad(format!(
-            "metadata `{key}` must be a positive integer, got `{v}`"
+            "metadata `{key}` must be a positive integer (at most 2^31), got `{v}`"
         ))),
     }
 }
@@ -301,17 +302,17 @@ fn run<T: Float>(
         (None, None)
     };
 
-    let mut store = ParamStore::<T>::new();
-    let layer = Recurrent::new(&mut store, "", spec.kind, cfg.clone(), &mut Rng::new(0))?;
-    // Every parameter and its gradient must be there before anything runs.
-    for (name, id) in layer.named_params() {
-        let dims = store.get(id).dims().to_vec();
+    // Every parameter and its gradient must be in the file with the right shape before anything
+    // is allocated from the metadata's sizes.
+    for (name, dims) in param_shapes(&spec) {
         read::<T>(archive, &name, dt, &dims)?;
         expected.push((
             format!("grad.{name}"),
             read::<T>(archive, &format!("grad.{name}"), dt, &dims)?,
         ));
     }
+    let mut store = ParamStore::<T>::new();
+    let layer = Recurrent::new(&mut store, "", spec.kind, cfg.clone(), &mut Rng::new(0))?;
     load_state_dict(&layer, &mut store, archive, "", false)
         .map_err(|e| bad(format!("state_dict: {e}")))?;
     expected.push(("grad.x".into(), read::<T>(archive, "grad.x", dt, &x_dims)?));
@@ -385,9 +386,68 @@ fn run<T: Float>(
     Ok(ParityReport { spec, errors })
 }
 
+/// The PyTorch name and shape of every parameter of the module a fixture describes.
+fn param_shapes(spec: &FixtureSpec) -> Vec<(String, Vec<usize>)> {
+    let cfg = &spec.config;
+    let (h, gh) = (cfg.hidden_size, spec.kind.gates() * cfg.hidden_size);
+    let mut out = Vec::new();
+    for layer in 0..cfg.num_layers {
+        let in_size = if layer == 0 {
+            cfg.input_size
+        } else {
+            h * cfg.directions()
+        };
+        for dir in 0..cfg.directions() {
+            let sfx = if dir == 1 { "_reverse" } else { "" };
+            out.push((format!("weight_ih_l{layer}{sfx}"), vec![gh, in_size]));
+            out.push((format!("weight_hh_l{layer}{sfx}"), vec![gh, h]));
+            if cfg.bias {
+                out.push((format!("bias_ih_l{layer}{sfx}"), vec![gh]));
+                out.push((format!("bias_hh_l{layer}{sfx}"), vec![gh]));
+            }
+        }
+    }
+    out
+}
+
 /// `sum(v * r)`.
 fn weighted_sum<T: Float>(tape: &mut Tape<T>, v: Var, r: Tensor<T>) -> Result<Var> {
     let r = tape.constant(r);
     let m = tape.mul(v, r)?;
     tape.sum(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn param_shapes_agree_with_the_layer() {
+        for kind in [
+            CellKind::Lstm,
+            CellKind::Gru,
+            CellKind::Rnn(Activation::Relu),
+        ] {
+            for (layers, bidir, bias) in [(1, false, true), (3, true, false), (2, true, true)] {
+                let config = RecurrentConfig::new(3, 4)
+                    .num_layers(layers)
+                    .bidirectional(bidir)
+                    .bias(bias);
+                let mut store = ParamStore::<f32>::new();
+                let layer =
+                    Recurrent::new(&mut store, "", kind, config.clone(), &mut Rng::new(0)).unwrap();
+                let spec = FixtureSpec {
+                    kind,
+                    config,
+                    dtype: StoredDtype::F32,
+                };
+                let from_layer: Vec<(String, Vec<usize>)> = layer
+                    .named_params()
+                    .into_iter()
+                    .map(|(n, id)| (n, store.get(id).dims().to_vec()))
+                    .collect();
+                assert_eq!(param_shapes(&spec), from_layer);
+            }
+        }
+    }
 }
