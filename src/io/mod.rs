@@ -241,8 +241,30 @@ pub fn to_bytes<T: Float>(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    safetensors::serialize(views, Some(info))
-        .map_err(|e| Error::format("safetensors serialisation", e.to_string()))
+    let mut bytes = safetensors::serialize(views, Some(info))
+        .map_err(|e| Error::format("safetensors serialisation", e.to_string()))?;
+    sort_header(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Rewrites the JSON header of serialised safetensors bytes with its keys sorted, so that the
+/// same tensors and metadata always give the same bytes (the serialiser iterates a hash map).
+/// The header keeps its length: the same JSON tokens in another order, padded as before.
+fn sort_header(bytes: &mut [u8]) -> Result<()> {
+    let bad = |m: &str| Error::format("safetensors serialisation", m.to_string());
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header = bytes.get(8..8 + n).ok_or_else(|| bad("header length"))?;
+    let text = std::str::from_utf8(header).map_err(|_| bad("header is not UTF-8"))?;
+    // serde_json's map is ordered by key, so a round trip through `Value` sorts every object.
+    let value: serde_json::Value =
+        serde_json::from_str(text.trim_end()).map_err(|e| bad(&e.to_string()))?;
+    let sorted = serde_json::to_string(&value).map_err(|e| bad(&e.to_string()))?;
+    if sorted.len() > n {
+        return Err(bad("sorted header is longer than the original"));
+    }
+    bytes[8..8 + sorted.len()].copy_from_slice(sorted.as_bytes());
+    bytes[8 + sorted.len()..8 + n].fill(b' ');
+    Ok(())
 }
 
 /// Writes `bytes` to `path` atomically: into a temporary file beside it, flushed to disk, then
@@ -354,4 +376,28 @@ pub fn load_params<T: Float>(store: &mut ParamStore<T>, path: &Path) -> Result<M
         other => other,
     })?;
     Ok(archive.metadata)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serialised_bytes_do_not_depend_on_hash_order() {
+        let t = Tensor::<f32>::from_vec(vec![1.0, 2.0, 3.0], &[3]).unwrap();
+        let mut md = Metadata::new();
+        for k in 0..40 {
+            md.insert(format!("key{k}"), format!("välue \"{k}\"\n"));
+        }
+        let entries: Vec<(String, Entry<'_, f32>)> = (0..20)
+            .map(|k| (format!("t{k}"), Entry::Float(&t)))
+            .collect();
+        let a = to_bytes(&entries, &md).unwrap();
+        for _ in 0..5 {
+            assert_eq!(to_bytes(&entries, &md).unwrap(), a);
+        }
+        let back = Archive::from_bytes(&a, "test").unwrap();
+        assert_eq!(back.metadata, md);
+        assert_eq!(back.tensor::<f32>("t7").unwrap().data(), t.data());
+    }
 }

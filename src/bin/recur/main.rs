@@ -67,7 +67,33 @@ pub fn set_threads(threads: Option<usize>) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            // One line: clap's first paragraph, without its "error: " prefix.
+            let msg = e.to_string();
+            let first: Vec<&str> = msg
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.is_empty())
+                .collect();
+            let first = first.join(" ");
+            eprintln!(
+                "recur: {} (see --help)",
+                first.trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
     // With no subcommand, run the demonstration with its defaults.
     let command = match cli.command {
         Some(c) => c,
