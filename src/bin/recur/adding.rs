@@ -49,6 +49,10 @@ impl AddingModel {
     pub fn new(store: &mut ParamStore<f32>, spec: &RunSpec, rng: &mut Rng) -> Result<Self> {
         let cfg = RecurrentConfig::new(2, spec.hidden);
         let rnn = Recurrent::new(store, "rnn.", spec.kind, cfg, rng)?;
+        if spec.kind == CellKind::Lstm {
+            // The usual LSTM choice: forget gates open at the start (bias 1.0).
+            recur::nn::init::lstm_forget_bias(store, &rnn, 1.0)?;
+        }
         let head = Linear::new(store, "head.", spec.hidden, 1, true, rng)?;
         Ok(AddingModel { rnn, head })
     }

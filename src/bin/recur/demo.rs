@@ -22,7 +22,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 100)]
     pub seq_len: usize,
     /// Training steps per model.
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = 2500)]
     pub steps: usize,
     /// Sequences per step.
     #[arg(long, default_value_t = 32)]
@@ -31,7 +31,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 64)]
     pub hidden: usize,
     /// Adam learning rate.
-    #[arg(long, default_value_t = 0.005)]
+    #[arg(long, default_value_t = 0.01)]
     pub lr: f64,
     /// Threshold tau of the runs with global-norm gradient clipping.
     #[arg(long, default_value_t = 1.0)]
@@ -104,8 +104,9 @@ pub fn run(args: &DemoArgs) -> CmdResult {
                 }
             })
             .map_err(|e| e.to_string())?;
+            print!("{}", if live { "\r" } else { "" });
             println!(
-                "\r  {label:<10} final val MSE {:.4}  ({:.1} s{})          ",
+                "  {label:<10} final val MSE {:.4}  ({:.1} s{})          ",
                 result.final_mse,
                 result.seconds,
                 if result.diverged { ", diverged" } else { "" }
@@ -226,7 +227,7 @@ fn write_report(out: &Path, args: &DemoArgs, runs: &[Named]) -> Result<String, S
     );
     let _ = writeln!(
         s,
-        "\n{:<11} {:>10} {:>9} {:>13}  beats 0.167?",
+        "\n{:<11} {:>10} {:>9} {:>13}  vs the 0.167 baseline",
         "model", "val MSE", "time s", "max |grad|"
     );
     for r in runs {
@@ -240,10 +241,14 @@ fn write_report(out: &Path, args: &DemoArgs, runs: &[Named]) -> Result<String, S
             max_g,
             if r.result.diverged {
                 "diverged"
+            } else if r.result.final_mse < 0.01 {
+                "solved (below 0.01)"
+            } else if r.result.final_mse < 0.1 {
+                "beats it"
             } else if r.result.final_mse < base {
-                "yes"
+                "about the same (no memory)"
             } else {
-                "no"
+                "no better"
             }
         );
     }

@@ -65,7 +65,7 @@ pub struct GradflowArgs {
     #[arg(long, default_value_t = 64)]
     pub hidden: usize,
     /// Training steps on the adding problem before the second measurement.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 2000)]
     pub steps: usize,
     /// Random seed.
     #[arg(long, default_value_t = 0)]
@@ -91,7 +91,7 @@ pub fn run(args: &GradflowArgs) -> CmdResult {
             seq_len: args.seq_len,
             batch: 32,
             steps: args.steps,
-            lr: 0.005,
+            lr: 0.01,
             clip: Some(1.0),
             eval_every: args.steps.max(1),
             seed: args.seed,
