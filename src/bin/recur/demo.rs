@@ -12,7 +12,7 @@ use recur::data::AddingBatch;
 
 use crate::CmdResult;
 use crate::adding::{RunResult, RunSpec, train};
-use crate::gradflow::CellArg;
+use crate::gradflow::{CellArg, FlowReport};
 use crate::plot::{Chart, Series, write_csv, write_svg};
 
 /// Options of `recur demo`.
@@ -170,46 +170,18 @@ fn write_report(out: &Path, args: &DemoArgs, runs: &[Named]) -> Result<String, S
 
     // Gradient flow: ||dL/dh_t|| against t, at initialisation and after training.
     let clipped: Vec<&Named> = runs.iter().filter(|r| r.clipped).collect();
-    let mut rows = Vec::new();
-    let mut series = Vec::new();
+    let mut report = FlowReport::default();
     for r in &clipped {
         for (when, flow) in [
             ("init", &r.result.flow_init),
             ("trained", &r.result.flow_trained),
         ] {
-            let g = &flow.layers[0].dl_dh;
-            for (t, v) in g.iter().enumerate() {
-                rows.push(vec![
-                    r.cell.to_string(),
-                    when.to_string(),
-                    (t + 1).to_string(),
-                    format!("{v:.6e}"),
-                ]);
-            }
-            series.push(Series {
-                name: format!("{} ({when})", r.cell),
-                points: g
-                    .iter()
-                    .enumerate()
-                    .map(|(t, &v)| ((t + 1) as f64, v))
-                    .collect(),
-            });
+            report.add(r.cell, when, &flow.layers[0].dl_dh);
         }
     }
-    write_csv(
-        &out.join("gradient_flow.csv"),
-        &["cell", "when", "t", "grad_norm"],
-        &rows,
-    )?;
-    write_svg(
-        &out.join("gradient_flow.svg"),
-        &Chart {
-            title: "Gradient flow through time: ||dL/dh_t|| (loss at the last step)",
-            x_label: "timestep t",
-            y_label: "||dL/dh_t||",
-            log_y: true,
-        },
-        &series,
+    report.write(
+        out,
+        "Gradient flow through time: ||dL/dh_t|| (loss at the last step)",
     )?;
 
     // The text summary.

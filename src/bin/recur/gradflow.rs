@@ -1,7 +1,7 @@
 //! `recur gradflow`: ||dL/dh_t|| against t for RNN, LSTM and GRU, at initialisation and after a
 //! short training on the adding problem, as CSV and a log-scale SVG plot.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
@@ -52,6 +52,54 @@ impl CellArg {
     }
 }
 
+/// ||dL/dh_t|| curves of several runs, for `gradient_flow.csv` and `gradient_flow.svg`.
+#[derive(Default)]
+pub struct FlowReport {
+    rows: Vec<Vec<String>>,
+    series: Vec<Series>,
+}
+
+impl FlowReport {
+    /// Adds the curve `g` (index t - 1) of `cell` measured `when` (e.g. "init").
+    pub fn add(&mut self, cell: &str, when: &str, g: &[f64]) {
+        for (t, v) in g.iter().enumerate() {
+            self.rows.push(vec![
+                cell.to_string(),
+                when.to_string(),
+                (t + 1).to_string(),
+                format!("{v:.6e}"),
+            ]);
+        }
+        self.series.push(Series {
+            name: format!("{cell} ({when})"),
+            points: g
+                .iter()
+                .enumerate()
+                .map(|(t, &v)| ((t + 1) as f64, v))
+                .collect(),
+        });
+    }
+
+    /// Writes `gradient_flow.csv` and `gradient_flow.svg` (log scale) into `out`.
+    pub fn write(&self, out: &Path, title: &str) -> Result<(), String> {
+        write_csv(
+            &out.join("gradient_flow.csv"),
+            &["cell", "when", "t", "grad_norm"],
+            &self.rows,
+        )?;
+        write_svg(
+            &out.join("gradient_flow.svg"),
+            &Chart {
+                title,
+                x_label: "timestep t",
+                y_label: "||dL/dh_t||",
+                log_y: true,
+            },
+            &self.series,
+        )
+    }
+}
+
 /// Options of `recur gradflow`.
 #[derive(Args, Debug)]
 pub struct GradflowArgs {
@@ -82,8 +130,7 @@ pub fn run(args: &GradflowArgs) -> CmdResult {
     }
     std::fs::create_dir_all(&args.out)
         .map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
-    let mut rows = Vec::new();
-    let mut series = Vec::new();
+    let mut report = FlowReport::default();
     for &cell in &args.cell {
         let spec = RunSpec {
             kind: cell.kind(),
@@ -106,41 +153,15 @@ pub fn run(args: &GradflowArgs) -> CmdResult {
                 g[0],
                 g[g.len() - 1]
             );
-            for (t, v) in g.iter().enumerate() {
-                rows.push(vec![
-                    cell.name().to_string(),
-                    when.to_string(),
-                    (t + 1).to_string(),
-                    format!("{v:.6e}"),
-                ]);
-            }
-            series.push(Series {
-                name: format!("{} ({when})", cell.name()),
-                points: g
-                    .iter()
-                    .enumerate()
-                    .map(|(t, &v)| ((t + 1) as f64, v))
-                    .collect(),
-            });
+            report.add(cell.name(), when, g);
         }
     }
-    write_csv(
-        &args.out.join("gradient_flow.csv"),
-        &["cell", "when", "t", "grad_norm"],
-        &rows,
-    )?;
-    write_svg(
-        &args.out.join("gradient_flow.svg"),
-        &Chart {
-            title: &format!(
-                "||dL/dh_t|| against t (T = {}, loss at the last step)",
-                args.seq_len
-            ),
-            x_label: "timestep t",
-            y_label: "||dL/dh_t||",
-            log_y: true,
-        },
-        &series,
+    report.write(
+        &args.out,
+        &format!(
+            "||dL/dh_t|| against t (T = {}, loss at the last step)",
+            args.seq_len
+        ),
     )?;
     println!(
         "wrote {}",

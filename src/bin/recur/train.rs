@@ -396,23 +396,23 @@ pub fn run(args: &TrainArgs) -> CmdResult {
             if improved {
                 ts.best_val = val;
             }
-            checkpoint::save(
-                &args.out.join("last.safetensors"),
+            save_to(
+                &args.out,
+                "last.safetensors",
                 &model,
                 &store,
                 opt.as_ref(),
                 &ts,
-            )
-            .map_err(|e| e.to_string())?;
+            )?;
             if improved {
-                checkpoint::save(
-                    &args.out.join("best.safetensors"),
+                save_to(
+                    &args.out,
+                    "best.safetensors",
                     &model,
                     &store,
                     opt.as_ref(),
                     &ts,
-                )
-                .map_err(|e| e.to_string())?;
+                )?;
             }
             write_curves(&args.out, &ts.history)?;
             if args.json {
@@ -445,14 +445,14 @@ pub fn run(args: &TrainArgs) -> CmdResult {
     }
     bar.finish_and_clear();
     if interrupted {
-        checkpoint::save(
-            &args.out.join("last.safetensors"),
+        save_to(
+            &args.out,
+            "last.safetensors",
             &model,
             &store,
             opt.as_ref(),
             &ts,
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         eprintln!(
             "interrupted at step {}: saved {}; continue with --resume {}",
             ts.step,
@@ -478,6 +478,18 @@ pub fn run(args: &TrainArgs) -> CmdResult {
         println!("{summary}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Saves the checkpoint `name` into `out`.
+fn save_to(
+    out: &Path,
+    name: &str,
+    model: &CharModel,
+    store: &ParamStore<f32>,
+    opt: &dyn recur::optim::Optimizer<f32>,
+    ts: &TrainState,
+) -> Result<(), String> {
+    checkpoint::save(&out.join(name), model, store, opt, ts).map_err(|e| e.to_string())
 }
 
 fn write_curves(out: &Path, h: &History) -> Result<(), String> {
