@@ -375,7 +375,6 @@ pub fn run(args: &TrainArgs) -> CmdResult {
         ts.step += 1;
         interval_loss += loss_value;
         interval_steps += 1;
-        bar.set_position(ts.step as u64);
         let secs = interval_start.elapsed().as_secs_f64();
         let cps = chars_per_step * interval_steps as f64 / secs.max(1e-9);
         bar.set_message(format!(
@@ -385,6 +384,7 @@ pub fn run(args: &TrainArgs) -> CmdResult {
             last_val.map_or("-".into(), |v| format!("{v:.3}")),
             cps
         ));
+        bar.set_position(ts.step as u64);
         let at_end = ts.step == total_steps;
         if ts.step % args.eval_every == 0 || at_end {
             let train_loss = interval_loss / interval_steps as f64;
