@@ -67,10 +67,17 @@ pub trait SimdFloat: Copy + Default + 'static {
     fn splat(x: Self) -> Self::V;
     /// Loads the first `min(s.len(), LANES)` values of `s`, padding the rest with zeros.
     fn load_n(s: &[Self]) -> Self::V;
+    /// Loads `LANES` values starting at `p`.
+    ///
+    /// # Safety
+    /// `p` must be valid for reading `LANES` consecutive values (no alignment needed).
+    unsafe fn load_ptr(p: *const Self) -> Self::V;
     /// Stores the first `min(out.len(), LANES)` lanes of `v` into `out`.
     fn store_n(v: Self::V, out: &mut [Self]);
     /// `a * b + c`, fused where the target has FMA.
     fn mul_add(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// The sum of the lanes, in a fixed order.
+    fn reduce_add(v: Self::V) -> Self;
     /// `x` where `x > 0`, else `0` (NaN stays NaN).
     fn relu(x: Self::V) -> Self::V;
     /// `g` where `h > 0`, else `0`: the gradient through a relu with output `h`.
@@ -139,6 +146,12 @@ macro_rules! impl_simd_float {
                 }
             }
             #[inline(always)]
+            unsafe fn load_ptr(p: *const Self) -> $v {
+                // SAFETY: the caller guarantees `LANES` readable values at `p`; `[T; LANES]`
+                // has no alignment requirement beyond `T`'s, and `read_unaligned` needs none.
+                $v::new(unsafe { std::ptr::read_unaligned(p.cast::<[$t; $lanes]>()) })
+            }
+            #[inline(always)]
             fn store_n(v: $v, out: &mut [Self]) {
                 let a = v.to_array();
                 let n = out.len().min($lanes);
@@ -147,6 +160,10 @@ macro_rules! impl_simd_float {
             #[inline(always)]
             fn mul_add(a: $v, b: $v, c: $v) -> $v {
                 a.mul_add(b, c)
+            }
+            #[inline(always)]
+            fn reduce_add(v: $v) -> $t {
+                v.reduce_add()
             }
             #[inline(always)]
             fn relu(x: $v) -> $v {
