@@ -4,6 +4,7 @@
 //! scalar version of itself.
 
 pub mod gemm;
+pub mod gemm_nn;
 pub mod gemm_nt;
 
 pub use gemm::GemmShape;

@@ -13,7 +13,7 @@
 //!
 //! Backward, per shard and in reverse time: per step one fused kernel turns `dh`, `dc` and the
 //! saved gates into `dG` (the gradient of the gate pre-activations) and the same small-batch
-//! kernel gives `dh_{t-1} = dG W_hh` (over `W_hh^T`, transposed once per backward). After the
+//! kernel gives `dh_{t-1} = dG W_hh` (over `W_hh`, packed once per backward). After the
 //! loop, large GEMMs over all of the shard's timesteps give its `dX = dG W_ih` and its parts of
 //! `dW_hh = dG^T H_prev`, `dW_ih = dG^T X` and the bias gradients (column sums of `dG`); the
 //! parts are added into the weight gradients in shard order.
@@ -26,6 +26,7 @@ use rayon::prelude::*;
 use super::recurrent::{CellKind, DirectionOutput, DirectionRun};
 use crate::Result;
 use crate::kernels::GemmShape;
+use crate::kernels::gemm_nn::{PackedB, gemm_packed_acc};
 use crate::kernels::gemm_nt::gemm_nt_acc;
 use crate::kernels::{gru, lstm, rnn};
 use crate::params::ParamStore;
@@ -216,6 +217,25 @@ fn scatter<T: Float>(
     }
 }
 
+/// Up to this many rows, `X W^T` runs on the small-batch kernel instead of a packing GEMM.
+const SMALL_ROWS: usize = 32;
+
+/// `xp += X W^T` for `X` `[m, k]` and `W` `[n, k]` (a rule of the shape only).
+fn project<T: Float>(m: usize, k: usize, n: usize, x: &[T], w: &[T], xp: &mut [T]) {
+    if m <= SMALL_ROWS {
+        gemm_nt_acc(m, n, k, x, w, xp);
+    } else {
+        let s = GemmShape {
+            m,
+            k,
+            n,
+            trans_a: false,
+            trans_b: true,
+        };
+        T::gemm(s, T::ONE, x, w, T::ONE, xp);
+    }
+}
+
 /// `dst += column sums of rows` over a row-major buffer.
 fn add_col_sums<T: Float>(dst: &mut [T], rows: &[T]) {
     let n = dst.len();
@@ -283,6 +303,7 @@ impl Config {
         h0: &[T],
         c0: Option<&[T]>,
         w: &Weights<'_, T>,
+        w_hh_t: &PackedB<T>,
     ) -> ShardOut<T> {
         let (tl, b, h, i_sz) = (self.t_len, self.batch, self.hidden, self.in_size);
         let rows = sh.rows.clone();
@@ -304,14 +325,7 @@ impl Config {
             }
         }
         let xs = gather(x, tl, b, &rows, i_sz);
-        let proj = GemmShape {
-            m: tl * n,
-            k: i_sz,
-            n: gh,
-            trans_a: false,
-            trans_b: true,
-        };
-        T::gemm(proj, T::ONE, &xs, w.w_ih, T::ONE, &mut xp);
+        project(tl * n, i_sz, gh, &xs, w.w_ih, &mut xp);
 
         let sw = self.saved_width();
         sh.gates = vec![T::ZERO; tl * n * sw];
@@ -335,7 +349,7 @@ impl Config {
             match self.kind {
                 CellKind::Lstm => {
                     saved.copy_from_slice(xp_t);
-                    gemm_nt_acc(n, gh, h, &h_cur, w.w_hh, saved);
+                    gemm_packed_acc(n, &h_cur, w_hh_t, saved);
                     sh.c_prev[st..sb].copy_from_slice(&c_cur);
                     lstm::lstm_forward(saved, &c_cur, &mut sh.c_new[st..sb], &mut h_new, h);
                 }
@@ -346,12 +360,12 @@ impl Config {
                             .for_each(|r| r.copy_from_slice(b_hh)),
                         None => hp.fill(T::ZERO),
                     }
-                    gemm_nt_acc(n, gh, h, &h_cur, w.w_hh, &mut hp);
+                    gemm_packed_acc(n, &h_cur, w_hh_t, &mut hp);
                     gru::gru_forward(xp_t, &hp, &h_cur, &mut h_new, saved, h);
                 }
                 CellKind::Rnn(act) => {
                     saved.copy_from_slice(xp_t);
-                    gemm_nt_acc(n, gh, h, &h_cur, w.w_hh, saved);
+                    gemm_packed_acc(n, &h_cur, w_hh_t, saved);
                     rnn::rnn_forward(saved, act);
                     h_new.copy_from_slice(saved);
                 }
@@ -371,14 +385,14 @@ impl Config {
         (y, h_cur, c_cur)
     }
 
-    /// Backward through one shard's recurrence; `w_hh_t` is `W_hh^T` `[H, G*H]`.
+    /// Backward through one shard's recurrence; `w_hh_p` is `W_hh` `[G*H, H]`, packed.
     #[allow(clippy::too_many_arguments)]
     fn backward_shard<T: Float>(
         &self,
         sh: &Shard<T>,
         x: &[T],
         w: &Weights<'_, T>,
-        w_hh_t: &[T],
+        w_hh_p: &PackedB<T>,
         gy: Option<&[T]>,
         gh_n: Option<&[T]>,
         gc_n: Option<&[T]>,
@@ -437,17 +451,17 @@ impl Config {
                         h,
                     );
                     dh.fill(T::ZERO);
-                    gemm_nt_acc(n, h, gh, dg_t, w_hh_t, &mut dh);
+                    gemm_packed_acc(n, dg_t, w_hh_p, &mut dh);
                 }
                 CellKind::Gru => {
                     let dhp_t = &mut dhp[t * n * gh..(t + 1) * n * gh];
                     gru::gru_backward(saved, &sh.h_prev[st..sb], &dh_t, dg_t, dhp_t, &mut dh, h);
-                    gemm_nt_acc(n, h, gh, dhp_t, w_hh_t, &mut dh);
+                    gemm_packed_acc(n, dhp_t, w_hh_p, &mut dh);
                 }
                 CellKind::Rnn(act) => {
                     rnn::rnn_backward(saved, &dh_t, dg_t, act);
                     dh.fill(T::ZERO);
-                    gemm_nt_acc(n, h, gh, dg_t, w_hh_t, &mut dh);
+                    gemm_packed_acc(n, dg_t, w_hh_p, &mut dh);
                 }
             }
             // A finished sequence passes its gradient straight through this step.
@@ -531,10 +545,13 @@ impl<T: Float> FusedDirection<T> {
         let lstm = cfg.kind == CellKind::Lstm;
         let (x, h0) = (inp[X].data(), inp[H0].data());
         let c0 = lstm.then(|| inp[2].data());
+        // W_hh^T packed once for the whole sequence: h_{t-1} W_hh^T at every step reads it.
+        let mut w_hh_t = PackedB::new();
+        w_hh_t.pack_transposed(w.w_hh, cfg.kind.gates() * h, h);
         let shards: Vec<&mut Shard<T>> = self.shards.iter_mut().collect();
         let outs = map_shards(shards, |sh| {
             let rows = sh.rows.clone();
-            (rows, cfg.forward_shard(sh, x, h0, c0, &w))
+            (rows, cfg.forward_shard(sh, x, h0, c0, &w, &w_hh_t))
         });
         let mut y = vec![T::ZERO; tl * b * h];
         let mut h_n = vec![T::ZERO; b * h];
@@ -576,13 +593,9 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
         let wi = cfg.w_ih_index();
         let w = cfg.weights(inp);
         let lstm = cfg.kind == CellKind::Lstm;
-        // W_hh^T [H, G*H], so that dh_{t-1} = dG W_hh reads contiguous rows.
-        let mut w_hh_t = vec![T::ZERO; h * gh];
-        for (i, row) in w.w_hh.chunks_exact(h).enumerate() {
-            for (j, &v) in row.iter().enumerate() {
-                w_hh_t[j * gh + i] = v;
-            }
-        }
+        // W_hh [G*H, H] packed once: dh_{t-1} = dG W_hh at every step reads it.
+        let mut w_hh_p = PackedB::new();
+        w_hh_p.pack(w.w_hh, gh, h);
         let want = Wanted {
             x: gin[X].is_some(),
             w_ih: gin[wi].is_some(),
@@ -600,7 +613,7 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
         let x = inp[X].data();
         let shards: Vec<&Shard<T>> = self.shards.iter().collect();
         let parts = map_shards(shards, |sh| {
-            let g = cfg.backward_shard(sh, x, &w, &w_hh_t, gy, gh_n, gc_n, want);
+            let g = cfg.backward_shard(sh, x, &w, &w_hh_p, gy, gh_n, gc_n, want);
             (sh.rows.clone(), g)
         });
         // Reduce in shard order: the sums never depend on which thread ran which shard.
@@ -637,6 +650,131 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
                 }
             }
         }
+        Ok(())
+    }
+}
+
+/// One step of a cell on plain slices, for inference: nothing is recorded, and after
+/// [`InferenceStep::new`] nothing is allocated. The same kernels as the fused layers.
+///
+/// ```
+/// use recur::nn::{CellKind, InferenceStep};
+/// let (i, h) = (3, 4);
+/// let w_ih = vec![0.1f32; 4 * h * i];
+/// let w_hh = vec![0.05f32; 4 * h * h];
+/// let mut step = InferenceStep::new(CellKind::Lstm, i, h, 1)?;
+/// let (mut hs, mut cs) = (vec![0.0f32; h], vec![0.0f32; h]);
+/// step.step(&w_ih, &w_hh, None, &[1.0, 0.5, -1.0], &mut hs, &mut cs)?;
+/// assert!(hs.iter().all(|&v| v > 0.0 && v < 1.0));
+/// # Ok::<(), recur::Error>(())
+/// ```
+pub struct InferenceStep<T> {
+    kind: CellKind,
+    input: usize,
+    hidden: usize,
+    batch: usize,
+    xp: Vec<T>,
+    hp: Vec<T>,
+    saved: Vec<T>,
+    h_new: Vec<T>,
+    c_new: Vec<T>,
+}
+
+impl<T: Float> InferenceStep<T> {
+    /// Buffers for steps of `batch` rows of a `kind` cell with `input` features and `hidden`
+    /// units. Fails if a size is zero.
+    pub fn new(kind: CellKind, input: usize, hidden: usize, batch: usize) -> Result<Self> {
+        if input == 0 || hidden == 0 || batch == 0 {
+            return Err(crate::Error::invalid(
+                "InferenceStep::new",
+                format!("sizes must be positive (input {input}, hidden {hidden}, batch {batch})"),
+            ));
+        }
+        let gh = kind.gates() * hidden;
+        Ok(InferenceStep {
+            kind,
+            input,
+            hidden,
+            batch,
+            xp: vec![T::ZERO; batch * gh],
+            hp: vec![T::ZERO; batch * gh],
+            saved: vec![T::ZERO; batch * 4 * hidden],
+            h_new: vec![T::ZERO; batch * hidden],
+            c_new: vec![T::ZERO; batch * hidden],
+        })
+    }
+
+    /// Advances `h` (and for the LSTM `c`; ignored otherwise) `[batch, hidden]` by one step
+    /// on `x` `[batch, input]`, with weights in PyTorch's layout (`w_ih` `[G*H, I]`, `w_hh`
+    /// `[G*H, H]`, biases `[G*H]`). Fails, changing nothing, if a slice has the wrong length.
+    pub fn step(
+        &mut self,
+        w_ih: &[T],
+        w_hh: &[T],
+        bias: Option<(&[T], &[T])>,
+        x: &[T],
+        h: &mut [T],
+        c: &mut [T],
+    ) -> Result<()> {
+        let (i, hd, b) = (self.input, self.hidden, self.batch);
+        let gh = self.kind.gates() * hd;
+        let lstm = self.kind == CellKind::Lstm;
+        let checks = [
+            ("w_ih", w_ih.len(), gh * i),
+            ("w_hh", w_hh.len(), gh * hd),
+            ("b_ih", bias.map_or(gh, |b| b.0.len()), gh),
+            ("b_hh", bias.map_or(gh, |b| b.1.len()), gh),
+            ("x", x.len(), b * i),
+            ("h", h.len(), b * hd),
+            ("c", if lstm { c.len() } else { b * hd }, b * hd),
+        ];
+        for (name, got, want) in checks {
+            if got != want {
+                return Err(crate::Error::invalid(
+                    "InferenceStep::step",
+                    format!("{name} has {got} values, expected {want}"),
+                ));
+            }
+        }
+        match bias {
+            Some((b_ih, b_hh)) => {
+                for row in self.xp.chunks_exact_mut(gh) {
+                    for k in 0..gh {
+                        row[k] = if self.kind == CellKind::Gru {
+                            b_ih[k]
+                        } else {
+                            b_ih[k] + b_hh[k]
+                        };
+                    }
+                }
+            }
+            None => self.xp.fill(T::ZERO),
+        }
+        gemm_nt_acc(b, gh, i, x, w_ih, &mut self.xp);
+        match self.kind {
+            CellKind::Lstm => {
+                gemm_nt_acc(b, gh, hd, h, w_hh, &mut self.xp);
+                lstm::lstm_forward(&mut self.xp, c, &mut self.c_new, &mut self.h_new, hd);
+                c.copy_from_slice(&self.c_new);
+            }
+            CellKind::Gru => {
+                match bias {
+                    Some((_, b_hh)) => self
+                        .hp
+                        .chunks_exact_mut(gh)
+                        .for_each(|r| r.copy_from_slice(b_hh)),
+                    None => self.hp.fill(T::ZERO),
+                }
+                gemm_nt_acc(b, gh, hd, h, w_hh, &mut self.hp);
+                gru::gru_forward(&self.xp, &self.hp, h, &mut self.h_new, &mut self.saved, hd);
+            }
+            CellKind::Rnn(act) => {
+                gemm_nt_acc(b, gh, hd, h, w_hh, &mut self.xp);
+                rnn::rnn_forward(&mut self.xp, act);
+                self.h_new.copy_from_slice(&self.xp);
+            }
+        }
+        h.copy_from_slice(&self.h_new);
         Ok(())
     }
 }

@@ -6,6 +6,7 @@ mod recurrent;
 mod reference;
 
 pub use crate::kernels::rnn::Activation;
+pub use fused::InferenceStep;
 pub use recurrent::{
     CellKind, DirectionParams, ForwardOptions, Gru, Implementation, Lstm, Recurrent,
     RecurrentConfig, RecurrentOutput, Rnn,

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod example;
 
 /// Train recurrent sequence models (RNN, LSTM, GRU) on CPUs.
@@ -21,6 +22,9 @@ struct Cli {
 enum Command {
     /// Print the chapter's worked example: a 2-unit tanh RNN over the inputs 1, -1, 2.
     Example,
+    /// Time a training step (forward + BPTT of sum(outputs)) or, with --step-latency, one
+    /// inference step at batch 1.
+    Bench(bench::BenchArgs),
 }
 
 /// What a subcommand hands back: an exit status, or a message for stderr (exit status 1).
@@ -30,6 +34,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         None | Some(Command::Example) => example::run(),
+        Some(Command::Bench(args)) => bench::run(&args),
     };
     match result {
         Ok(code) => code,
