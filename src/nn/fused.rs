@@ -310,25 +310,27 @@ impl Config {
         let n = rows.len();
         let gh = self.kind.gates() * h;
 
-        // Input projection of every step at once: Xp = X W_ih^T + b.
+        // Input projection of every step at once: Xp = X W_ih^T + b. For the LSTM and the RNN
+        // the saved per-step block is the gate pre-activations themselves, so Xp is written
+        // straight into it; the GRU keeps Xp apart from its saved block.
+        let sw = self.saved_width();
+        let gru_cell = self.kind == CellKind::Gru;
         let mut xp = vec![T::ZERO; tl * n * gh];
         if let Some((b_ih, b_hh)) = w.bias {
             for row in xp.chunks_exact_mut(gh) {
                 for k in 0..gh {
                     // The GRU keeps b_hh apart: its n gate scales (W_hn h + b_hn) by r.
-                    row[k] = if self.kind == CellKind::Gru {
-                        b_ih[k]
-                    } else {
-                        b_ih[k] + b_hh[k]
-                    };
+                    row[k] = if gru_cell { b_ih[k] } else { b_ih[k] + b_hh[k] };
                 }
             }
         }
         let xs = gather(x, tl, b, &rows, i_sz);
         project(tl * n, i_sz, gh, &xs, w.w_ih, &mut xp);
-
-        let sw = self.saved_width();
-        sh.gates = vec![T::ZERO; tl * n * sw];
+        if gru_cell {
+            sh.gates = vec![T::ZERO; tl * n * sw];
+        } else {
+            sh.gates = std::mem::take(&mut xp);
+        }
         sh.h_prev = vec![T::ZERO; tl * n * h];
         let lstm = self.kind == CellKind::Lstm;
         if lstm {
@@ -344,11 +346,9 @@ impl Config {
             let t = self.time(s);
             let (st, sb) = (t * n * h, (t + 1) * n * h);
             sh.h_prev[st..sb].copy_from_slice(&h_cur);
-            let xp_t = &xp[t * n * gh..(t + 1) * n * gh];
             let saved = &mut sh.gates[t * n * sw..(t + 1) * n * sw];
             match self.kind {
                 CellKind::Lstm => {
-                    saved.copy_from_slice(xp_t);
                     gemm_packed_acc(n, &h_cur, w_hh_t, saved);
                     sh.c_prev[st..sb].copy_from_slice(&c_cur);
                     lstm::lstm_forward(saved, &c_cur, &mut sh.c_new[st..sb], &mut h_new, h);
@@ -361,10 +361,10 @@ impl Config {
                         None => hp.fill(T::ZERO),
                     }
                     gemm_packed_acc(n, &h_cur, w_hh_t, &mut hp);
+                    let xp_t = &xp[t * n * gh..(t + 1) * n * gh];
                     gru::gru_forward(xp_t, &hp, &h_cur, &mut h_new, saved, h);
                 }
                 CellKind::Rnn(act) => {
-                    saved.copy_from_slice(xp_t);
                     gemm_packed_acc(n, &h_cur, w_hh_t, saved);
                     rnn::rnn_forward(saved, act);
                     h_new.copy_from_slice(saved);
