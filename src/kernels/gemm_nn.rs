@@ -86,10 +86,10 @@ impl<T: SimdFloat> PackedB<T> {
         let p = panel::<T>();
         for (q, pd) in self.data.chunks_exact_mut((k * p).max(1)).enumerate() {
             let (j0, wd) = (q * p, p.min(n - q * p));
-            for jj in 0..wd {
-                let row = &w[(j0 + jj) * k..(j0 + jj + 1) * k];
-                for (r, &v) in row.iter().enumerate() {
-                    pd[r * p + jj] = v;
+            // Contiguous writes; the reads walk `wd` rows of `w` side by side.
+            for (r, out) in pd.chunks_exact_mut(p).enumerate() {
+                for (jj, o) in out[..wd].iter_mut().enumerate() {
+                    *o = w[(j0 + jj) * k + r];
                 }
             }
         }

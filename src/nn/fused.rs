@@ -490,8 +490,13 @@ impl Config {
             db_ih: Vec::new(),
             db_hh: Vec::new(),
         };
-        if want.x {
-            out.dx = vec![T::ZERO; tl * n * i_sz];
+        // The three large products are independent: run them side by side (each writes its
+        // own buffer, so the result does not depend on how they are scheduled).
+        let dx_job = || {
+            if !want.x {
+                return Vec::new();
+            }
+            let mut dx = vec![T::ZERO; tl * n * i_sz];
             let s = GemmShape {
                 m: tl * n,
                 k: gh,
@@ -499,11 +504,15 @@ impl Config {
                 trans_a: false,
                 trans_b: false,
             };
-            T::gemm(s, T::ONE, &dg, w.w_ih, T::ZERO, &mut out.dx);
-        }
-        if want.w_ih {
+            T::gemm(s, T::ONE, &dg, w.w_ih, T::ZERO, &mut dx);
+            dx
+        };
+        let dw_ih_job = || {
+            if !want.w_ih {
+                return Vec::new();
+            }
             let xs = gather(x, tl, b, &rows, i_sz);
-            out.dw_ih = vec![T::ZERO; gh * i_sz];
+            let mut dw = vec![T::ZERO; gh * i_sz];
             let s = GemmShape {
                 m: gh,
                 k: tl * n,
@@ -511,10 +520,14 @@ impl Config {
                 trans_a: true,
                 trans_b: false,
             };
-            T::gemm(s, T::ONE, &dg, &xs, T::ZERO, &mut out.dw_ih);
-        }
-        if want.w_hh {
-            out.dw_hh = vec![T::ZERO; gh * h];
+            T::gemm(s, T::ONE, &dg, &xs, T::ZERO, &mut dw);
+            dw
+        };
+        let dw_hh_job = || {
+            if !want.w_hh {
+                return Vec::new();
+            }
+            let mut dw = vec![T::ZERO; gh * h];
             let s = GemmShape {
                 m: gh,
                 k: tl * n,
@@ -522,8 +535,13 @@ impl Config {
                 trans_a: true,
                 trans_b: false,
             };
-            T::gemm(s, T::ONE, dg_h, &sh.h_prev, T::ZERO, &mut out.dw_hh);
-        }
+            T::gemm(s, T::ONE, dg_h, &sh.h_prev, T::ZERO, &mut dw);
+            dw
+        };
+        let (dx, (dw_ih, dw_hh)) = rayon::join(dx_job, || rayon::join(dw_ih_job, dw_hh_job));
+        out.dx = dx;
+        out.dw_ih = dw_ih;
+        out.dw_hh = dw_hh;
         if want.b_ih {
             out.db_ih = vec![T::ZERO; gh];
             add_col_sums(&mut out.db_ih, &dg);
