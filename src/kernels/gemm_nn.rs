@@ -105,27 +105,42 @@ pub fn gemm_packed_acc<T: SimdFloat>(m: usize, a: &[T], b: &PackedB<T>, c: &mut 
         a.len() >= m * k && c.len() >= m * n,
         "gemm_packed_acc: buffers too small for {m}x{n}x{k}"
     );
-    if n == 0 || m == 0 {
+    if n == 0 || m == 0 || k == 0 {
         return;
     }
     let panels = n.div_ceil(panel::<T>());
-    let m4 = m / 4 * 4;
-    for q in 0..panels {
-        for i in (0..m4).step_by(4) {
-            tile::<T, 4, 1>(i, q, m, a, b, c);
-        }
-    }
-    for i in m4..m {
-        let mut q = 0;
-        while q + 2 <= panels {
-            tile::<T, 1, 2>(i, q, m, a, b, c);
-            q += 2;
-        }
-        if q < panels {
-            tile::<T, 1, 1>(i, q, m, a, b, c);
+    // Cache blocking for large products: a block of KB steps of k by MB rows of A stays in L2
+    // while each panel's KB x PANEL slice of B is reused from L1 by every tile of the block.
+    // Splitting k only stores and reloads C between blocks (exact), so the accumulation order
+    // of every element is unchanged.
+    for k0 in (0..k).step_by(KB) {
+        let k1 = (k0 + KB).min(k);
+        for i0 in (0..m).step_by(MB) {
+            let i1 = (i0 + MB).min(m);
+            let m4 = i0 + (i1 - i0) / 4 * 4;
+            for q in 0..panels {
+                for i in (i0..m4).step_by(4) {
+                    tile::<T, 4, 1>(i, q, k0..k1, m, a, b, c);
+                }
+            }
+            for i in m4..i1 {
+                let mut q = 0;
+                while q + 2 <= panels {
+                    tile::<T, 1, 2>(i, q, k0..k1, m, a, b, c);
+                    q += 2;
+                }
+                if q < panels {
+                    tile::<T, 1, 1>(i, q, k0..k1, m, a, b, c);
+                }
+            }
         }
     }
 }
+
+/// Steps of k per cache block.
+const KB: usize = 256;
+/// Rows of A per cache block.
+const MB: usize = 64;
 
 /// Column range of vector `v` of panel `q`, clipped to `n` (possibly empty).
 #[inline(always)]
@@ -134,11 +149,12 @@ fn cols<T: SimdFloat>(q: usize, v: usize, n: usize) -> (usize, usize) {
     (s, (s + T::LANES).min(n))
 }
 
-/// Rows `i..i+R` of `C` by panels `q..q+Q`.
+/// Rows `i..i+R` of `C` by panels `q..q+Q`, over the steps `ks` of k.
 #[inline(always)]
 fn tile<T: SimdFloat, const R: usize, const Q: usize>(
     i: usize,
     q: usize,
+    ks: std::ops::Range<usize>,
     m: usize,
     a: &[T],
     b: &PackedB<T>,
@@ -156,7 +172,7 @@ fn tile<T: SimdFloat, const R: usize, const Q: usize>(
     });
     let a_rows: [&[T]; R] = std::array::from_fn(|r| &a[(i + r) * k..(i + r + 1) * k]);
     let base = b.data.as_ptr();
-    for s in 0..k {
+    for s in ks {
         let bv: [[T::V; NV]; Q] = std::array::from_fn(|qq| {
             std::array::from_fn(|v| {
                 // SAFETY: panel `q + qq` occupies `[(q + qq) k p, (q + qq + 1) k p)` of `data`,
@@ -200,6 +216,7 @@ mod tests {
             (5, 77, 33),
             (9, 64, 64),
             (16, 512, 128),
+            (130, 70, 600),
         ] {
             for trans in [false, true] {
                 let a: Vec<f64> = values(m as u64, m * k, 1.0);

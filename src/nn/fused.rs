@@ -1,7 +1,7 @@
 //! The fused recurrence: one tape node per layer and direction.
 //!
-//! The batch is split into shards of [`SHARD_ROWS`] rows (the last one smaller). The shard
-//! boundaries depend only on the batch size, never on the number of threads, and each shard
+//! The batch is split into shards (see [`shard_ranges`]). The shard boundaries depend only on
+//! the batch size, never on the number of threads, and each shard
 //! runs its whole recurrence on its own (rayon, no synchronisation per time step), so results
 //! are bit-identical for any number of threads.
 //!
@@ -33,8 +33,10 @@ use crate::params::ParamStore;
 use crate::tape::{CustomOp, Tape, Var};
 use crate::tensor::{Float, Shape, Tensor};
 
-/// Batch rows per shard. A constant, so shard boundaries are a function of the batch size only.
-pub const SHARD_ROWS: usize = 16;
+/// Fewest batch rows per shard (below twice this, the batch is one shard).
+pub const MIN_SHARD_ROWS: usize = 16;
+/// Most batch rows per shard.
+pub const MAX_SHARD_ROWS: usize = 32;
 
 /// Runs one direction of one layer as a single fused tape node.
 pub(crate) fn run<T: Float>(
@@ -106,11 +108,17 @@ pub(crate) fn run<T: Float>(
     }
 }
 
-/// The shards of a batch of `batch` rows: consecutive runs of [`SHARD_ROWS`] rows.
+/// The shards of a batch of `batch` rows: consecutive runs of `ceil(batch / 2)` rows, clamped
+/// to [`MIN_SHARD_ROWS`, `MAX_SHARD_ROWS`]; the last run may be shorter.
+///
+/// A rule of the batch size alone, so results never depend on the number of threads. Larger
+/// shards read the recurrent weights fewer times per step (they stream from L3 once `W_hh` no
+/// longer fits in L2); at least two shards from 32 rows up keep two cores busy.
 pub fn shard_ranges(batch: usize) -> Vec<Range<usize>> {
+    let rows = batch.div_ceil(2).clamp(MIN_SHARD_ROWS, MAX_SHARD_ROWS);
     (0..batch)
-        .step_by(SHARD_ROWS)
-        .map(|s| s..(s + SHARD_ROWS).min(batch))
+        .step_by(rows)
+        .map(|s| s..(s + rows).min(batch))
         .collect()
 }
 
