@@ -1,7 +1,7 @@
 //! `C += A B` for a few rows of `A` against a weight matrix packed once: the per-timestep
 //! recurrent product (`B = W_hh^T` in forward, `B = W_hh` in backward).
 //!
-//! [`PackedB`] stores `B` (`k x n`) as panels of [`PANEL`]`(T)` columns, each panel `k` rows of
+//! [`PackedB`] stores `B` (`k x n`) as panels of [`panel`]`::<T>()` columns, each panel `k` rows of
 //! contiguous values (the last panel zero-padded), so the kernel streams memory in order instead
 //! of striding by `n` (which, for `n` a multiple of 1024, maps every row to the same cache set).
 //! Packing costs one pass over `B`, once per sequence rather than once per step.

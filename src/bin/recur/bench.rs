@@ -14,6 +14,11 @@ use recur::{Float, ParamStore, Rng, Tape, Tensor};
 
 use crate::CmdResult;
 
+/// Most worker threads accepted.
+const MAX_THREADS: usize = 1024;
+/// Most values in one activation buffer (about 4 GiB of f32).
+const MAX_ELEMENTS: usize = 1 << 30;
+
 /// Options of `recur bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -71,6 +76,25 @@ pub fn run(args: &BenchArgs) -> CmdResult {
         if v == 0 {
             return Err(format!("bench: {name} must be at least 1"));
         }
+    }
+    if args.threads > MAX_THREADS {
+        return Err(format!(
+            "bench: --threads {} is more than {MAX_THREADS}",
+            args.threads
+        ));
+    }
+    // The largest buffers are [T, B, 4H] and [T, B, I]; refuse shapes whose sizes overflow or
+    // that could not fit in memory, instead of aborting on a failed allocation.
+    let big = [args.input, 4 * args.hidden.max(1)]
+        .iter()
+        .map(|&w| args.seq_len.checked_mul(args.batch)?.checked_mul(w))
+        .try_fold(0usize, |acc, v| v?.checked_add(acc));
+    if big.is_none_or(|n| n > MAX_ELEMENTS) {
+        return Err(format!(
+            "bench: shape too large (--seq-len {} x --batch {} x max(--input {}, 4 x --hidden {}) \
+             must stay below {MAX_ELEMENTS} values)",
+            args.seq_len, args.batch, args.input, args.hidden
+        ));
     }
     if args.steps < 5 {
         return Err(format!(
