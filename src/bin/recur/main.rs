@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod adding;
+mod bench;
 mod charlm;
 mod checkpoint;
 mod demo;
@@ -47,6 +48,9 @@ enum Command {
         #[arg(required = true)]
         files: Vec<std::path::PathBuf>,
     },
+    /// Time a training step (forward + BPTT of sum(outputs)) or, with --step-latency, one
+    /// inference step at batch 1.
+    Bench(bench::BenchArgs),
 }
 
 /// What a subcommand hands back: an exit status, or a message for stderr (exit status 1).
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
     };
     let result = match command {
         Command::Example => example::run(),
+        Command::Bench(args) => bench::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Gradflow(args) => gradflow::run(&args),
         Command::Train(args) => train::run(&args),

@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Time recur against PyTorch (CPU) on the same shapes, side by side.
+
+For each shape, cell and thread count, times a training step (forward over the whole sequence
+plus backpropagation through time of loss = sum(outputs), every weight gradient, f32) as the
+median of --steps steps after 3 warm-up steps, first in PyTorch, then with `recur bench`, and
+prints the ratio PyTorch time / recur time (above 1: recur is faster). Then the single-step
+inference latency at B=1 (PyTorch's LSTMCell/GRUCell/RNNCell under no_grad against
+`recur bench --step-latency`).
+
+Usage:
+    cargo build --release
+    python3 bench/compare.py [--threads 1 2] [--shapes tiny-batch small ...] [--steps 7]
+
+PyTorch is optional: without it, only recur's times are printed. To install it:
+    python3 -m venv /tmp/tv && /tmp/tv/bin/pip install torch numpy
+and run this script with /tmp/tv/bin/python.
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+SHAPES = {
+    # name: (B, T, I, H)
+    "tiny-batch": (1, 100, 128, 256),
+    "small": (32, 64, 64, 128),
+    "medium": (64, 100, 256, 256),
+    "large": (64, 50, 512, 512),
+}
+CELLS = ["lstm", "gru", "rnn"]
+LATENCY_HIDDEN = [128, 256, 512]
+LATENCY_INPUT = 64
+
+
+def load_torch():
+    try:
+        import torch  # noqa: F401
+
+        return torch
+    except ImportError:
+        print(
+            "PyTorch is not importable; printing recur's times only. To compare, install it:\n"
+            "    python3 -m venv /tmp/tv && /tmp/tv/bin/pip install torch numpy\n"
+            "and run this script with /tmp/tv/bin/python.",
+            file=sys.stderr,
+        )
+        return None
+
+
+def torch_step_ms(torch, cell, b, t, i, h, threads, steps):
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
+    model = cls(i, h)
+    x = torch.randn(t, b, i)
+    times = []
+    for k in range(3 + steps):
+        t0 = time.perf_counter()
+        y, _ = model(x)
+        y.sum().backward()
+        dt = time.perf_counter() - t0
+        model.zero_grad(set_to_none=True)
+        if k >= 3:
+            times.append(dt)
+    return statistics.median(times) * 1e3
+
+
+def torch_latency_us(torch, cell, h, reps=200):
+    torch.set_num_threads(1)
+    cls = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell, "rnn": torch.nn.RNNCell}[cell]
+    m = cls(LATENCY_INPUT, h)
+    x = torch.randn(1, LATENCY_INPUT)
+    hx = torch.zeros(1, h)
+    state = (hx, torch.zeros(1, h)) if cell == "lstm" else hx
+    samples = []
+    with torch.no_grad():
+        for k in range(23):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                out = m(x, state)
+            dt = (time.perf_counter() - t0) / reps
+            if k >= 3:
+                samples.append(dt)
+    del out
+    return statistics.median(samples) * 1e6
+
+
+def recur_run(binary, args):
+    res = subprocess.run([binary, "bench"] + args, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"recur bench {' '.join(args)} failed: {res.stderr.strip()}")
+    last = res.stdout.strip().splitlines()[-1]
+    return dict(kv.split("=") for kv in last.split())
+
+
+def recur_step_ms(binary, cell, b, t, i, h, threads, steps):
+    out = recur_run(
+        binary,
+        ["--cell", cell, "--batch", str(b), "--seq-len", str(t), "--input", str(i),
+         "--hidden", str(h), "--threads", str(threads), "--steps", str(steps)],
+    )
+    return float(out["ms_per_step"])
+
+
+def recur_latency_us(binary, cell, h):
+    out = recur_run(
+        binary,
+        ["--cell", cell, "--step-latency", "--input", str(LATENCY_INPUT), "--hidden", str(h),
+         "--threads", "1"],
+    )
+    return float(out["us_per_step"])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--recur", default=os.path.join("target", "release", "recur"),
+                    help="path to the recur binary (default target/release/recur)")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--cells", nargs="+", default=CELLS, choices=CELLS)
+    ap.add_argument("--steps", type=int, default=7, help="timed steps (at least 5)")
+    ap.add_argument("--no-latency", action="store_true", help="skip the single-step latency")
+    a = ap.parse_args()
+    if a.steps < 5:
+        raise SystemExit("--steps must be at least 5")
+    if not os.path.exists(a.recur):
+        raise SystemExit(f"{a.recur} not found: run `cargo build --release` first")
+    torch = load_torch()
+    if torch is not None:
+        print(f"# PyTorch {torch.__version__}", flush=True)
+
+    print("| shape | cell | threads | PyTorch ms | recur ms | PyTorch / recur |")
+    print("|---|---|---|---|---|---|", flush=True)
+    for shape in a.shapes:
+        b, t, i, h = SHAPES[shape]
+        for cell in a.cells:
+            for th in a.threads:
+                pt = torch_step_ms(torch, cell, b, t, i, h, th, a.steps) if torch else None
+                rc = recur_step_ms(a.recur, cell, b, t, i, h, th, a.steps)
+                pts = f"{pt:.2f}" if pt is not None else "-"
+                ratio = f"{pt / rc:.2f}" if pt is not None else "-"
+                print(f"| {shape} | {cell} | {th} | {pts} | {rc:.2f} | {ratio} |", flush=True)
+
+    if a.no_latency:
+        return
+    print()
+    print("| single step, B=1, I=64 | H | PyTorch cell us | recur us | PyTorch / recur |")
+    print("|---|---|---|---|---|", flush=True)
+    for cell in a.cells:
+        for h in LATENCY_HIDDEN:
+            pt = torch_latency_us(torch, cell, h) if torch else None
+            rc = recur_latency_us(a.recur, cell, h)
+            pts = f"{pt:.1f}" if pt is not None else "-"
+            ratio = f"{pt / rc:.2f}" if pt is not None else "-"
+            print(f"| {cell} | {h} | {pts} | {rc:.2f} | {ratio} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

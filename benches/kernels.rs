@@ -1,0 +1,248 @@
+//! Criterion benchmarks: the per-timestep critical path (one forward and one backward step of
+//! each cell), the whole training step, the SIMD math against scalar `std`, and the
+//! small-batch recurrent product against matrixmultiply at B = 1.
+//!
+//! Shapes (B, T, I, H) are those of the project's benchmark table: tiny-batch (1, 100, 128,
+//! 256), small (32, 64, 64, 128), medium (64, 100, 256, 256), large (64, 50, 512, 512).
+//! Run with `cargo bench --bench kernels`; filter with e.g. `cargo bench --bench kernels -- step/lstm`.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use recur::kernels::gemm_nn::{PackedB, gemm_packed_acc};
+use recur::kernels::gemm_nt::gemm_nt_acc;
+use recur::kernels::{GemmShape, SimdFloat, gru, lstm, rnn};
+use recur::nn::{Activation, CellKind, ForwardOptions, Recurrent, RecurrentConfig};
+use recur::{Float, ParamStore, Rng, Tape, Tensor};
+
+const SHAPES: [(&str, usize, usize, usize, usize); 4] = [
+    ("tiny-batch", 1, 100, 128, 256),
+    ("small", 32, 64, 64, 128),
+    ("medium", 64, 100, 256, 256),
+    ("large", 64, 50, 512, 512),
+];
+
+const CELLS: [CellKind; 3] = [
+    CellKind::Lstm,
+    CellKind::Gru,
+    CellKind::Rnn(Activation::Tanh),
+];
+
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|_| rng.uniform_range(-1.0, 1.0) as f32)
+        .collect()
+}
+
+/// One forward step (recurrent product over packed `W_hh^T` + gate kernel) and one backward
+/// step (gate kernel + `dG W_hh`) at each shape's B and H.
+fn steps(c: &mut Criterion) {
+    let mut g = c.benchmark_group("step");
+    for (name, b, _, _, h) in SHAPES {
+        for kind in CELLS {
+            let gh = kind.gates() * h;
+            let w_hh = values(gh * h, 1);
+            let mut fwd = PackedB::new();
+            fwd.pack_transposed(&w_hh, gh, h);
+            let mut bwd = PackedB::new();
+            bwd.pack(&w_hh, gh, h);
+            let h_prev = values(b * h, 2);
+            let xp = values(b * gh, 3);
+            let c_prev = values(b * h, 4);
+            let mut gates = vec![0.0f32; b * gh];
+            let mut saved = vec![0.0f32; b * 4 * h];
+            let mut hp = vec![0.0f32; b * gh];
+            let (mut c_new, mut h_new) = (vec![0.0f32; b * h], vec![0.0f32; b * h]);
+            g.bench_function(format!("forward/{}/{name}", kind.name()), |bn| {
+                bn.iter(|| {
+                    match kind {
+                        CellKind::Lstm => {
+                            gates.copy_from_slice(&xp);
+                            gemm_packed_acc(b, &h_prev, &fwd, &mut gates);
+                            lstm::lstm_forward(&mut gates, &c_prev, &mut c_new, &mut h_new, h);
+                        }
+                        CellKind::Gru => {
+                            hp.fill(0.0);
+                            gemm_packed_acc(b, &h_prev, &fwd, &mut hp);
+                            gru::gru_forward(&xp, &hp, &h_prev, &mut h_new, &mut saved, h);
+                        }
+                        CellKind::Rnn(act) => {
+                            gates.copy_from_slice(&xp);
+                            gemm_packed_acc(b, &h_prev, &fwd, &mut gates);
+                            rnn::rnn_forward(&mut gates, act);
+                        }
+                    }
+                    black_box(&h_new);
+                })
+            });
+            let dh = values(b * h, 5);
+            let mut dc = values(b * h, 6);
+            let mut dg = vec![0.0f32; b * gh];
+            let mut dhp = vec![0.0f32; b * gh];
+            let mut dh_prev = vec![0.0f32; b * h];
+            let act_gates: Vec<f32> = xp.iter().map(|&v| f32::sigmoid_s(v)).collect();
+            let saved_r = values(b * 4 * h, 7);
+            g.bench_function(format!("backward/{}/{name}", kind.name()), |bn| {
+                bn.iter(|| {
+                    match kind {
+                        CellKind::Lstm => {
+                            lstm::lstm_backward(
+                                &act_gates, &c_prev, &c_prev, &dh, &mut dc, &mut dg, h,
+                            );
+                            dh_prev.fill(0.0);
+                            gemm_packed_acc(b, &dg, &bwd, &mut dh_prev);
+                        }
+                        CellKind::Gru => {
+                            gru::gru_backward(
+                                &saved_r,
+                                &h_prev,
+                                &dh,
+                                &mut dg,
+                                &mut dhp,
+                                &mut dh_prev,
+                                h,
+                            );
+                            gemm_packed_acc(b, &dhp, &bwd, &mut dh_prev);
+                        }
+                        CellKind::Rnn(act) => {
+                            rnn::rnn_backward(&h_prev, &dh, &mut dg, act);
+                            dh_prev.fill(0.0);
+                            gemm_packed_acc(b, &dg, &bwd, &mut dh_prev);
+                        }
+                    }
+                    black_box(&dh_prev);
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+/// Forward over the whole sequence + BPTT of sum(outputs), every weight gradient (f32).
+fn training_step(c: &mut Criterion) {
+    let mut g = c.benchmark_group("train_step");
+    g.sample_size(10).measurement_time(Duration::from_secs(3));
+    for (name, b, t, i, h) in SHAPES {
+        for kind in CELLS {
+            let mut ps = ParamStore::<f32>::new();
+            let layer = Recurrent::new(
+                &mut ps,
+                "",
+                kind,
+                RecurrentConfig::new(i, h),
+                &mut Rng::new(1),
+            )
+            .expect("valid config");
+            let x = Tensor::from_vec(values(t * b * i, 2), &[t, b, i]).expect("shape");
+            let mut tape = Tape::new();
+            g.bench_function(format!("{}/{name}", kind.name()), |bn| {
+                bn.iter(|| {
+                    tape.clear();
+                    let xv = tape.input(x.clone());
+                    let out = layer
+                        .forward(&mut tape, &ps, xv, ForwardOptions::default())
+                        .expect("forward");
+                    let loss = tape.sum(out.y).expect("sum");
+                    let grads = tape.backward(loss).expect("backward");
+                    black_box(grads.wrt(xv).is_some());
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+/// The vectorised activations against `std`'s scalar ones, over 4096 values.
+fn math(c: &mut Criterion) {
+    let mut g = c.benchmark_group("math");
+    let xs: Vec<f32> = values(4096, 9).iter().map(|v| v * 8.0).collect();
+    let mut out = xs.clone();
+    g.bench_function("tanh/simd", |b| {
+        b.iter(|| {
+            out.copy_from_slice(&xs);
+            rnn::rnn_forward(&mut out, Activation::Tanh);
+            black_box(&out);
+        })
+    });
+    g.bench_function("tanh/std", |b| {
+        b.iter(|| {
+            for (o, &x) in out.iter_mut().zip(&xs) {
+                *o = x.tanh();
+            }
+            black_box(&out);
+        })
+    });
+    g.bench_function("sigmoid/simd", |b| {
+        b.iter(|| {
+            for (o, x) in out.chunks_mut(f32::LANES).zip(xs.chunks(f32::LANES)) {
+                f32::store_n(f32::sigmoid_v(f32::load_n(x)), o);
+            }
+            black_box(&out);
+        })
+    });
+    g.bench_function("sigmoid/std", |b| {
+        b.iter(|| {
+            for (o, &x) in out.iter_mut().zip(&xs) {
+                *o = Float::sigmoid(x);
+            }
+            black_box(&out);
+        })
+    });
+    g.finish();
+}
+
+/// The recurrent product `h W_hh^T` at B = 1: packed kernel, unpacked dot-product kernel and
+/// matrixmultiply (which packs both operands on every call).
+fn gemv(c: &mut Criterion) {
+    let mut g = c.benchmark_group("gemv_b1");
+    for h in [128usize, 256, 512] {
+        let gh = 4 * h;
+        let w = values(gh * h, 1);
+        let x = values(h, 2);
+        let mut y = vec![0.0f32; gh];
+        let mut packed = PackedB::new();
+        packed.pack_transposed(&w, gh, h);
+        g.bench_function(format!("packed/H{h}"), |b| {
+            b.iter(|| {
+                gemm_packed_acc(1, &x, &packed, &mut y);
+                black_box(&y);
+            })
+        });
+        g.bench_function(format!("dot/H{h}"), |b| {
+            b.iter(|| {
+                gemm_nt_acc(1, gh, h, &x, &w, &mut y);
+                black_box(&y);
+            })
+        });
+        let s = GemmShape {
+            m: 1,
+            k: h,
+            n: gh,
+            trans_a: false,
+            trans_b: true,
+        };
+        g.bench_function(format!("matrixmultiply/H{h}"), |b| {
+            b.iter(|| {
+                f32::gemm(s, 1.0, &x, &w, 1.0, &mut y);
+                black_box(&y);
+            })
+        });
+    }
+    g.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = steps, training_step, math, gemv
+}
+criterion_main!(benches);

@@ -1,0 +1,220 @@
+//! `recur bench`: times a training step (or one inference step) of a recurrent layer.
+//!
+//! A training step is the forward pass over the whole sequence and backpropagation through
+//! time of `loss = sum(outputs)`, with every weight gradient. The figure is the median over
+//! the timed steps, after warm-up steps; the last line printed is machine-readable.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Args;
+use recur::nn::RecurrentConfig;
+use recur::nn::{Activation, CellKind, ForwardOptions, Implementation, InferenceStep, Recurrent};
+use recur::{Float, ParamStore, Rng, Tape, Tensor};
+
+use crate::CmdResult;
+
+/// Most worker threads accepted.
+const MAX_THREADS: usize = 1024;
+/// Most values in one activation buffer (about 4 GiB of f32).
+const MAX_ELEMENTS: usize = 1 << 30;
+
+/// Options of `recur bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Cell: lstm, gru or rnn (tanh).
+    #[arg(long, default_value = "lstm")]
+    cell: String,
+    /// Batch size B.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Sequence length T.
+    #[arg(long = "seq-len", default_value_t = 64)]
+    seq_len: usize,
+    /// Input features I.
+    #[arg(long, default_value_t = 64)]
+    input: usize,
+    /// Hidden units H.
+    #[arg(long, default_value_t = 128)]
+    hidden: usize,
+    /// Worker threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Element type: f32 or f64.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Timed steps (at least 5); the median is reported.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Untimed warm-up steps before them (at least 3).
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Time one inference step at batch 1 instead of a training step (prints us_per_step).
+    #[arg(long = "step-latency")]
+    step_latency: bool,
+}
+
+/// Runs the benchmark described by `args`.
+pub fn run(args: &BenchArgs) -> CmdResult {
+    let kind = match args.cell.as_str() {
+        "lstm" => CellKind::Lstm,
+        "gru" => CellKind::Gru,
+        "rnn" | "rnn_tanh" => CellKind::Rnn(Activation::Tanh),
+        other => {
+            return Err(format!(
+                "bench: unknown --cell '{other}' (expected lstm, gru or rnn)"
+            ));
+        }
+    };
+    for (name, v) in [
+        ("--batch", args.batch),
+        ("--seq-len", args.seq_len),
+        ("--input", args.input),
+        ("--hidden", args.hidden),
+        ("--threads", args.threads),
+    ] {
+        if v == 0 {
+            return Err(format!("bench: {name} must be at least 1"));
+        }
+    }
+    if args.threads > MAX_THREADS {
+        return Err(format!(
+            "bench: --threads {} is more than {MAX_THREADS}",
+            args.threads
+        ));
+    }
+    // The largest buffers are [T, B, 4H] and [T, B, I]; refuse shapes whose sizes overflow or
+    // that could not fit in memory, instead of aborting on a failed allocation.
+    let big = [args.input, 4 * args.hidden.max(1)]
+        .iter()
+        .map(|&w| args.seq_len.checked_mul(args.batch)?.checked_mul(w))
+        .try_fold(0usize, |acc, v| v?.checked_add(acc));
+    if big.is_none_or(|n| n > MAX_ELEMENTS) {
+        return Err(format!(
+            "bench: shape too large (--seq-len {} x --batch {} x max(--input {}, 4 x --hidden {}) \
+             must stay below {MAX_ELEMENTS} values)",
+            args.seq_len, args.batch, args.input, args.hidden
+        ));
+    }
+    if args.steps < 5 {
+        return Err(format!(
+            "bench: --steps must be at least 5, got {}",
+            args.steps
+        ));
+    }
+    if args.warmup < 3 {
+        return Err(format!(
+            "bench: --warmup must be at least 3, got {}",
+            args.warmup
+        ));
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads)
+        .build()
+        .map_err(|e| format!("bench: cannot start {} threads: {e}", args.threads))?;
+    let line = match args.dtype.as_str() {
+        "f32" => pool.install(|| measure::<f32>(kind, args)),
+        "f64" => pool.install(|| measure::<f64>(kind, args)),
+        other => {
+            return Err(format!(
+                "bench: unknown --dtype '{other}' (expected f32 or f64)"
+            ));
+        }
+    }
+    .map_err(|e| format!("bench: {e}"))?;
+    println!("{line}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// Times the configured step; returns the final line.
+fn measure<T: Float>(kind: CellKind, a: &BenchArgs) -> recur::Result<String> {
+    let mut rng = Rng::new(1);
+    let mut ps = ParamStore::<T>::new();
+    let layer = Recurrent::new(
+        &mut ps,
+        "",
+        kind,
+        RecurrentConfig::new(a.input, a.hidden),
+        &mut rng,
+    )?;
+    let g = kind.gates();
+    println!(
+        "cell={} dtype={} threads={} B={} T={} I={} H={}",
+        kind.name(),
+        T::DTYPE,
+        a.threads,
+        if a.step_latency { 1 } else { a.batch },
+        if a.step_latency { 1 } else { a.seq_len },
+        a.input,
+        a.hidden
+    );
+    if a.step_latency {
+        let p = layer.direction_params(0, 0).expect("layer 0 exists");
+        let w_ih = ps.get(p.w_ih).data();
+        let w_hh = ps.get(p.w_hh).data();
+        let bias = p
+            .b_ih
+            .zip(p.b_hh)
+            .map(|(x, y)| (ps.get(x).data(), ps.get(y).data()));
+        let mut step = InferenceStep::<T>::new(kind, a.input, a.hidden, 1)?;
+        let x: Vec<T> = (0..a.input)
+            .map(|_| T::from_f64(rng.uniform_range(-1.0, 1.0)))
+            .collect();
+        let (mut h, mut c) = (vec![T::ZERO; a.hidden], vec![T::ZERO; a.hidden]);
+        // Each sample times a batch of steps, so the clock's resolution does not matter.
+        let reps = 50;
+        let mut times = Vec::new();
+        for k in 0..a.warmup + a.steps.max(20) {
+            let t0 = Instant::now();
+            for _ in 0..reps {
+                step.step(w_ih, w_hh, bias, &x, &mut h, &mut c)?;
+            }
+            if k >= a.warmup {
+                times.push(t0.elapsed().as_secs_f64() / reps as f64);
+            }
+        }
+        std::hint::black_box(&h);
+        return Ok(format!("us_per_step={:.3}", median(times) * 1e6));
+    }
+    let (b, t, i, h) = (a.batch, a.seq_len, a.input, a.hidden);
+    let x_val = Tensor::from_fn(&[t, b, i], |_| T::from_f64(rng.uniform_range(-1.0, 1.0)))?;
+    let mut tape = Tape::new();
+    let mut times = Vec::new();
+    for k in 0..a.warmup + a.steps {
+        tape.clear();
+        let t0 = Instant::now();
+        let x = tape.input(x_val.clone());
+        let out = layer.forward(
+            &mut tape,
+            &ps,
+            x,
+            ForwardOptions {
+                implementation: Implementation::Fused,
+                ..ForwardOptions::default()
+            },
+        )?;
+        let loss = tape.sum(out.y)?;
+        let grads = tape.backward(loss)?;
+        std::hint::black_box(grads.param(ps.iter().next().expect("a parameter").0));
+        if k >= a.warmup {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let secs = median(times);
+    let flops = 3.0 * t as f64 * 2.0 * b as f64 * (i + h) as f64 * g as f64 * h as f64;
+    Ok(format!(
+        "ms_per_step={:.4} gflops={:.3}",
+        secs * 1e3,
+        flops / secs / 1e9
+    ))
+}

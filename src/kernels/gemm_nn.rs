@@ -1,0 +1,283 @@
+//! `C += A B` for a few rows of `A` against a weight matrix packed once: the per-timestep
+//! recurrent product (`B = W_hh^T` in forward, `B = W_hh` in backward).
+//!
+//! [`PackedB`] stores `B` (`k x n`) as panels of [`panel`]`::<T>()` columns, each panel `k` rows of
+//! contiguous values (the last panel zero-padded), so the kernel streams memory in order instead
+//! of striding by `n` (which, for `n` a multiple of 1024, maps every row to the same cache set).
+//! Packing costs one pass over `B`, once per sequence rather than once per step.
+//!
+//! A tile keeps 4 rows of `C` by one panel (or 1 row by two panels) in registers, broadcasting
+//! one value of `A` per row and step of `k`: no horizontal sums, no allocation. Every `C[i][j]`
+//! is `C[i][j] + sum_p A[i][p] B[p][j]` accumulated by fused multiply-adds in the order
+//! `p = 0, 1, ...`, whichever tile it falls in, so splitting `A` by rows (batch shards) gives
+//! bit-identical results.
+
+// Register tiles are fixed-size arrays indexed by row, panel and vector: clearer than iterators.
+#![allow(clippy::needless_range_loop)]
+
+use super::simd::SimdFloat;
+
+/// Vectors per panel.
+const NV: usize = 4;
+
+/// Columns per panel for element type `T`.
+pub fn panel<T: SimdFloat>() -> usize {
+    NV * T::LANES
+}
+
+/// A `k x n` matrix packed in column panels for [`gemm_packed_acc`].
+#[derive(Clone, Debug, Default)]
+pub struct PackedB<T> {
+    k: usize,
+    n: usize,
+    data: Vec<T>,
+}
+
+impl<T: SimdFloat> PackedB<T> {
+    /// An empty packing (0 x 0); fill it with [`PackedB::pack`] or [`PackedB::pack_transposed`].
+    pub fn new() -> Self {
+        PackedB {
+            k: 0,
+            n: 0,
+            data: Vec::new(),
+        }
+    }
+
+    /// Rows `k` of the packed matrix.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Columns `n` of the packed matrix.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    fn resize(&mut self, k: usize, n: usize) {
+        let p = panel::<T>();
+        let panels = n.div_ceil(p);
+        self.k = k;
+        self.n = n;
+        self.data.clear();
+        self.data.resize(panels * k * p, T::default());
+    }
+
+    /// Packs `b`, a row-major `k x n` matrix. Panics if `b` is shorter than `k * n`.
+    pub fn pack(&mut self, b: &[T], k: usize, n: usize) {
+        assert!(b.len() >= k * n, "PackedB::pack: buffer too small");
+        self.resize(k, n);
+        let p = panel::<T>();
+        for (q, pd) in self.data.chunks_exact_mut((k * p).max(1)).enumerate() {
+            let (j0, w) = (q * p, p.min(n - q * p));
+            for r in 0..k {
+                pd[r * p..r * p + w].copy_from_slice(&b[r * n + j0..r * n + j0 + w]);
+            }
+        }
+    }
+
+    /// Packs `w^T`, where `w` is a row-major `n x k` matrix (a weight in `[out, in]` layout), so
+    /// that `A B = A w^T`. Panics if `w` is shorter than `n * k`.
+    pub fn pack_transposed(&mut self, w: &[T], n: usize, k: usize) {
+        assert!(
+            w.len() >= n * k,
+            "PackedB::pack_transposed: buffer too small"
+        );
+        self.resize(k, n);
+        let p = panel::<T>();
+        for (q, pd) in self.data.chunks_exact_mut((k * p).max(1)).enumerate() {
+            let (j0, wd) = (q * p, p.min(n - q * p));
+            // Contiguous writes; the reads walk `wd` rows of `w` side by side.
+            for (r, out) in pd.chunks_exact_mut(p).enumerate() {
+                for (jj, o) in out[..wd].iter_mut().enumerate() {
+                    *o = w[(j0 + jj) * k + r];
+                }
+            }
+        }
+    }
+}
+
+/// `C += A B` with `A` `m x k` and `C` `m x n` row-major, `B` packed (`k x n`).
+///
+/// Panics if `A` or `C` is shorter than its shape needs.
+pub fn gemm_packed_acc<T: SimdFloat>(m: usize, a: &[T], b: &PackedB<T>, c: &mut [T]) {
+    let (k, n) = (b.k, b.n);
+    assert!(
+        a.len() >= m * k && c.len() >= m * n,
+        "gemm_packed_acc: buffers too small for {m}x{n}x{k}"
+    );
+    if n == 0 || m == 0 || k == 0 {
+        return;
+    }
+    let panels = n.div_ceil(panel::<T>());
+    // Cache blocking for large products: a block of KB steps of k by MB rows of A stays in L2
+    // while each panel's KB x PANEL slice of B is reused from L1 by every tile of the block.
+    // Splitting k only stores and reloads C between blocks (exact), so the accumulation order
+    // of every element is unchanged.
+    for k0 in (0..k).step_by(KB) {
+        let k1 = (k0 + KB).min(k);
+        for i0 in (0..m).step_by(MB) {
+            let i1 = (i0 + MB).min(m);
+            let m4 = i0 + (i1 - i0) / 4 * 4;
+            for q in 0..panels {
+                for i in (i0..m4).step_by(4) {
+                    tile::<T, 4, 1>(i, q, k0..k1, m, a, b, c);
+                }
+            }
+            for i in m4..i1 {
+                let mut q = 0;
+                while q + 2 <= panels {
+                    tile::<T, 1, 2>(i, q, k0..k1, m, a, b, c);
+                    q += 2;
+                }
+                if q < panels {
+                    tile::<T, 1, 1>(i, q, k0..k1, m, a, b, c);
+                }
+            }
+        }
+    }
+}
+
+/// Steps of k per cache block.
+const KB: usize = 256;
+/// Rows of A per cache block.
+const MB: usize = 64;
+
+/// Column range of vector `v` of panel `q`, clipped to `n` (possibly empty).
+#[inline(always)]
+fn cols<T: SimdFloat>(q: usize, v: usize, n: usize) -> (usize, usize) {
+    let s = (q * panel::<T>() + v * T::LANES).min(n);
+    (s, (s + T::LANES).min(n))
+}
+
+/// Rows `i..i+R` of `C` by panels `q..q+Q`, over the steps `ks` of k.
+#[inline(always)]
+fn tile<T: SimdFloat, const R: usize, const Q: usize>(
+    i: usize,
+    q: usize,
+    ks: std::ops::Range<usize>,
+    m: usize,
+    a: &[T],
+    b: &PackedB<T>,
+    c: &mut [T],
+) {
+    let (k, n, p) = (b.k, b.n, panel::<T>());
+    assert!(i + R <= m && (q + Q) * k * p <= b.data.len());
+    let mut acc: [[[T::V; NV]; Q]; R] = std::array::from_fn(|r| {
+        std::array::from_fn(|qq| {
+            std::array::from_fn(|v| {
+                let (s, e) = cols::<T>(q + qq, v, n);
+                T::load_n(&c[(i + r) * n + s..(i + r) * n + e])
+            })
+        })
+    });
+    let a_rows: [&[T]; R] = std::array::from_fn(|r| &a[(i + r) * k..(i + r + 1) * k]);
+    let base = b.data.as_ptr();
+    for s in ks {
+        let bv: [[T::V; NV]; Q] = std::array::from_fn(|qq| {
+            std::array::from_fn(|v| {
+                // SAFETY: panel `q + qq` occupies `[(q + qq) k p, (q + qq + 1) k p)` of `data`,
+                // whose length the assert above bounds; row `s < k` of it holds `p = NV * LANES`
+                // values, of which vector `v < NV` reads `LANES`.
+                unsafe { T::load_ptr(base.add(((q + qq) * k + s) * p + v * T::LANES)) }
+            })
+        });
+        for r in 0..R {
+            let av = T::splat(a_rows[r][s]);
+            for qq in 0..Q {
+                for v in 0..NV {
+                    acc[r][qq][v] = T::mul_add(av, bv[qq][v], acc[r][qq][v]);
+                }
+            }
+        }
+    }
+    for r in 0..R {
+        for qq in 0..Q {
+            for v in 0..NV {
+                let (s, e) = cols::<T>(q + qq, v, n);
+                T::store_n(acc[r][qq][v], &mut c[(i + r) * n + s..(i + r) * n + e]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::gemm::{GemmShape, gemm_reference};
+    use crate::kernels::testutil::values;
+
+    #[test]
+    fn matches_the_reference_product() {
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (1, 9, 7),
+            (3, 5, 8),
+            (4, 32, 9),
+            (5, 77, 33),
+            (9, 64, 64),
+            (16, 512, 128),
+            (130, 70, 600),
+        ] {
+            for trans in [false, true] {
+                let a: Vec<f64> = values(m as u64, m * k, 1.0);
+                let b: Vec<f64> = values(n as u64 + 7, n * k, 1.0);
+                let c0: Vec<f64> = values(k as u64 + 3, m * n, 1.0);
+                let s = GemmShape {
+                    m,
+                    k,
+                    n,
+                    trans_a: false,
+                    trans_b: trans,
+                };
+                let mut want = c0.clone();
+                gemm_reference(s, 1.0, &a, &b, 1.0, &mut want);
+                let mut pb = PackedB::new();
+                if trans {
+                    pb.pack_transposed(&b, n, k);
+                } else {
+                    pb.pack(&b, k, n);
+                }
+                let mut got = c0.clone();
+                gemm_packed_acc(m, &a, &pb, &mut got);
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() < 1e-12, "f64 {m}x{n}x{k}: {g} vs {w}");
+                }
+                let af: Vec<f32> = a.iter().map(|&x| x as f32).collect();
+                let bf: Vec<f32> = b.iter().map(|&x| x as f32).collect();
+                let mut pf = PackedB::new();
+                if trans {
+                    pf.pack_transposed(&bf, n, k);
+                } else {
+                    pf.pack(&bf, k, n);
+                }
+                let mut gotf: Vec<f32> = c0.iter().map(|&x| x as f32).collect();
+                gemm_packed_acc(m, &af, &pf, &mut gotf);
+                for (g, w) in gotf.iter().zip(&want) {
+                    assert!((*g as f64 - w).abs() < 1e-4, "f32 {m}x{n}x{k}: {g} vs {w}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_does_not_depend_on_its_neighbours() {
+        let (m, n, k) = (7, 75, 29);
+        let a: Vec<f32> = values(1, m * k, 1.0);
+        let b: Vec<f32> = values(2, n * k, 1.0);
+        let mut pb = PackedB::new();
+        pb.pack(&b, k, n);
+        let mut whole = vec![0.0f32; m * n];
+        gemm_packed_acc(m, &a, &pb, &mut whole);
+        for i in 0..m {
+            let mut one = vec![0.0f32; n];
+            gemm_packed_acc(1, &a[i * k..(i + 1) * k], &pb, &mut one);
+            for j in 0..n {
+                assert_eq!(
+                    one[j].to_bits(),
+                    whole[i * n + j].to_bits(),
+                    "row {i} col {j}"
+                );
+            }
+        }
+    }
+}

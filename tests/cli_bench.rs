@@ -1,0 +1,90 @@
+//! `recur bench`: the machine-readable last line, and one clear line with a non-zero exit
+//! status for bad arguments.
+
+use std::process::Command;
+
+fn bench(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_recur"))
+        .arg("bench")
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn last_line_values(stdout: &str, keys: &[&str]) -> Vec<f64> {
+    let last = stdout.trim().lines().last().expect("some output");
+    let fields: Vec<(&str, &str)> = last
+        .split_whitespace()
+        .map(|kv| kv.split_once('=').expect("key=value"))
+        .collect();
+    assert_eq!(
+        fields.iter().map(|f| f.0).collect::<Vec<_>>(),
+        keys,
+        "{last}"
+    );
+    fields
+        .iter()
+        .map(|f| f.1.parse().expect("a number"))
+        .collect()
+}
+
+#[test]
+fn training_step_prints_time_and_rate() {
+    for cell in ["lstm", "gru", "rnn"] {
+        for dtype in ["f32", "f64"] {
+            let (ok, stdout, stderr) = bench(&[
+                "--cell",
+                cell,
+                "--batch",
+                "3",
+                "--seq-len",
+                "4",
+                "--input",
+                "5",
+                "--hidden",
+                "6",
+                "--threads",
+                "2",
+                "--dtype",
+                dtype,
+            ]);
+            assert!(ok, "{stderr}");
+            let v = last_line_values(&stdout, &["ms_per_step", "gflops"]);
+            assert!(v[0] > 0.0 && v[1] > 0.0, "{stdout}");
+        }
+    }
+}
+
+#[test]
+fn step_latency_prints_microseconds() {
+    let (ok, stdout, stderr) = bench(&["--cell", "gru", "--step-latency", "--hidden", "16"]);
+    assert!(ok, "{stderr}");
+    let v = last_line_values(&stdout, &["us_per_step"]);
+    assert!(v[0] > 0.0);
+}
+
+#[test]
+fn bad_arguments_give_one_line_and_a_failure_status() {
+    for (args, needle) in [
+        (&["--cell", "transformer"][..], "--cell"),
+        (&["--dtype", "f16"][..], "--dtype"),
+        (&["--batch", "0"][..], "--batch"),
+        (&["--hidden", "0"][..], "--hidden"),
+        (&["--threads", "0"][..], "--threads"),
+        (&["--steps", "2"][..], "--steps"),
+        (
+            &["--batch", "100000", "--seq-len", "100000"][..],
+            "too large",
+        ),
+    ] {
+        let (ok, stdout, stderr) = bench(args);
+        assert!(!ok, "{args:?} succeeded: {stdout}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}

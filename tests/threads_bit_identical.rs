@@ -1,0 +1,130 @@
+//! The fused layers give bit-identical outputs and gradients for any number of threads: the
+//! batch is split into shards by a rule of the batch size alone, and partial weight gradients
+//! are added in shard order. Also checks the sharded path (several shards, a ragged last one)
+//! against the reference built from primitive ops.
+
+use recur::nn::{Activation, CellKind, ForwardOptions, Implementation, Recurrent, RecurrentConfig};
+use recur::{Float, ParamStore, Rng, Tape, Tensor};
+
+const KINDS: [CellKind; 4] = [
+    CellKind::Lstm,
+    CellKind::Gru,
+    CellKind::Rnn(Activation::Tanh),
+    CellKind::Rnn(Activation::Relu),
+];
+
+/// Batch of 70: three shards of 32, 32 and 6 rows.
+const B: usize = 70;
+const T: usize = 6;
+const I: usize = 5;
+const H: usize = 11;
+
+/// Forward + backward of loss = sum(y * ry) + sum(h_n * rh) (+ sum(c_n * rc)) over a 2-layer
+/// bidirectional layer with ragged lengths; returns every output and gradient.
+fn run<T: Float>(kind: CellKind, imp: Implementation) -> Vec<(String, Tensor<T>)> {
+    let cfg = RecurrentConfig::new(I, H).num_layers(2).bidirectional(true);
+    let mut ps = ParamStore::<T>::new();
+    let layer = Recurrent::new(&mut ps, "", kind, cfg, &mut Rng::new(5)).unwrap();
+    let mut rng = Rng::new(9);
+    let mut r = |dims: &[usize]| {
+        Tensor::from_fn(dims, |_| T::from_f64(rng.uniform_range(-1.0, 1.0))).unwrap()
+    };
+    let (x_v, h0_v, c0_v) = (r(&[T, B, I]), r(&[4, B, H]), r(&[4, B, H]));
+    let (ry, rh, rc) = (r(&[T, B, 2 * H]), r(&[4, B, H]), r(&[4, B, H]));
+    let lengths: Vec<usize> = (0..B).map(|b| 1 + (b * 7) % T).collect();
+    let mut tape = Tape::new();
+    let x = tape.input(x_v);
+    let h0 = tape.input(h0_v);
+    let c0 = (kind == CellKind::Lstm).then(|| tape.input(c0_v));
+    let opts = ForwardOptions {
+        h0: Some(h0),
+        c0,
+        lengths: Some(&lengths),
+        dropout_rng: None,
+        implementation: imp,
+    };
+    let out = layer.forward(&mut tape, &ps, x, opts).unwrap();
+    let mut terms = vec![(out.y, ry), (out.h_n, rh)];
+    if let Some(cn) = out.c_n {
+        terms.push((cn, rc));
+    }
+    let mut loss = None;
+    for (v, w) in terms {
+        let w = tape.constant(w);
+        let m = tape.mul(v, w).unwrap();
+        let s = tape.sum(m).unwrap();
+        loss = Some(match loss {
+            None => s,
+            Some(l) => tape.add(l, s).unwrap(),
+        });
+    }
+    let loss = loss.unwrap();
+    let mut res = vec![
+        ("y".to_string(), tape.value(out.y).unwrap().clone()),
+        ("h_n".to_string(), tape.value(out.h_n).unwrap().clone()),
+    ];
+    if let Some(cn) = out.c_n {
+        res.push(("c_n".to_string(), tape.value(cn).unwrap().clone()));
+    }
+    let g = tape.backward(loss).unwrap();
+    for (id, name, _) in ps.iter() {
+        res.push((format!("grad.{name}"), g.param(id).unwrap().clone()));
+    }
+    res.push(("grad.x".into(), g.wrt(x).unwrap().clone()));
+    res.push(("grad.h0".into(), g.wrt(h0).unwrap().clone()));
+    if let Some(c0) = c0 {
+        res.push(("grad.c0".into(), g.wrt(c0).unwrap().clone()));
+    }
+    res
+}
+
+fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
+fn check_bits<T: Float>(to_bits: fn(T) -> u64) {
+    for kind in KINDS {
+        let one = in_pool(1, || run::<T>(kind, Implementation::Fused));
+        let two = in_pool(2, || run::<T>(kind, Implementation::Fused));
+        let three = in_pool(3, || run::<T>(kind, Implementation::Fused));
+        assert_eq!(one.len(), two.len());
+        for (((name, a), (_, b)), (_, c)) in one.iter().zip(&two).zip(&three) {
+            assert_eq!(a.dims(), b.dims(), "{name}");
+            for (k, ((&p, &q), &r)) in a.data().iter().zip(b.data()).zip(c.data()).enumerate() {
+                assert_eq!(
+                    (to_bits(p), to_bits(p)),
+                    (to_bits(q), to_bits(r)),
+                    "{kind:?} {name}[{k}] ({}): {p} with 1 thread, {q} with 2, {r} with 3",
+                    T::DTYPE
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bit_identical_across_thread_counts_f32() {
+    check_bits::<f32>(|x| u64::from(x.to_bits()));
+}
+
+#[test]
+fn bit_identical_across_thread_counts_f64() {
+    check_bits::<f64>(f64::to_bits);
+}
+
+#[test]
+fn sharded_fused_equals_reference() {
+    for kind in KINDS {
+        let fused = in_pool(2, || run::<f64>(kind, Implementation::Fused));
+        let reference = run::<f64>(kind, Implementation::Reference);
+        for ((name, a), (_, b)) in fused.iter().zip(&reference) {
+            let scale = b.data().iter().map(|x| x.abs()).fold(1e-3, f64::max);
+            let e = a.max_abs_diff(b).unwrap() / scale;
+            assert!(e < 1e-10, "{kind:?} {name}: relative error {e:e}");
+        }
+    }
+}
