@@ -1,11 +1,11 @@
 //! Adagrad with learning-rate decay and an initial accumulator value.
 
 use super::Optimizer;
-use super::state::{StateTable, check_nonneg, grads_to_apply, scalar};
+use super::state::{StateTable, check_nonneg, config_setters, grads_to_apply};
+use crate::Result;
 use crate::params::ParamStore;
 use crate::tape::Grads;
 use crate::tensor::{Float, Tensor};
-use crate::{Error, Result};
 
 /// Settings of [`Adagrad`], with PyTorch's defaults.
 ///
@@ -158,14 +158,9 @@ impl<T: Float> Optimizer<T> for Adagrad<T> {
         tensors: &[(String, Tensor<T>)],
         scalars: &[(String, f64)],
     ) -> Result<()> {
-        const OP: &str = "Adagrad::load_state";
-        let slots = self.state.import(OP, store, tensors)?;
-        let lr = scalar(OP, scalars, "lr")?;
-        if !(lr.is_finite() && lr >= 0.0) {
-            return Err(Error::format(OP, format!("scalar `lr` is {lr}")));
-        }
-        self.state.slots = slots;
-        self.cfg.lr = lr;
+        self.cfg.lr = self
+            .state
+            .load_with_lr("Adagrad::load_state", store, tensors, scalars)?;
         Ok(())
     }
 }

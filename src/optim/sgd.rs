@@ -1,7 +1,7 @@
 //! Stochastic gradient descent with momentum, dampening, Nesterov momentum and weight decay.
 
 use super::Optimizer;
-use super::state::{StateTable, check_nonneg, grads_to_apply, scalar};
+use super::state::{StateTable, check_nonneg, config_setters, grads_to_apply};
 use crate::params::ParamStore;
 use crate::tape::Grads;
 use crate::tensor::{Float, Tensor};
@@ -180,16 +180,9 @@ impl<T: Float> Optimizer<T> for Sgd<T> {
         tensors: &[(String, Tensor<T>)],
         scalars: &[(String, f64)],
     ) -> Result<()> {
-        let slots = self.state.import("Sgd::load_state", store, tensors)?;
-        let lr = scalar("Sgd::load_state", scalars, "lr")?;
-        if !(lr.is_finite() && lr >= 0.0) {
-            return Err(Error::format(
-                "Sgd::load_state",
-                format!("scalar `lr` is {lr}"),
-            ));
-        }
-        self.state.slots = slots;
-        self.cfg.lr = lr;
+        self.cfg.lr = self
+            .state
+            .load_with_lr("Sgd::load_state", store, tensors, scalars)?;
         Ok(())
     }
 }

@@ -157,6 +157,25 @@ impl<T: Float> StateTable<T> {
             Err(Error::format(op, problems.join("; ")))
         }
     }
+
+    /// Validates exported state (see [`StateTable::import`]) and the learning rate in `scalars`,
+    /// then installs the buffers and returns the learning rate. On any error nothing changes.
+    /// Every optimizer's `load_state` is this plus storing the returned rate in its settings.
+    pub(crate) fn load_with_lr(
+        &mut self,
+        op: &'static str,
+        store: &ParamStore<T>,
+        tensors: &[(String, Tensor<T>)],
+        scalars: &[(String, f64)],
+    ) -> Result<f64> {
+        let slots = self.import(op, store, tensors)?;
+        let lr = scalar(op, scalars, "lr")?;
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err(Error::format(op, format!("scalar `lr` is {lr}")));
+        }
+        self.slots = slots;
+        Ok(lr)
+    }
 }
 
 /// The value of scalar `name` in `scalars`, or an error naming it.
