@@ -40,33 +40,13 @@ impl Default for AdagradConfig {
     }
 }
 
-impl AdagradConfig {
-    /// Sets `lr`.
-    pub fn lr(mut self, v: f64) -> Self {
-        self.lr = v;
-        self
-    }
-    /// Sets `lr_decay`.
-    pub fn lr_decay(mut self, v: f64) -> Self {
-        self.lr_decay = v;
-        self
-    }
-    /// Sets `weight_decay`.
-    pub fn weight_decay(mut self, v: f64) -> Self {
-        self.weight_decay = v;
-        self
-    }
-    /// Sets `initial_accumulator_value`.
-    pub fn initial_accumulator_value(mut self, v: f64) -> Self {
-        self.initial_accumulator_value = v;
-        self
-    }
-    /// Sets `eps`.
-    pub fn eps(mut self, v: f64) -> Self {
-        self.eps = v;
-        self
-    }
-}
+config_setters!(AdagradConfig {
+    lr: f64,
+    lr_decay: f64,
+    weight_decay: f64,
+    initial_accumulator_value: f64,
+    eps: f64,
+});
 
 /// Adagrad as `torch.optim.Adagrad`:
 ///

@@ -1,7 +1,7 @@
 //! Adam (with optional AMSGrad) and AdamW (decoupled weight decay).
 
 use super::Optimizer;
-use super::state::{StateTable, check_nonneg, check_unit, grads_to_apply};
+use super::state::{StateTable, check_nonneg, check_unit, config_setters, grads_to_apply};
 use crate::Result;
 use crate::params::ParamStore;
 use crate::tape::Grads;
@@ -54,30 +54,10 @@ impl AdamConfig {
             ..Self::default()
         }
     }
-    /// Sets `lr`.
-    pub fn lr(mut self, v: f64) -> Self {
-        self.lr = v;
-        self
-    }
     /// Sets `beta1` and `beta2`.
     pub fn betas(mut self, beta1: f64, beta2: f64) -> Self {
         self.beta1 = beta1;
         self.beta2 = beta2;
-        self
-    }
-    /// Sets `eps`.
-    pub fn eps(mut self, v: f64) -> Self {
-        self.eps = v;
-        self
-    }
-    /// Sets `weight_decay`.
-    pub fn weight_decay(mut self, v: f64) -> Self {
-        self.weight_decay = v;
-        self
-    }
-    /// Sets `amsgrad`.
-    pub fn amsgrad(mut self, on: bool) -> Self {
-        self.amsgrad = on;
         self
     }
 
@@ -89,6 +69,13 @@ impl AdamConfig {
         check_nonneg(op, "weight_decay", self.weight_decay)
     }
 }
+
+config_setters!(AdamConfig {
+    lr: f64,
+    eps: f64,
+    weight_decay: f64,
+    amsgrad: bool,
+});
 
 /// The update shared by Adam and AdamW.
 #[derive(Clone, Debug)]

@@ -43,38 +43,14 @@ impl Default for RmsPropConfig {
     }
 }
 
-impl RmsPropConfig {
-    /// Sets `lr`.
-    pub fn lr(mut self, v: f64) -> Self {
-        self.lr = v;
-        self
-    }
-    /// Sets `alpha`.
-    pub fn alpha(mut self, v: f64) -> Self {
-        self.alpha = v;
-        self
-    }
-    /// Sets `eps`.
-    pub fn eps(mut self, v: f64) -> Self {
-        self.eps = v;
-        self
-    }
-    /// Sets `weight_decay`.
-    pub fn weight_decay(mut self, v: f64) -> Self {
-        self.weight_decay = v;
-        self
-    }
-    /// Sets `momentum`.
-    pub fn momentum(mut self, v: f64) -> Self {
-        self.momentum = v;
-        self
-    }
-    /// Sets `centered`.
-    pub fn centered(mut self, on: bool) -> Self {
-        self.centered = on;
-        self
-    }
-}
+config_setters!(RmsPropConfig {
+    lr: f64,
+    alpha: f64,
+    eps: f64,
+    weight_decay: f64,
+    momentum: f64,
+    centered: bool,
+});
 
 /// RMSprop as `torch.optim.RMSprop`:
 ///

@@ -40,33 +40,13 @@ impl Default for SgdConfig {
     }
 }
 
-impl SgdConfig {
-    /// Sets `lr`.
-    pub fn lr(mut self, v: f64) -> Self {
-        self.lr = v;
-        self
-    }
-    /// Sets `momentum`.
-    pub fn momentum(mut self, v: f64) -> Self {
-        self.momentum = v;
-        self
-    }
-    /// Sets `dampening`.
-    pub fn dampening(mut self, v: f64) -> Self {
-        self.dampening = v;
-        self
-    }
-    /// Sets `weight_decay`.
-    pub fn weight_decay(mut self, v: f64) -> Self {
-        self.weight_decay = v;
-        self
-    }
-    /// Sets `nesterov`.
-    pub fn nesterov(mut self, on: bool) -> Self {
-        self.nesterov = on;
-        self
-    }
-}
+config_setters!(SgdConfig {
+    lr: f64,
+    momentum: f64,
+    dampening: f64,
+    weight_decay: f64,
+    nesterov: bool,
+});
 
 /// SGD as `torch.optim.SGD`:
 ///

@@ -1,5 +1,5 @@
 //! Per-parameter optimizer state: named buffers and a step count, with export and validated
-//! import shared by every optimizer.
+//! import shared by every optimizer; and the checks and builder setters of their settings.
 
 use crate::params::{ParamId, ParamStore};
 use crate::tape::Grads;
@@ -233,3 +233,20 @@ pub(crate) fn check_unit(op: &'static str, name: &str, v: f64) -> Result<()> {
         ))
     }
 }
+
+/// Builder-style setters for the plain fields of an optimizer's settings, one
+/// `pub fn field(mut self, v: Type) -> Self` per field, each documented "Sets `field`.".
+macro_rules! config_setters {
+    ($cfg:ident { $($field:ident: $ty:ty),+ $(,)? }) => {
+        impl $cfg {
+            $(
+                #[doc = concat!("Sets `", stringify!($field), "`.")]
+                pub fn $field(mut self, v: $ty) -> Self {
+                    self.$field = v;
+                    self
+                }
+            )+
+        }
+    };
+}
+pub(crate) use config_setters;
