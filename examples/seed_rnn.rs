@@ -3,7 +3,7 @@
 //!
 //! Run with `cargo run --release --example seed_rnn`.
 
-use recur::diagnostics::{GradcheckOptions, gradcheck};
+use recur::diagnostics::{GradcheckOptions, GradcheckReport, gradcheck};
 use recur::{ParamId, ParamStore, Result, Tape, Tensor, Var};
 
 /// The chapter's parameters: W_h (2x2), W_x (2x1), b (2).
@@ -17,6 +17,14 @@ pub fn chapter_params() -> Result<(ParamStore<f64>, [ParamId; 3])> {
 
 /// The chapter's inputs x_1, x_2, x_3.
 pub const INPUTS: [f64; 3] = [1.0, -1.0, 2.0];
+
+/// The chapter's inputs as `[1, 1]` tensors, one per step.
+pub fn input_tensors() -> Result<Vec<Tensor<f64>>> {
+    INPUTS
+        .iter()
+        .map(|&x| Tensor::from_vec(vec![x], &[1, 1]))
+        .collect()
+}
 
 /// Unrolls the RNN over `xs` (one `[1, 1]` input per step); returns h_1..h_T as `[1, 2]` rows.
 pub fn unroll(
@@ -38,6 +46,23 @@ pub fn unroll(
         states.push(h);
     }
     Ok(states)
+}
+
+/// Checks backpropagation through time for `L = sum(h_T)` against central differences, over
+/// every parameter and input.
+pub fn gradcheck_last_state(
+    ps: &mut ParamStore<f64>,
+    ids: [ParamId; 3],
+) -> Result<GradcheckReport> {
+    gradcheck(
+        ps,
+        &input_tensors()?,
+        GradcheckOptions::default(),
+        |tape, ps, xs| {
+            let states = unroll(tape, ps, ids, xs)?;
+            tape.sum(*states.last().expect("three steps"))
+        },
+    )
 }
 
 /// The chapter's hand computation: every product and every state rounded to three decimals
@@ -66,10 +91,10 @@ pub fn hand_trace() -> Vec<[i64; 2]> {
 fn main() -> Result<()> {
     let (mut ps, ids) = chapter_params()?;
     let mut tape = Tape::new();
-    let xs: Vec<Var> = INPUTS
-        .iter()
-        .map(|&x| Tensor::from_vec(vec![x], &[1, 1]).map(|t| tape.input(t)))
-        .collect::<Result<_>>()?;
+    let xs: Vec<Var> = input_tensors()?
+        .into_iter()
+        .map(|t| tape.input(t))
+        .collect();
     let states = unroll(&mut tape, &ps, ids, &xs)?;
     println!("The chapter's trace (each product and state rounded to 3 decimals, as in the text):");
     for (t, h) in hand_trace().iter().enumerate() {
@@ -106,19 +131,7 @@ fn main() -> Result<()> {
         .collect();
     println!("dL/dx   = {dx:?}");
 
-    let inputs: Vec<Tensor<f64>> = INPUTS
-        .iter()
-        .map(|&x| Tensor::from_vec(vec![x], &[1, 1]))
-        .collect::<Result<_>>()?;
-    let report = gradcheck(
-        &mut ps,
-        &inputs,
-        GradcheckOptions::default(),
-        |tape, ps, xs| {
-            let states = unroll(tape, ps, ids, xs)?;
-            tape.sum(*states.last().expect("three steps"))
-        },
-    )?;
+    let report = gradcheck_last_state(&mut ps, ids)?;
     println!(
         "\ngradcheck against central differences: {} derivatives, max relative error {:.1e}: {}",
         report.checked,

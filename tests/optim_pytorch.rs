@@ -22,17 +22,23 @@ fn fixture(name: &str) -> Archive {
     Archive::read(&p).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Sets each listed field of the config `c` to the fixture config's value under the same name,
+/// read with `get` (`as_f64` or `as_bool`), and leaves the fields the fixture omits at their
+/// defaults.
+macro_rules! override_fields {
+    ($c:ident, $get:ident: $($field:ident),+ $(,)?) => {
+        $($c.$field = $get(stringify!($field)).unwrap_or($c.$field);)+
+    };
+}
+
 fn build(cfg: &Value) -> Box<dyn Optimizer<f64>> {
     let f = |k: &str| cfg.get(k).and_then(Value::as_f64);
     let b = |k: &str| cfg.get(k).and_then(Value::as_bool);
     match cfg["optimizer"].as_str().unwrap() {
         "sgd" => {
             let mut c = SgdConfig::default();
-            c.lr = f("lr").unwrap_or(c.lr);
-            c.momentum = f("momentum").unwrap_or(c.momentum);
-            c.dampening = f("dampening").unwrap_or(c.dampening);
-            c.weight_decay = f("weight_decay").unwrap_or(c.weight_decay);
-            c.nesterov = b("nesterov").unwrap_or(c.nesterov);
+            override_fields!(c, f: lr, momentum, dampening, weight_decay);
+            override_fields!(c, b: nesterov);
             Box::new(Sgd::new(c).unwrap())
         }
         name @ ("adam" | "adamw") => {
@@ -41,12 +47,8 @@ fn build(cfg: &Value) -> Box<dyn Optimizer<f64>> {
             } else {
                 AdamConfig::adamw()
             };
-            c.lr = f("lr").unwrap_or(c.lr);
-            c.beta1 = f("beta1").unwrap_or(c.beta1);
-            c.beta2 = f("beta2").unwrap_or(c.beta2);
-            c.eps = f("eps").unwrap_or(c.eps);
-            c.weight_decay = f("weight_decay").unwrap_or(c.weight_decay);
-            c.amsgrad = b("amsgrad").unwrap_or(c.amsgrad);
+            override_fields!(c, f: lr, beta1, beta2, eps, weight_decay);
+            override_fields!(c, b: amsgrad);
             if name == "adam" {
                 Box::new(Adam::new(c).unwrap())
             } else {
@@ -55,22 +57,13 @@ fn build(cfg: &Value) -> Box<dyn Optimizer<f64>> {
         }
         "rmsprop" => {
             let mut c = RmsPropConfig::default();
-            c.lr = f("lr").unwrap_or(c.lr);
-            c.alpha = f("alpha").unwrap_or(c.alpha);
-            c.eps = f("eps").unwrap_or(c.eps);
-            c.weight_decay = f("weight_decay").unwrap_or(c.weight_decay);
-            c.momentum = f("momentum").unwrap_or(c.momentum);
-            c.centered = b("centered").unwrap_or(c.centered);
+            override_fields!(c, f: lr, alpha, eps, weight_decay, momentum);
+            override_fields!(c, b: centered);
             Box::new(RmsProp::new(c).unwrap())
         }
         "adagrad" => {
             let mut c = AdagradConfig::default();
-            c.lr = f("lr").unwrap_or(c.lr);
-            c.lr_decay = f("lr_decay").unwrap_or(c.lr_decay);
-            c.weight_decay = f("weight_decay").unwrap_or(c.weight_decay);
-            c.initial_accumulator_value =
-                f("initial_accumulator_value").unwrap_or(c.initial_accumulator_value);
-            c.eps = f("eps").unwrap_or(c.eps);
+            override_fields!(c, f: lr, lr_decay, weight_decay, initial_accumulator_value, eps);
             Box::new(Adagrad::new(c).unwrap())
         }
         other => panic!("unknown optimizer {other}"),

@@ -4,11 +4,28 @@
 #[path = "../examples/seed_rnn.rs"]
 mod seed_rnn;
 
-use recur::diagnostics::{GradcheckOptions, gradcheck};
-use recur::{Tape, Tensor, Var};
-use seed_rnn::{INPUTS, chapter_params, hand_trace, unroll};
+use recur::{ParamId, Tape, Var};
+use seed_rnn::{INPUTS, chapter_params, gradcheck_last_state, hand_trace, input_tensors, unroll};
 
 const CHAPTER: [[f64; 2]; 3] = [[0.291, 0.380], [-0.115, -0.114], [0.486, 0.610]];
+
+/// The chapter's RNN unrolled over its inputs on a fresh tape: the tape, the parameter ids, the
+/// states h_1..h_3 and their values.
+fn unrolled() -> (Tape<f64>, [ParamId; 3], Vec<Var>, Vec<Vec<f64>>) {
+    let (ps, ids) = chapter_params().unwrap();
+    let mut tape = Tape::new();
+    let xs: Vec<Var> = input_tensors()
+        .unwrap()
+        .into_iter()
+        .map(|t| tape.input(t))
+        .collect();
+    let states = unroll(&mut tape, &ps, ids, &xs).unwrap();
+    let values = states
+        .iter()
+        .map(|&h| tape.value(h).unwrap().data().to_vec())
+        .collect();
+    (tape, ids, states, values)
+}
 
 #[test]
 fn hand_trace_reproduces_the_chapter_states() {
@@ -22,17 +39,7 @@ fn hand_trace_reproduces_the_chapter_states() {
 
 #[test]
 fn tape_states_match_the_chapter_to_its_precision() {
-    let (ps, ids) = chapter_params().unwrap();
-    let mut tape = Tape::new();
-    let xs: Vec<Var> = INPUTS
-        .iter()
-        .map(|&x| tape.input(Tensor::from_vec(vec![x], &[1, 1]).unwrap()))
-        .collect();
-    let states = unroll(&mut tape, &ps, ids, &xs).unwrap();
-    let exact: Vec<Vec<f64>> = states
-        .iter()
-        .map(|&h| tape.value(h).unwrap().data().to_vec())
-        .collect();
+    let (_, _, _, exact) = unrolled();
     // h_1 and h_3 agree with the text to three decimals.
     for t in [0, 2] {
         for k in 0..2 {
@@ -56,20 +63,7 @@ fn tape_states_match_the_chapter_to_its_precision() {
 #[test]
 fn backpropagation_through_time_passes_gradcheck() {
     let (mut ps, ids) = chapter_params().unwrap();
-    let inputs: Vec<Tensor<f64>> = INPUTS
-        .iter()
-        .map(|&x| Tensor::from_vec(vec![x], &[1, 1]).unwrap())
-        .collect();
-    let report = gradcheck(
-        &mut ps,
-        &inputs,
-        GradcheckOptions::default(),
-        |tape, ps, xs| {
-            let states = unroll(tape, ps, ids, xs)?;
-            tape.sum(*states.last().unwrap())
-        },
-    )
-    .unwrap();
+    let report = gradcheck_last_state(&mut ps, ids).unwrap();
     assert!(report.passed(), "{report:?}");
     assert_eq!(report.checked, 4 + 2 + 2 + 3);
     assert!(report.max_rel_err < 1e-6, "{report:?}");
@@ -78,17 +72,7 @@ fn backpropagation_through_time_passes_gradcheck() {
 #[test]
 fn gradient_of_sum_h3_by_hand_for_w_x() {
     // dL/dW_x = sum_t delta_t x_t where delta_T = 1 - h_T^2 and delta_{t-1} = (W_h^T delta_t) * (1 - h_{t-1}^2).
-    let (ps, ids) = chapter_params().unwrap();
-    let mut tape = Tape::new();
-    let xs: Vec<Var> = INPUTS
-        .iter()
-        .map(|&x| tape.input(Tensor::from_vec(vec![x], &[1, 1]).unwrap()))
-        .collect();
-    let states = unroll(&mut tape, &ps, ids, &xs).unwrap();
-    let h: Vec<Vec<f64>> = states
-        .iter()
-        .map(|&s| tape.value(s).unwrap().data().to_vec())
-        .collect();
+    let (mut tape, ids, states, h) = unrolled();
     let loss = tape.sum(states[2]).unwrap();
     let grads = tape.backward(loss).unwrap();
     let w_h = [[0.5, 0.1], [0.2, 0.6]];

@@ -9,7 +9,7 @@
 //! stack ([`Cell::from_layer`]), sharing its parameters.
 
 use super::linear::param_value;
-use super::recurrent::{CellKind, DirectionParams, Recurrent};
+use super::recurrent::{CellKind, DirectionParams, Recurrent, deref_newtype};
 use crate::kernels::rnn::Activation;
 use crate::kernels::{GemmShape, gru, lstm, rnn};
 use crate::params::{ParamId, ParamStore};
@@ -523,29 +523,25 @@ impl RecurrentCell for Cell {
     }
 }
 
+/// A cell type for one cell kind: the newtype over [`Cell`] with its [`RecurrentCell`] impl, and,
+/// when the kind is fixed, its `new`.
 macro_rules! cell_type {
-    ($(#[$doc:meta])* $name:ident, $kind:expr, $what:literal) => {
-        $(#[$doc])*
-        #[derive(Clone, Debug)]
-        pub struct $name(pub Cell);
-
-        impl $name {
-            #[doc = concat!("Registers a new ", $what, " in `store` under PyTorch's cell names, prefixed by `prefix`; see [`Cell::new`].")]
-            pub fn new<T: Float>(store: &mut ParamStore<T>, prefix: &str, config: CellConfig, rng: &mut Rng) -> Result<Self> {
-                Ok($name(Cell::new(store, prefix, $kind, config, rng)?))
-            }
-        }
+    ($(#[$doc:meta])* $name:ident) => {
+        deref_newtype!($(#[$doc])* $name(Cell));
 
         impl RecurrentCell for $name {
             fn cell(&self) -> &Cell {
                 &self.0
             }
         }
+    };
+    ($(#[$doc:meta])* $name:ident, $kind:expr, $what:literal) => {
+        cell_type!($(#[$doc])* $name);
 
-        impl std::ops::Deref for $name {
-            type Target = Cell;
-            fn deref(&self) -> &Cell {
-                &self.0
+        impl $name {
+            #[doc = concat!("Registers a new ", $what, " in `store` under PyTorch's cell names, prefixed by `prefix`; see [`Cell::new`].")]
+            pub fn new<T: Float>(store: &mut ParamStore<T>, prefix: &str, config: CellConfig, rng: &mut Rng) -> Result<Self> {
+                Ok($name(Cell::new(store, prefix, $kind, config, rng)?))
             }
         }
     };
@@ -583,10 +579,11 @@ cell_type!(
     GruCell, CellKind::Gru, "GRU cell"
 );
 
-/// An Elman RNN cell, PyTorch's `nn.RNNCell`: `h' = act(W_ih x + b_ih + W_hh h + b_hh)` with
-/// tanh or relu.
-#[derive(Clone, Debug)]
-pub struct RnnCell(pub Cell);
+cell_type!(
+    /// An Elman RNN cell, PyTorch's `nn.RNNCell`: `h' = act(W_ih x + b_ih + W_hh h + b_hh)` with
+    /// tanh or relu.
+    RnnCell
+);
 
 impl RnnCell {
     /// Registers a new RNN cell with the given nonlinearity; see [`Cell::new`].
@@ -604,18 +601,5 @@ impl RnnCell {
             config,
             rng,
         )?))
-    }
-}
-
-impl RecurrentCell for RnnCell {
-    fn cell(&self) -> &Cell {
-        &self.0
-    }
-}
-
-impl std::ops::Deref for RnnCell {
-    type Target = Cell;
-    fn deref(&self) -> &Cell {
-        &self.0
     }
 }

@@ -82,6 +82,20 @@ fn fans(op: &'static str, t: &Tensor<impl Float>) -> Result<(usize, usize)> {
     Ok((d[1] * receptive, d[0] * receptive))
 }
 
+/// The Xavier scale `gain * sqrt(numerator / (fan_in + fan_out))` of weight `id`: the bound of
+/// the uniform version (numerator 6) or the standard deviation of the normal one (numerator 2).
+fn xavier_scale<T: Float>(
+    op: &'static str,
+    store: &ParamStore<T>,
+    id: ParamId,
+    gain: f64,
+    numerator: f64,
+) -> Result<f64> {
+    store.check(id)?;
+    let (fi, fo) = fans(op, store.get(id))?;
+    Ok(gain * (numerator / (fi + fo) as f64).sqrt())
+}
+
 /// Xavier (Glorot) uniform, as `torch.nn.init.xavier_uniform_`:
 /// `U(-a, a)` with `a = gain * sqrt(6 / (fan_in + fan_out))`, over the whole matrix (for a
 /// stacked gate weight `[G*H, in]`, `fan_out = G*H`, as PyTorch computes it on that parameter).
@@ -91,9 +105,8 @@ pub fn xavier_uniform<T: Float>(
     gain: f64,
     rng: &mut Rng,
 ) -> Result<()> {
-    store.check(id)?;
-    let (fi, fo) = fans("init::xavier_uniform", store.get(id))?;
-    uniform(store, id, gain * (6.0 / (fi + fo) as f64).sqrt(), rng)
+    let bound = xavier_scale("init::xavier_uniform", store, id, gain, 6.0)?;
+    uniform(store, id, bound, rng)
 }
 
 /// Xavier (Glorot) normal, as `torch.nn.init.xavier_normal_`:
@@ -104,9 +117,7 @@ pub fn xavier_normal<T: Float>(
     gain: f64,
     rng: &mut Rng,
 ) -> Result<()> {
-    store.check(id)?;
-    let (fi, fo) = fans("init::xavier_normal", store.get(id))?;
-    let std = gain * (2.0 / (fi + fo) as f64).sqrt();
+    let std = xavier_scale("init::xavier_normal", store, id, gain, 2.0)?;
     if !std.is_finite() {
         return Err(Error::invalid(
             "init::xavier_normal",

@@ -461,28 +461,44 @@ pub(crate) struct DirectionOutput {
     pub(crate) c_n: Option<Var>,
 }
 
-macro_rules! layer_type {
-    ($(#[$doc:meta])* $name:ident, $kind:expr, $prefix_doc:literal) => {
+/// A public newtype `$name(pub $inner)` that derefs to `$inner`: the shape of the per-kind layer
+/// types here and of the per-kind cell types in `cell`.
+macro_rules! deref_newtype {
+    ($(#[$doc:meta])* $name:ident($inner:ty)) => {
         $(#[$doc])*
         #[derive(Clone, Debug)]
-        pub struct $name(pub Recurrent);
+        pub struct $name(pub $inner);
+
+        impl std::ops::Deref for $name {
+            type Target = $inner;
+            fn deref(&self) -> &$inner {
+                &self.0
+            }
+        }
+    };
+}
+pub(crate) use deref_newtype;
+
+/// A layer type for one cell kind: the newtype over [`Recurrent`] with its `forward`, and, when
+/// the kind is fixed, its `new`.
+macro_rules! layer_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        deref_newtype!($(#[$doc])* $name(Recurrent));
 
         impl $name {
-            #[doc = concat!("Registers a new ", $prefix_doc, " in `store` under PyTorch's names, prefixed by `prefix`.")]
-            pub fn new<T: Float>(store: &mut ParamStore<T>, prefix: &str, config: RecurrentConfig, rng: &mut Rng) -> Result<Self> {
-                Ok($name(Recurrent::new(store, prefix, $kind, config, rng)?))
-            }
-
             /// Runs the layer; see [`Recurrent::forward`].
             pub fn forward<T: Float>(&self, tape: &mut Tape<T>, store: &ParamStore<T>, x: Var, opts: ForwardOptions<'_>) -> Result<RecurrentOutput> {
                 self.0.forward(tape, store, x, opts)
             }
         }
+    };
+    ($(#[$doc:meta])* $name:ident, $kind:expr, $prefix_doc:literal) => {
+        layer_type!($(#[$doc])* $name);
 
-        impl std::ops::Deref for $name {
-            type Target = Recurrent;
-            fn deref(&self) -> &Recurrent {
-                &self.0
+        impl $name {
+            #[doc = concat!("Registers a new ", $prefix_doc, " in `store` under PyTorch's names, prefixed by `prefix`.")]
+            pub fn new<T: Float>(store: &mut ParamStore<T>, prefix: &str, config: RecurrentConfig, rng: &mut Rng) -> Result<Self> {
+                Ok($name(Recurrent::new(store, prefix, $kind, config, rng)?))
             }
         }
     };
@@ -513,10 +529,12 @@ layer_type!(
     Gru, CellKind::Gru, "GRU"
 );
 
-/// A multi-layer Elman RNN, PyTorch's `nn.RNN`: `h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`.
-/// The chapter's `h_t = tanh(W_h h_{t-1} + W_x x_t + b)` is this cell with `b = b_ih + b_hh`.
-#[derive(Clone, Debug)]
-pub struct Rnn(pub Recurrent);
+layer_type!(
+    /// A multi-layer Elman RNN, PyTorch's `nn.RNN`:
+    /// `h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`. The chapter's
+    /// `h_t = tanh(W_h h_{t-1} + W_x x_t + b)` is this cell with `b = b_ih + b_hh`.
+    Rnn
+);
 
 impl Rnn {
     /// Registers a new RNN with the given nonlinearity (tanh or relu).
@@ -534,23 +552,5 @@ impl Rnn {
             config,
             rng,
         )?))
-    }
-
-    /// Runs the layer; see [`Recurrent::forward`].
-    pub fn forward<T: Float>(
-        &self,
-        tape: &mut Tape<T>,
-        store: &ParamStore<T>,
-        x: Var,
-        opts: ForwardOptions<'_>,
-    ) -> Result<RecurrentOutput> {
-        self.0.forward(tape, store, x, opts)
-    }
-}
-
-impl std::ops::Deref for Rnn {
-    type Target = Recurrent;
-    fn deref(&self) -> &Recurrent {
-        &self.0
     }
 }

@@ -1,11 +1,11 @@
 //! Adagrad with learning-rate decay and an initial accumulator value.
 
 use super::Optimizer;
-use super::state::{StateTable, check_nonneg, grads_to_apply, scalar};
+use super::state::{StateTable, check_nonneg, config_setters, grads_to_apply};
+use crate::Result;
 use crate::params::ParamStore;
 use crate::tape::Grads;
 use crate::tensor::{Float, Tensor};
-use crate::{Error, Result};
 
 /// Settings of [`Adagrad`], with PyTorch's defaults.
 ///
@@ -40,33 +40,13 @@ impl Default for AdagradConfig {
     }
 }
 
-impl AdagradConfig {
-    /// Sets `lr`.
-    pub fn lr(mut self, v: f64) -> Self {
-        self.lr = v;
-        self
-    }
-    /// Sets `lr_decay`.
-    pub fn lr_decay(mut self, v: f64) -> Self {
-        self.lr_decay = v;
-        self
-    }
-    /// Sets `weight_decay`.
-    pub fn weight_decay(mut self, v: f64) -> Self {
-        self.weight_decay = v;
-        self
-    }
-    /// Sets `initial_accumulator_value`.
-    pub fn initial_accumulator_value(mut self, v: f64) -> Self {
-        self.initial_accumulator_value = v;
-        self
-    }
-    /// Sets `eps`.
-    pub fn eps(mut self, v: f64) -> Self {
-        self.eps = v;
-        self
-    }
-}
+config_setters!(AdagradConfig {
+    lr: f64,
+    lr_decay: f64,
+    weight_decay: f64,
+    initial_accumulator_value: f64,
+    eps: f64,
+});
 
 /// Adagrad as `torch.optim.Adagrad`:
 ///
@@ -158,14 +138,9 @@ impl<T: Float> Optimizer<T> for Adagrad<T> {
         tensors: &[(String, Tensor<T>)],
         scalars: &[(String, f64)],
     ) -> Result<()> {
-        const OP: &str = "Adagrad::load_state";
-        let slots = self.state.import(OP, store, tensors)?;
-        let lr = scalar(OP, scalars, "lr")?;
-        if !(lr.is_finite() && lr >= 0.0) {
-            return Err(Error::format(OP, format!("scalar `lr` is {lr}")));
-        }
-        self.state.slots = slots;
-        self.cfg.lr = lr;
+        self.cfg.lr = self
+            .state
+            .load_with_lr("Adagrad::load_state", store, tensors, scalars)?;
         Ok(())
     }
 }

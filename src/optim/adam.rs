@@ -1,11 +1,11 @@
 //! Adam (with optional AMSGrad) and AdamW (decoupled weight decay).
 
 use super::Optimizer;
-use super::state::{StateTable, check_nonneg, check_unit, grads_to_apply, scalar};
+use super::state::{StateTable, check_nonneg, check_unit, config_setters, grads_to_apply};
+use crate::Result;
 use crate::params::ParamStore;
 use crate::tape::Grads;
 use crate::tensor::{Float, Tensor};
-use crate::{Error, Result};
 
 /// Settings of [`Adam`] and [`AdamW`], with PyTorch's defaults. `weight_decay` defaults to 0 for
 /// Adam; [`AdamConfig::adamw`] gives AdamW's default of 1e-2.
@@ -54,30 +54,10 @@ impl AdamConfig {
             ..Self::default()
         }
     }
-    /// Sets `lr`.
-    pub fn lr(mut self, v: f64) -> Self {
-        self.lr = v;
-        self
-    }
     /// Sets `beta1` and `beta2`.
     pub fn betas(mut self, beta1: f64, beta2: f64) -> Self {
         self.beta1 = beta1;
         self.beta2 = beta2;
-        self
-    }
-    /// Sets `eps`.
-    pub fn eps(mut self, v: f64) -> Self {
-        self.eps = v;
-        self
-    }
-    /// Sets `weight_decay`.
-    pub fn weight_decay(mut self, v: f64) -> Self {
-        self.weight_decay = v;
-        self
-    }
-    /// Sets `amsgrad`.
-    pub fn amsgrad(mut self, on: bool) -> Self {
-        self.amsgrad = on;
         self
     }
 
@@ -89,6 +69,13 @@ impl AdamConfig {
         check_nonneg(op, "weight_decay", self.weight_decay)
     }
 }
+
+config_setters!(AdamConfig {
+    lr: f64,
+    eps: f64,
+    weight_decay: f64,
+    amsgrad: bool,
+});
 
 /// The update shared by Adam and AdamW.
 #[derive(Clone, Debug)]
@@ -164,23 +151,6 @@ impl<T: Float> AdamCore<T> {
         }
         Ok(())
     }
-
-    fn load_state(
-        &mut self,
-        op: &'static str,
-        store: &ParamStore<T>,
-        tensors: &[(String, Tensor<T>)],
-        scalars: &[(String, f64)],
-    ) -> Result<()> {
-        let slots = self.state.import(op, store, tensors)?;
-        let lr = scalar(op, scalars, "lr")?;
-        if !(lr.is_finite() && lr >= 0.0) {
-            return Err(Error::format(op, format!("scalar `lr` is {lr}")));
-        }
-        self.state.slots = slots;
-        self.cfg.lr = lr;
-        Ok(())
-    }
 }
 
 macro_rules! adam_variant {
@@ -238,12 +208,13 @@ macro_rules! adam_variant {
                 tensors: &[(String, Tensor<T>)],
                 scalars: &[(String, f64)],
             ) -> Result<()> {
-                self.core.load_state(
+                self.core.cfg.lr = self.core.state.load_with_lr(
                     concat!(stringify!($name), "::load_state"),
                     store,
                     tensors,
                     scalars,
-                )
+                )?;
+                Ok(())
             }
         }
     };

@@ -1,11 +1,11 @@
 //! RMSprop, optionally centered and with momentum.
 
 use super::Optimizer;
-use super::state::{StateTable, check_nonneg, grads_to_apply, scalar};
+use super::state::{StateTable, check_nonneg, config_setters, grads_to_apply};
+use crate::Result;
 use crate::params::ParamStore;
 use crate::tape::Grads;
 use crate::tensor::{Float, Tensor};
-use crate::{Error, Result};
 
 /// Settings of [`RmsProp`], with PyTorch's defaults.
 ///
@@ -43,38 +43,14 @@ impl Default for RmsPropConfig {
     }
 }
 
-impl RmsPropConfig {
-    /// Sets `lr`.
-    pub fn lr(mut self, v: f64) -> Self {
-        self.lr = v;
-        self
-    }
-    /// Sets `alpha`.
-    pub fn alpha(mut self, v: f64) -> Self {
-        self.alpha = v;
-        self
-    }
-    /// Sets `eps`.
-    pub fn eps(mut self, v: f64) -> Self {
-        self.eps = v;
-        self
-    }
-    /// Sets `weight_decay`.
-    pub fn weight_decay(mut self, v: f64) -> Self {
-        self.weight_decay = v;
-        self
-    }
-    /// Sets `momentum`.
-    pub fn momentum(mut self, v: f64) -> Self {
-        self.momentum = v;
-        self
-    }
-    /// Sets `centered`.
-    pub fn centered(mut self, on: bool) -> Self {
-        self.centered = on;
-        self
-    }
-}
+config_setters!(RmsPropConfig {
+    lr: f64,
+    alpha: f64,
+    eps: f64,
+    weight_decay: f64,
+    momentum: f64,
+    centered: bool,
+});
 
 /// RMSprop as `torch.optim.RMSprop`:
 ///
@@ -203,14 +179,9 @@ impl<T: Float> Optimizer<T> for RmsProp<T> {
         tensors: &[(String, Tensor<T>)],
         scalars: &[(String, f64)],
     ) -> Result<()> {
-        const OP: &str = "RmsProp::load_state";
-        let slots = self.state.import(OP, store, tensors)?;
-        let lr = scalar(OP, scalars, "lr")?;
-        if !(lr.is_finite() && lr >= 0.0) {
-            return Err(Error::format(OP, format!("scalar `lr` is {lr}")));
-        }
-        self.state.slots = slots;
-        self.cfg.lr = lr;
+        self.cfg.lr = self
+            .state
+            .load_with_lr("RmsProp::load_state", store, tensors, scalars)?;
         Ok(())
     }
 }

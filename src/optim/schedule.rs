@@ -4,23 +4,13 @@
 //! one per epoch or per optimizer step); `lr_at(0)` is the learning rate before the first call.
 //! Being pure, a schedule needs no state in a checkpoint beyond the step.
 
+use super::state::check_nonneg;
 use crate::{Error, Result};
 
 /// A learning rate as a function of the step.
 pub trait LrSchedule {
     /// The learning rate at `step`.
     fn lr_at(&self, step: usize) -> f64;
-}
-
-fn check_lr(op: &'static str, name: &str, v: f64) -> Result<()> {
-    if v.is_finite() && v >= 0.0 {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            op,
-            format!("{name} must be finite and >= 0, got {v}"),
-        ))
-    }
 }
 
 /// The same learning rate at every step.
@@ -55,8 +45,8 @@ pub struct StepLr {
 impl StepLr {
     /// `base_lr` decayed by `gamma` every `step_size` steps (PyTorch's default gamma is 0.1).
     pub fn new(base_lr: f64, step_size: usize, gamma: f64) -> Result<Self> {
-        check_lr("StepLr::new", "base_lr", base_lr)?;
-        check_lr("StepLr::new", "gamma", gamma)?;
+        check_nonneg("StepLr::new", "base_lr", base_lr)?;
+        check_nonneg("StepLr::new", "gamma", gamma)?;
         if step_size == 0 {
             return Err(Error::invalid("StepLr::new", "step_size must be positive"));
         }
@@ -90,8 +80,8 @@ pub struct CosineAnnealingLr {
 impl CosineAnnealingLr {
     /// From `base_lr` down to `eta_min` (PyTorch's default 0) over `t_max` steps.
     pub fn new(base_lr: f64, t_max: usize, eta_min: f64) -> Result<Self> {
-        check_lr("CosineAnnealingLr::new", "base_lr", base_lr)?;
-        check_lr("CosineAnnealingLr::new", "eta_min", eta_min)?;
+        check_nonneg("CosineAnnealingLr::new", "base_lr", base_lr)?;
+        check_nonneg("CosineAnnealingLr::new", "eta_min", eta_min)?;
         if t_max == 0 {
             return Err(Error::invalid(
                 "CosineAnnealingLr::new",
@@ -133,7 +123,7 @@ impl WarmupLinear {
         total_iters: usize,
     ) -> Result<Self> {
         const OP: &str = "WarmupLinear::new";
-        check_lr(OP, "base_lr", base_lr)?;
+        check_nonneg(OP, "base_lr", base_lr)?;
         let ok = start_factor > 0.0 && start_factor <= 1.0 && (0.0..=1.0).contains(&end_factor);
         if !ok {
             return Err(Error::invalid(

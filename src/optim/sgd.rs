@@ -1,7 +1,7 @@
 //! Stochastic gradient descent with momentum, dampening, Nesterov momentum and weight decay.
 
 use super::Optimizer;
-use super::state::{StateTable, check_nonneg, grads_to_apply, scalar};
+use super::state::{StateTable, check_nonneg, config_setters, grads_to_apply};
 use crate::params::ParamStore;
 use crate::tape::Grads;
 use crate::tensor::{Float, Tensor};
@@ -40,33 +40,13 @@ impl Default for SgdConfig {
     }
 }
 
-impl SgdConfig {
-    /// Sets `lr`.
-    pub fn lr(mut self, v: f64) -> Self {
-        self.lr = v;
-        self
-    }
-    /// Sets `momentum`.
-    pub fn momentum(mut self, v: f64) -> Self {
-        self.momentum = v;
-        self
-    }
-    /// Sets `dampening`.
-    pub fn dampening(mut self, v: f64) -> Self {
-        self.dampening = v;
-        self
-    }
-    /// Sets `weight_decay`.
-    pub fn weight_decay(mut self, v: f64) -> Self {
-        self.weight_decay = v;
-        self
-    }
-    /// Sets `nesterov`.
-    pub fn nesterov(mut self, on: bool) -> Self {
-        self.nesterov = on;
-        self
-    }
-}
+config_setters!(SgdConfig {
+    lr: f64,
+    momentum: f64,
+    dampening: f64,
+    weight_decay: f64,
+    nesterov: bool,
+});
 
 /// SGD as `torch.optim.SGD`:
 ///
@@ -180,16 +160,9 @@ impl<T: Float> Optimizer<T> for Sgd<T> {
         tensors: &[(String, Tensor<T>)],
         scalars: &[(String, f64)],
     ) -> Result<()> {
-        let slots = self.state.import("Sgd::load_state", store, tensors)?;
-        let lr = scalar("Sgd::load_state", scalars, "lr")?;
-        if !(lr.is_finite() && lr >= 0.0) {
-            return Err(Error::format(
-                "Sgd::load_state",
-                format!("scalar `lr` is {lr}"),
-            ));
-        }
-        self.state.slots = slots;
-        self.cfg.lr = lr;
+        self.cfg.lr = self
+            .state
+            .load_with_lr("Sgd::load_state", store, tensors, scalars)?;
         Ok(())
     }
 }

@@ -1,5 +1,5 @@
 //! Per-parameter optimizer state: named buffers and a step count, with export and validated
-//! import shared by every optimizer.
+//! import shared by every optimizer; and the checks and builder setters of their settings.
 
 use crate::params::{ParamId, ParamStore};
 use crate::tape::Grads;
@@ -157,6 +157,25 @@ impl<T: Float> StateTable<T> {
             Err(Error::format(op, problems.join("; ")))
         }
     }
+
+    /// Validates exported state (see [`StateTable::import`]) and the learning rate in `scalars`,
+    /// then installs the buffers and returns the learning rate. On any error nothing changes.
+    /// Every optimizer's `load_state` is this plus storing the returned rate in its settings.
+    pub(crate) fn load_with_lr(
+        &mut self,
+        op: &'static str,
+        store: &ParamStore<T>,
+        tensors: &[(String, Tensor<T>)],
+        scalars: &[(String, f64)],
+    ) -> Result<f64> {
+        let slots = self.import(op, store, tensors)?;
+        let lr = scalar(op, scalars, "lr")?;
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err(Error::format(op, format!("scalar `lr` is {lr}")));
+        }
+        self.slots = slots;
+        Ok(lr)
+    }
 }
 
 /// The value of scalar `name` in `scalars`, or an error naming it.
@@ -214,3 +233,20 @@ pub(crate) fn check_unit(op: &'static str, name: &str, v: f64) -> Result<()> {
         ))
     }
 }
+
+/// Builder-style setters for the plain fields of an optimizer's settings, one
+/// `pub fn field(mut self, v: Type) -> Self` per field, each documented "Sets `field`.".
+macro_rules! config_setters {
+    ($cfg:ident { $($field:ident: $ty:ty),+ $(,)? }) => {
+        impl $cfg {
+            $(
+                #[doc = concat!("Sets `", stringify!($field), "`.")]
+                pub fn $field(mut self, v: $ty) -> Self {
+                    self.$field = v;
+                    self
+                }
+            )+
+        }
+    };
+}
+pub(crate) use config_setters;
