@@ -86,16 +86,25 @@ impl<T: Float> ParamStore<T> {
     }
 
     /// The parameter's name.
+    ///
+    /// # Panics
+    /// If `id` belongs to another store ([`ParamStore::check`] tells without panicking).
     pub fn name(&self, id: ParamId) -> &str {
         &self.names[id.index()]
     }
 
     /// The parameter's value.
+    ///
+    /// # Panics
+    /// If `id` belongs to another store ([`ParamStore::check`] tells without panicking).
     pub fn get(&self, id: ParamId) -> &Tensor<T> {
         &self.values[id.index()]
     }
 
     /// The parameter's value, mutable (optimizers, initialisers, loading).
+    ///
+    /// # Panics
+    /// If `id` belongs to another store ([`ParamStore::check`] tells without panicking).
     pub fn get_mut(&mut self, id: ParamId) -> &mut Tensor<T> {
         &mut self.values[id.index()]
     }

@@ -90,7 +90,10 @@ impl Rng {
         (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
     }
 
-    /// Uniform integer in [0, n); `n` must be positive.
+    /// Uniform integer in [0, n).
+    ///
+    /// # Panics
+    /// If `n` is 0 (the range is empty).
     pub fn below(&mut self, n: usize) -> usize {
         assert!(n > 0, "Rng::below(0)");
         // Lemire's multiply-shift; the bias is below 2^-64 * n, irrelevant here.

@@ -134,3 +134,31 @@ fn errors_are_matchable_values() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_layer_with_a_mis_shaped_parameter_is_an_error_not_a_panic() {
+    use recur::nn::{ForwardOptions, Implementation, Lstm, RecurrentConfig};
+    for implementation in [Implementation::Fused, Implementation::Reference] {
+        let mut ps = recur::ParamStore::<f64>::new();
+        let lstm = Lstm::new(
+            &mut ps,
+            "",
+            RecurrentConfig::new(3, 4),
+            &mut recur::Rng::new(0),
+        )
+        .unwrap();
+        let p = lstm.direction_params(0, 0).unwrap();
+        *ps.get_mut(p.w_hh) = recur::Tensor::zeros(&[16, 5]).unwrap();
+        let mut tape = recur::Tape::new();
+        let x = tape.constant(recur::Tensor::zeros(&[2, 1, 3]).unwrap());
+        let opts = ForwardOptions {
+            implementation,
+            ..Default::default()
+        };
+        let e = lstm
+            .forward(&mut tape, &ps, x, opts)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[16, 4]") && e.contains("[16, 5]"), "{e}");
+    }
+}

@@ -44,7 +44,16 @@ pub fn adding_problem<T: Float>(
             format!("needs seq_len >= 2 and batch >= 1, got seq_len {t_len}, batch {batch}"),
         ));
     }
-    let mut x = vec![T::ZERO; t_len * batch * 2];
+    let n = t_len
+        .checked_mul(batch)
+        .and_then(|v| v.checked_mul(2))
+        .ok_or_else(|| {
+            Error::invalid(
+                "adding_problem",
+                format!("seq_len {t_len} x batch {batch} is too large"),
+            )
+        })?;
+    let mut x = vec![T::ZERO; n];
     let mut y = vec![T::ZERO; batch];
     let half = t_len / 2;
     for b in 0..batch {
@@ -107,7 +116,15 @@ pub fn copy_memory(rng: &mut Rng, batch: usize, delay: usize) -> Result<CopyBatc
         ));
     }
     let n = CopyBatch::COPY_LEN;
-    let seq_len = delay + 2 * n;
+    let seq_len = delay
+        .checked_add(2 * n)
+        .filter(|l| l.checked_mul(batch).is_some())
+        .ok_or_else(|| {
+            Error::invalid(
+                "copy_memory",
+                format!("delay {delay} x batch {batch} is too large"),
+            )
+        })?;
     let mut x = vec![CopyBatch::BLANK; seq_len * batch];
     let mut y = vec![CopyBatch::BLANK; seq_len * batch];
     for b in 0..batch {
@@ -195,5 +212,7 @@ mod tests {
         ce /= (c.seq_len * batch) as f64;
         assert!((ce - CopyBatch::baseline(delay)).abs() < 1e-12, "{ce}");
         assert!(copy_memory(&mut Rng::new(0), 0, 5).is_err());
+        assert!(copy_memory(&mut Rng::new(0), 2, usize::MAX).is_err());
+        assert!(adding_problem::<f32>(&mut Rng::new(0), usize::MAX, 4).is_err());
     }
 }

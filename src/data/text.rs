@@ -55,13 +55,12 @@ impl TextStreams {
             ));
         }
         let stream_len = ids.len() / batch;
-        if stream_len < seq_len + 1 {
+        if stream_len <= seq_len {
             return Err(Error::invalid(
                 "TextStreams::new",
                 format!(
-                    "{} tokens are too few for {batch} streams of {} (seq_len + 1) tokens",
-                    ids.len(),
-                    seq_len + 1
+                    "{} tokens are too few for {batch} streams of {seq_len} + 1 tokens",
+                    ids.len()
                 ),
             ));
         }
@@ -131,6 +130,7 @@ mod tests {
         let ids: Vec<usize> = (0..10).collect();
         assert!(TextStreams::new(&ids, 4, 5).is_err());
         assert!(TextStreams::new(&ids, 0, 5).is_err());
+        assert!(TextStreams::new(&ids, 1, usize::MAX).is_err());
         assert!(split_validation(&ids, 0.1, 5).is_err());
         let (tr, va) = split_validation(&ids, 0.5, 5).unwrap();
         assert_eq!((tr.len(), va.len()), (5, 5));

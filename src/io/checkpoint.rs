@@ -339,7 +339,7 @@ pub fn load_checkpoint<T: Float>(
             Some([w[0] as u64, w[1] as u64, w[2] as u64, w[3] as u64])
         }
         Some(_) => {
-            problems.push(format!("`{RNG}` is not four non-zero I64 words"));
+            problems.push(format!("`{RNG}` is not four I64 words, not all zero"));
             None
         }
     };

@@ -267,6 +267,9 @@ fn sort_header(bytes: &mut [u8]) -> Result<()> {
     Ok(())
 }
 
+/// Distinguishes the temporary files of concurrent saves within one process.
+static TMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Writes `bytes` to `path` atomically: into a temporary file beside it, flushed to disk, then
 /// renamed over `path`. A crash or error part-way leaves any existing file at `path` untouched.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -281,9 +284,10 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         )
     })?;
     let tmp = dir.join(format!(
-        ".{}.tmp-{}",
+        ".{}.tmp-{}-{}",
         file_name.to_string_lossy(),
-        std::process::id()
+        std::process::id(),
+        TMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let result = (|| -> std::io::Result<()> {
         let mut f = fs::File::create(&tmp)?;

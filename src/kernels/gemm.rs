@@ -35,8 +35,10 @@ impl GemmShape {
         }
     }
     fn check(&self, a: usize, b: usize, c: usize) {
+        // Checked products: a shape whose element count overflows must not pass as a small one.
+        let need = |x: usize, y: usize| x.checked_mul(y).expect("gemm: shape overflows usize");
         assert!(
-            a >= self.m * self.k && b >= self.k * self.n && c >= self.m * self.n,
+            a >= need(self.m, self.k) && b >= need(self.k, self.n) && c >= need(self.m, self.n),
             "gemm: buffers too small for {self:?} (a={a}, b={b}, c={c})"
         );
     }

@@ -59,13 +59,19 @@ impl<T: SimdFloat> PackedB<T> {
         self.k = k;
         self.n = n;
         self.data.clear();
-        self.data.resize(panels * k * p, T::default());
+        // Checked: every later bound on panel offsets, `(q + Q) * k * p` with `q + Q <= panels`,
+        // is then free of overflow too.
+        let len = panels
+            .checked_mul(k)
+            .and_then(|x| x.checked_mul(p))
+            .expect("PackedB: packed size overflows usize");
+        self.data.resize(len, T::default());
     }
 
     /// Packs `b`, a row-major `k x n` matrix. Panics if `b` is shorter than `k * n`.
     pub fn pack(&mut self, b: &[T], k: usize, n: usize) {
-        assert!(b.len() >= k * n, "PackedB::pack: buffer too small");
         self.resize(k, n);
+        assert!(b.len() >= k * n, "PackedB::pack: buffer too small");
         let p = panel::<T>();
         for (q, pd) in self.data.chunks_exact_mut((k * p).max(1)).enumerate() {
             let (j0, w) = (q * p, p.min(n - q * p));
@@ -78,11 +84,11 @@ impl<T: SimdFloat> PackedB<T> {
     /// Packs `w^T`, where `w` is a row-major `n x k` matrix (a weight in `[out, in]` layout), so
     /// that `A B = A w^T`. Panics if `w` is shorter than `n * k`.
     pub fn pack_transposed(&mut self, w: &[T], n: usize, k: usize) {
+        self.resize(k, n);
         assert!(
             w.len() >= n * k,
             "PackedB::pack_transposed: buffer too small"
         );
-        self.resize(k, n);
         let p = panel::<T>();
         for (q, pd) in self.data.chunks_exact_mut((k * p).max(1)).enumerate() {
             let (j0, wd) = (q * p, p.min(n - q * p));
@@ -101,8 +107,12 @@ impl<T: SimdFloat> PackedB<T> {
 /// Panics if `A` or `C` is shorter than its shape needs.
 pub fn gemm_packed_acc<T: SimdFloat>(m: usize, a: &[T], b: &PackedB<T>, c: &mut [T]) {
     let (k, n) = (b.k, b.n);
+    let need = |x: usize| {
+        m.checked_mul(x)
+            .expect("gemm_packed_acc: shape overflows usize")
+    };
     assert!(
-        a.len() >= m * k && c.len() >= m * n,
+        a.len() >= need(k) && c.len() >= need(n),
         "gemm_packed_acc: buffers too small for {m}x{n}x{k}"
     );
     if n == 0 || m == 0 || k == 0 {

@@ -283,6 +283,30 @@ impl Recurrent {
             .collect()
     }
 
+    /// Checks that every parameter of the stack is in `store` with the shape the config gives
+    /// (a store whose tensors were replaced, or another store, is an error, not a panic).
+    fn check_params<T: Float>(&self, store: &ParamStore<T>) -> Result<()> {
+        let cfg = &self.config;
+        let (g, h, d_n) = (self.kind.gates(), cfg.hidden_size, cfg.directions());
+        for (k, p) in self.params.iter().enumerate() {
+            let in_size = if k < d_n { cfg.input_size } else { d_n * h };
+            let mut expect = vec![(p.w_ih, vec![g * h, in_size]), (p.w_hh, vec![g * h, h])];
+            expect.extend(p.b_ih.into_iter().chain(p.b_hh).map(|id| (id, vec![g * h])));
+            for (id, dims) in expect {
+                store.check(id)?;
+                let got = store.get(id).shape();
+                if got.dims() != dims.as_slice() {
+                    return Err(Error::ShapeMismatch {
+                        op: "recurrent forward (parameter)",
+                        lhs: Shape::new(&dims)?,
+                        rhs: got,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Runs the layer stack over a batch of sequences `x` (`[T, B, I]`, or `[B, T, I]` when
     /// batch-first).
     pub fn forward<T: Float>(
@@ -318,6 +342,7 @@ impl Recurrent {
                 ),
             ));
         }
+        self.check_params(store)?;
         let state_shape = Shape::new(&[d_n * l_n, batch, h])?;
         for (name, s) in [("h0", opts.h0), ("c0", opts.c0)] {
             if let Some(v) = s {

@@ -9,6 +9,21 @@ use recur::nn::{CellKind, Linear, Recurrent, RecurrentConfig};
 use recur::optim::{Adam, AdamConfig, Optimizer, clip_grad_norm};
 use recur::{ParamStore, Result, Rng, Tape, Tensor, Var};
 
+/// Refuses sizes far beyond what the adding problem needs, before anything is allocated or
+/// written.
+pub fn check_sizes(seq_len: usize, batch: usize, hidden: usize) -> std::result::Result<(), String> {
+    for (name, v, max) in [
+        ("--seq-len", seq_len, 100_000),
+        ("--batch", batch, 100_000),
+        ("--hidden", hidden, 8_192),
+    ] {
+        if v > max {
+            return Err(format!("{name} {v} is too large (at most {max})"));
+        }
+    }
+    Ok(())
+}
+
 /// What one training run is asked to do.
 #[derive(Clone, Debug)]
 pub struct RunSpec {

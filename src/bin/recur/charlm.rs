@@ -14,15 +14,20 @@ use recur::{Error, ParamStore, Result, Rng, Tape, Tensor, Var};
 pub struct ModelConfig {
     /// `rnn`, `rnn-relu`, `lstm` or `gru`.
     pub cell: String,
+    /// Hidden units per layer.
     pub hidden: usize,
+    /// Recurrent layers.
     pub layers: usize,
+    /// Embedding size of the characters.
     pub embed: usize,
+    /// Dropout between recurrent layers.
     pub dropout: f64,
     /// The vocabulary, in id order.
     pub vocab: String,
 }
 
 impl ModelConfig {
+    /// The cell kind named by `cell`.
     pub fn kind(&self) -> Result<CellKind> {
         Ok(match self.cell.as_str() {
             "rnn" => CellKind::Rnn(Activation::Tanh),
@@ -38,6 +43,22 @@ impl ModelConfig {
         })
     }
 
+    /// The number of parameters this config describes (`None` if it overflows), to check a
+    /// stored config against its tensors before allocating anything.
+    pub fn param_count(&self) -> Option<u128> {
+        let g = self.kind().ok()?.gates() as u128;
+        let (v, e, h, l) = (
+            self.vocab.chars().count() as u128,
+            self.embed as u128,
+            self.hidden as u128,
+            self.layers as u128,
+        );
+        let layer = |input: u128| g * h * (input + h) + 2 * g * h;
+        let stack = layer(e) + l.checked_sub(1)? * layer(h);
+        Some(v * e + stack + h * v + v)
+    }
+
+    /// The vocabulary.
     pub fn vocab(&self) -> Result<CharVocab> {
         CharVocab::from_chars(self.vocab.chars().collect())
     }
@@ -161,7 +182,7 @@ impl CharModel {
         }
         let mut tape = Tape::new();
         let mut state = self.zero_state(1)?;
-        let mut out = String::with_capacity(length);
+        let mut out = String::with_capacity(length.min(1 << 20));
         // Read the prime; the last character's logits give the first sample.
         tape.clear();
         let (mut logits, s) = self.logits(&mut tape, store, &ids, ids.len(), 1, &state, None)?;

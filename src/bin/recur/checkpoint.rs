@@ -94,6 +94,23 @@ pub fn load(path: &Path) -> Result<Resumed> {
     })?;
     let run: RunConfig = serde_json::from_str(config)
         .map_err(|e| bad(format!("not a `recur train` checkpoint (config: {e})")))?;
+    // Check the config against the stored tensors before allocating the model it describes.
+    let stored: u128 = archive
+        .tensors
+        .iter()
+        .filter(|(n, _)| n.starts_with("model."))
+        .map(|(_, t)| t.dims().iter().product::<usize>() as u128)
+        .sum();
+    if run.model.param_count() != Some(stored) {
+        return Err(bad(format!(
+            "the model config ({} {}x{}, embedding {}, {} characters) does not match the {stored} stored parameters",
+            run.model.cell,
+            run.model.layers,
+            run.model.hidden,
+            run.model.embed,
+            run.model.vocab.chars().count()
+        )));
+    }
     let mut store = ParamStore::new();
     let model = CharModel::new(&mut store, run.model.clone(), &mut Rng::new(0))
         .map_err(|e| bad(format!("model config: {e}")))?;

@@ -62,6 +62,7 @@ pub fn run(args: &DemoArgs) -> CmdResult {
     if args.seq_len < 2 || args.steps == 0 || args.batch == 0 || args.hidden == 0 {
         return Err("--seq-len must be >= 2 and --steps, --batch, --hidden >= 1".into());
     }
+    crate::adding::check_sizes(args.seq_len, args.batch, args.hidden)?;
     if !(args.lr > 0.0 && args.lr.is_finite() && args.clip > 0.0 && args.clip.is_finite()) {
         return Err("--lr and --clip must be positive numbers".into());
     }

@@ -128,6 +128,7 @@ pub fn run(args: &GradflowArgs) -> CmdResult {
     if args.seq_len < 2 || args.hidden == 0 {
         return Err("--seq-len must be >= 2 and --hidden >= 1".into());
     }
+    crate::adding::check_sizes(args.seq_len, 32, args.hidden)?;
     std::fs::create_dir_all(&args.out)
         .map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
     let mut report = FlowReport::default();

@@ -31,6 +31,12 @@ pub struct SampleArgs {
 
 /// Runs `recur sample`.
 pub fn run(args: &SampleArgs) -> CmdResult {
+    if args.length > 100_000_000 {
+        return Err(format!(
+            "--length {} is too large (at most 100000000)",
+            args.length
+        ));
+    }
     if !(args.temperature.is_finite() && args.temperature >= 0.0) {
         return Err(format!(
             "--temperature must be >= 0, got {}",

@@ -74,7 +74,8 @@ pub struct TrainArgs {
     /// Output directory.
     #[arg(long, default_value = "recur-run")]
     pub out: PathBuf,
-    /// Continue the run saved in this checkpoint (model and optimizer come from it).
+    /// Continue the run saved in this checkpoint: the model, optimizer, clipping and dropout come
+    /// from it (their flags are not used); --batch and --seq-len must match it.
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Validate, checkpoint and plot every this many steps.
@@ -106,6 +107,19 @@ fn check_args(a: &TrainArgs) -> Result<(), String> {
     for (name, v) in positive {
         if v == 0 {
             return Err(format!("{name} must be at least 1"));
+        }
+    }
+    // Sizes far beyond what fits in memory are refused before any arithmetic on them.
+    let limits = [
+        ("--hidden", a.hidden, 16_384),
+        ("--layers", a.layers, 64),
+        ("--embed", a.embed, 16_384),
+        ("--seq-len", a.seq_len, 1_000_000),
+        ("--batch", a.batch, 1_000_000),
+    ];
+    for (name, v, max) in limits {
+        if v > max {
+            return Err(format!("{name} {v} is too large (at most {max})"));
         }
     }
     if a.steps == Some(0) || a.epochs == Some(0) {
@@ -279,7 +293,9 @@ pub fn run(args: &TrainArgs) -> CmdResult {
     };
     let total_steps = match (args.steps, args.epochs) {
         (Some(s), _) => s,
-        (None, Some(e)) => e * corpus.train.chunks(),
+        (None, Some(e)) => e
+            .checked_mul(corpus.train.chunks())
+            .ok_or_else(|| format!("--epochs {e} is too large"))?,
         (None, None) => 2000,
     };
     std::fs::create_dir_all(&args.out)
@@ -315,6 +331,13 @@ pub fn run(args: &TrainArgs) -> CmdResult {
         }
     };
     let chunks = corpus.train.chunks();
+    if let Some(p) = &args.resume {
+        say(format!(
+            "resuming {} at step {} (model and optimizer settings from the checkpoint)",
+            p.display(),
+            ts.step
+        ));
+    }
     {
         say(format!(
             "{} characters ({} distinct), {} for training, {} chunks per epoch; unigram entropy {:.3} nats = {:.3} bits per character",
