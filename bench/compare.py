@@ -135,6 +135,7 @@ def main():
 
     print("| shape | cell | threads | PyTorch ms | recur ms | PyTorch / recur |")
     print("|---|---|---|---|---|---|", flush=True)
+    large_gflops = {}
     for shape in a.shapes:
         b, t, i, h = SHAPES[shape]
         for cell in a.cells:
@@ -144,6 +145,18 @@ def main():
                 pts = f"{pt:.2f}" if pt is not None else "-"
                 ratio = f"{pt / rc:.2f}" if pt is not None else "-"
                 print(f"| {shape} | {cell} | {th} | {pts} | {rc:.2f} | {ratio} |", flush=True)
+                if shape == "large" and th == 1:
+                    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+                    flops = 3 * t * 2 * b * (i + h) * gates * h
+                    large_gflops[cell] = flops / (rc / 1e3) / 1e9
+
+    if large_gflops:
+        # The reference rate: matrixmultiply's sgemm on 1024^3, one thread, in this same run.
+        sg = float(recur_run(a.recur, ["--sgemm-rate", "1024", "--steps", "9"])["sgemm_gflops"])
+        print()
+        print(f"matrixmultiply sgemm 1024^3, 1 thread: {sg:.1f} GFLOP/s")
+        for cell, g in large_gflops.items():
+            print(f"large {cell}, 1 thread: {g:.1f} GFLOP/s = {100 * g / sg:.0f}% of it", flush=True)
 
     if a.no_latency:
         return

@@ -52,10 +52,17 @@ pub struct BenchArgs {
     /// Time one inference step at batch 1 instead of a training step (prints us_per_step).
     #[arg(long = "step-latency")]
     step_latency: bool,
+    /// Time matrixmultiply's sgemm on a square N x N x N product instead (one thread; prints
+    /// sgemm_gflops): the reference rate for the training-step figures.
+    #[arg(long = "sgemm-rate", value_name = "N")]
+    sgemm_rate: Option<usize>,
 }
 
 /// Runs the benchmark described by `args`.
 pub fn run(args: &BenchArgs) -> CmdResult {
+    if let Some(n) = args.sgemm_rate {
+        return sgemm_rate(n, args.steps.max(5), args.warmup);
+    }
     let kind = match args.cell.as_str() {
         "lstm" => CellKind::Lstm,
         "gru" => CellKind::Gru,
@@ -123,6 +130,35 @@ pub fn run(args: &BenchArgs) -> CmdResult {
     }
     .map_err(|e| format!("bench: {e}"))?;
     println!("{line}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Times `C = A B` for square `n x n` f32 matrices with matrixmultiply (median of `steps`).
+fn sgemm_rate(n: usize, steps: usize, warmup: usize) -> CmdResult {
+    if !(16..=4096).contains(&n) {
+        return Err(format!("bench: --sgemm-rate {n} must be in 16..=4096"));
+    }
+    let mut rng = Rng::new(1);
+    let a: Vec<f32> = (0..n * n).map(|_| rng.uniform() as f32).collect();
+    let b: Vec<f32> = (0..n * n).map(|_| rng.uniform() as f32).collect();
+    let mut c = vec![0f32; n * n];
+    let shape = recur::kernels::GemmShape {
+        m: n,
+        k: n,
+        n,
+        trans_a: false,
+        trans_b: false,
+    };
+    let mut times = Vec::with_capacity(steps);
+    for i in 0..warmup + steps {
+        let t = Instant::now();
+        recur::kernels::gemm::sgemm(shape, 1.0, &a, &b, 0.0, &mut c);
+        if i >= warmup {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let secs = median(times);
+    println!("sgemm_gflops={:.2}", 2.0 * (n as f64).powi(3) / secs / 1e9);
     Ok(ExitCode::SUCCESS)
 }
 
