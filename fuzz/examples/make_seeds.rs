@@ -54,16 +54,15 @@ fn main() {
     // load_bytes
     let mut meta = Metadata::new();
     meta.insert("note".into(), "seed".into());
-    let entries = |ps: &ParamStore<f32>| {
-        ps.iter()
-            .map(|(_, n, t)| (n.to_string(), io::Entry::Float(t)))
-            .collect::<Vec<_>>()
-    };
     let ps32 = model::<f32>();
+    let e32: Vec<_> = ps32
+        .iter()
+        .map(|(_, n, t)| (n.to_string(), io::Entry::Float(t)))
+        .collect();
     write(
         "load_bytes",
         "params_f32",
-        &io::to_bytes(&entries(&ps32), &meta).unwrap(),
+        &io::to_bytes(&e32, &meta).unwrap(),
     );
     let ps64 = model::<f64>();
     let e64: Vec<_> = ps64
