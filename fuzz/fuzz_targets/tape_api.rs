@@ -224,7 +224,9 @@ impl State {
                 let table = self.var(r);
                 let d = dims(r);
                 let n = if r.bool() {
-                    d.iter().product::<usize>().min(64)
+                    d.iter()
+                        .try_fold(1usize, |n, &x| n.checked_mul(x))
+                        .map_or(64, |n| n.min(64))
                 } else {
                     r.range(0, 8)
                 };
