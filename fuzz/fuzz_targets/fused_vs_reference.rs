@@ -27,6 +27,8 @@ struct Case {
     values: Vec<f64>,
     /// Overwrite the initialised parameters with grid values.
     own_params: bool,
+    /// Run in f32 (else f64).
+    f32: bool,
 }
 
 fn decode(data: &[u8]) -> Case {
@@ -60,6 +62,7 @@ fn decode(data: &[u8]) -> Case {
     let seed = r.u64();
     // Inputs in [-4, 4), parameters in [-2, 2) (see `param_value`).
     let values: Vec<f64> = r.rest().iter().map(|&x| (x as i8) as f64 / 32.0).collect();
+    let f32 = data.first().is_some_and(|b| b & 0x80 != 0);
     Case {
         kind,
         cfg,
@@ -70,6 +73,7 @@ fn decode(data: &[u8]) -> Case {
         seed,
         values,
         own_params,
+        f32,
     }
 }
 
@@ -88,11 +92,20 @@ fn fill<T: Float>(c: &Case, dims: &[usize], offset: usize, scale: f64) -> Tensor
 fn run<T: Float>(c: &Case, imp: Implementation) -> recur::Result<Vec<(String, Tensor<T>)>> {
     let mut ps = ParamStore::<T>::new();
     let layer = Recurrent::new(&mut ps, "", c.kind, c.cfg.clone(), &mut Rng::new(c.seed))?;
+    // f64: inputs in [-4, 4), parameters in [-2, 2), deep into saturation. f32: the scale of
+    // the tests, inputs in [-1, 1) and parameters within PyTorch's U(-1/sqrt(H), 1/sqrt(H)):
+    // once a whole layer saturates, a gate derivative y (1 - y) hangs on the last bit of y, and
+    // the two paths' activations may differ by their documented 2 ulps (`kernels::simd`).
+    let (input_scale, param_scale) = if c.f32 {
+        (0.25, 0.25 / (c.cfg.hidden_size as f64).sqrt())
+    } else {
+        (1.0, 0.5)
+    };
     if c.own_params {
         let ids: Vec<_> = ps.iter().map(|(id, _, _)| id).collect();
         for (k, id) in ids.into_iter().enumerate() {
             let dims = ps.get(id).dims().to_vec();
-            *ps.get_mut(id) = fill(c, &dims, 1000 * k + 7, 0.5);
+            *ps.get_mut(id) = fill(c, &dims, 1000 * k + 7, param_scale);
         }
     }
     let (d, l, h) = (c.cfg.directions(), c.cfg.num_layers, c.cfg.hidden_size);
@@ -104,7 +117,7 @@ fn run<T: Float>(c: &Case, imp: Implementation) -> recur::Result<Vec<(String, Te
     let sd = [d * l, c.b, h];
 
     let mut tape = Tape::new();
-    let x = tape.input(fill(c, &xd, 1, 1.0));
+    let x = tape.input(fill(c, &xd, 1, input_scale));
     let h0 = c.with_h0.then(|| tape.input(fill(c, &sd, 2, 0.25)));
     let c0 = (c.with_h0 && c.kind == CellKind::Lstm).then(|| tape.input(fill(c, &sd, 3, 0.25)));
     let opts = ForwardOptions {
@@ -229,7 +242,7 @@ fn compare<T: Float>(c: &Case, tol: f64) {
 
 fuzz_target!(|data: &[u8]| {
     let c = decode(data);
-    if data.first().is_some_and(|b| b & 0x80 != 0) {
+    if c.f32 {
         compare::<f32>(&c, 1e-5);
     } else {
         compare::<f64>(&c, 1e-10);
