@@ -122,7 +122,9 @@ impl<T: Float> Tape<T> {
     }
 
     /// Anomaly mode: when on, every op checks its outputs (and backward its gradients) and
-    /// returns [`Error::NonFinite`] naming the first op that produced a NaN or infinity.
+    /// returns [`Error::NonFinite`] naming the first op that produced a NaN or infinity. Leaves
+    /// (inputs, constants, parameters) may hold anything: the first op that reads a non-finite
+    /// value reports it.
     pub fn set_anomaly_detection(&mut self, on: bool) {
         self.anomaly = on;
     }
@@ -203,7 +205,9 @@ impl<T: Float> Tape<T> {
             });
         }
         let out_end = self.slots.len() as u32;
-        if self.anomaly {
+        // Leaves are not checked: a non-finite input is reported by the first op that reads it
+        // (and `input` / `constant` have no error to return).
+        if self.anomaly && !op.is_leaf() {
             for s in out_start..out_end {
                 check_finite(&self.slots[s as usize].value, || op.name().to_string())?;
             }

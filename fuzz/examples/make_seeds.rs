@@ -1,0 +1,115 @@
+//! Writes the seed inputs under `fuzz/seeds/<target>/`: valid parameter files and checkpoints
+//! for `load_bytes` (the fuzzer mutates them into lying headers and truncated files), and a few
+//! decoded configurations for the other targets. Run from the repository root:
+//! `cargo run --manifest-path fuzz/Cargo.toml --example make_seeds`.
+
+use std::fs;
+use std::path::Path;
+
+use recur::io::checkpoint::{CheckpointInfo, save_checkpoint};
+use recur::io::{self, Metadata};
+use recur::nn::{CellKind, Recurrent, RecurrentConfig};
+use recur::optim::{Adam, AdamConfig, Sgd, SgdConfig};
+use recur::{Float, ParamStore, Rng};
+
+fn model<T: Float>() -> ParamStore<T> {
+    let mut ps = ParamStore::new();
+    Recurrent::new(
+        &mut ps,
+        "lstm.",
+        CellKind::Lstm,
+        RecurrentConfig::new(2, 3),
+        &mut Rng::new(1),
+    )
+    .unwrap();
+    ps
+}
+
+fn write(target: &str, name: &str, bytes: &[u8]) {
+    let dir = Path::new("fuzz/seeds").join(target);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join(name), bytes).unwrap();
+}
+
+fn checkpoint_bytes<T: Float>(opt: &dyn recur::Optimizer<T>) -> Vec<u8> {
+    let path = std::env::temp_dir().join(format!("recur-seed-{}.safetensors", std::process::id()));
+    let info = CheckpointInfo {
+        config: r#"{"cell":"lstm","hidden":3}"#.into(),
+        step: 3,
+        schedule_step: 3,
+    };
+    save_checkpoint(&path, &model::<T>(), opt, &Rng::new(2), &info).unwrap();
+    let bytes = fs::read(&path).unwrap();
+    fs::remove_file(&path).unwrap();
+    bytes
+}
+
+/// Pseudo-random bytes.
+fn noise(seed: u64, n: usize) -> Vec<u8> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| (rng.uniform() * 256.0) as u8).collect()
+}
+
+fn main() {
+    // load_bytes
+    let mut meta = Metadata::new();
+    meta.insert("note".into(), "seed".into());
+    let ps32 = model::<f32>();
+    let e32: Vec<_> = ps32
+        .iter()
+        .map(|(_, n, t)| (n.to_string(), io::Entry::Float(t)))
+        .collect();
+    write(
+        "load_bytes",
+        "params_f32",
+        &io::to_bytes(&e32, &meta).unwrap(),
+    );
+    let ps64 = model::<f64>();
+    let e64: Vec<_> = ps64
+        .iter()
+        .map(|(_, n, t)| (n.to_string(), io::Entry::Float(t)))
+        .collect();
+    write(
+        "load_bytes",
+        "params_f64",
+        &io::to_bytes(&e64, &Metadata::new()).unwrap(),
+    );
+    let adam = Adam::<f32>::new(AdamConfig::default()).unwrap();
+    write(
+        "load_bytes",
+        "checkpoint_adam_f32",
+        &checkpoint_bytes(&adam),
+    );
+    let adam = Adam::<f64>::new(AdamConfig::default()).unwrap();
+    write(
+        "load_bytes",
+        "checkpoint_adam_f64",
+        &checkpoint_bytes(&adam),
+    );
+    let sgd = Sgd::<f64>::new(SgdConfig::default()).unwrap();
+    write("load_bytes", "checkpoint_sgd_f64", &checkpoint_bytes(&sgd));
+    write("load_bytes", "empty", &[]);
+
+    // fused_vs_reference: the first 13 bytes pick the configuration, the rest are values.
+    for (k, head) in [
+        [0u8, 2, 1, 2, 3, 0, 0, 0, 2, 1, 2, 3, 4],
+        [129, 5, 3, 4, 9, 1, 1, 1, 14, 5, 6, 7, 8],
+        [2, 3, 2, 1, 5, 0, 1, 1, 6, 9, 9, 9, 9],
+        [131, 1, 0, 3, 2, 1, 0, 0, 10, 1, 1, 1, 1],
+        [3, 4, 1, 2, 7, 1, 1, 0, 15, 3, 2, 1, 0],
+        [130, 5, 3, 0, 4, 0, 1, 1, 12, 8, 7, 6, 5],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut bytes = head.to_vec();
+        bytes.extend(noise(k as u64, 120));
+        write("fused_vs_reference", &format!("case{k}"), &bytes);
+    }
+
+    // tape_api and simd_math: noise of a few lengths.
+    for k in 0..6 {
+        write("tape_api", &format!("ops{k}"), &noise(100 + k, 64 << k));
+        write("simd_math", &format!("values{k}"), &noise(200 + k, 32 << k));
+    }
+}

@@ -1,0 +1,278 @@
+//! The fused recurrent layers against the reference built from primitive tape ops, on a small
+//! configuration and values decoded from the input: outputs and every gradient agree (f64 to
+//! 1e-10, f32 to 1e-5, relative to the largest reference value, as in
+//! `tests/layers_fused_vs_reference.rs`; the scalar loss, a sum that can cancel, relative to the
+//! sum of its terms' magnitudes; in f32, plus four times the f32 reference's own distance from the
+//! f64 result, since a gradient that is a cancelling sum carries f32 rounding of that size in any
+//! summation order), and a configuration one refuses the other refuses too.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use recur::nn::{Activation, CellKind, ForwardOptions, Implementation, Recurrent, RecurrentConfig};
+use recur::{Float, ParamStore, Rng, Tape, Tensor};
+
+#[path = "bytes.rs"]
+mod bytes;
+use bytes::Bytes;
+
+#[derive(Clone, Debug)]
+struct Case {
+    kind: CellKind,
+    cfg: RecurrentConfig,
+    t: usize,
+    b: usize,
+    lengths: Option<Vec<usize>>,
+    with_h0: bool,
+    seed: u64,
+    /// Grid values for the parameters, inputs and loss weights, used cyclically.
+    values: Vec<f64>,
+    /// Overwrite the initialised parameters with grid values.
+    own_params: bool,
+    /// Run in f32 (else f64).
+    f32: bool,
+}
+
+fn decode(data: &[u8]) -> Case {
+    let mut r = Bytes::new(data);
+    let kind = match r.u8() % 4 {
+        0 => CellKind::Rnn(Activation::Tanh),
+        1 => CellKind::Rnn(Activation::Relu),
+        2 => CellKind::Lstm,
+        _ => CellKind::Gru,
+    };
+    let t = r.range(1, 6);
+    let b = r.range(1, 4);
+    // f32: sizes of at least 2, so that every gradient tensor has several elements. A one-element
+    // tensor has no larger value to be measured against, and when it is a sum that cancels
+    // (the bias gradient of a one-unit layer, summed over steps and batch), its f32 rounding is
+    // 1e-5 of its value in any summation order.
+    let min = if data.first().is_some_and(|b| b & 0x80 != 0) {
+        2
+    } else {
+        1
+    };
+    let cfg = RecurrentConfig::new(r.range(min, 5), r.range(min, 10))
+        .num_layers(r.range(1, 2))
+        .bidirectional(r.bool())
+        .bias(r.bool())
+        .batch_first(r.bool());
+    let flags = r.u8();
+    let lengths = match flags % 4 {
+        0 | 1 => None,
+        // Valid ragged lengths in 1..=T.
+        2 => Some((0..b).map(|_| r.range(1, t)).collect()),
+        // Anything: zero, past T, the wrong count.
+        _ => {
+            let n = r.range(0, 5);
+            Some((0..n).map(|_| r.range(0, 8)).collect())
+        }
+    };
+    let with_h0 = flags & 4 != 0;
+    let own_params = flags & 8 != 0;
+    let seed = r.u64();
+    // Inputs in [-4, 4), parameters in [-2, 2) (see `param_value`).
+    let values: Vec<f64> = r.rest().iter().map(|&x| (x as i8) as f64 / 32.0).collect();
+    let f32 = data.first().is_some_and(|b| b & 0x80 != 0);
+    Case {
+        kind,
+        cfg,
+        t,
+        b,
+        lengths,
+        with_h0,
+        seed,
+        values,
+        own_params,
+        f32,
+    }
+}
+
+/// Fills a tensor from the case's values, starting at `offset`, scaled by `scale`; a
+/// pseudo-random fill when the input gave no values.
+fn fill<T: Float>(c: &Case, dims: &[usize], offset: usize, scale: f64) -> Tensor<T> {
+    if c.values.is_empty() {
+        let mut rng = Rng::new(c.seed ^ offset as u64);
+        return Tensor::from_fn(dims, |_| T::from_f64(rng.uniform_range(-1.0, 1.0))).unwrap();
+    }
+    let n = c.values.len();
+    Tensor::from_fn(dims, |i| T::from_f64(c.values[(offset + i) % n] * scale)).unwrap()
+}
+
+/// Runs one implementation: the loss, then the gradients of every parameter and input.
+fn run<T: Float>(c: &Case, imp: Implementation) -> recur::Result<Vec<(String, Tensor<T>)>> {
+    let mut ps = ParamStore::<T>::new();
+    let layer = Recurrent::new(&mut ps, "", c.kind, c.cfg.clone(), &mut Rng::new(c.seed))?;
+    // f64: inputs in [-4, 4), parameters in [-2, 2), deep into saturation. f32: the scale of
+    // the tests, inputs in [-1, 1) and parameters within PyTorch's U(-1/sqrt(H), 1/sqrt(H)):
+    // once a whole layer saturates, a gate derivative y (1 - y) hangs on the last bit of y, and
+    // the two paths' activations may differ by their documented 2 ulps (`kernels::simd`).
+    let (input_scale, param_scale) = if c.f32 {
+        (0.25, 0.25 / (c.cfg.hidden_size as f64).sqrt())
+    } else {
+        (1.0, 0.5)
+    };
+    if c.own_params {
+        let ids: Vec<_> = ps.iter().map(|(id, _, _)| id).collect();
+        for (k, id) in ids.into_iter().enumerate() {
+            let dims = ps.get(id).dims().to_vec();
+            *ps.get_mut(id) = fill(c, &dims, 1000 * k + 7, param_scale);
+        }
+    }
+    let (d, l, h) = (c.cfg.directions(), c.cfg.num_layers, c.cfg.hidden_size);
+    let (xd, yd) = if c.cfg.batch_first {
+        ([c.b, c.t, c.cfg.input_size], [c.b, c.t, d * h])
+    } else {
+        ([c.t, c.b, c.cfg.input_size], [c.t, c.b, d * h])
+    };
+    let sd = [d * l, c.b, h];
+
+    let mut tape = Tape::new();
+    let x = tape.input(fill(c, &xd, 1, input_scale));
+    let h0 = c.with_h0.then(|| tape.input(fill(c, &sd, 2, 0.25)));
+    let c0 = (c.with_h0 && c.kind == CellKind::Lstm).then(|| tape.input(fill(c, &sd, 3, 0.25)));
+    let opts = ForwardOptions {
+        h0,
+        c0,
+        lengths: c.lengths.as_deref(),
+        dropout_rng: None,
+        implementation: imp,
+    };
+    let out = layer.forward(&mut tape, &ps, x, opts)?;
+    // loss = sum(y * ry) + sum(h_n * rh) (+ sum(c_n * rc))
+    let ry = tape.constant(fill(c, &yd, 4, 0.25));
+    let rh = tape.constant(fill(c, &sd, 5, 0.25));
+    let a = tape.mul(out.y, ry)?;
+    let a = tape.sum(a)?;
+    let bb = tape.mul(out.h_n, rh)?;
+    let bb = tape.sum(bb)?;
+    let mut loss = tape.add(a, bb)?;
+    if let Some(cn) = out.c_n {
+        let rc = tape.constant(fill(c, &sd, 6, 0.25));
+        let m = tape.mul(cn, rc)?;
+        let m = tape.sum(m)?;
+        loss = tape.add(loss, m)?;
+    }
+    // The loss is a sum that can cancel to almost nothing: its error is measured against the
+    // sum of the magnitudes of its terms (the elementwise outputs are compared one by one).
+    let mut magnitude = 0.0;
+    for (v, w) in [(out.y, ry), (out.h_n, rh)] {
+        let (v, w) = (tape.value(v)?.data(), tape.value(w)?.data());
+        magnitude += v
+            .iter()
+            .zip(w)
+            .map(|(a, b)| (a.to_f64() * b.to_f64()).abs())
+            .sum::<f64>();
+    }
+    if let Some(cn) = out.c_n {
+        let v = tape.value(cn)?.data();
+        let w = fill::<T>(c, &sd, 6, 0.25);
+        magnitude += v
+            .iter()
+            .zip(w.data())
+            .map(|(a, b)| (a.to_f64() * b.to_f64()).abs())
+            .sum::<f64>();
+    }
+    let mut res = vec![
+        ("loss".to_string(), tape.value(loss)?.clone()),
+        (
+            "loss terms".to_string(),
+            Tensor::scalar(T::from_f64(magnitude)),
+        ),
+        ("y".to_string(), tape.value(out.y)?.clone()),
+        ("h_n".to_string(), tape.value(out.h_n)?.clone()),
+    ];
+    if let Some(cn) = out.c_n {
+        res.push(("c_n".to_string(), tape.value(cn)?.clone()));
+    }
+    let g = tape.backward(loss)?;
+    for (id, name, _) in ps.iter() {
+        let grad = g.param(id).expect("every parameter is used").clone();
+        res.push((format!("grad.{name}"), grad));
+    }
+    res.push(("grad.x".into(), g.wrt(x).expect("x is used").clone()));
+    if let Some(h0) = h0 {
+        res.push(("grad.h0".into(), g.wrt(h0).expect("h0 is used").clone()));
+    }
+    if let Some(c0) = c0 {
+        res.push(("grad.c0".into(), g.wrt(c0).expect("c0 is used").clone()));
+    }
+    Ok(res)
+}
+
+/// Largest difference relative to the largest reference value (at least 1e-3).
+fn max_rel<T: Float>(a: &Tensor<T>, b: &Tensor<T>) -> f64 {
+    let scale = b
+        .data()
+        .iter()
+        .map(|x| x.to_f64().abs())
+        .fold(1e-3, f64::max);
+    a.max_abs_diff(b).unwrap() / scale
+}
+
+/// Compares the two paths in `T`. `exact` is the reference path run in f64 on the same case
+/// (for f32 runs): where the f32 reference itself is off the f64 result by `d` (a sum that
+/// cancels, in f32), the fused result may differ from it by `4 d` more than the tolerance.
+fn compare<T: Float>(c: &Case, tol: f64, exact: Option<&[(String, Tensor<f64>)]>) {
+    let fused = run::<T>(c, Implementation::Fused);
+    let reference = run::<T>(c, Implementation::Reference);
+    let (fused, reference) = match (fused, reference) {
+        (Ok(f), Ok(r)) => (f, r),
+        (Err(_), Err(_)) => return,
+        (f, r) => panic!(
+            "one implementation refused the case: fused {:?}, reference {:?} in {c:?}",
+            f.err(),
+            r.err()
+        ),
+    };
+    assert_eq!(fused.len(), reference.len());
+    let mut bad = Vec::new();
+    let loss_scale = reference[1].1.data()[0].to_f64().max(1e-3);
+    for ((n, a), (m, b)) in fused.iter().zip(&reference) {
+        assert_eq!(n, m);
+        assert_eq!(a.dims(), b.dims(), "{n}: shapes differ in {c:?}");
+        assert!(
+            a.all_finite() && b.all_finite(),
+            "{n}: non-finite values in {c:?}"
+        );
+        if n == "loss terms" {
+            continue; // the scale for the loss, not an output
+        }
+        let scale = if n == "loss" {
+            loss_scale
+        } else {
+            b.data()
+                .iter()
+                .map(|x| x.to_f64().abs())
+                .fold(1e-3, f64::max)
+        };
+        let e = if n == "loss" {
+            a.max_abs_diff(b).unwrap() / loss_scale
+        } else {
+            max_rel(a, b)
+        };
+        let rounding = exact
+            .and_then(|x| x.iter().find(|(m, _)| m == n))
+            .map_or(0.0, |(_, x)| {
+                b.cast::<f64>().max_abs_diff(x).unwrap() / scale
+            });
+        if e >= tol + 4.0 * rounding {
+            bad.push(format!(
+                "{n}: relative error {e:e}, f32 rounding {rounding:e} ({:?} vs {:?})",
+                &a.data()[..a.numel().min(4)],
+                &b.data()[..b.numel().min(4)]
+            ));
+        }
+    }
+    assert!(bad.is_empty(), "{} in {c:?} ({})", bad.join("; "), T::DTYPE);
+}
+
+fuzz_target!(|data: &[u8]| {
+    let c = decode(data);
+    if c.f32 {
+        let exact = run::<f64>(&c, Implementation::Reference).ok();
+        compare::<f32>(&c, 1e-5, exact.as_deref());
+    } else {
+        compare::<f64>(&c, 1e-10, None);
+    }
+});
