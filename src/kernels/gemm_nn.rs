@@ -6,8 +6,8 @@
 //! of striding by `n` (which, for `n` a multiple of 1024, maps every row to the same cache set).
 //! Packing costs one pass over `B`, once per sequence rather than once per step.
 //!
-//! A tile keeps 4 rows of `C` by one panel (or 1 row by two panels) in registers, broadcasting
-//! one value of `A` per row and step of `k`: no horizontal sums, no allocation. Every `C[i][j]`
+//! A tile keeps 5 rows of `C` by one panel in registers (fewer rows for the last ones),
+//! broadcasting one value of `A` per row and step of `k`: no horizontal sums, no allocation. Every `C[i][j]`
 //! is `C[i][j] + sum_p A[i][p] B[p][j]` accumulated by fused multiply-adds in the order
 //! `p = 0, 1, ...`, whichever tile it falls in, so splitting `A` by rows (batch shards) gives
 //! bit-identical results.
@@ -41,6 +41,20 @@ impl<T: SimdFloat> PackedB<T> {
             n: 0,
             data: Vec::new(),
         }
+    }
+
+    /// An empty packing that will reuse `buf`'s memory (its contents do not matter).
+    pub fn from_buffer(buf: Vec<T>) -> Self {
+        PackedB {
+            k: 0,
+            n: 0,
+            data: buf,
+        }
+    }
+
+    /// The packing's memory, for reuse.
+    pub fn into_buffer(self) -> Vec<T> {
+        self.data
     }
 
     /// Rows `k` of the packed matrix.
@@ -127,30 +141,36 @@ pub fn gemm_packed_acc<T: SimdFloat>(m: usize, a: &[T], b: &PackedB<T>, c: &mut 
         let k1 = (k0 + KB).min(k);
         for i0 in (0..m).step_by(MB) {
             let i1 = (i0 + MB).min(m);
-            let m4 = i0 + (i1 - i0) / 4 * 4;
+            let full = i0 + (i1 - i0) / MR * MR;
             for q in 0..panels {
-                for i in (i0..m4).step_by(4) {
-                    tile::<T, 4, 1>(i, q, k0..k1, m, a, b, c);
+                for i in (i0..full).step_by(MR) {
+                    tile::<T, MR, 1>(i, q, k0..k1, m, a, b, c);
                 }
-            }
-            for i in m4..i1 {
-                let mut q = 0;
-                while q + 2 <= panels {
-                    tile::<T, 1, 2>(i, q, k0..k1, m, a, b, c);
-                    q += 2;
-                }
-                if q < panels {
-                    tile::<T, 1, 1>(i, q, k0..k1, m, a, b, c);
+                // The last rows (fewer than MR), by the largest tiles that fit.
+                let mut i = full;
+                while i < i1 {
+                    let ks = k0..k1;
+                    match i1 - i {
+                        1 => tile::<T, 1, 1>(i, q, ks, m, a, b, c),
+                        2 => tile::<T, 2, 1>(i, q, ks, m, a, b, c),
+                        3 => tile::<T, 3, 1>(i, q, ks, m, a, b, c),
+                        _ => tile::<T, 4, 1>(i, q, ks, m, a, b, c),
+                    }
+                    i += (i1 - i).min(4);
                 }
             }
         }
     }
 }
 
+/// Rows of `C` per register tile: 5 rows by one panel of 4 vectors is 20 accumulators, which
+/// with the 4 vectors of `B` and one broadcast of `A` fits the 32 vector registers of AVX-512
+/// (on AVX2's 16, the compiler spills some; the results are the same).
+const MR: usize = 5;
 /// Steps of k per cache block.
-const KB: usize = 256;
+const KB: usize = 128;
 /// Rows of A per cache block.
-const MB: usize = 64;
+const MB: usize = 40;
 
 /// Column range of vector `v` of panel `q`, clipped to `n` (possibly empty).
 #[inline(always)]
