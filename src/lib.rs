@@ -53,7 +53,7 @@ pub use error::{Error, Result};
 pub use optim::Optimizer;
 pub use params::{ParamId, ParamStore};
 pub use rng::Rng;
-pub use tape::{CustomOp, Grads, Tape, Var};
+pub use tape::{CustomOp, Grads, Tape, Var, Workspace};
 pub use tensor::{Float, Shape, Tensor};
 
 #[cfg(doctest)]

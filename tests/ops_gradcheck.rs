@@ -206,6 +206,7 @@ fn gradcheck_catches_a_wrong_gradient() {
             _: &[&Tensor<f64>],
             gy: &[Option<&Tensor<f64>>],
             gx: &mut [Option<Tensor<f64>>],
+            _: &mut recur::tape::Workspace<'_, f64>,
         ) -> Result<()> {
             let g = gy[0].unwrap();
             if let Some(d) = gx[0].as_mut() {

@@ -177,6 +177,7 @@ impl CustomOp<f64> for TwoOut {
         _: &[&Tensor<f64>],
         gy: &[Option<&Tensor<f64>>],
         gx: &mut [Option<Tensor<f64>>],
+        _: &mut recur::tape::Workspace<'_, f64>,
     ) -> Result<()> {
         let d = gx[0].as_mut().expect("input needs grad");
         for i in 0..d.numel() {

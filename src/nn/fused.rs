@@ -7,7 +7,7 @@
 //!
 //! Forward, per shard: one GEMM projects the inputs of all timesteps at once
 //! (`Xp = X W_ih^T + b`); then per step the recurrent product `h_{t-1} W_hh^T` is added by a
-//! small-batch kernel that reads `W_hh` as stored (no packing, no allocation per step), and one
+//! small-batch kernel over `W_hh^T` packed once per sequence (no allocation per step), and one
 //! fused SIMD kernel applies the gate activations, updates `c` and `h`, and keeps what backward
 //! needs.
 //!
@@ -17,8 +17,11 @@
 //! loop, large GEMMs over all of the shard's timesteps give its `dX = dG W_ih` and its parts of
 //! `dW_hh = dG^T H_prev`, `dW_ih = dG^T X` and the bias gradients (column sums of `dG`); the
 //! parts are added into the weight gradients in shard order.
+//!
+//! Every buffer whose size grows with the sequence (saved activations, `dG`, the packed weight,
+//! the outputs) comes from the tape's [`Workspace`] and goes back to it, in the backward or when
+//! the tape is cleared: a training loop that clears its tape reuses the same memory every step.
 
-use std::borrow::Cow;
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -30,7 +33,7 @@ use crate::kernels::gemm_nn::{PackedB, gemm_packed_acc};
 use crate::kernels::gemm_nt::gemm_nt_acc;
 use crate::kernels::{gru, lstm, rnn};
 use crate::params::ParamStore;
-use crate::tape::{CustomOp, Tape, Var};
+use crate::tape::{CustomOp, Tape, Var, Workspace};
 use crate::tensor::{Float, Shape, Tensor};
 
 /// Fewest batch rows per shard (below twice this, the batch is one shard).
@@ -59,52 +62,61 @@ pub(crate) fn run<T: Float>(
     let xs = tape.shape(x)?;
     let (t_len, batch, in_size) = (xs.dims()[0], xs.dims()[1], xs.dims()[2]);
     let hidden = tape.shape(h0)?.dims()[1];
+    let cfg = Config {
+        kind: run.kind,
+        reverse: run.reverse,
+        lengths: run.lengths.map(<[usize]>::to_vec),
+        t_len,
+        batch,
+        in_size,
+        hidden,
+        has_bias: p.b_ih.is_some(),
+    };
+    let lstm = cfg.kind.has_cell_state();
+    // Every buffer first, from the tape's pool; then the values, which borrow the tape.
+    let mut ws = tape.workspace();
     let mut node = FusedDirection::<T> {
-        cfg: Config {
-            kind: run.kind,
-            reverse: run.reverse,
-            lengths: run.lengths.map(<[usize]>::to_vec),
-            t_len,
-            batch,
-            in_size,
-            hidden,
-            has_bias: p.b_ih.is_some(),
-        },
         shards: shard_ranges(batch)
             .into_iter()
-            .map(|rows| Shard {
-                rows,
-                gates: Vec::new(),
-                h_prev: Vec::new(),
-                c_prev: Vec::new(),
-                c_new: Vec::new(),
-            })
+            .map(|rows| Shard::take(&cfg, rows, &mut ws))
             .collect(),
+        packed: PackedB::from_buffer(ws.scratch(0)),
+        cfg,
     };
-    let (y, h_n, c_n) = {
+    let mut scratch: Vec<ForwardScratch<T>> = node
+        .shards
+        .iter()
+        .map(|sh| ForwardScratch::take(&node.cfg, sh.rows.len(), &mut ws))
+        .collect();
+    let mut y = ws.scratch(t_len * batch * hidden);
+    let mut h_n = ws.scratch(batch * hidden);
+    let mut c_n = ws.scratch(if lstm { batch * hidden } else { 0 });
+    {
         let vals: Vec<&Tensor<T>> = inputs
             .iter()
             .map(|&v| tape.value(v))
             .collect::<Result<_>>()?;
-        node.forward(&vals)
-    };
+        node.forward(&vals, &mut scratch, &mut y, &mut h_n, &mut c_n);
+    }
+    let mut ws = tape.workspace();
+    for s in scratch {
+        s.give(&mut ws);
+    }
     let y = Tensor::from_vec_shape(y, Shape::new(&[t_len, batch, hidden])?)?;
     let state = Shape::new(&[batch, hidden])?;
     let h_n = Tensor::from_vec_shape(h_n, state)?;
-    match c_n {
-        Some(c_n) => {
-            let c_n = Tensor::from_vec_shape(c_n, state)?;
-            let [y, h_n, c_n] = tape.custom(Box::new(node), &inputs, [y, h_n, c_n])?;
-            Ok(DirectionOutput {
-                y,
-                h_n,
-                c_n: Some(c_n),
-            })
-        }
-        None => {
-            let [y, h_n] = tape.custom(Box::new(node), &inputs, [y, h_n])?;
-            Ok(DirectionOutput { y, h_n, c_n: None })
-        }
+    if lstm {
+        let c_n = Tensor::from_vec_shape(c_n, state)?;
+        let [y, h_n, c_n] = tape.custom(Box::new(node), &inputs, [y, h_n, c_n])?;
+        Ok(DirectionOutput {
+            y,
+            h_n,
+            c_n: Some(c_n),
+        })
+    } else {
+        tape.workspace().give(c_n);
+        let [y, h_n] = tape.custom(Box::new(node), &inputs, [y, h_n])?;
+        Ok(DirectionOutput { y, h_n, c_n: None })
     }
 }
 
@@ -146,12 +158,135 @@ struct Shard<T> {
     /// LSTM: `c_{t-1}` and `c_t` for every time step.
     c_prev: Vec<T>,
     c_new: Vec<T>,
+    /// The shard's rows of the input `[T, n, I]`; empty when the shard is the whole batch (the
+    /// input is then read in place).
+    xs: Vec<T>,
+}
+
+impl<T: Float> Shard<T> {
+    /// The shard's saved buffers, from the pool (every one is overwritten in full by forward).
+    fn take(cfg: &Config, rows: Range<usize>, ws: &mut Workspace<'_, T>) -> Self {
+        let (tl, n, h) = (cfg.t_len, rows.len(), cfg.hidden);
+        let cells = if cfg.kind.has_cell_state() {
+            tl * n * h
+        } else {
+            0
+        };
+        let own_x = n < cfg.batch;
+        Shard {
+            gates: ws.scratch(tl * n * cfg.saved_width()),
+            h_prev: ws.scratch(tl * n * h),
+            c_prev: ws.scratch(cells),
+            c_new: ws.scratch(cells),
+            xs: ws.scratch(if own_x { tl * n * cfg.in_size } else { 0 }),
+            rows,
+        }
+    }
+
+    fn give(self, ws: &mut Workspace<'_, T>) {
+        for v in [self.gates, self.h_prev, self.c_prev, self.c_new, self.xs] {
+            ws.give(v);
+        }
+    }
+
+    /// The shard's rows of the input `x` `[T, B, I]`, as `[T, n, I]`.
+    fn x<'a>(&'a self, x: &'a [T]) -> &'a [T] {
+        if self.xs.is_empty() { x } else { &self.xs }
+    }
+}
+
+/// A shard's working buffers for the forward, given back once it has run.
+struct ForwardScratch<T> {
+    /// GRU: the input projection `Xp` of every step `[T, n, 3H]` (the LSTM and the RNN write
+    /// theirs straight into the saved gates).
+    xp: Vec<T>,
+    /// The shard's outputs `[T, n, H]` when it is not the whole batch.
+    y: Vec<T>,
+    h_cur: Vec<T>,
+    c_cur: Vec<T>,
+    h_new: Vec<T>,
+    /// GRU: `W_hh h + b_hh` of one step `[n, 3H]`.
+    hp: Vec<T>,
+}
+
+impl<T: Float> ForwardScratch<T> {
+    fn take(cfg: &Config, n: usize, ws: &mut Workspace<'_, T>) -> Self {
+        let (tl, h) = (cfg.t_len, cfg.hidden);
+        let gh = cfg.kind.gates() * h;
+        let gru = cfg.kind == CellKind::Gru;
+        ForwardScratch {
+            xp: ws.scratch(if gru { tl * n * gh } else { 0 }),
+            y: ws.scratch(if n < cfg.batch { tl * n * h } else { 0 }),
+            h_cur: ws.scratch(n * h),
+            c_cur: ws.scratch(if cfg.kind.has_cell_state() { n * h } else { 0 }),
+            h_new: ws.scratch(n * h),
+            hp: ws.scratch(if gru { n * gh } else { 0 }),
+        }
+    }
+
+    fn give(self, ws: &mut Workspace<'_, T>) {
+        for v in [self.xp, self.y, self.h_cur, self.c_cur, self.h_new, self.hp] {
+            ws.give(v);
+        }
+    }
+}
+
+/// A shard's working buffers for the backward; after the parallel part they hold its
+/// gradients, which are then added up in shard order.
+struct BackwardScratch<T> {
+    /// `dh` carried back through time; at the end, the shard's rows of `dh0`.
+    dh: Vec<T>,
+    /// LSTM: `dc` likewise; at the end, the rows of `dc0`.
+    dc: Vec<T>,
+    /// The gradient of the gate pre-activations of every step `[T, n, G*H]` (GRU: of `Xp`).
+    dg: Vec<T>,
+    /// GRU: the gradient of `Hp = W_hh h + b_hh` of every step `[T, n, 3H]`.
+    dhp: Vec<T>,
+    dh_t: Vec<T>,
+    keep: Vec<T>,
+    /// The shard's rows of `dX` `[T, n, I]`, and its parts of `dW_ih` and `dW_hh`.
+    dx: Vec<T>,
+    dw_ih: Vec<T>,
+    dw_hh: Vec<T>,
+}
+
+impl<T: Float> BackwardScratch<T> {
+    fn take(cfg: &Config, n: usize, want: Wanted, ws: &mut Workspace<'_, T>) -> Self {
+        let (tl, h, i) = (cfg.t_len, cfg.hidden, cfg.in_size);
+        let gh = cfg.kind.gates() * h;
+        let lstm = cfg.kind.has_cell_state();
+        let gru = cfg.kind == CellKind::Gru;
+        let size = |wanted: bool, len: usize| if wanted { len } else { 0 };
+        BackwardScratch {
+            dh: ws.scratch(n * h),
+            dc: ws.scratch(size(lstm, n * h)),
+            dg: ws.scratch(tl * n * gh),
+            dhp: ws.scratch(size(gru, tl * n * gh)),
+            dh_t: ws.scratch(n * h),
+            keep: ws.scratch(size(lstm, n * h)),
+            dx: ws.scratch(size(want.x, tl * n * i)),
+            dw_ih: ws.scratch(size(want.w_ih, gh * i)),
+            dw_hh: ws.scratch(size(want.w_hh, gh * h)),
+        }
+    }
+
+    fn give(self, ws: &mut Workspace<'_, T>) {
+        let bufs = [
+            self.dh, self.dc, self.dg, self.dhp, self.dh_t, self.keep, self.dx, self.dw_ih,
+            self.dw_hh,
+        ];
+        for v in bufs {
+            ws.give(v);
+        }
+    }
 }
 
 /// One direction of one layer, with the activations its backward needs.
 struct FusedDirection<T> {
     cfg: Config,
     shards: Vec<Shard<T>>,
+    /// The packed recurrent weight (`W_hh^T` in forward, `W_hh` in backward).
+    packed: PackedB<T>,
 }
 
 /// Positions of the node's inputs.
@@ -165,21 +300,6 @@ struct Weights<'a, T> {
     bias: Option<(&'a [T], &'a [T])>,
 }
 
-/// One shard's outputs: `y` `[T, n, H]`, `h_n` and (LSTM) `c_n` `[n, H]`.
-type ShardOut<T> = (Vec<T>, Vec<T>, Vec<T>);
-
-/// One shard's gradients: `dX` `[T, n, I]`, `dh0`, `dc0`, then its parts of `dW_ih`, `dW_hh`,
-/// `db_ih`, `db_hh` (empty where not wanted).
-struct ShardGrads<T> {
-    dx: Vec<T>,
-    dh0: Vec<T>,
-    dc0: Vec<T>,
-    dw_ih: Vec<T>,
-    dw_hh: Vec<T>,
-    db_ih: Vec<T>,
-    db_hh: Vec<T>,
-}
-
 /// Which gradients the backward must produce.
 #[derive(Clone, Copy)]
 struct Wanted {
@@ -190,38 +310,19 @@ struct Wanted {
     b_hh: bool,
 }
 
-/// Rows `rows` of every time step of a `[T, b, w]` buffer, as `[T, n, w]` (borrowed when the
-/// shard is the whole batch).
-fn gather<'a, T: Float>(
-    src: &'a [T],
-    t_len: usize,
-    b: usize,
-    rows: &Range<usize>,
-    w: usize,
-) -> Cow<'a, [T]> {
-    if rows.len() == b {
-        return Cow::Borrowed(src);
+/// Copies rows `rows` of every time step of a `[T, b, w]` buffer into `out` `[T, n, w]`.
+fn gather<T: Float>(src: &[T], out: &mut [T], b: usize, rows: &Range<usize>, w: usize) {
+    let n = rows.len();
+    for (t, dst) in out.chunks_exact_mut(n * w).enumerate() {
+        dst.copy_from_slice(&src[(t * b + rows.start) * w..(t * b + rows.end) * w]);
     }
-    let mut out = Vec::with_capacity(t_len * rows.len() * w);
-    for t in 0..t_len {
-        out.extend_from_slice(&src[(t * b + rows.start) * w..(t * b + rows.end) * w]);
-    }
-    Cow::Owned(out)
 }
 
 /// Writes `[T, n, w]` into rows `rows` of every time step of a `[T, b, w]` buffer.
-fn scatter<T: Float>(
-    dst: &mut [T],
-    src: &[T],
-    t_len: usize,
-    b: usize,
-    rows: &Range<usize>,
-    w: usize,
-) {
+fn scatter<T: Float>(dst: &mut [T], src: &[T], b: usize, rows: &Range<usize>, w: usize) {
     let n = rows.len();
-    for t in 0..t_len {
-        dst[(t * b + rows.start) * w..(t * b + rows.end) * w]
-            .copy_from_slice(&src[t * n * w..(t + 1) * n * w]);
+    for (t, s) in src.chunks_exact(n * w).enumerate() {
+        dst[(t * b + rows.start) * w..(t * b + rows.end) * w].copy_from_slice(s);
     }
 }
 
@@ -261,12 +362,24 @@ fn add_into<T: Float>(dst: &mut [T], src: &[T]) {
     }
 }
 
-/// Runs `f` on every item, in parallel where there is more than one; results in item order.
-fn map_shards<I: Send, R: Send>(items: Vec<I>, f: impl Fn(I) -> R + Sync + Send) -> Vec<R> {
-    if items.len() == 1 {
-        items.into_iter().map(f).collect()
+/// Runs `f` on every pair, in parallel where there is more than one.
+fn for_each_shard<A: Send, B: Send>(a: &mut [A], b: &mut [B], f: impl Fn(&mut A, &mut B) + Sync) {
+    if a.len() == 1 {
+        f(&mut a[0], &mut b[0]);
     } else {
-        items.into_par_iter().map(f).collect()
+        a.par_iter_mut()
+            .zip(b.par_iter_mut())
+            .for_each(|(x, y)| f(x, y));
+    }
+}
+
+/// Fills every row of `[rows, w]` with `init` (or zeros).
+fn fill_rows<T: Float>(buf: &mut [T], init: Option<&[T]>) {
+    match init {
+        Some(row0) => buf
+            .chunks_exact_mut(row0.len())
+            .for_each(|r| r.copy_from_slice(row0)),
+        None => buf.fill(T::ZERO),
     }
 }
 
@@ -303,16 +416,20 @@ impl Config {
         }
     }
 
-    /// Runs the recurrence of one shard from its initial state `h0`, `c0` (`[B, H]`, all rows).
+    /// Runs the recurrence of one shard from its initial state `h0`, `c0` (`[B, H]`, all rows),
+    /// writing its outputs `[T, n, H]` to `y` and its final state to `fs.h_cur`, `fs.c_cur`.
+    #[allow(clippy::too_many_arguments)]
     fn forward_shard<T: Float>(
         &self,
         sh: &mut Shard<T>,
+        fs: &mut ForwardScratch<T>,
+        y: &mut [T],
         x: &[T],
         h0: &[T],
         c0: Option<&[T]>,
         w: &Weights<'_, T>,
         w_hh_t: &PackedB<T>,
-    ) -> ShardOut<T> {
+    ) {
         let (tl, b, h, i_sz) = (self.t_len, self.batch, self.hidden, self.in_size);
         let rows = sh.rows.clone();
         let n = rows.len();
@@ -320,84 +437,81 @@ impl Config {
 
         // Input projection of every step at once: Xp = X W_ih^T + b. For the LSTM and the RNN
         // the saved per-step block is the gate pre-activations themselves, so Xp is written
-        // straight into it; the GRU keeps Xp apart from its saved block.
+        // straight into it; the GRU keeps Xp apart from its saved block, and keeps b_hh apart
+        // too (its n gate scales `W_hn h + b_hn` by r).
         let sw = self.saved_width();
         let gru_cell = self.kind == CellKind::Gru;
-        let mut xp = vec![T::ZERO; tl * n * gh];
-        if let Some((b_ih, b_hh)) = w.bias {
-            for row in xp.chunks_exact_mut(gh) {
-                for k in 0..gh {
-                    // The GRU keeps b_hh apart: its n gate scales (W_hn h + b_hn) by r.
-                    row[k] = if gru_cell { b_ih[k] } else { b_ih[k] + b_hh[k] };
+        if !sh.xs.is_empty() {
+            gather(x, &mut sh.xs, b, &rows, i_sz);
+        }
+        let xs = if sh.xs.is_empty() { x } else { &sh.xs };
+        let xp = if gru_cell { &mut fs.xp } else { &mut sh.gates };
+        match w.bias {
+            Some((b_ih, b_hh)) => {
+                for row in xp.chunks_exact_mut(gh) {
+                    for k in 0..gh {
+                        row[k] = if gru_cell { b_ih[k] } else { b_ih[k] + b_hh[k] };
+                    }
                 }
             }
+            None => xp.fill(T::ZERO),
         }
-        let xs = gather(x, tl, b, &rows, i_sz);
-        project(tl * n, i_sz, gh, &xs, w.w_ih, &mut xp);
-        if gru_cell {
-            sh.gates = vec![T::ZERO; tl * n * sw];
-        } else {
-            sh.gates = std::mem::take(&mut xp);
-        }
-        sh.h_prev = vec![T::ZERO; tl * n * h];
+        project(tl * n, i_sz, gh, xs, w.w_ih, xp);
         let lstm = self.kind == CellKind::Lstm;
-        if lstm {
-            sh.c_prev = vec![T::ZERO; tl * n * h];
-            sh.c_new = vec![T::ZERO; tl * n * h];
+        let h_cur = &mut fs.h_cur;
+        let c_cur = &mut fs.c_cur;
+        let h_new = &mut fs.h_new;
+        h_cur.copy_from_slice(&h0[rows.start * h..rows.end * h]);
+        if let Some(c0) = c0 {
+            c_cur.copy_from_slice(&c0[rows.start * h..rows.end * h]);
         }
-        let mut y = vec![T::ZERO; tl * n * h];
-        let mut h_cur = h0[rows.start * h..rows.end * h].to_vec();
-        let mut c_cur = c0.map_or_else(Vec::new, |c| c[rows.start * h..rows.end * h].to_vec());
-        let mut h_new = vec![T::ZERO; n * h];
-        let mut hp = vec![T::ZERO; n * gh]; // GRU: W_hh h + b_hh
         for s in 0..tl {
             let t = self.time(s);
             let (st, sb) = (t * n * h, (t + 1) * n * h);
-            sh.h_prev[st..sb].copy_from_slice(&h_cur);
+            sh.h_prev[st..sb].copy_from_slice(h_cur);
             let saved = &mut sh.gates[t * n * sw..(t + 1) * n * sw];
             match self.kind {
                 CellKind::Lstm => {
-                    gemm_packed_acc(n, &h_cur, w_hh_t, saved);
-                    sh.c_prev[st..sb].copy_from_slice(&c_cur);
-                    lstm::lstm_forward(saved, &c_cur, &mut sh.c_new[st..sb], &mut h_new, h);
+                    gemm_packed_acc(n, h_cur, w_hh_t, saved);
+                    sh.c_prev[st..sb].copy_from_slice(c_cur);
+                    lstm::lstm_forward(saved, c_cur, &mut sh.c_new[st..sb], h_new, h);
                 }
                 CellKind::Gru => {
-                    match w.bias {
-                        Some((_, b_hh)) => hp
-                            .chunks_exact_mut(gh)
-                            .for_each(|r| r.copy_from_slice(b_hh)),
-                        None => hp.fill(T::ZERO),
-                    }
-                    gemm_packed_acc(n, &h_cur, w_hh_t, &mut hp);
-                    let xp_t = &xp[t * n * gh..(t + 1) * n * gh];
-                    gru::gru_forward(xp_t, &hp, &h_cur, &mut h_new, saved, h);
+                    fill_rows(&mut fs.hp, w.bias.map(|(_, b_hh)| b_hh));
+                    gemm_packed_acc(n, h_cur, w_hh_t, &mut fs.hp);
+                    let xp_t = &fs.xp[t * n * gh..(t + 1) * n * gh];
+                    gru::gru_forward(xp_t, &fs.hp, h_cur, h_new, saved, h);
                 }
                 CellKind::Rnn(act) => {
-                    gemm_packed_acc(n, &h_cur, w_hh_t, saved);
+                    gemm_packed_acc(n, h_cur, w_hh_t, saved);
                     rnn::rnn_forward(saved, act);
                     h_new.copy_from_slice(saved);
                 }
             }
             for bi in 0..n {
                 let r = bi * h..(bi + 1) * h;
+                let y_r = &mut y[st + r.start..st + r.end];
                 if self.active(t, rows.start + bi) {
-                    y[st + r.start..st + r.end].copy_from_slice(&h_new[r.clone()]);
+                    y_r.copy_from_slice(&h_new[r.clone()]);
                     h_cur[r.clone()].copy_from_slice(&h_new[r.clone()]);
                     if lstm {
                         c_cur[r.clone()].copy_from_slice(&sh.c_new[st + r.start..st + r.end]);
                     }
+                } else {
+                    // Past its length a sequence keeps its state; its output is zero.
+                    y_r.fill(T::ZERO);
                 }
-                // Past its length a sequence keeps its state; its output stays zero.
             }
         }
-        (y, h_cur, c_cur)
     }
 
-    /// Backward through one shard's recurrence; `w_hh_p` is `W_hh` `[G*H, H]`, packed.
+    /// Backward through one shard's recurrence; `w_hh_p` is `W_hh` `[G*H, H]`, packed. Leaves
+    /// the shard's gradients in `bs` (`dh`, `dc`, `dg`, `dhp`, `dx`, `dw_ih`, `dw_hh`).
     #[allow(clippy::too_many_arguments)]
     fn backward_shard<T: Float>(
         &self,
         sh: &Shard<T>,
+        bs: &mut BackwardScratch<T>,
         x: &[T],
         w: &Weights<'_, T>,
         w_hh_p: &PackedB<T>,
@@ -405,7 +519,7 @@ impl Config {
         gh_n: Option<&[T]>,
         gc_n: Option<&[T]>,
         want: Wanted,
-    ) -> ShardGrads<T> {
+    ) {
         let (tl, b, h, i_sz) = (self.t_len, self.batch, self.hidden, self.in_size);
         let rows = sh.rows.clone();
         let n = rows.len();
@@ -413,29 +527,28 @@ impl Config {
         let sw = self.saved_width();
         let lstm = self.kind == CellKind::Lstm;
         let gru_cell = self.kind == CellKind::Gru;
-        let state_rows = |g: Option<&[T]>| {
-            g.map_or_else(
-                || vec![T::ZERO; n * h],
-                |g| g[rows.start * h..rows.end * h].to_vec(),
-            )
+        let state_rows = |dst: &mut Vec<T>, g: Option<&[T]>| match g {
+            Some(g) => dst.copy_from_slice(&g[rows.start * h..rows.end * h]),
+            None => dst.fill(T::ZERO),
         };
-        let mut dh = state_rows(gh_n);
-        let mut dc = if lstm { state_rows(gc_n) } else { Vec::new() };
-        // dG: gradient of the gate pre-activations for every time step (GRU: of Xp), and for
-        // the GRU separately of Hp = W_hh h + b_hh.
-        let mut dg = vec![T::ZERO; tl * n * gh];
-        let mut dhp = if gru_cell {
-            vec![T::ZERO; tl * n * gh]
-        } else {
-            Vec::new()
-        };
-        let mut dh_t = vec![T::ZERO; n * h];
-        let mut keep = vec![T::ZERO; n * h];
+        state_rows(&mut bs.dh, gh_n);
+        if lstm {
+            state_rows(&mut bs.dc, gc_n);
+        }
+        let BackwardScratch {
+            dh,
+            dc,
+            dg,
+            dhp,
+            dh_t,
+            keep,
+            ..
+        } = bs;
         for s in (0..tl).rev() {
             let t = self.time(s);
             let (st, sb) = (t * n * h, (t + 1) * n * h);
             // Total gradient reaching h_t: from the next step and from the output y_t.
-            dh_t.copy_from_slice(&dh);
+            dh_t.copy_from_slice(dh);
             if let Some(dy) = gy {
                 for bi in 0..n {
                     if self.active(t, rows.start + bi) {
@@ -448,28 +561,28 @@ impl Config {
             let dg_t = &mut dg[t * n * gh..(t + 1) * n * gh];
             match self.kind {
                 CellKind::Lstm => {
-                    keep.copy_from_slice(&dc);
+                    keep.copy_from_slice(dc);
                     lstm::lstm_backward(
                         saved,
                         &sh.c_prev[st..sb],
                         &sh.c_new[st..sb],
-                        &dh_t,
-                        &mut dc,
+                        dh_t,
+                        dc,
                         dg_t,
                         h,
                     );
                     dh.fill(T::ZERO);
-                    gemm_packed_acc(n, dg_t, w_hh_p, &mut dh);
+                    gemm_packed_acc(n, dg_t, w_hh_p, dh);
                 }
                 CellKind::Gru => {
                     let dhp_t = &mut dhp[t * n * gh..(t + 1) * n * gh];
-                    gru::gru_backward(saved, &sh.h_prev[st..sb], &dh_t, dg_t, dhp_t, &mut dh, h);
-                    gemm_packed_acc(n, dhp_t, w_hh_p, &mut dh);
+                    gru::gru_backward(saved, &sh.h_prev[st..sb], dh_t, dg_t, dhp_t, dh, h);
+                    gemm_packed_acc(n, dhp_t, w_hh_p, dh);
                 }
                 CellKind::Rnn(act) => {
-                    rnn::rnn_backward(saved, &dh_t, dg_t, act);
+                    rnn::rnn_backward(saved, dh_t, dg_t, act);
                     dh.fill(T::ZERO);
-                    gemm_packed_acc(n, dg_t, w_hh_p, &mut dh);
+                    gemm_packed_acc(n, dg_t, w_hh_p, dh);
                 }
             }
             // A finished sequence passes its gradient straight through this step.
@@ -488,112 +601,94 @@ impl Config {
             }
         }
         // dG for the recurrent weights: the GRU's hidden-side gradient, else dG itself.
-        let dg_h = if gru_cell { &dhp } else { &dg };
-        let mut out = ShardGrads {
-            dx: Vec::new(),
-            dh0: dh,
-            dc0: dc,
-            dw_ih: Vec::new(),
-            dw_hh: Vec::new(),
-            db_ih: Vec::new(),
-            db_hh: Vec::new(),
-        };
+        let dg_h: &[T] = if gru_cell { dhp } else { dg };
+        let dg: &[T] = dg;
         // The three large products are independent: run them side by side (each writes its
-        // own buffer, so the result does not depend on how they are scheduled).
+        // own buffer, so the result does not depend on how they are scheduled). With beta = 0
+        // the stale contents of the buffers are never read.
+        let (dx, dw_ih, dw_hh) = (&mut bs.dx, &mut bs.dw_ih, &mut bs.dw_hh);
+        let xs = sh.x(x);
+        let h_prev = &sh.h_prev;
         let dx_job = || {
-            if !want.x {
-                return Vec::new();
+            if want.x {
+                let s = GemmShape {
+                    m: tl * n,
+                    k: gh,
+                    n: i_sz,
+                    trans_a: false,
+                    trans_b: false,
+                };
+                T::gemm(s, T::ONE, dg, w.w_ih, T::ZERO, dx);
             }
-            let mut dx = vec![T::ZERO; tl * n * i_sz];
-            let s = GemmShape {
-                m: tl * n,
-                k: gh,
-                n: i_sz,
-                trans_a: false,
-                trans_b: false,
-            };
-            T::gemm(s, T::ONE, &dg, w.w_ih, T::ZERO, &mut dx);
-            dx
         };
         let dw_ih_job = || {
-            if !want.w_ih {
-                return Vec::new();
+            if want.w_ih {
+                let s = GemmShape {
+                    m: gh,
+                    k: tl * n,
+                    n: i_sz,
+                    trans_a: true,
+                    trans_b: false,
+                };
+                T::gemm(s, T::ONE, dg, xs, T::ZERO, dw_ih);
             }
-            let xs = gather(x, tl, b, &rows, i_sz);
-            let mut dw = vec![T::ZERO; gh * i_sz];
-            let s = GemmShape {
-                m: gh,
-                k: tl * n,
-                n: i_sz,
-                trans_a: true,
-                trans_b: false,
-            };
-            T::gemm(s, T::ONE, &dg, &xs, T::ZERO, &mut dw);
-            dw
         };
         let dw_hh_job = || {
-            if !want.w_hh {
-                return Vec::new();
+            if want.w_hh {
+                let s = GemmShape {
+                    m: gh,
+                    k: tl * n,
+                    n: h,
+                    trans_a: true,
+                    trans_b: false,
+                };
+                T::gemm(s, T::ONE, dg_h, h_prev, T::ZERO, dw_hh);
             }
-            let mut dw = vec![T::ZERO; gh * h];
-            let s = GemmShape {
-                m: gh,
-                k: tl * n,
-                n: h,
-                trans_a: true,
-                trans_b: false,
-            };
-            T::gemm(s, T::ONE, dg_h, &sh.h_prev, T::ZERO, &mut dw);
-            dw
         };
-        let (dx, (dw_ih, dw_hh)) = rayon::join(dx_job, || rayon::join(dw_ih_job, dw_hh_job));
-        out.dx = dx;
-        out.dw_ih = dw_ih;
-        out.dw_hh = dw_hh;
-        if want.b_ih {
-            out.db_ih = vec![T::ZERO; gh];
-            add_col_sums(&mut out.db_ih, &dg);
-        }
-        if want.b_hh {
-            out.db_hh = vec![T::ZERO; gh];
-            add_col_sums(&mut out.db_hh, dg_h);
-        }
-        out
+        rayon::join(dx_job, || rayon::join(dw_ih_job, dw_hh_job));
     }
 }
 
 impl<T: Float> FusedDirection<T> {
-    /// Runs the recurrence; returns `y` `[T, B, H]`, `h_n` and (LSTM) `c_n` `[B, H]`.
-    fn forward(&mut self, inp: &[&Tensor<T>]) -> (Vec<T>, Vec<T>, Option<Vec<T>>) {
+    /// Runs the recurrence into `y` `[T, B, H]`, `h_n` and (LSTM) `c_n` `[B, H]`.
+    fn forward(
+        &mut self,
+        inp: &[&Tensor<T>],
+        scratch: &mut [ForwardScratch<T>],
+        y: &mut [T],
+        h_n: &mut [T],
+        c_n: &mut [T],
+    ) {
         let cfg = &self.cfg;
-        let (tl, b, h) = (cfg.t_len, cfg.batch, cfg.hidden);
+        let (b, h) = (cfg.batch, cfg.hidden);
         let w = cfg.weights(inp);
         let lstm = cfg.kind == CellKind::Lstm;
         let (x, h0) = (inp[X].data(), inp[H0].data());
         let c0 = lstm.then(|| inp[2].data());
         // W_hh^T packed once for the whole sequence: h_{t-1} W_hh^T at every step reads it.
-        let mut w_hh_t = PackedB::new();
-        w_hh_t.pack_transposed(w.w_hh, cfg.kind.gates() * h, h);
-        let shards: Vec<&mut Shard<T>> = self.shards.iter_mut().collect();
-        let outs = map_shards(shards, |sh| {
-            let rows = sh.rows.clone();
-            (rows, cfg.forward_shard(sh, x, h0, c0, &w, &w_hh_t))
-        });
-        let mut y = vec![T::ZERO; tl * b * h];
-        let mut h_n = vec![T::ZERO; b * h];
-        let mut c_n = if lstm {
-            vec![T::ZERO; b * h]
+        self.packed.pack_transposed(w.w_hh, cfg.kind.gates() * h, h);
+        let w_hh_t = &self.packed;
+        if self.shards.len() == 1 {
+            // One shard: it writes the outputs in place.
+            let (sh, fs) = (&mut self.shards[0], &mut scratch[0]);
+            cfg.forward_shard(sh, fs, y, x, h0, c0, &w, w_hh_t);
         } else {
-            Vec::new()
-        };
-        for (rows, (ys, hs, cs)) in outs {
-            scatter(&mut y, &ys, tl, b, &rows, h);
-            h_n[rows.start * h..rows.end * h].copy_from_slice(&hs);
-            if lstm {
-                c_n[rows.start * h..rows.end * h].copy_from_slice(&cs);
+            for_each_shard(&mut self.shards, scratch, |sh, fs| {
+                let mut ys = std::mem::take(&mut fs.y);
+                cfg.forward_shard(sh, fs, &mut ys, x, h0, c0, &w, w_hh_t);
+                fs.y = ys;
+            });
+            for (sh, fs) in self.shards.iter().zip(scratch.iter()) {
+                scatter(y, &fs.y, b, &sh.rows, h);
             }
         }
-        (y, h_n, lstm.then_some(c_n))
+        for (sh, fs) in self.shards.iter().zip(scratch.iter()) {
+            let r = sh.rows.start * h..sh.rows.end * h;
+            h_n[r.clone()].copy_from_slice(&fs.h_cur);
+            if lstm {
+                c_n[r].copy_from_slice(&fs.c_cur);
+            }
+        }
     }
 }
 
@@ -612,6 +707,7 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
         _outputs: &[&Tensor<T>],
         gout: &[Option<&Tensor<T>>],
         gin: &mut [Option<Tensor<T>>],
+        ws: &mut Workspace<'_, T>,
     ) -> Result<()> {
         let cfg = &self.cfg;
         let (tl, b, h, i_sz) = (cfg.t_len, cfg.batch, cfg.hidden, cfg.in_size);
@@ -620,8 +716,8 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
         let w = cfg.weights(inp);
         let lstm = cfg.kind == CellKind::Lstm;
         // W_hh [G*H, H] packed once: dh_{t-1} = dG W_hh at every step reads it.
-        let mut w_hh_p = PackedB::new();
-        w_hh_p.pack(w.w_hh, gh, h);
+        self.packed.pack(w.w_hh, gh, h);
+        let w_hh_p = &self.packed;
         let want = Wanted {
             x: gin[X].is_some(),
             w_ih: gin[wi].is_some(),
@@ -637,15 +733,19 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
             None
         };
         let x = inp[X].data();
-        let shards: Vec<&Shard<T>> = self.shards.iter().collect();
-        let parts = map_shards(shards, |sh| {
-            let g = cfg.backward_shard(sh, x, &w, &w_hh_p, gy, gh_n, gc_n, want);
-            (sh.rows.clone(), g)
+        let mut scratch: Vec<BackwardScratch<T>> = self
+            .shards
+            .iter()
+            .map(|sh| BackwardScratch::take(cfg, sh.rows.len(), want, ws))
+            .collect();
+        let mut shards: Vec<&Shard<T>> = self.shards.iter().collect();
+        for_each_shard(&mut shards, &mut scratch, |sh, bs| {
+            cfg.backward_shard(sh, bs, x, &w, w_hh_p, gy, gh_n, gc_n, want);
         });
         // Reduce in shard order: the sums never depend on which thread ran which shard.
-        for (rows, g) in &parts {
+        for (sh, g) in self.shards.iter().zip(&scratch) {
+            let (rows, n) = (&sh.rows, sh.rows.len());
             if let Some(gx) = gin[X].as_mut() {
-                let n = rows.len();
                 let gx = gx.data_mut();
                 for t in 0..tl {
                     add_into(
@@ -655,28 +755,51 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
                 }
             }
             if let Some(g0) = gin[H0].as_mut() {
-                add_into(&mut g0.data_mut()[rows.start * h..rows.end * h], &g.dh0);
+                add_into(&mut g0.data_mut()[rows.start * h..rows.end * h], &g.dh);
             }
             if lstm {
                 if let Some(g0) = gin[2].as_mut() {
-                    add_into(&mut g0.data_mut()[rows.start * h..rows.end * h], &g.dc0);
+                    add_into(&mut g0.data_mut()[rows.start * h..rows.end * h], &g.dc);
                 }
             }
-            let slots = [
-                (wi, &g.dw_ih),
-                (wi + 1, &g.dw_hh),
-                (wi + 2, &g.db_ih),
-                (wi + 3, &g.db_hh),
-            ];
-            for (slot, part) in slots {
-                if !part.is_empty() {
-                    if let Some(dst) = gin[slot].as_mut() {
-                        add_into(dst.data_mut(), part);
-                    }
+            if want.w_ih {
+                if let Some(dst) = gin[wi].as_mut() {
+                    add_into(dst.data_mut(), &g.dw_ih);
+                }
+            }
+            if want.w_hh {
+                if let Some(dst) = gin[wi + 1].as_mut() {
+                    add_into(dst.data_mut(), &g.dw_hh);
+                }
+            }
+            // Bias gradients: column sums of dG (GRU: b_hh from the hidden-side dG).
+            if want.b_ih {
+                if let Some(dst) = gin[wi + 2].as_mut() {
+                    add_col_sums(dst.data_mut(), &g.dg);
+                }
+            }
+            if want.b_hh {
+                if let Some(dst) = gin[wi + 3].as_mut() {
+                    let dg_h = if cfg.kind == CellKind::Gru {
+                        &g.dhp
+                    } else {
+                        &g.dg
+                    };
+                    add_col_sums(dst.data_mut(), dg_h);
                 }
             }
         }
+        for g in scratch {
+            g.give(ws);
+        }
         Ok(())
+    }
+
+    fn recycle(&mut self, ws: &mut Workspace<'_, T>) {
+        for sh in self.shards.drain(..) {
+            sh.give(ws);
+        }
+        ws.give(std::mem::take(&mut self.packed).into_buffer());
     }
 }
 

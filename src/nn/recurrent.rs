@@ -385,12 +385,12 @@ impl Recurrent {
                 let k = layer * d_n + dir;
                 let h0 = match opts.h0 {
                     Some(v) => tape.select(v, k)?,
-                    None => tape.constant(Tensor::zeros(&[batch, h])?),
+                    None => tape.zeros_constant(Shape::new(&[batch, h])?),
                 };
                 let c0 = if self.kind.has_cell_state() {
                     Some(match opts.c0 {
                         Some(v) => tape.select(v, k)?,
-                        None => tape.constant(Tensor::zeros(&[batch, h])?),
+                        None => tape.zeros_constant(Shape::new(&[batch, h])?),
                     })
                 } else {
                     None

@@ -201,7 +201,10 @@ impl<T: Float> Tape<T> {
                 .map(|o| &self.slots[o as usize].value)
                 .collect();
             let gout_refs: Vec<Option<&Tensor<T>>> = gouts.iter().map(Option::as_ref).collect();
-            op.backward(&in_vals, &out_vals, &gout_refs, &mut gins)
+            let mut ws = super::Workspace {
+                pool: &mut self.pool,
+            };
+            op.backward(&in_vals, &out_vals, &gout_refs, &mut gins, &mut ws)
         };
         for (k, o) in outs.enumerate() {
             self.grads[o as usize] = gouts[k].take();

@@ -1,5 +1,6 @@
 //! Nodes with a backward of their own: fused layers and user-defined ops.
 
+use super::pool::Pool;
 use crate::Result;
 use crate::tensor::{Float, Tensor};
 
@@ -8,6 +9,11 @@ use crate::tensor::{Float, Tensor};
 /// Fused layers are custom ops: the layer runs its kernels, keeps what backward needs inside the
 /// op value, and records the node with [`crate::Tape::custom`], which returns one `Var` per output
 /// (y, h_n, c_n). The op set of the tape is thereby open.
+///
+/// Large buffers should come from the tape's [`Workspace`] ([`crate::Tape::workspace`] in the
+/// forward, the `ws` argument in the backward) and go back to it, in the backward or in
+/// [`CustomOp::recycle`]: a training loop that clears its tape each step then reuses the same
+/// memory every step instead of allocating (and page-faulting) it anew.
 pub trait CustomOp<T: Float>: Send {
     /// A short name, used in error and anomaly messages.
     fn name(&self) -> &str;
@@ -19,11 +25,43 @@ pub trait CustomOp<T: Float>: Send {
     ///   that output did not reach the loss (treat it as zeros).
     /// - `grad_inputs[i]`: `Some` zero-filled tensor shaped like input `i` where that input needs a
     ///   gradient, `None` where it does not (skip that work). Add into it (`+=`).
+    /// - `ws`: the tape's buffer pool, for temporaries.
     fn backward(
         &mut self,
         inputs: &[&Tensor<T>],
         outputs: &[&Tensor<T>],
         grad_outputs: &[Option<&Tensor<T>>],
         grad_inputs: &mut [Option<Tensor<T>>],
+        ws: &mut Workspace<'_, T>,
     ) -> Result<()>;
+
+    /// Hands the op's buffers back to the tape when it is cleared ([`crate::Tape::clear`]).
+    /// The default keeps nothing back: the op's memory is simply freed.
+    fn recycle(&mut self, ws: &mut Workspace<'_, T>) {
+        let _ = ws;
+    }
+}
+
+/// The tape's pool of buffers, lent to custom ops: buffers taken here and given back are reused
+/// by later ops and later steps.
+pub struct Workspace<'a, T> {
+    pub(crate) pool: &'a mut Pool<T>,
+}
+
+impl<T: Float> Workspace<'_, T> {
+    /// A zero-filled buffer of length `n`.
+    pub fn zeroed(&mut self, n: usize) -> Vec<T> {
+        self.pool.take(n)
+    }
+
+    /// A buffer of length `n` holding stale values (every element initialised, none meaningful),
+    /// for a buffer that will be overwritten in full: it skips the zeroing pass.
+    pub fn scratch(&mut self, n: usize) -> Vec<T> {
+        self.pool.take_dirty(n)
+    }
+
+    /// Gives a buffer back for reuse.
+    pub fn give(&mut self, v: Vec<T>) {
+        self.pool.give(v);
+    }
 }

@@ -37,7 +37,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use backward::Grads;
-pub use custom::CustomOp;
+pub use custom::{CustomOp, Workspace};
 pub use var::Var;
 
 use crate::params::{ParamId, ParamStore};
@@ -108,6 +108,14 @@ impl<T: Float> Tape<T> {
     /// Empties the tape for the next step, keeping every buffer for reuse. All `Var`s from before
     /// become invalid (using one is an error).
     pub fn clear(&mut self) {
+        self.pool.age();
+        for node in &mut self.nodes {
+            if let ops::Op::Custom(op) = &mut node.op {
+                op.recycle(&mut Workspace {
+                    pool: &mut self.pool,
+                });
+            }
+        }
         for s in self.slots.drain(..) {
             self.pool.give(s.value.into_vec());
         }
@@ -174,6 +182,14 @@ impl<T: Float> Tape<T> {
         Ok(self.slots[i as usize].requires_grad)
     }
 
+    /// The tape's buffer pool, for a custom op's forward: buffers taken from it and given back
+    /// (by the op's backward or [`CustomOp::recycle`]) are reused step after step.
+    pub fn workspace(&mut self) -> Workspace<'_, T> {
+        Workspace {
+            pool: &mut self.pool,
+        }
+    }
+
     /// A zero-filled tensor from the tape's buffer pool (for op outputs).
     pub(crate) fn alloc(&mut self, shape: Shape) -> Tensor<T> {
         Tensor::from_parts(self.pool.take(shape.numel()), shape)
@@ -181,8 +197,8 @@ impl<T: Float> Tape<T> {
 
     /// A pooled copy of `src`.
     pub(crate) fn alloc_copy(&mut self, src: &Tensor<T>) -> Tensor<T> {
-        let mut v = self.pool.take(0);
-        v.extend_from_slice(src.data());
+        let mut v = self.pool.take_dirty(src.numel());
+        v.copy_from_slice(src.data());
         Tensor::from_parts(v, src.shape())
     }
 
@@ -236,6 +252,20 @@ impl<T: Float> Tape<T> {
             .expect("a leaf has no inputs to check")
     }
 
+    /// An input leaf holding a copy of `value`, made in a buffer from the tape's pool: a loop
+    /// that feeds a batch of the same shape every step then allocates nothing for it (moving a
+    /// fresh tensor in with [`Tape::input`] allocates that tensor).
+    pub fn input_copy(&mut self, value: &Tensor<T>) -> Var {
+        let v = self.alloc_copy(value);
+        self.input(v)
+    }
+
+    /// A zero-filled constant leaf in a buffer from the tape's pool (a default initial state).
+    pub(crate) fn zeros_constant(&mut self, shape: Shape) -> Var {
+        let v = self.alloc(shape);
+        self.constant(v)
+    }
+
     /// A constant leaf: no gradient flows into it.
     pub fn constant(&mut self, value: Tensor<T>) -> Var {
         self.push1(ops::Op::Constant, &[], value)
@@ -262,8 +292,8 @@ impl<T: Float> Tape<T> {
     /// backpropagation through time between chunks.
     pub fn detach(&mut self, v: Var) -> Result<Var> {
         let i = self.check("Tape::detach", v)? as usize;
-        let mut buf = self.pool.take(0);
-        buf.extend_from_slice(self.slots[i].value.data());
+        let mut buf = self.pool.take_dirty(self.slots[i].value.numel());
+        buf.copy_from_slice(self.slots[i].value.data());
         let value = Tensor::from_parts(buf, self.slots[i].value.shape());
         Ok(self.constant(value))
     }

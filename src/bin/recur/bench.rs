@@ -229,7 +229,7 @@ fn measure<T: Float>(kind: CellKind, a: &BenchArgs) -> recur::Result<String> {
     for k in 0..a.warmup + a.steps {
         tape.clear();
         let t0 = Instant::now();
-        let x = tape.input(x_val.clone());
+        let x = tape.input_copy(&x_val);
         let out = layer.forward(
             &mut tape,
             &ps,
