@@ -3,8 +3,9 @@
 
 For each shape, cell and thread count, times a training step (forward over the whole sequence
 plus backpropagation through time of loss = sum(outputs), every weight gradient, f32) as the
-median of --steps steps after 3 warm-up steps, first in PyTorch, then with `recur bench`, and
-prints the ratio PyTorch time / recur time (above 1: recur is faster). Then the single-step
+median of --steps steps after 3 warm-up steps, in PyTorch and with `recur bench` in turn,
+--rounds times, and prints the median times and the median of the rounds' ratios PyTorch time /
+recur time (above 1: recur is faster). Then the single-step
 inference latency at B=1 (PyTorch's LSTMCell/GRUCell/RNNCell under no_grad against
 `recur bench --step-latency`).
 
@@ -123,10 +124,15 @@ def main():
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--cells", nargs="+", default=CELLS, choices=CELLS)
     ap.add_argument("--steps", type=int, default=7, help="timed steps (at least 5)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="times each comparison is repeated, PyTorch and recur in turn; the "
+                         "ratio printed is the median of the rounds' ratios (default 3)")
     ap.add_argument("--no-latency", action="store_true", help="skip the single-step latency")
     a = ap.parse_args()
     if a.steps < 5:
         raise SystemExit("--steps must be at least 5")
+    if a.rounds < 1:
+        raise SystemExit("--rounds must be at least 1")
     if not os.path.exists(a.recur):
         raise SystemExit(f"{a.recur} not found: run `cargo build --release` first")
     torch = load_torch()
@@ -140,11 +146,21 @@ def main():
         b, t, i, h = SHAPES[shape]
         for cell in a.cells:
             for th in a.threads:
-                pt = torch_step_ms(torch, cell, b, t, i, h, th, a.steps) if torch else None
-                rc = recur_step_ms(a.recur, cell, b, t, i, h, th, a.steps)
-                pts = f"{pt:.2f}" if pt is not None else "-"
-                ratio = f"{pt / rc:.2f}" if pt is not None else "-"
-                print(f"| {shape} | {cell} | {th} | {pts} | {rc:.2f} | {ratio} |", flush=True)
+                # PyTorch and recur in turn, round after round: a drift in the machine's speed
+                # then hits both sides of a round alike, and the median ratio discounts the rest.
+                pts, rcs = [], []
+                for _ in range(a.rounds):
+                    if torch:
+                        pts.append(torch_step_ms(torch, cell, b, t, i, h, th, a.steps))
+                    rcs.append(recur_step_ms(a.recur, cell, b, t, i, h, th, a.steps))
+                rc = statistics.median(rcs)
+                if torch:
+                    pt = statistics.median(pts)
+                    ratio = statistics.median(p / r for p, r in zip(pts, rcs))
+                    print(f"| {shape} | {cell} | {th} | {pt:.2f} | {rc:.2f} | {ratio:.2f} |",
+                          flush=True)
+                else:
+                    print(f"| {shape} | {cell} | {th} | - | {rc:.2f} | - |", flush=True)
                 if shape == "large" and th == 1:
                     gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
                     flops = 3 * t * 2 * b * (i + h) * gates * h
@@ -165,11 +181,18 @@ def main():
     print("|---|---|---|---|---|", flush=True)
     for cell in a.cells:
         for h in LATENCY_HIDDEN:
-            pt = torch_latency_us(torch, cell, h) if torch else None
-            rc = recur_latency_us(a.recur, cell, h)
-            pts = f"{pt:.1f}" if pt is not None else "-"
-            ratio = f"{pt / rc:.2f}" if pt is not None else "-"
-            print(f"| {cell} | {h} | {pts} | {rc:.2f} | {ratio} |", flush=True)
+            pts, rcs = [], []
+            for _ in range(a.rounds):
+                if torch:
+                    pts.append(torch_latency_us(torch, cell, h))
+                rcs.append(recur_latency_us(a.recur, cell, h))
+            rc = statistics.median(rcs)
+            if torch:
+                pt = statistics.median(pts)
+                ratio = statistics.median(p / r for p, r in zip(pts, rcs))
+                print(f"| {cell} | {h} | {pt:.1f} | {rc:.2f} | {ratio:.2f} |", flush=True)
+            else:
+                print(f"| {cell} | {h} | - | {rc:.2f} | - |", flush=True)
 
 
 if __name__ == "__main__":
