@@ -6,11 +6,11 @@
 //! of striding by `n` (which, for `n` a multiple of 1024, maps every row to the same cache set).
 //! Packing costs one pass over `B`, once per sequence rather than once per step.
 //!
-//! A tile keeps 5 rows of `C` by one panel in registers (fewer rows for the last ones),
-//! broadcasting one value of `A` per row and step of `k`: no horizontal sums, no allocation. Every `C[i][j]`
-//! is `C[i][j] + sum_p A[i][p] B[p][j]` accumulated by fused multiply-adds in the order
-//! `p = 0, 1, ...`, whichever tile it falls in, so splitting `A` by rows (batch shards) gives
-//! bit-identical results.
+//! A tile keeps 5 rows of `C` by one panel in registers (fewer for the last rows; a single row
+//! by two panels), broadcasting one value of `A` per row and step of `k`: no horizontal sums,
+//! no allocation. Every `C[i][j]` is `C[i][j] + sum_p A[i][p] B[p][j]` accumulated by fused
+//! multiply-adds in the order `p = 0, 1, ...`, whichever tile it falls in, so splitting `A` by
+//! rows (batch shards) gives bit-identical results.
 
 // Register tiles are fixed-size arrays indexed by row, panel and vector: clearer than iterators.
 #![allow(clippy::needless_range_loop)]
@@ -142,21 +142,35 @@ pub fn gemm_packed_acc<T: SimdFloat>(m: usize, a: &[T], b: &PackedB<T>, c: &mut 
         for i0 in (0..m).step_by(MB) {
             let i1 = (i0 + MB).min(m);
             let full = i0 + (i1 - i0) / MR * MR;
+            // Rows left after the full tiles, by tiles of 2 to 4 rows; a last single row, if
+            // any, is done below.
+            let single = (i1 - full) % 4 == 1;
+            let end = i1 - usize::from(single);
             for q in 0..panels {
                 for i in (i0..full).step_by(MR) {
                     tile::<T, MR, 1>(i, q, k0..k1, m, a, b, c);
                 }
-                // The last rows (fewer than MR), by the largest tiles that fit.
                 let mut i = full;
-                while i < i1 {
+                while i < end {
                     let ks = k0..k1;
-                    match i1 - i {
-                        1 => tile::<T, 1, 1>(i, q, ks, m, a, b, c),
+                    match end - i {
                         2 => tile::<T, 2, 1>(i, q, ks, m, a, b, c),
                         3 => tile::<T, 3, 1>(i, q, ks, m, a, b, c),
                         _ => tile::<T, 4, 1>(i, q, ks, m, a, b, c),
                     }
-                    i += (i1 - i).min(4);
+                    i += (end - i).min(4);
+                }
+            }
+            // A single row (B = 1, or the last row of a shard) takes two panels at a time: 8
+            // independent accumulators instead of 4 keep the FMA units busy.
+            if single {
+                let mut q = 0;
+                while q + 2 <= panels {
+                    tile::<T, 1, 2>(end, q, k0..k1, m, a, b, c);
+                    q += 2;
+                }
+                if q < panels {
+                    tile::<T, 1, 1>(end, q, k0..k1, m, a, b, c);
                 }
             }
         }

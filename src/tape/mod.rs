@@ -260,6 +260,14 @@ impl<T: Float> Tape<T> {
         self.input(v)
     }
 
+    /// A constant leaf holding a copy of `value`, made in a buffer from the tape's pool (see
+    /// [`Tape::input_copy`]): for data that needs no gradient, such as a batch of inputs when
+    /// only the weights are trained.
+    pub fn constant_copy(&mut self, value: &Tensor<T>) -> Var {
+        let v = self.alloc_copy(value);
+        self.constant(v)
+    }
+
     /// A zero-filled constant leaf in a buffer from the tape's pool (a default initial state).
     pub(crate) fn zeros_constant(&mut self, shape: Shape) -> Var {
         let v = self.alloc(shape);

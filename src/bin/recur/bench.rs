@@ -229,7 +229,9 @@ fn measure<T: Float>(kind: CellKind, a: &BenchArgs) -> recur::Result<String> {
     for k in 0..a.warmup + a.steps {
         tape.clear();
         let t0 = Instant::now();
-        let x = tape.input_copy(&x_val);
+        // The inputs need no gradient (as in PyTorch for a tensor without requires_grad): the
+        // step computes every weight gradient, not dX.
+        let x = tape.constant_copy(&x_val);
         let out = layer.forward(
             &mut tape,
             &ps,
