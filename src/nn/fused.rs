@@ -244,10 +244,13 @@ struct BackwardScratch<T> {
     dhp: Vec<T>,
     dh_t: Vec<T>,
     keep: Vec<T>,
-    /// The shard's rows of `dX` `[T, n, I]`, and its parts of `dW_ih` and `dW_hh`.
+    /// The shard's rows of `dX` `[T, n, I]`, and its parts of `dW_ih`, `dW_hh`, `db_ih` and
+    /// `db_hh`.
     dx: Vec<T>,
     dw_ih: Vec<T>,
     dw_hh: Vec<T>,
+    db_ih: Vec<T>,
+    db_hh: Vec<T>,
 }
 
 impl<T: Float> BackwardScratch<T> {
@@ -267,13 +270,15 @@ impl<T: Float> BackwardScratch<T> {
             dx: ws.scratch(size(want.x, tl * n * i)),
             dw_ih: ws.scratch(size(want.w_ih, gh * i)),
             dw_hh: ws.scratch(size(want.w_hh, gh * h)),
+            db_ih: ws.scratch(size(want.b_ih, gh)),
+            db_hh: ws.scratch(size(want.b_hh, gh)),
         }
     }
 
     fn give(self, ws: &mut Workspace<'_, T>) {
         let bufs = [
             self.dh, self.dc, self.dg, self.dhp, self.dh_t, self.keep, self.dx, self.dw_ih,
-            self.dw_hh,
+            self.dw_hh, self.db_ih, self.db_hh,
         ];
         for v in bufs {
             ws.give(v);
@@ -315,14 +320,6 @@ fn gather<T: Float>(src: &[T], out: &mut [T], b: usize, rows: &Range<usize>, w: 
     let n = rows.len();
     for (t, dst) in out.chunks_exact_mut(n * w).enumerate() {
         dst.copy_from_slice(&src[(t * b + rows.start) * w..(t * b + rows.end) * w]);
-    }
-}
-
-/// Writes `[T, n, w]` into rows `rows` of every time step of a `[T, b, w]` buffer.
-fn scatter<T: Float>(dst: &mut [T], src: &[T], b: usize, rows: &Range<usize>, w: usize) {
-    let n = rows.len();
-    for (t, s) in src.chunks_exact(n * w).enumerate() {
-        dst[(t * b + rows.start) * w..(t * b + rows.end) * w].copy_from_slice(s);
     }
 }
 
@@ -646,6 +643,16 @@ impl Config {
             }
         };
         rayon::join(dx_job, || rayon::join(dw_ih_job, dw_hh_job));
+        // The shard's parts of the bias gradients: column sums of dG (GRU: b_hh from the
+        // hidden-side dG).
+        if want.b_ih {
+            bs.db_ih.fill(T::ZERO);
+            add_col_sums(&mut bs.db_ih, dg);
+        }
+        if want.b_hh {
+            bs.db_hh.fill(T::ZERO);
+            add_col_sums(&mut bs.db_hh, dg_h);
+        }
     }
 }
 
@@ -678,9 +685,15 @@ impl<T: Float> FusedDirection<T> {
                 cfg.forward_shard(sh, fs, &mut ys, x, h0, c0, &w, w_hh_t);
                 fs.y = ys;
             });
-            for (sh, fs) in self.shards.iter().zip(scratch.iter()) {
-                scatter(y, &fs.y, b, &sh.rows, h);
-            }
+            // Each shard's rows into y, in parallel over time steps.
+            let (shards, scratch) = (&self.shards, &*scratch);
+            y.par_chunks_mut(b * h).enumerate().for_each(|(t, y_t)| {
+                for (sh, fs) in shards.iter().zip(scratch) {
+                    let n = sh.rows.len();
+                    y_t[sh.rows.start * h..sh.rows.end * h]
+                        .copy_from_slice(&fs.y[t * n * h..(t + 1) * n * h]);
+                }
+            });
         }
         for (sh, fs) in self.shards.iter().zip(scratch.iter()) {
             let r = sh.rows.start * h..sh.rows.end * h;
@@ -710,7 +723,7 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
         ws: &mut Workspace<'_, T>,
     ) -> Result<()> {
         let cfg = &self.cfg;
-        let (tl, b, h, i_sz) = (cfg.t_len, cfg.batch, cfg.hidden, cfg.in_size);
+        let (b, h, i_sz) = (cfg.batch, cfg.hidden, cfg.in_size);
         let gh = cfg.kind.gates() * h;
         let wi = cfg.w_ih_index();
         let w = cfg.weights(inp);
@@ -742,18 +755,26 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
         for_each_shard(&mut shards, &mut scratch, |sh, bs| {
             cfg.backward_shard(sh, bs, x, &w, w_hh_p, gy, gh_n, gc_n, want);
         });
-        // Reduce in shard order: the sums never depend on which thread ran which shard.
+        // Reduce in shard order: the sums never depend on which thread ran which shard. dX
+        // first, in parallel over time steps (each element still gets its shards in order).
+        if let Some(gx) = gin[X].as_mut() {
+            let (shards, scratch) = (&self.shards, &scratch);
+            let row = b * i_sz;
+            gx.data_mut()
+                .par_chunks_mut(row)
+                .enumerate()
+                .for_each(|(t, gx_t)| {
+                    for (sh, g) in shards.iter().zip(scratch) {
+                        let (rows, n) = (&sh.rows, sh.rows.len());
+                        add_into(
+                            &mut gx_t[rows.start * i_sz..rows.end * i_sz],
+                            &g.dx[t * n * i_sz..(t + 1) * n * i_sz],
+                        );
+                    }
+                });
+        }
         for (sh, g) in self.shards.iter().zip(&scratch) {
-            let (rows, n) = (&sh.rows, sh.rows.len());
-            if let Some(gx) = gin[X].as_mut() {
-                let gx = gx.data_mut();
-                for t in 0..tl {
-                    add_into(
-                        &mut gx[(t * b + rows.start) * i_sz..(t * b + rows.end) * i_sz],
-                        &g.dx[t * n * i_sz..(t + 1) * n * i_sz],
-                    );
-                }
-            }
+            let rows = &sh.rows;
             if let Some(g0) = gin[H0].as_mut() {
                 add_into(&mut g0.data_mut()[rows.start * h..rows.end * h], &g.dh);
             }
@@ -772,20 +793,11 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
                     add_into(dst.data_mut(), &g.dw_hh);
                 }
             }
-            // Bias gradients: column sums of dG (GRU: b_hh from the hidden-side dG).
-            if want.b_ih {
-                if let Some(dst) = gin[wi + 2].as_mut() {
-                    add_col_sums(dst.data_mut(), &g.dg);
-                }
-            }
-            if want.b_hh {
-                if let Some(dst) = gin[wi + 3].as_mut() {
-                    let dg_h = if cfg.kind == CellKind::Gru {
-                        &g.dhp
-                    } else {
-                        &g.dg
-                    };
-                    add_col_sums(dst.data_mut(), dg_h);
+            for (slot, part) in [(wi + 2, &g.db_ih), (wi + 3, &g.db_hh)] {
+                if !part.is_empty() {
+                    if let Some(dst) = gin[slot].as_mut() {
+                        add_into(dst.data_mut(), part);
+                    }
                 }
             }
         }
