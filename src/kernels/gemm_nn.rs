@@ -72,13 +72,14 @@ impl<T: SimdFloat> PackedB<T> {
         let panels = n.div_ceil(p);
         self.k = k;
         self.n = n;
-        self.data.clear();
         // Checked: every later bound on panel offsets, `(q + Q) * k * p` with `q + Q <= panels`,
         // is then free of overflow too.
         let len = panels
             .checked_mul(k)
             .and_then(|x| x.checked_mul(p))
             .expect("PackedB: packed size overflows usize");
+        // Stale values may stay: packing overwrites every value, the padding included.
+        self.data.truncate(len);
         self.data.resize(len, T::default());
     }
 
@@ -89,8 +90,9 @@ impl<T: SimdFloat> PackedB<T> {
         let p = panel::<T>();
         for (q, pd) in self.data.chunks_exact_mut((k * p).max(1)).enumerate() {
             let (j0, w) = (q * p, p.min(n - q * p));
-            for r in 0..k {
-                pd[r * p..r * p + w].copy_from_slice(&b[r * n + j0..r * n + j0 + w]);
+            for (r, out) in pd.chunks_exact_mut(p).enumerate() {
+                out[..w].copy_from_slice(&b[r * n + j0..r * n + j0 + w]);
+                out[w..].fill(T::default());
             }
         }
     }
@@ -111,6 +113,7 @@ impl<T: SimdFloat> PackedB<T> {
                 for (jj, o) in out[..wd].iter_mut().enumerate() {
                     *o = w[(j0 + jj) * k + r];
                 }
+                out[wd..].fill(T::default());
             }
         }
     }
@@ -137,8 +140,10 @@ pub fn gemm_packed_acc<T: SimdFloat>(m: usize, a: &[T], b: &PackedB<T>, c: &mut 
     // while each panel's KB x PANEL slice of B is reused from L1 by every tile of the block.
     // Splitting k only stores and reloads C between blocks (exact), so the accumulation order
     // of every element is unchanged.
-    for k0 in (0..k).step_by(KB) {
-        let k1 = (k0 + KB).min(k);
+    // Fewer rows than a tile reuse no slice of B from L1: no k blocks, C loaded once.
+    let kb = if m < MR { k } else { KB };
+    for k0 in (0..k).step_by(kb) {
+        let k1 = (k0 + kb).min(k);
         for i0 in (0..m).step_by(MB) {
             let i1 = (i0 + MB).min(m);
             let full = i0 + (i1 - i0) / MR * MR;
@@ -165,6 +170,10 @@ pub fn gemm_packed_acc<T: SimdFloat>(m: usize, a: &[T], b: &PackedB<T>, c: &mut 
             // independent accumulators instead of 4 keep the FMA units busy.
             if single {
                 let mut q = 0;
+                while q + 4 <= panels {
+                    tile::<T, 1, 4>(end, q, k0..k1, m, a, b, c);
+                    q += 4;
+                }
                 while q + 2 <= panels {
                     tile::<T, 1, 2>(end, q, k0..k1, m, a, b, c);
                     q += 2;
@@ -283,7 +292,8 @@ mod tests {
                 };
                 let mut want = c0.clone();
                 gemm_reference(s, 1.0, &a, &b, 1.0, &mut want);
-                let mut pb = PackedB::new();
+                // A reused buffer full of stale values: packing must overwrite all of them.
+                let mut pb = PackedB::from_buffer(vec![f64::NAN; 3 * m * n + 7]);
                 if trans {
                     pb.pack_transposed(&b, n, k);
                 } else {
@@ -313,7 +323,8 @@ mod tests {
 
     #[test]
     fn a_row_does_not_depend_on_its_neighbours() {
-        let (m, n, k) = (7, 75, 29);
+        // k > KB: the 7-row product is cut into k blocks, a single row is not.
+        let (m, n, k) = (7, 75, 300);
         let a: Vec<f32> = values(1, m * k, 1.0);
         let b: Vec<f32> = values(2, n * k, 1.0);
         let mut pb = PackedB::new();

@@ -618,28 +618,25 @@ impl Config {
                 T::gemm(s, T::ONE, dg, w.w_ih, T::ZERO, dx);
             }
         };
+        // A weight's gradient part over all of the shard's steps: dW = dG^T A, `[G*H, cols]`.
+        let weight_grad = |dg: &[T], a: &[T], cols: usize, dw: &mut [T]| {
+            let s = GemmShape {
+                m: gh,
+                k: tl * n,
+                n: cols,
+                trans_a: true,
+                trans_b: false,
+            };
+            T::gemm(s, T::ONE, dg, a, T::ZERO, dw);
+        };
         let dw_ih_job = || {
             if want.w_ih {
-                let s = GemmShape {
-                    m: gh,
-                    k: tl * n,
-                    n: i_sz,
-                    trans_a: true,
-                    trans_b: false,
-                };
-                T::gemm(s, T::ONE, dg, xs, T::ZERO, dw_ih);
+                weight_grad(dg, xs, i_sz, dw_ih);
             }
         };
         let dw_hh_job = || {
             if want.w_hh {
-                let s = GemmShape {
-                    m: gh,
-                    k: tl * n,
-                    n: h,
-                    trans_a: true,
-                    trans_b: false,
-                };
-                T::gemm(s, T::ONE, dg_h, h_prev, T::ZERO, dw_hh);
+                weight_grad(dg_h, h_prev, h, dw_hh);
             }
         };
         rayon::join(dx_job, || rayon::join(dw_ih_job, dw_hh_job));
