@@ -31,23 +31,21 @@ fn steps_match_the_layer() {
                 .b_ih
                 .zip(p.b_hh)
                 .map(|(a, c)| (ps.get(a).data(), ps.get(c).data()));
+            let (w_ih, w_hh) = (ps.get(p.w_ih).data(), ps.get(p.w_hh).data());
             let mut step = InferenceStep::<f64>::new(kind, i, h, b).unwrap();
+            let mut packed = InferenceStep::<f64>::new(kind, i, h, b).unwrap();
+            packed.pack_weights(w_ih, w_hh, bias_s).unwrap();
             let (mut hs, mut cs) = (vec![0.0; b * h], vec![0.0; b * h]);
+            let (mut hp, mut cp) = (vec![0.0; b * h], vec![0.0; b * h]);
             for t in 0..t_len {
                 let xt = &x.data()[t * b * i..(t + 1) * b * i];
-                step.step(
-                    ps.get(p.w_ih).data(),
-                    ps.get(p.w_hh).data(),
-                    bias_s,
-                    xt,
-                    &mut hs,
-                    &mut cs,
-                )
-                .unwrap();
-                for (k, (&a, &e)) in hs.iter().zip(&y[t * b * h..(t + 1) * b * h]).enumerate() {
+                step.step(w_ih, w_hh, bias_s, xt, &mut hs, &mut cs).unwrap();
+                packed.step_packed(xt, &mut hp, &mut cp).unwrap();
+                let want = &y[t * b * h..(t + 1) * b * h];
+                for (k, ((&a, &q), &e)) in hs.iter().zip(&hp).zip(want).enumerate() {
                     assert!(
-                        (a - e).abs() < 1e-12,
-                        "{kind:?} bias={bias} t={t} [{k}]: {a} vs {e}"
+                        (a - e).abs() < 1e-12 && (q - e).abs() < 1e-12,
+                        "{kind:?} bias={bias} t={t} [{k}]: {a} (step), {q} (packed) vs {e}"
                     );
                 }
             }
@@ -70,4 +68,23 @@ fn wrong_lengths_are_errors_and_change_nothing() {
             .is_err()
     );
     assert!(InferenceStep::<f32>::new(CellKind::Lstm, 0, 3, 1).is_err());
+
+    // Packed steps: none before pack_weights, which checks lengths and keeps its last packing.
+    let err = step.step_packed(&[1.0, 2.0], &mut h, &mut []).unwrap_err();
+    assert!(err.to_string().contains("pack_weights"), "{err}");
+    let err = step.pack_weights(&w_ih[1..], &w_hh, None).unwrap_err();
+    assert!(
+        err.to_string().contains("w_ih has 17 values, expected 18"),
+        "{err}"
+    );
+    step.pack_weights(&w_ih, &w_hh, None).unwrap();
+    assert!(step.pack_weights(&w_ih, &w_hh[2..], None).is_err());
+    let err = step.step_packed(&[1.0], &mut h, &mut []).unwrap_err();
+    assert!(
+        err.to_string().contains("x has 1 values, expected 2"),
+        "{err}"
+    );
+    assert_eq!(h, vec![0.5; 3]);
+    step.step_packed(&[1.0, 2.0], &mut h, &mut []).unwrap();
+    assert_ne!(h, vec![0.5; 3]);
 }

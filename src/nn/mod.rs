@@ -4,6 +4,7 @@
 mod cell;
 mod embedding;
 mod fused;
+mod inference;
 pub mod init;
 mod linear;
 pub mod loss;
@@ -17,7 +18,7 @@ pub use cell::{
     Cell, CellConfig, CellState, GruCell, LstmCell, RecurrentCell, RnnCell, StateTensors,
 };
 pub use embedding::Embedding;
-pub use fused::InferenceStep;
+pub use inference::InferenceStep;
 pub use linear::Linear;
 pub use recurrent::{
     CellKind, DirectionParams, ForwardOptions, Gru, Implementation, Lstm, Recurrent,

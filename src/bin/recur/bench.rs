@@ -202,7 +202,9 @@ fn measure<T: Float>(kind: CellKind, a: &BenchArgs) -> recur::Result<String> {
             .b_ih
             .zip(p.b_hh)
             .map(|(x, y)| (ps.get(x).data(), ps.get(y).data()));
+        // Weights packed once, as when sampling a sequence from a trained model.
         let mut step = InferenceStep::<T>::new(kind, a.input, a.hidden, 1)?;
+        step.pack_weights(w_ih, w_hh, bias)?;
         let x: Vec<T> = (0..a.input)
             .map(|_| T::from_f64(rng.uniform_range(-1.0, 1.0)))
             .collect();
@@ -213,7 +215,7 @@ fn measure<T: Float>(kind: CellKind, a: &BenchArgs) -> recur::Result<String> {
         for k in 0..a.warmup + a.steps.max(20) {
             let t0 = Instant::now();
             for _ in 0..reps {
-                step.step(w_ih, w_hh, bias, &x, &mut h, &mut c)?;
+                step.step_packed(&x, &mut h, &mut c)?;
             }
             if k >= a.warmup {
                 times.push(t0.elapsed().as_secs_f64() / reps as f64);
