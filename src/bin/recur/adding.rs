@@ -89,12 +89,12 @@ impl AddingModel {
         store: &ParamStore<f32>,
         batch: &AddingBatch<f32>,
     ) -> Result<Var> {
-        let x = tape.constant(batch.x.clone());
+        let x = tape.constant_copy(&batch.x);
         let out = self.rnn.forward(tape, store, x, Default::default())?;
         let b = batch.y.dims()[0];
         let h_last = tape.reshape(out.h_n, &[b, self.rnn.config().hidden_size])?;
         let pred = self.predict(tape, store, h_last)?;
-        let y = tape.constant(batch.y.clone());
+        let y = tape.constant_copy(&batch.y);
         tape.mse(pred, y)
     }
 

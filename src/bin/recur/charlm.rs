@@ -128,8 +128,8 @@ impl CharModel {
         dropout_rng: Option<&mut Rng>,
     ) -> Result<(Var, State)> {
         let x = self.embed.forward(tape, store, ids, &[t_len, batch])?;
-        let h0 = tape.constant(state.h.clone());
-        let c0 = state.c.clone().map(|c| tape.constant(c));
+        let h0 = tape.constant_copy(&state.h);
+        let c0 = state.c.as_ref().map(|c| tape.constant_copy(c));
         let out = self.rnn.forward(
             tape,
             store,
