@@ -155,9 +155,10 @@ struct Shard<T> {
     gates: Vec<T>,
     /// `h_{t-1}` for every time step `[T, n, H]`, time-indexed.
     h_prev: Vec<T>,
-    /// LSTM: `c_{t-1}` and `c_t` for every time step.
-    c_prev: Vec<T>,
+    /// LSTM: `c_t` for every time step (for a sequence past its length, the state it keeps), and
+    /// the shard's rows of `c0`: `c_{t-1}` is the previous step's entry, or `c0` at the first.
     c_new: Vec<T>,
+    c0: Vec<T>,
     /// The shard's rows of the input `[T, n, I]`; empty when the shard is the whole batch (the
     /// input is then read in place).
     xs: Vec<T>,
@@ -167,24 +168,20 @@ impl<T: Float> Shard<T> {
     /// The shard's saved buffers, from the pool (every one is overwritten in full by forward).
     fn take(cfg: &Config, rows: Range<usize>, ws: &mut Workspace<'_, T>) -> Self {
         let (tl, n, h) = (cfg.t_len, rows.len(), cfg.hidden);
-        let cells = if cfg.kind.has_cell_state() {
-            tl * n * h
-        } else {
-            0
-        };
+        let lstm = cfg.kind.has_cell_state();
         let own_x = n < cfg.batch;
         Shard {
             gates: ws.scratch(tl * n * cfg.saved_width()),
             h_prev: ws.scratch(tl * n * h),
-            c_prev: ws.scratch(cells),
-            c_new: ws.scratch(cells),
+            c_new: ws.scratch(if lstm { tl * n * h } else { 0 }),
+            c0: ws.scratch(if lstm { n * h } else { 0 }),
             xs: ws.scratch(if own_x { tl * n * cfg.in_size } else { 0 }),
             rows,
         }
     }
 
     fn give(self, ws: &mut Workspace<'_, T>) {
-        for v in [self.gates, self.h_prev, self.c_prev, self.c_new, self.xs] {
+        for v in [self.gates, self.h_prev, self.c_new, self.c0, self.xs] {
             ws.give(v);
         }
     }
@@ -461,6 +458,7 @@ impl Config {
         h_cur.copy_from_slice(&h0[rows.start * h..rows.end * h]);
         if let Some(c0) = c0 {
             c_cur.copy_from_slice(&c0[rows.start * h..rows.end * h]);
+            sh.c0.copy_from_slice(c_cur);
         }
         for s in 0..tl {
             let t = self.time(s);
@@ -470,7 +468,6 @@ impl Config {
             match self.kind {
                 CellKind::Lstm => {
                     gemm_packed_acc(n, h_cur, w_hh_t, saved);
-                    sh.c_prev[st..sb].copy_from_slice(c_cur);
                     lstm::lstm_forward(saved, c_cur, &mut sh.c_new[st..sb], h_new, h);
                 }
                 CellKind::Gru => {
@@ -497,6 +494,9 @@ impl Config {
                 } else {
                     // Past its length a sequence keeps its state; its output is zero.
                     y_r.fill(T::ZERO);
+                    if lstm {
+                        sh.c_new[st + r.start..st + r.end].copy_from_slice(&c_cur[r.clone()]);
+                    }
                 }
             }
         }
@@ -559,15 +559,13 @@ impl Config {
             match self.kind {
                 CellKind::Lstm => {
                     keep.copy_from_slice(dc);
-                    lstm::lstm_backward(
-                        saved,
-                        &sh.c_prev[st..sb],
-                        &sh.c_new[st..sb],
-                        dh_t,
-                        dc,
-                        dg_t,
-                        h,
-                    );
+                    let c_prev = if s == 0 {
+                        &sh.c0[..]
+                    } else {
+                        let tp = self.time(s - 1);
+                        &sh.c_new[tp * n * h..(tp + 1) * n * h]
+                    };
+                    lstm::lstm_backward(saved, c_prev, &sh.c_new[st..sb], dh_t, dc, dg_t, h);
                     dh.fill(T::ZERO);
                     gemm_packed_acc(n, dg_t, w_hh_p, dh);
                 }
