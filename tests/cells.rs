@@ -3,6 +3,8 @@
 //! the same numbers as the tape step; gradcheck of the step in f64; PyTorch cell names; shape
 //! errors.
 
+mod common;
+
 use recur::diagnostics::{GradcheckOptions, gradcheck};
 use recur::nn::{
     Activation, Cell, CellConfig, CellKind, CellState, ForwardOptions, GruCell, LstmCell,
@@ -155,14 +157,7 @@ fn outputs<T: Float>(
     }
     let l = weighted_loss(&mut tape, d, y, h_n, c_n);
     let g = tape.backward(l).unwrap();
-    for (id, name, _) in ps.iter() {
-        res.push((format!("grad.{name}"), g.param(id).unwrap().clone()));
-    }
-    res.push(("grad.x".into(), g.wrt(x).unwrap().clone()));
-    res.push(("grad.h0".into(), g.wrt(h0).unwrap().clone()));
-    if let Some(c0) = c0 {
-        res.push(("grad.c0".into(), g.wrt(c0).unwrap().clone()));
-    }
+    common::push_grads(&mut res, &g, ps, x, h0, c0);
     res
 }
 

@@ -3,6 +3,8 @@
 //! are added in shard order. Also checks the sharded path (several shards, a ragged last one)
 //! against the reference built from primitive ops.
 
+mod common;
+
 use recur::nn::{Activation, CellKind, ForwardOptions, Implementation, Recurrent, RecurrentConfig};
 use recur::{Float, ParamStore, Rng, Tape, Tensor};
 
@@ -67,14 +69,7 @@ fn run<T: Float>(kind: CellKind, imp: Implementation) -> Vec<(String, Tensor<T>)
         res.push(("c_n".to_string(), tape.value(cn).unwrap().clone()));
     }
     let g = tape.backward(loss).unwrap();
-    for (id, name, _) in ps.iter() {
-        res.push((format!("grad.{name}"), g.param(id).unwrap().clone()));
-    }
-    res.push(("grad.x".into(), g.wrt(x).unwrap().clone()));
-    res.push(("grad.h0".into(), g.wrt(h0).unwrap().clone()));
-    if let Some(c0) = c0 {
-        res.push(("grad.c0".into(), g.wrt(c0).unwrap().clone()));
-    }
+    common::push_grads(&mut res, &g, &ps, x, h0, c0);
     res
 }
 

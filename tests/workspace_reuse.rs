@@ -10,6 +10,8 @@
 //!   bookkeeping values (the boxed tape node, lists of inputs). Counted by a global allocator,
 //!   per thread, in a one-thread pool.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
@@ -108,14 +110,7 @@ fn step(
     let mut res = vec![("y".to_string(), tape.value(out.y).unwrap().clone())];
     res.push(("h_n".into(), tape.value(out.h_n).unwrap().clone()));
     let g = tape.backward(loss).unwrap();
-    for (id, name, _) in ps.iter() {
-        res.push((format!("grad.{name}"), g.param(id).unwrap().clone()));
-    }
-    res.push(("grad.x".into(), g.wrt(x).unwrap().clone()));
-    res.push(("grad.h0".into(), g.wrt(h0).unwrap().clone()));
-    if let Some(c0) = c0 {
-        res.push(("grad.c0".into(), g.wrt(c0).unwrap().clone()));
-    }
+    common::push_grads(&mut res, &g, &ps, x, h0, c0);
     res
 }
 
