@@ -320,6 +320,19 @@ fn gather<T: Float>(src: &[T], out: &mut [T], b: usize, rows: &Range<usize>, w: 
     }
 }
 
+/// Block `read` of `buf` (blocks of `len` values) to read and a different block `write` to
+/// write.
+fn read_write<T>(buf: &mut [T], read: usize, write: usize, len: usize) -> (&[T], &mut [T]) {
+    assert_ne!(read, write, "read_write: the two blocks must differ");
+    if read < write {
+        let (lo, hi) = buf.split_at_mut(write * len);
+        (&lo[read * len..(read + 1) * len], &mut hi[..len])
+    } else {
+        let (lo, hi) = buf.split_at_mut(read * len);
+        (&hi[..len], &mut lo[write * len..(write + 1) * len])
+    }
+}
+
 /// Up to this many rows, `X W^T` runs on the small-batch kernel instead of a packing GEMM.
 const SMALL_ROWS: usize = 32;
 
@@ -451,54 +464,91 @@ impl Config {
             None => xp.fill(T::ZERO),
         }
         project(tl * n, i_sz, gh, xs, w.w_ih, xp);
-        let lstm = self.kind == CellKind::Lstm;
-        let h_cur = &mut fs.h_cur;
-        let c_cur = &mut fs.c_cur;
-        let h_new = &mut fs.h_new;
-        h_cur.copy_from_slice(&h0[rows.start * h..rows.end * h]);
+        let nh = n * h;
+        let h0 = &h0[rows.start * h..rows.end * h];
         if let Some(c0) = c0 {
-            c_cur.copy_from_slice(&c0[rows.start * h..rows.end * h]);
-            sh.c0.copy_from_slice(c_cur);
+            sh.c0.copy_from_slice(&c0[rows.start * h..rows.end * h]);
         }
+        if tl == 0 {
+            fs.h_cur.copy_from_slice(h0);
+            fs.c_cur.copy_from_slice(&sh.c0);
+            return;
+        }
+        // `h_prev[t]` is the state step t starts from: h0 at the first step, then the previous
+        // step's state. A sequence past its length keeps its state (and, for the LSTM, its
+        // saved c_t is the c it keeps), so these hold row by row for every sequence: no
+        // separate copy of the current state is kept.
+        let t0 = self.time(0);
+        sh.h_prev[t0 * nh..(t0 + 1) * nh].copy_from_slice(h0);
         for s in 0..tl {
             let t = self.time(s);
-            let (st, sb) = (t * n * h, (t + 1) * n * h);
-            sh.h_prev[st..sb].copy_from_slice(h_cur);
+            let (st, sb) = (t * nh, (t + 1) * nh);
+            let all_active = (rows.clone()).all(|r| self.active(t, r));
+            // The state this step starts from, and where its result goes: the next step's
+            // h_prev, or after the last step the shard's final state.
+            let (h_in, h_next) = if s + 1 < tl {
+                read_write(&mut sh.h_prev, t, self.time(s + 1), nh)
+            } else {
+                (&sh.h_prev[st..sb], &mut fs.h_cur[..])
+            };
             let saved = &mut sh.gates[t * n * sw..(t + 1) * n * sw];
             match self.kind {
                 CellKind::Lstm => {
-                    gemm_packed_acc(n, h_cur, w_hh_t, saved);
-                    lstm::lstm_forward(saved, c_cur, &mut sh.c_new[st..sb], h_new, h);
+                    gemm_packed_acc(n, h_in, w_hh_t, saved);
+                    let (c_in, c_out) = if s == 0 {
+                        (&sh.c0[..], &mut sh.c_new[st..sb])
+                    } else {
+                        read_write(&mut sh.c_new, self.time(s - 1), t, nh)
+                    };
+                    lstm::lstm_forward(saved, c_in, c_out, &mut fs.h_new, h);
+                    if !all_active {
+                        for bi in 0..n {
+                            if !self.active(t, rows.start + bi) {
+                                let r = bi * h..(bi + 1) * h;
+                                c_out[r.clone()].copy_from_slice(&c_in[r]);
+                            }
+                        }
+                    }
                 }
                 CellKind::Gru => {
                     fill_rows(&mut fs.hp, w.bias.map(|(_, b_hh)| b_hh));
-                    gemm_packed_acc(n, h_cur, w_hh_t, &mut fs.hp);
+                    gemm_packed_acc(n, h_in, w_hh_t, &mut fs.hp);
                     let xp_t = &fs.xp[t * n * gh..(t + 1) * n * gh];
-                    gru::gru_forward(xp_t, &fs.hp, h_cur, h_new, saved, h);
+                    gru::gru_forward(xp_t, &fs.hp, h_in, &mut fs.h_new, saved, h);
                 }
                 CellKind::Rnn(act) => {
-                    gemm_packed_acc(n, h_cur, w_hh_t, saved);
+                    gemm_packed_acc(n, h_in, w_hh_t, saved);
                     rnn::rnn_forward(saved, act);
-                    h_new.copy_from_slice(saved);
                 }
             }
-            for bi in 0..n {
-                let r = bi * h..(bi + 1) * h;
-                let y_r = &mut y[st + r.start..st + r.end];
-                if self.active(t, rows.start + bi) {
-                    y_r.copy_from_slice(&h_new[r.clone()]);
-                    h_cur[r.clone()].copy_from_slice(&h_new[r.clone()]);
-                    if lstm {
-                        c_cur[r.clone()].copy_from_slice(&sh.c_new[st + r.start..st + r.end]);
-                    }
-                } else {
-                    // Past its length a sequence keeps its state; its output is zero.
-                    y_r.fill(T::ZERO);
-                    if lstm {
-                        sh.c_new[st + r.start..st + r.end].copy_from_slice(&c_cur[r.clone()]);
+            // The RNN's saved block is its new state; the other cells wrote theirs to h_new.
+            let h_new: &[T] = if let CellKind::Rnn(_) = self.kind {
+                &sh.gates[t * n * sw..(t + 1) * n * sw]
+            } else {
+                &fs.h_new
+            };
+            let y_t = &mut y[st..sb];
+            if all_active {
+                y_t.copy_from_slice(h_new);
+                h_next.copy_from_slice(h_new);
+            } else {
+                for bi in 0..n {
+                    let r = bi * h..(bi + 1) * h;
+                    if self.active(t, rows.start + bi) {
+                        y_t[r.clone()].copy_from_slice(&h_new[r.clone()]);
+                        h_next[r.clone()].copy_from_slice(&h_new[r]);
+                    } else {
+                        // Past its length a sequence keeps its state; its output is zero.
+                        y_t[r.clone()].fill(T::ZERO);
+                        h_next[r.clone()].copy_from_slice(&h_in[r]);
                     }
                 }
             }
+        }
+        if self.kind.has_cell_state() {
+            let tl_last = self.time(tl - 1);
+            fs.c_cur
+                .copy_from_slice(&sh.c_new[tl_last * nh..(tl_last + 1) * nh]);
         }
     }
 
