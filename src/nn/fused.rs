@@ -186,6 +186,19 @@ impl<T: Float> Shard<T> {
         }
     }
 
+    /// LSTM: the shard's final cell state `[n, H]`, the last step's saved `c_t` (`c0` for an
+    /// empty sequence).
+    fn c_final(&self, cfg: &Config) -> &[T] {
+        let nh = self.rows.len() * cfg.hidden;
+        match cfg.t_len {
+            0 => &self.c0,
+            tl => {
+                let t = cfg.time(tl - 1);
+                &self.c_new[t * nh..(t + 1) * nh]
+            }
+        }
+    }
+
     /// The shard's rows of the input `x` `[T, B, I]`, as `[T, n, I]`.
     fn x<'a>(&'a self, x: &'a [T]) -> &'a [T] {
         if self.xs.is_empty() { x } else { &self.xs }
@@ -199,8 +212,8 @@ struct ForwardScratch<T> {
     xp: Vec<T>,
     /// The shard's outputs `[T, n, H]` when it is not the whole batch.
     y: Vec<T>,
+    /// The shard's final state `h_n` `[n, H]`.
     h_cur: Vec<T>,
-    c_cur: Vec<T>,
     h_new: Vec<T>,
     /// GRU: `W_hh h + b_hh` of one step `[n, 3H]`.
     hp: Vec<T>,
@@ -215,14 +228,13 @@ impl<T: Float> ForwardScratch<T> {
             xp: ws.scratch(if gru { tl * n * gh } else { 0 }),
             y: ws.scratch(if n < cfg.batch { tl * n * h } else { 0 }),
             h_cur: ws.scratch(n * h),
-            c_cur: ws.scratch(if cfg.kind.has_cell_state() { n * h } else { 0 }),
             h_new: ws.scratch(n * h),
             hp: ws.scratch(if gru { n * gh } else { 0 }),
         }
     }
 
     fn give(self, ws: &mut Workspace<'_, T>) {
-        for v in [self.xp, self.y, self.h_cur, self.c_cur, self.h_new, self.hp] {
+        for v in [self.xp, self.y, self.h_cur, self.h_new, self.hp] {
             ws.give(v);
         }
     }
@@ -381,12 +393,36 @@ fn for_each_shard<A: Send, B: Send>(a: &mut [A], b: &mut [B], f: impl Fn(&mut A,
 }
 
 /// Fills every row of `[rows, w]` with `init` (or zeros).
-fn fill_rows<T: Float>(buf: &mut [T], init: Option<&[T]>) {
+pub(super) fn fill_rows<T: Float>(buf: &mut [T], init: Option<&[T]>) {
     match init {
         Some(row0) => buf
             .chunks_exact_mut(row0.len())
             .for_each(|r| r.copy_from_slice(row0)),
         None => buf.fill(T::ZERO),
+    }
+}
+
+/// Sets every row of the input projection `[rows, G*H]` to the bias it starts from:
+/// `b_ih + b_hh`, or for the GRU `b_ih` alone (it keeps `b_hh` apart: its n gate scales
+/// `W_hn h + b_hn` by r); zeros without biases.
+pub(super) fn init_input_projection<T: Float>(
+    xp: &mut [T],
+    bias: Option<(&[T], &[T])>,
+    kind: CellKind,
+) {
+    match bias {
+        Some((b_ih, b_hh)) => {
+            for row in xp.chunks_exact_mut(b_ih.len()) {
+                for (k, r) in row.iter_mut().enumerate() {
+                    *r = if kind == CellKind::Gru {
+                        b_ih[k]
+                    } else {
+                        b_ih[k] + b_hh[k]
+                    };
+                }
+            }
+        }
+        None => xp.fill(T::ZERO),
     }
 }
 
@@ -424,7 +460,8 @@ impl Config {
     }
 
     /// Runs the recurrence of one shard from its initial state `h0`, `c0` (`[B, H]`, all rows),
-    /// writing its outputs `[T, n, H]` to `y` and its final state to `fs.h_cur`, `fs.c_cur`.
+    /// writing its outputs `[T, n, H]` to `y` and its final `h` to `fs.h_cur` (the final `c` is
+    /// [`Shard::c_final`]).
     #[allow(clippy::too_many_arguments)]
     fn forward_shard<T: Float>(
         &self,
@@ -453,16 +490,7 @@ impl Config {
         }
         let xs = if sh.xs.is_empty() { x } else { &sh.xs };
         let xp = if gru_cell { &mut fs.xp } else { &mut sh.gates };
-        match w.bias {
-            Some((b_ih, b_hh)) => {
-                for row in xp.chunks_exact_mut(gh) {
-                    for k in 0..gh {
-                        row[k] = if gru_cell { b_ih[k] } else { b_ih[k] + b_hh[k] };
-                    }
-                }
-            }
-            None => xp.fill(T::ZERO),
-        }
+        init_input_projection(xp, w.bias, self.kind);
         project(tl * n, i_sz, gh, xs, w.w_ih, xp);
         let nh = n * h;
         let h0 = &h0[rows.start * h..rows.end * h];
@@ -471,7 +499,6 @@ impl Config {
         }
         if tl == 0 {
             fs.h_cur.copy_from_slice(h0);
-            fs.c_cur.copy_from_slice(&sh.c0);
             return;
         }
         // `h_prev[t]` is the state step t starts from: h0 at the first step, then the previous
@@ -544,11 +571,6 @@ impl Config {
                     }
                 }
             }
-        }
-        if self.kind.has_cell_state() {
-            let tl_last = self.time(tl - 1);
-            fs.c_cur
-                .copy_from_slice(&sh.c_new[tl_last * nh..(tl_last + 1) * nh]);
         }
     }
 
@@ -744,7 +766,7 @@ impl<T: Float> FusedDirection<T> {
             let r = sh.rows.start * h..sh.rows.end * h;
             h_n[r.clone()].copy_from_slice(&fs.h_cur);
             if lstm {
-                c_n[r].copy_from_slice(&fs.c_cur);
+                c_n[r].copy_from_slice(sh.c_final(cfg));
             }
         }
     }

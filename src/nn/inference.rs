@@ -1,6 +1,7 @@
 //! One step of a cell at a time, outside the tape: for sampling from a trained model one symbol
 //! at a time.
 
+use super::fused::{fill_rows, init_input_projection};
 use super::recurrent::CellKind;
 use crate::Result;
 use crate::kernels::gemm_nn::{PackedB, gemm_packed_acc};
@@ -201,18 +202,7 @@ impl<T: Float> InferenceStep<T> {
         product: impl Fn(Weight, &[T], &mut [T]),
     ) {
         let hd = self.hidden;
-        let gru_cell = self.kind == CellKind::Gru;
-        match bias {
-            // The GRU keeps b_hh apart: its n gate scales (W_hn h + b_hn) by r.
-            Some((b_ih, b_hh)) => {
-                for row in self.xp.chunks_exact_mut(b_ih.len()) {
-                    for (k, r) in row.iter_mut().enumerate() {
-                        *r = if gru_cell { b_ih[k] } else { b_ih[k] + b_hh[k] };
-                    }
-                }
-            }
-            None => self.xp.fill(T::ZERO),
-        }
+        init_input_projection(&mut self.xp, bias, self.kind);
         product(Weight::Ih, x, &mut self.xp);
         match self.kind {
             CellKind::Lstm => {
@@ -221,13 +211,7 @@ impl<T: Float> InferenceStep<T> {
                 c.copy_from_slice(&self.c_new);
             }
             CellKind::Gru => {
-                match bias {
-                    Some((_, b_hh)) => self
-                        .hp
-                        .chunks_exact_mut(b_hh.len())
-                        .for_each(|r| r.copy_from_slice(b_hh)),
-                    None => self.hp.fill(T::ZERO),
-                }
+                fill_rows(&mut self.hp, bias.map(|(_, b_hh)| b_hh));
                 product(Weight::Hh, h, &mut self.hp);
                 gru::gru_forward(&self.xp, &self.hp, h, &mut self.h_new, &mut self.saved, hd);
             }
