@@ -6,8 +6,8 @@
 //! of striding by `n` (which, for `n` a multiple of 1024, maps every row to the same cache set).
 //! Packing costs one pass over `B`, once per sequence rather than once per step.
 //!
-//! A tile keeps 5 rows of `C` by one panel in registers (fewer for the last rows; a single row
-//! by two panels), broadcasting one value of `A` per row and step of `k`: no horizontal sums,
+//! A tile keeps 5 rows of `C` by one panel in registers (6 or 2 to 4 for the last rows; a single
+//! row by up to four panels), broadcasting one value of `A` per row and step of `k`: no horizontal sums,
 //! no allocation. Every `C[i][j]` is `C[i][j] + sum_p A[i][p] B[p][j]` accumulated by fused
 //! multiply-adds in the order `p = 0, 1, ...`, whichever tile it falls in, so splitting `A` by
 //! rows (batch shards) gives bit-identical results.
@@ -146,27 +146,33 @@ pub fn gemm_packed_acc<T: SimdFloat>(m: usize, a: &[T], b: &PackedB<T>, c: &mut 
         let k1 = (k0 + kb).min(k);
         for i0 in (0..m).step_by(MB) {
             let i1 = (i0 + MB).min(m);
-            let full = i0 + (i1 - i0) / MR * MR;
-            // Rows left after the full tiles, by tiles of 2 to 4 rows; a last single row, if
-            // any, is done below.
-            let single = (i1 - full) % 4 == 1;
+            // Tiles of MR rows; a remainder of one row joins the last of them (a tile of
+            // MR + 1 rows: a lone row would stream every panel of B once more), other
+            // remainders take one tile of 2 to 4 rows. Only a block of one row is left for the
+            // single-row path below.
+            let len = i1 - i0;
+            let single = len == 1;
+            let wide = len > 1 && len % MR == 1;
+            let full = if wide {
+                i0 + (len / MR - 1) * MR
+            } else {
+                i0 + len / MR * MR
+            };
             let end = i1 - usize::from(single);
             for q in 0..panels {
                 for i in (i0..full).step_by(MR) {
                     tile::<T, MR, 1>(i, q, k0..k1, m, a, b, c);
                 }
-                let mut i = full;
-                while i < end {
-                    let ks = k0..k1;
-                    match end - i {
-                        2 => tile::<T, 2, 1>(i, q, ks, m, a, b, c),
-                        3 => tile::<T, 3, 1>(i, q, ks, m, a, b, c),
-                        _ => tile::<T, 4, 1>(i, q, ks, m, a, b, c),
-                    }
-                    i += (end - i).min(4);
+                let ks = k0..k1;
+                match end - full {
+                    0 => {}
+                    2 => tile::<T, 2, 1>(full, q, ks, m, a, b, c),
+                    3 => tile::<T, 3, 1>(full, q, ks, m, a, b, c),
+                    4 => tile::<T, 4, 1>(full, q, ks, m, a, b, c),
+                    _ => tile::<T, { MR + 1 }, 1>(full, q, ks, m, a, b, c),
                 }
             }
-            // A single row (B = 1, or the last row of a shard) takes two panels at a time: 8
+            // A block of a single row (B = 1) takes up to four panels at a time: 16
             // independent accumulators instead of 4 keep the FMA units busy.
             if single {
                 let mut q = 0;
@@ -188,7 +194,8 @@ pub fn gemm_packed_acc<T: SimdFloat>(m: usize, a: &[T], b: &PackedB<T>, c: &mut 
 
 /// Rows of `C` per register tile: 5 rows by one panel of 4 vectors is 20 accumulators, which
 /// with the 4 vectors of `B` and one broadcast of `A` fits the 32 vector registers of AVX-512
-/// (on AVX2's 16, the compiler spills some; the results are the same).
+/// (on AVX2's 16, the compiler spills some; the results are the same). The 6-row tile that
+/// takes a last odd row needs 29 of them.
 const MR: usize = 5;
 /// Steps of k per cache block.
 const KB: usize = 128;
@@ -267,6 +274,8 @@ mod tests {
             (3, 5, 8),
             (4, 32, 9),
             (5, 77, 33),
+            (6, 40, 20),
+            (11, 70, 33),
             (9, 64, 64),
             (16, 512, 128),
             (130, 70, 600),
@@ -323,8 +332,9 @@ mod tests {
 
     #[test]
     fn a_row_does_not_depend_on_its_neighbours() {
-        // k > KB: the 7-row product is cut into k blocks, a single row is not.
-        let (m, n, k) = (7, 75, 300);
+        // k > KB: the 11-row product (tiles of 5 and 6 rows) is cut into k blocks, a single
+        // row is not.
+        let (m, n, k) = (11, 75, 300);
         let a: Vec<f32> = values(1, m * k, 1.0);
         let b: Vec<f32> = values(2, n * k, 1.0);
         let mut pb = PackedB::new();
