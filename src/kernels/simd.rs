@@ -158,8 +158,13 @@ macro_rules! impl_simd_float {
             #[inline(always)]
             fn store_n(v: $v, out: &mut [Self]) {
                 let a = v.to_array();
-                let n = out.len().min($lanes);
-                out[..n].copy_from_slice(&a[..n]);
+                // A whole vector is one fixed-size copy (one store); only a tail needs the
+                // variable-length one.
+                if out.len() >= $lanes {
+                    out[..$lanes].copy_from_slice(&a);
+                } else {
+                    out.copy_from_slice(&a[..out.len()]);
+                }
             }
             #[inline(always)]
             fn mul_add(a: $v, b: $v, c: $v) -> $v {
