@@ -67,28 +67,39 @@ impl<T: SimdFloat> PackedB<T> {
         self.n
     }
 
-    fn resize(&mut self, k: usize, n: usize) {
+    /// The number of values a packing of a `k x n` matrix holds (`n` rounded up to whole
+    /// panels), so a buffer for [`PackedB::from_buffer`] can be sized to need no growth.
+    /// Panics if it overflows `usize`.
+    pub fn packed_len(k: usize, n: usize) -> usize {
         let p = panel::<T>();
-        let panels = n.div_ceil(p);
-        self.k = k;
-        self.n = n;
         // Checked: every later bound on panel offsets, `(q + Q) * k * p` with `q + Q <= panels`,
         // is then free of overflow too.
-        let len = panels
+        n.div_ceil(p)
             .checked_mul(k)
             .and_then(|x| x.checked_mul(p))
-            .expect("PackedB: packed size overflows usize");
-        // Stale values may stay: packing overwrites every value, the padding included.
-        self.data.truncate(len);
-        self.data.resize(len, T::default());
+            .expect("PackedB: packed size overflows usize")
+    }
+
+    /// Sets the shape and makes room; returns the packed length.
+    fn resize(&mut self, k: usize, n: usize) -> usize {
+        self.k = k;
+        self.n = n;
+        let len = Self::packed_len(k, n);
+        // Stale values may stay: packing overwrites every value it uses, the padding included.
+        // A longer buffer keeps its length (the kernel reads only the first `len` values), so
+        // packings of different shapes into one buffer never zero a tail again.
+        if self.data.len() < len {
+            self.data.resize(len, T::default());
+        }
+        len
     }
 
     /// Packs `b`, a row-major `k x n` matrix. Panics if `b` is shorter than `k * n`.
     pub fn pack(&mut self, b: &[T], k: usize, n: usize) {
-        self.resize(k, n);
+        let len = self.resize(k, n);
         assert!(b.len() >= k * n, "PackedB::pack: buffer too small");
         let p = panel::<T>();
-        for (q, pd) in self.data.chunks_exact_mut((k * p).max(1)).enumerate() {
+        for (q, pd) in self.data[..len].chunks_exact_mut((k * p).max(1)).enumerate() {
             let (j0, w) = (q * p, p.min(n - q * p));
             for (r, out) in pd.chunks_exact_mut(p).enumerate() {
                 out[..w].copy_from_slice(&b[r * n + j0..r * n + j0 + w]);
@@ -100,13 +111,13 @@ impl<T: SimdFloat> PackedB<T> {
     /// Packs `w^T`, where `w` is a row-major `n x k` matrix (a weight in `[out, in]` layout), so
     /// that `A B = A w^T`. Panics if `w` is shorter than `n * k`.
     pub fn pack_transposed(&mut self, w: &[T], n: usize, k: usize) {
-        self.resize(k, n);
+        let len = self.resize(k, n);
         assert!(
             w.len() >= n * k,
             "PackedB::pack_transposed: buffer too small"
         );
         let p = panel::<T>();
-        for (q, pd) in self.data.chunks_exact_mut((k * p).max(1)).enumerate() {
+        for (q, pd) in self.data[..len].chunks_exact_mut((k * p).max(1)).enumerate() {
             let (j0, wd) = (q * p, p.min(n - q * p));
             // Contiguous writes; the reads walk `wd` rows of `w` side by side.
             for (r, out) in pd.chunks_exact_mut(p).enumerate() {
@@ -301,8 +312,10 @@ mod tests {
                 };
                 let mut want = c0.clone();
                 gemm_reference(s, 1.0, &a, &b, 1.0, &mut want);
-                // A reused buffer full of stale values: packing must overwrite all of them.
-                let mut pb = PackedB::from_buffer(vec![f64::NAN; 3 * m * n + 7]);
+                // A reused buffer full of stale values, longer than the packing: packing must
+                // overwrite every value the kernel reads.
+                let len = PackedB::<f64>::packed_len(k, n) + 3 * m + 7;
+                let mut pb = PackedB::from_buffer(vec![f64::NAN; len]);
                 if trans {
                     pb.pack_transposed(&b, n, k);
                 } else {

@@ -73,6 +73,7 @@ pub(crate) fn run<T: Float>(
         has_bias: p.b_ih.is_some(),
     };
     let lstm = cfg.kind.has_cell_state();
+    let gates_h = cfg.kind.gates() * hidden;
     // Every buffer first, from the tape's pool; then the values, which borrow the tape.
     let mut ws = tape.workspace();
     let mut node = FusedDirection::<T> {
@@ -80,7 +81,13 @@ pub(crate) fn run<T: Float>(
             .into_iter()
             .map(|rows| Shard::take(&cfg, rows, &mut ws))
             .collect(),
-        packed: PackedB::from_buffer(ws.scratch(0)),
+        // W_hh^T packed in forward, W_hh in backward: room for both, so neither grows it.
+        packed: PackedB::from_buffer(
+            ws.scratch(
+                PackedB::<T>::packed_len(hidden, gates_h)
+                    .max(PackedB::<T>::packed_len(gates_h, hidden)),
+            ),
+        ),
         cfg,
     };
     let mut scratch: Vec<ForwardScratch<T>> = node

@@ -13,7 +13,7 @@ pub(crate) struct Pool<T> {
 impl<T: Copy + Default> Pool<T> {
     /// A zero-filled buffer of length `n`, reusing the smallest free buffer that is large enough.
     pub(crate) fn take(&mut self, n: usize) -> Vec<T> {
-        let mut v = self.pick(n);
+        let mut v = self.pick(n, |b| b.capacity());
         v.clear();
         v.resize(n, T::default());
         v
@@ -22,21 +22,27 @@ impl<T: Copy + Default> Pool<T> {
     /// A buffer of length `n` whose values are whatever it held before (every element is
     /// initialised, none is meaningful): for buffers that are about to be overwritten in full,
     /// which then skip the zeroing pass.
+    ///
+    /// Of the smallest free buffers that are large enough, it takes one that already holds `n`
+    /// values where there is one, as a shorter one must zero its tail: buffers of the same
+    /// capacity but different lengths are common once a buffer has served a smaller request.
     pub(crate) fn take_dirty(&mut self, n: usize) -> Vec<T> {
-        let mut v = self.pick(n);
+        let mut v = self.pick(n, |b| (b.capacity(), b.len() < n));
         v.truncate(n);
         v.resize(n, T::default());
         v
     }
 
-    /// The smallest free buffer of capacity at least `n`, or a new empty one.
-    fn pick(&mut self, n: usize) -> Vec<T> {
-        let mut best: Option<usize> = None;
-        for (i, (b, _)) in self.free.iter().enumerate() {
-            if b.capacity() >= n && best.is_none_or(|j| b.capacity() < self.free[j].0.capacity()) {
-                best = Some(i);
-            }
+    /// The free buffer of capacity at least `n` that ranks lowest by `rank`, or a new empty one.
+    /// A request for no values takes none: it gets a new empty buffer, which allocates nothing.
+    fn pick<K: Ord>(&mut self, n: usize, rank: impl Fn(&Vec<T>) -> K) -> Vec<T> {
+        if n == 0 {
+            return Vec::new();
         }
+        let best = (self.free.iter().enumerate())
+            .filter(|(_, (b, _))| b.capacity() >= n)
+            .min_by_key(|(_, (b, _))| rank(b))
+            .map(|(i, _)| i);
         match best {
             Some(i) => self.free.swap_remove(i).0,
             None => Vec::with_capacity(n),
@@ -57,5 +63,31 @@ impl<T: Copy + Default> Pool<T> {
             *idle += 1;
             *idle < 2
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dirty_buffer_comes_from_the_smallest_that_fits_and_skips_zeroing_where_it_can() {
+        let mut pool = Pool::<f32>::default();
+        let mut short = vec![1.0; 64];
+        short.truncate(8);
+        pool.give(short);
+        pool.give(vec![2.0; 64]);
+        pool.give(vec![3.0; 1000]);
+        // Same capacity: the buffer that already holds 64 values, untouched.
+        let v = pool.take_dirty(64);
+        assert_eq!((v.len(), v.capacity()), (64, 64));
+        assert!(v.iter().all(|&x| x == 2.0));
+        // Then the shorter one: its tail is zeroed, its head kept.
+        let w = pool.take_dirty(64);
+        assert_eq!(w.capacity(), 64);
+        assert!(w[..8].iter().all(|&x| x == 1.0) && w[8..].iter().all(|&x| x == 0.0));
+        // `take` zeroes everything.
+        let z = pool.take(100);
+        assert!(z.len() == 100 && z.capacity() == 1000 && z.iter().all(|&x| x == 0.0));
     }
 }
