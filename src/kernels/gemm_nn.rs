@@ -99,7 +99,10 @@ impl<T: SimdFloat> PackedB<T> {
         let len = self.resize(k, n);
         assert!(b.len() >= k * n, "PackedB::pack: buffer too small");
         let p = panel::<T>();
-        for (q, pd) in self.data[..len].chunks_exact_mut((k * p).max(1)).enumerate() {
+        for (q, pd) in self.data[..len]
+            .chunks_exact_mut((k * p).max(1))
+            .enumerate()
+        {
             let (j0, w) = (q * p, p.min(n - q * p));
             for (r, out) in pd.chunks_exact_mut(p).enumerate() {
                 out[..w].copy_from_slice(&b[r * n + j0..r * n + j0 + w]);
@@ -117,7 +120,10 @@ impl<T: SimdFloat> PackedB<T> {
             "PackedB::pack_transposed: buffer too small"
         );
         let p = panel::<T>();
-        for (q, pd) in self.data[..len].chunks_exact_mut((k * p).max(1)).enumerate() {
+        for (q, pd) in self.data[..len]
+            .chunks_exact_mut((k * p).max(1))
+            .enumerate()
+        {
             let (j0, wd) = (q * p, p.min(n - q * p));
             // Contiguous writes; the reads walk `wd` rows of `w` side by side.
             for (r, out) in pd.chunks_exact_mut(p).enumerate() {

@@ -221,7 +221,6 @@ struct ForwardScratch<T> {
     y: Vec<T>,
     /// The shard's final state `h_n` `[n, H]`.
     h_cur: Vec<T>,
-    h_new: Vec<T>,
     /// GRU: `W_hh h + b_hh` of one step `[n, 3H]`.
     hp: Vec<T>,
 }
@@ -235,13 +234,12 @@ impl<T: Float> ForwardScratch<T> {
             xp: ws.scratch(if gru { tl * n * gh } else { 0 }),
             y: ws.scratch(if n < cfg.batch { tl * n * h } else { 0 }),
             h_cur: ws.scratch(n * h),
-            h_new: ws.scratch(n * h),
             hp: ws.scratch(if gru { n * gh } else { 0 }),
         }
     }
 
     fn give(self, ws: &mut Workspace<'_, T>) {
-        for v in [self.xp, self.y, self.h_cur, self.h_new, self.hp] {
+        for v in [self.xp, self.y, self.h_cur, self.hp] {
             ws.give(v);
         }
     }
@@ -526,6 +524,8 @@ impl Config {
                 (&sh.h_prev[st..sb], &mut fs.h_cur[..])
             };
             let saved = &mut sh.gates[t * n * sw..(t + 1) * n * sw];
+            // The LSTM and the GRU write the new state straight into h_next; the RNN's new
+            // state is its saved block, copied there.
             match self.kind {
                 CellKind::Lstm => {
                     gemm_packed_acc(n, h_in, w_hh_t, saved);
@@ -534,7 +534,7 @@ impl Config {
                     } else {
                         read_write(&mut sh.c_new, self.time(s - 1), t, nh)
                     };
-                    lstm::lstm_forward(saved, c_in, c_out, &mut fs.h_new, h);
+                    lstm::lstm_forward(saved, c_in, c_out, h_next, h);
                     if !all_active {
                         for bi in 0..n {
                             if !self.active(t, rows.start + bi) {
@@ -548,29 +548,22 @@ impl Config {
                     fill_rows(&mut fs.hp, w.bias.map(|(_, b_hh)| b_hh));
                     gemm_packed_acc(n, h_in, w_hh_t, &mut fs.hp);
                     let xp_t = &fs.xp[t * n * gh..(t + 1) * n * gh];
-                    gru::gru_forward(xp_t, &fs.hp, h_in, &mut fs.h_new, saved, h);
+                    gru::gru_forward(xp_t, &fs.hp, h_in, h_next, saved, h);
                 }
                 CellKind::Rnn(act) => {
                     gemm_packed_acc(n, h_in, w_hh_t, saved);
                     rnn::rnn_forward(saved, act);
+                    h_next.copy_from_slice(saved);
                 }
             }
-            // The RNN's saved block is its new state; the other cells wrote theirs to h_new.
-            let h_new: &[T] = if let CellKind::Rnn(_) = self.kind {
-                &sh.gates[t * n * sw..(t + 1) * n * sw]
-            } else {
-                &fs.h_new
-            };
             let y_t = &mut y[st..sb];
             if all_active {
-                y_t.copy_from_slice(h_new);
-                h_next.copy_from_slice(h_new);
+                y_t.copy_from_slice(h_next);
             } else {
                 for bi in 0..n {
                     let r = bi * h..(bi + 1) * h;
                     if self.active(t, rows.start + bi) {
-                        y_t[r.clone()].copy_from_slice(&h_new[r.clone()]);
-                        h_next[r.clone()].copy_from_slice(&h_new[r]);
+                        y_t[r.clone()].copy_from_slice(&h_next[r]);
                     } else {
                         // Past its length a sequence keeps its state; its output is zero.
                         y_t[r.clone()].fill(T::ZERO);
@@ -624,20 +617,33 @@ impl Config {
             let t = self.time(s);
             let (st, sb) = (t * n * h, (t + 1) * n * h);
             // Total gradient reaching h_t: from the next step and from the output y_t.
-            dh_t.copy_from_slice(dh);
-            if let Some(dy) = gy {
-                for bi in 0..n {
-                    if self.active(t, rows.start + bi) {
-                        let src = (t * b + rows.start + bi) * h;
-                        add_into(&mut dh_t[bi * h..(bi + 1) * h], &dy[src..src + h]);
+            let all_active = (rows.clone()).all(|r| self.active(t, r));
+            match gy {
+                Some(dy) if all_active => {
+                    let dy_t = &dy[(t * b + rows.start) * h..(t * b + rows.end) * h];
+                    for ((d, &a), &g) in dh_t.iter_mut().zip(dh.iter()).zip(dy_t) {
+                        *d = a + g;
                     }
                 }
+                Some(dy) => {
+                    dh_t.copy_from_slice(dh);
+                    for bi in 0..n {
+                        if self.active(t, rows.start + bi) {
+                            let src = (t * b + rows.start + bi) * h;
+                            add_into(&mut dh_t[bi * h..(bi + 1) * h], &dy[src..src + h]);
+                        }
+                    }
+                }
+                None => dh_t.copy_from_slice(dh),
             }
             let saved = &sh.gates[t * n * sw..(t + 1) * n * sw];
             let dg_t = &mut dg[t * n * gh..(t + 1) * n * gh];
             match self.kind {
                 CellKind::Lstm => {
-                    keep.copy_from_slice(dc);
+                    // A finished sequence's dc passes through this step unchanged (below).
+                    if !all_active {
+                        keep.copy_from_slice(dc);
+                    }
                     let c_prev = if s == 0 {
                         &sh.c0[..]
                     } else {
@@ -660,8 +666,8 @@ impl Config {
                 }
             }
             // A finished sequence passes its gradient straight through this step.
-            for bi in 0..n {
-                if !self.active(t, rows.start + bi) {
+            if !all_active {
+                for bi in (0..n).filter(|&bi| !self.active(t, rows.start + bi)) {
                     let r = bi * h..(bi + 1) * h;
                     dh[r.clone()].copy_from_slice(&dh_t[r.clone()]);
                     if lstm {
