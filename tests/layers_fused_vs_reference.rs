@@ -214,6 +214,22 @@ fn fused_equals_reference_on_named_edge_cases() {
         };
         compare::<f64>(&c, 1e-10);
         compare::<f32>(&c, 1e-5);
+        // several shards (a batch of 40 runs as two), both directions, without and with
+        // lengths
+        let c = Case {
+            cfg: RecurrentConfig::new(3, 6).bidirectional(true),
+            t: 5,
+            b: 40,
+            lengths: None,
+            seed: 8,
+            ..base.clone()
+        };
+        compare::<f64>(&c, 1e-10);
+        let c = Case {
+            lengths: Some((0..40).map(|i| 1 + i % 5).collect()),
+            ..c
+        };
+        compare::<f64>(&c, 1e-10);
         // long sequence
         let c = Case {
             cfg: RecurrentConfig::new(2, 5),

@@ -18,6 +18,11 @@
 //! `dW_hh = dG^T H_prev`, `dW_ih = dG^T X` and the bias gradients (column sums of `dG`); the
 //! parts are added into the weight gradients in shard order.
 //!
+//! Each step's state `h_t` is stored once, as the step's output `y_t` (for a single shard, in
+//! the layer's output itself): the next step and the backward read `h_{t-1}` from there. Only
+//! with sequence lengths, where a finished sequence keeps its state while its output is zero,
+//! are the states kept apart.
+//!
 //! Every buffer whose size grows with the sequence (saved activations, `dG`, the packed weight,
 //! the outputs) comes from the tape's [`Workspace`] and goes back to it, in the backward or when
 //! the tape is cleared: a training loop that clears its tape reuses the same memory every step.
@@ -160,8 +165,13 @@ struct Shard<T> {
     /// Per time step: LSTM activated gates `[n, 4H]`; GRU `r, z, n, W_hn h + b_hn` `[n, 4H]`;
     /// RNN the new hidden state before masking `[n, H]`.
     gates: Vec<T>,
-    /// `h_{t-1}` for every time step `[T, n, H]`, time-indexed.
+    /// With sequence lengths: `h_{t-1}` for every time step `[T, n, H]`, time-indexed (a
+    /// finished sequence keeps its state while its output is zero). Without, it is empty:
+    /// `h_{t-1}` is the previous step's output, or `h0` at the first step.
     h_prev: Vec<T>,
+    /// The shard's outputs `h_t` `[T, n, H]` when it is not the whole batch (a single shard
+    /// writes the layer's output in place, which backward reads from the node's outputs).
+    ys: Vec<T>,
     /// LSTM: `c_t` for every time step (for a sequence past its length, the state it keeps), and
     /// the shard's rows of `c0`: `c_{t-1}` is the previous step's entry, or `c0` at the first.
     c_new: Vec<T>,
@@ -179,7 +189,8 @@ impl<T: Float> Shard<T> {
         let own_x = n < cfg.batch;
         Shard {
             gates: ws.scratch(tl * n * cfg.saved_width()),
-            h_prev: ws.scratch(tl * n * h),
+            h_prev: ws.scratch(if cfg.lengths.is_some() { tl * n * h } else { 0 }),
+            ys: ws.scratch(if own_x { tl * n * h } else { 0 }),
             c_new: ws.scratch(if lstm { tl * n * h } else { 0 }),
             c0: ws.scratch(if lstm { n * h } else { 0 }),
             xs: ws.scratch(if own_x { tl * n * cfg.in_size } else { 0 }),
@@ -188,7 +199,14 @@ impl<T: Float> Shard<T> {
     }
 
     fn give(self, ws: &mut Workspace<'_, T>) {
-        for v in [self.gates, self.h_prev, self.c_new, self.c0, self.xs] {
+        for v in [
+            self.gates,
+            self.h_prev,
+            self.ys,
+            self.c_new,
+            self.c0,
+            self.xs,
+        ] {
             ws.give(v);
         }
     }
@@ -217,8 +235,6 @@ struct ForwardScratch<T> {
     /// GRU: the input projection `Xp` of every step `[T, n, 3H]` (the LSTM and the RNN write
     /// theirs straight into the saved gates).
     xp: Vec<T>,
-    /// The shard's outputs `[T, n, H]` when it is not the whole batch.
-    y: Vec<T>,
     /// The shard's final state `h_n` `[n, H]`.
     h_cur: Vec<T>,
     /// GRU: `W_hh h + b_hh` of one step `[n, 3H]`.
@@ -232,14 +248,13 @@ impl<T: Float> ForwardScratch<T> {
         let gru = cfg.kind == CellKind::Gru;
         ForwardScratch {
             xp: ws.scratch(if gru { tl * n * gh } else { 0 }),
-            y: ws.scratch(if n < cfg.batch { tl * n * h } else { 0 }),
             h_cur: ws.scratch(n * h),
             hp: ws.scratch(if gru { n * gh } else { 0 }),
         }
     }
 
     fn give(self, ws: &mut Workspace<'_, T>) {
-        for v in [self.xp, self.y, self.h_cur, self.hp] {
+        for v in [self.xp, self.h_cur, self.hp] {
             ws.give(v);
         }
     }
@@ -506,26 +521,38 @@ impl Config {
             fs.h_cur.copy_from_slice(h0);
             return;
         }
-        // `h_prev[t]` is the state step t starts from: h0 at the first step, then the previous
-        // step's state. A sequence past its length keeps its state (and, for the LSTM, its
-        // saved c_t is the c it keeps), so these hold row by row for every sequence: no
-        // separate copy of the current state is kept.
-        let t0 = self.time(0);
-        sh.h_prev[t0 * nh..(t0 + 1) * nh].copy_from_slice(h0);
+        // Every step writes its new state h_t to its output slot y_t. Without lengths that is
+        // all: the next step starts from y_t. With lengths, `h_prev[t]` holds the state step t
+        // starts from (h0 at the first step, then the previous step's state): a sequence past
+        // its length keeps its state (and, for the LSTM, its saved c_t is the c it keeps) while
+        // its output is zero.
+        let keep_prev = !sh.h_prev.is_empty();
+        if keep_prev {
+            let t0 = self.time(0);
+            sh.h_prev[t0 * nh..(t0 + 1) * nh].copy_from_slice(h0);
+        }
         for s in 0..tl {
             let t = self.time(s);
             let (st, sb) = (t * nh, (t + 1) * nh);
             let all_active = (rows.clone()).all(|r| self.active(t, r));
-            // The state this step starts from, and where its result goes: the next step's
-            // h_prev, or after the last step the shard's final state.
-            let (h_in, h_next) = if s + 1 < tl {
-                read_write(&mut sh.h_prev, t, self.time(s + 1), nh)
+            // The state this step starts from, where its result goes, and (with lengths) the
+            // next step's h_prev, or after the last step the shard's final state.
+            let (h_in, h_out, h_next): (&[T], &mut [T], Option<&mut [T]>) = if keep_prev {
+                let (h_in, h_next) = if s + 1 < tl {
+                    read_write(&mut sh.h_prev, t, self.time(s + 1), nh)
+                } else {
+                    (&sh.h_prev[st..sb], &mut fs.h_cur[..])
+                };
+                (h_in, &mut y[st..sb], Some(h_next))
+            } else if s == 0 {
+                (h0, &mut y[st..sb], None)
             } else {
-                (&sh.h_prev[st..sb], &mut fs.h_cur[..])
+                let (h_in, h_out) = read_write(y, self.time(s - 1), t, nh);
+                (h_in, h_out, None)
             };
             let saved = &mut sh.gates[t * n * sw..(t + 1) * n * sw];
-            // The LSTM and the GRU write the new state straight into h_next; the RNN's new
-            // state is its saved block, copied there.
+            // The LSTM and the GRU write the new state straight into y_t; the RNN's new state
+            // is its saved block, copied there.
             match self.kind {
                 CellKind::Lstm => {
                     gemm_packed_acc(n, h_in, w_hh_t, saved);
@@ -534,13 +561,11 @@ impl Config {
                     } else {
                         read_write(&mut sh.c_new, self.time(s - 1), t, nh)
                     };
-                    lstm::lstm_forward(saved, c_in, c_out, h_next, h);
+                    lstm::lstm_forward(saved, c_in, c_out, h_out, h);
                     if !all_active {
-                        for bi in 0..n {
-                            if !self.active(t, rows.start + bi) {
-                                let r = bi * h..(bi + 1) * h;
-                                c_out[r.clone()].copy_from_slice(&c_in[r]);
-                            }
+                        for bi in (0..n).filter(|&bi| !self.active(t, rows.start + bi)) {
+                            let r = bi * h..(bi + 1) * h;
+                            c_out[r.clone()].copy_from_slice(&c_in[r]);
                         }
                     }
                 }
@@ -548,40 +573,44 @@ impl Config {
                     fill_rows(&mut fs.hp, w.bias.map(|(_, b_hh)| b_hh));
                     gemm_packed_acc(n, h_in, w_hh_t, &mut fs.hp);
                     let xp_t = &fs.xp[t * n * gh..(t + 1) * n * gh];
-                    gru::gru_forward(xp_t, &fs.hp, h_in, h_next, saved, h);
+                    gru::gru_forward(xp_t, &fs.hp, h_in, h_out, saved, h);
                 }
                 CellKind::Rnn(act) => {
                     gemm_packed_acc(n, h_in, w_hh_t, saved);
                     rnn::rnn_forward(saved, act);
-                    h_next.copy_from_slice(saved);
+                    h_out.copy_from_slice(saved);
                 }
             }
-            let y_t = &mut y[st..sb];
-            if all_active {
-                y_t.copy_from_slice(h_next);
-            } else {
+            if let Some(h_next) = h_next {
                 for bi in 0..n {
                     let r = bi * h..(bi + 1) * h;
                     if self.active(t, rows.start + bi) {
-                        y_t[r.clone()].copy_from_slice(&h_next[r]);
+                        h_next[r.clone()].copy_from_slice(&h_out[r]);
                     } else {
                         // Past its length a sequence keeps its state; its output is zero.
-                        y_t[r.clone()].fill(T::ZERO);
-                        h_next[r.clone()].copy_from_slice(&h_in[r]);
+                        h_next[r.clone()].copy_from_slice(&h_in[r.clone()]);
+                        h_out[r].fill(T::ZERO);
                     }
                 }
             }
         }
+        if !keep_prev {
+            let last = self.time(tl - 1);
+            fs.h_cur.copy_from_slice(&y[last * nh..(last + 1) * nh]);
+        }
     }
 
-    /// Backward through one shard's recurrence; `w_hh_p` is `W_hh` `[G*H, H]`, packed. Leaves
-    /// the shard's gradients in `bs` (`dh`, `dc`, `dg`, `dhp`, `dx`, `dw_ih`, `dw_hh`).
+    /// Backward through one shard's recurrence; `w_hh_p` is `W_hh` `[G*H, H]`, packed; `h0`
+    /// and `y` are the layer's initial state and output (all rows). Leaves the shard's
+    /// gradients in `bs` (`dh`, `dc`, `dg`, `dhp`, `dx`, `dw_ih`, `dw_hh`).
     #[allow(clippy::too_many_arguments)]
     fn backward_shard<T: Float>(
         &self,
         sh: &Shard<T>,
         bs: &mut BackwardScratch<T>,
         x: &[T],
+        h0: &[T],
+        y: &[T],
         w: &Weights<'_, T>,
         w_hh_p: &PackedB<T>,
         gy: Option<&[T]>,
@@ -596,6 +625,23 @@ impl Config {
         let sw = self.saved_width();
         let lstm = self.kind == CellKind::Lstm;
         let gru_cell = self.kind == CellKind::Gru;
+        let nh = n * h;
+        let h0 = &h0[rows.start * h..rows.end * h];
+        // The shard's outputs: its own buffer, or for a single shard the layer's output.
+        let hs: &[T] = if sh.ys.is_empty() { y } else { &sh.ys };
+        let keep_prev = !sh.h_prev.is_empty();
+        // h_{t-1} of step s: saved with lengths, else the output of step s - 1 (h0 at step 0).
+        let h_prev_of = |s: usize| -> &[T] {
+            if keep_prev {
+                let t = self.time(s);
+                &sh.h_prev[t * nh..(t + 1) * nh]
+            } else if s == 0 {
+                h0
+            } else {
+                let tp = self.time(s - 1);
+                &hs[tp * nh..(tp + 1) * nh]
+            }
+        };
         let state_rows = |dst: &mut Vec<T>, g: Option<&[T]>| match g {
             Some(g) => dst.copy_from_slice(&g[rows.start * h..rows.end * h]),
             None => dst.fill(T::ZERO),
@@ -656,7 +702,7 @@ impl Config {
                 }
                 CellKind::Gru => {
                     let dhp_t = &mut dhp[t * n * gh..(t + 1) * n * gh];
-                    gru::gru_backward(saved, &sh.h_prev[st..sb], dh_t, dg_t, dhp_t, dh, h);
+                    gru::gru_backward(saved, h_prev_of(s), dh_t, dg_t, dhp_t, dh, h);
                     gemm_packed_acc(n, dhp_t, w_hh_p, dh);
                 }
                 CellKind::Rnn(act) => {
@@ -688,7 +734,6 @@ impl Config {
         // the stale contents of the buffers are never read.
         let (dx, dw_ih, dw_hh) = (&mut bs.dx, &mut bs.dw_ih, &mut bs.dw_hh);
         let xs = sh.x(x);
-        let h_prev = &sh.h_prev;
         let dx_job = || {
             if want.x {
                 let s = GemmShape {
@@ -701,25 +746,39 @@ impl Config {
                 T::gemm(s, T::ONE, dg, w.w_ih, T::ZERO, dx);
             }
         };
-        // A weight's gradient part over all of the shard's steps: dW = dG^T A, `[G*H, cols]`.
-        let weight_grad = |dg: &[T], a: &[T], cols: usize, dw: &mut [T]| {
+        // A weight's gradient part over `rows` rows of dG and A: dW = beta dW + dG^T A,
+        // `[G*H, cols]`.
+        let weight_grad = |dg: &[T], a: &[T], rows: usize, cols: usize, beta: T, dw: &mut [T]| {
             let s = GemmShape {
                 m: gh,
-                k: tl * n,
+                k: rows,
                 n: cols,
                 trans_a: true,
                 trans_b: false,
             };
-            T::gemm(s, T::ONE, dg, a, T::ZERO, dw);
+            T::gemm(s, T::ONE, dg, a, beta, dw);
         };
         let dw_ih_job = || {
             if want.w_ih {
-                weight_grad(dg, xs, i_sz, dw_ih);
+                weight_grad(dg, xs, tl * n, i_sz, T::ZERO, dw_ih);
             }
         };
         let dw_hh_job = || {
-            if want.w_hh {
-                weight_grad(dg_h, h_prev, h, dw_hh);
+            if !want.w_hh {
+            } else if keep_prev || tl == 0 {
+                weight_grad(dg_h, &sh.h_prev, tl * n, h, T::ZERO, dw_hh);
+            } else {
+                // Step 0 starts from h0; every later step from the previous step's output,
+                // which in time order is the next output (reverse) or the one before.
+                let (dg_0, dg_rest, h_rest) = if self.reverse {
+                    let (rest, first) = dg_h.split_at((tl - 1) * n * gh);
+                    (first, rest, &hs[nh..tl * nh])
+                } else {
+                    let (first, rest) = dg_h.split_at(n * gh);
+                    (first, rest, &hs[..(tl - 1) * nh])
+                };
+                weight_grad(dg_rest, h_rest, (tl - 1) * n, h, T::ZERO, dw_hh);
+                weight_grad(dg_0, h0, n, h, T::ONE, dw_hh);
             }
         };
         rayon::join(dx_job, || rayon::join(dw_ih_job, dw_hh_job));
@@ -761,17 +820,17 @@ impl<T: Float> FusedDirection<T> {
             cfg.forward_shard(sh, fs, y, x, h0, c0, &w, w_hh_t);
         } else {
             for_each_shard(&mut self.shards, scratch, |sh, fs| {
-                let mut ys = std::mem::take(&mut fs.y);
+                let mut ys = std::mem::take(&mut sh.ys);
                 cfg.forward_shard(sh, fs, &mut ys, x, h0, c0, &w, w_hh_t);
-                fs.y = ys;
+                sh.ys = ys;
             });
             // Each shard's rows into y, in parallel over time steps.
-            let (shards, scratch) = (&self.shards, &*scratch);
+            let shards = &self.shards;
             y.par_chunks_mut(b * h).enumerate().for_each(|(t, y_t)| {
-                for (sh, fs) in shards.iter().zip(scratch) {
+                for sh in shards {
                     let n = sh.rows.len();
                     y_t[sh.rows.start * h..sh.rows.end * h]
-                        .copy_from_slice(&fs.y[t * n * h..(t + 1) * n * h]);
+                        .copy_from_slice(&sh.ys[t * n * h..(t + 1) * n * h]);
                 }
             });
         }
@@ -797,7 +856,7 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
     fn backward(
         &mut self,
         inp: &[&Tensor<T>],
-        _outputs: &[&Tensor<T>],
+        outputs: &[&Tensor<T>],
         gout: &[Option<&Tensor<T>>],
         gin: &mut [Option<Tensor<T>>],
         ws: &mut Workspace<'_, T>,
@@ -825,7 +884,7 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
         } else {
             None
         };
-        let x = inp[X].data();
+        let (x, h0, y) = (inp[X].data(), inp[H0].data(), outputs[0].data());
         let mut scratch: Vec<BackwardScratch<T>> = self
             .shards
             .iter()
@@ -833,7 +892,7 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
             .collect();
         let mut shards: Vec<&Shard<T>> = self.shards.iter().collect();
         for_each_shard(&mut shards, &mut scratch, |sh, bs| {
-            cfg.backward_shard(sh, bs, x, &w, w_hh_p, gy, gh_n, gc_n, want);
+            cfg.backward_shard(sh, bs, x, h0, y, &w, w_hh_p, gy, gh_n, gc_n, want);
         });
         // Reduce in shard order: the sums never depend on which thread ran which shard. dX
         // first, in parallel over time steps (each element still gets its shards in order).
