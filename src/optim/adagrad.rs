@@ -116,31 +116,5 @@ impl<T: Float> Optimizer<T> for Adagrad<T> {
         Ok(())
     }
 
-    fn lr(&self) -> f64 {
-        self.cfg.lr
-    }
-
-    fn set_lr(&mut self, lr: f64) {
-        self.cfg.lr = lr;
-    }
-
-    fn state_tensors(&self, store: &ParamStore<T>) -> Vec<(String, Tensor<T>)> {
-        self.state.export(store)
-    }
-
-    fn state_scalars(&self) -> Vec<(String, f64)> {
-        vec![("lr".into(), self.cfg.lr)]
-    }
-
-    fn load_state(
-        &mut self,
-        store: &ParamStore<T>,
-        tensors: &[(String, Tensor<T>)],
-        scalars: &[(String, f64)],
-    ) -> Result<()> {
-        self.cfg.lr = self
-            .state
-            .load_with_lr("Adagrad::load_state", store, tensors, scalars)?;
-        Ok(())
-    }
+    lr_and_state_methods!("Adagrad::load_state");
 }

@@ -186,36 +186,7 @@ macro_rules! adam_variant {
                     .step(concat!(stringify!($name), "::step"), store, grads)
             }
 
-            fn lr(&self) -> f64 {
-                self.core.cfg.lr
-            }
-
-            fn set_lr(&mut self, lr: f64) {
-                self.core.cfg.lr = lr;
-            }
-
-            fn state_tensors(&self, store: &ParamStore<T>) -> Vec<(String, Tensor<T>)> {
-                self.core.state.export(store)
-            }
-
-            fn state_scalars(&self) -> Vec<(String, f64)> {
-                vec![("lr".into(), self.core.cfg.lr)]
-            }
-
-            fn load_state(
-                &mut self,
-                store: &ParamStore<T>,
-                tensors: &[(String, Tensor<T>)],
-                scalars: &[(String, f64)],
-            ) -> Result<()> {
-                self.core.cfg.lr = self.core.state.load_with_lr(
-                    concat!(stringify!($name), "::load_state"),
-                    store,
-                    tensors,
-                    scalars,
-                )?;
-                Ok(())
-            }
+            lr_and_state_methods!(concat!(stringify!($name), "::load_state"), core);
         }
     };
 }

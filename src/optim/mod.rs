@@ -26,6 +26,42 @@
 //! # Ok::<(), recur::Error>(())
 //! ```
 
+/// The [`Optimizer`] methods every optimizer here shares: the learning rate lives in
+/// `cfg.lr` (under the optional field given, e.g. `core`), the per-parameter tensors in a
+/// [`state::OptimState`] named `state` beside it, and the learning rate is the only scalar saved.
+/// `$ctx` names the optimizer in `load_state`'s errors.
+macro_rules! lr_and_state_methods {
+    ($ctx:expr $(, $inner:ident)?) => {
+        fn lr(&self) -> f64 {
+            self$(.$inner)?.cfg.lr
+        }
+
+        fn set_lr(&mut self, lr: f64) {
+            self$(.$inner)?.cfg.lr = lr;
+        }
+
+        fn state_tensors(&self, store: &ParamStore<T>) -> Vec<(String, Tensor<T>)> {
+            self$(.$inner)?.state.export(store)
+        }
+
+        fn state_scalars(&self) -> Vec<(String, f64)> {
+            vec![("lr".into(), self$(.$inner)?.cfg.lr)]
+        }
+
+        fn load_state(
+            &mut self,
+            store: &ParamStore<T>,
+            tensors: &[(String, Tensor<T>)],
+            scalars: &[(String, f64)],
+        ) -> Result<()> {
+            self$(.$inner)?.cfg.lr = self$(.$inner)?
+                .state
+                .load_with_lr($ctx, store, tensors, scalars)?;
+            Ok(())
+        }
+    };
+}
+
 mod adagrad;
 mod adam;
 mod clip;
