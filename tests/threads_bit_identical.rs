@@ -35,15 +35,11 @@ fn run<T: Float>(kind: CellKind, imp: Implementation) -> Vec<(String, Tensor<T>)
     let (ry, rh, rc) = (r(&[T, B, 2 * H]), r(&[4, B, H]), r(&[4, B, H]));
     let lengths: Vec<usize> = (0..B).map(|b| 1 + (b * 7) % T).collect();
     let mut tape = Tape::new();
-    let x = tape.input(x_v);
-    let h0 = tape.input(h0_v);
-    let c0 = (kind == CellKind::Lstm).then(|| tape.input(c0_v));
+    let (x, h0, c0, opts) =
+        common::layer_inputs(&mut tape, kind, (x_v, h0_v, c0_v), Some(&lengths));
     let opts = ForwardOptions {
-        h0: Some(h0),
-        c0,
-        lengths: Some(&lengths),
-        dropout_rng: None,
         implementation: imp,
+        ..opts
     };
     let out = layer.forward(&mut tape, &ps, x, opts).unwrap();
     let mut terms = vec![(out.y, ry), (out.h_n, rh)];

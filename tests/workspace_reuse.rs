@@ -92,15 +92,8 @@ fn step(
     );
     let lengths: Vec<usize> = (0..b).map(|k| 1 + (k * 5 + seed as usize) % t).collect();
     tape.clear();
-    let x = tape.input(x_v);
-    let h0 = tape.input(h0_v);
-    let c0 = (kind == CellKind::Lstm).then(|| tape.input(c0_v));
-    let opts = ForwardOptions {
-        h0: Some(h0),
-        c0,
-        lengths: ragged.then_some(&lengths[..]),
-        ..ForwardOptions::default()
-    };
+    let lengths = ragged.then_some(&lengths[..]);
+    let (x, h0, c0, opts) = common::layer_inputs(tape, kind, (x_v, h0_v, c0_v), lengths);
     let out = layer.forward(tape, &ps, x, opts).unwrap();
     let w = tape.constant(ry);
     let m = tape.mul(out.y, w).unwrap();

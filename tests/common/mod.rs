@@ -1,6 +1,28 @@
 //! Helpers shared by several integration tests.
 
-use recur::{Float, Grads, ParamStore, Tensor, Var};
+use recur::nn::{CellKind, ForwardOptions};
+use recur::{Float, Grads, ParamStore, Tape, Tensor, Var};
+
+/// A layer's inputs `x`, `h0` and (for the LSTM only) `c0` put on `tape`, and forward options
+/// that pass them with `lengths`; the other options keep their defaults.
+#[allow(dead_code)] // not every test that includes this module uses it
+pub fn layer_inputs<'a, T: Float>(
+    tape: &mut Tape<T>,
+    kind: CellKind,
+    (x, h0, c0): (Tensor<T>, Tensor<T>, Tensor<T>),
+    lengths: Option<&'a [usize]>,
+) -> (Var, Var, Option<Var>, ForwardOptions<'a>) {
+    let x = tape.input(x);
+    let h0 = tape.input(h0);
+    let c0 = (kind == CellKind::Lstm).then(|| tape.input(c0));
+    let opts = ForwardOptions {
+        h0: Some(h0),
+        c0,
+        lengths,
+        ..ForwardOptions::default()
+    };
+    (x, h0, c0, opts)
+}
 
 /// Appends every parameter's gradient (as `grad.<name>`) and those of the layer's inputs `x`,
 /// `h0` and, when given, `c0` to `res`.
