@@ -765,7 +765,9 @@ impl Config {
         };
         let dw_hh_job = || {
             if !want.w_hh {
-            } else if keep_prev || tl == 0 {
+                return;
+            }
+            if keep_prev || tl == 0 {
                 weight_grad(dg_h, &sh.h_prev, tl * n, h, T::ZERO, dw_hh);
             } else {
                 // Step 0 starts from h0; every later step from the previous step's output,
