@@ -7,10 +7,10 @@
 //! Packing costs one pass over `B`, once per sequence rather than once per step.
 //!
 //! A tile keeps 5 rows of `C` by one panel in registers (6 or 2 to 4 for the last rows; a single
-//! row by up to four panels), broadcasting one value of `A` per row and step of `k`: no horizontal sums,
-//! no allocation. Every `C[i][j]` is `C[i][j] + sum_p A[i][p] B[p][j]` accumulated by fused
-//! multiply-adds in the order `p = 0, 1, ...`, whichever tile it falls in, so splitting `A` by
-//! rows (batch shards) gives bit-identical results.
+//! row by up to four panels), broadcasting one value of `A` per row and step of `k`: no
+//! horizontal sums, no allocation. Every `C[i][j]` is `C[i][j] + sum_p A[i][p] B[p][j]`
+//! accumulated by fused multiply-adds in the order `p = 0, 1, ...`, whichever tile it falls in,
+//! so splitting `A` by rows (batch shards) gives bit-identical results.
 
 // Register tiles are fixed-size arrays indexed by row, panel and vector: clearer than iterators.
 #![allow(clippy::needless_range_loop)]
