@@ -6,11 +6,19 @@
 //! of striding by `n` (which, for `n` a multiple of 1024, maps every row to the same cache set).
 //! Packing costs one pass over `B`, once per sequence rather than once per step.
 //!
-//! A tile keeps 5 rows of `C` by one panel in registers (6 or 2 to 4 for the last rows; a single
-//! row by up to four panels), broadcasting one value of `A` per row and step of `k`: no
-//! horizontal sums, no allocation. Every `C[i][j]` is `C[i][j] + sum_p A[i][p] B[p][j]`
+//! A tile keeps 5 rows of `C` by one panel in registers (2 to 4 for the last rows; a single row
+//! by up to four panels), broadcasting one value of `A` per row and step of `k`: no horizontal
+//! sums, no allocation. The tile loads `C` with plain loops, not `array::from_fn`, whose closures
+//! the compiler left out of line, copying every vector through the stack, and only a clipped
+//! vector at the end of a row takes the slower, out-of-line path. Every `C[i][j]` is `C[i][j] + sum_p A[i][p] B[p][j]`
 //! accumulated by fused multiply-adds in the order `p = 0, 1, ...`, whichever tile it falls in,
 //! so splitting `A` by rows (batch shards) gives bit-identical results.
+//!
+//! A packed `B` too large to stay in L2 between calls (`W_hh` from `H = 512` in f32) streams
+//! from L3 on every call, and the first tile of each panel would wait on it row by row: while a
+//! panel's tiles run, they prefetch the next panel's rows into L2, one cache line per step of
+//! `k` each (measured on 32 x 512 x 2048: 10-17 % faster). Smaller packings skip it, as the
+//! prefetches would only cost issue slots.
 
 // Register tiles are fixed-size arrays indexed by row, panel and vector: clearer than iterators.
 #![allow(clippy::needless_range_loop)]
@@ -163,30 +171,24 @@ pub fn gemm_packed_acc<T: SimdFloat>(m: usize, a: &[T], b: &PackedB<T>, c: &mut 
         let k1 = (k0 + kb).min(k);
         for i0 in (0..m).step_by(MB) {
             let i1 = (i0 + MB).min(m);
-            // Tiles of MR rows; a remainder of one row joins the last of them (a tile of
-            // MR + 1 rows: a lone row would stream every panel of B once more), other
-            // remainders take one tile of 2 to 4 rows. Only a block of one row is left for the
-            // single-row path below.
+            // Tiles of MR rows; a remainder of one row makes the last MR + 1 rows two tiles of
+            // 3 (a lone row would stream every panel of B once more, and a tile of 6 rows
+            // leaves the compiler too few registers), other remainders take one tile of 2 to
+            // 4 rows. Only a block of one row is left for the single-row path below.
             let len = i1 - i0;
             let single = len == 1;
-            let wide = len > 1 && len % MR == 1;
-            let full = if wide {
-                i0 + (len / MR - 1) * MR
-            } else {
-                i0 + len / MR * MR
-            };
+            let split = len > MR && len % MR == 1;
+            let full = i0 + (len / MR - usize::from(split)) * MR;
             let end = i1 - usize::from(single);
+            let tiles = (full - i0) / MR + (end - full).div_ceil(MR);
+            let streamed = b.k * b.n * std::mem::size_of::<T>() > STREAMED_BYTES;
             for q in 0..panels {
-                for i in (i0..full).step_by(MR) {
-                    tile::<T, MR, 1>(i, q, k0..k1, m, a, b, c);
-                }
-                let ks = k0..k1;
-                match end - full {
-                    0 => {}
-                    2 => tile::<T, 2, 1>(full, q, ks, m, a, b, c),
-                    3 => tile::<T, 3, 1>(full, q, ks, m, a, b, c),
-                    4 => tile::<T, 4, 1>(full, q, ks, m, a, b, c),
-                    _ => tile::<T, { MR + 1 }, 1>(full, q, ks, m, a, b, c),
+                if streamed {
+                    let next = Prefetch::new(b, q + 1, k0..k1, tiles);
+                    panel_tiles::<T, true>(i0, full, end, q, k0..k1, m, a, b, c, next);
+                } else {
+                    let none = Prefetch::none();
+                    panel_tiles::<T, false>(i0, full, end, q, k0..k1, m, a, b, c, none);
                 }
             }
             // A block of a single row (B = 1) takes up to four panels at a time: 16
@@ -194,25 +196,138 @@ pub fn gemm_packed_acc<T: SimdFloat>(m: usize, a: &[T], b: &PackedB<T>, c: &mut 
             if single {
                 let mut q = 0;
                 while q + 4 <= panels {
-                    tile::<T, 1, 4>(end, q, k0..k1, m, a, b, c);
+                    tile::<T, 1, 4, false>(end, q, k0..k1, m, a, b, c, Prefetch::none());
                     q += 4;
                 }
                 while q + 2 <= panels {
-                    tile::<T, 1, 2>(end, q, k0..k1, m, a, b, c);
+                    tile::<T, 1, 2, false>(end, q, k0..k1, m, a, b, c, Prefetch::none());
                     q += 2;
                 }
                 if q < panels {
-                    tile::<T, 1, 1>(end, q, k0..k1, m, a, b, c);
+                    tile::<T, 1, 1, false>(end, q, k0..k1, m, a, b, c, Prefetch::none());
                 }
             }
         }
     }
 }
 
+/// The tiles of rows `i0..end` of C by panel `q`: rows `i0..full` in tiles of [`MR`], the rest
+/// (0, 2 to 4 rows, or `MR + 1` rows as two tiles of 3); tile `t` prefetches `next.part(t)`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn panel_tiles<T: SimdFloat, const PF: bool>(
+    i0: usize,
+    full: usize,
+    end: usize,
+    q: usize,
+    ks: std::ops::Range<usize>,
+    m: usize,
+    a: &[T],
+    b: &PackedB<T>,
+    c: &mut [T],
+    next: Prefetch,
+) {
+    let mut t = 0;
+    for i in (i0..full).step_by(MR) {
+        tile::<T, MR, 1, PF>(i, q, ks.clone(), m, a, b, c, next.part(t));
+        t += 1;
+    }
+    let pf = next.part(t);
+    match end - full {
+        0 => {}
+        2 => tile::<T, 2, 1, PF>(full, q, ks, m, a, b, c, pf),
+        3 => tile::<T, 3, 1, PF>(full, q, ks, m, a, b, c, pf),
+        4 => tile::<T, 4, 1, PF>(full, q, ks, m, a, b, c, pf),
+        // `MR + 1` rows.
+        _ => {
+            tile::<T, 3, 1, PF>(full, q, ks.clone(), m, a, b, c, pf);
+            tile::<T, 3, 1, PF>(full + 3, q, ks, m, a, b, c, next.part(t + 1));
+        }
+    }
+}
+
+/// Above this size a packed B is taken not to stay in L2 between calls (L2 is 1-2 MiB per core
+/// on current x86 CPUs, shared with the rest of a step's data): its tiles then prefetch.
+const STREAMED_BYTES: usize = 1 << 20;
+
+/// Bytes per cache line, the unit of a prefetch.
+const LINE: usize = 64;
+
+/// The cache lines one tile asks for ahead of use: lines `first`, `first + stride`, ... below
+/// `lines`, of the contiguous run of B that starts at `base`, one per step of k.
+#[derive(Clone, Copy)]
+struct Prefetch {
+    base: *const u8,
+    lines: usize,
+    first: usize,
+    stride: usize,
+}
+
+impl Prefetch {
+    fn none() -> Self {
+        Prefetch {
+            base: std::ptr::null(),
+            lines: 0,
+            first: 0,
+            stride: 1,
+        }
+    }
+
+    /// Rows `ks` of panel `q` of `b` (none past the last panel), shared by `tiles` tiles.
+    fn new<T: SimdFloat>(
+        b: &PackedB<T>,
+        q: usize,
+        ks: std::ops::Range<usize>,
+        tiles: usize,
+    ) -> Self {
+        let p = panel::<T>();
+        if q >= b.n.div_ceil(p) {
+            return Prefetch::none();
+        }
+        let start = (q * b.k + ks.start) * p;
+        let bytes = ks.len() * p * std::mem::size_of::<T>();
+        Prefetch {
+            // In bounds: the run `[start, start + ks.len() p)` lies in panel `q`, within `data`.
+            base: b.data[start..].as_ptr().cast(),
+            lines: bytes.div_ceil(LINE),
+            first: 0,
+            stride: tiles,
+        }
+    }
+
+    /// The share of tile `t`: every `stride`-th line from line `t`.
+    fn part(self, t: usize) -> Self {
+        Prefetch { first: t, ..self }
+    }
+
+    /// Asks for the line of step `r` (counted from the tile's first step of k), if any.
+    #[inline(always)]
+    fn at(self, r: usize) {
+        let line = self.first + r * self.stride;
+        if line < self.lines {
+            prefetch_l2(self.base.wrapping_add(line * LINE));
+        }
+    }
+}
+
+/// Hints the CPU to bring the cache line holding `p` into L2. Any address is allowed: a prefetch
+/// never faults and changes no value.
+#[inline(always)]
+fn prefetch_l2(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `_mm_prefetch` only needs SSE, part of every x86_64 target; it reads no memory
+    // that a program can observe and cannot fault, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Rows of `C` per register tile: 5 rows by one panel of 4 vectors is 20 accumulators, which
 /// with the 4 vectors of `B` and one broadcast of `A` fits the 32 vector registers of AVX-512
-/// (on AVX2's 16, the compiler spills some; the results are the same). The 6-row tile that
-/// takes a last odd row needs 29 of them.
+/// (on AVX2's 16, the compiler spills some; the results are the same). A 6-row tile would need
+/// 29 of them, and in practice the compiler then keeps some accumulators in memory.
 const MR: usize = 5;
 /// Steps of k per cache block.
 const KB: usize = 128;
@@ -226,9 +341,44 @@ fn cols<T: SimdFloat>(q: usize, v: usize, n: usize) -> (usize, usize) {
     (s, (s + T::LANES).min(n))
 }
 
-/// Rows `i..i+R` of `C` by panels `q..q+Q`, over the steps `ks` of k.
+/// A vector of `C`: whole (`LANES` values) inline, a clipped one at the end of a row out of line,
+/// so that the tile's loads stay small enough for the compiler to keep the accumulators in
+/// registers.
 #[inline(always)]
-fn tile<T: SimdFloat, const R: usize, const Q: usize>(
+fn load_c<T: SimdFloat>(s: &[T]) -> T::V {
+    #[cold]
+    #[inline(never)]
+    fn clipped<T: SimdFloat>(s: &[T]) -> T::V {
+        T::load_n(s)
+    }
+    if s.len() == T::LANES {
+        T::load_n(s)
+    } else {
+        clipped::<T>(s)
+    }
+}
+
+/// Stores a vector of `C`, as [`load_c`] loads it.
+#[inline(always)]
+fn store_c<T: SimdFloat>(v: T::V, out: &mut [T]) {
+    #[cold]
+    #[inline(never)]
+    fn clipped<T: SimdFloat>(v: T::V, out: &mut [T]) {
+        T::store_n(v, out)
+    }
+    if out.len() == T::LANES {
+        T::store_n(v, out)
+    } else {
+        clipped::<T>(v, out)
+    }
+}
+
+/// Rows `i..i+R` of `C` by panels `q..q+Q`, over the steps `ks` of k; with `PF`, asking for
+/// `pf`'s lines as it goes.
+// The operands travel as they are: the tile is inlined into loops that already hold them.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn tile<T: SimdFloat, const R: usize, const Q: usize, const PF: bool>(
     i: usize,
     q: usize,
     ks: std::ops::Range<usize>,
@@ -236,20 +386,26 @@ fn tile<T: SimdFloat, const R: usize, const Q: usize>(
     a: &[T],
     b: &PackedB<T>,
     c: &mut [T],
+    pf: Prefetch,
 ) {
     let (k, n, p) = (b.k, b.n, panel::<T>());
     assert!(i + R <= m && (q + Q) * k * p <= b.data.len());
-    let mut acc: [[[T::V; NV]; Q]; R] = std::array::from_fn(|r| {
-        std::array::from_fn(|qq| {
-            std::array::from_fn(|v| {
+    let mut acc = [[[T::splat(T::default()); NV]; Q]; R];
+    for r in 0..R {
+        for qq in 0..Q {
+            for v in 0..NV {
                 let (s, e) = cols::<T>(q + qq, v, n);
-                T::load_n(&c[(i + r) * n + s..(i + r) * n + e])
-            })
-        })
-    });
+                acc[r][qq][v] = load_c::<T>(&c[(i + r) * n + s..(i + r) * n + e]);
+            }
+        }
+    }
     let a_rows: [&[T]; R] = std::array::from_fn(|r| &a[(i + r) * k..(i + r + 1) * k]);
     let base = b.data.as_ptr();
+    let k0 = ks.start;
     for s in ks {
+        if PF {
+            pf.at(s - k0);
+        }
         let bv: [[T::V; NV]; Q] = std::array::from_fn(|qq| {
             std::array::from_fn(|v| {
                 // SAFETY: panel `q + qq` occupies `[(q + qq) k p, (q + qq + 1) k p)` of `data`,
@@ -271,7 +427,7 @@ fn tile<T: SimdFloat, const R: usize, const Q: usize>(
         for qq in 0..Q {
             for v in 0..NV {
                 let (s, e) = cols::<T>(q + qq, v, n);
-                T::store_n(acc[r][qq][v], &mut c[(i + r) * n + s..(i + r) * n + e]);
+                store_c::<T>(acc[r][qq][v], &mut c[(i + r) * n + s..(i + r) * n + e]);
             }
         }
     }
@@ -296,6 +452,10 @@ mod tests {
             (9, 64, 64),
             (16, 512, 128),
             (130, 70, 600),
+            // Packings over `STREAMED_BYTES` (f32 and f64), whose tiles prefetch: 5 + 5 + 2
+            // rows and 5 + 5 + 6 rows.
+            (12, 520, 600),
+            (16, 600, 520),
         ];
         // Under Miri the two largest shapes (the cache-blocked loop order, same loads) would take
         // many minutes to interpret.
