@@ -22,4 +22,4 @@ pub mod simd;
 pub use simd::SimdFloat;
 
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;

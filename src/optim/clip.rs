@@ -2,7 +2,7 @@
 //! `torch.nn.utils.clip_grad_norm_`) and by value.
 
 use crate::tape::Grads;
-use crate::tensor::Float;
+use crate::tensor::{Float, sum_f64};
 use crate::{Error, Result};
 
 /// The global L2 norm of all parameter gradients, `sqrt(sum over params of ||g||^2)`,
@@ -12,8 +12,7 @@ pub fn grad_norm<T: Float>(grads: &Grads<'_, T>) -> f64 {
         .param_ids()
         .into_iter()
         .filter_map(|id| grads.param(id))
-        .flat_map(|g| g.data().iter())
-        .map(|x| x.to_f64() * x.to_f64())
+        .map(|g| sum_f64(g.data(), |x| x * x))
         .sum::<f64>()
         .sqrt()
 }

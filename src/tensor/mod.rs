@@ -201,18 +201,15 @@ impl<T: Float> Tensor<T> {
             .fold(0.0, f64::max))
     }
 
-    /// Sum of all elements, accumulated in f64.
+    /// Sum of all elements, accumulated in f64 in eight interleaved partial sums (a fixed order
+    /// that depends only on the length).
     pub fn sum(&self) -> f64 {
-        self.data.iter().map(|x| x.to_f64()).sum()
+        sum_f64(&self.data, |x| x)
     }
 
-    /// Euclidean (Frobenius) norm, accumulated in f64.
+    /// Euclidean (Frobenius) norm, accumulated in f64 as [`Tensor::sum`] is.
     pub fn norm(&self) -> f64 {
-        self.data
-            .iter()
-            .map(|x| x.to_f64() * x.to_f64())
-            .sum::<f64>()
-            .sqrt()
+        sum_f64(&self.data, |x| x * x).sqrt()
     }
 
     /// Every element finite (no NaN, no infinity).
@@ -225,6 +222,27 @@ impl<T: Float> Tensor<T> {
         debug_assert_eq!(data.len(), shape.numel());
         Tensor { data, shape }
     }
+}
+
+/// `sum f(x)` over `xs` in f64, in a fixed order: element `j` goes to partial sum `j % 8`, and
+/// the eight partial sums are added pairwise at the end. Independent partial sums let the
+/// compiler vectorise the loop (one sequential chain of additions is bound by the adder's
+/// latency: about 2 ms for the 1.6 million outputs of a medium-shape training step); the order
+/// depends only on the length, so the result is as reproducible as a sequential sum.
+pub(crate) fn sum_f64<T: Float>(xs: &[T], f: impl Fn(f64) -> f64) -> f64 {
+    const W: usize = 8;
+    let mut part = [0.0f64; W];
+    let chunks = xs.chunks_exact(W);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for j in 0..W {
+            part[j] += f(c[j].to_f64());
+        }
+    }
+    for (j, x) in tail.iter().enumerate() {
+        part[j] += f(x.to_f64());
+    }
+    ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]))
 }
 
 impl<T: Float> std::fmt::Debug for Tensor<T> {
@@ -241,5 +259,34 @@ impl<T: Float> std::fmt::Debug for Tensor<T> {
             write!(f, ", ... ({} more)", self.data.len() - SHOW)?;
         }
         write!(f, "]")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::testutil::values;
+
+    #[test]
+    fn sum_f64_covers_every_element_whatever_the_length() {
+        // Whole chunks of eight, a tail, both and neither: integers sum exactly.
+        for n in (0..=20).chain([64, 1001]) {
+            let xs: Vec<f32> = (1..=n).map(|i| i as f32).collect();
+            assert_eq!(sum_f64(&xs, |x| x), (n * (n + 1) / 2) as f64, "n = {n}");
+            let sq = (n * (n + 1) * (2 * n + 1) / 6) as f64;
+            assert_eq!(sum_f64(&xs, |x| x * x), sq, "n = {n}");
+        }
+    }
+
+    #[test]
+    fn sum_and_norm_agree_with_a_sequential_sum() {
+        let xs: Vec<f64> = values(7, 12_345, 3.0);
+        let t = Tensor::from_vec(xs.clone(), &[12_345]).unwrap();
+        let seq: f64 = xs.iter().sum();
+        let seq_sq: f64 = xs.iter().map(|x| x * x).sum();
+        assert!((t.sum() - seq).abs() <= 1e-12 * seq_sq.sqrt() * 12_345f64.sqrt());
+        assert!((t.norm() - seq_sq.sqrt()).abs() <= 1e-13 * seq_sq.sqrt());
+        let v = Tensor::from_vec(vec![3.0f32, 4.0], &[2]).unwrap();
+        assert_eq!(v.norm(), 5.0);
     }
 }
