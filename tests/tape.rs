@@ -208,3 +208,26 @@ fn multi_output_custom_nodes_gather_all_output_gradients() -> Result<()> {
     assert_eq!(tape.backward(s)?.wrt(x).unwrap().data(), &[4.0, 4.0]);
     Ok(())
 }
+
+#[test]
+fn sum_and_mean_gradients_on_a_reused_tape_ignore_stale_buffers() -> Result<()> {
+    // The first round leaves buffers of the same length full of other values in the pool; a
+    // sum's gradient set (not added) into one of them must still be exactly `factor`.
+    let mut tape = Tape::<f64>::new();
+    for round in 0..3 {
+        tape.clear();
+        let x = tape.input(t(&[1.5, -2.0, 0.25, 4.0], &[4]));
+        let sq = tape.mul(x, x)?;
+        let s = tape.sum(sq)?; // d/dx = 2x, through a sum over sq
+        let m = tape.mean(x)?; // d/dx = 1/4
+        let loss = tape.add(s, m)?;
+        let g = tape.backward(loss)?;
+        let want = [3.0 + 0.25, -4.0 + 0.25, 0.5 + 0.25, 8.0 + 0.25];
+        assert_eq!(g.wrt(x).unwrap().data(), &want, "round {round}");
+        // A lone sum: its gradient is the first and only contribution.
+        let sum_only = tape.sum(sq)?;
+        let g = tape.backward(sum_only)?;
+        assert_eq!(g.wrt(sq).unwrap().data(), &[1.0; 4], "round {round}");
+    }
+    Ok(())
+}

@@ -119,6 +119,25 @@ impl<T: Float> GradAcc<'_, T> {
         }
         self.grads[i].as_mut().expect("just created").data_mut()
     }
+
+    /// The gradient buffer of slot `i` and whether this is its first contribution. A first
+    /// buffer is not zero-filled: it holds stale values, and the caller must overwrite every one
+    /// (saving a pass over large gradients that are set, not added to).
+    pub(crate) fn buf_or_new(&mut self, i: u32) -> (&mut [T], bool) {
+        let i = i as usize;
+        let new = self.grads[i].is_none();
+        if new {
+            let shape: Shape = self.slots[i].value.shape();
+            self.grads[i] = Some(Tensor::from_parts(
+                self.pool.take_dirty(shape.numel()),
+                shape,
+            ));
+        }
+        (
+            self.grads[i].as_mut().expect("just created").data_mut(),
+            new,
+        )
+    }
 }
 
 /// Runs the backward rule of a single-output primitive op. `gy` is the gradient of its (first)

@@ -30,8 +30,9 @@ impl<T: Float> Tape<T> {
 pub(super) fn sum_backward<T: Float>(a: u32, factor: T, gy: &Tensor<T>, acc: &mut GradAcc<'_, T>) {
     if acc.needs(a) {
         let g = factor * gy.data()[0];
-        for d in acc.buf(a) {
-            *d += g;
+        match acc.buf_or_new(a) {
+            (d, true) => d.fill(g),
+            (d, false) => d.iter_mut().for_each(|d| *d += g),
         }
     }
 }
