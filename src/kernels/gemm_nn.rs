@@ -453,12 +453,12 @@ mod tests {
             (16, 512, 128),
             (130, 70, 600),
             // Packings over `STREAMED_BYTES` (f32 and f64), whose tiles prefetch: 5 + 5 + 2
-            // rows and 5 + 5 + 6 rows.
+            // rows and 5 + 5 + 3 + 3 rows.
             (12, 520, 600),
             (16, 600, 520),
         ];
-        // Under Miri the two largest shapes (the cache-blocked loop order, same loads) would take
-        // many minutes to interpret.
+        // Under Miri only the first six: the larger ones (the cache-blocked loop order and the
+        // prefetching tiles, with the same loads) would take many minutes to interpret.
         let shapes = if cfg!(miri) {
             &shapes[..6]
         } else {
@@ -511,7 +511,7 @@ mod tests {
 
     #[test]
     fn a_row_does_not_depend_on_its_neighbours() {
-        // k > KB: the 11-row product (tiles of 5 and 6 rows) is cut into k blocks, a single
+        // k > KB: the 11-row product (tiles of 5, 3 and 3 rows) is cut into k blocks, a single
         // row is not.
         let (m, n, k) = (11, 75, 300);
         let a: Vec<f32> = values(1, m * k, 1.0);
