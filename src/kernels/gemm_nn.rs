@@ -167,6 +167,7 @@ pub fn gemm_packed_acc<T: SimdFloat>(m: usize, a: &[T], b: &PackedB<T>, c: &mut 
     // of every element is unchanged.
     // Fewer rows than a tile reuse no slice of B from L1: no k blocks, C loaded once.
     let kb = if m < MR { k } else { KB };
+    let g = &mut Operands { m, a, b, c };
     for k0 in (0..k).step_by(kb) {
         let k1 = (k0 + kb).min(k);
         for i0 in (0..m).step_by(MB) {
@@ -185,10 +186,10 @@ pub fn gemm_packed_acc<T: SimdFloat>(m: usize, a: &[T], b: &PackedB<T>, c: &mut 
             for q in 0..panels {
                 if streamed {
                     let next = Prefetch::new(b, q + 1, k0..k1, tiles);
-                    panel_tiles::<T, true>(i0, full, end, q, k0..k1, m, a, b, c, next);
+                    panel_tiles::<T, true>(g, i0, full, end, q, k0..k1, next);
                 } else {
                     let none = Prefetch::none();
-                    panel_tiles::<T, false>(i0, full, end, q, k0..k1, m, a, b, c, none);
+                    panel_tiles::<T, false>(g, i0, full, end, q, k0..k1, none);
                 }
             }
             // A block of a single row (B = 1) takes up to four panels at a time: 16
@@ -196,15 +197,15 @@ pub fn gemm_packed_acc<T: SimdFloat>(m: usize, a: &[T], b: &PackedB<T>, c: &mut 
             if single {
                 let mut q = 0;
                 while q + 4 <= panels {
-                    tile::<T, 1, 4, false>(end, q, k0..k1, m, a, b, c, Prefetch::none());
+                    tile::<T, 1, 4, false>(g, end, q, k0..k1, Prefetch::none());
                     q += 4;
                 }
                 while q + 2 <= panels {
-                    tile::<T, 1, 2, false>(end, q, k0..k1, m, a, b, c, Prefetch::none());
+                    tile::<T, 1, 2, false>(g, end, q, k0..k1, Prefetch::none());
                     q += 2;
                 }
                 if q < panels {
-                    tile::<T, 1, 1, false>(end, q, k0..k1, m, a, b, c, Prefetch::none());
+                    tile::<T, 1, 1, false>(g, end, q, k0..k1, Prefetch::none());
                 }
             }
         }
@@ -213,35 +214,31 @@ pub fn gemm_packed_acc<T: SimdFloat>(m: usize, a: &[T], b: &PackedB<T>, c: &mut 
 
 /// The tiles of rows `i0..end` of C by panel `q`: rows `i0..full` in tiles of [`MR`], the rest
 /// (0, 2 to 4 rows, or `MR + 1` rows as two tiles of 3); tile `t` prefetches `next.part(t)`.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn panel_tiles<T: SimdFloat, const PF: bool>(
+    g: &mut Operands<'_, T>,
     i0: usize,
     full: usize,
     end: usize,
     q: usize,
     ks: std::ops::Range<usize>,
-    m: usize,
-    a: &[T],
-    b: &PackedB<T>,
-    c: &mut [T],
     next: Prefetch,
 ) {
     let mut t = 0;
     for i in (i0..full).step_by(MR) {
-        tile::<T, MR, 1, PF>(i, q, ks.clone(), m, a, b, c, next.part(t));
+        tile::<T, MR, 1, PF>(g, i, q, ks.clone(), next.part(t));
         t += 1;
     }
     let pf = next.part(t);
     match end - full {
         0 => {}
-        2 => tile::<T, 2, 1, PF>(full, q, ks, m, a, b, c, pf),
-        3 => tile::<T, 3, 1, PF>(full, q, ks, m, a, b, c, pf),
-        4 => tile::<T, 4, 1, PF>(full, q, ks, m, a, b, c, pf),
+        2 => tile::<T, 2, 1, PF>(g, full, q, ks, pf),
+        3 => tile::<T, 3, 1, PF>(g, full, q, ks, pf),
+        4 => tile::<T, 4, 1, PF>(g, full, q, ks, pf),
         // `MR + 1` rows.
         _ => {
-            tile::<T, 3, 1, PF>(full, q, ks.clone(), m, a, b, c, pf);
-            tile::<T, 3, 1, PF>(full + 3, q, ks, m, a, b, c, next.part(t + 1));
+            tile::<T, 3, 1, PF>(g, full, q, ks.clone(), pf);
+            tile::<T, 3, 1, PF>(g, full + 3, q, ks, next.part(t + 1));
         }
     }
 }
@@ -373,21 +370,26 @@ fn store_c<T: SimdFloat>(v: T::V, out: &mut [T]) {
     }
 }
 
+/// The operands of one product `C += A B`: `A` `m x k` and `C` `m x n`, row-major; `B` packed.
+struct Operands<'a, T> {
+    m: usize,
+    a: &'a [T],
+    b: &'a PackedB<T>,
+    c: &'a mut [T],
+}
+
 /// Rows `i..i+R` of `C` by panels `q..q+Q`, over the steps `ks` of k; with `PF`, asking for
 /// `pf`'s lines as it goes.
-// The operands travel as they are: the tile is inlined into loops that already hold them.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn tile<T: SimdFloat, const R: usize, const Q: usize, const PF: bool>(
+    g: &mut Operands<'_, T>,
     i: usize,
     q: usize,
     ks: std::ops::Range<usize>,
-    m: usize,
-    a: &[T],
-    b: &PackedB<T>,
-    c: &mut [T],
     pf: Prefetch,
 ) {
+    let (m, a, b) = (g.m, g.a, g.b);
+    let c = &mut *g.c;
     let (k, n, p) = (b.k, b.n, panel::<T>());
     assert!(i + R <= m && (q + Q) * k * p <= b.data.len());
     let mut acc = [[[T::splat(T::default()); NV]; Q]; R];
