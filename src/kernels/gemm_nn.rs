@@ -6,13 +6,15 @@
 //! of striding by `n` (which, for `n` a multiple of 1024, maps every row to the same cache set).
 //! Packing costs one pass over `B`, once per sequence rather than once per step.
 //!
-//! A tile keeps 5 rows of `C` by one panel in registers (2 to 4 for the last rows; a single row
-//! by up to four panels), broadcasting one value of `A` per row and step of `k`: no horizontal
-//! sums, no allocation. The tile loads `C` with plain loops, not `array::from_fn`, whose closures
-//! the compiler left out of line, copying every vector through the stack, and only a clipped
-//! vector at the end of a row takes the slower, out-of-line path. Every `C[i][j]` is `C[i][j] + sum_p A[i][p] B[p][j]`
-//! accumulated by fused multiply-adds in the order `p = 0, 1, ...`, whichever tile it falls in,
-//! so splitting `A` by rows (batch shards) gives bit-identical results.
+//! A tile keeps 5 rows of `C` by one panel in registers (2 to 4 for the last rows; a single row by
+//! up to four panels), broadcasting one value of `A` per row and step of `k`: no horizontal sums,
+//! no allocation. The tile loads `C` with plain loops, not `array::from_fn`, whose closures the
+//! compiler left out of line, copying every vector through the stack; only a clipped vector at
+//! the end of a row takes a slower, out-of-line path.
+//!
+//! Every `C[i][j]` is `C[i][j] + sum_p A[i][p] B[p][j]` accumulated by fused multiply-adds in the
+//! order `p = 0, 1, ...`, whichever tile it falls in, so splitting `A` by rows (batch shards)
+//! gives bit-identical results.
 //!
 //! A packed `B` too large to stay in L2 between calls (`W_hh` from `H = 512` in f32) streams
 //! from L3 on every call, and the first tile of each panel would wait on it row by row: while a
@@ -167,6 +169,7 @@ pub fn gemm_packed_acc<T: SimdFloat>(m: usize, a: &[T], b: &PackedB<T>, c: &mut 
     // of every element is unchanged.
     // Fewer rows than a tile reuse no slice of B from L1: no k blocks, C loaded once.
     let kb = if m < MR { k } else { KB };
+    let streamed = k * n * std::mem::size_of::<T>() > STREAMED_BYTES;
     let g = &mut Operands { m, a, b, c };
     for k0 in (0..k).step_by(kb) {
         let k1 = (k0 + kb).min(k);
@@ -182,7 +185,6 @@ pub fn gemm_packed_acc<T: SimdFloat>(m: usize, a: &[T], b: &PackedB<T>, c: &mut 
             let full = i0 + (len / MR - usize::from(split)) * MR;
             let end = i1 - usize::from(single);
             let tiles = (full - i0) / MR + (end - full).div_ceil(MR);
-            let streamed = b.k * b.n * std::mem::size_of::<T>() > STREAMED_BYTES;
             for q in 0..panels {
                 if streamed {
                     let next = Prefetch::new(b, q + 1, k0..k1, tiles);
