@@ -112,26 +112,23 @@ impl<T: Float> GradAcc<'_, T> {
 
     /// The gradient buffer of slot `i`, zero-filled if this is its first contribution.
     pub(crate) fn buf(&mut self, i: u32) -> &mut [T] {
-        let i = i as usize;
-        if self.grads[i].is_none() {
-            let shape: Shape = self.slots[i].value.shape();
-            self.grads[i] = Some(Tensor::from_parts(self.pool.take(shape.numel()), shape));
-        }
-        self.grads[i].as_mut().expect("just created").data_mut()
+        self.buf_from(i, Pool::take).0
     }
 
     /// The gradient buffer of slot `i` and whether this is its first contribution. A first
     /// buffer is not zero-filled: it holds stale values, and the caller must overwrite every one
     /// (saving a pass over large gradients that are set, not added to).
     pub(crate) fn buf_or_new(&mut self, i: u32) -> (&mut [T], bool) {
+        self.buf_from(i, Pool::take_dirty)
+    }
+
+    /// Slot `i`'s gradient buffer, a new one from `take` on its first contribution (then `true`).
+    fn buf_from(&mut self, i: u32, take: fn(&mut Pool<T>, usize) -> Vec<T>) -> (&mut [T], bool) {
         let i = i as usize;
         let new = self.grads[i].is_none();
         if new {
             let shape: Shape = self.slots[i].value.shape();
-            self.grads[i] = Some(Tensor::from_parts(
-                self.pool.take_dirty(shape.numel()),
-                shape,
-            ));
+            self.grads[i] = Some(Tensor::from_parts(take(self.pool, shape.numel()), shape));
         }
         (
             self.grads[i].as_mut().expect("just created").data_mut(),
