@@ -1,9 +1,12 @@
 //! The fused recurrence: one tape node per layer and direction.
 //!
 //! The batch is split into shards (see [`shard_ranges`]). The shard boundaries depend only on
-//! the batch size, never on the number of threads, and each shard
-//! runs its whole recurrence on its own (rayon, no synchronisation per time step), so results
-//! are bit-identical for any number of threads.
+//! the batch size, never on the number of threads, and each shard runs its whole recurrence
+//! without waiting on another (rayon, no synchronisation per time step), so results are
+//! bit-identical for any number of threads. A thread that holds several shards (one thread, or
+//! more shards than threads) steps them in lockstep: each step's recurrent products of its
+//! shards are one call of the kernel, which reads `W_hh` once for all their rows and computes
+//! every row as it would alone.
 //!
 //! Forward, per shard: one GEMM projects the inputs of all timesteps at once
 //! (`Xp = X W_ih^T + b`); then per step the recurrent product `h_{t-1} W_hh^T` is added by a
@@ -34,7 +37,7 @@ use rayon::prelude::*;
 use super::recurrent::{CellKind, DirectionOutput, DirectionRun};
 use crate::Result;
 use crate::kernels::GemmShape;
-use crate::kernels::gemm_nn::{PackedB, gemm_packed_acc};
+use crate::kernels::gemm_nn::{PackedB, Rows, gemm_packed_acc_rows};
 use crate::kernels::gemm_nt::gemm_nt_acc;
 use crate::kernels::{gru, lstm, rnn};
 use crate::params::ParamStore;
@@ -401,13 +404,32 @@ fn add_into<T: Float>(dst: &mut [T], src: &[T]) {
     }
 }
 
-/// Runs `f` on every pair, in parallel where there is more than one.
-fn for_each_shard<A: Send, B: Send>(a: &mut [A], b: &mut [B], f: impl Fn(&mut A, &mut B) + Sync) {
-    if a.len() == 1 {
-        f(&mut a[0], &mut b[0]);
+/// Most shards one thread steps together (a bound that keeps each step's list of row blocks
+/// on the stack; past 128 rows a larger product gains little).
+const GROUP_SHARDS: usize = 4;
+
+/// How many consecutive shards each task steps in lockstep: all of them on one thread (up to
+/// [`GROUP_SHARDS`]), else as evenly as the threads of the current rayon pool allow. Which
+/// shards share a task changes how fast, never what, they compute.
+fn group_len(shards: usize) -> usize {
+    shards
+        .div_ceil(rayon::current_num_threads().max(1))
+        .clamp(1, GROUP_SHARDS)
+}
+
+/// Runs `f` on every group of `len` consecutive pairs, in parallel where there is more than
+/// one group.
+fn for_each_group<A: Send, B: Send>(
+    a: &mut [A],
+    b: &mut [B],
+    len: usize,
+    f: impl Fn(&mut [A], &mut [B]) + Sync,
+) {
+    if a.len() <= len {
+        f(a, b);
     } else {
-        a.par_iter_mut()
-            .zip(b.par_iter_mut())
+        a.par_chunks_mut(len)
+            .zip(b.par_chunks_mut(len))
             .for_each(|(x, y)| f(x, y));
     }
 }
@@ -479,135 +501,214 @@ impl Config {
         }
     }
 
-    /// Runs the recurrence of one shard from its initial state `h0`, `c0` (`[B, H]`, all rows),
-    /// writing its outputs `[T, n, H]` to `y` and its final `h` to `fs.h_cur` (the final `c` is
-    /// [`Shard::c_final`]).
-    #[allow(clippy::too_many_arguments)]
-    fn forward_shard<T: Float>(
+    /// `h_{t-1}` of step `s` for a shard's rows: saved in `h_prev` with lengths, else the
+    /// output of step `s - 1` in `out`, or the shard's rows of `h0` at step 0.
+    fn state_in<'a, T: Float>(
         &self,
-        sh: &mut Shard<T>,
-        fs: &mut ForwardScratch<T>,
-        y: &mut [T],
+        h_prev: &'a [T],
+        out: &'a [T],
+        h0: &'a [T],
+        rows: &Range<usize>,
+        s: usize,
+    ) -> &'a [T] {
+        let nh = rows.len() * self.hidden;
+        if !h_prev.is_empty() {
+            let t = self.time(s);
+            &h_prev[t * nh..(t + 1) * nh]
+        } else if s == 0 {
+            &h0[rows.start * self.hidden..rows.end * self.hidden]
+        } else {
+            let tp = self.time(s - 1);
+            &out[tp * nh..(tp + 1) * nh]
+        }
+    }
+
+    /// Runs the recurrence of a group of shards from the initial state `h0`, `c0` (`[B, H]`,
+    /// all rows), in lockstep: each step's recurrent products of all the shards are one call
+    /// of the kernel, so `W_hh` streams through the cache once per step for the whole group.
+    /// Each shard writes its outputs `[T, n, H]` to its `ys` and its final `h` to `fs.h_cur`
+    /// (the final `c` is [`Shard::c_final`]). The kernel's values do not depend on which rows
+    /// share a call, so neither do the results.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_group<T: Float>(
+        &self,
+        group: &mut [Shard<T>],
+        fss: &mut [ForwardScratch<T>],
         x: &[T],
         h0: &[T],
         c0: Option<&[T]>,
         w: &Weights<'_, T>,
         w_hh_t: &PackedB<T>,
     ) {
+        assert!(
+            group.len() <= GROUP_SHARDS,
+            "forward_group: too many shards"
+        );
+        for (sh, fs) in group.iter_mut().zip(fss.iter_mut()) {
+            self.forward_begin(sh, fs, x, h0, c0, w);
+        }
+        let sw = self.saved_width();
+        let count = group.len();
+        for s in 0..self.t_len {
+            let t = self.time(s);
+            // The recurrent product of every shard: into its saved block (the gate
+            // pre-activations, which already hold the input projection), or for the GRU into
+            // `W_hh h + b_hh` apart.
+            let mut blocks: [Rows<'_, T>; GROUP_SHARDS] = std::array::from_fn(|_| Rows::empty());
+            for ((blk, sh), fs) in blocks.iter_mut().zip(group.iter_mut()).zip(fss.iter_mut()) {
+                let n = sh.rows.len();
+                let a = self.state_in(&sh.h_prev, &sh.ys, h0, &sh.rows, s);
+                let c = if self.kind == CellKind::Gru {
+                    fill_rows(&mut fs.hp, w.bias.map(|(_, b_hh)| b_hh));
+                    &mut fs.hp[..]
+                } else {
+                    &mut sh.gates[t * n * sw..(t + 1) * n * sw]
+                };
+                *blk = Rows { m: n, a, c };
+            }
+            gemm_packed_acc_rows(&mut blocks[..count], w_hh_t);
+            for (sh, fs) in group.iter_mut().zip(fss.iter_mut()) {
+                self.forward_gates(sh, fs, h0, s);
+            }
+        }
+        for (sh, fs) in group.iter_mut().zip(fss.iter_mut()) {
+            let nh = sh.rows.len() * self.hidden;
+            if self.t_len == 0 {
+                fs.h_cur
+                    .copy_from_slice(&h0[sh.rows.start * self.hidden..sh.rows.end * self.hidden]);
+            } else if sh.h_prev.is_empty() {
+                let last = self.time(self.t_len - 1);
+                fs.h_cur.copy_from_slice(&sh.ys[last * nh..(last + 1) * nh]);
+            }
+        }
+    }
+
+    /// A shard's work before its recurrence: the input projection of every step at once,
+    /// `Xp = X W_ih^T + b`, its rows of `c0`, and with lengths the state of the first step.
+    fn forward_begin<T: Float>(
+        &self,
+        sh: &mut Shard<T>,
+        fs: &mut ForwardScratch<T>,
+        x: &[T],
+        h0: &[T],
+        c0: Option<&[T]>,
+        w: &Weights<'_, T>,
+    ) {
         let (tl, b, h, i_sz) = (self.t_len, self.batch, self.hidden, self.in_size);
         let rows = sh.rows.clone();
         let n = rows.len();
         let gh = self.kind.gates() * h;
-
-        // Input projection of every step at once: Xp = X W_ih^T + b. For the LSTM and the RNN
-        // the saved per-step block is the gate pre-activations themselves, so Xp is written
-        // straight into it; the GRU keeps Xp apart from its saved block, and keeps b_hh apart
-        // too (its n gate scales `W_hn h + b_hn` by r).
-        let sw = self.saved_width();
-        let gru_cell = self.kind == CellKind::Gru;
+        // For the LSTM and the RNN the saved per-step block is the gate pre-activations
+        // themselves, so Xp is written straight into it; the GRU keeps Xp apart from its saved
+        // block, and keeps b_hh apart too (its n gate scales `W_hn h + b_hn` by r).
         if !sh.xs.is_empty() {
             gather(x, &mut sh.xs, b, &rows, i_sz);
         }
         let xs = if sh.xs.is_empty() { x } else { &sh.xs };
-        let xp = if gru_cell { &mut fs.xp } else { &mut sh.gates };
+        let xp = if self.kind == CellKind::Gru {
+            &mut fs.xp
+        } else {
+            &mut sh.gates
+        };
         init_input_projection(xp, w.bias, self.kind);
         project(tl * n, i_sz, gh, xs, w.w_ih, xp);
         let nh = n * h;
-        let h0 = &h0[rows.start * h..rows.end * h];
         if let Some(c0) = c0 {
             sh.c0.copy_from_slice(&c0[rows.start * h..rows.end * h]);
         }
-        if tl == 0 {
-            fs.h_cur.copy_from_slice(h0);
-            return;
-        }
-        // Every step writes its new state h_t to its output slot y_t. Without lengths that is
-        // all: the next step starts from y_t. With lengths, `h_prev[t]` holds the state step t
-        // starts from (h0 at the first step, then the previous step's state): a sequence past
-        // its length keeps its state (and, for the LSTM, its saved c_t is the c it keeps) while
-        // its output is zero.
-        let keep_prev = !sh.h_prev.is_empty();
-        if keep_prev {
+        // With lengths, `h_prev[t]` holds the state step t starts from: h0 at the first step.
+        if !sh.h_prev.is_empty() && tl > 0 {
             let t0 = self.time(0);
-            sh.h_prev[t0 * nh..(t0 + 1) * nh].copy_from_slice(h0);
-        }
-        for s in 0..tl {
-            let t = self.time(s);
-            let (st, sb) = (t * nh, (t + 1) * nh);
-            let all_active = (rows.clone()).all(|r| self.active(t, r));
-            // The state this step starts from, where its result goes, and (with lengths) the
-            // next step's h_prev, or after the last step the shard's final state.
-            let (h_in, h_out, h_next): (&[T], &mut [T], Option<&mut [T]>) = if keep_prev {
-                let (h_in, h_next) = if s + 1 < tl {
-                    read_write(&mut sh.h_prev, t, self.time(s + 1), nh)
-                } else {
-                    (&sh.h_prev[st..sb], &mut fs.h_cur[..])
-                };
-                (h_in, &mut y[st..sb], Some(h_next))
-            } else if s == 0 {
-                (h0, &mut y[st..sb], None)
-            } else {
-                let (h_in, h_out) = read_write(y, self.time(s - 1), t, nh);
-                (h_in, h_out, None)
-            };
-            let saved = &mut sh.gates[t * n * sw..(t + 1) * n * sw];
-            // The LSTM and the GRU write the new state straight into y_t; the RNN's new state
-            // is its saved block, copied there.
-            match self.kind {
-                CellKind::Lstm => {
-                    gemm_packed_acc(n, h_in, w_hh_t, saved);
-                    let (c_in, c_out) = if s == 0 {
-                        (&sh.c0[..], &mut sh.c_new[st..sb])
-                    } else {
-                        read_write(&mut sh.c_new, self.time(s - 1), t, nh)
-                    };
-                    lstm::lstm_forward(saved, c_in, c_out, h_out, h);
-                    if !all_active {
-                        for bi in (0..n).filter(|&bi| !self.active(t, rows.start + bi)) {
-                            let r = bi * h..(bi + 1) * h;
-                            c_out[r.clone()].copy_from_slice(&c_in[r]);
-                        }
-                    }
-                }
-                CellKind::Gru => {
-                    fill_rows(&mut fs.hp, w.bias.map(|(_, b_hh)| b_hh));
-                    gemm_packed_acc(n, h_in, w_hh_t, &mut fs.hp);
-                    let xp_t = &fs.xp[t * n * gh..(t + 1) * n * gh];
-                    gru::gru_forward(xp_t, &fs.hp, h_in, h_out, saved, h);
-                }
-                CellKind::Rnn(act) => {
-                    gemm_packed_acc(n, h_in, w_hh_t, saved);
-                    rnn::rnn_forward(saved, act);
-                    h_out.copy_from_slice(saved);
-                }
-            }
-            if let Some(h_next) = h_next {
-                for bi in 0..n {
-                    let r = bi * h..(bi + 1) * h;
-                    if self.active(t, rows.start + bi) {
-                        h_next[r.clone()].copy_from_slice(&h_out[r]);
-                    } else {
-                        // Past its length a sequence keeps its state; its output is zero.
-                        h_next[r.clone()].copy_from_slice(&h_in[r.clone()]);
-                        h_out[r].fill(T::ZERO);
-                    }
-                }
-            }
-        }
-        if !keep_prev {
-            let last = self.time(tl - 1);
-            fs.h_cur.copy_from_slice(&y[last * nh..(last + 1) * nh]);
+            sh.h_prev[t0 * nh..(t0 + 1) * nh].copy_from_slice(&h0[rows.start * h..rows.end * h]);
         }
     }
 
-    /// Backward through one shard's recurrence; `w_hh_p` is `W_hh` `[G*H, H]`, packed; `h0`
-    /// and `y` are the layer's initial state and output (all rows). Leaves the shard's
-    /// gradients in `bs` (`dh`, `dc`, `dg`, `dhp`, `dx`, `dw_ih`, `dw_hh`).
-    #[allow(clippy::too_many_arguments)]
-    fn backward_shard<T: Float>(
+    /// Step `s` of a shard once its recurrent product is in: the fused gate kernel, which
+    /// writes the new state `h_t` to its output slot `y_t`. Without lengths that is all: the
+    /// next step starts from `y_t`. With lengths, a sequence past its length keeps its state
+    /// (and, for the LSTM, its saved `c_t` is the `c` it keeps) while its output is zero; the
+    /// state goes on to the next step's `h_prev`, or after the last step to `fs.h_cur`.
+    fn forward_gates<T: Float>(
         &self,
-        sh: &Shard<T>,
-        bs: &mut BackwardScratch<T>,
+        sh: &mut Shard<T>,
+        fs: &mut ForwardScratch<T>,
+        h0: &[T],
+        s: usize,
+    ) {
+        let (tl, h) = (self.t_len, self.hidden);
+        let rows = sh.rows.clone();
+        let n = rows.len();
+        let gh = self.kind.gates() * h;
+        let nh = n * h;
+        let t = self.time(s);
+        let (st, sb) = (t * nh, (t + 1) * nh);
+        let all_active = (rows.clone()).all(|r| self.active(t, r));
+        let keep_prev = !sh.h_prev.is_empty();
+        let y = &mut sh.ys;
+        let (h_in, h_out, h_next): (&[T], &mut [T], Option<&mut [T]>) = if keep_prev {
+            let (h_in, h_next) = if s + 1 < tl {
+                read_write(&mut sh.h_prev, t, self.time(s + 1), nh)
+            } else {
+                (&sh.h_prev[st..sb], &mut fs.h_cur[..])
+            };
+            (h_in, &mut y[st..sb], Some(h_next))
+        } else if s == 0 {
+            (&h0[rows.start * h..rows.end * h], &mut y[st..sb], None)
+        } else {
+            let (h_in, h_out) = read_write(y, self.time(s - 1), t, nh);
+            (h_in, h_out, None)
+        };
+        let sw = self.saved_width();
+        let saved = &mut sh.gates[t * n * sw..(t + 1) * n * sw];
+        // The LSTM and the GRU write the new state straight into y_t; the RNN's new state is
+        // its saved block, copied there.
+        match self.kind {
+            CellKind::Lstm => {
+                let (c_in, c_out) = if s == 0 {
+                    (&sh.c0[..], &mut sh.c_new[st..sb])
+                } else {
+                    read_write(&mut sh.c_new, self.time(s - 1), t, nh)
+                };
+                lstm::lstm_forward(saved, c_in, c_out, h_out, h);
+                if !all_active {
+                    for bi in (0..n).filter(|&bi| !self.active(t, rows.start + bi)) {
+                        let r = bi * h..(bi + 1) * h;
+                        c_out[r.clone()].copy_from_slice(&c_in[r]);
+                    }
+                }
+            }
+            CellKind::Gru => {
+                let xp_t = &fs.xp[t * n * gh..(t + 1) * n * gh];
+                gru::gru_forward(xp_t, &fs.hp, h_in, h_out, saved, h);
+            }
+            CellKind::Rnn(act) => {
+                rnn::rnn_forward(saved, act);
+                h_out.copy_from_slice(saved);
+            }
+        }
+        if let Some(h_next) = h_next {
+            for bi in 0..n {
+                let r = bi * h..(bi + 1) * h;
+                if self.active(t, rows.start + bi) {
+                    h_next[r.clone()].copy_from_slice(&h_out[r]);
+                } else {
+                    // Past its length a sequence keeps its state; its output is zero.
+                    h_next[r.clone()].copy_from_slice(&h_in[r.clone()]);
+                    h_out[r].fill(T::ZERO);
+                }
+            }
+        }
+    }
+
+    /// Backward through the recurrence of a group of shards, in lockstep as in
+    /// [`Config::forward_group`]; `w_hh_p` is `W_hh` `[G*H, H]`, packed; `h0` and `y` are the
+    /// layer's initial state and output (all rows). Leaves each shard's gradients in its `bs`
+    /// (`dh`, `dc`, `dg`, `dhp`, `dx`, `dw_ih`, `dw_hh`, the bias parts).
+    #[allow(clippy::too_many_arguments)]
+    fn backward_group<T: Float>(
+        &self,
+        group: &[&Shard<T>],
+        bss: &mut [BackwardScratch<T>],
         x: &[T],
         h0: &[T],
         y: &[T],
@@ -618,38 +719,73 @@ impl Config {
         gc_n: Option<&[T]>,
         want: Wanted,
     ) {
-        let (tl, b, h, i_sz) = (self.t_len, self.batch, self.hidden, self.in_size);
+        assert!(
+            group.len() <= GROUP_SHARDS,
+            "backward_group: too many shards"
+        );
+        let h = self.hidden;
+        let gh = self.kind.gates() * h;
+        for (sh, bs) in group.iter().zip(bss.iter_mut()) {
+            let rows = &sh.rows;
+            let state_rows = |dst: &mut Vec<T>, g: Option<&[T]>| match g {
+                Some(g) => dst.copy_from_slice(&g[rows.start * h..rows.end * h]),
+                None => dst.fill(T::ZERO),
+            };
+            state_rows(&mut bs.dh, gh_n);
+            if self.kind == CellKind::Lstm {
+                state_rows(&mut bs.dc, gc_n);
+            }
+        }
+        for s in (0..self.t_len).rev() {
+            let t = self.time(s);
+            for (sh, bs) in group.iter().zip(bss.iter_mut()) {
+                self.backward_gates(sh, bs, h0, y, gy, s);
+            }
+            // dh_{t-1} += dG W_hh (GRU: the gradient of `W_hh h + b_hh`) for every shard.
+            let mut blocks: [Rows<'_, T>; GROUP_SHARDS] = std::array::from_fn(|_| Rows::empty());
+            for ((blk, sh), bs) in blocks.iter_mut().zip(group).zip(bss.iter_mut()) {
+                let n = sh.rows.len();
+                let dg = if self.kind == CellKind::Gru {
+                    &bs.dhp
+                } else {
+                    &bs.dg
+                };
+                *blk = Rows {
+                    m: n,
+                    a: &dg[t * n * gh..(t + 1) * n * gh],
+                    c: &mut bs.dh,
+                };
+            }
+            gemm_packed_acc_rows(&mut blocks[..group.len()], w_hh_p);
+            for (sh, bs) in group.iter().zip(bss.iter_mut()) {
+                self.backward_finished(sh, bs, s);
+            }
+        }
+        for (sh, bs) in group.iter().zip(bss.iter_mut()) {
+            self.backward_products(sh, bs, x, h0, y, w, want);
+        }
+    }
+
+    /// Step `s` of a shard's backward up to its recurrent product: the total gradient reaching
+    /// `h_t` (from the next step and from the output `y_t`), then the fused kernel that turns
+    /// it and the saved gates into `dG`; leaves in `dh` what the product adds to (zeros, or
+    /// for the GRU its direct part of `dh_{t-1}`).
+    fn backward_gates<T: Float>(
+        &self,
+        sh: &Shard<T>,
+        bs: &mut BackwardScratch<T>,
+        h0: &[T],
+        y: &[T],
+        gy: Option<&[T]>,
+        s: usize,
+    ) {
+        let (b, h) = (self.batch, self.hidden);
         let rows = sh.rows.clone();
         let n = rows.len();
         let gh = self.kind.gates() * h;
         let sw = self.saved_width();
-        let lstm = self.kind == CellKind::Lstm;
-        let gru_cell = self.kind == CellKind::Gru;
-        let nh = n * h;
-        let h0 = &h0[rows.start * h..rows.end * h];
-        // The shard's outputs: its own buffer, or for a single shard the layer's output.
-        let hs: &[T] = if sh.ys.is_empty() { y } else { &sh.ys };
-        let keep_prev = !sh.h_prev.is_empty();
-        // h_{t-1} of step s: saved with lengths, else the output of step s - 1 (h0 at step 0).
-        let h_prev_of = |s: usize| -> &[T] {
-            if keep_prev {
-                let t = self.time(s);
-                &sh.h_prev[t * nh..(t + 1) * nh]
-            } else if s == 0 {
-                h0
-            } else {
-                let tp = self.time(s - 1);
-                &hs[tp * nh..(tp + 1) * nh]
-            }
-        };
-        let state_rows = |dst: &mut Vec<T>, g: Option<&[T]>| match g {
-            Some(g) => dst.copy_from_slice(&g[rows.start * h..rows.end * h]),
-            None => dst.fill(T::ZERO),
-        };
-        state_rows(&mut bs.dh, gh_n);
-        if lstm {
-            state_rows(&mut bs.dc, gc_n);
-        }
+        let t = self.time(s);
+        let (st, sb) = (t * n * h, (t + 1) * n * h);
         let BackwardScratch {
             dh,
             dc,
@@ -659,76 +795,112 @@ impl Config {
             keep,
             ..
         } = bs;
-        for s in (0..tl).rev() {
-            let t = self.time(s);
-            let (st, sb) = (t * n * h, (t + 1) * n * h);
-            // Total gradient reaching h_t: from the next step and from the output y_t.
-            let all_active = (rows.clone()).all(|r| self.active(t, r));
-            match gy {
-                Some(dy) if all_active => {
-                    let dy_t = &dy[(t * b + rows.start) * h..(t * b + rows.end) * h];
-                    for ((d, &a), &g) in dh_t.iter_mut().zip(dh.iter()).zip(dy_t) {
-                        *d = a + g;
-                    }
-                }
-                Some(dy) => {
-                    dh_t.copy_from_slice(dh);
-                    for bi in 0..n {
-                        if self.active(t, rows.start + bi) {
-                            let src = (t * b + rows.start + bi) * h;
-                            add_into(&mut dh_t[bi * h..(bi + 1) * h], &dy[src..src + h]);
-                        }
-                    }
-                }
-                None => dh_t.copy_from_slice(dh),
-            }
-            let saved = &sh.gates[t * n * sw..(t + 1) * n * sw];
-            let dg_t = &mut dg[t * n * gh..(t + 1) * n * gh];
-            match self.kind {
-                CellKind::Lstm => {
-                    // A finished sequence's dc passes through this step unchanged (below).
-                    if !all_active {
-                        keep.copy_from_slice(dc);
-                    }
-                    let c_prev = if s == 0 {
-                        &sh.c0[..]
-                    } else {
-                        let tp = self.time(s - 1);
-                        &sh.c_new[tp * n * h..(tp + 1) * n * h]
-                    };
-                    lstm::lstm_backward(saved, c_prev, &sh.c_new[st..sb], dh_t, dc, dg_t, h);
-                    dh.fill(T::ZERO);
-                    gemm_packed_acc(n, dg_t, w_hh_p, dh);
-                }
-                CellKind::Gru => {
-                    let dhp_t = &mut dhp[t * n * gh..(t + 1) * n * gh];
-                    gru::gru_backward(saved, h_prev_of(s), dh_t, dg_t, dhp_t, dh, h);
-                    gemm_packed_acc(n, dhp_t, w_hh_p, dh);
-                }
-                CellKind::Rnn(act) => {
-                    rnn::rnn_backward(saved, dh_t, dg_t, act);
-                    dh.fill(T::ZERO);
-                    gemm_packed_acc(n, dg_t, w_hh_p, dh);
+        let all_active = (rows.clone()).all(|r| self.active(t, r));
+        match gy {
+            Some(dy) if all_active => {
+                let dy_t = &dy[(t * b + rows.start) * h..(t * b + rows.end) * h];
+                for ((d, &a), &g) in dh_t.iter_mut().zip(dh.iter()).zip(dy_t) {
+                    *d = a + g;
                 }
             }
-            // A finished sequence passes its gradient straight through this step.
-            if !all_active {
-                for bi in (0..n).filter(|&bi| !self.active(t, rows.start + bi)) {
-                    let r = bi * h..(bi + 1) * h;
-                    dh[r.clone()].copy_from_slice(&dh_t[r.clone()]);
-                    if lstm {
-                        dc[r.clone()].copy_from_slice(&keep[r]);
-                    }
-                    dg[t * n * gh + bi * gh..t * n * gh + (bi + 1) * gh].fill(T::ZERO);
-                    if gru_cell {
-                        dhp[t * n * gh + bi * gh..t * n * gh + (bi + 1) * gh].fill(T::ZERO);
+            Some(dy) => {
+                dh_t.copy_from_slice(dh);
+                for bi in 0..n {
+                    if self.active(t, rows.start + bi) {
+                        let src = (t * b + rows.start + bi) * h;
+                        add_into(&mut dh_t[bi * h..(bi + 1) * h], &dy[src..src + h]);
                     }
                 }
+            }
+            None => dh_t.copy_from_slice(dh),
+        }
+        let saved = &sh.gates[t * n * sw..(t + 1) * n * sw];
+        let dg_t = &mut dg[t * n * gh..(t + 1) * n * gh];
+        match self.kind {
+            CellKind::Lstm => {
+                // A finished sequence's dc passes through this step unchanged (see
+                // `backward_finished`).
+                if !all_active {
+                    keep.copy_from_slice(dc);
+                }
+                let c_prev = if s == 0 {
+                    &sh.c0[..]
+                } else {
+                    let tp = self.time(s - 1);
+                    &sh.c_new[tp * n * h..(tp + 1) * n * h]
+                };
+                lstm::lstm_backward(saved, c_prev, &sh.c_new[st..sb], dh_t, dc, dg_t, h);
+                dh.fill(T::ZERO);
+            }
+            CellKind::Gru => {
+                let dhp_t = &mut dhp[t * n * gh..(t + 1) * n * gh];
+                let hs: &[T] = if sh.ys.is_empty() { y } else { &sh.ys };
+                let h_prev = self.state_in(&sh.h_prev, hs, h0, &rows, s);
+                gru::gru_backward(saved, h_prev, dh_t, dg_t, dhp_t, dh, h);
+            }
+            CellKind::Rnn(act) => {
+                rnn::rnn_backward(saved, dh_t, dg_t, act);
+                dh.fill(T::ZERO);
             }
         }
+    }
+
+    /// Step `s` of a shard's backward after its recurrent product: a finished sequence passes
+    /// its gradient straight through the step.
+    fn backward_finished<T: Float>(&self, sh: &Shard<T>, bs: &mut BackwardScratch<T>, s: usize) {
+        let t = self.time(s);
+        let rows = sh.rows.clone();
+        if rows.clone().all(|r| self.active(t, r)) {
+            return;
+        }
+        let (n, h) = (rows.len(), self.hidden);
+        let gh = self.kind.gates() * h;
+        let lstm = self.kind == CellKind::Lstm;
+        let gru_cell = self.kind == CellKind::Gru;
+        for bi in (0..n).filter(|&bi| !self.active(t, rows.start + bi)) {
+            let r = bi * h..(bi + 1) * h;
+            bs.dh[r.clone()].copy_from_slice(&bs.dh_t[r.clone()]);
+            if lstm {
+                bs.dc[r.clone()].copy_from_slice(&bs.keep[r]);
+            }
+            let g = t * n * gh + bi * gh..t * n * gh + (bi + 1) * gh;
+            bs.dg[g.clone()].fill(T::ZERO);
+            if gru_cell {
+                bs.dhp[g].fill(T::ZERO);
+            }
+        }
+    }
+
+    /// A shard's products over all its time steps once its recurrence is done: its rows of
+    /// `dX = dG W_ih` and its parts of `dW_ih = dG^T X`, `dW_hh = dG^T H_prev` and the bias
+    /// gradients (column sums of `dG`).
+    #[allow(clippy::too_many_arguments)]
+    fn backward_products<T: Float>(
+        &self,
+        sh: &Shard<T>,
+        bs: &mut BackwardScratch<T>,
+        x: &[T],
+        h0: &[T],
+        y: &[T],
+        w: &Weights<'_, T>,
+        want: Wanted,
+    ) {
+        let (tl, h, i_sz) = (self.t_len, self.hidden, self.in_size);
+        let rows = sh.rows.clone();
+        let n = rows.len();
+        let nh = n * h;
+        let gh = self.kind.gates() * h;
+        let h0 = &h0[rows.start * h..rows.end * h];
+        // The shard's outputs: its own buffer, or for a single shard the layer's output.
+        let hs: &[T] = if sh.ys.is_empty() { y } else { &sh.ys };
+        let keep_prev = !sh.h_prev.is_empty();
         // dG for the recurrent weights: the GRU's hidden-side gradient, else dG itself.
-        let dg_h: &[T] = if gru_cell { dhp } else { dg };
-        let dg: &[T] = dg;
+        let dg_h: &[T] = if self.kind == CellKind::Gru {
+            &bs.dhp
+        } else {
+            &bs.dg
+        };
+        let dg: &[T] = &bs.dg;
         // The three large products are independent: run them side by side (each writes its
         // own buffer, so the result does not depend on how they are scheduled). With beta = 0
         // the stale contents of the buffers are never read.
@@ -803,7 +975,7 @@ impl<T: Float> FusedDirection<T> {
         &mut self,
         inp: &[&Tensor<T>],
         scratch: &mut [ForwardScratch<T>],
-        y: &mut [T],
+        y: &mut Vec<T>,
         h_n: &mut [T],
         c_n: &mut [T],
     ) {
@@ -816,16 +988,18 @@ impl<T: Float> FusedDirection<T> {
         // W_hh^T packed once for the whole sequence: h_{t-1} W_hh^T at every step reads it.
         self.packed.pack_transposed(w.w_hh, cfg.kind.gates() * h, h);
         let w_hh_t = &self.packed;
-        if self.shards.len() == 1 {
-            // One shard: it writes the outputs in place.
-            let (sh, fs) = (&mut self.shards[0], &mut scratch[0]);
-            cfg.forward_shard(sh, fs, y, x, h0, c0, &w, w_hh_t);
+        // A single shard writes the layer's output in place: lend it the buffer.
+        let single = self.shards.len() == 1;
+        if single {
+            std::mem::swap(&mut self.shards[0].ys, y);
+        }
+        let len = group_len(self.shards.len());
+        for_each_group(&mut self.shards, scratch, len, |g, fs| {
+            cfg.forward_group(g, fs, x, h0, c0, &w, w_hh_t);
+        });
+        if single {
+            std::mem::swap(&mut self.shards[0].ys, y);
         } else {
-            for_each_shard(&mut self.shards, scratch, |sh, fs| {
-                let mut ys = std::mem::take(&mut sh.ys);
-                cfg.forward_shard(sh, fs, &mut ys, x, h0, c0, &w, w_hh_t);
-                sh.ys = ys;
-            });
             // Each shard's rows into y, in parallel over time steps.
             let shards = &self.shards;
             y.par_chunks_mut(b * h).enumerate().for_each(|(t, y_t)| {
@@ -893,8 +1067,9 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
             .map(|sh| BackwardScratch::take(cfg, sh.rows.len(), want, ws))
             .collect();
         let mut shards: Vec<&Shard<T>> = self.shards.iter().collect();
-        for_each_shard(&mut shards, &mut scratch, |sh, bs| {
-            cfg.backward_shard(sh, bs, x, h0, y, &w, w_hh_p, gy, gh_n, gc_n, want);
+        let len = group_len(shards.len());
+        for_each_group(&mut shards, &mut scratch, len, |g, bs| {
+            cfg.backward_group(g, bs, x, h0, y, &w, w_hh_p, gy, gh_n, gc_n, want);
         });
         // Reduce in shard order: the sums never depend on which thread ran which shard. dX
         // first, in parallel over time steps (each element still gets its shards in order).
