@@ -453,17 +453,19 @@ pub(super) fn init_input_projection<T: Float>(
     kind: CellKind,
 ) {
     match bias {
-        Some((b_ih, b_hh)) => {
-            for row in xp.chunks_exact_mut(b_ih.len()) {
-                for (k, r) in row.iter_mut().enumerate() {
-                    *r = if kind == CellKind::Gru {
-                        b_ih[k]
-                    } else {
-                        b_ih[k] + b_hh[k]
-                    };
+        Some((b_ih, b_hh)) if !xp.is_empty() => {
+            // The first row, then copies of it.
+            let (first, rest) = xp.split_at_mut(b_ih.len());
+            if kind == CellKind::Gru {
+                first.copy_from_slice(b_ih);
+            } else {
+                for ((r, &bi), &bh) in first.iter_mut().zip(b_ih).zip(b_hh) {
+                    *r = bi + bh;
                 }
             }
+            fill_rows(rest, Some(first));
         }
+        Some(_) => {}
         None => xp.fill(T::ZERO),
     }
 }
@@ -957,14 +959,19 @@ impl Config {
         };
         rayon::join(dx_job, || rayon::join(dw_ih_job, dw_hh_job));
         // The shard's parts of the bias gradients: column sums of dG (GRU: b_hh from the
-        // hidden-side dG).
+        // hidden-side dG; the LSTM and the RNN add both biases to the same pre-activations, so
+        // their gradients are equal and summed once).
         if want.b_ih {
             bs.db_ih.fill(T::ZERO);
             add_col_sums(&mut bs.db_ih, dg);
         }
         if want.b_hh {
-            bs.db_hh.fill(T::ZERO);
-            add_col_sums(&mut bs.db_hh, dg_h);
+            if want.b_ih && self.kind != CellKind::Gru {
+                bs.db_hh.copy_from_slice(&bs.db_ih);
+            } else {
+                bs.db_hh.fill(T::ZERO);
+                add_col_sums(&mut bs.db_hh, dg_h);
+            }
         }
     }
 }
