@@ -166,7 +166,8 @@ struct Config {
 struct Shard<T> {
     rows: Range<usize>,
     /// Per time step: LSTM activated gates `[n, 4H]`; GRU `r, z, n, W_hn h + b_hn` `[n, 4H]`;
-    /// RNN the new hidden state before masking `[n, H]`.
+    /// RNN none (its pre-activations are summed in its output slots `y_t` and activated there,
+    /// and its backward reads `h_t` from them).
     gates: Vec<T>,
     /// With sequence lengths: `h_{t-1}` for every time step `[T, n, H]`, time-indexed (a
     /// finished sequence keeps its state while its output is zero). Without, it is empty:
@@ -484,10 +485,11 @@ impl Config {
         if self.kind.has_cell_state() { 3 } else { 2 }
     }
 
-    /// Width of the per-step saved block.
+    /// Width of the per-step saved block (none for the RNN: what its backward needs, `h_t`,
+    /// is its output).
     fn saved_width(&self) -> usize {
         match self.kind {
-            CellKind::Rnn(_) => self.hidden,
+            CellKind::Rnn(_) => 0,
             CellKind::Lstm | CellKind::Gru => 4 * self.hidden,
         }
     }
@@ -553,18 +555,31 @@ impl Config {
         let count = group.len();
         for s in 0..self.t_len {
             let t = self.time(s);
-            // The recurrent product of every shard: into its saved block (the gate
-            // pre-activations, which already hold the input projection), or for the GRU into
-            // `W_hh h + b_hh` apart.
+            // The recurrent product of every shard: into its gate pre-activations, which already
+            // hold the input projection (the LSTM's saved block, the RNN's output slot y_t), or
+            // for the GRU into `W_hh h + b_hh` apart.
             let mut blocks: [Rows<'_, T>; GROUP_SHARDS] = std::array::from_fn(|_| Rows::empty());
             for ((blk, sh), fs) in blocks.iter_mut().zip(group.iter_mut()).zip(fss.iter_mut()) {
                 let n = sh.rows.len();
-                let a = self.state_in(&sh.h_prev, &sh.ys, h0, &sh.rows, s);
-                let c = if self.kind == CellKind::Gru {
-                    fill_rows(&mut fs.hp, w.bias.map(|(_, b_hh)| b_hh));
-                    &mut fs.hp[..]
-                } else {
-                    &mut sh.gates[t * n * sw..(t + 1) * n * sw]
+                let nh = n * self.hidden;
+                let (a, c): (&[T], &mut [T]) = match self.kind {
+                    CellKind::Lstm => (
+                        self.state_in(&sh.h_prev, &sh.ys, h0, &sh.rows, s),
+                        &mut sh.gates[t * n * sw..(t + 1) * n * sw],
+                    ),
+                    CellKind::Gru => {
+                        fill_rows(&mut fs.hp, w.bias.map(|(_, b_hh)| b_hh));
+                        let a = self.state_in(&sh.h_prev, &sh.ys, h0, &sh.rows, s);
+                        (a, &mut fs.hp[..])
+                    }
+                    // h_{t-1} and the result both in the outputs: the previous slot and this.
+                    CellKind::Rnn(_) if sh.h_prev.is_empty() && s > 0 => {
+                        read_write(&mut sh.ys, self.time(s - 1), t, nh)
+                    }
+                    CellKind::Rnn(_) => (
+                        self.state_in(&sh.h_prev, &[], h0, &sh.rows, s),
+                        &mut sh.ys[t * nh..(t + 1) * nh],
+                    ),
                 };
                 *blk = Rows { m: n, a, c };
             }
@@ -600,17 +615,18 @@ impl Config {
         let rows = sh.rows.clone();
         let n = rows.len();
         let gh = self.kind.gates() * h;
-        // For the LSTM and the RNN the saved per-step block is the gate pre-activations
-        // themselves, so Xp is written straight into it; the GRU keeps Xp apart from its saved
-        // block, and keeps b_hh apart too (its n gate scales `W_hn h + b_hn` by r).
+        // Xp goes straight where each step sums its pre-activations: the LSTM's saved block
+        // (the gates, activated in place), the RNN's outputs (likewise); the GRU keeps Xp apart
+        // from its saved block, and keeps b_hh apart too (its n gate scales `W_hn h + b_hn` by
+        // r).
         if !sh.xs.is_empty() {
             gather(x, &mut sh.xs, b, &rows, i_sz);
         }
         let xs = if sh.xs.is_empty() { x } else { &sh.xs };
-        let xp = if self.kind == CellKind::Gru {
-            &mut fs.xp
-        } else {
-            &mut sh.gates
+        let xp = match self.kind {
+            CellKind::Lstm => &mut sh.gates,
+            CellKind::Gru => &mut fs.xp,
+            CellKind::Rnn(_) => &mut sh.ys,
         };
         init_input_projection(xp, w.bias, self.kind);
         project(tl * n, i_sz, gh, xs, w.w_ih, xp);
@@ -662,8 +678,8 @@ impl Config {
         };
         let sw = self.saved_width();
         let saved = &mut sh.gates[t * n * sw..(t + 1) * n * sw];
-        // The LSTM and the GRU write the new state straight into y_t; the RNN's new state is
-        // its saved block, copied there.
+        // The LSTM and the GRU write the new state straight into y_t; the RNN's y_t holds its
+        // pre-activation, activated in place.
         match self.kind {
             CellKind::Lstm => {
                 let (c_in, c_out) = if s == 0 {
@@ -683,10 +699,7 @@ impl Config {
                 let xp_t = &fs.xp[t * n * gh..(t + 1) * n * gh];
                 gru::gru_forward(xp_t, &fs.hp, h_in, h_out, saved, h);
             }
-            CellKind::Rnn(act) => {
-                rnn::rnn_forward(saved, act);
-                h_out.copy_from_slice(saved);
-            }
+            CellKind::Rnn(act) => rnn::rnn_forward(h_out, act),
         }
         if let Some(h_next) = h_next {
             for bi in 0..n {
@@ -841,7 +854,10 @@ impl Config {
                 gru::gru_backward(saved, h_prev, dh_t, dg_t, dhp_t, dh, h);
             }
             CellKind::Rnn(act) => {
-                rnn::rnn_backward(saved, dh_t, dg_t, act);
+                // h_t is the output (for a finished sequence zero, but its dG is zeroed in
+                // `backward_finished`).
+                let hs: &[T] = if sh.ys.is_empty() { y } else { &sh.ys };
+                rnn::rnn_backward(&hs[st..sb], dh_t, dg_t, act);
                 dh.fill(T::ZERO);
             }
         }
