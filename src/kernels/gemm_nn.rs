@@ -150,7 +150,15 @@ impl<T: SimdFloat> PackedB<T> {
 ///
 /// Panics if `A` or `C` is shorter than its shape needs.
 pub fn gemm_packed_acc<T: SimdFloat>(m: usize, a: &[T], b: &PackedB<T>, c: &mut [T]) {
-    gemm_packed_acc_rows(&mut [Rows { m, a, c }], b);
+    gemm_packed_acc_rows(
+        &mut [Rows {
+            m,
+            a,
+            c,
+            bias: None,
+        }],
+        b,
+    );
 }
 
 /// One block of rows of a product against a packed `B`: `A` `m x k` and `C` `m x n`, row-major.
@@ -162,6 +170,9 @@ pub struct Rows<'a, T> {
     pub a: &'a [T],
     /// `C`, at least `m * n` values.
     pub c: &'a mut [T],
+    /// A row of `n` values added to every row of `C` before the product: `C + bias + A B`,
+    /// the products accumulated onto `C + bias` (as if `bias` had been added to `C` first).
+    pub bias: Option<&'a [T]>,
 }
 
 impl<T> Rows<'_, T> {
@@ -171,6 +182,7 @@ impl<T> Rows<'_, T> {
             m: 0,
             a: &[],
             c: &mut [],
+            bias: None,
         }
     }
 }
@@ -193,6 +205,21 @@ pub fn gemm_packed_acc_rows<T: SimdFloat>(blocks: &mut [Rows<'_, T>], b: &Packed
             "gemm_packed_acc: buffers too small for {}x{n}x{k}",
             g.m
         );
+        assert!(
+            g.bias.is_none_or(|r| r.len() >= n),
+            "gemm_packed_acc: bias shorter than {n}"
+        );
+    }
+    // The bias joins C first, row by row (the rows are about to be loaded anyway; adding it
+    // inside the register tiles slowed them down).
+    for g in blocks.iter_mut() {
+        if let Some(bias) = g.bias {
+            for row in g.c[..g.m * n].chunks_exact_mut(n.max(1)) {
+                for (x, y) in row.chunks_mut(T::LANES).zip(bias.chunks(T::LANES)) {
+                    T::store_n(T::load_n(x) + T::load_n(y), x);
+                }
+            }
+        }
     }
     let rows: usize = blocks.iter().map(|g| g.m).sum();
     if n == 0 || rows == 0 || k == 0 {
@@ -622,8 +649,18 @@ mod tests {
                 .enumerate()
                 .map(|(i, &m)| values(20 + i as u64, m * n, 1.0))
                 .collect();
+            // The second block adds a bias row: the same as adding it to C first.
+            let bias: Vec<f32> = values(9, n, 1.0);
+            let with_bias = |i: usize| (i == 1).then_some(&bias[..]);
             let mut alone = c0.clone();
-            for ((c, a), &m) in alone.iter_mut().zip(&a).zip(ms) {
+            for (i, ((c, a), &m)) in alone.iter_mut().zip(&a).zip(ms).enumerate() {
+                if let Some(bias) = with_bias(i) {
+                    for row in c.chunks_exact_mut(n) {
+                        for (x, &y) in row.iter_mut().zip(bias) {
+                            *x += y;
+                        }
+                    }
+                }
                 gemm_packed_acc(m, a, &pb, c);
             }
             let mut together = c0.clone();
@@ -631,7 +668,13 @@ mod tests {
                 .iter_mut()
                 .zip(&a)
                 .zip(ms)
-                .map(|((c, a), &m)| Rows { m, a, c })
+                .enumerate()
+                .map(|(i, ((c, a), &m))| Rows {
+                    m,
+                    a,
+                    c,
+                    bias: with_bias(i),
+                })
                 .collect();
             gemm_packed_acc_rows(&mut blocks, &pb);
             for (i, (x, y)) in alone.iter().zip(&together).enumerate() {
@@ -640,7 +683,9 @@ mod tests {
                 }
             }
             // Against the reference too: a block that was skipped would still match itself.
-            for ((c, a), (&m, c0)) in together.iter().zip(&a).zip(ms.iter().zip(&c0)) {
+            for (i, ((c, a), (&m, c0))) in
+                together.iter().zip(&a).zip(ms.iter().zip(&c0)).enumerate()
+            {
                 let s = GemmShape {
                     m,
                     k,
@@ -650,6 +695,13 @@ mod tests {
                 };
                 let wide = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| f64::from(x)).collect() };
                 let mut want = wide(c0);
+                if let Some(bias) = with_bias(i) {
+                    for row in want.chunks_exact_mut(n) {
+                        for (x, &y) in row.iter_mut().zip(bias) {
+                            *x += f64::from(y);
+                        }
+                    }
+                }
                 gemm_reference(s, 1.0, &wide(a), &wide(&b), 1.0, &mut want);
                 for (g, w) in c.iter().zip(&want) {
                     assert!((f64::from(*g) - w).abs() < 1e-3, "{ms:?}: {g} vs {w}");

@@ -8,8 +8,8 @@
 //! shards are one call of the kernel, which reads `W_hh` once for all their rows and computes
 //! every row as it would alone.
 //!
-//! Forward, per shard: one GEMM projects the inputs of all timesteps at once
-//! (`Xp = X W_ih^T + b`); then per step the recurrent product `h_{t-1} W_hh^T` is added by a
+//! Forward, per shard: one GEMM projects the inputs of all timesteps at once (`Xp = X W_ih^T`);
+//! then per step the recurrent product `h_{t-1} W_hh^T` and the biases are added by a
 //! small-batch kernel over `W_hh^T` packed once per sequence (no allocation per step), and one
 //! fused SIMD kernel applies the gate activations, updates `c` and `h`, and keeps what backward
 //! needs.
@@ -243,6 +243,9 @@ struct ForwardScratch<T> {
     h_cur: Vec<T>,
     /// GRU: `W_hh h + b_hh` of one step `[n, 3H]`.
     hp: Vec<T>,
+    /// LSTM and RNN with biases: `b_ih + b_hh` `[G*H]`, which each step's recurrent product
+    /// adds to the projection.
+    bias: Vec<T>,
 }
 
 impl<T: Float> ForwardScratch<T> {
@@ -254,11 +257,12 @@ impl<T: Float> ForwardScratch<T> {
             xp: ws.scratch(if gru { tl * n * gh } else { 0 }),
             h_cur: ws.scratch(n * h),
             hp: ws.scratch(if gru { n * gh } else { 0 }),
+            bias: ws.scratch(if cfg.has_bias && !gru { gh } else { 0 }),
         }
     }
 
     fn give(self, ws: &mut Workspace<'_, T>) {
-        for v in [self.xp, self.h_cur, self.hp] {
+        for v in [self.xp, self.h_cur, self.hp, self.bias] {
             ws.give(v);
         }
     }
@@ -372,9 +376,22 @@ fn read_write<T>(buf: &mut [T], read: usize, write: usize, len: usize) -> (&[T],
 /// Up to this many rows, `X W^T` runs on the small-batch kernel instead of a packing GEMM.
 const SMALL_ROWS: usize = 32;
 
-/// `xp += X W^T` for `X` `[m, k]` and `W` `[n, k]` (a rule of the shape only).
-fn project<T: Float>(m: usize, k: usize, n: usize, x: &[T], w: &[T], xp: &mut [T]) {
+/// `xp += X W^T`, or with `overwrite` `xp = X W^T`, for `X` `[m, k]` and `W` `[n, k]` (a rule
+/// of the shape only).
+#[allow(clippy::too_many_arguments)]
+fn project<T: Float>(
+    m: usize,
+    k: usize,
+    n: usize,
+    x: &[T],
+    w: &[T],
+    xp: &mut [T],
+    overwrite: bool,
+) {
     if m <= SMALL_ROWS {
+        if overwrite {
+            xp.fill(T::ZERO);
+        }
         gemm_nt_acc(m, n, k, x, w, xp);
     } else {
         let s = GemmShape {
@@ -384,7 +401,8 @@ fn project<T: Float>(m: usize, k: usize, n: usize, x: &[T], w: &[T], xp: &mut [T
             trans_a: false,
             trans_b: true,
         };
-        T::gemm(s, T::ONE, x, w, T::ONE, xp);
+        let beta = if overwrite { T::ZERO } else { T::ONE };
+        T::gemm(s, T::ONE, x, w, beta, xp);
     }
 }
 
@@ -581,7 +599,8 @@ impl Config {
                         &mut sh.ys[t * nh..(t + 1) * nh],
                     ),
                 };
-                *blk = Rows { m: n, a, c };
+                let bias = (!fs.bias.is_empty()).then_some(&fs.bias[..]);
+                *blk = Rows { m: n, a, c, bias };
             }
             gemm_packed_acc_rows(&mut blocks[..count], w_hh_t);
             for (sh, fs) in group.iter_mut().zip(fss.iter_mut()) {
@@ -601,7 +620,8 @@ impl Config {
     }
 
     /// A shard's work before its recurrence: the input projection of every step at once,
-    /// `Xp = X W_ih^T + b`, its rows of `c0`, and with lengths the state of the first step.
+    /// `Xp = X W_ih^T` (the GRU's `+ b_ih`; the other cells add their biases in each step's
+    /// product), its rows of `c0`, and with lengths the state of the first step.
     fn forward_begin<T: Float>(
         &self,
         sh: &mut Shard<T>,
@@ -623,13 +643,24 @@ impl Config {
             gather(x, &mut sh.xs, b, &rows, i_sz);
         }
         let xs = if sh.xs.is_empty() { x } else { &sh.xs };
+        // The LSTM's and the RNN's biases join in each step's recurrent product (one pass over
+        // the projection fewer); the GRU's b_ih is where its Xp starts.
         let xp = match self.kind {
             CellKind::Lstm => &mut sh.gates,
             CellKind::Gru => &mut fs.xp,
             CellKind::Rnn(_) => &mut sh.ys,
         };
-        init_input_projection(xp, w.bias, self.kind);
-        project(tl * n, i_sz, gh, xs, w.w_ih, xp);
+        if self.kind == CellKind::Gru {
+            init_input_projection(xp, w.bias, self.kind);
+            project(tl * n, i_sz, gh, xs, w.w_ih, xp, false);
+        } else {
+            project(tl * n, i_sz, gh, xs, w.w_ih, xp, true);
+            if let Some((b_ih, b_hh)) = w.bias {
+                for ((r, &bi), &bh) in fs.bias.iter_mut().zip(b_ih).zip(b_hh) {
+                    *r = bi + bh;
+                }
+            }
+        }
         let nh = n * h;
         if let Some(c0) = c0 {
             sh.c0.copy_from_slice(&c0[rows.start * h..rows.end * h]);
@@ -769,6 +800,7 @@ impl Config {
                     m: n,
                     a: &dg[t * n * gh..(t + 1) * n * gh],
                     c: &mut bs.dh,
+                    bias: None,
                 };
             }
             gemm_packed_acc_rows(&mut blocks[..group.len()], w_hh_p);
