@@ -636,15 +636,14 @@ impl Config {
         let n = rows.len();
         let gh = self.kind.gates() * h;
         // Xp goes straight where each step sums its pre-activations: the LSTM's saved block
-        // (the gates, activated in place), the RNN's outputs (likewise); the GRU keeps Xp apart
-        // from its saved block, and keeps b_hh apart too (its n gate scales `W_hn h + b_hn` by
-        // r).
+        // (the gates, activated in place), the RNN's outputs (likewise), and their biases join
+        // in each step's recurrent product (one pass over the projection fewer). The GRU keeps
+        // Xp apart from its saved block and starts it from b_ih; it keeps b_hh apart too (its
+        // n gate scales `W_hn h + b_hn` by r).
         if !sh.xs.is_empty() {
             gather(x, &mut sh.xs, b, &rows, i_sz);
         }
         let xs = if sh.xs.is_empty() { x } else { &sh.xs };
-        // The LSTM's and the RNN's biases join in each step's recurrent product (one pass over
-        // the projection fewer); the GRU's b_ih is where its Xp starts.
         let xp = match self.kind {
             CellKind::Lstm => &mut sh.gates,
             CellKind::Gru => &mut fs.xp,
@@ -655,11 +654,8 @@ impl Config {
             project(tl * n, i_sz, gh, xs, w.w_ih, xp, false);
         } else {
             project(tl * n, i_sz, gh, xs, w.w_ih, xp, true);
-            if let Some((b_ih, b_hh)) = w.bias {
-                for ((r, &bi), &bh) in fs.bias.iter_mut().zip(b_ih).zip(b_hh) {
-                    *r = bi + bh;
-                }
-            }
+            // One row of `b_ih + b_hh` (empty without biases).
+            init_input_projection(&mut fs.bias, w.bias, self.kind);
         }
         let nh = n * h;
         if let Some(c0) = c0 {
