@@ -232,6 +232,12 @@ impl<T: Float> Shard<T> {
     fn x<'a>(&'a self, x: &'a [T]) -> &'a [T] {
         if self.xs.is_empty() { x } else { &self.xs }
     }
+
+    /// The shard's outputs `[T, n, H]` after forward: its own buffer, or for a single shard
+    /// the layer's output `y`.
+    fn outputs<'a>(&'a self, y: &'a [T]) -> &'a [T] {
+        if self.ys.is_empty() { y } else { &self.ys }
+    }
 }
 
 /// A shard's working buffers for the forward, given back once it has run.
@@ -877,15 +883,13 @@ impl Config {
             }
             CellKind::Gru => {
                 let dhp_t = &mut dhp[t * n * gh..(t + 1) * n * gh];
-                let hs: &[T] = if sh.ys.is_empty() { y } else { &sh.ys };
-                let h_prev = self.state_in(&sh.h_prev, hs, h0, &rows, s);
+                let h_prev = self.state_in(&sh.h_prev, sh.outputs(y), h0, &rows, s);
                 gru::gru_backward(saved, h_prev, dh_t, dg_t, dhp_t, dh, h);
             }
             CellKind::Rnn(act) => {
                 // h_t is the output (for a finished sequence zero, but its dG is zeroed in
                 // `backward_finished`).
-                let hs: &[T] = if sh.ys.is_empty() { y } else { &sh.ys };
-                rnn::rnn_backward(&hs[st..sb], dh_t, dg_t, act);
+                rnn::rnn_backward(&sh.outputs(y)[st..sb], dh_t, dg_t, act);
                 dh.fill(T::ZERO);
             }
         }
@@ -937,8 +941,7 @@ impl Config {
         let nh = n * h;
         let gh = self.kind.gates() * h;
         let h0 = &h0[rows.start * h..rows.end * h];
-        // The shard's outputs: its own buffer, or for a single shard the layer's output.
-        let hs: &[T] = if sh.ys.is_empty() { y } else { &sh.ys };
+        let hs = sh.outputs(y);
         let keep_prev = !sh.h_prev.is_empty();
         // dG for the recurrent weights: the GRU's hidden-side gradient, else dG itself.
         let dg_h: &[T] = if self.kind == CellKind::Gru {
