@@ -782,9 +782,14 @@ mod tests {
                 }
             }
         }
-        let shapes = [(1, 1), (3, 7), (64, 100), (512, 2048), (256, 1024), (9, 33)];
-        check::<f32>(&shapes);
-        check::<f64>(&shapes);
+        // Under Miri (which does not model the allocator's alignment anyway) only small ones.
+        let shapes: &[(usize, usize)] = if cfg!(miri) {
+            &[(1, 1), (3, 7), (9, 33)]
+        } else {
+            &[(1, 1), (3, 7), (64, 100), (512, 2048), (256, 1024), (9, 33)]
+        };
+        check::<f32>(shapes);
+        check::<f64>(shapes);
     }
 
     #[test]
