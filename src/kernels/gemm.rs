@@ -44,67 +44,58 @@ impl GemmShape {
     }
 }
 
-/// `C = alpha * op(A) op(B) + beta * C` in f32. Panics if a buffer is shorter than the shape needs
-/// (callers validate shapes first; this is the last line of defence before raw pointers).
-pub fn sgemm(s: GemmShape, alpha: f32, a: &[f32], b: &[f32], beta: f32, c: &mut [f32]) {
-    s.check(a.len(), b.len(), c.len());
-    if s.m == 0 || s.n == 0 {
-        return;
-    }
-    let (rsa, csa) = s.strides_a();
-    let (rsb, csb) = s.strides_b();
-    // SAFETY: `check` proved each buffer holds at least the m*k, k*n and m*n elements that the
-    // strides above address (every index i*rs + j*cs stays below rows*cols), the slices are
-    // valid for the call's duration, and `c` is uniquely borrowed so it aliases neither input.
-    unsafe {
-        matrixmultiply::sgemm(
-            s.m,
-            s.k,
-            s.n,
-            alpha,
-            a.as_ptr(),
-            rsa,
-            csa,
-            b.as_ptr(),
-            rsb,
-            csb,
-            beta,
-            c.as_mut_ptr(),
-            s.n as isize,
-            1,
-        );
-    }
+/// A safe wrapper around one of matrixmultiply's products (`sgemm`, `dgemm`) for contiguous
+/// row-major slices.
+macro_rules! gemm_wrapper {
+    ($(#[$doc:meta])* $name:ident, $t:ty, $mm:path) => {
+        $(#[$doc])*
+        pub fn $name(s: GemmShape, alpha: $t, a: &[$t], b: &[$t], beta: $t, c: &mut [$t]) {
+            s.check(a.len(), b.len(), c.len());
+            if s.m == 0 || s.n == 0 {
+                return;
+            }
+            let (rsa, csa) = s.strides_a();
+            let (rsb, csb) = s.strides_b();
+            // SAFETY: `check` proved each buffer holds at least the m*k, k*n and m*n elements
+            // that the strides above address (every index i*rs + j*cs stays below rows*cols),
+            // the slices are valid for the call's duration, and `c` is uniquely borrowed so it
+            // aliases neither input.
+            unsafe {
+                $mm(
+                    s.m,
+                    s.k,
+                    s.n,
+                    alpha,
+                    a.as_ptr(),
+                    rsa,
+                    csa,
+                    b.as_ptr(),
+                    rsb,
+                    csb,
+                    beta,
+                    c.as_mut_ptr(),
+                    s.n as isize,
+                    1,
+                );
+            }
+        }
+    };
 }
 
-/// `C = alpha * op(A) op(B) + beta * C` in f64; see [`sgemm`].
-pub fn dgemm(s: GemmShape, alpha: f64, a: &[f64], b: &[f64], beta: f64, c: &mut [f64]) {
-    s.check(a.len(), b.len(), c.len());
-    if s.m == 0 || s.n == 0 {
-        return;
-    }
-    let (rsa, csa) = s.strides_a();
-    let (rsb, csb) = s.strides_b();
-    // SAFETY: as in `sgemm`: the buffers are long enough for the strides used, and `c` is
-    // uniquely borrowed.
-    unsafe {
-        matrixmultiply::dgemm(
-            s.m,
-            s.k,
-            s.n,
-            alpha,
-            a.as_ptr(),
-            rsa,
-            csa,
-            b.as_ptr(),
-            rsb,
-            csb,
-            beta,
-            c.as_mut_ptr(),
-            s.n as isize,
-            1,
-        );
-    }
-}
+gemm_wrapper!(
+    /// `C = alpha * op(A) op(B) + beta * C` in f32. Panics if a buffer is shorter than the shape
+    /// needs (callers validate shapes first; this is the last line of defence before raw
+    /// pointers).
+    sgemm,
+    f32,
+    matrixmultiply::sgemm
+);
+gemm_wrapper!(
+    /// `C = alpha * op(A) op(B) + beta * C` in f64; see [`sgemm`].
+    dgemm,
+    f64,
+    matrixmultiply::dgemm
+);
 
 /// The plain triple loop, for tests.
 pub fn gemm_reference(s: GemmShape, alpha: f64, a: &[f64], b: &[f64], beta: f64, c: &mut [f64]) {
