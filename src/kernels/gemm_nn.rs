@@ -50,14 +50,23 @@ fn slack<T>() -> usize {
 /// The values start on a cache-line boundary inside the buffer (`Vec` itself promises only the
 /// element's alignment): a 512-bit load from a buffer 16 bytes off a line touches two lines,
 /// which made the single-row product, bound by the rate at which `B` streams from L2, 1.6 to
-/// 1.8x slower. A clone keeps the values (and their offset) but not the alignment.
-#[derive(Clone, Debug, Default)]
+/// 1.8x slower. A clone is packed into a buffer of its own, aligned the same way.
+#[derive(Debug, Default)]
 pub struct PackedB<T> {
     k: usize,
     n: usize,
     /// Where the packed values start in `data`.
     off: usize,
     data: Vec<T>,
+}
+
+impl<T: SimdFloat> Clone for PackedB<T> {
+    fn clone(&self) -> Self {
+        let mut c = PackedB::new();
+        let len = c.resize(self.k, self.n);
+        c.values_mut(len).copy_from_slice(self.values());
+        c
+    }
 }
 
 impl<T: SimdFloat> PackedB<T> {
@@ -758,11 +767,11 @@ mod tests {
     #[test]
     fn packed_values_start_on_a_cache_line() {
         // Small buffers (from the heap's bins) and large ones (mapped pages, 16 bytes past a
-        // page boundary with glibc), fresh and reused for another shape, f32 and f64.
-        fn check<T: SimdFloat>(shapes: &[(usize, usize)]) {
+        // page boundary with glibc), fresh, reused for another shape and cloned, f32 and f64.
+        fn check<T: crate::tensor::Float>(shapes: &[(usize, usize)]) {
             let mut reused = PackedB::<T>::new();
             for &(k, n) in shapes {
-                let b = vec![T::default(); k * n];
+                let b: Vec<T> = values(k as u64, k * n, 1.0);
                 let buf = vec![T::default(); PackedB::<T>::packed_len(k, n)];
                 let start = buf.as_ptr();
                 let mut fresh = PackedB::from_buffer(buf);
@@ -770,7 +779,9 @@ mod tests {
                 // A buffer of `packed_len` values is used as it is, whatever its alignment.
                 assert_eq!(fresh.data.as_ptr(), start, "{k}x{n} grew its buffer");
                 reused.pack_transposed(&b, n, k);
-                for pb in [&fresh, &reused] {
+                let copy = reused.clone();
+                assert_eq!(copy.values(), reused.values(), "{k}x{n}: clone");
+                for pb in [&fresh, &reused, &copy] {
                     let at = pb.values().as_ptr() as usize;
                     if !cfg!(miri) {
                         assert_eq!(at % ALIGN, 0, "{k}x{n}: values at {at:#x}");
