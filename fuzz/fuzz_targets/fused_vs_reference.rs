@@ -274,6 +274,19 @@ fn compare<T: Float>(c: &Case, tol: f64, exact: Option<&[(String, Tensor<f64>)]>
     assert_eq!(fused.len(), reference.len());
     let flipped = run::<T>(c, Implementation::Reference, true)
         .expect("the reference refused the case with its batch reversed");
+    // A relu output that one path rounds to exactly zero and the other to a speck above it (an
+    // exact zero pre-activation, which grid values can produce by cancellation) puts the case
+    // on the kink: each path's gradient is a right one-sided derivative, and they differ by
+    // whole terms. Then only the values are compared. (Found by the fuzzer: an output that the
+    // f32 reference and both f64 paths give as 0 and the fused f32 path as 2.9e-11.)
+    let on_kink = c.kind == CellKind::Rnn(Activation::Relu)
+        && fused.iter().zip(&reference).any(|((n, a), (_, b))| {
+            (n == "y" || n == "h_n")
+                && a.data()
+                    .iter()
+                    .zip(b.data())
+                    .any(|(x, y)| (x.to_f64() == 0.0) != (y.to_f64() == 0.0))
+        });
     let mut bad = Vec::new();
     let loss_scale = reference[1].1.data()[0].to_f64().max(1e-3);
     // The error of `a` against the reference `b` for output `n`.
@@ -291,8 +304,8 @@ fn compare<T: Float>(c: &Case, tol: f64, exact: Option<&[(String, Tensor<f64>)]>
             a.all_finite() && b.all_finite(),
             "{n}: non-finite values in {c:?}"
         );
-        if n == "loss terms" {
-            continue; // the scale for the loss, not an output
+        if n == "loss terms" || (on_kink && n.starts_with("grad.")) {
+            continue; // the scale for the loss, not an output; or a gradient on the kink
         }
         let scale = if n == "loss" {
             loss_scale
