@@ -14,7 +14,8 @@
 //!
 //! Every `C[i][j]` is `C[i][j] + sum_p A[i][p] B[p][j]` accumulated by fused multiply-adds in the
 //! order `p = 0, 1, ...`, whichever tile it falls in, so splitting `A` by rows (batch shards)
-//! gives bit-identical results.
+//! or `B` by panels of columns ([`gemm_packed_acc_cols`], two threads on one small batch) gives
+//! bit-identical results.
 //!
 //! A packed `B` too large to stay in L2 between calls (`W_hh` from `H = 512` in f32) streams
 //! from L3 on every call, and the first tile of each panel would wait on it row by row: while a
@@ -247,27 +248,53 @@ impl<T> Rows<'_, T> {
 ///
 /// Panics if a block's `A` or `C` is shorter than its shape needs.
 pub fn gemm_packed_acc_rows<T: SimdFloat>(blocks: &mut [Rows<'_, T>], b: &PackedB<T>) {
-    let (k, n) = (b.k, b.n);
+    gemm_packed_acc_cols(blocks, b, 0..b.n, b.n);
+}
+
+/// Columns `cols` of `C += A B` for several blocks of rows, as [`gemm_packed_acc_rows`]: each
+/// block's `C` holds only those columns, row `i` at `c[i * ldc..]`, and its `bias` (if any) is
+/// still a whole row of `n` values. Every value is the one the whole product gives, bit for bit,
+/// so the columns of one product can be split between threads, each its own `cols` and `C`.
+///
+/// Panics if `cols` does not start on a panel boundary ([`panel`]) or ends past `n`, if
+/// `ldc < cols.len()`, or if a block's `A` or `C` is shorter than its shape needs.
+pub fn gemm_packed_acc_cols<T: SimdFloat>(
+    blocks: &mut [Rows<'_, T>],
+    b: &PackedB<T>,
+    cols: std::ops::Range<usize>,
+    ldc: usize,
+) {
+    let k = b.k;
+    let p = panel::<T>();
+    assert!(
+        cols.start % p == 0 && cols.start <= cols.end && cols.end <= b.n && ldc >= cols.len(),
+        "gemm_packed_acc: columns {cols:?} (row stride {ldc}) do not fit {} panels of {p}",
+        b.n
+    );
+    let width = cols.len();
     for g in blocks.iter() {
         let need = |x: usize| {
             g.m.checked_mul(x)
                 .expect("gemm_packed_acc: shape overflows usize")
         };
         assert!(
-            g.a.len() >= need(k) && g.c.len() >= need(n),
-            "gemm_packed_acc: buffers too small for {}x{n}x{k}",
+            g.a.len() >= need(k) && g.c.len() >= need(ldc),
+            "gemm_packed_acc: buffers too small for {}x{width}x{k} (row stride {ldc})",
             g.m
         );
         assert!(
-            g.bias.is_none_or(|r| r.len() >= n),
-            "gemm_packed_acc: bias shorter than {n}"
+            g.bias.is_none_or(|r| r.len() >= b.n),
+            "gemm_packed_acc: bias shorter than {}",
+            b.n
         );
     }
     // The bias joins C first, row by row (the rows are about to be loaded anyway; adding it
     // inside the register tiles slowed them down).
     for g in blocks.iter_mut() {
         if let Some(bias) = g.bias {
-            for row in g.c[..g.m * n].chunks_exact_mut(n.max(1)) {
+            let bias = &bias[cols.clone()];
+            for i in 0..g.m {
+                let row = &mut g.c[i * ldc..i * ldc + width];
                 for (x, y) in row.chunks_mut(T::LANES).zip(bias.chunks(T::LANES)) {
                     T::store_n(T::load_n(x) + T::load_n(y), x);
                 }
@@ -275,16 +302,21 @@ pub fn gemm_packed_acc_rows<T: SimdFloat>(blocks: &mut [Rows<'_, T>], b: &Packed
         }
     }
     let rows: usize = blocks.iter().map(|g| g.m).sum();
-    if n == 0 || rows == 0 || k == 0 {
+    if width == 0 || rows == 0 || k == 0 {
         return;
     }
-    let panels = n.div_ceil(panel::<T>());
+    let out = Layout {
+        col0: cols.start,
+        end: cols.end,
+        ldc,
+    };
+    let panels = (cols.start / p)..cols.end.div_ceil(p);
     // Cache blocking for large products: a block of KB steps of k by MB rows of each A stays in
     // L2 while each panel's KB x PANEL slice of B is reused from L1 by every tile of the block.
     // Splitting k only stores and reloads C between blocks (exact), so the accumulation order
     // of every element is unchanged.
     // Fewer rows than a tile reuse no slice of B from L1: no k blocks, C loaded once.
-    let streamed = k * n * std::mem::size_of::<T>() > STREAMED_BYTES;
+    let streamed = k * width * std::mem::size_of::<T>() > STREAMED_BYTES;
     let kb = if rows < MR { k } else { KB };
     let row_blocks = blocks.iter().map(|g| g.m.div_ceil(MB)).max().unwrap_or(0);
     for k0 in (0..k).step_by(kb) {
@@ -293,16 +325,16 @@ pub fn gemm_packed_acc_rows<T: SimdFloat>(blocks: &mut [Rows<'_, T>], b: &Packed
             // Row block `j` of every block of rows that has one.
             let tiling = |g: &Rows<'_, T>| (j * MB < g.m).then(|| Tiling::new(j * MB, g.m));
             let tiles: usize = blocks.iter().filter_map(tiling).map(|t| t.tiles).sum();
-            for q in 0..panels {
+            for q in panels.clone() {
                 let mut t = 0;
                 let next = if streamed {
-                    Prefetch::new(b, q + 1, ks.clone(), tiles)
+                    Prefetch::new(b, q + 1, panels.end, ks.clone(), tiles)
                 } else {
                     Prefetch::none()
                 };
                 for g in blocks.iter_mut() {
                     if let Some(tl) = tiling(g) {
-                        let ops = &mut Operands { g, b };
+                        let ops = &mut Operands { g, b, out };
                         if streamed {
                             panel_tiles::<T, true>(ops, &tl, q, ks.clone(), next, t);
                         } else {
@@ -317,8 +349,8 @@ pub fn gemm_packed_acc_rows<T: SimdFloat>(blocks: &mut [Rows<'_, T>], b: &Packed
             for g in blocks.iter_mut() {
                 match tiling(g) {
                     Some(tl) if tl.single => {
-                        let ops = &mut Operands { g, b };
-                        single_row(ops, tl.end, panels, ks.clone());
+                        let ops = &mut Operands { g, b, out };
+                        single_row(ops, tl.end, panels.clone(), ks.clone());
                     }
                     _ => {}
                 }
@@ -360,23 +392,23 @@ impl Tiling {
     }
 }
 
-/// Row `i` by every panel, up to four panels at a time.
+/// Row `i` by every panel of `panels`, up to four panels at a time.
 fn single_row<T: SimdFloat>(
     g: &mut Operands<'_, '_, T>,
     i: usize,
-    panels: usize,
+    panels: std::ops::Range<usize>,
     ks: std::ops::Range<usize>,
 ) {
-    let mut q = 0;
-    while q + 4 <= panels {
+    let mut q = panels.start;
+    while q + 4 <= panels.end {
         tile::<T, 1, 4, false>(g, i, q, ks.clone(), Prefetch::none());
         q += 4;
     }
-    while q + 2 <= panels {
+    while q + 2 <= panels.end {
         tile::<T, 1, 2, false>(g, i, q, ks.clone(), Prefetch::none());
         q += 2;
     }
-    if q < panels {
+    if q < panels.end {
         tile::<T, 1, 1, false>(g, i, q, ks, Prefetch::none());
     }
 }
@@ -439,15 +471,16 @@ impl Prefetch {
         }
     }
 
-    /// Rows `ks` of panel `q` of `b` (none past the last panel), shared by `tiles` tiles.
+    /// Rows `ks` of panel `q` of `b` (none from panel `end` on), shared by `tiles` tiles.
     fn new<T: SimdFloat>(
         b: &PackedB<T>,
         q: usize,
+        end: usize,
         ks: std::ops::Range<usize>,
         tiles: usize,
     ) -> Self {
         let p = panel::<T>();
-        if q >= b.n.div_ceil(p) {
+        if q >= end.min(b.n.div_ceil(p)) {
             return Prefetch::none();
         }
         let start = (q * b.k + ks.start) * p;
@@ -539,10 +572,20 @@ fn store_c<T: SimdFloat>(v: T::V, out: &mut [T]) {
     }
 }
 
+/// Where a block's `C` holds the product's columns `col0..end`: column `j` of row `i` at
+/// `c[i * ldc + j - col0]`.
+#[derive(Clone, Copy)]
+struct Layout {
+    col0: usize,
+    end: usize,
+    ldc: usize,
+}
+
 /// The operands of one product `C += A B`: a block of rows of `A` and `C`; `B` packed.
 struct Operands<'r, 'a, T> {
     g: &'r mut Rows<'a, T>,
     b: &'r PackedB<T>,
+    out: Layout,
 }
 
 /// Rows `i..i+R` of `C` by panels `q..q+Q`, over the steps `ks` of k; with `PF`, asking for
@@ -555,17 +598,22 @@ fn tile<T: SimdFloat, const R: usize, const Q: usize, const PF: bool>(
     ks: std::ops::Range<usize>,
     pf: Prefetch,
 ) {
-    let (m, a, b) = (g.g.m, g.g.a, g.b);
+    let (m, a, b, out) = (g.g.m, g.g.a, g.b, g.out);
     let c = &mut *g.g.c;
-    let (k, n, p) = (b.k, b.n, panel::<T>());
+    let (k, p) = (b.k, panel::<T>());
+    // Row `r`'s vector `v` of panel `qq`: its range in `c`.
+    let at = |r: usize, qq: usize, v: usize| {
+        let (s, e) = cols::<T>(q + qq, v, out.end);
+        let row = (i + r) * out.ldc;
+        (row + s - out.col0)..(row + e - out.col0)
+    };
     let values = b.values();
     assert!(i + R <= m && (q + Q) * k * p <= values.len());
     let mut acc = [[[T::splat(T::default()); NV]; Q]; R];
     for r in 0..R {
         for qq in 0..Q {
             for v in 0..NV {
-                let (s, e) = cols::<T>(q + qq, v, n);
-                acc[r][qq][v] = load_c::<T>(&c[(i + r) * n + s..(i + r) * n + e]);
+                acc[r][qq][v] = load_c::<T>(&c[at(r, qq, v)]);
             }
         }
     }
@@ -596,8 +644,7 @@ fn tile<T: SimdFloat, const R: usize, const Q: usize, const PF: bool>(
     for r in 0..R {
         for qq in 0..Q {
             for v in 0..NV {
-                let (s, e) = cols::<T>(q + qq, v, n);
-                store_c::<T>(acc[r][qq][v], &mut c[(i + r) * n + s..(i + r) * n + e]);
+                store_c::<T>(acc[r][qq][v], &mut c[at(r, qq, v)]);
             }
         }
     }
@@ -762,6 +809,113 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn column_ranges_match_the_whole_product() {
+        // The columns of a product cut into ranges of whole panels, each range computed into a
+        // buffer of its own (one with a wider row stride than it needs), give the whole
+        // product's values bit for bit, bias included; the last panel is ragged. Under Miri
+        // only a small case.
+        let p = panel::<f32>();
+        let cases: &[(&[usize], usize, usize, &[usize])] = if cfg!(miri) {
+            &[(&[6, 1, 3], p + 6, 9, &[p])]
+        } else {
+            &[
+                (&[32, 6, 1, 11], 600, 520, &[2 * p, 7 * p]),
+                (&[1], 300, 75, &[2 * p]),
+            ]
+        };
+        for &(ms, n, k, cuts) in cases {
+            let b: Vec<f32> = values(1, k * n, 1.0);
+            let mut pb = PackedB::new();
+            pb.pack(&b, k, n);
+            let a: Vec<Vec<f32>> = ms
+                .iter()
+                .enumerate()
+                .map(|(i, &m)| values(2 + i as u64, m * k, 1.0))
+                .collect();
+            let c0: Vec<Vec<f32>> = ms
+                .iter()
+                .enumerate()
+                .map(|(i, &m)| values(20 + i as u64, m * n, 1.0))
+                .collect();
+            let bias: Vec<f32> = values(9, n, 1.0);
+            let with_bias = |i: usize| (i == 0).then_some(&bias[..]);
+            let mut whole = c0.clone();
+            let mut blocks: Vec<Rows<'_, f32>> = whole
+                .iter_mut()
+                .zip(&a)
+                .zip(ms)
+                .enumerate()
+                .map(|(i, ((c, a), &m))| Rows {
+                    m,
+                    a,
+                    c,
+                    bias: with_bias(i),
+                })
+                .collect();
+            gemm_packed_acc_rows(&mut blocks, &pb);
+            let bounds: Vec<usize> = [0].iter().chain(cuts).chain(&[n]).copied().collect();
+            for (r, w) in bounds.windows(2).enumerate() {
+                let cols = w[0]..w[1];
+                // The middle range keeps 3 values of padding after each row.
+                let ldc = cols.len() + if r == 1 { 3 } else { 0 };
+                let mut parts: Vec<Vec<f32>> = c0
+                    .iter()
+                    .zip(ms)
+                    .map(|(c, &m)| {
+                        let mut part = vec![f32::NAN; m * ldc];
+                        for (dst, src) in part.chunks_exact_mut(ldc).zip(c.chunks_exact(n)) {
+                            dst[..cols.len()].copy_from_slice(&src[cols.clone()]);
+                        }
+                        part
+                    })
+                    .collect();
+                let mut blocks: Vec<Rows<'_, f32>> = parts
+                    .iter_mut()
+                    .zip(&a)
+                    .zip(ms)
+                    .enumerate()
+                    .map(|(i, ((c, a), &m))| Rows {
+                        m,
+                        a,
+                        c,
+                        bias: with_bias(i),
+                    })
+                    .collect();
+                gemm_packed_acc_cols(&mut blocks, &pb, cols.clone(), ldc);
+                for (i, (part, full)) in parts.iter().zip(&whole).enumerate() {
+                    for (row, (got, want)) in
+                        part.chunks_exact(ldc).zip(full.chunks_exact(n)).enumerate()
+                    {
+                        for (j, (x, y)) in got.iter().zip(&want[cols.clone()]).enumerate() {
+                            let at = cols.start + j;
+                            assert_eq!(x.to_bits(), y.to_bits(), "{ms:?} block {i} ({row}, {at})");
+                        }
+                        // The padding is left alone.
+                        assert!(got[cols.len()..].iter().all(|x| x.is_nan()));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "do not fit")]
+    fn column_ranges_start_on_a_panel() {
+        let (k, n) = (2, 2 * panel::<f32>());
+        let mut pb = PackedB::new();
+        pb.pack(&vec![1.0f32; k * n], k, n);
+        let a = vec![1.0f32; k];
+        let mut c = vec![0.0f32; n];
+        let mut blocks = [Rows {
+            m: 1,
+            a: &a,
+            c: &mut c,
+            bias: None,
+        }];
+        gemm_packed_acc_cols(&mut blocks, &pb, 1..n, n);
     }
 
     #[test]
