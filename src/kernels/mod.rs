@@ -7,11 +7,13 @@
 //! - [`gemm`]: large products over matrixmultiply (all timesteps at once).
 //! - [`gemm_nn`]: the per-timestep recurrent product over a weight packed once per sequence.
 //! - [`gemm_nt`]: the same product over a weight as stored (for single inference steps).
+//! - [`handoff`]: a spinning helper thread that takes half of each step's product (small batches).
 //! - [`rnn`], [`lstm`], [`gru`]: the fused gate kernels, forward and backward, one file per cell.
 
 pub mod gemm;
 pub mod gemm_nn;
 pub mod gemm_nt;
+pub mod handoff;
 
 pub use gemm::GemmShape;
 pub mod gru;
