@@ -1,7 +1,8 @@
 //! The fused layers give bit-identical outputs and gradients for any number of threads: the
-//! batch is split into shards by a rule of the batch size alone, and partial weight gradients
-//! are added in shard order. Also checks the sharded path (several shards, a ragged last one)
-//! against the reference built from primitive ops.
+//! batch is split into shards by a rule of the batch size alone, partial weight gradients are
+//! added in shard order, and a batch of one shard on several threads splits each step's
+//! product by columns, which computes every value as the whole product does. Also checks the
+//! sharded and the column-split paths against the reference built from primitive ops.
 
 mod common;
 
@@ -15,25 +16,37 @@ const KINDS: [CellKind; 4] = [
     CellKind::Rnn(Activation::Relu),
 ];
 
-/// Batch of 70: three shards of 32, 32 and 6 rows.
-const B: usize = 70;
 const T: usize = 6;
 const I: usize = 5;
-const H: usize = 11;
+
+/// Batch and hidden size of a test.
+#[derive(Clone, Copy)]
+struct Size {
+    b: usize,
+    h: usize,
+}
+
+/// Batch of 70: three shards of 32, 32 and 6 rows.
+const SHARDED: Size = Size { b: 70, h: 11 };
+/// Batch of 16, one shard: on more than one thread each step's recurrent product is split by
+/// columns between two threads (the product is large enough, and 96 columns make two halves
+/// in f32's panels of 64 and f64's of 32, the right one ragged).
+const SPLIT: Size = Size { b: 16, h: 96 };
 
 /// Forward + backward of loss = sum(y * ry) + sum(h_n * rh) (+ sum(c_n * rc)) over a 2-layer
 /// bidirectional layer with ragged lengths; returns every output and gradient.
-fn run<T: Float>(kind: CellKind, imp: Implementation) -> Vec<(String, Tensor<T>)> {
-    let cfg = RecurrentConfig::new(I, H).num_layers(2).bidirectional(true);
+fn run<T: Float>(kind: CellKind, imp: Implementation, size: Size) -> Vec<(String, Tensor<T>)> {
+    let Size { b, h } = size;
+    let cfg = RecurrentConfig::new(I, h).num_layers(2).bidirectional(true);
     let mut ps = ParamStore::<T>::new();
     let layer = Recurrent::new(&mut ps, "", kind, cfg, &mut Rng::new(5)).unwrap();
     let mut rng = Rng::new(9);
     let mut r = |dims: &[usize]| {
         Tensor::from_fn(dims, |_| T::from_f64(rng.uniform_range(-1.0, 1.0))).unwrap()
     };
-    let (x_v, h0_v, c0_v) = (r(&[T, B, I]), r(&[4, B, H]), r(&[4, B, H]));
-    let (ry, rh, rc) = (r(&[T, B, 2 * H]), r(&[4, B, H]), r(&[4, B, H]));
-    let lengths: Vec<usize> = (0..B).map(|b| 1 + (b * 7) % T).collect();
+    let (x_v, h0_v, c0_v) = (r(&[T, b, I]), r(&[4, b, h]), r(&[4, b, h]));
+    let (ry, rh, rc) = (r(&[T, b, 2 * h]), r(&[4, b, h]), r(&[4, b, h]));
+    let lengths: Vec<usize> = (0..b).map(|i| 1 + (i * 7) % T).collect();
     let mut tape = Tape::new();
     let (x, h0, c0, opts) =
         common::layer_inputs(&mut tape, kind, (x_v, h0_v, c0_v), Some(&lengths));
@@ -77,11 +90,11 @@ fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
         .install(f)
 }
 
-fn check_bits<T: Float>(to_bits: fn(T) -> u64) {
+fn check_bits<T: Float>(to_bits: fn(T) -> u64, size: Size) {
     for kind in KINDS {
-        let one = in_pool(1, || run::<T>(kind, Implementation::Fused));
-        let two = in_pool(2, || run::<T>(kind, Implementation::Fused));
-        let three = in_pool(3, || run::<T>(kind, Implementation::Fused));
+        let one = in_pool(1, || run::<T>(kind, Implementation::Fused, size));
+        let two = in_pool(2, || run::<T>(kind, Implementation::Fused, size));
+        let three = in_pool(3, || run::<T>(kind, Implementation::Fused, size));
         assert_eq!(one.len(), two.len());
         for (((name, a), (_, b)), (_, c)) in one.iter().zip(&two).zip(&three) {
             assert_eq!(a.dims(), b.dims(), "{name}");
@@ -99,19 +112,29 @@ fn check_bits<T: Float>(to_bits: fn(T) -> u64) {
 
 #[test]
 fn bit_identical_across_thread_counts_f32() {
-    check_bits::<f32>(|x| u64::from(x.to_bits()));
+    check_bits::<f32>(|x| u64::from(x.to_bits()), SHARDED);
 }
 
 #[test]
 fn bit_identical_across_thread_counts_f64() {
-    check_bits::<f64>(f64::to_bits);
+    check_bits::<f64>(f64::to_bits, SHARDED);
 }
 
 #[test]
-fn sharded_fused_equals_reference() {
-    for kind in KINDS {
-        let fused = in_pool(2, || run::<f64>(kind, Implementation::Fused));
-        let reference = run::<f64>(kind, Implementation::Reference);
+fn column_split_is_bit_identical_to_one_thread_f32() {
+    check_bits::<f32>(|x| u64::from(x.to_bits()), SPLIT);
+}
+
+#[test]
+fn column_split_is_bit_identical_to_one_thread_f64() {
+    check_bits::<f64>(f64::to_bits, SPLIT);
+}
+
+#[test]
+fn sharded_and_split_fused_equal_reference() {
+    for (kind, size) in KINDS.into_iter().flat_map(|k| [(k, SHARDED), (k, SPLIT)]) {
+        let fused = in_pool(2, || run::<f64>(kind, Implementation::Fused, size));
+        let reference = run::<f64>(kind, Implementation::Reference, size);
         for ((name, a), (_, b)) in fused.iter().zip(&reference) {
             let scale = b.data().iter().map(|x| x.abs()).fold(1e-3, f64::max);
             let e = a.max_abs_diff(b).unwrap() / scale;

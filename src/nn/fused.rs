@@ -8,6 +8,13 @@
 //! shards are one call of the kernel, which reads `W_hh` once for all their rows and computes
 //! every row as it would alone.
 //!
+//! A batch too small for two shards (fewer than 32 rows) would leave the pool's other threads
+//! idle. With more than one thread, each step's recurrent product is then split by columns: a
+//! helper thread spinning on the pool's second thread takes the right half while the shard's
+//! thread takes the left (see [`crate::kernels::handoff`]), handed over through one atomic
+//! word per step. Every value is computed as in the whole product, so the results are still
+//! bit-identical for any number of threads.
+//!
 //! Forward, per shard: one GEMM projects the inputs of all timesteps at once (`Xp = X W_ih^T`);
 //! then per step the recurrent product `h_{t-1} W_hh^T` and the biases are added by a
 //! small-batch kernel over `W_hh^T` packed once per sequence (no allocation per step), and one
@@ -37,8 +44,9 @@ use rayon::prelude::*;
 use super::recurrent::{CellKind, DirectionOutput, DirectionRun};
 use crate::Result;
 use crate::kernels::GemmShape;
-use crate::kernels::gemm_nn::{PackedB, Rows, gemm_packed_acc_rows};
+use crate::kernels::gemm_nn::{PackedB, Rows, gemm_packed_acc_cols, gemm_packed_acc_rows, panel};
 use crate::kernels::gemm_nt::gemm_nt_acc;
+use crate::kernels::handoff::{Helper, with_helper};
 use crate::kernels::{gru, lstm, rnn};
 use crate::params::ParamStore;
 use crate::tape::{CustomOp, Tape, Var, Workspace};
@@ -106,16 +114,21 @@ pub(crate) fn run<T: Float>(
     let mut y = ws.scratch(t_len * batch * hidden);
     let mut h_n = ws.scratch(batch * hidden);
     let mut c_n = ws.scratch(if lstm { batch * hidden } else { 0 });
+    let mut split = node.cfg.split_buffer(node.shards.len(), gates_h, &mut ws);
     {
         let vals: Vec<&Tensor<T>> = inputs
             .iter()
             .map(|&v| tape.value(v))
             .collect::<Result<_>>()?;
-        node.forward(&vals, &mut scratch, &mut y, &mut h_n, &mut c_n);
+        let split = split.as_deref_mut();
+        node.forward(&vals, &mut scratch, split, &mut y, &mut h_n, &mut c_n);
     }
     let mut ws = tape.workspace();
     for s in scratch {
         s.give(&mut ws);
+    }
+    if let Some(v) = split {
+        ws.give(v);
     }
     let y = Tensor::from_vec_shape(y, Shape::new(&[t_len, batch, hidden])?)?;
     let state = Shape::new(&[batch, hidden])?;
@@ -459,6 +472,60 @@ fn for_each_group<A: Send, B: Send>(
     }
 }
 
+/// Fewest multiply-adds in one step's recurrent product for which splitting its columns
+/// between two threads pays for the handoff.
+const SPLIT_MIN_WORK: usize = 1 << 17;
+
+/// A buffer for the right halves of each step's recurrent products and the helper thread that
+/// computes them (see [`step_product`]).
+type Split<'a, T> = Option<(&'a mut [T], &'a Helper)>;
+
+/// A shorter-lived copy of a split, for one step.
+fn reborrow<'s, T>(split: &'s mut Split<'_, T>) -> Split<'s, T> {
+    split.as_mut().map(|(buf, h)| (&mut **buf, *h))
+}
+
+/// One step's recurrent product `C += A B` of a group of shards. With a split, the columns of
+/// `B` are cut in two: this thread takes the left half in place while the helper takes the
+/// right half into the split's buffer (room for every block's right half of `C`), copied back
+/// after. Each value is computed as in the whole product, so splitting changes how fast, never
+/// what, the step computes.
+fn step_product<T: Float>(blocks: &mut [Rows<'_, T>], b: &PackedB<T>, split: Split<'_, T>) {
+    let (n, p) = (b.n(), panel::<T>());
+    // The left half takes the first half of the panels (rounded up).
+    let c1 = (n.div_ceil(p).div_ceil(2) * p).min(n);
+    let Some((buf, helper)) = split.filter(|_| c1 < n) else {
+        gemm_packed_acc_rows(blocks, b);
+        return;
+    };
+    let w2 = n - c1;
+    let mut halves: [Rows<'_, T>; GROUP_SHARDS] = std::array::from_fn(|_| Rows::empty());
+    let mut rest = buf;
+    for (g, half) in blocks.iter().zip(halves.iter_mut()) {
+        let (c, tail) = rest.split_at_mut(g.m * w2);
+        rest = tail;
+        for (dst, src) in c.chunks_exact_mut(w2).zip(g.c.chunks_exact(n)) {
+            dst.copy_from_slice(&src[c1..]);
+        }
+        *half = Rows {
+            m: g.m,
+            a: g.a,
+            c,
+            bias: g.bias,
+        };
+    }
+    let halves = &mut halves[..blocks.len()];
+    helper.join(
+        || gemm_packed_acc_cols(blocks, b, 0..c1, n),
+        || gemm_packed_acc_cols(halves, b, c1..n, w2),
+    );
+    for (g, half) in blocks.iter_mut().zip(halves.iter()) {
+        for (dst, src) in g.c.chunks_exact_mut(n).zip(half.c.chunks_exact(w2)) {
+            dst[c1..].copy_from_slice(src);
+        }
+    }
+}
+
 /// Fills every row of `[rows, w]` with `init` (or zeros).
 pub(super) fn fill_rows<T: Float>(buf: &mut [T], init: Option<&[T]>) {
     match init {
@@ -496,6 +563,24 @@ pub(super) fn init_input_projection<T: Float>(
 }
 
 impl Config {
+    /// Room for the right halves of each step's recurrent products with `n` columns (see
+    /// [`step_product`]) when they are split between two threads: when every shard runs in one
+    /// group (a batch too small for two shards) while the rayon pool has more threads, and the
+    /// products are large enough to pay for the handoffs.
+    fn split_buffer<T: Float>(
+        &self,
+        shards: usize,
+        n: usize,
+        ws: &mut Workspace<'_, T>,
+    ) -> Option<Vec<T>> {
+        let one_group = group_len(shards) >= shards;
+        let work = self.batch * self.hidden * self.kind.gates() * self.hidden;
+        // A single panel has no halves.
+        let wide = n > panel::<T>();
+        (rayon::current_num_threads() > 1 && one_group && wide && work >= SPLIT_MIN_WORK)
+            .then(|| ws.scratch(self.batch * n))
+    }
+
     fn time(&self, s: usize) -> usize {
         if self.reverse { self.t_len - 1 - s } else { s }
     }
@@ -556,7 +641,8 @@ impl Config {
     /// of the kernel, so `W_hh` streams through the cache once per step for the whole group.
     /// Each shard writes its outputs `[T, n, H]` to its `ys` and its final `h` to `fs.h_cur`
     /// (the final `c` is [`Shard::c_final`]). The kernel's values do not depend on which rows
-    /// share a call, so neither do the results.
+    /// share a call, so neither do the results. With `split` (room for the right halves of the
+    /// products, see [`Config::split_buffer`]), a helper thread takes half of each product.
     #[allow(clippy::too_many_arguments)]
     fn forward_group<T: Float>(
         &self,
@@ -567,6 +653,7 @@ impl Config {
         c0: Option<&[T]>,
         w: &Weights<'_, T>,
         w_hh_t: &PackedB<T>,
+        split: Option<&mut [T]>,
     ) {
         assert!(
             group.len() <= GROUP_SHARDS,
@@ -575,6 +662,37 @@ impl Config {
         for (sh, fs) in group.iter_mut().zip(fss.iter_mut()) {
             self.forward_begin(sh, fs, x, h0, c0, w);
         }
+        // The helper spins only through the recurrence.
+        match split {
+            Some(buf) => with_helper(|helper| {
+                self.forward_steps(group, fss, h0, w, w_hh_t, Some((buf, helper)));
+            }),
+            None => self.forward_steps(group, fss, h0, w, w_hh_t, None),
+        }
+        for (sh, fs) in group.iter_mut().zip(fss.iter_mut()) {
+            let nh = sh.rows.len() * self.hidden;
+            if self.t_len == 0 {
+                fs.h_cur
+                    .copy_from_slice(&h0[sh.rows.start * self.hidden..sh.rows.end * self.hidden]);
+            } else if sh.h_prev.is_empty() {
+                let last = self.time(self.t_len - 1);
+                fs.h_cur.copy_from_slice(&sh.ys[last * nh..(last + 1) * nh]);
+            }
+        }
+    }
+
+    /// The recurrence of a group of shards (see [`Config::forward_group`]), each step's
+    /// products split with a helper where `split` says so.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_steps<T: Float>(
+        &self,
+        group: &mut [Shard<T>],
+        fss: &mut [ForwardScratch<T>],
+        h0: &[T],
+        w: &Weights<'_, T>,
+        w_hh_t: &PackedB<T>,
+        mut split: Split<'_, T>,
+    ) {
         let sw = self.saved_width();
         let count = group.len();
         for s in 0..self.t_len {
@@ -608,19 +726,9 @@ impl Config {
                 let bias = (!fs.bias.is_empty()).then_some(&fs.bias[..]);
                 *blk = Rows { m: n, a, c, bias };
             }
-            gemm_packed_acc_rows(&mut blocks[..count], w_hh_t);
+            step_product(&mut blocks[..count], w_hh_t, reborrow(&mut split));
             for (sh, fs) in group.iter_mut().zip(fss.iter_mut()) {
                 self.forward_gates(sh, fs, h0, s);
-            }
-        }
-        for (sh, fs) in group.iter_mut().zip(fss.iter_mut()) {
-            let nh = sh.rows.len() * self.hidden;
-            if self.t_len == 0 {
-                fs.h_cur
-                    .copy_from_slice(&h0[sh.rows.start * self.hidden..sh.rows.end * self.hidden]);
-            } else if sh.h_prev.is_empty() {
-                let last = self.time(self.t_len - 1);
-                fs.h_cur.copy_from_slice(&sh.ys[last * nh..(last + 1) * nh]);
             }
         }
     }
@@ -751,7 +859,8 @@ impl Config {
     /// Backward through the recurrence of a group of shards, in lockstep as in
     /// [`Config::forward_group`]; `w_hh_p` is `W_hh` `[G*H, H]`, packed; `h0` and `y` are the
     /// layer's initial state and output (all rows). Leaves each shard's gradients in its `bs`
-    /// (`dh`, `dc`, `dg`, `dhp`, `dx`, `dw_ih`, `dw_hh`, the bias parts).
+    /// (`dh`, `dc`, `dg`, `dhp`, `dx`, `dw_ih`, `dw_hh`, the bias parts). `split` as in
+    /// [`Config::forward_group`].
     #[allow(clippy::too_many_arguments)]
     fn backward_group<T: Float>(
         &self,
@@ -766,13 +875,13 @@ impl Config {
         gh_n: Option<&[T]>,
         gc_n: Option<&[T]>,
         want: Wanted,
+        split: Option<&mut [T]>,
     ) {
         assert!(
             group.len() <= GROUP_SHARDS,
             "backward_group: too many shards"
         );
         let h = self.hidden;
-        let gh = self.kind.gates() * h;
         for (sh, bs) in group.iter().zip(bss.iter_mut()) {
             let rows = &sh.rows;
             let state_rows = |dst: &mut Vec<T>, g: Option<&[T]>| match g {
@@ -784,6 +893,33 @@ impl Config {
                 state_rows(&mut bs.dc, gc_n);
             }
         }
+        // The helper spins only through the recurrence: the products below split their own
+        // work between the pool's threads.
+        match split {
+            Some(buf) => with_helper(|helper| {
+                self.backward_steps(group, bss, h0, y, gy, w_hh_p, Some((buf, helper)));
+            }),
+            None => self.backward_steps(group, bss, h0, y, gy, w_hh_p, None),
+        }
+        for (sh, bs) in group.iter().zip(bss.iter_mut()) {
+            self.backward_products(sh, bs, x, h0, y, w, want);
+        }
+    }
+
+    /// Backward through the recurrence of a group of shards (see [`Config::backward_group`]),
+    /// each step's products split with a helper where `split` says so.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_steps<T: Float>(
+        &self,
+        group: &[&Shard<T>],
+        bss: &mut [BackwardScratch<T>],
+        h0: &[T],
+        y: &[T],
+        gy: Option<&[T]>,
+        w_hh_p: &PackedB<T>,
+        mut split: Split<'_, T>,
+    ) {
+        let gh = self.kind.gates() * self.hidden;
         for s in (0..self.t_len).rev() {
             let t = self.time(s);
             for (sh, bs) in group.iter().zip(bss.iter_mut()) {
@@ -805,13 +941,10 @@ impl Config {
                     bias: None,
                 };
             }
-            gemm_packed_acc_rows(&mut blocks[..group.len()], w_hh_p);
+            step_product(&mut blocks[..group.len()], w_hh_p, reborrow(&mut split));
             for (sh, bs) in group.iter().zip(bss.iter_mut()) {
                 self.backward_finished(sh, bs, s);
             }
-        }
-        for (sh, bs) in group.iter().zip(bss.iter_mut()) {
-            self.backward_products(sh, bs, x, h0, y, w, want);
         }
     }
 
@@ -1029,6 +1162,7 @@ impl<T: Float> FusedDirection<T> {
         &mut self,
         inp: &[&Tensor<T>],
         scratch: &mut [ForwardScratch<T>],
+        split: Option<&mut [T]>,
         y: &mut Vec<T>,
         h_n: &mut [T],
         c_n: &mut [T],
@@ -1047,10 +1181,18 @@ impl<T: Float> FusedDirection<T> {
         if single {
             std::mem::swap(&mut self.shards[0].ys, y);
         }
-        let len = group_len(self.shards.len());
-        for_each_group(&mut self.shards, scratch, len, |g, fs| {
-            cfg.forward_group(g, fs, x, h0, c0, &w, w_hh_t);
-        });
+        match split {
+            // One group whose products two threads share.
+            Some(buf) => {
+                cfg.forward_group(&mut self.shards, scratch, x, h0, c0, &w, w_hh_t, Some(buf))
+            }
+            None => {
+                let len = group_len(self.shards.len());
+                for_each_group(&mut self.shards, scratch, len, |g, fs| {
+                    cfg.forward_group(g, fs, x, h0, c0, &w, w_hh_t, None);
+                });
+            }
+        }
         if single {
             std::mem::swap(&mut self.shards[0].ys, y);
         } else {
@@ -1121,10 +1263,23 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
             .map(|sh| BackwardScratch::take(cfg, sh.rows.len(), want, ws))
             .collect();
         let mut shards: Vec<&Shard<T>> = self.shards.iter().collect();
-        let len = group_len(shards.len());
-        for_each_group(&mut shards, &mut scratch, len, |g, bs| {
-            cfg.backward_group(g, bs, x, h0, y, &w, w_hh_p, gy, gh_n, gc_n, want);
-        });
+        let mut split = cfg.split_buffer(shards.len(), h, ws);
+        match split.as_deref_mut() {
+            // One group whose products two threads share.
+            Some(buf) => {
+                let (g, bs) = (&shards[..], &mut scratch[..]);
+                cfg.backward_group(g, bs, x, h0, y, &w, w_hh_p, gy, gh_n, gc_n, want, Some(buf));
+            }
+            None => {
+                let len = group_len(shards.len());
+                for_each_group(&mut shards, &mut scratch, len, |g, bs| {
+                    cfg.backward_group(g, bs, x, h0, y, &w, w_hh_p, gy, gh_n, gc_n, want, None);
+                });
+            }
+        }
+        if let Some(v) = split {
+            ws.give(v);
+        }
         // Reduce in shard order: the sums never depend on which thread ran which shard. dX
         // first, in parallel over time steps (each element still gets its shards in order).
         if let Some(gx) = gin[X].as_mut() {
