@@ -5,7 +5,9 @@ For each shape, cell and thread count, times a training step (forward over the w
 plus backpropagation through time of loss = sum(outputs), every weight gradient, f32) as the
 median of --steps steps after 3 warm-up steps, in PyTorch and with `recur bench` in turn,
 --rounds times, and prints the median times and the median of the rounds' ratios PyTorch time /
-recur time (above 1: recur is faster). Then the single-step
+recur time (above 1: recur is faster), with the share of the machine's CPU time a hypervisor
+took for other guests while the row ran (from /proc/stat; on a shared virtual machine the main
+cause of run-to-run drift, and of a second thread that brings little). Then the single-step
 inference latency at B=1 (PyTorch's LSTMCell/GRUCell/RNNCell under no_grad against
 `recur bench --step-latency`).
 
@@ -121,6 +123,25 @@ def recur_latency_us(binary, cell, h):
     return float(out["us_per_step"])
 
 
+def cpu_ticks():
+    """The machine's CPU time counters (all CPUs) from /proc/stat, or None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+
+
+def stolen(before, after):
+    """The share of the CPU time between two readings of cpu_ticks() that a hypervisor gave to
+    other machines ("steal"), as a percentage string; "-" where it is not known. On a shared
+    virtual machine this is what moves the figures most from one run to the next."""
+    if before is None or after is None or len(before) < 8:
+        return "-"
+    d = [y - x for x, y in zip(before, after)]
+    return f"{100 * d[7] / sum(d):.0f}%" if sum(d) > 0 else "-"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--recur", default=os.path.join("target", "release", "recur"),
@@ -144,8 +165,8 @@ def main():
     if torch is not None:
         print(f"# PyTorch {torch.__version__}", flush=True)
 
-    print("| shape | cell | threads | PyTorch ms | recur ms | PyTorch / recur |")
-    print("|---|---|---|---|---|---|", flush=True)
+    print("| shape | cell | threads | PyTorch ms | recur ms | PyTorch / recur | CPU stolen |")
+    print("|---|---|---|---|---|---|---|", flush=True)
     large_gflops = {}
     for shape in a.shapes:
         b, t, i, h = SHAPES[shape]
@@ -156,20 +177,23 @@ def main():
                 # On the large shape at one thread each round also times the reference sgemm
                 # right after recur, so the share of it is taken within a round too.
                 pts, rcs, sgs = [], [], []
+                ticks = cpu_ticks()
                 for _ in range(a.rounds):
                     if torch:
                         pts.append(torch_step_ms(torch, cell, b, t, i, h, th, a.steps))
                     rcs.append(recur_step_ms(a.recur, cell, b, t, i, h, th, a.steps))
                     if shape == "large" and th == 1:
                         sgs.append(sgemm_gflops(a.recur))
+                steal = stolen(ticks, cpu_ticks())
                 rc = statistics.median(rcs)
                 if torch:
                     pt = statistics.median(pts)
                     ratio = statistics.median(p / r for p, r in zip(pts, rcs))
-                    print(f"| {shape} | {cell} | {th} | {pt:.2f} | {rc:.2f} | {ratio:.2f} |",
-                          flush=True)
+                    print(f"| {shape} | {cell} | {th} | {pt:.2f} | {rc:.2f} | {ratio:.2f} "
+                          f"| {steal} |", flush=True)
                 else:
-                    print(f"| {shape} | {cell} | {th} | - | {rc:.2f} | - |", flush=True)
+                    print(f"| {shape} | {cell} | {th} | - | {rc:.2f} | - | {steal} |",
+                          flush=True)
                 if sgs:
                     gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
                     flops = 3 * t * 2 * b * (i + h) * gates * h
