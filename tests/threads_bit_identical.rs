@@ -29,9 +29,9 @@ struct Size {
 /// Batch of 70: three shards of 32, 32 and 6 rows.
 const SHARDED: Size = Size { b: 70, h: 11 };
 /// Batch of 16, one shard: on more than one thread each step's recurrent product is split by
-/// columns between two threads (the product is large enough, and 96 columns make two halves
-/// in f32's panels of 64 and f64's of 32, the right one ragged).
-const SPLIT: Size = Size { b: 16, h: 96 };
+/// columns between two threads (for every cell the product is large enough, and 200 columns
+/// make two halves in f32's panels of 64 and f64's of 32, the right one ragged).
+const SPLIT: Size = Size { b: 16, h: 200 };
 
 /// Forward + backward of loss = sum(y * ry) + sum(h_n * rh) (+ sum(c_n * rc)) over a 2-layer
 /// bidirectional layer with ragged lengths; returns every output and gradient.
