@@ -726,6 +726,57 @@ mod tests {
         }
     }
 
+    /// Operands of products over blocks of rows: `B` (`k x n`) and its packing, each block's
+    /// `A` and starting `C`, and a bias row.
+    struct Case {
+        b: Vec<f32>,
+        pb: PackedB<f32>,
+        a: Vec<Vec<f32>>,
+        c0: Vec<Vec<f32>>,
+        bias: Vec<f32>,
+    }
+
+    impl Case {
+        fn new(ms: &[usize], n: usize, k: usize) -> Self {
+            let b: Vec<f32> = values(1, k * n, 1.0);
+            let mut pb = PackedB::new();
+            pb.pack(&b, k, n);
+            let per_block = |seed: u64, cols: usize| -> Vec<Vec<f32>> {
+                ms.iter()
+                    .enumerate()
+                    .map(|(i, &m)| values(seed + i as u64, m * cols, 1.0))
+                    .collect()
+            };
+            Case {
+                b,
+                pb,
+                a: per_block(2, k),
+                c0: per_block(20, n),
+                bias: values(9, n, 1.0),
+            }
+        }
+
+        /// The blocks over `cs` (each block's `C`), block `biased` adding the bias row.
+        fn rows<'a>(
+            &'a self,
+            cs: &'a mut [Vec<f32>],
+            ms: &[usize],
+            biased: usize,
+        ) -> Vec<Rows<'a, f32>> {
+            cs.iter_mut()
+                .zip(&self.a)
+                .zip(ms)
+                .enumerate()
+                .map(|(i, ((c, a), &m))| Rows {
+                    m,
+                    a,
+                    c,
+                    bias: (i == biased).then_some(&self.bias[..]),
+                })
+                .collect()
+        }
+    }
+
     #[test]
     fn blocks_of_rows_match_each_block_alone() {
         // Blocks of 32, 6, 1 and 11 rows (tiles of 5, two of 3, the single-row path, and 5 + 3
@@ -737,55 +788,33 @@ mod tests {
             &[(&[32, 6, 1, 11], 600, 520), (&[45, 1, 6], 75, 300)]
         };
         for &(ms, n, k) in cases {
-            let b: Vec<f32> = values(1, k * n, 1.0);
-            let mut pb = PackedB::new();
-            pb.pack(&b, k, n);
-            let a: Vec<Vec<f32>> = ms
-                .iter()
-                .enumerate()
-                .map(|(i, &m)| values(2 + i as u64, m * k, 1.0))
-                .collect();
-            let c0: Vec<Vec<f32>> = ms
-                .iter()
-                .enumerate()
-                .map(|(i, &m)| values(20 + i as u64, m * n, 1.0))
-                .collect();
+            let case = Case::new(ms, n, k);
             // The second block adds a bias row: the same as adding it to C first.
-            let bias: Vec<f32> = values(9, n, 1.0);
-            let with_bias = |i: usize| (i == 1).then_some(&bias[..]);
-            let mut alone = c0.clone();
-            for (i, ((c, a), &m)) in alone.iter_mut().zip(&a).zip(ms).enumerate() {
-                if let Some(bias) = with_bias(i) {
+            let biased = 1;
+            let mut alone = case.c0.clone();
+            for (i, ((c, a), &m)) in alone.iter_mut().zip(&case.a).zip(ms).enumerate() {
+                if i == biased {
                     for row in c.chunks_exact_mut(n) {
-                        for (x, &y) in row.iter_mut().zip(bias) {
+                        for (x, &y) in row.iter_mut().zip(&case.bias) {
                             *x += y;
                         }
                     }
                 }
-                gemm_packed_acc(m, a, &pb, c);
+                gemm_packed_acc(m, a, &case.pb, c);
             }
-            let mut together = c0.clone();
-            let mut blocks: Vec<Rows<'_, f32>> = together
-                .iter_mut()
-                .zip(&a)
-                .zip(ms)
-                .enumerate()
-                .map(|(i, ((c, a), &m))| Rows {
-                    m,
-                    a,
-                    c,
-                    bias: with_bias(i),
-                })
-                .collect();
-            gemm_packed_acc_rows(&mut blocks, &pb);
+            let mut together = case.c0.clone();
+            gemm_packed_acc_rows(&mut case.rows(&mut together, ms, biased), &case.pb);
             for (i, (x, y)) in alone.iter().zip(&together).enumerate() {
                 for (j, (p, q)) in x.iter().zip(y).enumerate() {
                     assert_eq!(p.to_bits(), q.to_bits(), "{ms:?} block {i} value {j}");
                 }
             }
             // Against the reference too: a block that was skipped would still match itself.
-            for (i, ((c, a), (&m, c0))) in
-                together.iter().zip(&a).zip(ms.iter().zip(&c0)).enumerate()
+            for (i, ((c, a), (&m, c0))) in together
+                .iter()
+                .zip(&case.a)
+                .zip(ms.iter().zip(&case.c0))
+                .enumerate()
             {
                 let s = GemmShape {
                     m,
@@ -796,14 +825,14 @@ mod tests {
                 };
                 let wide = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| f64::from(x)).collect() };
                 let mut want = wide(c0);
-                if let Some(bias) = with_bias(i) {
+                if i == biased {
                     for row in want.chunks_exact_mut(n) {
-                        for (x, &y) in row.iter_mut().zip(bias) {
+                        for (x, &y) in row.iter_mut().zip(&case.bias) {
                             *x += f64::from(y);
                         }
                     }
                 }
-                gemm_reference(s, 1.0, &wide(a), &wide(&b), 1.0, &mut want);
+                gemm_reference(s, 1.0, &wide(a), &wide(&case.b), 1.0, &mut want);
                 for (g, w) in c.iter().zip(&want) {
                     assert!((f64::from(*g) - w).abs() < 1e-3, "{ms:?}: {g} vs {w}");
                 }
@@ -827,41 +856,16 @@ mod tests {
             ]
         };
         for &(ms, n, k, cuts) in cases {
-            let b: Vec<f32> = values(1, k * n, 1.0);
-            let mut pb = PackedB::new();
-            pb.pack(&b, k, n);
-            let a: Vec<Vec<f32>> = ms
-                .iter()
-                .enumerate()
-                .map(|(i, &m)| values(2 + i as u64, m * k, 1.0))
-                .collect();
-            let c0: Vec<Vec<f32>> = ms
-                .iter()
-                .enumerate()
-                .map(|(i, &m)| values(20 + i as u64, m * n, 1.0))
-                .collect();
-            let bias: Vec<f32> = values(9, n, 1.0);
-            let with_bias = |i: usize| (i == 0).then_some(&bias[..]);
-            let mut whole = c0.clone();
-            let mut blocks: Vec<Rows<'_, f32>> = whole
-                .iter_mut()
-                .zip(&a)
-                .zip(ms)
-                .enumerate()
-                .map(|(i, ((c, a), &m))| Rows {
-                    m,
-                    a,
-                    c,
-                    bias: with_bias(i),
-                })
-                .collect();
-            gemm_packed_acc_rows(&mut blocks, &pb);
+            let case = Case::new(ms, n, k);
+            let mut whole = case.c0.clone();
+            gemm_packed_acc_rows(&mut case.rows(&mut whole, ms, 0), &case.pb);
             let bounds: Vec<usize> = [0].iter().chain(cuts).chain(&[n]).copied().collect();
             for (r, w) in bounds.windows(2).enumerate() {
                 let cols = w[0]..w[1];
                 // The middle range keeps 3 values of padding after each row.
                 let ldc = cols.len() + if r == 1 { 3 } else { 0 };
-                let mut parts: Vec<Vec<f32>> = c0
+                let mut parts: Vec<Vec<f32>> = case
+                    .c0
                     .iter()
                     .zip(ms)
                     .map(|(c, &m)| {
@@ -872,19 +876,8 @@ mod tests {
                         part
                     })
                     .collect();
-                let mut blocks: Vec<Rows<'_, f32>> = parts
-                    .iter_mut()
-                    .zip(&a)
-                    .zip(ms)
-                    .enumerate()
-                    .map(|(i, ((c, a), &m))| Rows {
-                        m,
-                        a,
-                        c,
-                        bias: with_bias(i),
-                    })
-                    .collect();
-                gemm_packed_acc_cols(&mut blocks, &pb, cols.clone(), ldc);
+                let mut blocks = case.rows(&mut parts, ms, 0);
+                gemm_packed_acc_cols(&mut blocks, &case.pb, cols.clone(), ldc);
                 for (i, (part, full)) in parts.iter().zip(&whole).enumerate() {
                     for (row, (got, want)) in
                         part.chunks_exact(ldc).zip(full.chunks_exact(n)).enumerate()
