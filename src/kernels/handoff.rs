@@ -16,7 +16,7 @@
 //! does not return from [`Helper::join`], even by unwinding, until the job is finished or taken
 //! back, so the pointer never outlives what it points to.
 
-use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, Ordering};
 
 /// Nothing posted: a caller may post.
 const IDLE: u8 = 0;
@@ -30,8 +30,6 @@ const TAKEN: u8 = 3;
 const DONE: u8 = 4;
 /// The job panicked on the helper.
 const FAILED: u8 = 5;
-/// The helper is told to return; later joins run both halves on the caller.
-const STOP: u8 = 6;
 
 /// Idle turns of the helper's loop between looks for other work of the pool (a few
 /// microseconds: longer than the gap between two steps' jobs).
@@ -68,6 +66,8 @@ fn runner<F: FnOnce()>(_: &Option<F>) -> unsafe fn(*mut ()) -> bool {
 pub struct Helper {
     state: AtomicU8,
     job: AtomicPtr<Job>,
+    /// Set by [`Helper::stop`]: the helper returns once it holds no job.
+    stopped: AtomicBool,
 }
 
 impl Helper {
@@ -83,10 +83,11 @@ impl Helper {
     ///
     /// Panics if `b` panicked on the helper thread.
     pub fn join(&self, a: impl FnOnce(), b: impl FnOnce() + Send) {
-        if self
-            .state
-            .compare_exchange(IDLE, POSTING, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
+        if self.stopped.load(Ordering::Relaxed)
+            || self
+                .state
+                .compare_exchange(IDLE, POSTING, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
         {
             a();
             b();
@@ -165,7 +166,8 @@ impl Helper {
                     }
                     idle = 0;
                 }
-                STOP => return,
+                // Holding no job: a stop takes effect (a job posted after it is taken back).
+                _ if self.stopped.load(Ordering::Acquire) => return,
                 _ => {
                     idle = idle.saturating_add(1);
                     // Now and then, run the pool's other work here rather than hold a thread it
@@ -184,18 +186,10 @@ impl Helper {
         }
     }
 
-    /// Tells [`Helper::serve`] to return once no job is in flight; later joins run both halves
-    /// on their caller.
+    /// Tells [`Helper::serve`] to return once it holds no job; later joins run both halves on
+    /// their caller. Never waits, so it may be called from either half of a join.
     pub fn stop(&self) {
-        loop {
-            match self
-                .state
-                .compare_exchange_weak(IDLE, STOP, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) | Err(STOP) => return,
-                Err(_) => std::hint::spin_loop(),
-            }
-        }
+        self.stopped.store(true, Ordering::Release);
     }
 }
 
@@ -224,6 +218,22 @@ impl Drop for Settle<'_> {
 
 /// Runs `f` with a helper on a second rayon thread, if one is free to claim it; `f`'s joins run
 /// both halves on this thread while none is.
+///
+/// ```
+/// use recur::kernels::handoff::with_helper;
+///
+/// let (mut left, mut right) = (vec![0u32; 4], vec![0u32; 4]);
+/// with_helper(|helper| {
+///     for step in 1..=3 {
+///         // Each step's two halves, the second on the helper if it is there to take it.
+///         helper.join(
+///             || left.iter_mut().for_each(|x| *x += step),
+///             || right.iter_mut().for_each(|x| *x += step),
+///         );
+///     }
+/// });
+/// assert_eq!((left[0], right[3]), (6, 6));
+/// ```
 pub fn with_helper<R: Send>(f: impl FnOnce(&Helper) -> R + Send) -> R {
     let helper = Helper::new();
     let (r, ()) = rayon::join(
@@ -303,6 +313,33 @@ mod tests {
             h.stop();
         });
         assert_eq!(got, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_stop_from_inside_a_join_does_not_wait_for_it() {
+        let h = Helper::new();
+        let mut got = [0; 3];
+        let [x, y, z] = &mut got;
+        std::thread::scope(|s| {
+            s.spawn(|| h.serve());
+            // Wait in the first half until the helper holds the second, then stop from both.
+            h.join(
+                || {
+                    while h.state.load(Ordering::Acquire) == POSTED {
+                        std::thread::yield_now();
+                    }
+                    h.stop();
+                    *x = 1;
+                },
+                || {
+                    h.stop();
+                    *y = 2;
+                },
+            );
+            // Stopped: both halves run here.
+            h.join(|| (), || *z = 3);
+        });
+        assert_eq!(got, [1, 2, 3]);
     }
 
     #[test]
