@@ -8,7 +8,7 @@
 //! shards are one call of the kernel, which reads `W_hh` once for all their rows and computes
 //! every row as it would alone.
 //!
-//! A batch too small for two shards (fewer than 32 rows) would leave the pool's other threads
+//! A batch too small for two shards (at most 16 rows) would leave the pool's other threads
 //! idle. With more than one thread, each step's recurrent product is then split by columns: a
 //! helper thread spinning on the pool's second thread takes the right half while the shard's
 //! thread takes the left (see [`crate::kernels::handoff`]), handed over through one atomic
@@ -52,7 +52,8 @@ use crate::params::ParamStore;
 use crate::tape::{CustomOp, Tape, Var, Workspace};
 use crate::tensor::{Float, Shape, Tensor};
 
-/// Fewest batch rows per shard (below twice this, the batch is one shard).
+/// Rows per shard at least, but for a shorter last shard: a batch of at most this many rows is
+/// one shard.
 pub const MIN_SHARD_ROWS: usize = 16;
 /// Most batch rows per shard.
 pub const MAX_SHARD_ROWS: usize = 32;
