@@ -260,6 +260,14 @@ impl Drop for Stop<'_> {
 mod tests {
     use super::*;
 
+    /// A rayon pool of two threads: the caller's and one for the helper.
+    fn two_threads() -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap()
+    }
+
     /// Runs 50 steps of a join that adds to both halves. `wait`: every step's left half waits
     /// until the helper has claimed the right half, so all of them run on the helper thread.
     fn steps(served: bool, wait: bool) {
@@ -372,10 +380,7 @@ mod tests {
     #[cfg_attr(miri, ignore)]
     fn an_idle_helper_runs_other_work_of_the_pool() {
         use std::sync::atomic::AtomicUsize;
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
+        let pool = two_threads();
         let ran = AtomicUsize::new(0);
         pool.install(|| {
             with_helper(|_| {
@@ -400,10 +405,7 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore)]
     fn a_panic_in_the_caller_stops_the_helper() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
+        let pool = two_threads();
         let r = pool.install(|| {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 with_helper(|h| {
@@ -418,10 +420,7 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore)]
     fn with_helper_returns_the_result() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
+        let pool = two_threads();
         let sum = pool.install(|| {
             with_helper(|h| {
                 let (mut a, mut b) = (0u64, 0u64);
