@@ -78,6 +78,11 @@ pub trait SimdFloat: Copy + Default + 'static {
     unsafe fn load_ptr(p: *const Self) -> Self::V;
     /// Stores the first `min(out.len(), LANES)` lanes of `v` into `out`.
     fn store_n(v: Self::V, out: &mut [Self]);
+    /// Stores the `LANES` lanes of `v` starting at `p`.
+    ///
+    /// # Safety
+    /// `p` must be valid for writing `LANES` consecutive values (no alignment needed).
+    unsafe fn store_ptr(v: Self::V, p: *mut Self);
     /// `a * b + c`, fused where the target has FMA.
     fn mul_add(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// The sum of the lanes, in a fixed order.
@@ -154,6 +159,12 @@ macro_rules! impl_simd_float {
                 // SAFETY: the caller guarantees `LANES` readable values at `p`; `[T; LANES]`
                 // has no alignment requirement beyond `T`'s, and `read_unaligned` needs none.
                 $v::new(unsafe { std::ptr::read_unaligned(p.cast::<[$t; $lanes]>()) })
+            }
+            #[inline(always)]
+            unsafe fn store_ptr(v: $v, p: *mut Self) {
+                // SAFETY: the caller guarantees room for `LANES` values at `p`;
+                // `write_unaligned` needs no alignment.
+                unsafe { std::ptr::write_unaligned(p.cast::<[$t; $lanes]>(), v.to_array()) }
             }
             #[inline(always)]
             fn store_n(v: $v, out: &mut [Self]) {
