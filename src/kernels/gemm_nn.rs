@@ -579,8 +579,9 @@ fn tile<T: SimdFloat, const R: usize, const Q: usize, const PF: bool>(
     }
 }
 
-/// Most values of `C` one tile covers: 5 rows by one panel, or one row by 4 panels, in f32.
-const TILE_VALUES: usize = 5 * 64;
+/// Most values of `C` one tile covers: [`MR`] rows by one panel (or one row by 4 panels) of
+/// f32, whose 16 lanes make the widest panel.
+const TILE_VALUES: usize = MR * NV * 16;
 
 /// [`register_tile`] for panels that end past column `out.end`: their columns of `C` up to it
 /// are copied into a padded buffer, multiplied there and copied back (the padding's values are
