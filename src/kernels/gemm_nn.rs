@@ -569,7 +569,7 @@ fn tile<T: SimdFloat, const R: usize, const Q: usize, const PF: bool>(
     let p = panel::<T>();
     let col = q * p;
     let width = Q * p;
-    assert!(i + R <= g.g.m && col >= out.col0 && ks.end <= k);
+    assert!(i + R <= g.g.m && col >= out.col0);
     let a = &a[i * k..];
     let off = i * out.ldc + col - out.col0;
     if col + width <= out.end {
