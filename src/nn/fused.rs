@@ -1290,8 +1290,9 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
         if let Some(v) = split {
             ws.give(v);
         }
-        // Reduce in shard order: the sums never depend on which thread ran which shard. dX
-        // first, in parallel over time steps (each element still gets its shards in order).
+        // The tape hands this op stale gradient buffers (`overwrites_grad_inputs`): every
+        // element below is written, not added to. The gradients of X, h0 and c0 are the shards'
+        // rows side by side; dX in parallel over time steps.
         if let Some(gx) = gin[X].as_mut() {
             let (shards, scratch) = (&self.shards, &scratch);
             let row = b * i_sz;
@@ -1301,45 +1302,58 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
                 .for_each(|(t, gx_t)| {
                     for (sh, g) in shards.iter().zip(scratch) {
                         let (rows, n) = (&sh.rows, sh.rows.len());
-                        add_into(
-                            &mut gx_t[rows.start * i_sz..rows.end * i_sz],
-                            &g.dx[t * n * i_sz..(t + 1) * n * i_sz],
-                        );
+                        gx_t[rows.start * i_sz..rows.end * i_sz]
+                            .copy_from_slice(&g.dx[t * n * i_sz..(t + 1) * n * i_sz]);
                     }
                 });
         }
         for (sh, g) in self.shards.iter().zip(&scratch) {
-            let rows = &sh.rows;
+            let rows = sh.rows.start * h..sh.rows.end * h;
             if let Some(g0) = gin[H0].as_mut() {
-                add_into(&mut g0.data_mut()[rows.start * h..rows.end * h], &g.dh);
+                g0.data_mut()[rows.clone()].copy_from_slice(&g.dh);
             }
             if lstm {
                 if let Some(g0) = gin[2].as_mut() {
-                    add_into(&mut g0.data_mut()[rows.start * h..rows.end * h], &g.dc);
+                    g0.data_mut()[rows].copy_from_slice(&g.dc);
                 }
             }
-            if want.w_ih {
-                if let Some(dst) = gin[wi].as_mut() {
-                    add_into(dst.data_mut(), &g.dw_ih);
-                }
-            }
-            if want.w_hh {
-                if let Some(dst) = gin[wi + 1].as_mut() {
-                    add_into(dst.data_mut(), &g.dw_hh);
-                }
-            }
-            for (slot, part) in [(wi + 2, &g.db_ih), (wi + 3, &g.db_hh)] {
-                if !part.is_empty() {
-                    if let Some(dst) = gin[slot].as_mut() {
-                        add_into(dst.data_mut(), part);
+        }
+        // The weights' gradients are sums over the shards, added in shard order: the sums never
+        // depend on which thread ran which shard. A single shard's parts become the gradients
+        // themselves (the buffers trade places).
+        let parts = |g: &mut BackwardScratch<T>| {
+            [
+                (wi, std::mem::take(&mut g.dw_ih)),
+                (wi + 1, std::mem::take(&mut g.dw_hh)),
+                (wi + 2, std::mem::take(&mut g.db_ih)),
+                (wi + 3, std::mem::take(&mut g.db_hh)),
+            ]
+        };
+        for (s, g) in scratch.iter_mut().enumerate() {
+            for (slot, mut part) in parts(g) {
+                match gin.get_mut(slot).and_then(Option::as_mut) {
+                    Some(dst) if !part.is_empty() => {
+                        if s > 0 {
+                            add_into(dst.data_mut(), &part);
+                        } else if self.shards.len() == 1 {
+                            dst.swap_data(&mut part);
+                        } else {
+                            dst.data_mut().copy_from_slice(&part);
+                        }
                     }
+                    _ => {}
                 }
+                ws.give(part);
             }
         }
         for g in scratch {
             g.give(ws);
         }
         Ok(())
+    }
+
+    fn overwrites_grad_inputs(&self) -> bool {
+        true
     }
 
     fn recycle(&mut self, ws: &mut Workspace<'_, T>) {

@@ -184,12 +184,13 @@ impl<T: Float> Tape<T> {
             return Ok(());
         }
         let mut gins: Vec<Option<Tensor<T>>> = Vec::with_capacity(ins.len());
+        let overwrites = op.overwrites_grad_inputs();
         for &i in ins {
             let s = &self.slots[i as usize];
-            let g = if s.requires_grad {
-                Some(self.alloc(s.value.shape()))
-            } else {
-                None
+            let g = match (s.requires_grad, overwrites) {
+                (false, _) => None,
+                (true, false) => Some(self.alloc(s.value.shape())),
+                (true, true) => Some(self.alloc_dirty(s.value.shape())),
             };
             gins.push(g);
         }

@@ -24,7 +24,9 @@ pub trait CustomOp<T: Float>: Send {
     /// - `grad_outputs[j]`: the gradient of the loss with respect to output `j`, or `None` where
     ///   that output did not reach the loss (treat it as zeros).
     /// - `grad_inputs[i]`: `Some` zero-filled tensor shaped like input `i` where that input needs a
-    ///   gradient, `None` where it does not (skip that work). Add into it (`+=`).
+    ///   gradient, `None` where it does not (skip that work). Add into it (`+=`); an op whose
+    ///   [`CustomOp::overwrites_grad_inputs`] is `true` gets stale contents instead and must
+    ///   write every element.
     /// - `ws`: the tape's buffer pool, for temporaries.
     fn backward(
         &mut self,
@@ -34,6 +36,14 @@ pub trait CustomOp<T: Float>: Send {
         grad_inputs: &mut [Option<Tensor<T>>],
         ws: &mut Workspace<'_, T>,
     ) -> Result<()>;
+
+    /// Whether [`CustomOp::backward`] writes every element of each `grad_inputs` tensor it is
+    /// given (`=`) instead of adding into it. The tape then hands it buffers with stale
+    /// contents, saving a pass that zeroes them. The default, `false`, keeps the contract
+    /// above: zero-filled tensors to add into.
+    fn overwrites_grad_inputs(&self) -> bool {
+        false
+    }
 
     /// Hands the op's buffers back to the tape when it is cleared ([`crate::Tape::clear`]).
     /// The default keeps nothing back: the op's memory is simply freed.

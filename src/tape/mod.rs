@@ -195,6 +195,11 @@ impl<T: Float> Tape<T> {
         Tensor::from_parts(self.pool.take(shape.numel()), shape)
     }
 
+    /// A pooled tensor of `shape` with stale contents, for one that will be overwritten in full.
+    pub(crate) fn alloc_dirty(&mut self, shape: Shape) -> Tensor<T> {
+        Tensor::from_parts(self.pool.take_dirty(shape.numel()), shape)
+    }
+
     /// A pooled copy of `src`.
     pub(crate) fn alloc_copy(&mut self, src: &Tensor<T>) -> Tensor<T> {
         let mut v = self.pool.take_dirty(src.numel());

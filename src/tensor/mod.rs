@@ -217,6 +217,17 @@ impl<T: Float> Tensor<T> {
         self.data.iter().all(|x| x.is_finite())
     }
 
+    /// Trades this tensor's elements with `v`'s (crate-internal: a buffer computed elsewhere
+    /// becomes the tensor's without a copy). Panics if the lengths differ.
+    pub(crate) fn swap_data(&mut self, v: &mut Vec<T>) {
+        assert_eq!(
+            v.len(),
+            self.data.len(),
+            "Tensor::swap_data: length mismatch"
+        );
+        std::mem::swap(&mut self.data, v);
+    }
+
     /// Builds from parts already known to agree (crate-internal fast path).
     pub(crate) fn from_parts(data: Vec<T>, shape: Shape) -> Self {
         debug_assert_eq!(data.len(), shape.numel());
