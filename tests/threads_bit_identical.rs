@@ -32,6 +32,10 @@ const SHARDED: Size = Size { b: 70, h: 11 };
 /// columns between two threads (for every cell the product is large enough, and 200 columns
 /// make two halves in f32's panels of 64 and f64's of 32, the right one ragged).
 const SPLIT: Size = Size { b: 16, h: 200 };
+/// A batch of one row, whose products read `W_hh` as stored: split by rows of `W_hh` in
+/// forward and by columns in backward, on more than one thread (for every cell the product is
+/// large enough; 370 is no whole number of vectors, so both halves' ends are ragged).
+const SINGLE: Size = Size { b: 1, h: 370 };
 
 /// Forward + backward of loss = sum(y * ry) + sum(h_n * rh) (+ sum(c_n * rc)) over a 2-layer
 /// bidirectional layer with ragged lengths; returns every output and gradient.
@@ -131,8 +135,19 @@ fn column_split_is_bit_identical_to_one_thread_f64() {
 }
 
 #[test]
+fn single_row_split_is_bit_identical_to_one_thread_f32() {
+    check_bits::<f32>(|x| u64::from(x.to_bits()), SINGLE);
+}
+
+#[test]
+fn single_row_split_is_bit_identical_to_one_thread_f64() {
+    check_bits::<f64>(f64::to_bits, SINGLE);
+}
+
+#[test]
 fn sharded_and_split_fused_equal_reference() {
-    for (kind, size) in KINDS.into_iter().flat_map(|k| [(k, SHARDED), (k, SPLIT)]) {
+    let sizes = [SHARDED, SPLIT, SINGLE];
+    for (kind, size) in KINDS.into_iter().flat_map(|k| sizes.map(|s| (k, s))) {
         let fused = in_pool(2, || run::<f64>(kind, Implementation::Fused, size));
         let reference = run::<f64>(kind, Implementation::Reference, size);
         for ((name, a), (_, b)) in fused.iter().zip(&reference) {

@@ -29,6 +29,7 @@
 // Register tiles are fixed-size arrays indexed by row, panel and vector: clearer than iterators.
 #![allow(clippy::needless_range_loop)]
 
+use super::aligned::AlignedBuf;
 use super::simd::SimdFloat;
 
 /// Vectors per panel.
@@ -39,49 +40,32 @@ pub fn panel<T: SimdFloat>() -> usize {
     NV * T::LANES
 }
 
-/// Bytes to which the packed values are aligned: a cache line, so that no vector load of a
-/// panel straddles two lines.
-const ALIGN: usize = 64;
-
-/// Values of slack a packing's buffer holds beyond [`PackedB::packed_len`]'s count, room to start
-/// the values on an [`ALIGN`]-byte boundary wherever the allocator put the buffer.
-fn slack<T>() -> usize {
-    ALIGN / std::mem::size_of::<T>()
-}
-
 /// A `k x n` matrix packed in column panels for [`gemm_packed_acc`].
 ///
-/// The values start on a cache-line boundary inside the buffer (`Vec` itself promises only the
-/// element's alignment): a 512-bit load from a buffer 16 bytes off a line touches two lines,
-/// which made the single-row product, bound by the rate at which `B` streams from L2, 1.6 to
-/// 1.8x slower. A clone is packed into a buffer of its own, aligned the same way.
+/// The values start on a cache-line boundary inside the buffer ([`AlignedBuf`]): the single-row
+/// product, bound by the rate at which `B` streams from L2, ran 1.6 to 1.8x slower on values 16
+/// bytes off a line. A clone is packed into a buffer of its own, aligned the same way.
 #[derive(Debug, Default)]
 pub struct PackedB<T> {
     k: usize,
     n: usize,
-    /// Where the packed values start in `data`.
-    off: usize,
-    data: Vec<T>,
+    buf: AlignedBuf<T>,
 }
 
 impl<T: SimdFloat> Clone for PackedB<T> {
     fn clone(&self) -> Self {
-        let mut c = PackedB::new();
-        let len = c.resize(self.k, self.n);
-        c.values_mut(len).copy_from_slice(self.values());
-        c
+        PackedB {
+            k: self.k,
+            n: self.n,
+            buf: self.buf.clone(),
+        }
     }
 }
 
 impl<T: SimdFloat> PackedB<T> {
     /// An empty packing (0 x 0); fill it with [`PackedB::pack`] or [`PackedB::pack_transposed`].
     pub fn new() -> Self {
-        PackedB {
-            k: 0,
-            n: 0,
-            off: 0,
-            data: Vec::new(),
-        }
+        Self::from_buffer(Vec::new())
     }
 
     /// An empty packing that will reuse `buf`'s memory (its contents do not matter).
@@ -89,14 +73,13 @@ impl<T: SimdFloat> PackedB<T> {
         PackedB {
             k: 0,
             n: 0,
-            off: 0,
-            data: buf,
+            buf: AlignedBuf::from_buffer(buf),
         }
     }
 
     /// The packing's memory, for reuse.
     pub fn into_buffer(self) -> Vec<T> {
-        self.data
+        self.buf.into_buffer()
     }
 
     /// Rows `k` of the packed matrix.
@@ -113,9 +96,7 @@ impl<T: SimdFloat> PackedB<T> {
     /// panels, and room to align the values), so a buffer for [`PackedB::from_buffer`] can be
     /// sized to need no growth. Panics if it overflows `usize`.
     pub fn packed_len(k: usize, n: usize) -> usize {
-        Self::values_len(k, n)
-            .checked_add(slack::<T>())
-            .expect("PackedB: packed size overflows usize")
+        AlignedBuf::<T>::buffer_len(Self::values_len(k, n))
     }
 
     /// The number of packed values of a `k x n` matrix: `n` rounded up to whole panels.
@@ -129,34 +110,24 @@ impl<T: SimdFloat> PackedB<T> {
             .expect("PackedB: packed size overflows usize")
     }
 
-    /// Sets the shape, makes room and aligns; returns the packed length.
+    /// Sets the shape and makes room (stale values may stay: packing overwrites every value it
+    /// uses, the padding included); returns the packed length.
     fn resize(&mut self, k: usize, n: usize) -> usize {
         self.k = k;
         self.n = n;
-        let need = Self::packed_len(k, n);
-        // Stale values may stay: packing overwrites every value it uses, the padding included.
-        // A longer buffer keeps its length (the kernel reads only the values it packed), so
-        // packings of different shapes into one buffer never zero a tail again.
-        if self.data.len() < need {
-            self.data.resize(need, T::default());
-        }
-        // `align_offset` may answer "cannot" (usize::MAX, e.g. under Miri's symbolic
-        // alignment): the values then start at 0, unaligned but the same.
-        self.off = match self.data.as_ptr().align_offset(ALIGN) {
-            o if o < slack::<T>() => o,
-            _ => 0,
-        };
-        Self::values_len(k, n)
+        let len = Self::values_len(k, n);
+        self.buf.resize(len);
+        len
     }
 
     /// The packed values: `n.div_ceil(panel)` panels of `k` rows of `panel` values.
     fn values(&self) -> &[T] {
-        &self.data[self.off..self.off + Self::values_len(self.k, self.n)]
+        self.buf.values()
     }
 
     /// The packed values, to be written.
     fn values_mut(&mut self, len: usize) -> &mut [T] {
-        &mut self.data[self.off..self.off + len]
+        &mut self.buf.values_mut()[..len]
     }
 
     /// Packs `b`, a row-major `k x n` matrix. Panics if `b` is shorter than `k * n`.
@@ -949,21 +920,22 @@ mod tests {
                 let start = buf.as_ptr();
                 let mut fresh = PackedB::from_buffer(buf);
                 fresh.pack(&b, k, n);
-                // A buffer of `packed_len` values is used as it is, whatever its alignment.
-                assert_eq!(fresh.data.as_ptr(), start, "{k}x{n} grew its buffer");
                 reused.pack_transposed(&b, n, k);
                 let copy = reused.clone();
                 assert_eq!(copy.values(), reused.values(), "{k}x{n}: clone");
                 for pb in [&fresh, &reused, &copy] {
                     let at = pb.values().as_ptr() as usize;
                     if !cfg!(miri) {
-                        assert_eq!(at % ALIGN, 0, "{k}x{n}: values at {at:#x}");
+                        assert_eq!(at % 64, 0, "{k}x{n}: values at {at:#x}");
                     }
                     assert_eq!(
                         pb.values().len(),
                         n.div_ceil(panel::<T>()) * k * panel::<T>()
                     );
                 }
+                // A buffer of `packed_len` values is used as it is, whatever its alignment.
+                let back = fresh.into_buffer();
+                assert_eq!(back.as_ptr(), start, "{k}x{n} grew its buffer");
             }
         }
         // Under Miri (which does not model the allocator's alignment anyway) only small ones.

@@ -4,15 +4,19 @@
 //! scalar version of itself.
 //!
 //! - [`simd`]: the [`SimdFloat`] trait, vectorised `exp`, `sigmoid`, `tanh` (`f32x16`, `f64x8`).
+//! - [`aligned`]: buffers whose values start on a cache line, for the streamed weights.
 //! - [`gemm`]: large products over matrixmultiply (all timesteps at once).
 //! - [`gemm_nn`]: the per-timestep recurrent product over a weight packed once per sequence.
+//! - [`gemv`]: the same product for a batch of one row, over `W_hh` as stored (no packing).
 //! - [`gemm_nt`]: the same product over a weight as stored (for single inference steps).
 //! - [`handoff`]: a spinning helper thread that takes half of each step's product (small batches).
 //! - [`rnn`], [`lstm`], [`gru`]: the fused gate kernels, forward and backward, one file per cell.
 
+pub mod aligned;
 pub mod gemm;
 pub mod gemm_nn;
 pub mod gemm_nt;
+pub mod gemv;
 pub mod handoff;
 
 pub use gemm::GemmShape;

@@ -17,7 +17,9 @@
 //!
 //! Forward, per shard: one GEMM projects the inputs of all timesteps at once (`Xp = X W_ih^T`);
 //! then per step the recurrent product `h_{t-1} W_hh^T` and the biases are added by a
-//! small-batch kernel over `W_hh^T` packed once per sequence (no allocation per step), and one
+//! small-batch kernel over `W_hh^T` packed once per sequence (no allocation per step; a batch
+//! of one row reads an aligned copy of `W_hh` as stored instead, see [`crate::kernels::gemv`],
+//! which its backward reuses), and one
 //! fused SIMD kernel applies the gate activations, updates `c` and `h`, and keeps what backward
 //! needs.
 //!
@@ -44,8 +46,9 @@ use rayon::prelude::*;
 use super::recurrent::{CellKind, DirectionOutput, DirectionRun};
 use crate::Result;
 use crate::kernels::GemmShape;
-use crate::kernels::gemm_nn::{PackedB, Rows, gemm_packed_acc_cols, gemm_packed_acc_rows, panel};
+use crate::kernels::gemm_nn::{PackedB, Rows, gemm_packed_acc_cols, panel};
 use crate::kernels::gemm_nt::gemm_nt_acc;
+use crate::kernels::gemv::{AlignedMatrix, gemv_cols_acc, gemv_rows_acc};
 use crate::kernels::handoff::{Helper, with_helper};
 use crate::kernels::{gru, lstm, rnn};
 use crate::params::ParamStore;
@@ -98,13 +101,19 @@ pub(crate) fn run<T: Float>(
             .into_iter()
             .map(|rows| Shard::take(&cfg, rows, &mut ws))
             .collect(),
-        // W_hh^T packed in forward, W_hh in backward: room for both, so neither grows it.
-        packed: PackedB::from_buffer(
-            ws.scratch(
-                PackedB::<T>::packed_len(hidden, gates_h)
-                    .max(PackedB::<T>::packed_len(gates_h, hidden)),
-            ),
-        ),
+        w_hh: if batch == 1 {
+            RecurrentWeight::Stored(AlignedMatrix::from_buffer(
+                ws.scratch(AlignedMatrix::<T>::buffer_len(gates_h, hidden)),
+            ))
+        } else {
+            // W_hh^T packed in forward, W_hh in backward: room for both, so neither grows it.
+            RecurrentWeight::Packed(PackedB::from_buffer(
+                ws.scratch(
+                    PackedB::<T>::packed_len(hidden, gates_h)
+                        .max(PackedB::<T>::packed_len(gates_h, hidden)),
+                ),
+            ))
+        },
         cfg,
     };
     let mut scratch: Vec<ForwardScratch<T>> = node
@@ -347,8 +356,79 @@ impl<T: Float> BackwardScratch<T> {
 struct FusedDirection<T> {
     cfg: Config,
     shards: Vec<Shard<T>>,
-    /// The packed recurrent weight (`W_hh^T` in forward, `W_hh` in backward).
-    packed: PackedB<T>,
+    /// The recurrent weight as each step's product reads it.
+    w_hh: RecurrentWeight<T>,
+}
+
+/// `W_hh` `[G*H, H]` as the per-step products read it.
+enum RecurrentWeight<T> {
+    /// Packed in panels: `W_hh^T` in forward, `W_hh` in backward.
+    Packed(PackedB<T>),
+    /// For a batch of one row: an aligned copy as stored, made in forward and read again by
+    /// the backward (the node's weights do not change in between).
+    Stored(AlignedMatrix<T>),
+}
+
+impl<T: Float> RecurrentWeight<T> {
+    fn into_buffer(self) -> Vec<T> {
+        match self {
+            RecurrentWeight::Packed(p) => p.into_buffer(),
+            RecurrentWeight::Stored(m) => m.into_buffer(),
+        }
+    }
+}
+
+/// One step's recurrent product `C += A B` against `W_hh`, as laid out for it.
+#[derive(Clone, Copy)]
+enum StepWeight<'a, T> {
+    /// `B` packed (`W_hh^T` in forward, `W_hh` in backward), any number of rows.
+    Packed(&'a PackedB<T>),
+    /// `B = W_hh^T` over `W_hh` as stored, a single row: forward, `C += W_hh h`.
+    Rows(&'a AlignedMatrix<T>),
+    /// `B = W_hh` as stored, a single row: backward, `dh += dG W_hh`.
+    Cols(&'a AlignedMatrix<T>),
+}
+
+impl<T: Float> StepWeight<'_, T> {
+    /// Columns of `B` (of `C`).
+    fn n(self) -> usize {
+        match self {
+            StepWeight::Packed(b) => b.n(),
+            StepWeight::Rows(w) => w.rows(),
+            StepWeight::Cols(w) => w.cols(),
+        }
+    }
+
+    /// Where a product split in two cuts its columns: the first half of the panels (rounded
+    /// up); of the vectors, over `W_hh` as stored.
+    fn split_point(self) -> usize {
+        let n = self.n();
+        let unit = match self {
+            StepWeight::Packed(_) => panel::<T>(),
+            StepWeight::Rows(_) | StepWeight::Cols(_) => T::LANES,
+        };
+        (n.div_ceil(unit).div_ceil(2) * unit).min(n)
+    }
+
+    /// Columns `cols` of `C += A B` (each block's `C` holding just those, row stride `ldc`).
+    fn product(self, blocks: &mut [Rows<'_, T>], cols: Range<usize>, ldc: usize) {
+        let w = match self {
+            StepWeight::Packed(b) => return gemm_packed_acc_cols(blocks, b, cols, ldc),
+            StepWeight::Rows(w) | StepWeight::Cols(w) => w,
+        };
+        let [g] = blocks else {
+            panic!("step product: W_hh as stored serves a single block")
+        };
+        assert_eq!(g.m, 1, "step product: W_hh as stored serves a single row");
+        let c = &mut g.c[..cols.len()];
+        if let Some(bias) = g.bias {
+            add_into(c, &bias[cols.clone()]);
+        }
+        match self {
+            StepWeight::Rows(_) => gemv_rows_acc(w, g.a, c, cols),
+            _ => gemv_cols_acc(g.a, w, c, cols),
+        }
+    }
 }
 
 /// Positions of the node's inputs.
@@ -497,12 +577,11 @@ fn reborrow<'s, T>(split: &'s mut Split<'_, T>) -> Split<'s, T> {
 /// right half into the split's buffer (room for every block's right half of `C`), copied back
 /// after. Each value is computed as in the whole product, so splitting changes how fast, never
 /// what, the step computes.
-fn step_product<T: Float>(blocks: &mut [Rows<'_, T>], b: &PackedB<T>, split: Split<'_, T>) {
-    let (n, p) = (b.n(), panel::<T>());
-    // The left half takes the first half of the panels (rounded up).
-    let c1 = (n.div_ceil(p).div_ceil(2) * p).min(n);
+fn step_product<T: Float>(blocks: &mut [Rows<'_, T>], b: StepWeight<'_, T>, split: Split<'_, T>) {
+    let n = b.n();
+    let c1 = b.split_point();
     let Some((buf, helper)) = split.filter(|_| c1 < n) else {
-        gemm_packed_acc_rows(blocks, b);
+        b.product(blocks, 0..n, n);
         return;
     };
     let w2 = n - c1;
@@ -523,8 +602,8 @@ fn step_product<T: Float>(blocks: &mut [Rows<'_, T>], b: &PackedB<T>, split: Spl
     }
     let halves = &mut halves[..blocks.len()];
     helper.join(
-        || gemm_packed_acc_cols(blocks, b, 0..c1, n),
-        || gemm_packed_acc_cols(halves, b, c1..n, w2),
+        || b.product(blocks, 0..c1, n),
+        || b.product(halves, c1..n, w2),
     );
     for (g, half) in blocks.iter_mut().zip(halves.iter()) {
         for (dst, src) in g.c.chunks_exact_mut(n).zip(half.c.chunks_exact(w2)) {
@@ -662,7 +741,7 @@ impl Config {
         h0: &[T],
         c0: Option<&[T]>,
         w: &Weights<'_, T>,
-        w_hh_t: &PackedB<T>,
+        w_hh_t: StepWeight<'_, T>,
         split: Option<&mut [T]>,
     ) {
         assert!(
@@ -700,7 +779,7 @@ impl Config {
         fss: &mut [ForwardScratch<T>],
         h0: &[T],
         w: &Weights<'_, T>,
-        w_hh_t: &PackedB<T>,
+        w_hh_t: StepWeight<'_, T>,
         mut split: Split<'_, T>,
     ) {
         let sw = self.saved_width();
@@ -880,7 +959,7 @@ impl Config {
         h0: &[T],
         y: &[T],
         w: &Weights<'_, T>,
-        w_hh_p: &PackedB<T>,
+        w_hh_p: StepWeight<'_, T>,
         gy: Option<&[T]>,
         gh_n: Option<&[T]>,
         gc_n: Option<&[T]>,
@@ -926,7 +1005,7 @@ impl Config {
         h0: &[T],
         y: &[T],
         gy: Option<&[T]>,
-        w_hh_p: &PackedB<T>,
+        w_hh_p: StepWeight<'_, T>,
         mut split: Split<'_, T>,
     ) {
         let gh = self.kind.gates() * self.hidden;
@@ -1183,9 +1262,18 @@ impl<T: Float> FusedDirection<T> {
         let lstm = cfg.kind == CellKind::Lstm;
         let (x, h0) = (inp[X].data(), inp[H0].data());
         let c0 = lstm.then(|| inp[2].data());
-        // W_hh^T packed once for the whole sequence: h_{t-1} W_hh^T at every step reads it.
-        self.packed.pack_transposed(w.w_hh, cfg.kind.gates() * h, h);
-        let w_hh_t = &self.packed;
+        // W_hh^T packed once for the whole sequence (a single row: W_hh copied as stored):
+        // h_{t-1} W_hh^T at every step reads it.
+        let w_hh_t = match &mut self.w_hh {
+            RecurrentWeight::Packed(p) => {
+                p.pack_transposed(w.w_hh, cfg.kind.gates() * h, h);
+                StepWeight::Packed(&*p)
+            }
+            RecurrentWeight::Stored(m) => {
+                m.copy_from(w.w_hh, cfg.kind.gates() * h, h);
+                StepWeight::Rows(&*m)
+            }
+        };
         // A single shard writes the layer's output in place: lend it the buffer.
         let single = self.shards.len() == 1;
         if single {
@@ -1249,9 +1337,15 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
         let wi = cfg.w_ih_index();
         let w = cfg.weights(inp);
         let lstm = cfg.kind == CellKind::Lstm;
-        // W_hh [G*H, H] packed once: dh_{t-1} = dG W_hh at every step reads it.
-        self.packed.pack(w.w_hh, gh, h);
-        let w_hh_p = &self.packed;
+        // W_hh [G*H, H] packed once: dh_{t-1} = dG W_hh at every step reads it (a single row
+        // reads the forward's copy as stored).
+        let w_hh_p = match &mut self.w_hh {
+            RecurrentWeight::Packed(p) => {
+                p.pack(w.w_hh, gh, h);
+                StepWeight::Packed(&*p)
+            }
+            RecurrentWeight::Stored(m) => StepWeight::Cols(&*m),
+        };
         let want = Wanted {
             x: gin[X].is_some(),
             w_ih: gin[wi].is_some(),
@@ -1360,6 +1454,7 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
         for sh in self.shards.drain(..) {
             sh.give(ws);
         }
-        ws.give(std::mem::take(&mut self.packed).into_buffer());
+        let w_hh = std::mem::replace(&mut self.w_hh, RecurrentWeight::Packed(PackedB::new()));
+        ws.give(w_hh.into_buffer());
     }
 }
