@@ -476,10 +476,12 @@ fn read_write<T>(buf: &mut [T], read: usize, write: usize, len: usize) -> (&[T],
 /// Up to this many rows, `X W^T` runs on the small-batch kernel instead of a packing GEMM.
 const SMALL_ROWS: usize = 32;
 
-/// `xp += X W^T`, or with `overwrite` `xp = X W^T`, for `X` `[m, k]` and `W` `[n, k]` (a rule
-/// of the shape only).
+/// `xp += X W^T`, or with `overwrite` `xp = X W^T`, for `X` `[m, k]` and `W` `[n, k]`, on the
+/// small-batch kernel where `small` (which the caller decides by the whole product's rows, so
+/// that its parts run on the same kernel), else on a GEMM.
 #[allow(clippy::too_many_arguments)]
 fn project<T: Float>(
+    small: bool,
     m: usize,
     k: usize,
     n: usize,
@@ -488,7 +490,7 @@ fn project<T: Float>(
     xp: &mut [T],
     overwrite: bool,
 ) {
-    if m <= SMALL_ROWS {
+    if small {
         if overwrite {
             xp.fill(T::ZERO);
         }
@@ -504,6 +506,34 @@ fn project<T: Float>(
         let beta = if overwrite { T::ZERO } else { T::ONE };
         T::gemm(s, T::ONE, x, w, beta, xp);
     }
+}
+
+/// `xp += X W^T` (with `overwrite`, `=`), for `X` `[m, k]` and `W` `[n, k]`, on the kernel the
+/// rows `m` call for; with `halves` split by rows between two threads. Either kernel computes
+/// each row of `xp` as in the whole product, so the split changes how fast, never what, it
+/// computes.
+#[allow(clippy::too_many_arguments)]
+fn project_rows<T: Float>(
+    m: usize,
+    k: usize,
+    n: usize,
+    x: &[T],
+    w: &[T],
+    xp: &mut [T],
+    overwrite: bool,
+    halves: bool,
+) {
+    let small = m <= SMALL_ROWS;
+    if !halves || m < 2 {
+        return project(small, m, k, n, x, w, xp, overwrite);
+    }
+    let m1 = m / 2;
+    let (x0, x1) = x.split_at(m1 * k);
+    let (p0, p1) = xp[..m * n].split_at_mut(m1 * n);
+    rayon::join(
+        || project(small, m1, k, n, x0, w, p0, overwrite),
+        || project(small, m - m1, k, n, x1, w, p1, overwrite),
+    );
 }
 
 /// `dst += column sums of rows` over a row-major buffer.
@@ -748,8 +778,10 @@ impl Config {
             group.len() <= GROUP_SHARDS,
             "forward_group: too many shards"
         );
+        // A split group has the pool's threads to itself: its input projections split too.
+        let halves = split.is_some();
         for (sh, fs) in group.iter_mut().zip(fss.iter_mut()) {
-            self.forward_begin(sh, fs, x, h0, c0, w);
+            self.forward_begin(sh, fs, x, h0, c0, w, halves);
         }
         // The helper spins only through the recurrence.
         match split {
@@ -824,7 +856,9 @@ impl Config {
 
     /// A shard's work before its recurrence: the input projection of every step at once,
     /// `Xp = X W_ih^T` (the GRU's `+ b_ih`; the other cells add their biases in each step's
-    /// product), its rows of `c0`, and with lengths the state of the first step.
+    /// product), its rows of `c0`, and with lengths the state of the first step. With `halves`,
+    /// two threads each project half of the time steps.
+    #[allow(clippy::too_many_arguments)]
     fn forward_begin<T: Float>(
         &self,
         sh: &mut Shard<T>,
@@ -833,6 +867,7 @@ impl Config {
         h0: &[T],
         c0: Option<&[T]>,
         w: &Weights<'_, T>,
+        halves: bool,
     ) {
         let (tl, b, h, i_sz) = (self.t_len, self.batch, self.hidden, self.in_size);
         let rows = sh.rows.clone();
@@ -854,9 +889,9 @@ impl Config {
         };
         if self.kind == CellKind::Gru {
             init_input_projection(xp, w.bias, self.kind);
-            project(tl * n, i_sz, gh, xs, w.w_ih, xp, false);
+            project_rows(tl * n, i_sz, gh, xs, w.w_ih, xp, false, halves);
         } else {
-            project(tl * n, i_sz, gh, xs, w.w_ih, xp, true);
+            project_rows(tl * n, i_sz, gh, xs, w.w_ih, xp, true, halves);
             // One row of `b_ih + b_hh` (empty without biases).
             init_input_projection(&mut fs.bias, w.bias, self.kind);
         }
