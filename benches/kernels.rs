@@ -12,6 +12,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use recur::kernels::gemm_nn::{PackedB, gemm_packed_acc};
 use recur::kernels::gemm_nt::gemm_nt_acc;
+use recur::kernels::gemv::{AlignedMatrix, gemv_cols_acc, gemv_rows_acc};
 use recur::kernels::{GemmShape, SimdFloat, gru, lstm, rnn};
 use recur::nn::{Activation, CellKind, ForwardOptions, Recurrent, RecurrentConfig};
 use recur::{Float, ParamStore, Rng, Tape, Tensor};
@@ -36,18 +37,61 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// One forward step (recurrent product over packed `W_hh^T` + gate kernel) and one backward
-/// step (gate kernel + `dG W_hh`) at each shape's B and H.
+/// `W_hh` `[G*H, H]` as the fused layers read it at a batch of `b` rows: packed (`W_hh^T` for
+/// forward, `W_hh` for backward), or for a single row one aligned copy as stored.
+struct StepWeights {
+    b: usize,
+    fwd: PackedB<f32>,
+    bwd: PackedB<f32>,
+    stored: AlignedMatrix<f32>,
+}
+
+impl StepWeights {
+    fn new(w_hh: &[f32], gh: usize, h: usize, b: usize) -> Self {
+        let (mut fwd, mut bwd) = (PackedB::new(), PackedB::new());
+        let mut stored = AlignedMatrix::from_buffer(Vec::new());
+        if b == 1 {
+            stored.copy_from(w_hh, gh, h);
+        } else {
+            fwd.pack_transposed(w_hh, gh, h);
+            bwd.pack(w_hh, gh, h);
+        }
+        StepWeights {
+            b,
+            fwd,
+            bwd,
+            stored,
+        }
+    }
+
+    /// `c += a W_hh^T`.
+    fn forward(&self, a: &[f32], c: &mut [f32]) {
+        if self.b == 1 {
+            gemv_rows_acc(&self.stored, a, c, 0..self.stored.rows());
+        } else {
+            gemm_packed_acc(self.b, a, &self.fwd, c);
+        }
+    }
+
+    /// `c += a W_hh`.
+    fn backward(&self, a: &[f32], c: &mut [f32]) {
+        if self.b == 1 {
+            gemv_cols_acc(a, &self.stored, c, 0..self.stored.cols());
+        } else {
+            gemm_packed_acc(self.b, a, &self.bwd, c);
+        }
+    }
+}
+
+/// One forward step (recurrent product `h W_hh^T` + gate kernel) and one backward step (gate
+/// kernel + `dG W_hh`) at each shape's B and H, over `W_hh` as the fused layers read it.
 fn steps(c: &mut Criterion) {
     let mut g = c.benchmark_group("step");
     for (name, b, _, _, h) in SHAPES {
         for kind in CELLS {
             let gh = kind.gates() * h;
             let w_hh = values(gh * h, 1);
-            let mut fwd = PackedB::new();
-            fwd.pack_transposed(&w_hh, gh, h);
-            let mut bwd = PackedB::new();
-            bwd.pack(&w_hh, gh, h);
+            let weights = StepWeights::new(&w_hh, gh, h, b);
             let h_prev = values(b * h, 2);
             let xp = values(b * gh, 3);
             let c_prev = values(b * h, 4);
@@ -60,17 +104,17 @@ fn steps(c: &mut Criterion) {
                     match kind {
                         CellKind::Lstm => {
                             gates.copy_from_slice(&xp);
-                            gemm_packed_acc(b, &h_prev, &fwd, &mut gates);
+                            weights.forward(&h_prev, &mut gates);
                             lstm::lstm_forward(&mut gates, &c_prev, &mut c_new, &mut h_new, h);
                         }
                         CellKind::Gru => {
                             hp.fill(0.0);
-                            gemm_packed_acc(b, &h_prev, &fwd, &mut hp);
+                            weights.forward(&h_prev, &mut hp);
                             gru::gru_forward(&xp, &hp, &h_prev, &mut h_new, &mut saved, h);
                         }
                         CellKind::Rnn(act) => {
                             gates.copy_from_slice(&xp);
-                            gemm_packed_acc(b, &h_prev, &fwd, &mut gates);
+                            weights.forward(&h_prev, &mut gates);
                             rnn::rnn_forward(&mut gates, act);
                         }
                     }
@@ -92,7 +136,7 @@ fn steps(c: &mut Criterion) {
                                 &act_gates, &c_prev, &c_prev, &dh, &mut dc, &mut dg, h,
                             );
                             dh_prev.fill(0.0);
-                            gemm_packed_acc(b, &dg, &bwd, &mut dh_prev);
+                            weights.backward(&dg, &mut dh_prev);
                         }
                         CellKind::Gru => {
                             gru::gru_backward(
@@ -104,12 +148,12 @@ fn steps(c: &mut Criterion) {
                                 &mut dh_prev,
                                 h,
                             );
-                            gemm_packed_acc(b, &dhp, &bwd, &mut dh_prev);
+                            weights.backward(&dhp, &mut dh_prev);
                         }
                         CellKind::Rnn(act) => {
                             rnn::rnn_backward(&h_prev, &dh, &mut dg, act);
                             dh_prev.fill(0.0);
-                            gemm_packed_acc(b, &dg, &bwd, &mut dh_prev);
+                            weights.backward(&dg, &mut dh_prev);
                         }
                     }
                     black_box(&dh_prev);
@@ -193,8 +237,10 @@ fn math(c: &mut Criterion) {
     g.finish();
 }
 
-/// The recurrent product `h W_hh^T` at B = 1: packed kernel, unpacked dot-product kernel and
-/// matrixmultiply (which packs both operands on every call).
+/// The recurrent products at B = 1: forward `h W_hh^T` by the packed kernel, by the kernels over
+/// `W_hh` as stored (the aligned copy the fused layers read, and `gemm_nt` over the weight
+/// where it lies) and by matrixmultiply (which packs both operands on every call); backward
+/// `dG W_hh` by the packed kernel and by the column kernel over the aligned copy.
 fn gemv(c: &mut Criterion) {
     let mut g = c.benchmark_group("gemv_b1");
     for h in [128usize, 256, 512] {
@@ -208,6 +254,30 @@ fn gemv(c: &mut Criterion) {
             b.iter(|| {
                 gemm_packed_acc(1, &x, &packed, &mut y);
                 black_box(&y);
+            })
+        });
+        let mut stored = AlignedMatrix::from_buffer(Vec::new());
+        stored.copy_from(&w, gh, h);
+        g.bench_function(format!("stored_rows/H{h}"), |b| {
+            b.iter(|| {
+                gemv_rows_acc(&stored, &x, &mut y, 0..gh);
+                black_box(&y);
+            })
+        });
+        let dg = values(gh, 3);
+        let mut dh = vec![0.0f32; h];
+        let mut packed_bwd = PackedB::new();
+        packed_bwd.pack(&w, gh, h);
+        g.bench_function(format!("backward_packed/H{h}"), |b| {
+            b.iter(|| {
+                gemm_packed_acc(1, &dg, &packed_bwd, &mut dh);
+                black_box(&dh);
+            })
+        });
+        g.bench_function(format!("backward_stored_cols/H{h}"), |b| {
+            b.iter(|| {
+                gemv_cols_acc(&dg, &stored, &mut dh, 0..h);
+                black_box(&dh);
             })
         });
         g.bench_function(format!("dot/H{h}"), |b| {
