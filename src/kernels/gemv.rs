@@ -280,52 +280,52 @@ mod tests {
         (13, 271),
     ];
 
-    fn rows_match_scalar<T: Float>(tol: f64) {
+    /// Checks one kernel against a scalar sum in f64 on every shape: the outputs are the rows
+    /// of `W` (`y += W x`, [`gemv_rows_acc`]) or, without `by_rows`, its columns (`y += x W`,
+    /// [`gemv_cols_acc`]).
+    fn matches_scalar<T: Float>(by_rows: bool, tol: f64) {
         for (i, &(rows, cols)) in SHAPES.iter().enumerate() {
             let (w, m) = matrix::<T>(rows, cols, i as u64 + 1);
-            let x: Vec<T> = values(i as u64 + 50, cols, 1.0);
-            let y0: Vec<T> = values(i as u64 + 90, rows, 1.0);
+            let (outs, inner) = if by_rows { (rows, cols) } else { (cols, rows) };
+            let x: Vec<T> = values(i as u64 + 50, inner, 1.0);
+            let y0: Vec<T> = values(i as u64 + 90, outs, 1.0);
             let mut got = y0.clone();
-            gemv_rows_acc(&m, &x, &mut got, 0..rows);
-            for j in 0..rows {
-                let want: f64 = y0[j].to_f64()
-                    + (0..cols)
-                        .map(|p| w[j * cols + p].to_f64() * x[p].to_f64())
-                        .sum::<f64>();
-                let d = (got[j].to_f64() - want).abs();
-                assert!(d <= tol * (1.0 + want.abs()), "{rows}x{cols} row {j}: {d}");
+            if by_rows {
+                gemv_rows_acc(&m, &x, &mut got, 0..rows);
+            } else {
+                gemv_cols_acc(&x, &m, &mut got, 0..cols);
             }
-        }
-    }
-
-    fn cols_match_scalar<T: Float>(tol: f64) {
-        for (i, &(rows, cols)) in SHAPES.iter().enumerate() {
-            let (w, m) = matrix::<T>(rows, cols, i as u64 + 1);
-            let x: Vec<T> = values(i as u64 + 50, rows, 1.0);
-            let y0: Vec<T> = values(i as u64 + 90, cols, 1.0);
-            let mut got = y0.clone();
-            gemv_cols_acc(&x, &m, &mut got, 0..cols);
-            for j in 0..cols {
+            for j in 0..outs {
+                let w_at = |p: usize| {
+                    if by_rows {
+                        w[j * cols + p]
+                    } else {
+                        w[p * cols + j]
+                    }
+                };
                 let want: f64 = y0[j].to_f64()
-                    + (0..rows)
-                        .map(|p| x[p].to_f64() * w[p * cols + j].to_f64())
+                    + (0..inner)
+                        .map(|p| w_at(p).to_f64() * x[p].to_f64())
                         .sum::<f64>();
                 let d = (got[j].to_f64() - want).abs();
-                assert!(d <= tol * (1.0 + want.abs()), "{rows}x{cols} col {j}: {d}");
+                assert!(
+                    d <= tol * (1.0 + want.abs()),
+                    "{rows}x{cols} output {j} (by rows: {by_rows}): {d}"
+                );
             }
         }
     }
 
     #[test]
     fn the_row_products_match_a_scalar_sum() {
-        rows_match_scalar::<f64>(1e-13);
-        rows_match_scalar::<f32>(1e-5);
+        matches_scalar::<f64>(true, 1e-13);
+        matches_scalar::<f32>(true, 1e-5);
     }
 
     #[test]
     fn the_column_products_match_a_scalar_sum() {
-        cols_match_scalar::<f64>(1e-13);
-        cols_match_scalar::<f32>(1e-5);
+        matches_scalar::<f64>(false, 1e-13);
+        matches_scalar::<f32>(false, 1e-5);
     }
 
     #[test]
