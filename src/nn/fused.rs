@@ -476,44 +476,13 @@ fn read_write<T>(buf: &mut [T], read: usize, write: usize, len: usize) -> (&[T],
 /// Up to this many rows, `X W^T` runs on the small-batch kernel instead of a packing GEMM.
 const SMALL_ROWS: usize = 32;
 
-/// `xp += X W^T`, or with `overwrite` `xp = X W^T`, for `X` `[m, k]` and `W` `[n, k]`, on the
-/// small-batch kernel where `small` (which the caller decides by the whole product's rows, so
-/// that its parts run on the same kernel), else on a GEMM.
+/// `xp += X W^T` (with `overwrite`, `=`), for `X` `[m, k]` and `W` `[n, k]`: on the small-batch
+/// kernel up to [`SMALL_ROWS`] rows, else on a GEMM; with `halves` split by rows between two
+/// threads, both halves on the kernel the whole product's rows call for. Either kernel
+/// computes each row of `xp` as in the whole product, so the split changes how fast, never
+/// what, it computes.
 #[allow(clippy::too_many_arguments)]
 fn project<T: Float>(
-    small: bool,
-    m: usize,
-    k: usize,
-    n: usize,
-    x: &[T],
-    w: &[T],
-    xp: &mut [T],
-    overwrite: bool,
-) {
-    if small {
-        if overwrite {
-            xp.fill(T::ZERO);
-        }
-        gemm_nt_acc(m, n, k, x, w, xp);
-    } else {
-        let s = GemmShape {
-            m,
-            k,
-            n,
-            trans_a: false,
-            trans_b: true,
-        };
-        let beta = if overwrite { T::ZERO } else { T::ONE };
-        T::gemm(s, T::ONE, x, w, beta, xp);
-    }
-}
-
-/// `xp += X W^T` (with `overwrite`, `=`), for `X` `[m, k]` and `W` `[n, k]`, on the kernel the
-/// rows `m` call for; with `halves` split by rows between two threads. Either kernel computes
-/// each row of `xp` as in the whole product, so the split changes how fast, never what, it
-/// computes.
-#[allow(clippy::too_many_arguments)]
-fn project_rows<T: Float>(
     m: usize,
     k: usize,
     n: usize,
@@ -524,16 +493,31 @@ fn project_rows<T: Float>(
     halves: bool,
 ) {
     let small = m <= SMALL_ROWS;
+    let rows = |m: usize, x: &[T], xp: &mut [T]| {
+        if small {
+            if overwrite {
+                xp.fill(T::ZERO);
+            }
+            gemm_nt_acc(m, n, k, x, w, xp);
+        } else {
+            let s = GemmShape {
+                m,
+                k,
+                n,
+                trans_a: false,
+                trans_b: true,
+            };
+            let beta = if overwrite { T::ZERO } else { T::ONE };
+            T::gemm(s, T::ONE, x, w, beta, xp);
+        }
+    };
     if !halves || m < 2 {
-        return project(small, m, k, n, x, w, xp, overwrite);
+        return rows(m, x, xp);
     }
     let m1 = m / 2;
     let (x0, x1) = x.split_at(m1 * k);
     let (p0, p1) = xp[..m * n].split_at_mut(m1 * n);
-    rayon::join(
-        || project(small, m1, k, n, x0, w, p0, overwrite),
-        || project(small, m - m1, k, n, x1, w, p1, overwrite),
-    );
+    rayon::join(|| rows(m1, x0, p0), || rows(m - m1, x1, p1));
 }
 
 /// `dst += column sums of rows` over a row-major buffer.
@@ -889,9 +873,9 @@ impl Config {
         };
         if self.kind == CellKind::Gru {
             init_input_projection(xp, w.bias, self.kind);
-            project_rows(tl * n, i_sz, gh, xs, w.w_ih, xp, false, halves);
+            project(tl * n, i_sz, gh, xs, w.w_ih, xp, false, halves);
         } else {
-            project_rows(tl * n, i_sz, gh, xs, w.w_ih, xp, true, halves);
+            project(tl * n, i_sz, gh, xs, w.w_ih, xp, true, halves);
             // One row of `b_ih + b_hh` (empty without biases).
             init_input_projection(&mut fs.bias, w.bias, self.kind);
         }
