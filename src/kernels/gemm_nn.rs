@@ -110,14 +110,12 @@ impl<T: SimdFloat> PackedB<T> {
             .expect("PackedB: packed size overflows usize")
     }
 
-    /// Sets the shape and makes room (stale values may stay: packing overwrites every value it
-    /// uses, the padding included); returns the packed length.
-    fn resize(&mut self, k: usize, n: usize) -> usize {
+    /// Sets the shape and makes room for its packed values (stale values may stay: packing
+    /// overwrites every value it uses, the padding included).
+    fn resize(&mut self, k: usize, n: usize) {
         self.k = k;
         self.n = n;
-        let len = Self::values_len(k, n);
-        self.buf.resize(len);
-        len
+        self.buf.resize(Self::values_len(k, n));
     }
 
     /// The packed values: `n.div_ceil(panel)` panels of `k` rows of `panel` values.
@@ -126,17 +124,17 @@ impl<T: SimdFloat> PackedB<T> {
     }
 
     /// The packed values, to be written.
-    fn values_mut(&mut self, len: usize) -> &mut [T] {
-        &mut self.buf.values_mut()[..len]
+    fn values_mut(&mut self) -> &mut [T] {
+        self.buf.values_mut()
     }
 
     /// Packs `b`, a row-major `k x n` matrix. Panics if `b` is shorter than `k * n`.
     pub fn pack(&mut self, b: &[T], k: usize, n: usize) {
-        let len = self.resize(k, n);
+        self.resize(k, n);
         assert!(b.len() >= k * n, "PackedB::pack: buffer too small");
         let p = panel::<T>();
         for (q, pd) in self
-            .values_mut(len)
+            .values_mut()
             .chunks_exact_mut((k * p).max(1))
             .enumerate()
         {
@@ -151,14 +149,14 @@ impl<T: SimdFloat> PackedB<T> {
     /// Packs `w^T`, where `w` is a row-major `n x k` matrix (a weight in `[out, in]` layout), so
     /// that `A B = A w^T`. Panics if `w` is shorter than `n * k`.
     pub fn pack_transposed(&mut self, w: &[T], n: usize, k: usize) {
-        let len = self.resize(k, n);
+        self.resize(k, n);
         assert!(
             w.len() >= n * k,
             "PackedB::pack_transposed: buffer too small"
         );
         let p = panel::<T>();
         for (q, pd) in self
-            .values_mut(len)
+            .values_mut()
             .chunks_exact_mut((k * p).max(1))
             .enumerate()
         {
@@ -648,6 +646,7 @@ fn register_tile<T: SimdFloat, const R: usize, const Q: usize, const PF: bool>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::aligned::ALIGN;
     use crate::kernels::gemm::{GemmShape, gemm_reference};
     use crate::kernels::testutil::values;
 
@@ -926,7 +925,7 @@ mod tests {
                 for pb in [&fresh, &reused, &copy] {
                     let at = pb.values().as_ptr() as usize;
                     if !cfg!(miri) {
-                        assert_eq!(at % 64, 0, "{k}x{n}: values at {at:#x}");
+                        assert_eq!(at % ALIGN, 0, "{k}x{n}: values at {at:#x}");
                     }
                     assert_eq!(
                         pb.values().len(),

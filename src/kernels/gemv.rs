@@ -258,6 +258,7 @@ fn axpy_tail<T: SimdFloat>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::aligned::ALIGN;
     use crate::kernels::testutil::values;
     use crate::tensor::Float;
 
@@ -379,10 +380,7 @@ mod tests {
         assert_eq!((m.rows(), m.cols()), (rows, cols));
         assert_eq!(m.values(), &w[..]);
         if !cfg!(miri) {
-            assert_eq!(
-                m.values().as_ptr() as usize % super::super::aligned::ALIGN,
-                0
-            );
+            assert_eq!(m.values().as_ptr() as usize % ALIGN, 0);
         }
         let back = m.into_buffer();
         assert_eq!(back.as_ptr(), start);
