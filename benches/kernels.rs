@@ -110,7 +110,7 @@ fn steps(c: &mut Criterion) {
                         CellKind::Gru => {
                             hp.fill(0.0);
                             weights.forward(&h_prev, &mut hp);
-                            gru::gru_forward(&xp, &hp, &h_prev, &mut h_new, &mut saved, h);
+                            gru::gru_forward(&xp, None, &hp, &h_prev, &mut h_new, &mut saved, h);
                         }
                         CellKind::Rnn(act) => {
                             gates.copy_from_slice(&xp);

@@ -7,10 +7,12 @@ use crate::tensor::Float;
 
 /// Forward step for `B = h_prev.len() / hidden` rows.
 ///
-/// `xp` `[B, 3H]` is the input projection (with `b_ih`), `hp` `[B, 3H]` the hidden product (with
-/// `b_hh`). Writes `h` `[B, H]` and keeps `r, z, n, hn` in `saved` `[B, 4H]` for backward.
+/// `xp` `[B, 3H]` is the input projection `X W_ih^T`, to which `b_ih` `[3H]` (when given) is
+/// added here (else `xp` holds it already), `hp` `[B, 3H]` the hidden product (with `b_hh`).
+/// Writes `h` `[B, H]` and keeps `r, z, n, hn` in `saved` `[B, 4H]` for backward.
 pub fn gru_forward<T: Float>(
     xp: &[T],
+    b_ih: Option<&[T]>,
     hp: &[T],
     h_prev: &[T],
     h: &mut [T],
@@ -22,9 +24,15 @@ pub fn gru_forward<T: Float>(
         xp.len() >= rows * 3 * hidden
             && hp.len() >= rows * 3 * hidden
             && h.len() >= rows * hidden
-            && saved.len() >= rows * 4 * hidden,
+            && saved.len() >= rows * 4 * hidden
+            && b_ih.is_none_or(|b| b.len() >= 3 * hidden),
         "gru_forward: buffers too small"
     );
+    // `xp[r]` plus the bias's values at `r`, where there is a bias.
+    let with_bias = |xp: &[T], r: std::ops::Range<usize>| match b_ih {
+        Some(b) => T::load_n(&xp[r.clone()]) + T::load_n(&b[r]),
+        None => T::load_n(&xp[r]),
+    };
     for b in 0..rows {
         let x = &xp[b * 3 * hidden..(b + 1) * 3 * hidden];
         let hh = &hp[b * 3 * hidden..(b + 1) * 3 * hidden];
@@ -38,10 +46,13 @@ pub fn gru_forward<T: Float>(
         let mut j = 0;
         while j < hidden {
             let e = (j + T::LANES).min(hidden);
-            let r = T::sigmoid_v(T::load_n(&x[j..e]) + T::load_n(&hh[j..e]));
-            let z = T::sigmoid_v(T::load_n(&x[h2 + j..h2 + e]) + T::load_n(&hh[h2 + j..h2 + e]));
+            let xr = with_bias(x, j..e);
+            let xz = with_bias(x, h2 + j..h2 + e);
+            let xn = with_bias(x, h3 + j..h3 + e);
+            let r = T::sigmoid_v(xr + T::load_n(&hh[j..e]));
+            let z = T::sigmoid_v(xz + T::load_n(&hh[h2 + j..h2 + e]));
             let hn = T::load_n(&hh[h3 + j..h3 + e]);
-            let n = T::tanh_v(T::mul_add(r, hn, T::load_n(&x[h3 + j..h3 + e])));
+            let n = T::tanh_v(T::mul_add(r, hn, xn));
             let hp_ = T::load_n(&hpr[j..e]);
             T::store_n(T::mul_add(z, hp_ - n, n), &mut hr[j..e]);
             T::store_n(r, &mut sr[j..e]);
@@ -174,10 +185,20 @@ mod tests {
             let h_prev: Vec<T> = values(hd as u64 + 2, rows * hd, 1.0);
             let (mut h1, mut h2) = (vec![T::ZERO; rows * hd], vec![T::ZERO; rows * hd]);
             let (mut s1, mut s2) = (vec![T::ZERO; rows * 4 * hd], vec![T::ZERO; rows * 4 * hd]);
-            gru_forward(&xp, &hp, &h_prev, &mut h1, &mut s1, hd);
+            gru_forward(&xp, None, &hp, &h_prev, &mut h1, &mut s1, hd);
             forward_scalar(&xp, &hp, &h_prev, &mut h2, &mut s2, hd);
             assert_close(&h1, &h2, tol::<T>(), "gru h");
             assert_close(&s1, &s2, tol::<T>(), "gru saved");
+            // A bias given apart is added to the projection as if it held it: same bits.
+            let b_ih: Vec<T> = values(hd as u64 + 4, 3 * hd, 1.0);
+            let xp_b: Vec<T> = (xp.chunks_exact(3 * hd))
+                .flat_map(|row| row.iter().zip(&b_ih).map(|(&x, &b)| x + b))
+                .collect();
+            let (mut h3, mut s3) = (h1.clone(), s1.clone());
+            gru_forward(&xp, Some(&b_ih), &hp, &h_prev, &mut h1, &mut s1, hd);
+            gru_forward(&xp_b, None, &hp, &h_prev, &mut h3, &mut s3, hd);
+            assert_eq!(h1, h3, "gru h with b_ih apart");
+            assert_eq!(s1, s3, "gru saved with b_ih apart");
 
             let dh: Vec<T> = values(hd as u64 + 3, rows * hd, 1.0);
             let z3 = vec![T::ZERO; rows * 3 * hd];

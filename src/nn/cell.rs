@@ -415,7 +415,7 @@ impl Cell {
                 }
                 add_x_wt(rec, h_prev, w_hh, &mut hp);
                 let mut saved = vec![T::ZERO; batch * 4 * hsz];
-                gru::gru_forward(&xp, &hp, h_prev, &mut h, &mut saved, hsz);
+                gru::gru_forward(&xp, None, &hp, h_prev, &mut h, &mut saved, hsz);
             }
         }
         Ok(StateTensors {

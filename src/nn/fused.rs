@@ -265,8 +265,8 @@ impl<T: Float> Shard<T> {
 
 /// A shard's working buffers for the forward, given back once it has run.
 struct ForwardScratch<T> {
-    /// GRU: the input projection `Xp` of every step `[T, n, 3H]` (the LSTM and the RNN write
-    /// theirs straight into the saved gates).
+    /// GRU: the input projection `Xp = X W_ih^T` of every step `[T, n, 3H]`, without `b_ih`
+    /// (the LSTM and the RNN write theirs straight into the saved gates).
     xp: Vec<T>,
     /// The shard's final state `h_n` `[n, H]`.
     h_cur: Vec<T>,
@@ -833,14 +833,14 @@ impl Config {
             }
             step_product(&mut blocks[..count], w_hh_t, reborrow(&mut split));
             for (sh, fs) in group.iter_mut().zip(fss.iter_mut()) {
-                self.forward_gates(sh, fs, h0, s);
+                self.forward_gates(sh, fs, h0, w, s);
             }
         }
     }
 
     /// A shard's work before its recurrence: the input projection of every step at once,
-    /// `Xp = X W_ih^T` (the GRU's `+ b_ih`; the other cells add their biases in each step's
-    /// product), its rows of `c0`, and with lengths the state of the first step. With `halves`,
+    /// `Xp = X W_ih^T` (the biases join later: the GRU's `b_ih` in its gate kernel, the other
+    /// cells' in each step's product), its rows of `c0`, and with lengths the state of the first step. With `halves`,
     /// two threads each project half of the time steps.
     #[allow(clippy::too_many_arguments)]
     fn forward_begin<T: Float>(
@@ -860,8 +860,8 @@ impl Config {
         // Xp goes straight where each step sums its pre-activations: the LSTM's saved block
         // (the gates, activated in place), the RNN's outputs (likewise), and their biases join
         // in each step's recurrent product (one pass over the projection fewer). The GRU keeps
-        // Xp apart from its saved block and starts it from b_ih; it keeps b_hh apart too (its
-        // n gate scales `W_hn h + b_hn` by r).
+        // Xp apart from its saved block, and b_ih apart from Xp (its gate kernel adds it); it
+        // keeps b_hh apart too (its n gate scales `W_hn h + b_hn` by r).
         if !sh.xs.is_empty() {
             gather(x, &mut sh.xs, b, &rows, i_sz);
         }
@@ -871,11 +871,8 @@ impl Config {
             CellKind::Gru => &mut fs.xp,
             CellKind::Rnn(_) => &mut sh.ys,
         };
-        if self.kind == CellKind::Gru {
-            init_input_projection(xp, w.bias, self.kind);
-            project(tl * n, i_sz, gh, xs, w.w_ih, xp, false, halves);
-        } else {
-            project(tl * n, i_sz, gh, xs, w.w_ih, xp, true, halves);
+        project(tl * n, i_sz, gh, xs, w.w_ih, xp, true, halves);
+        if self.kind != CellKind::Gru {
             // One row of `b_ih + b_hh` (empty without biases).
             init_input_projection(&mut fs.bias, w.bias, self.kind);
         }
@@ -900,6 +897,7 @@ impl Config {
         sh: &mut Shard<T>,
         fs: &mut ForwardScratch<T>,
         h0: &[T],
+        w: &Weights<'_, T>,
         s: usize,
     ) {
         let (tl, h) = (self.t_len, self.hidden);
@@ -946,7 +944,8 @@ impl Config {
             }
             CellKind::Gru => {
                 let xp_t = &fs.xp[t * n * gh..(t + 1) * n * gh];
-                gru::gru_forward(xp_t, &fs.hp, h_in, h_out, saved, h);
+                let b_ih = w.bias.map(|(b_ih, _)| b_ih);
+                gru::gru_forward(xp_t, b_ih, &fs.hp, h_in, h_out, saved, h);
             }
             CellKind::Rnn(act) => rnn::rnn_forward(h_out, act),
         }

@@ -213,7 +213,15 @@ impl<T: Float> InferenceStep<T> {
             CellKind::Gru => {
                 fill_rows(&mut self.hp, bias.map(|(_, b_hh)| b_hh));
                 product(Weight::Hh, h, &mut self.hp);
-                gru::gru_forward(&self.xp, &self.hp, h, &mut self.h_new, &mut self.saved, hd);
+                gru::gru_forward(
+                    &self.xp,
+                    None,
+                    &self.hp,
+                    h,
+                    &mut self.h_new,
+                    &mut self.saved,
+                    hd,
+                );
             }
             CellKind::Rnn(act) => {
                 product(Weight::Hh, h, &mut self.xp);
