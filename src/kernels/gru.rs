@@ -1,8 +1,12 @@
-//! GRU step kernels, row by row over the batch, `T::LANES` hidden units at a time.
+//! GRU step kernels, row by row over the batch, two vectors of hidden units at a time
+//! ([`super::block`]).
 //!
 //! Gates r, z, n (PyTorch's order), the reset gate applied after the hidden product:
 //! `n = tanh(xn + r * hn)` with `hn = W_hn h + b_hn`, `h' = (1 - z) * n + z * h`.
 
+use std::ops::Range;
+
+use super::block::{Block, Units, for_each_block};
 use crate::tensor::Float;
 
 /// Forward step for `B = h_prev.len() / hidden` rows.
@@ -28,40 +32,78 @@ pub fn gru_forward<T: Float>(
             && b_ih.is_none_or(|b| b.len() >= 3 * hidden),
         "gru_forward: buffers too small"
     );
-    // `xp[r]` plus the bias's values at `r`, where there is a bias.
-    let with_bias = |xp: &[T], r: std::ops::Range<usize>| match b_ih {
-        Some(b) => T::load_n(&xp[r.clone()]) + T::load_n(&b[r]),
-        None => T::load_n(&xp[r]),
-    };
+    let gates = |v| split_gates(v, hidden);
     for b in 0..rows {
-        let x = &xp[b * 3 * hidden..(b + 1) * 3 * hidden];
-        let hh = &hp[b * 3 * hidden..(b + 1) * 3 * hidden];
         let sv = &mut saved[b * 4 * hidden..(b + 1) * 4 * hidden];
-        let (sr, rest) = sv.split_at_mut(hidden);
-        let (sz, rest) = rest.split_at_mut(hidden);
-        let (sn, shn) = rest.split_at_mut(hidden);
+        let (r, rest) = sv.split_at_mut(hidden);
+        let (z, rest) = rest.split_at_mut(hidden);
+        let (n, hn) = rest.split_at_mut(hidden);
         let r0 = b * hidden..(b + 1) * hidden;
-        let (hpr, hr) = (&h_prev[r0.clone()], &mut h[r0]);
-        let (h2, h3) = (hidden, 2 * hidden);
-        let mut j = 0;
-        while j < hidden {
-            let e = (j + T::LANES).min(hidden);
-            let xr = with_bias(x, j..e);
-            let xz = with_bias(x, h2 + j..h2 + e);
-            let xn = with_bias(x, h3 + j..h3 + e);
-            let r = T::sigmoid_v(xr + T::load_n(&hh[j..e]));
-            let z = T::sigmoid_v(xz + T::load_n(&hh[h2 + j..h2 + e]));
-            let hn = T::load_n(&hh[h3 + j..h3 + e]);
-            let n = T::tanh_v(T::mul_add(r, hn, xn));
-            let hp_ = T::load_n(&hpr[j..e]);
-            T::store_n(T::mul_add(z, hp_ - n, n), &mut hr[j..e]);
-            T::store_n(r, &mut sr[j..e]);
-            T::store_n(z, &mut sz[j..e]);
-            T::store_n(n, &mut sn[j..e]);
-            T::store_n(hn, &mut shn[j..e]);
-            j = e;
-        }
+        let mut row = ForwardRow {
+            x: gates(&xp[b * 3 * hidden..(b + 1) * 3 * hidden]),
+            b_ih: b_ih.map(gates),
+            hh: gates(&hp[b * 3 * hidden..(b + 1) * 3 * hidden]),
+            h_prev: &h_prev[r0.clone()],
+            h: &mut h[r0],
+            saved: [r, z, n, hn],
+        };
+        for_each_block(hidden, &mut row);
     }
+}
+
+/// One row of [`gru_forward`]: the r, z, n parts of the projections and of `b_ih`, the
+/// states, and the saved `r, z, n, hn`.
+struct ForwardRow<'a, T> {
+    x: [&'a [T]; 3],
+    b_ih: Option<[&'a [T]; 3]>,
+    hh: [&'a [T]; 3],
+    h_prev: &'a [T],
+    h: &'a mut [T],
+    saved: [&'a mut [T]; 4],
+}
+
+impl<T: Float> Units<T> for ForwardRow<'_, T> {
+    #[inline(always)]
+    fn units<B: Block<T>>(&mut self, u: Range<usize>) {
+        let (x, hh) = (&self.x, &self.hh);
+        let [xr, xz, xn] = match self.b_ih {
+            Some([br, bz, bn]) => [
+                B::load(&x[0][u.clone()]) + B::load(&br[u.clone()]),
+                B::load(&x[1][u.clone()]) + B::load(&bz[u.clone()]),
+                B::load(&x[2][u.clone()]) + B::load(&bn[u.clone()]),
+            ],
+            None => [
+                B::load(&x[0][u.clone()]),
+                B::load(&x[1][u.clone()]),
+                B::load(&x[2][u.clone()]),
+            ],
+        };
+        let r = (xr + B::load(&hh[0][u.clone()])).sigmoid();
+        let z = (xz + B::load(&hh[1][u.clone()])).sigmoid();
+        let hn = B::load(&hh[2][u.clone()]);
+        let n = r.mul_add(hn, xn).tanh();
+        let h_prev = B::load(&self.h_prev[u.clone()]);
+        z.mul_add(h_prev - n, n).store(&mut self.h[u.clone()]);
+        let [sr, sz, sn, shn] = &mut self.saved;
+        r.store(&mut sr[u.clone()]);
+        z.store(&mut sz[u.clone()]);
+        n.store(&mut sn[u.clone()]);
+        hn.store(&mut shn[u]);
+    }
+}
+
+/// The r, z, n parts `[H]` of a row `[3H]`.
+fn split_gates<T>(row: &[T], hidden: usize) -> [&[T]; 3] {
+    let (r, rest) = row.split_at(hidden);
+    let (z, n) = rest.split_at(hidden);
+    [r, z, &n[..hidden]]
+}
+
+/// [`split_gates`] for a row to write.
+fn split_gates_mut<T>(row: &mut [T], hidden: usize) -> [&mut [T]; 3] {
+    let (r, rest) = row.split_at_mut(hidden);
+    let (z, n) = rest.split_at_mut(hidden);
+    [r, z, &mut n[..hidden]]
 }
 
 /// Backward step for `B = h_prev.len() / hidden` rows.
@@ -88,38 +130,55 @@ pub fn gru_backward<T: Float>(
             && dh_prev.len() >= rows * hidden,
         "gru_backward: buffers too small"
     );
-    let one = T::splat(T::ONE);
     for b in 0..rows {
         let sv = &saved[b * 4 * hidden..(b + 1) * 4 * hidden];
-        let (sr, rest) = sv.split_at(hidden);
-        let (sz, rest) = rest.split_at(hidden);
-        let (sn, shn) = rest.split_at(hidden);
-        let dx = &mut dxp[b * 3 * hidden..(b + 1) * 3 * hidden];
-        let (dxr, rest) = dx.split_at_mut(hidden);
-        let (dxz, dxn) = rest.split_at_mut(hidden);
-        let dhh = &mut dhp[b * 3 * hidden..(b + 1) * 3 * hidden];
-        let (dhr, rest) = dhh.split_at_mut(hidden);
-        let (dhz, dhn) = rest.split_at_mut(hidden);
+        let (r, rest) = sv.split_at(hidden);
+        let (z, rest) = rest.split_at(hidden);
+        let (n, hn) = rest.split_at(hidden);
         let r0 = b * hidden..(b + 1) * hidden;
-        let (hpr, dhv_r, dpr) = (&h_prev[r0.clone()], &dh[r0.clone()], &mut dh_prev[r0]);
-        let mut j = 0;
-        while j < hidden {
-            let e = (j + T::LANES).min(hidden);
-            let (r, z) = (T::load_n(&sr[j..e]), T::load_n(&sz[j..e]));
-            let (n, hn) = (T::load_n(&sn[j..e]), T::load_n(&shn[j..e]));
-            let d = T::load_n(&dhv_r[j..e]);
-            let dn_pre = d * (one - z) * (one - n * n);
-            let dz_pre = d * (T::load_n(&hpr[j..e]) - n) * z * (one - z);
-            let dr_pre = dn_pre * hn * r * (one - r);
-            T::store_n(dr_pre, &mut dxr[j..e]);
-            T::store_n(dz_pre, &mut dxz[j..e]);
-            T::store_n(dn_pre, &mut dxn[j..e]);
-            T::store_n(dr_pre, &mut dhr[j..e]);
-            T::store_n(dz_pre, &mut dhz[j..e]);
-            T::store_n(dn_pre * r, &mut dhn[j..e]);
-            T::store_n(d * z, &mut dpr[j..e]);
-            j = e;
-        }
+        let mut row = BackwardRow {
+            saved: [r, z, n, &hn[..hidden]],
+            h_prev: &h_prev[r0.clone()],
+            dh: &dh[r0.clone()],
+            dxp: split_gates_mut(&mut dxp[b * 3 * hidden..(b + 1) * 3 * hidden], hidden),
+            dhp: split_gates_mut(&mut dhp[b * 3 * hidden..(b + 1) * 3 * hidden], hidden),
+            dh_prev: &mut dh_prev[r0],
+        };
+        for_each_block(hidden, &mut row);
+    }
+}
+
+/// One row of [`gru_backward`]: the saved `r, z, n, hn`, the state and gradient in, and the
+/// r, z, n parts of both gradients out.
+struct BackwardRow<'a, T> {
+    saved: [&'a [T]; 4],
+    h_prev: &'a [T],
+    dh: &'a [T],
+    dxp: [&'a mut [T]; 3],
+    dhp: [&'a mut [T]; 3],
+    dh_prev: &'a mut [T],
+}
+
+impl<T: Float> Units<T> for BackwardRow<'_, T> {
+    #[inline(always)]
+    fn units<B: Block<T>>(&mut self, u: Range<usize>) {
+        let one = B::splat(T::ONE);
+        let [sr, sz, sn, shn] = self.saved;
+        let (r, z) = (B::load(&sr[u.clone()]), B::load(&sz[u.clone()]));
+        let (n, hn) = (B::load(&sn[u.clone()]), B::load(&shn[u.clone()]));
+        let d = B::load(&self.dh[u.clone()]);
+        let dn_pre = d * (one - z) * (one - n * n);
+        let dz_pre = d * (B::load(&self.h_prev[u.clone()]) - n) * z * (one - z);
+        let dr_pre = dn_pre * hn * r * (one - r);
+        let [dxr, dxz, dxn] = &mut self.dxp;
+        dr_pre.store(&mut dxr[u.clone()]);
+        dz_pre.store(&mut dxz[u.clone()]);
+        dn_pre.store(&mut dxn[u.clone()]);
+        let [dhr, dhz, dhn] = &mut self.dhp;
+        dr_pre.store(&mut dhr[u.clone()]);
+        dz_pre.store(&mut dhz[u.clone()]);
+        (dn_pre * r).store(&mut dhn[u.clone()]);
+        (d * z).store(&mut self.dh_prev[u]);
     }
 }
 

@@ -1,7 +1,11 @@
-//! LSTM step kernels, row by row over the batch, `T::LANES` hidden units at a time.
+//! LSTM step kernels, row by row over the batch, two vectors of hidden units at a time
+//! ([`super::block`]).
 //!
 //! Gates are laid out per row as `[i | f | g | o]`, each block `H` wide (PyTorch's order).
 
+use std::ops::Range;
+
+use super::block::{Block, Units, for_each_block};
 use crate::tensor::Float;
 
 /// Forward step for `B = c_prev.len() / hidden` rows.
@@ -23,28 +27,49 @@ pub fn lstm_forward<T: Float>(
     );
     for b in 0..rows {
         let g = &mut gates[b * 4 * hidden..(b + 1) * 4 * hidden];
-        let (gi, rest) = g.split_at_mut(hidden);
-        let (gf, rest) = rest.split_at_mut(hidden);
-        let (gg, go) = rest.split_at_mut(hidden);
+        let (i, rest) = g.split_at_mut(hidden);
+        let (f, rest) = rest.split_at_mut(hidden);
+        let (g, o) = rest.split_at_mut(hidden);
         let r = b * hidden..(b + 1) * hidden;
-        let (cp, cr, hr) = (&c_prev[r.clone()], &mut c[r.clone()], &mut h[r]);
-        let mut j = 0;
-        while j < hidden {
-            let e = (j + T::LANES).min(hidden);
-            let i = T::sigmoid_v(T::load_n(&gi[j..e]));
-            let f = T::sigmoid_v(T::load_n(&gf[j..e]));
-            let gv = T::tanh_v(T::load_n(&gg[j..e]));
-            let o = T::sigmoid_v(T::load_n(&go[j..e]));
-            let cn = T::mul_add(f, T::load_n(&cp[j..e]), i * gv);
-            let hn = o * T::tanh_v(cn);
-            T::store_n(i, &mut gi[j..e]);
-            T::store_n(f, &mut gf[j..e]);
-            T::store_n(gv, &mut gg[j..e]);
-            T::store_n(o, &mut go[j..e]);
-            T::store_n(cn, &mut cr[j..e]);
-            T::store_n(hn, &mut hr[j..e]);
-            j = e;
-        }
+        let mut row = ForwardRow {
+            i,
+            f,
+            g,
+            o,
+            c_prev: &c_prev[r.clone()],
+            c: &mut c[r.clone()],
+            h: &mut h[r],
+        };
+        for_each_block(hidden, &mut row);
+    }
+}
+
+/// One row of [`lstm_forward`]: the gate blocks, activated in place, and the row's states.
+struct ForwardRow<'a, T> {
+    i: &'a mut [T],
+    f: &'a mut [T],
+    g: &'a mut [T],
+    o: &'a mut [T],
+    c_prev: &'a [T],
+    c: &'a mut [T],
+    h: &'a mut [T],
+}
+
+impl<T: Float> Units<T> for ForwardRow<'_, T> {
+    #[inline(always)]
+    fn units<B: Block<T>>(&mut self, r: Range<usize>) {
+        let i = B::load(&self.i[r.clone()]).sigmoid();
+        let f = B::load(&self.f[r.clone()]).sigmoid();
+        let g = B::load(&self.g[r.clone()]).tanh();
+        let o = B::load(&self.o[r.clone()]).sigmoid();
+        let c = f.mul_add(B::load(&self.c_prev[r.clone()]), i * g);
+        let h = o * c.tanh();
+        i.store(&mut self.i[r.clone()]);
+        f.store(&mut self.f[r.clone()]);
+        g.store(&mut self.g[r.clone()]);
+        o.store(&mut self.o[r.clone()]);
+        c.store(&mut self.c[r.clone()]);
+        h.store(&mut self.h[r]);
     }
 }
 
@@ -71,38 +96,66 @@ pub fn lstm_backward<T: Float>(
             && dc.len() >= rows * hidden,
         "lstm_backward: buffers too small"
     );
-    let one = T::splat(T::ONE);
     for b in 0..rows {
         let g = &gates[b * 4 * hidden..(b + 1) * 4 * hidden];
-        let (gi, rest) = g.split_at(hidden);
-        let (gf, rest) = rest.split_at(hidden);
-        let (gg, go) = rest.split_at(hidden);
+        let (i, rest) = g.split_at(hidden);
+        let (f, rest) = rest.split_at(hidden);
+        let (g, o) = rest.split_at(hidden);
         let dg = &mut dgates[b * 4 * hidden..(b + 1) * 4 * hidden];
         let (di, rest) = dg.split_at_mut(hidden);
         let (df, rest) = rest.split_at_mut(hidden);
-        let (dgg, dgo) = rest.split_at_mut(hidden);
+        let (dg, do_) = rest.split_at_mut(hidden);
         let r = b * hidden..(b + 1) * hidden;
-        let (cp, cr, dhr, dcr) = (
-            &c_prev[r.clone()],
-            &c[r.clone()],
-            &dh[r.clone()],
-            &mut dc[r],
-        );
-        let mut j = 0;
-        while j < hidden {
-            let e = (j + T::LANES).min(hidden);
-            let (i, f) = (T::load_n(&gi[j..e]), T::load_n(&gf[j..e]));
-            let (gv, o) = (T::load_n(&gg[j..e]), T::load_n(&go[j..e]));
-            let tc = T::tanh_v(T::load_n(&cr[j..e]));
-            let dhv = T::load_n(&dhr[j..e]);
-            let dct = T::mul_add(dhv * o, one - tc * tc, T::load_n(&dcr[j..e]));
-            T::store_n(dct * gv * i * (one - i), &mut di[j..e]);
-            T::store_n(dct * T::load_n(&cp[j..e]) * f * (one - f), &mut df[j..e]);
-            T::store_n(dct * i * (one - gv * gv), &mut dgg[j..e]);
-            T::store_n(dhv * tc * o * (one - o), &mut dgo[j..e]);
-            T::store_n(dct * f, &mut dcr[j..e]);
-            j = e;
-        }
+        let mut row = BackwardRow {
+            i,
+            f,
+            g,
+            o,
+            c_prev: &c_prev[r.clone()],
+            c: &c[r.clone()],
+            dh: &dh[r.clone()],
+            dc: &mut dc[r],
+            di,
+            df,
+            dg,
+            do_,
+        };
+        for_each_block(hidden, &mut row);
+    }
+}
+
+/// One row of [`lstm_backward`]: the saved gates and states, the gradients in and out.
+struct BackwardRow<'a, T> {
+    i: &'a [T],
+    f: &'a [T],
+    g: &'a [T],
+    o: &'a [T],
+    c_prev: &'a [T],
+    c: &'a [T],
+    dh: &'a [T],
+    dc: &'a mut [T],
+    di: &'a mut [T],
+    df: &'a mut [T],
+    dg: &'a mut [T],
+    do_: &'a mut [T],
+}
+
+impl<T: Float> Units<T> for BackwardRow<'_, T> {
+    #[inline(always)]
+    fn units<B: Block<T>>(&mut self, r: Range<usize>) {
+        let one = B::splat(T::ONE);
+        let (i, f) = (B::load(&self.i[r.clone()]), B::load(&self.f[r.clone()]));
+        let (g, o) = (B::load(&self.g[r.clone()]), B::load(&self.o[r.clone()]));
+        let tc = B::load(&self.c[r.clone()]).tanh();
+        let dh = B::load(&self.dh[r.clone()]);
+        // The gradient reaching c_t: from h_t through tanh, and from c_{t+1}.
+        let dc = (dh * o).mul_add(one - tc * tc, B::load(&self.dc[r.clone()]));
+        (dc * g * i * (one - i)).store(&mut self.di[r.clone()]);
+        let c_prev = B::load(&self.c_prev[r.clone()]);
+        (dc * c_prev * f * (one - f)).store(&mut self.df[r.clone()]);
+        (dc * i * (one - g * g)).store(&mut self.dg[r.clone()]);
+        (dh * tc * o * (one - o)).store(&mut self.do_[r.clone()]);
+        (dc * f).store(&mut self.dc[r]);
     }
 }
 

@@ -11,8 +11,11 @@
 //! - [`gemm_nt`]: the same product over a weight as stored (for single inference steps).
 //! - [`handoff`]: a spinning helper thread that takes half of each step's product (small batches).
 //! - [`rnn`], [`lstm`], [`gru`]: the fused gate kernels, forward and backward, one file per cell.
+//! - [`block`]: one or two vectors at a time, so each gate kernel is written once and runs two
+//!   independent vectors per round.
 
 pub mod aligned;
+pub mod block;
 pub mod gemm;
 pub mod gemm_nn;
 pub mod gemm_nt;
