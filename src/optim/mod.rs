@@ -28,7 +28,7 @@
 
 /// The [`Optimizer`] methods every optimizer here shares: the learning rate lives in
 /// `cfg.lr` (under the optional field given, e.g. `core`), the per-parameter tensors in a
-/// [`state::OptimState`] named `state` beside it, and the learning rate is the only scalar saved.
+/// [`state::StateTable`] named `state` beside it, and the learning rate is the only scalar saved.
 /// `$ctx` names the optimizer in `load_state`'s errors.
 macro_rules! lr_and_state_methods {
     ($ctx:expr $(, $inner:ident)?) => {
