@@ -841,8 +841,8 @@ impl Config {
 
     /// A shard's work before its recurrence: the input projection of every step at once,
     /// `Xp = X W_ih^T` (the biases join later: the GRU's `b_ih` in its gate kernel, the other
-    /// cells' in each step's product), its rows of `c0`, and with lengths the state of the first step. With `halves`,
-    /// two threads each project half of the time steps.
+    /// cells' in each step's product), its rows of `c0`, and with lengths the state of the
+    /// first step. With `halves`, two threads each project half of the time steps.
     #[allow(clippy::too_many_arguments)]
     fn forward_begin<T: Float>(
         &self,
@@ -1171,10 +1171,9 @@ impl Config {
     /// Step `t`'s part of a shard's bias gradients, once its `dG` rows are final: their column
     /// sums, added while the rows are still in cache (a pass over `dG` after the recurrence
     /// read them back from memory: about 1.3 % of the medium LSTM's step and 2.5 % of the
-    /// GRU's, at B = 64, T = 100, H = 256). The
-    /// GRU's `b_hh` takes the hidden-side `dG`; the LSTM and the RNN add both biases to the
-    /// same pre-activations, so their gradients are equal, summed once (into `db_ih`, copied
-    /// after the steps) unless only `b_hh` is wanted.
+    /// GRU's, at B = 64, T = 100, H = 256). The GRU's `b_hh` takes the hidden-side `dG`; the
+    /// LSTM and the RNN add both biases to the same pre-activations, so their gradients are
+    /// equal, summed once (into `db_ih`, copied after the steps) unless only `b_hh` is wanted.
     fn add_bias_grads<T: Float>(
         &self,
         n: usize,
