@@ -477,11 +477,15 @@ fn read_write<T>(buf: &mut [T], read: usize, write: usize, len: usize) -> (&[T],
 /// Up to this many rows, `X W^T` runs on the small-batch kernel instead of a packing GEMM.
 const SMALL_ROWS: usize = 32;
 
+/// A product split by columns between two threads splits at a multiple of this many columns:
+/// 64 bytes of `f32` (a cache line), two of `f64`.
+const SPLIT_COLS: usize = 16;
+
 /// `xp += X W^T` (with `overwrite`, `=`), for `X` `[m, k]` and `W` `[n, k]`: on the small-batch
-/// kernel up to [`SMALL_ROWS`] rows, else on a GEMM; with `halves` split by rows between two
-/// threads, both halves on the kernel the whole product's rows call for. Either kernel
-/// computes each row of `xp` as in the whole product, so the split changes how fast, never
-/// what, it computes.
+/// kernel up to [`SMALL_ROWS`] rows, else on a GEMM; with `halves` on two threads, the GEMM split
+/// by columns (each side reads half of `W`: a split by rows would have both pack all of it), the
+/// small-batch kernel by rows. Either kernel computes each value of `xp` as in the whole
+/// product, so the split changes how fast, never what, it computes.
 #[allow(clippy::too_many_arguments)]
 fn project<T: Float>(
     m: usize,
@@ -493,24 +497,29 @@ fn project<T: Float>(
     overwrite: bool,
     halves: bool,
 ) {
-    let small = m <= SMALL_ROWS;
-    let rows = |m: usize, x: &[T], xp: &mut [T]| {
-        if small {
-            if overwrite {
-                xp.fill(T::ZERO);
-            }
-            gemm_nt_acc(m, n, k, x, w, xp);
+    if m > SMALL_ROWS {
+        let s = GemmShape {
+            m,
+            k,
+            n,
+            trans_a: false,
+            trans_b: true,
+        };
+        let beta = if overwrite { T::ZERO } else { T::ONE };
+        // Halves on whole cache lines, so the two threads never write the same line of `xp`.
+        let split = n / 2 / SPLIT_COLS * SPLIT_COLS;
+        if halves && split > 0 {
+            T::gemm_cols_join(s, T::ONE, x, w, beta, xp, split);
         } else {
-            let s = GemmShape {
-                m,
-                k,
-                n,
-                trans_a: false,
-                trans_b: true,
-            };
-            let beta = if overwrite { T::ZERO } else { T::ONE };
             T::gemm(s, T::ONE, x, w, beta, xp);
         }
+        return;
+    }
+    let rows = |m: usize, x: &[T], xp: &mut [T]| {
+        if overwrite {
+            xp.fill(T::ZERO);
+        }
+        gemm_nt_acc(m, n, k, x, w, xp);
     };
     if !halves || m < 2 {
         return rows(m, x, xp);
