@@ -41,7 +41,7 @@ pub use custom::{CustomOp, Workspace};
 pub use var::Var;
 
 use crate::params::{ParamId, ParamStore};
-use crate::tensor::{Float, Shape, Tensor};
+use crate::tensor::{self, Float, Shape, Tensor};
 use crate::{Error, Result};
 use pool::Pool;
 
@@ -203,7 +203,7 @@ impl<T: Float> Tape<T> {
     /// A pooled copy of `src`.
     pub(crate) fn alloc_copy(&mut self, src: &Tensor<T>) -> Tensor<T> {
         let mut v = self.pool.take_dirty(src.numel());
-        v.copy_from_slice(src.data());
+        tensor::copy(&mut v, src.data());
         Tensor::from_parts(v, src.shape())
     }
 
@@ -306,7 +306,7 @@ impl<T: Float> Tape<T> {
     pub fn detach(&mut self, v: Var) -> Result<Var> {
         let i = self.check("Tape::detach", v)? as usize;
         let mut buf = self.pool.take_dirty(self.slots[i].value.numel());
-        buf.copy_from_slice(self.slots[i].value.data());
+        tensor::copy(&mut buf, self.slots[i].value.data());
         let value = Tensor::from_parts(buf, self.slots[i].value.shape());
         Ok(self.constant(value))
     }

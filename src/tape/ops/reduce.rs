@@ -3,7 +3,7 @@
 use super::{GradAcc, Op};
 use crate::Result;
 use crate::tape::{Tape, Var};
-use crate::tensor::{Float, Shape, Tensor};
+use crate::tensor::{self, Float, Shape, Tensor};
 
 impl<T: Float> Tape<T> {
     /// Sum of all elements, as a scalar (accumulated in f64 for f32 inputs).
@@ -31,8 +31,8 @@ pub(super) fn sum_backward<T: Float>(a: u32, factor: T, gy: &Tensor<T>, acc: &mu
     if acc.needs(a) {
         let g = factor * gy.data()[0];
         match acc.buf_or_new(a) {
-            (d, true) => d.fill(g),
-            (d, false) => d.iter_mut().for_each(|d| *d += g),
+            (d, true) => tensor::fill(d, g),
+            (d, false) => tensor::add_scalar(d, g),
         }
     }
 }
