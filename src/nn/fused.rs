@@ -54,7 +54,7 @@ use crate::kernels::handoff::{Helper, with_helper};
 use crate::kernels::{gru, lstm, rnn};
 use crate::params::ParamStore;
 use crate::tape::{CustomOp, Tape, Var, Workspace};
-use crate::tensor::{Float, Shape, Tensor};
+use crate::tensor::{self, Float, Shape, Tensor};
 
 /// Rows per shard at least, but for a shorter last shard: a batch of at most this many rows is
 /// one shard.
@@ -1467,8 +1467,8 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
             }
         }
         // The weights' gradients are sums over the shards, added in shard order: the sums never
-        // depend on which thread ran which shard. A single shard's parts become the gradients
-        // themselves (the buffers trade places).
+        // depend on which thread ran which shard. The first shard's parts become the gradients
+        // themselves (the buffers trade places); the others' are added, spread over the pool.
         let parts = |g: &mut BackwardScratch<T>| {
             [
                 (wi, std::mem::take(&mut g.dw_ih)),
@@ -1482,11 +1482,9 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
                 match gin.get_mut(slot).and_then(Option::as_mut) {
                     Some(dst) if !part.is_empty() => {
                         if s > 0 {
-                            add_into(dst.data_mut(), &part);
-                        } else if self.shards.len() == 1 {
-                            dst.swap_data(&mut part);
+                            tensor::add(dst.data_mut(), &part);
                         } else {
-                            dst.data_mut().copy_from_slice(&part);
+                            dst.swap_data(&mut part);
                         }
                     }
                     _ => {}

@@ -1,7 +1,8 @@
 //! Passes over long buffers (copies, fills, sums) spread over the rayon pool's threads.
 //!
-//! A training step makes a few such passes outside the fused layers: the input copied onto the
-//! tape, the loss `sum(y)`, and its gradient, a buffer of ones. Each streams megabytes, and on one
+//! A training step makes a few such passes outside the fused layers' recurrences: the input
+//! copied onto the tape, the loss `sum(y)`, and its gradient, a buffer of ones, and the batch
+//! shards' weight gradients added up. Each streams megabytes, and on one
 //! thread they held the other idle: 12 % of the medium RNN's step at 2 threads.
 //!
 //! Buffers are cut into chunks of [`CHUNK`] values, a rule of the length alone: a pass shorter
@@ -41,6 +42,19 @@ pub(crate) fn fill<T: Float>(dst: &mut [T], v: T) {
         dst.par_chunks_mut(CHUNK).for_each(|d| d.fill(v));
     } else {
         dst.fill(v);
+    }
+}
+
+/// `dst += src` value by value. Panics if the lengths differ.
+pub(crate) fn add<T: Float>(dst: &mut [T], src: &[T]) {
+    assert_eq!(dst.len(), src.len(), "bulk::add: length mismatch");
+    let add = |(d, s): (&mut [T], &[T])| d.iter_mut().zip(s).for_each(|(d, &s)| *d += s);
+    if spread(dst.len()) {
+        dst.par_chunks_mut(CHUNK)
+            .zip(src.par_chunks(CHUNK))
+            .for_each(add);
+    } else {
+        add((dst, src));
     }
 }
 
@@ -126,6 +140,7 @@ mod tests {
             let mut filled = vec![0.0; n];
             fill(&mut filled, 0.5);
             add_scalar(&mut filled, 0.25);
+            add(&mut copied, &xs);
             (sum, sq, copied, filled)
         };
         let pool = |t| {
@@ -138,7 +153,8 @@ mod tests {
         let three = pool(3).install(run);
         assert_eq!(one.0.to_bits(), three.0.to_bits());
         assert_eq!(one.1.to_bits(), three.1.to_bits());
-        assert!(one.2 == xs && three.2 == xs);
+        let doubled: Vec<f64> = xs.iter().map(|x| 2.0 * x).collect();
+        assert!(one.2 == doubled && three.2 == doubled);
         assert!(one.3.iter().chain(&three.3).all(|&v| v == 0.75));
         // The chunked sum is a sum: against a plain sequential one.
         let seq: f64 = xs.iter().sum();

@@ -7,7 +7,7 @@ mod shape;
 pub use float::Float;
 pub use shape::{MAX_RANK, Shape};
 
-pub(crate) use bulk::{add_scalar, copy, fill, sum_f64};
+pub(crate) use bulk::{add, add_scalar, copy, fill, sum_f64};
 
 use crate::{Error, Result};
 
