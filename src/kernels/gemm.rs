@@ -59,6 +59,19 @@ unsafe impl<P> Send for SendPtr<P> {}
 // SAFETY: as above.
 unsafe impl<P> Sync for SendPtr<P> {}
 
+/// Runs `a` here and `b` beside it on rayon's pool; under Miri, whose aliasing checks rayon's
+/// work-stealing deques (crossbeam-epoch) do not pass, on a plain second thread, so that Miri
+/// still checks the two sides' accesses against each other.
+fn join_halves(a: impl FnOnce() + Send, b: impl FnOnce() + Send) {
+    #[cfg(not(miri))]
+    rayon::join(a, b);
+    #[cfg(miri)]
+    std::thread::scope(|s| {
+        s.spawn(b);
+        a();
+    });
+}
+
 /// Safe wrappers around one of matrixmultiply's products (`sgemm`, `dgemm`) for contiguous
 /// row-major slices: `$name` on the calling thread, `$split` on two threads split by columns.
 macro_rules! gemm_wrapper {
@@ -148,7 +161,7 @@ macro_rules! gemm_wrapper {
                     );
                 }
             };
-            rayon::join(|| cols(0, split), || cols(split, s.n));
+            join_halves(|| cols(0, split), || cols(split, s.n));
         }
     };
 }
