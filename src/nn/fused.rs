@@ -423,7 +423,7 @@ impl<T: Float> StepWeight<'_, T> {
         assert_eq!(g.m, 1, "step product: W_hh as stored serves a single row");
         let c = &mut g.c[..cols.len()];
         if let Some(bias) = g.bias {
-            add_into(c, &bias[cols.clone()]);
+            tensor::add(c, &bias[cols.clone()]);
         }
         match self {
             StepWeight::Rows(_) => gemv_rows_acc(w, g.a, c, cols),
@@ -537,13 +537,6 @@ fn add_col_sums<T: Float>(dst: &mut [T], rows: &[T]) {
         for (d, &x) in dst.iter_mut().zip(row) {
             *d += x;
         }
-    }
-}
-
-/// `dst += src` element by element.
-fn add_into<T: Float>(dst: &mut [T], src: &[T]) {
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d += s;
     }
 }
 
@@ -1113,7 +1106,7 @@ impl Config {
                 for bi in 0..n {
                     if self.active(t, rows.start + bi) {
                         let src = (t * b + rows.start + bi) * h;
-                        add_into(&mut dh_t[bi * h..(bi + 1) * h], &dy[src..src + h]);
+                        tensor::add(&mut dh_t[bi * h..(bi + 1) * h], &dy[src..src + h]);
                     }
                 }
             }
