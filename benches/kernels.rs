@@ -10,6 +10,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use recur::kernels::Sweep;
 use recur::kernels::gemm_nn::{PackedB, gemm_packed_acc};
 use recur::kernels::gemm_nt::gemm_nt_acc;
 use recur::kernels::gemv::{AlignedMatrix, gemv_cols_acc, gemv_rows_acc};
@@ -67,7 +68,7 @@ impl StepWeights {
     /// `c += a W_hh^T`.
     fn forward(&self, a: &[f32], c: &mut [f32]) {
         if self.b == 1 {
-            gemv_rows_acc(&self.stored, a, c, 0..self.stored.rows());
+            gemv_rows_acc(&self.stored, a, c, 0..self.stored.rows(), Sweep::Ascending);
         } else {
             gemm_packed_acc(self.b, a, &self.fwd, c);
         }
@@ -260,7 +261,7 @@ fn gemv(c: &mut Criterion) {
         stored.copy_from(&w, gh, h);
         g.bench_function(format!("stored_rows/H{h}"), |b| {
             b.iter(|| {
-                gemv_rows_acc(&stored, &x, &mut y, 0..gh);
+                gemv_rows_acc(&stored, &x, &mut y, 0..gh, Sweep::Ascending);
                 black_box(&y);
             })
         });

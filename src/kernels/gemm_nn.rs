@@ -31,6 +31,7 @@
 
 use super::aligned::AlignedBuf;
 use super::simd::SimdFloat;
+use super::sweep::Sweep;
 
 /// Vectors per panel.
 const NV: usize = 4;
@@ -149,11 +150,26 @@ impl<T: SimdFloat> PackedB<T> {
     /// Packs `w^T`, where `w` is a row-major `n x k` matrix (a weight in `[out, in]` layout), so
     /// that `A B = A w^T`. Panics if `w` is shorter than `n * k`.
     pub fn pack_transposed(&mut self, w: &[T], n: usize, k: usize) {
+        self.pack_transposed_stacked(&[(w, k)], n);
+    }
+
+    /// Packs `[w_1^T; w_2^T; ...]`, the transposes of weights `w_i` (row-major `n x k_i`, the
+    /// same `n` outputs) stacked along k, `k = k_1 + k_2 + ...`: with `A = [a_1 a_2 ...]`,
+    /// `A B = a_1 w_1^T + a_2 w_2^T + ...` in one product, each value accumulated over the
+    /// parts in order, as the products one after another onto the same `C` would. Panics if a
+    /// `w_i` is shorter than `n * k_i`.
+    pub fn pack_transposed_stacked(&mut self, parts: &[(&[T], usize)], n: usize) {
+        let k = parts
+            .iter()
+            .try_fold(0usize, |k, &(_, ki)| k.checked_add(ki))
+            .expect("PackedB: packed size overflows usize");
         self.resize(k, n);
-        assert!(
-            w.len() >= n * k,
-            "PackedB::pack_transposed: buffer too small"
-        );
+        for &(w, ki) in parts {
+            assert!(
+                w.len() >= n * ki,
+                "PackedB::pack_transposed: buffer too small"
+            );
+        }
         let p = panel::<T>();
         for (q, pd) in self
             .values_mut()
@@ -161,12 +177,15 @@ impl<T: SimdFloat> PackedB<T> {
             .enumerate()
         {
             let (j0, wd) = (q * p, p.min(n - q * p));
-            // Contiguous writes; the reads walk `wd` rows of `w` side by side.
-            for (r, out) in pd.chunks_exact_mut(p).enumerate() {
-                for (jj, o) in out[..wd].iter_mut().enumerate() {
-                    *o = w[(j0 + jj) * k + r];
+            let mut rows = pd.chunks_exact_mut(p);
+            for &(w, ki) in parts {
+                // Contiguous writes; the reads walk `wd` rows of `w` side by side.
+                for (r, out) in rows.by_ref().take(ki).enumerate() {
+                    for (jj, o) in out[..wd].iter_mut().enumerate() {
+                        *o = w[(j0 + jj) * ki + r];
+                    }
+                    out[wd..].fill(T::default());
                 }
-                out[wd..].fill(T::default());
             }
         }
     }
@@ -220,13 +239,14 @@ impl<T> Rows<'_, T> {
 ///
 /// Panics if a block's `A` or `C` is shorter than its shape needs.
 pub fn gemm_packed_acc_rows<T: SimdFloat>(blocks: &mut [Rows<'_, T>], b: &PackedB<T>) {
-    gemm_packed_acc_cols(blocks, b, 0..b.n, b.n);
+    gemm_packed_acc_cols(blocks, b, 0..b.n, b.n, Sweep::Ascending);
 }
 
 /// Columns `cols` of `C += A B` for several blocks of rows, as [`gemm_packed_acc_rows`]: each
 /// block's `C` holds only those columns, row `i` at `c[i * ldc..]`, and its `bias` (if any) is
 /// still a whole row of `n` values. Every value is the one the whole product gives, bit for bit,
-/// so the columns of one product can be split between threads, each its own `cols` and `C`.
+/// so the columns of one product can be split between threads, each its own `cols` and `C`;
+/// the panels are visited in `order` ([`Sweep`]), which changes no value either.
 ///
 /// Panics if `cols` does not start on a panel boundary ([`panel`]) or ends past `n`, if
 /// `ldc < cols.len()`, or if a block's `A` or `C` is shorter than its shape needs.
@@ -235,6 +255,7 @@ pub fn gemm_packed_acc_cols<T: SimdFloat>(
     b: &PackedB<T>,
     cols: std::ops::Range<usize>,
     ldc: usize,
+    order: Sweep,
 ) {
     let k = b.k;
     let p = panel::<T>();
@@ -297,10 +318,11 @@ pub fn gemm_packed_acc_cols<T: SimdFloat>(
             // Row block `j` of every block of rows that has one.
             let tiling = |g: &Rows<'_, T>| (j * MB < g.m).then(|| Tiling::new(j * MB, g.m));
             let tiles: usize = blocks.iter().filter_map(tiling).map(|t| t.tiles).sum();
-            for q in panels.clone() {
+            for i in 0..panels.len() {
+                let q = order.nth(&panels, i);
                 let mut t = 0;
-                let next = if streamed {
-                    Prefetch::new(b, q + 1, panels.end, ks.clone(), tiles)
+                let next = if streamed && i + 1 < panels.len() {
+                    Prefetch::new(b, order.nth(&panels, i + 1), ks.clone(), tiles)
                 } else {
                     Prefetch::none()
                 };
@@ -322,7 +344,7 @@ pub fn gemm_packed_acc_cols<T: SimdFloat>(
                 match tiling(g) {
                     Some(tl) if tl.single => {
                         let ops = &mut Operands { g, b, out };
-                        single_row(ops, tl.end, panels.clone(), ks.clone());
+                        single_row(ops, tl.end, panels.clone(), ks.clone(), order);
                     }
                     _ => {}
                 }
@@ -364,24 +386,41 @@ impl Tiling {
     }
 }
 
-/// Row `i` by every panel of `panels`, up to four panels at a time.
+/// Row `i` by every panel of `panels`, up to four panels at a time, in `order`.
 fn single_row<T: SimdFloat>(
     g: &mut Operands<'_, '_, T>,
     i: usize,
     panels: std::ops::Range<usize>,
     ks: std::ops::Range<usize>,
+    order: Sweep,
 ) {
+    let none = Prefetch::none();
+    if order == Sweep::Descending {
+        let mut q = panels.end;
+        while q >= panels.start + 4 {
+            q -= 4;
+            tile::<T, 1, 4, false>(g, i, q, ks.clone(), none);
+        }
+        while q >= panels.start + 2 {
+            q -= 2;
+            tile::<T, 1, 2, false>(g, i, q, ks.clone(), none);
+        }
+        if q > panels.start {
+            tile::<T, 1, 1, false>(g, i, panels.start, ks, none);
+        }
+        return;
+    }
     let mut q = panels.start;
     while q + 4 <= panels.end {
-        tile::<T, 1, 4, false>(g, i, q, ks.clone(), Prefetch::none());
+        tile::<T, 1, 4, false>(g, i, q, ks.clone(), none);
         q += 4;
     }
     while q + 2 <= panels.end {
-        tile::<T, 1, 2, false>(g, i, q, ks.clone(), Prefetch::none());
+        tile::<T, 1, 2, false>(g, i, q, ks.clone(), none);
         q += 2;
     }
     if q < panels.end {
-        tile::<T, 1, 1, false>(g, i, q, ks, Prefetch::none());
+        tile::<T, 1, 1, false>(g, i, q, ks, none);
     }
 }
 
@@ -443,16 +482,15 @@ impl Prefetch {
         }
     }
 
-    /// Rows `ks` of panel `q` of `b` (none from panel `end` on), shared by `tiles` tiles.
+    /// Rows `ks` of panel `q` of `b` (none past its last panel), shared by `tiles` tiles.
     fn new<T: SimdFloat>(
         b: &PackedB<T>,
         q: usize,
-        end: usize,
         ks: std::ops::Range<usize>,
         tiles: usize,
     ) -> Self {
         let p = panel::<T>();
-        if q >= end.min(b.n.div_ceil(p)) {
+        if q >= b.n.div_ceil(p) {
             return Prefetch::none();
         }
         let start = (q * b.k + ks.start) * p;
@@ -839,9 +877,10 @@ mod tests {
     #[test]
     fn column_ranges_match_the_whole_product() {
         // The columns of a product cut into ranges of whole panels, each range computed into a
-        // buffer of its own (one with a wider row stride than it needs), give the whole
-        // product's values bit for bit, bias included; the last panel is ragged. Under Miri
-        // only a small case.
+        // buffer of its own (one with a wider row stride than it needs), in either order of
+        // the panels, give the whole product's values bit for bit, bias included; the last
+        // panel is ragged. A single row of 7 panels runs groups of 4, 2 and 1. Under Miri only
+        // a small case.
         let p = panel::<f32>();
         let cases: &[(&[usize], usize, usize, &[usize])] = if cfg!(miri) {
             &[(&[6, 1, 3], p + 6, 9, &[p])]
@@ -849,9 +888,11 @@ mod tests {
             &[
                 (&[32, 6, 1, 11], 600, 520, &[2 * p, 7 * p]),
                 (&[1], 300, 75, &[2 * p]),
+                (&[1], 7 * p - 5, 30, &[]),
             ]
         };
-        for &(ms, n, k, cuts) in cases {
+        let orders = [Sweep::Ascending, Sweep::Descending];
+        for (&(ms, n, k, cuts), order) in cases.iter().flat_map(|c| orders.map(|o| (c, o))) {
             let case = Case::new(ms, n, k);
             let mut whole = case.c0.clone();
             gemm_packed_acc_rows(&mut case.rows(&mut whole, ms, 0), &case.pb);
@@ -873,14 +914,18 @@ mod tests {
                     })
                     .collect();
                 let mut blocks = case.rows(&mut parts, ms, 0);
-                gemm_packed_acc_cols(&mut blocks, &case.pb, cols.clone(), ldc);
+                gemm_packed_acc_cols(&mut blocks, &case.pb, cols.clone(), ldc, order);
                 for (i, (part, full)) in parts.iter().zip(&whole).enumerate() {
                     for (row, (got, want)) in
                         part.chunks_exact(ldc).zip(full.chunks_exact(n)).enumerate()
                     {
                         for (j, (x, y)) in got.iter().zip(&want[cols.clone()]).enumerate() {
                             let at = cols.start + j;
-                            assert_eq!(x.to_bits(), y.to_bits(), "{ms:?} block {i} ({row}, {at})");
+                            assert_eq!(
+                                x.to_bits(),
+                                y.to_bits(),
+                                "{ms:?} {order:?} block {i} ({row}, {at})"
+                            );
                         }
                         // The padding is left alone.
                         assert!(got[cols.len()..].iter().all(|x| x.is_nan()));
@@ -904,7 +949,44 @@ mod tests {
             c: &mut c,
             bias: None,
         }];
-        gemm_packed_acc_cols(&mut blocks, &pb, 1..n, n);
+        gemm_packed_acc_cols(&mut blocks, &pb, 1..n, n, Sweep::Ascending);
+    }
+
+    #[test]
+    fn stacked_weights_give_the_products_in_turn() {
+        // `[x h] [W_ih^T; W_hh^T]` in one product is `x W_ih^T` then `h W_hh^T` onto the same
+        // C, bit for bit: a single row and a tile of rows, the last panel ragged.
+        let (n, ki, kh) = if cfg!(miri) {
+            (20, 3, 5)
+        } else {
+            (150, 37, 64)
+        };
+        let w_ih: Vec<f32> = values(1, n * ki, 1.0);
+        let w_hh: Vec<f32> = values(2, n * kh, 1.0);
+        let mut stacked = PackedB::new();
+        stacked.pack_transposed_stacked(&[(&w_ih, ki), (&w_hh, kh)], n);
+        assert_eq!((stacked.k(), stacked.n()), (ki + kh, n));
+        let (mut pi, mut ph) = (PackedB::new(), PackedB::new());
+        pi.pack_transposed(&w_ih, n, ki);
+        ph.pack_transposed(&w_hh, n, kh);
+        for m in [1, 7] {
+            let x: Vec<f32> = values(3, m * ki, 1.0);
+            let h: Vec<f32> = values(4, m * kh, 1.0);
+            let xh: Vec<f32> = x
+                .chunks_exact(ki)
+                .zip(h.chunks_exact(kh))
+                .flat_map(|(a, b)| a.iter().chain(b).copied())
+                .collect();
+            let c0: Vec<f32> = values(5, m * n, 1.0);
+            let mut in_turn = c0.clone();
+            gemm_packed_acc(m, &x, &pi, &mut in_turn);
+            gemm_packed_acc(m, &h, &ph, &mut in_turn);
+            let mut once = c0.clone();
+            gemm_packed_acc(m, &xh, &stacked, &mut once);
+            for (j, (a, b)) in in_turn.iter().zip(&once).enumerate() {
+                assert_eq!(a.to_bits(), b.to_bits(), "{m} rows, value {j}");
+            }
+        }
     }
 
     #[test]

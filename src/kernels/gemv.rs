@@ -20,6 +20,7 @@
 
 use super::aligned::AlignedBuf;
 use super::simd::SimdFloat;
+use super::sweep::Sweep;
 
 /// A row-major `rows x cols` matrix copied onto a cache-line boundary ([`AlignedBuf`]).
 #[derive(Debug, Default)]
@@ -85,7 +86,8 @@ impl<T: SimdFloat> AlignedMatrix<T> {
 /// of `W.cols()` values.
 ///
 /// Rows go four at a time, each with two accumulators of `LANES` values (alternate vectors of
-/// `k`), reduced in a fixed order; a row's arithmetic is the same in whatever tile it falls.
+/// `k`), reduced in a fixed order; a row's arithmetic is the same in whatever tile it falls,
+/// and in either order of the rows (`sweep`).
 ///
 /// Panics if `rows` ends past `W.rows()`, `x` is shorter than a row or `y` than `rows`.
 pub fn gemv_rows_acc<T: SimdFloat + std::ops::AddAssign>(
@@ -93,6 +95,7 @@ pub fn gemv_rows_acc<T: SimdFloat + std::ops::AddAssign>(
     x: &[T],
     y: &mut [T],
     rows: std::ops::Range<usize>,
+    sweep: Sweep,
 ) {
     assert!(
         rows.start <= rows.end && rows.end <= w.rows && x.len() >= w.cols && y.len() >= rows.len(),
@@ -102,6 +105,18 @@ pub fn gemv_rows_acc<T: SimdFloat + std::ops::AddAssign>(
         x.len(),
         y.len()
     );
+    if sweep == Sweep::Descending {
+        let mut j = rows.end;
+        while j >= rows.start + 4 {
+            j -= 4;
+            dot_tile::<T, 4>(w, x, j, &mut y[j - rows.start..]);
+        }
+        while j > rows.start {
+            j -= 1;
+            dot_tile::<T, 1>(w, x, j, &mut y[j - rows.start..]);
+        }
+        return;
+    }
     let mut j = rows.start;
     while j + 4 <= rows.end {
         dot_tile::<T, 4>(w, x, j, &mut y[j - rows.start..]);
@@ -292,7 +307,7 @@ mod tests {
             let y0: Vec<T> = values(i as u64 + 90, outs, 1.0);
             let mut got = y0.clone();
             if by_rows {
-                gemv_rows_acc(&m, &x, &mut got, 0..rows);
+                gemv_rows_acc(&m, &x, &mut got, 0..rows, Sweep::Ascending);
             } else {
                 gemv_cols_acc(&x, &m, &mut got, 0..cols);
             }
@@ -350,14 +365,17 @@ mod tests {
         let xr: Vec<f32> = values(8, cols, 1.0);
         let xc: Vec<f32> = values(9, rows, 1.0);
         let mut whole_r = vec![0.25f32; rows];
-        gemv_rows_acc(&m, &xr, &mut whole_r, 0..rows);
+        gemv_rows_acc(&m, &xr, &mut whole_r, 0..rows, Sweep::Ascending);
+        let mut backwards = vec![0.25f32; rows];
+        gemv_rows_acc(&m, &xr, &mut backwards, 0..rows, Sweep::Descending);
+        assert_eq!(backwards, whole_r, "rows in descending order");
         let mut whole_c = vec![0.25f32; cols];
         gemv_cols_acc(&xc, &m, &mut whole_c, 0..cols);
         for cut in [1, 5, 6, 12] {
             let mut parts = vec![0.25f32; rows];
             let (a, b) = parts.split_at_mut(cut);
-            gemv_rows_acc(&m, &xr, a, 0..cut);
-            gemv_rows_acc(&m, &xr, b, cut..rows);
+            gemv_rows_acc(&m, &xr, a, 0..cut, Sweep::Ascending);
+            gemv_rows_acc(&m, &xr, b, cut..rows, Sweep::Descending);
             assert_eq!(parts, whole_r, "rows cut at {cut}");
         }
         for cut in [1, 16, 17, 64, 256, 270] {

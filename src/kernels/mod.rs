@@ -9,6 +9,7 @@
 //! - [`gemm_nn`]: the per-timestep recurrent product over a weight packed once per sequence.
 //! - [`gemv`]: the same product for a batch of one row, over `W_hh` as stored (no packing).
 //! - [`gemm_nt`]: the same product over a weight as stored (for single inference steps).
+//! - [`sweep`]: the order a per-step product walks its weight in (alternated to reuse L2).
 //! - [`handoff`]: a spinning helper thread that takes half of each step's product (small batches).
 //! - [`rnn`], [`lstm`], [`gru`]: the fused gate kernels, forward and backward, one file per cell.
 //! - [`block`]: one or two vectors at a time, so each gate kernel is written once and runs two
@@ -27,8 +28,10 @@ pub mod gru;
 pub mod lstm;
 pub mod rnn;
 pub mod simd;
+pub mod sweep;
 
 pub use simd::SimdFloat;
+pub use sweep::Sweep;
 
 #[cfg(test)]
 pub(crate) mod testutil;

@@ -47,6 +47,7 @@ use rayon::prelude::*;
 use super::recurrent::{CellKind, DirectionOutput, DirectionRun};
 use crate::Result;
 use crate::kernels::GemmShape;
+use crate::kernels::Sweep;
 use crate::kernels::gemm_nn::{PackedB, Rows, gemm_packed_acc_cols, panel};
 use crate::kernels::gemm_nt::gemm_nt_acc;
 use crate::kernels::gemv::{AlignedMatrix, gemv_cols_acc, gemv_rows_acc};
@@ -411,10 +412,12 @@ impl<T: Float> StepWeight<'_, T> {
         (n.div_ceil(unit).div_ceil(2) * unit).min(n)
     }
 
-    /// Columns `cols` of `C += A B` (each block's `C` holding just those, row stride `ldc`).
-    fn product(self, blocks: &mut [Rows<'_, T>], cols: Range<usize>, ldc: usize) {
+    /// Columns `cols` of `C += A B` (each block's `C` holding just those, row stride `ldc`),
+    /// walking `B` in `sweep`'s order where that changes no value (not `W_hh` as stored in
+    /// backward, whose rows are the terms of each sum).
+    fn product(self, blocks: &mut [Rows<'_, T>], cols: Range<usize>, ldc: usize, sweep: Sweep) {
         let w = match self {
-            StepWeight::Packed(b) => return gemm_packed_acc_cols(blocks, b, cols, ldc),
+            StepWeight::Packed(b) => return gemm_packed_acc_cols(blocks, b, cols, ldc, sweep),
             StepWeight::Rows(w) | StepWeight::Cols(w) => w,
         };
         let [g] = blocks else {
@@ -426,7 +429,7 @@ impl<T: Float> StepWeight<'_, T> {
             tensor::add(c, &bias[cols.clone()]);
         }
         match self {
-            StepWeight::Rows(_) => gemv_rows_acc(w, g.a, c, cols),
+            StepWeight::Rows(_) => gemv_rows_acc(w, g.a, c, cols, sweep),
             _ => gemv_cols_acc(g.a, w, c, cols),
         }
     }
@@ -594,11 +597,16 @@ fn reborrow<'s, T>(split: &'s mut Split<'_, T>) -> Split<'s, T> {
 /// right half into the split's buffer (room for every block's right half of `C`), copied back
 /// after. Each value is computed as in the whole product, so splitting changes how fast, never
 /// what, the step computes.
-fn step_product<T: Float>(blocks: &mut [Rows<'_, T>], b: StepWeight<'_, T>, split: Split<'_, T>) {
+fn step_product<T: Float>(
+    blocks: &mut [Rows<'_, T>],
+    b: StepWeight<'_, T>,
+    split: Split<'_, T>,
+    sweep: Sweep,
+) {
     let n = b.n();
     let c1 = b.split_point();
     let Some((buf, helper)) = split.filter(|_| c1 < n) else {
-        b.product(blocks, 0..n, n);
+        b.product(blocks, 0..n, n, sweep);
         return;
     };
     let w2 = n - c1;
@@ -619,8 +627,8 @@ fn step_product<T: Float>(blocks: &mut [Rows<'_, T>], b: StepWeight<'_, T>, spli
     }
     let halves = &mut halves[..blocks.len()];
     helper.join(
-        || b.product(blocks, 0..c1, n),
-        || b.product(halves, c1..n, w2),
+        || b.product(blocks, 0..c1, n, sweep),
+        || b.product(halves, c1..n, w2, sweep),
     );
     for (g, half) in blocks.iter_mut().zip(halves.iter()) {
         for (dst, src) in g.c.chunks_exact_mut(n).zip(half.c.chunks_exact(w2)) {
@@ -834,7 +842,10 @@ impl Config {
                 let bias = (!fs.bias.is_empty()).then_some(&fs.bias[..]);
                 *blk = Rows { m: n, a, c, bias };
             }
-            step_product(&mut blocks[..count], w_hh_t, reborrow(&mut split));
+            // The weight is read in alternate orders, each step starting where the previous
+            // one ended (in cache).
+            let sweep = Sweep::alternate(s);
+            step_product(&mut blocks[..count], w_hh_t, reborrow(&mut split), sweep);
             for (sh, fs) in group.iter_mut().zip(fss.iter_mut()) {
                 self.forward_gates(sh, fs, h0, w, s);
             }
@@ -1056,7 +1067,13 @@ impl Config {
                     bias: None,
                 };
             }
-            step_product(&mut blocks[..group.len()], w_hh_p, reborrow(&mut split));
+            let sweep = Sweep::alternate(s);
+            step_product(
+                &mut blocks[..group.len()],
+                w_hh_p,
+                reborrow(&mut split),
+                sweep,
+            );
             for (sh, bs) in group.iter().zip(bss.iter_mut()) {
                 self.backward_finished(sh, bs, s);
                 self.add_bias_grads(sh.rows.len(), bs, t, want);

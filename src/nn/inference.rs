@@ -4,7 +4,8 @@
 use super::fused::{fill_rows, init_input_projection};
 use super::recurrent::CellKind;
 use crate::Result;
-use crate::kernels::gemm_nn::{PackedB, gemm_packed_acc};
+use crate::kernels::Sweep;
+use crate::kernels::gemm_nn::{PackedB, Rows, gemm_packed_acc_cols};
 use crate::kernels::gemm_nt::gemm_nt_acc;
 use crate::kernels::{gru, lstm, rnn};
 use crate::tensor::Float;
@@ -50,19 +51,24 @@ pub struct InferenceStep<T> {
 
 /// Weights packed by [`InferenceStep::pack_weights`].
 struct Packed<T> {
-    /// `W_ih^T` `[I, G*H]` and `W_hh^T` `[H, G*H]`.
-    w_ih_t: PackedB<T>,
+    /// The LSTM's and the RNN's `[W_ih^T; W_hh^T]` `[I + H, G*H]`, one product over `[x h]`
+    /// (both products add onto the same pre-activations); the GRU's `W_ih^T` `[I, G*H]` (its
+    /// `W_hh^T` is in `w_hh_t`).
+    w_t: PackedB<T>,
+    /// The GRU's `W_hh^T` `[H, G*H]` (whose product stays apart: `r` gates its `n` part).
     w_hh_t: PackedB<T>,
     /// The biases, when the cell has them.
     bias: Option<(Vec<T>, Vec<T>)>,
+    /// The order of the next step's panels: each step reverses it, so that it starts on the
+    /// weights the previous step read last, still in cache ([`Sweep`]).
+    order: Sweep,
+    /// `[x h]`, row by row, for the stacked product.
+    xh: Vec<T>,
 }
 
-/// Which weight a product reads.
-#[derive(Clone, Copy)]
-enum Weight {
-    Ih,
-    Hh,
-}
+/// Where a step's two products go: `x W_ih^T` onto the input side's pre-activations, and
+/// `h W_hh^T` onto the same ones (`hp` is `None`) or, for the GRU, onto `hp`.
+type Products<'a, T> = (&'a [T], &'a [T], &'a mut [T], Option<&'a mut [T]>);
 
 impl<T: Float> InferenceStep<T> {
     /// Buffers for steps of `batch` rows of a `kind` cell with `input` features and `hidden`
@@ -105,9 +111,9 @@ impl<T: Float> InferenceStep<T> {
         self.check_state("InferenceStep::step", x, h, c)?;
         let (i, hd, b) = (self.input, self.hidden, self.batch);
         let gh = self.kind.gates() * hd;
-        self.advance(bias, x, h, c, |which, a, out| match which {
-            Weight::Ih => gemm_nt_acc(b, gh, i, a, w_ih, out),
-            Weight::Hh => gemm_nt_acc(b, gh, hd, a, w_hh, out),
+        self.advance(bias, x, h, c, |(x, h, xp, hp)| {
+            gemm_nt_acc(b, gh, i, x, w_ih, xp);
+            gemm_nt_acc(b, gh, hd, h, w_hh, hp.unwrap_or(xp));
         });
         Ok(())
     }
@@ -122,14 +128,22 @@ impl<T: Float> InferenceStep<T> {
         bias: Option<(&[T], &[T])>,
     ) -> Result<()> {
         self.check_weights("InferenceStep::pack_weights", w_ih, w_hh, bias)?;
-        let gh = self.kind.gates() * self.hidden;
+        let (i, hd) = (self.input, self.hidden);
+        let gh = self.kind.gates() * hd;
         let mut p = self.packed.take().unwrap_or_else(|| Packed {
-            w_ih_t: PackedB::new(),
+            w_t: PackedB::new(),
             w_hh_t: PackedB::new(),
             bias: None,
+            order: Sweep::Ascending,
+            xh: Vec::new(),
         });
-        p.w_ih_t.pack_transposed(w_ih, gh, self.input);
-        p.w_hh_t.pack_transposed(w_hh, gh, self.hidden);
+        if self.kind == CellKind::Gru {
+            p.w_t.pack_transposed(w_ih, gh, i);
+            p.w_hh_t.pack_transposed(w_hh, gh, hd);
+        } else {
+            p.w_t.pack_transposed_stacked(&[(w_ih, i), (w_hh, hd)], gh);
+            p.xh.resize(self.batch * (i + hd), T::ZERO);
+        }
         p.bias = bias.map(|(b_ih, b_hh)| (b_ih.to_vec(), b_hh.to_vec()));
         self.packed = Some(p);
         Ok(())
@@ -140,18 +154,51 @@ impl<T: Float> InferenceStep<T> {
     pub fn step_packed(&mut self, x: &[T], h: &mut [T], c: &mut [T]) -> Result<()> {
         const OP: &str = "InferenceStep::step_packed";
         self.check_state(OP, x, h, c)?;
-        let Some(p) = self.packed.take() else {
+        let Some(mut p) = self.packed.take() else {
             return Err(crate::Error::invalid(
                 OP,
                 "no packed weights: call pack_weights first",
             ));
         };
-        let b = self.batch;
+        let (b, i) = (self.batch, self.input);
+        let order = p.order;
+        let mut xh = std::mem::take(&mut p.xh);
         let bias = p.bias.as_ref().map(|(i, h)| (&i[..], &h[..]));
-        self.advance(bias, x, h, c, |which, a, out| match which {
-            Weight::Ih => gemm_packed_acc(b, a, &p.w_ih_t, out),
-            Weight::Hh => gemm_packed_acc(b, a, &p.w_hh_t, out),
+        let product = |w: &PackedB<T>, a: &[T], out: &mut [T]| {
+            let mut rows = [Rows {
+                m: b,
+                a,
+                c: out,
+                bias: None,
+            }];
+            gemm_packed_acc_cols(&mut rows, w, 0..w.n(), w.n(), order);
+        };
+        self.advance(bias, x, h, c, |(x, h, xp, hp)| match hp {
+            // The GRU's products write apart, so their order changes no value: the second
+            // product of one step is the first of the next.
+            Some(hp) if order == Sweep::Ascending => {
+                product(&p.w_t, x, xp);
+                product(&p.w_hh_t, h, hp);
+            }
+            Some(hp) => {
+                product(&p.w_hh_t, h, hp);
+                product(&p.w_t, x, xp);
+            }
+            None => {
+                let k = p.w_t.k();
+                for ((row, x), h) in xh
+                    .chunks_exact_mut(k)
+                    .zip(x.chunks_exact(i))
+                    .zip(h.chunks_exact(k - i))
+                {
+                    row[..i].copy_from_slice(x);
+                    row[i..].copy_from_slice(h);
+                }
+                product(&p.w_t, &xh, xp);
+            }
         });
+        p.xh = xh;
+        p.order = order.reversed();
         self.packed = Some(p);
         Ok(())
     }
@@ -192,27 +239,29 @@ impl<T: Float> InferenceStep<T> {
         )
     }
 
-    /// The step itself, with the two products `out += a W^T` done by `product`.
+    /// The step itself, with the two products done by `products` ([`Products`]).
     fn advance(
         &mut self,
         bias: Option<(&[T], &[T])>,
         x: &[T],
         h: &mut [T],
         c: &mut [T],
-        product: impl Fn(Weight, &[T], &mut [T]),
+        products: impl FnOnce(Products<'_, T>),
     ) {
         let hd = self.hidden;
         init_input_projection(&mut self.xp, bias, self.kind);
-        product(Weight::Ih, x, &mut self.xp);
+        if self.kind == CellKind::Gru {
+            fill_rows(&mut self.hp, bias.map(|(_, b_hh)| b_hh));
+            products((x, h, &mut self.xp, Some(&mut self.hp)));
+        } else {
+            products((x, h, &mut self.xp, None));
+        }
         match self.kind {
             CellKind::Lstm => {
-                product(Weight::Hh, h, &mut self.xp);
                 lstm::lstm_forward(&mut self.xp, c, &mut self.c_new, &mut self.h_new, hd);
                 c.copy_from_slice(&self.c_new);
             }
             CellKind::Gru => {
-                fill_rows(&mut self.hp, bias.map(|(_, b_hh)| b_hh));
-                product(Weight::Hh, h, &mut self.hp);
                 gru::gru_forward(
                     &self.xp,
                     None,
@@ -224,7 +273,6 @@ impl<T: Float> InferenceStep<T> {
                 );
             }
             CellKind::Rnn(act) => {
-                product(Weight::Hh, h, &mut self.xp);
                 rnn::rnn_forward(&mut self.xp, act);
                 self.h_new.copy_from_slice(&self.xp);
             }
