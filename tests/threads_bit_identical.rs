@@ -32,10 +32,14 @@ const SHARDED: Size = Size { b: 70, h: 11 };
 /// columns between two threads (for every cell the product is large enough, and 200 columns
 /// make two halves in f32's panels of 64 and f64's of 32, the right one ragged).
 const SPLIT: Size = Size { b: 16, h: 200 };
-/// A batch of one row, whose products read `W_hh` as stored: split by rows of `W_hh` in
-/// forward and by columns in backward, on more than one thread (for every cell the product is
-/// large enough; 370 is no whole number of vectors, so both halves' ends are ragged).
+/// A batch of one row, whose products read `W_hh` as stored (larger than L2 but for the f32
+/// RNN's, which is packed): split by rows of `W_hh` in forward and by columns in backward, on
+/// more than one thread (for every cell the product is large enough; 370 is no whole number
+/// of vectors, so both halves' ends are ragged).
 const SINGLE: Size = Size { b: 1, h: 370 };
+/// A batch of one row whose `W_hh` stays in L2 and is packed (in f32 for every cell, in f64
+/// for the RNN): the f32 LSTM's and GRU's products split by panels, the last one ragged.
+const SINGLE_PACKED: Size = Size { b: 1, h: 230 };
 
 /// Forward + backward of loss = sum(y * ry) + sum(h_n * rh) (+ sum(c_n * rc)) over a 2-layer
 /// bidirectional layer with ragged lengths; returns every output and gradient.
@@ -146,8 +150,18 @@ fn single_row_split_is_bit_identical_to_one_thread_f64() {
 }
 
 #[test]
+fn single_packed_row_split_is_bit_identical_to_one_thread_f32() {
+    check_bits::<f32>(|x| u64::from(x.to_bits()), SINGLE_PACKED);
+}
+
+#[test]
+fn single_packed_row_split_is_bit_identical_to_one_thread_f64() {
+    check_bits::<f64>(f64::to_bits, SINGLE_PACKED);
+}
+
+#[test]
 fn sharded_and_split_fused_equal_reference() {
-    let sizes = [SHARDED, SPLIT, SINGLE];
+    let sizes = [SHARDED, SPLIT, SINGLE, SINGLE_PACKED];
     for (kind, size) in KINDS.into_iter().flat_map(|k| sizes.map(|s| (k, s))) {
         let fused = in_pool(2, || run::<f64>(kind, Implementation::Fused, size));
         let reference = run::<f64>(kind, Implementation::Reference, size);

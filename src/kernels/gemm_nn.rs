@@ -129,22 +129,38 @@ impl<T: SimdFloat> PackedB<T> {
         self.buf.values_mut()
     }
 
+    /// Runs `fill(q, values)` for every panel `q` of the packing: on rayon's pool, a panel a
+    /// task, when the packing is [`PARALLEL_PACK_BYTES`] or more and the pool has more than one
+    /// thread (each panel's values are the same either way).
+    fn fill_panels(&mut self, fill: impl Fn(usize, &mut [T]) + Sync) {
+        let len = (self.k * panel::<T>()).max(1);
+        let values = self.values_mut();
+        let bytes = std::mem::size_of_val(values);
+        if bytes >= PARALLEL_PACK_BYTES && rayon::current_num_threads() > 1 {
+            use rayon::prelude::*;
+            values
+                .par_chunks_exact_mut(len)
+                .enumerate()
+                .for_each(|(q, pd)| fill(q, pd));
+        } else {
+            for (q, pd) in values.chunks_exact_mut(len).enumerate() {
+                fill(q, pd);
+            }
+        }
+    }
+
     /// Packs `b`, a row-major `k x n` matrix. Panics if `b` is shorter than `k * n`.
     pub fn pack(&mut self, b: &[T], k: usize, n: usize) {
         self.resize(k, n);
         assert!(b.len() >= k * n, "PackedB::pack: buffer too small");
         let p = panel::<T>();
-        for (q, pd) in self
-            .values_mut()
-            .chunks_exact_mut((k * p).max(1))
-            .enumerate()
-        {
+        self.fill_panels(|q, pd| {
             let (j0, w) = (q * p, p.min(n - q * p));
             for (r, out) in pd.chunks_exact_mut(p).enumerate() {
                 out[..w].copy_from_slice(&b[r * n + j0..r * n + j0 + w]);
                 out[w..].fill(T::default());
             }
-        }
+        });
     }
 
     /// Packs `w^T`, where `w` is a row-major `n x k` matrix (a weight in `[out, in]` layout), so
@@ -171,11 +187,7 @@ impl<T: SimdFloat> PackedB<T> {
             );
         }
         let p = panel::<T>();
-        for (q, pd) in self
-            .values_mut()
-            .chunks_exact_mut((k * p).max(1))
-            .enumerate()
-        {
+        self.fill_panels(|q, pd| {
             let (j0, wd) = (q * p, p.min(n - q * p));
             let mut rows = pd.chunks_exact_mut(p);
             for &(w, ki) in parts {
@@ -187,9 +199,15 @@ impl<T: SimdFloat> PackedB<T> {
                     out[wd..].fill(T::default());
                 }
             }
-        }
+        });
     }
 }
+
+/// Packings this large or larger are filled by the threads of rayon's pool together: a
+/// transposed packing of 1 MiB (`W_hh^T` of an LSTM with `H = 256`) took 100 us on one thread,
+/// on the critical path of a step whose second thread had nothing else to do then. (At 256 KiB
+/// the handoff cost more than it saved.)
+pub const PARALLEL_PACK_BYTES: usize = 1 << 20;
 
 /// `C += A B` with `A` `m x k` and `C` `m x n` row-major, `B` packed (`k x n`).
 ///
@@ -457,7 +475,7 @@ fn panel_tiles<T: SimdFloat, const PF: bool>(
 
 /// Above this size a packed B is taken not to stay in L2 between calls (L2 is 1-2 MiB per core
 /// on current x86 CPUs, shared with the rest of a step's data): its tiles then prefetch.
-const STREAMED_BYTES: usize = 1 << 20;
+pub const STREAMED_BYTES: usize = 1 << 20;
 
 /// Bytes per cache line, the unit of a prefetch.
 const LINE: usize = 64;

@@ -56,7 +56,7 @@ use wide::{f32x16, f64x8, u32x16, u64x8};
 ///
 /// Implemented for `f32` (`f32x16`) and `f64` (`f64x8`); [`crate::Float`] requires it, so
 /// generic code can call the vector functions on any element type.
-pub trait SimdFloat: Copy + Default + 'static {
+pub trait SimdFloat: Copy + Default + Send + Sync + 'static {
     /// The vector of `LANES` values.
     type V: Copy
         + Add<Output = Self::V>
