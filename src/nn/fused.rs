@@ -105,7 +105,7 @@ pub(crate) fn run<T: Float>(
             .collect(),
         // A single row reads W_hh as stored when it streams from L3 at every step anyway (then
         // packing it twice a sequence only costs); smaller, it packs it too: the packed
-        // single-row tile reads it from L2 1.3-1.9x faster than the kernels over W_hh as stored.
+        // single-row tile reads it from L2 1.1-1.9x faster than the kernels over W_hh as stored.
         w_hh: if batch == 1 && gates_h * hidden * std::mem::size_of::<T>() > STREAMED_BYTES {
             RecurrentWeight::Stored(AlignedMatrix::from_buffer(
                 ws.scratch(AlignedMatrix::<T>::buffer_len(gates_h, hidden)),
