@@ -162,7 +162,6 @@ impl<T: Float> InferenceStep<T> {
         };
         let (b, i) = (self.batch, self.input);
         let order = p.order;
-        let mut xh = std::mem::take(&mut p.xh);
         let bias = p.bias.as_ref().map(|(i, h)| (&i[..], &h[..]));
         let product = |w: &PackedB<T>, a: &[T], out: &mut [T]| {
             let mut rows = [Rows {
@@ -186,18 +185,17 @@ impl<T: Float> InferenceStep<T> {
             }
             None => {
                 let k = p.w_t.k();
-                for ((row, x), h) in xh
-                    .chunks_exact_mut(k)
-                    .zip(x.chunks_exact(i))
-                    .zip(h.chunks_exact(k - i))
+                for ((row, x), h) in
+                    p.xh.chunks_exact_mut(k)
+                        .zip(x.chunks_exact(i))
+                        .zip(h.chunks_exact(k - i))
                 {
                     row[..i].copy_from_slice(x);
                     row[i..].copy_from_slice(h);
                 }
-                product(&p.w_t, &xh, xp);
+                product(&p.w_t, &p.xh, xp);
             }
         });
-        p.xh = xh;
         p.order = order.reversed();
         self.packed = Some(p);
         Ok(())
