@@ -8,8 +8,8 @@ median of --steps steps after 3 warm-up steps, in PyTorch and with `recur bench`
 recur time (above 1: recur is faster), with the share of the machine's CPU time a hypervisor
 took for other guests while the row ran (from /proc/stat; on a shared virtual machine the main
 cause of run-to-run drift, and of a second thread that brings little). Then the single-step
-inference latency at B=1 (PyTorch's LSTMCell/GRUCell/RNNCell under no_grad against
-`recur bench --step-latency`).
+inference latency at B=1 at each thread count (PyTorch's LSTMCell/GRUCell/RNNCell under no_grad
+against `recur bench --step-latency`).
 
 Usage:
     cargo build --release
@@ -72,8 +72,8 @@ def torch_step_ms(torch, cell, b, t, i, h, threads, steps):
     return statistics.median(times) * 1e3
 
 
-def torch_latency_us(torch, cell, h, reps=200):
-    torch.set_num_threads(1)
+def torch_latency_us(torch, cell, h, threads, reps=200):
+    torch.set_num_threads(threads)
     cls = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell, "rnn": torch.nn.RNNCell}[cell]
     m = cls(LATENCY_INPUT, h)
     x = torch.randn(1, LATENCY_INPUT)
@@ -114,11 +114,11 @@ def recur_step_ms(binary, cell, b, t, i, h, threads, steps):
     return float(out["ms_per_step"])
 
 
-def recur_latency_us(binary, cell, h):
+def recur_latency_us(binary, cell, h, threads):
     out = recur_run(
         binary,
         ["--cell", cell, "--step-latency", "--input", str(LATENCY_INPUT), "--hidden", str(h),
-         "--threads", "1"],
+         "--threads", str(threads)],
     )
     return float(out["us_per_step"])
 
@@ -154,7 +154,11 @@ def main():
                     help="times each comparison is repeated, PyTorch and recur in turn; the "
                          "ratio printed is the median of the rounds' ratios (default 3)")
     ap.add_argument("--no-latency", action="store_true", help="skip the single-step latency")
+    ap.add_argument("--no-training", action="store_true",
+                    help="skip the training steps (time only the single-step latency)")
     a = ap.parse_args()
+    if a.no_training:
+        a.shapes = []
     if a.steps < 5:
         raise SystemExit("--steps must be at least 5")
     if a.rounds < 1:
@@ -165,8 +169,9 @@ def main():
     if torch is not None:
         print(f"# PyTorch {torch.__version__}", flush=True)
 
-    print("| shape | cell | threads | PyTorch ms | recur ms | PyTorch / recur | CPU stolen |")
-    print("|---|---|---|---|---|---|---|", flush=True)
+    if a.shapes:
+        print("| shape | cell | threads | PyTorch ms | recur ms | PyTorch / recur | CPU stolen |")
+        print("|---|---|---|---|---|---|---|", flush=True)
     large_gflops = {}
     for shape in a.shapes:
         b, t, i, h = SHAPES[shape]
@@ -212,22 +217,23 @@ def main():
     if a.no_latency:
         return
     print()
-    print("| single step, B=1, I=64 | H | PyTorch cell us | recur us | PyTorch / recur |")
-    print("|---|---|---|---|---|", flush=True)
+    print("| single step, B=1, I=64 | H | threads | PyTorch cell us | recur us | PyTorch / recur |")
+    print("|---|---|---|---|---|---|", flush=True)
     for cell in a.cells:
         for h in LATENCY_HIDDEN:
-            pts, rcs = [], []
-            for _ in range(a.rounds):
+            for th in a.threads:
+                pts, rcs = [], []
+                for _ in range(a.rounds):
+                    if torch:
+                        pts.append(torch_latency_us(torch, cell, h, th))
+                    rcs.append(recur_latency_us(a.recur, cell, h, th))
+                rc = statistics.median(rcs)
                 if torch:
-                    pts.append(torch_latency_us(torch, cell, h))
-                rcs.append(recur_latency_us(a.recur, cell, h))
-            rc = statistics.median(rcs)
-            if torch:
-                pt = statistics.median(pts)
-                ratio = statistics.median(p / r for p, r in zip(pts, rcs))
-                print(f"| {cell} | {h} | {pt:.1f} | {rc:.2f} | {ratio:.2f} |", flush=True)
-            else:
-                print(f"| {cell} | {h} | - | {rc:.2f} | - |", flush=True)
+                    pt = statistics.median(pts)
+                    ratio = statistics.median(p / r for p, r in zip(pts, rcs))
+                    print(f"| {cell} | {h} | {th} | {pt:.1f} | {rc:.2f} | {ratio:.2f} |", flush=True)
+                else:
+                    print(f"| {cell} | {h} | {th} | - | {rc:.2f} | - |", flush=True)
 
 
 if __name__ == "__main__":

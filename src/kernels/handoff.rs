@@ -236,11 +236,17 @@ impl Drop for Settle<'_> {
 /// ```
 pub fn with_helper<R: Send>(f: impl FnOnce(&Helper) -> R + Send) -> R {
     let helper = Helper::new();
+    serve_during(&helper, || f(&helper))
+}
+
+/// Runs `f` while `helper` serves on a second rayon thread (if one is free to claim it), then
+/// stops it for good: for a caller that keeps the helper somewhere `f` reaches it.
+pub fn serve_during<R: Send>(helper: &Helper, f: impl FnOnce() -> R + Send) -> R {
     let (r, ()) = rayon::join(
         || {
             // The helper stops however `f` ends: a panic must not leave it spinning.
-            let _stop = Stop(&helper);
-            f(&helper)
+            let _stop = Stop(helper);
+            f()
         },
         || helper.serve(),
     );

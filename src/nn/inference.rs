@@ -1,12 +1,16 @@
 //! One step of a cell at a time, outside the tape: for sampling from a trained model one symbol
 //! at a time.
 
+use std::ops::Range;
+use std::sync::Arc;
+
 use super::fused::{fill_rows, init_input_projection};
 use super::recurrent::CellKind;
 use crate::Result;
 use crate::kernels::Sweep;
 use crate::kernels::gemm_nn::{PackedB, Rows, gemm_packed_acc_cols};
 use crate::kernels::gemm_nt::gemm_nt_acc;
+use crate::kernels::handoff::{Helper, serve_during};
 use crate::kernels::{gru, lstm, rnn};
 use crate::tensor::Float;
 
@@ -41,34 +45,71 @@ pub struct InferenceStep<T> {
     input: usize,
     hidden: usize,
     batch: usize,
-    xp: Vec<T>,
-    hp: Vec<T>,
-    saved: Vec<T>,
-    h_new: Vec<T>,
-    c_new: Vec<T>,
+    /// The buffers of [`InferenceStep::step`] (all units at once).
+    bufs: Buffers<T>,
     packed: Option<Packed<T>>,
+    /// The helper thread that takes one share of each packed step, inside
+    /// [`InferenceStep::with_threads`].
+    helper: Option<Arc<Helper>>,
 }
 
-/// Weights packed by [`InferenceStep::pack_weights`].
+/// Fewest bytes of packed weights for which [`InferenceStep::pack_weights`] cuts the units in
+/// two shares, so that two threads can each step one ([`InferenceStep::with_threads`]). The
+/// handoff between the cores costs 0.1 to 1 microseconds a step, depending on where the
+/// machine places them: at two threads against one, with a fast handoff, 96 KiB (RNN, H = 128)
+/// ran 1.09x, 288 to 384 KiB (GRU and LSTM at H = 128, RNN at H = 256) 1.41x to 1.58x.
+const SPLIT_BYTES: usize = 256 << 10;
+
+/// Weights packed by [`InferenceStep::pack_weights`]: one share of the units, or two.
 struct Packed<T> {
-    /// The LSTM's and the RNN's `[W_ih^T; W_hh^T]` `[I + H, G*H]`, one product over `[x h]`
-    /// (both products add onto the same pre-activations); the GRU's `W_ih^T` `[I, G*H]` (its
-    /// `W_hh^T` is in `w_hh_t`).
-    w_t: PackedB<T>,
-    /// The GRU's `W_hh^T` `[H, G*H]` (whose product stays apart: `r` gates its `n` part).
-    w_hh_t: PackedB<T>,
-    /// The biases, when the cell has them.
-    bias: Option<(Vec<T>, Vec<T>)>,
+    shares: Vec<Share<T>>,
     /// The order of the next step's panels: each step reverses it, so that it starts on the
     /// weights the previous step read last, still in cache ([`Sweep`]).
     order: Sweep,
-    /// `[x h]`, row by row, for the stacked product.
+    /// `[x h]`, row by row, for the LSTM's and the RNN's stacked product.
     xh: Vec<T>,
 }
 
-/// Where a step's two products go: `x W_ih^T` onto the input side's pre-activations, and
-/// `h W_hh^T` onto the same ones (`hp` is `None`) or, for the GRU, onto `hp`.
-type Products<'a, T> = (&'a [T], &'a [T], &'a mut [T], Option<&'a mut [T]>);
+/// The units `units` of every gate: their rows of the weights, packed, and the buffers of a
+/// step over them. A step over each share of a cell's units computes what one step over all
+/// of them does, value for value: each unit's pre-activations are sums over the same `[x h]`
+/// in the same order, and its gates read nothing of other units.
+struct Share<T> {
+    units: Range<usize>,
+    /// The LSTM's and the RNN's `[W_ih^T; W_hh^T]` `[I + H, G*u]`, one product over `[x h]`
+    /// (both products add onto the same pre-activations); the GRU's `W_ih^T` `[I, G*u]`.
+    w_t: PackedB<T>,
+    /// The GRU's `W_hh^T` `[H, G*u]` (whose product stays apart: `r` gates its `n` part).
+    w_hh_t: PackedB<T>,
+    /// The biases' values for these units, when the cell has them.
+    bias: Option<(Vec<T>, Vec<T>)>,
+    bufs: Buffers<T>,
+}
+
+/// A step's buffers for `u` units of `batch` rows.
+struct Buffers<T> {
+    /// Pre-activations `[batch, G*u]`: input side (or, LSTM and RNN, both sides).
+    xp: Vec<T>,
+    /// The GRU's hidden-side pre-activations `[batch, 3u]`.
+    hp: Vec<T>,
+    /// The GRU kernel's saved values `[batch, 4u]`.
+    saved: Vec<T>,
+    /// These units' `c` (LSTM) or `h` (GRU) before the step `[batch, u]`.
+    prev: Vec<T>,
+    /// These units' `h` (and `c`) after the step `[batch, u]` (the RNN's stays in `xp`).
+    h_new: Vec<T>,
+    c_new: Vec<T>,
+}
+
+/// What a step reads, shared by the threads stepping the shares.
+struct Inputs<'a, T> {
+    x: &'a [T],
+    h: &'a [T],
+    c: &'a [T],
+    /// `[x h]` (LSTM, RNN) or empty (GRU).
+    xh: &'a [T],
+    order: Sweep,
+}
 
 impl<T: Float> InferenceStep<T> {
     /// Buffers for steps of `batch` rows of a `kind` cell with `input` features and `hidden`
@@ -80,18 +121,14 @@ impl<T: Float> InferenceStep<T> {
                 format!("sizes must be positive (input {input}, hidden {hidden}, batch {batch})"),
             ));
         }
-        let gh = kind.gates() * hidden;
         Ok(InferenceStep {
             kind,
             input,
             hidden,
             batch,
-            xp: vec![T::ZERO; batch * gh],
-            hp: vec![T::ZERO; batch * gh],
-            saved: vec![T::ZERO; batch * 4 * hidden],
-            h_new: vec![T::ZERO; batch * hidden],
-            c_new: vec![T::ZERO; batch * hidden],
+            bufs: Buffers::new(kind, batch, hidden),
             packed: None,
+            helper: None,
         })
     }
 
@@ -109,18 +146,24 @@ impl<T: Float> InferenceStep<T> {
     ) -> Result<()> {
         self.check_weights("InferenceStep::step", w_ih, w_hh, bias)?;
         self.check_state("InferenceStep::step", x, h, c)?;
-        let (i, hd, b) = (self.input, self.hidden, self.batch);
-        let gh = self.kind.gates() * hd;
-        self.advance(bias, x, h, c, |(x, h, xp, hp)| {
-            gemm_nt_acc(b, gh, i, x, w_ih, xp);
-            gemm_nt_acc(b, gh, hd, h, w_hh, hp.unwrap_or(xp));
-        });
+        let (kind, i, hd, b) = (self.kind, self.input, self.hidden, self.batch);
+        let gh = kind.gates() * hd;
+        let all = 0..hd;
+        self.bufs
+            .advance(kind, all.clone(), hd, bias, h, c, |xp, hp| {
+                gemm_nt_acc(b, gh, i, x, w_ih, xp);
+                gemm_nt_acc(b, gh, hd, h, w_hh, hp.unwrap_or(xp));
+            });
+        self.bufs.store(kind, all, hd, h, c);
         Ok(())
     }
 
     /// Packs the weights (PyTorch's layout, as for [`InferenceStep::step`]) for
     /// [`InferenceStep::step_packed`]; call it again whenever they change. Fails, keeping the
     /// previous packing, if a slice has the wrong length.
+    ///
+    /// Weights of 256 KiB or more are packed in two shares of the units, each with its own rows
+    /// of every gate, for [`InferenceStep::with_threads`] to step on two threads.
     pub fn pack_weights(
         &mut self,
         w_ih: &[T],
@@ -129,24 +172,31 @@ impl<T: Float> InferenceStep<T> {
     ) -> Result<()> {
         self.check_weights("InferenceStep::pack_weights", w_ih, w_hh, bias)?;
         let (i, hd) = (self.input, self.hidden);
-        let gh = self.kind.gates() * hd;
+        let bytes = (i + hd) * self.kind.gates() * hd * std::mem::size_of::<T>();
+        // Two shares of whole SIMD vectors of units where there are enough.
+        let cut = (hd / 2).next_multiple_of(T::LANES);
+        let split = bytes >= SPLIT_BYTES && cut < hd;
+        self.pack_shares(w_ih, w_hh, bias, if split { cut } else { hd });
+        Ok(())
+    }
+
+    /// Packs units `..cut` in one share and `cut..` (if any) in another.
+    fn pack_shares(&mut self, w_ih: &[T], w_hh: &[T], bias: Option<(&[T], &[T])>, cut: usize) {
+        let (kind, i, hd, b) = (self.kind, self.input, self.hidden, self.batch);
         let mut p = self.packed.take().unwrap_or_else(|| Packed {
-            w_t: PackedB::new(),
-            w_hh_t: PackedB::new(),
-            bias: None,
+            shares: Vec::new(),
             order: Sweep::Ascending,
             xh: Vec::new(),
         });
-        if self.kind == CellKind::Gru {
-            p.w_t.pack_transposed(w_ih, gh, i);
-            p.w_hh_t.pack_transposed(w_hh, gh, hd);
-        } else {
-            p.w_t.pack_transposed_stacked(&[(w_ih, i), (w_hh, hd)], gh);
-            p.xh.resize(self.batch * (i + hd), T::ZERO);
+        let ranges = [0..cut, cut..hd];
+        let ranges = ranges.iter().filter(|r| !r.is_empty());
+        p.shares = ranges
+            .map(|units| Share::pack(kind, i, hd, b, units.clone(), w_ih, w_hh, bias))
+            .collect();
+        if kind != CellKind::Gru {
+            p.xh.resize(b * (i + hd), T::ZERO);
         }
-        p.bias = bias.map(|(b_ih, b_hh)| (b_ih.to_vec(), b_hh.to_vec()));
         self.packed = Some(p);
-        Ok(())
     }
 
     /// [`InferenceStep::step`] over the weights given to [`InferenceStep::pack_weights`]. Fails,
@@ -154,51 +204,89 @@ impl<T: Float> InferenceStep<T> {
     pub fn step_packed(&mut self, x: &[T], h: &mut [T], c: &mut [T]) -> Result<()> {
         const OP: &str = "InferenceStep::step_packed";
         self.check_state(OP, x, h, c)?;
-        let Some(mut p) = self.packed.take() else {
+        let Some(p) = self.packed.as_mut() else {
             return Err(crate::Error::invalid(
                 OP,
                 "no packed weights: call pack_weights first",
             ));
         };
-        let (b, i) = (self.batch, self.input);
+        let (kind, i, hd) = (self.kind, self.input, self.hidden);
+        if kind != CellKind::Gru {
+            for ((row, x), h) in
+                p.xh.chunks_exact_mut(i + hd)
+                    .zip(x.chunks_exact(i))
+                    .zip(h.chunks_exact(hd))
+            {
+                row[..i].copy_from_slice(x);
+                row[i..].copy_from_slice(h);
+            }
+        }
         let order = p.order;
-        let bias = p.bias.as_ref().map(|(i, h)| (&i[..], &h[..]));
-        let product = |w: &PackedB<T>, a: &[T], out: &mut [T]| {
-            let mut rows = [Rows {
-                m: b,
-                a,
-                c: out,
-                bias: None,
-            }];
-            gemm_packed_acc_cols(&mut rows, w, 0..w.n(), w.n(), order);
+        let inputs = Inputs {
+            x,
+            h,
+            c,
+            xh: &p.xh,
+            order,
         };
-        self.advance(bias, x, h, c, |(x, h, xp, hp)| match hp {
-            // The GRU's products write apart, so their order changes no value: the second
-            // product of one step is the first of the next.
-            Some(hp) if order == Sweep::Ascending => {
-                product(&p.w_t, x, xp);
-                product(&p.w_hh_t, h, hp);
+        match (&self.helper, &mut p.shares[..]) {
+            (Some(helper), [first, second]) => helper.join(
+                || first.advance(kind, hd, &inputs),
+                || second.advance(kind, hd, &inputs),
+            ),
+            // In turn, in the order of the panels, so that the weights read last by one step
+            // are read first by the next.
+            (_, shares) if order == Sweep::Ascending => {
+                shares.iter_mut().for_each(|s| s.advance(kind, hd, &inputs))
             }
-            Some(hp) => {
-                product(&p.w_hh_t, h, hp);
-                product(&p.w_t, x, xp);
-            }
-            None => {
-                let k = p.w_t.k();
-                for ((row, x), h) in
-                    p.xh.chunks_exact_mut(k)
-                        .zip(x.chunks_exact(i))
-                        .zip(h.chunks_exact(k - i))
-                {
-                    row[..i].copy_from_slice(x);
-                    row[i..].copy_from_slice(h);
-                }
-                product(&p.w_t, &p.xh, xp);
-            }
-        });
+            (_, shares) => shares
+                .iter_mut()
+                .rev()
+                .for_each(|s| s.advance(kind, hd, &inputs)),
+        }
+        for s in &p.shares {
+            s.bufs.store(kind, s.units.clone(), hd, h, c);
+        }
         p.order = order.reversed();
-        self.packed = Some(p);
         Ok(())
+    }
+
+    /// Runs `f` (which steps this cell, say sampling a sequence) with a second thread of the
+    /// current rayon pool stepping one of the two shares of the units that
+    /// [`InferenceStep::pack_weights`] packs large weights in: each thread then reads half of
+    /// the weights, from its own core's cache. The second thread spins between steps for as
+    /// long as `f` runs. With one share, or on a pool of one thread, this is `f(self)`. The
+    /// values are the same either way, bit for bit.
+    ///
+    /// ```
+    /// use recur::nn::{CellKind, InferenceStep};
+    /// let (i, h) = (64, 256);
+    /// let (w_ih, w_hh) = (vec![0.01f32; 4 * h * i], vec![0.01f32; 4 * h * h]);
+    /// let mut step = InferenceStep::new(CellKind::Lstm, i, h, 1)?;
+    /// step.pack_weights(&w_ih, &w_hh, None)?;
+    /// let (x, mut hs, mut cs) = (vec![1.0f32; i], vec![0.0f32; h], vec![0.0f32; h]);
+    /// let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    /// pool.install(|| {
+    ///     step.with_threads(|step| {
+    ///         for _ in 0..10 {
+    ///             step.step_packed(&x, &mut hs, &mut cs)?;
+    ///         }
+    ///         Ok::<(), recur::Error>(())
+    ///     })
+    /// })?;
+    /// assert!(hs.iter().all(|&v| v > 0.0 && v < 1.0));
+    /// # Ok::<(), recur::Error>(())
+    /// ```
+    pub fn with_threads<R: Send>(&mut self, f: impl FnOnce(&mut Self) -> R + Send) -> R {
+        let two_shares = self.packed.as_ref().is_some_and(|p| p.shares.len() == 2);
+        if !two_shares || rayon::current_num_threads() < 2 || self.helper.is_some() {
+            return f(self);
+        }
+        let helper = Arc::new(Helper::new());
+        self.helper = Some(Arc::clone(&helper));
+        let r = serve_during(&helper, || f(self));
+        self.helper = None;
+        r
     }
 
     fn check_weights(
@@ -236,46 +324,173 @@ impl<T: Float> InferenceStep<T> {
             ],
         )
     }
+}
 
-    /// The step itself, with the two products done by `products` ([`Products`]).
+impl<T: Float> Share<T> {
+    /// Packs units `units` of every gate of weights in PyTorch's layout.
+    #[allow(clippy::too_many_arguments)]
+    fn pack(
+        kind: CellKind,
+        input: usize,
+        hidden: usize,
+        batch: usize,
+        units: Range<usize>,
+        w_ih: &[T],
+        w_hh: &[T],
+        bias: Option<(&[T], &[T])>,
+    ) -> Self {
+        let gu = kind.gates() * units.len();
+        // The rows of `w` (`[G*H, k]`) of these units, gate by gate.
+        let rows = |w: &[T], k: usize| -> Vec<T> {
+            let cols = units.start * k..units.end * k;
+            w.chunks_exact(hidden * k)
+                .flat_map(|gate| &gate[cols.clone()])
+                .copied()
+                .collect()
+        };
+        let (mut w_t, mut w_hh_t) = (PackedB::new(), PackedB::new());
+        let (ih, hh) = (rows(w_ih, input), rows(w_hh, hidden));
+        if kind == CellKind::Gru {
+            w_t.pack_transposed(&ih, gu, input);
+            w_hh_t.pack_transposed(&hh, gu, hidden);
+        } else {
+            w_t.pack_transposed_stacked(&[(&ih, input), (&hh, hidden)], gu);
+        }
+        Share {
+            bias: bias.map(|(b_ih, b_hh)| (rows(b_ih, 1), rows(b_hh, 1))),
+            bufs: Buffers::new(kind, batch, units.len()),
+            units,
+            w_t,
+            w_hh_t,
+        }
+    }
+
+    /// This share's part of a step, into its buffers.
+    fn advance(&mut self, kind: CellKind, hidden: usize, inp: &Inputs<'_, T>) {
+        let bias = self.bias.as_ref().map(|(i, h)| (&i[..], &h[..]));
+        let (w_t, w_hh_t, order) = (&self.w_t, &self.w_hh_t, inp.order);
+        let product = |w: &PackedB<T>, a: &[T], out: &mut [T]| {
+            let mut rows = [Rows {
+                m: a.len() / w.k(),
+                a,
+                c: out,
+                bias: None,
+            }];
+            gemm_packed_acc_cols(&mut rows, w, 0..w.n(), w.n(), order);
+        };
+        let (x, h) = (inp.x, inp.h);
+        self.bufs.advance(
+            kind,
+            self.units.clone(),
+            hidden,
+            bias,
+            h,
+            inp.c,
+            |xp, hp| {
+                match hp {
+                    // The GRU's products write apart, so their order changes no value: the
+                    // second product of one step is the first of the next.
+                    Some(hp) if order == Sweep::Ascending => {
+                        product(w_t, x, xp);
+                        product(w_hh_t, h, hp);
+                    }
+                    Some(hp) => {
+                        product(w_hh_t, h, hp);
+                        product(w_t, x, xp);
+                    }
+                    None => product(w_t, inp.xh, xp),
+                }
+            },
+        );
+    }
+}
+
+impl<T: Float> Buffers<T> {
+    fn new(kind: CellKind, batch: usize, units: usize) -> Self {
+        let gu = batch * kind.gates() * units;
+        let bu = batch * units;
+        let (gru, lstm) = (kind == CellKind::Gru, kind == CellKind::Lstm);
+        let zeros = |n: usize, keep: bool| vec![T::ZERO; if keep { n } else { 0 }];
+        Buffers {
+            xp: zeros(gu, true),
+            hp: zeros(gu, gru),
+            saved: zeros(4 * bu, gru),
+            prev: zeros(bu, gru || lstm),
+            h_new: zeros(bu, gru || lstm),
+            c_new: zeros(bu, lstm),
+        }
+    }
+
+    /// Units `units` of a step from `h` and `c` (`[batch, hidden]`), with the two products
+    /// done by `products` onto the pre-activations (`xp` and, for the GRU, `hp`, which start
+    /// from the biases): the new values stay here for [`Buffers::store`].
+    #[allow(clippy::too_many_arguments)]
     fn advance(
         &mut self,
+        kind: CellKind,
+        units: Range<usize>,
+        hidden: usize,
         bias: Option<(&[T], &[T])>,
-        x: &[T],
-        h: &mut [T],
-        c: &mut [T],
-        products: impl FnOnce(Products<'_, T>),
+        h: &[T],
+        c: &[T],
+        products: impl FnOnce(&mut [T], Option<&mut [T]>),
     ) {
-        let hd = self.hidden;
-        init_input_projection(&mut self.xp, bias, self.kind);
-        if self.kind == CellKind::Gru {
-            fill_rows(&mut self.hp, bias.map(|(_, b_hh)| b_hh));
-            products((x, h, &mut self.xp, Some(&mut self.hp)));
-        } else {
-            products((x, h, &mut self.xp, None));
-        }
-        match self.kind {
+        let u = units.len();
+        init_input_projection(&mut self.xp, bias, kind);
+        let gather = |dst: &mut [T], src: &[T]| {
+            for (d, row) in dst.chunks_exact_mut(u).zip(src.chunks_exact(hidden)) {
+                d.copy_from_slice(&row[units.clone()]);
+            }
+        };
+        match kind {
             CellKind::Lstm => {
-                lstm::lstm_forward(&mut self.xp, c, &mut self.c_new, &mut self.h_new, hd);
-                c.copy_from_slice(&self.c_new);
+                products(&mut self.xp, None);
+                gather(&mut self.prev, c);
+                lstm::lstm_forward(
+                    &mut self.xp,
+                    &self.prev,
+                    &mut self.c_new,
+                    &mut self.h_new,
+                    u,
+                );
             }
             CellKind::Gru => {
+                fill_rows(&mut self.hp, bias.map(|(_, b_hh)| b_hh));
+                products(&mut self.xp, Some(&mut self.hp));
+                gather(&mut self.prev, h);
                 gru::gru_forward(
                     &self.xp,
                     None,
                     &self.hp,
-                    h,
+                    &self.prev,
                     &mut self.h_new,
                     &mut self.saved,
-                    hd,
+                    u,
                 );
             }
             CellKind::Rnn(act) => {
+                products(&mut self.xp, None);
                 rnn::rnn_forward(&mut self.xp, act);
-                self.h_new.copy_from_slice(&self.xp);
             }
         }
-        h.copy_from_slice(&self.h_new);
+    }
+
+    /// Writes the new values of units `units` into `h` (and `c`).
+    fn store(&self, kind: CellKind, units: Range<usize>, hidden: usize, h: &mut [T], c: &mut [T]) {
+        let u = units.len();
+        let scatter = |dst: &mut [T], src: &[T]| {
+            for (row, s) in dst.chunks_exact_mut(hidden).zip(src.chunks_exact(u)) {
+                row[units.clone()].copy_from_slice(s);
+            }
+        };
+        match kind {
+            CellKind::Lstm => {
+                scatter(h, &self.h_new);
+                scatter(c, &self.c_new);
+            }
+            CellKind::Gru => scatter(h, &self.h_new),
+            CellKind::Rnn(_) => scatter(h, &self.xp),
+        }
     }
 }
 
@@ -290,4 +505,123 @@ fn check_lengths(op: &'static str, checks: &[(&str, usize, usize)]) -> Result<()
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Rng;
+    use crate::nn::Activation;
+
+    const KINDS: [CellKind; 3] = [
+        CellKind::Lstm,
+        CellKind::Gru,
+        CellKind::Rnn(Activation::Tanh),
+    ];
+
+    fn uniform(n: usize, scale: f64, rng: &mut Rng) -> Vec<f32> {
+        (0..n)
+            .map(|_| rng.uniform_range(-scale, scale) as f32)
+            .collect()
+    }
+
+    /// Random weights and biases of a cell, and the inputs of `steps` steps.
+    struct Case {
+        w_ih: Vec<f32>,
+        w_hh: Vec<f32>,
+        b: (Vec<f32>, Vec<f32>),
+        xs: Vec<Vec<f32>>,
+    }
+
+    fn case(kind: CellKind, i: usize, h: usize, batch: usize, steps: usize) -> Case {
+        let mut rng = Rng::new(11);
+        let gh = kind.gates() * h;
+        let s = 1.0 / (h as f64).sqrt();
+        Case {
+            w_ih: uniform(gh * i, s, &mut rng),
+            w_hh: uniform(gh * h, s, &mut rng),
+            b: (uniform(gh, s, &mut rng), uniform(gh, s, &mut rng)),
+            xs: (0..steps)
+                .map(|_| uniform(batch * i, 1.0, &mut rng))
+                .collect(),
+        }
+    }
+
+    /// `h` and `c` after every step, packed with the units cut at `cut`, stepped inside
+    /// `with_threads` on a pool of `threads`.
+    fn run(
+        kind: CellKind,
+        (i, h, batch): (usize, usize, usize),
+        c: &Case,
+        bias: bool,
+        cut: usize,
+        threads: usize,
+    ) -> Vec<Vec<f32>> {
+        let mut step = InferenceStep::new(kind, i, h, batch).unwrap();
+        let b = bias.then_some((&c.b.0[..], &c.b.1[..]));
+        step.pack_shares(&c.w_ih, &c.w_hh, b, cut);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let (mut hs, mut cs) = (vec![0.1f32; batch * h], vec![-0.2f32; batch * h]);
+        pool.install(|| {
+            step.with_threads(|step| {
+                c.xs.iter()
+                    .map(|x| {
+                        step.step_packed(x, &mut hs, &mut cs).unwrap();
+                        [&hs[..], &cs[..]].concat()
+                    })
+                    .collect()
+            })
+        })
+    }
+
+    #[test]
+    fn shares_of_the_units_step_as_one_bit_for_bit_on_one_thread_or_two() {
+        // 37 units cut at 16: a share of whole vectors and one with a tail; batches of one
+        // row (the latency case) and of three.
+        for (kind, bias, batch) in KINDS
+            .into_iter()
+            .flat_map(|k| [(k, true, 1), (k, false, 1), (k, true, 3)])
+        {
+            let dims = (5, 37, batch);
+            let c = case(kind, 5, 37, batch, 6);
+            let whole = run(kind, dims, &c, bias, 37, 1);
+            for threads in [1, 2] {
+                assert_eq!(
+                    run(kind, dims, &c, bias, 16, threads),
+                    whole,
+                    "{kind:?} bias {bias} batch {batch}, {threads} threads"
+                );
+            }
+            // And the unpacked step agrees to rounding.
+            let mut step = InferenceStep::new(kind, 5, 37, batch).unwrap();
+            let (mut hs, mut cs) = (vec![0.1f32; batch * 37], vec![-0.2f32; batch * 37]);
+            for (x, want) in c.xs.iter().zip(&whole) {
+                let b = bias.then_some((&c.b.0[..], &c.b.1[..]));
+                step.step(&c.w_ih, &c.w_hh, b, x, &mut hs, &mut cs).unwrap();
+                for (a, e) in [&hs[..], &cs[..]].concat().iter().zip(want) {
+                    assert!((a - e).abs() < 1e-5, "{kind:?}: {a} vs {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn large_weights_are_packed_in_two_shares_and_small_in_one() {
+        for (kind, h, shares) in [
+            (CellKind::Lstm, 256, 2),
+            (CellKind::Gru, 256, 2),
+            (CellKind::Rnn(Activation::Tanh), 256, 2),
+            (CellKind::Rnn(Activation::Tanh), 128, 1),
+        ] {
+            let c = case(kind, 64, h, 1, 0);
+            let mut step = InferenceStep::new(kind, 64, h, 1).unwrap();
+            step.pack_weights(&c.w_ih, &c.w_hh, None).unwrap();
+            let p = step.packed.as_ref().unwrap();
+            assert_eq!(p.shares.len(), shares, "{kind:?} H={h}");
+            assert_eq!(p.shares.last().unwrap().units.end, h);
+        }
+    }
 }

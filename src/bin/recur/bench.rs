@@ -49,7 +49,9 @@ pub struct BenchArgs {
     /// Untimed warm-up steps before them (at least 3).
     #[arg(long, default_value_t = 3)]
     warmup: usize,
-    /// Time one inference step at batch 1 instead of a training step (prints us_per_step).
+    /// Time one inference step at batch 1 instead of a training step (prints us_per_step);
+    /// on more than one thread, large weights are stepped in two shares of the units at once
+    /// (`InferenceStep::with_threads`).
     #[arg(long = "step-latency")]
     step_latency: bool,
     /// Time matrixmultiply's sgemm on a square N x N x N product instead (one thread; prints
@@ -212,15 +214,18 @@ fn measure<T: Float>(kind: CellKind, a: &BenchArgs) -> recur::Result<String> {
         // Each sample times a batch of steps, so the clock's resolution does not matter.
         let reps = 50;
         let mut times = Vec::new();
-        for k in 0..a.warmup + a.steps.max(20) {
-            let t0 = Instant::now();
-            for _ in 0..reps {
-                step.step_packed(&x, &mut h, &mut c)?;
+        step.with_threads(|step| -> recur::Result<()> {
+            for k in 0..a.warmup + a.steps.max(20) {
+                let t0 = Instant::now();
+                for _ in 0..reps {
+                    step.step_packed(&x, &mut h, &mut c)?;
+                }
+                if k >= a.warmup {
+                    times.push(t0.elapsed().as_secs_f64() / reps as f64);
+                }
             }
-            if k >= a.warmup {
-                times.push(t0.elapsed().as_secs_f64() / reps as f64);
-            }
-        }
+            Ok(())
+        })?;
         std::hint::black_box(&h);
         return Ok(format!("us_per_step={:.3}", median(times) * 1e6));
     }
