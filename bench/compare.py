@@ -92,6 +92,14 @@ def torch_latency_us(torch, cell, h, threads, reps=200):
     return statistics.median(samples) * 1e6
 
 
+def settle():
+    """Lets PyTorch's OpenMP threads go idle before recur runs: after its last parallel region
+    each spins for a while (here up to some milliseconds), and on a machine with two cores one
+    spinning thread slows a recur run on two threads (a B=1 step on two threads right after a
+    two-thread PyTorch step: 2.1 us, after a pause of 20 ms or more: 1.4 to 1.5 us)."""
+    time.sleep(0.1)
+
+
 def recur_run(binary, args):
     res = subprocess.run([binary, "bench"] + args, capture_output=True, text=True)
     if res.returncode != 0:
@@ -186,6 +194,7 @@ def main():
                 for _ in range(a.rounds):
                     if torch:
                         pts.append(torch_step_ms(torch, cell, b, t, i, h, th, a.steps))
+                        settle()
                     rcs.append(recur_step_ms(a.recur, cell, b, t, i, h, th, a.steps))
                     if shape == "large" and th == 1:
                         sgs.append(sgemm_gflops(a.recur))
@@ -226,6 +235,7 @@ def main():
                 for _ in range(a.rounds):
                     if torch:
                         pts.append(torch_latency_us(torch, cell, h, th))
+                        settle()
                     rcs.append(recur_latency_us(a.recur, cell, h, th))
                 rc = statistics.median(rcs)
                 if torch:
