@@ -68,6 +68,8 @@ pub struct Helper {
     job: AtomicPtr<Job>,
     /// Set by [`Helper::stop`]: the helper returns once it holds no job.
     stopped: AtomicBool,
+    /// Set when [`Helper::serve`] starts.
+    serving: AtomicBool,
 }
 
 impl Helper {
@@ -145,6 +147,7 @@ impl Helper {
 
     /// Takes and runs posted jobs until [`Helper::stop`]. Call it on the helper thread.
     pub fn serve(&self) {
+        self.serving.store(true, Ordering::Release);
         let mut idle = 0u32;
         loop {
             match self.state.load(Ordering::Acquire) {
@@ -184,6 +187,12 @@ impl Helper {
                 }
             }
         }
+    }
+
+    /// Whether a thread has started serving this helper (and it has not been stopped): until
+    /// then every join runs both halves on its caller.
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Acquire) && !self.stopped.load(Ordering::Acquire)
     }
 
     /// Tells [`Helper::serve`] to return once it holds no job; later joins run both halves on
@@ -308,6 +317,20 @@ mod tests {
         steps(true, true);
         steps(true, false);
         steps(false, false);
+    }
+
+    #[test]
+    fn serving_from_the_first_look_for_jobs_until_the_stop() {
+        let h = Helper::new();
+        assert!(!h.is_serving());
+        std::thread::scope(|s| {
+            s.spawn(|| h.serve());
+            while !h.is_serving() {
+                std::thread::yield_now();
+            }
+            h.stop();
+            assert!(!h.is_serving());
+        });
     }
 
     #[test]

@@ -3,9 +3,11 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::fused::{fill_rows, init_input_projection};
 use super::recurrent::CellKind;
+use super::split_tuner::SplitTuner;
 use crate::Result;
 use crate::kernels::Sweep;
 use crate::kernels::gemm_nn::{PackedB, Rows, gemm_packed_acc_cols};
@@ -51,6 +53,8 @@ pub struct InferenceStep<T> {
     /// The helper thread that takes one share of each packed step, inside
     /// [`InferenceStep::with_threads`].
     helper: Option<Arc<Helper>>,
+    /// Whether a step with the helper splits its shares between the two threads.
+    tuner: SplitTuner,
 }
 
 /// Fewest bytes of packed weights for which [`InferenceStep::pack_weights`] cuts the units in
@@ -129,6 +133,7 @@ impl<T: Float> InferenceStep<T> {
             bufs: Buffers::new(kind, batch, hidden),
             packed: None,
             helper: None,
+            tuner: SplitTuner::new(),
         })
     }
 
@@ -222,6 +227,17 @@ impl<T: Float> InferenceStep<T> {
             }
         }
         let order = p.order;
+        // With a helper, the tuner says whether this step splits and times it now and then;
+        // until the helper's thread has started, steps split untimed (each join then runs
+        // both shares here), so that a trial does not time a helper still waking up.
+        let helper = self.helper.as_ref().filter(|_| p.shares.len() == 2);
+        let tuned = helper.is_some_and(|h| h.is_serving());
+        let (split, timed) = match helper {
+            Some(_) if tuned => self.tuner.next(),
+            Some(_) => (true, false),
+            None => (false, false),
+        };
+        let started = timed.then(Instant::now);
         let inputs = Inputs {
             x,
             h,
@@ -229,7 +245,7 @@ impl<T: Float> InferenceStep<T> {
             xh: &p.xh,
             order,
         };
-        match (&self.helper, &mut p.shares[..]) {
+        match (helper.filter(|_| split), &mut p.shares[..]) {
             (Some(helper), [first, second]) => helper.join(
                 || first.advance(kind, hd, &inputs),
                 || second.advance(kind, hd, &inputs),
@@ -248,6 +264,9 @@ impl<T: Float> InferenceStep<T> {
             s.bufs.store(kind, s.units.clone(), hd, h, c);
         }
         p.order = order.reversed();
+        if tuned {
+            self.tuner.record(started.map(|t| t.elapsed()));
+        }
         Ok(())
     }
 
@@ -257,6 +276,11 @@ impl<T: Float> InferenceStep<T> {
     /// the weights, from its own core's cache. The second thread spins between steps for as
     /// long as `f` runs. With one share, or on a pool of one thread, this is `f(self)`. The
     /// values are the same either way, bit for bit.
+    ///
+    /// How much the second thread saves depends on how fast the two cores hand data to each
+    /// other, which on a shared virtual machine changes from minute to minute: now and then (at
+    /// steps 48, 240 and 1200, then every 4096 steps) a few steps run both ways, timed, and
+    /// the faster way is kept until the next such trial.
     ///
     /// ```
     /// use recur::nn::{CellKind, InferenceStep};
@@ -284,6 +308,8 @@ impl<T: Float> InferenceStep<T> {
         }
         let helper = Arc::new(Helper::new());
         self.helper = Some(Arc::clone(&helper));
+        // The cores may not be those of the last time: try both ways again first.
+        self.tuner = SplitTuner::new();
         let r = serve_during(&helper, || f(self));
         self.helper = None;
         r
@@ -567,6 +593,10 @@ mod tests {
         let (mut hs, mut cs) = (vec![0.1f32; batch * h], vec![-0.2f32; batch * h]);
         pool.install(|| {
             step.with_threads(|step| {
+                // The helper's thread up first, so that the steps do split.
+                while step.helper.as_ref().is_some_and(|h| !h.is_serving()) {
+                    std::thread::yield_now();
+                }
                 c.xs.iter()
                     .map(|x| {
                         step.step_packed(x, &mut hs, &mut cs).unwrap();
@@ -586,7 +616,9 @@ mod tests {
             .flat_map(|k| [(k, true, 1), (k, false, 1), (k, true, 3)])
         {
             let dims = (5, 37, batch);
-            let c = case(kind, 5, 37, batch, 6);
+            // On two threads every one of these steps splits: the tuner's first trial of one
+            // thread against two comes at step 48.
+            let c = case(kind, 5, 37, batch, 20);
             let whole = run(kind, dims, &c, bias, 37, 1);
             for threads in [1, 2] {
                 assert_eq!(

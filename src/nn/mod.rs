@@ -11,6 +11,7 @@ pub mod loss;
 pub mod parity;
 mod recurrent;
 pub(crate) mod reference;
+mod split_tuner;
 mod state_dict;
 
 pub use crate::kernels::rnn::Activation;
