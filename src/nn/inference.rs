@@ -278,9 +278,9 @@ impl<T: Float> InferenceStep<T> {
     /// values are the same either way, bit for bit.
     ///
     /// How much the second thread saves depends on how fast the two cores hand data to each
-    /// other, which on a shared virtual machine changes from minute to minute: now and then (at
-    /// steps 48, 240 and 1200, then every 4096 steps) a few steps run both ways, timed, and
-    /// the faster way is kept until the next such trial.
+    /// other, which on a shared virtual machine changes from minute to minute: now and then
+    /// (the last 16 of the first 64 steps, then of periods of 256, 1024 and then 4096 steps)
+    /// steps run both ways, timed, and the faster way is kept until the next such trial.
     ///
     /// ```
     /// use recur::nn::{CellKind, InferenceStep};
