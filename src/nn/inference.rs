@@ -463,32 +463,22 @@ impl<T: Float> Buffers<T> {
     ) {
         let u = units.len();
         init_input_projection(&mut self.xp, bias, kind);
-        let gather = |dst: &mut [T], src: &[T]| {
-            for (d, row) in dst.chunks_exact_mut(u).zip(src.chunks_exact(hidden)) {
-                d.copy_from_slice(&row[units.clone()]);
-            }
-        };
+        let gather = |dst, src| columns(dst, src, units.clone(), hidden);
         match kind {
             CellKind::Lstm => {
                 products(&mut self.xp, None);
-                gather(&mut self.prev, c);
-                lstm::lstm_forward(
-                    &mut self.xp,
-                    &self.prev,
-                    &mut self.c_new,
-                    &mut self.h_new,
-                    u,
-                );
+                let c_prev = gather(&mut self.prev, c);
+                lstm::lstm_forward(&mut self.xp, c_prev, &mut self.c_new, &mut self.h_new, u);
             }
             CellKind::Gru => {
                 fill_rows(&mut self.hp, bias.map(|(_, b_hh)| b_hh));
                 products(&mut self.xp, Some(&mut self.hp));
-                gather(&mut self.prev, h);
+                let h_prev = gather(&mut self.prev, h);
                 gru::gru_forward(
                     &self.xp,
                     None,
                     &self.hp,
-                    &self.prev,
+                    h_prev,
                     &mut self.h_new,
                     &mut self.saved,
                     u,
@@ -518,6 +508,26 @@ impl<T: Float> Buffers<T> {
             CellKind::Rnn(_) => scatter(h, &self.xp),
         }
     }
+}
+
+/// Columns `units` of the rows of `src` (`[rows, hidden]`), copied into `dst`; `src` itself when
+/// they are all of its columns.
+fn columns<'a, T: Copy>(
+    dst: &'a mut [T],
+    src: &'a [T],
+    units: Range<usize>,
+    hidden: usize,
+) -> &'a [T] {
+    if units.len() == hidden {
+        return src;
+    }
+    for (d, row) in dst
+        .chunks_exact_mut(units.len())
+        .zip(src.chunks_exact(hidden))
+    {
+        d.copy_from_slice(&row[units.clone()]);
+    }
+    dst
 }
 
 /// Fails naming the first `(name, got, want)` whose lengths differ.
