@@ -1,6 +1,7 @@
 //! One step of a cell at a time, outside the tape: for sampling from a trained model one symbol
 //! at a time.
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
@@ -130,7 +131,7 @@ impl<T: Float> InferenceStep<T> {
             input,
             hidden,
             batch,
-            bufs: Buffers::new(kind, batch, hidden),
+            bufs: Buffers::new(kind, batch, 0..hidden, hidden),
             packed: None,
             helper: None,
             tuner: SplitTuner::new(),
@@ -355,19 +356,22 @@ impl<T: Float> InferenceStep<T> {
 impl<T: Float> Share<T> {
     /// Packs units `units` of every gate of weights in PyTorch's layout.
     #[allow(clippy::too_many_arguments)]
-    fn pack(
+    fn pack<'a>(
         kind: CellKind,
         input: usize,
         hidden: usize,
         batch: usize,
         units: Range<usize>,
-        w_ih: &[T],
-        w_hh: &[T],
-        bias: Option<(&[T], &[T])>,
+        w_ih: &'a [T],
+        w_hh: &'a [T],
+        bias: Option<(&'a [T], &'a [T])>,
     ) -> Self {
         let gu = kind.gates() * units.len();
-        // The rows of `w` (`[G*H, k]`) of these units, gate by gate.
-        let rows = |w: &[T], k: usize| -> Vec<T> {
+        // The rows of `w` (`[G*H, k]`) of these units, gate by gate: all of `w` for all units.
+        let rows = |w: &'a [T], k: usize| -> Cow<'a, [T]> {
+            if units.len() == hidden {
+                return Cow::Borrowed(w);
+            }
             let cols = units.start * k..units.end * k;
             w.chunks_exact(hidden * k)
                 .flat_map(|gate| &gate[cols.clone()])
@@ -383,8 +387,8 @@ impl<T: Float> Share<T> {
             w_t.pack_transposed_stacked(&[(&ih, input), (&hh, hidden)], gu);
         }
         Share {
-            bias: bias.map(|(b_ih, b_hh)| (rows(b_ih, 1), rows(b_hh, 1))),
-            bufs: Buffers::new(kind, batch, units.len()),
+            bias: bias.map(|(b_ih, b_hh)| (rows(b_ih, 1).into_owned(), rows(b_hh, 1).into_owned())),
+            bufs: Buffers::new(kind, batch, units.clone(), hidden),
             units,
             w_t,
             w_hh_t,
@@ -432,16 +436,19 @@ impl<T: Float> Share<T> {
 }
 
 impl<T: Float> Buffers<T> {
-    fn new(kind: CellKind, batch: usize, units: usize) -> Self {
-        let gu = batch * kind.gates() * units;
-        let bu = batch * units;
+    /// Buffers for units `units` of `hidden`: the state before the step needs a buffer of its
+    /// own only for a part of the units ([`columns`]).
+    fn new(kind: CellKind, batch: usize, units: Range<usize>, hidden: usize) -> Self {
+        let gu = batch * kind.gates() * units.len();
+        let bu = batch * units.len();
+        let part = units.len() < hidden;
         let (gru, lstm) = (kind == CellKind::Gru, kind == CellKind::Lstm);
         let zeros = |n: usize, keep: bool| vec![T::ZERO; if keep { n } else { 0 }];
         Buffers {
             xp: zeros(gu, true),
             hp: zeros(gu, gru),
             saved: zeros(4 * bu, gru),
-            prev: zeros(bu, gru || lstm),
+            prev: zeros(bu, part && (gru || lstm)),
             h_new: zeros(bu, gru || lstm),
             c_new: zeros(bu, lstm),
         }
