@@ -51,7 +51,7 @@ pub struct BenchArgs {
     warmup: usize,
     /// Time one inference step at batch 1 instead of a training step (prints us_per_step);
     /// on more than one thread, large weights are stepped in two shares of the units at once
-    /// (`InferenceStep::with_threads`).
+    /// while that is faster than one thread (`InferenceStep::with_threads`).
     #[arg(long = "step-latency")]
     step_latency: bool,
     /// Time matrixmultiply's sgemm on a square N x N x N product instead (one thread; prints
