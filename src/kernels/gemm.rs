@@ -3,11 +3,8 @@
 //! `C = alpha * op(A) op(B) + beta * C` where `op(X)` is `X` or `X^T`. A transposed operand is
 //! the same buffer read with swapped strides, so no copy is made.
 //!
-//! A product may also run on two threads split by columns of `C` ([`sgemm_cols_join`]): each
-//! side writes its own columns of every row, so neither needs `C` whole, and each reads only its
-//! columns of `B`. matrixmultiply computes every value of `C` from its row of `A` and its column
-//! of `B` alone, blocked over `k` the same way whatever the columns around it, so the split
-//! product's values are the whole product's, bit for bit (tested below).
+//! The fused layers' products over all time steps run on [`super::gemm_nn`]'s kernel instead;
+//! these serve the tape's general ops (`matmul`, `Linear`, the unfused cells).
 
 /// Shape and transposition of one product: `op(A)` is `m x k`, `op(B)` is `k x n`, `C` is `m x n`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,32 +47,10 @@ impl GemmShape {
     }
 }
 
-/// A raw pointer that may cross to the other side of a `rayon::join`.
-#[derive(Clone, Copy)]
-struct SendPtr<P>(P);
-// SAFETY: only the column-split products below send these pointers, to the two sides of a
-// join, which read `A` and `B` (shared, never written) and write disjoint columns of `C`.
-unsafe impl<P> Send for SendPtr<P> {}
-// SAFETY: as above.
-unsafe impl<P> Sync for SendPtr<P> {}
-
-/// Runs `a` here and `b` beside it on rayon's pool; under Miri, whose aliasing checks rayon's
-/// work-stealing deques (crossbeam-epoch) do not pass, on a plain second thread, so that Miri
-/// still checks the two sides' accesses against each other.
-fn join_halves(a: impl FnOnce() + Send, b: impl FnOnce() + Send) {
-    #[cfg(not(miri))]
-    rayon::join(a, b);
-    #[cfg(miri)]
-    std::thread::scope(|s| {
-        s.spawn(b);
-        a();
-    });
-}
-
 /// Safe wrappers around one of matrixmultiply's products (`sgemm`, `dgemm`) for contiguous
-/// row-major slices: `$name` on the calling thread, `$split` on two threads split by columns.
+/// row-major slices.
 macro_rules! gemm_wrapper {
-    ($(#[$doc:meta])* $name:ident, $(#[$sdoc:meta])* $split:ident, $t:ty, $mm:path) => {
+    ($(#[$doc:meta])* $name:ident, $t:ty, $mm:path) => {
         $(#[$doc])*
         pub fn $name(s: GemmShape, alpha: $t, a: &[$t], b: &[$t], beta: $t, c: &mut [$t]) {
             s.check(a.len(), b.len(), c.len());
@@ -107,62 +82,6 @@ macro_rules! gemm_wrapper {
                 );
             }
         }
-
-        $(#[$sdoc])*
-        pub fn $split(
-            s: GemmShape,
-            alpha: $t,
-            a: &[$t],
-            b: &[$t],
-            beta: $t,
-            c: &mut [$t],
-            split: usize,
-        ) {
-            s.check(a.len(), b.len(), c.len());
-            assert!(split <= s.n, "gemm: split {split} past the {} columns", s.n);
-            if s.m == 0 || s.n == 0 {
-                return;
-            }
-            let (rsa, csa) = s.strides_a();
-            let (rsb, csb) = s.strides_b();
-            let (a_ptr, b_ptr, c_ptr) = (
-                SendPtr(a.as_ptr()),
-                SendPtr(b.as_ptr()),
-                SendPtr(c.as_mut_ptr()),
-            );
-            // Columns `j0..j1` of C: op(B)'s columns from the j0-th, C's rows `n` apart.
-            let cols = |j0: usize, j1: usize| {
-                if j0 == j1 {
-                    return;
-                }
-                let (a_ptr, b_ptr, c_ptr) = (a_ptr, b_ptr, c_ptr);
-                // SAFETY: as in the whole product: `check` proved the buffers hold what the
-                // strides address, and a block of columns `j0..j1` (j1 <= n) addresses a subset
-                // of it (B's indices i*rsb + j*csb and C's i*n + j for j0 <= j < j1). `a` and `b`
-                // are only read, on both sides; the two sides write C's columns below and from
-                // `split` respectively, disjoint elements of the uniquely borrowed `c`, which
-                // both calls finish with before `join` returns.
-                unsafe {
-                    $mm(
-                        s.m,
-                        s.k,
-                        j1 - j0,
-                        alpha,
-                        a_ptr.0,
-                        rsa,
-                        csa,
-                        b_ptr.0.offset(j0 as isize * csb),
-                        rsb,
-                        csb,
-                        beta,
-                        c_ptr.0.add(j0),
-                        s.n as isize,
-                        1,
-                    );
-                }
-            };
-            join_halves(|| cols(0, split), || cols(split, s.n));
-        }
     };
 }
 
@@ -171,18 +90,12 @@ gemm_wrapper!(
     /// needs (callers validate shapes first; this is the last line of defence before raw
     /// pointers).
     sgemm,
-    /// [`sgemm`] on the two sides of a `rayon::join`: one computes the columns of `C` below
-    /// `split`, the other the rest. The values are [`sgemm`]'s (see the module's notes).
-    /// Panics as [`sgemm`] does, or if `split > n`.
-    sgemm_cols_join,
     f32,
     matrixmultiply::sgemm
 );
 gemm_wrapper!(
     /// `C = alpha * op(A) op(B) + beta * C` in f64; see [`sgemm`].
     dgemm,
-    /// [`dgemm`] split by columns between two threads; see [`sgemm_cols_join`].
-    dgemm_cols_join,
     f64,
     matrixmultiply::dgemm
 );
@@ -243,50 +156,6 @@ mod tests {
                 f(s, &a, &b, &c0);
             }
         }
-    }
-
-    #[test]
-    fn a_product_split_by_columns_equals_the_whole_bit_for_bit() {
-        let mut seed = 11;
-        // k past matrixmultiply's blocks over k, splits on and off its panels' edges (under
-        // Miri, small sizes only).
-        let cases: &[((usize, usize, usize), usize)] = if cfg!(miri) {
-            &[((5, 3, 7), 3), ((3, 2, 4), 0)]
-        } else {
-            &[
-                ((5, 3, 7), 3),
-                ((37, 300, 70), 16),
-                ((64, 40, 96), 48),
-                ((9, 9, 9), 0),
-            ]
-        };
-        for &(shape, split) in cases {
-            each_transposition(shape, &mut seed, |s, a, b, c0| {
-                let (mut whole, mut halves) = (c0.to_vec(), c0.to_vec());
-                dgemm(s, 0.7, a, b, 0.3, &mut whole);
-                dgemm_cols_join(s, 0.7, a, b, 0.3, &mut halves, split);
-                assert_eq!(whole, halves, "dgemm {s:?} split at {split}");
-                let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
-                let (af, bf) = (f(a), f(b));
-                let (mut whole, mut halves) = (f(c0), f(c0));
-                sgemm(s, 0.7, &af, &bf, 0.3, &mut whole);
-                sgemm_cols_join(s, 0.7, &af, &bf, 0.3, &mut halves, split);
-                assert_eq!(whole, halves, "sgemm {s:?} split at {split}");
-            });
-        }
-    }
-
-    #[test]
-    #[should_panic(expected = "split 8 past the 7 columns")]
-    fn a_split_past_the_last_column_is_refused() {
-        let s = GemmShape {
-            m: 2,
-            k: 2,
-            n: 7,
-            trans_a: false,
-            trans_b: false,
-        };
-        sgemm_cols_join(s, 1.0, &[0.0; 4], &[0.0; 14], 0.0, &mut [0.0; 14], 8);
     }
 
     #[test]

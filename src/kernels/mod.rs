@@ -5,8 +5,9 @@
 //!
 //! - [`simd`]: the [`SimdFloat`] trait, vectorised `exp`, `sigmoid`, `tanh` (`f32x16`, `f64x8`).
 //! - [`aligned`]: buffers whose values start on a cache line, for the streamed weights.
-//! - [`gemm`]: large products over matrixmultiply (all timesteps at once).
-//! - [`gemm_nn`]: the per-timestep recurrent product over a weight packed once per sequence.
+//! - [`gemm`]: products over matrixmultiply, for the tape's general ops.
+//! - [`gemm_nn`]: products against a packed operand: the per-timestep recurrent product over a
+//!   weight packed once per sequence, and the fused layers' products over all time steps.
 //! - [`gemv`]: the same product for a batch of one row, over `W_hh` as stored (no packing).
 //! - [`gemm_nt`]: the same product over a weight as stored (for single inference steps).
 //! - [`sweep`]: the order a per-step product walks its weight in (alternated to reuse L2).

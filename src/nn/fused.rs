@@ -46,9 +46,11 @@ use rayon::prelude::*;
 
 use super::recurrent::{CellKind, DirectionOutput, DirectionRun};
 use crate::Result;
-use crate::kernels::GemmShape;
 use crate::kernels::Sweep;
-use crate::kernels::gemm_nn::{PackedB, Rows, STREAMED_BYTES, gemm_packed_acc_cols, panel};
+use crate::kernels::gemm_nn::{
+    AStorage, PackedB, Rows, STREAMED_BYTES, gemm_packed_acc, gemm_packed_acc_cols,
+    gemm_packed_acc_rows, panel,
+};
 use crate::kernels::gemm_nt::gemm_nt_acc;
 use crate::kernels::gemv::{AlignedMatrix, gemv_cols_acc, gemv_rows_acc};
 use crate::kernels::handoff::{Helper, with_helper};
@@ -119,6 +121,13 @@ pub(crate) fn run<T: Float>(
                 ),
             ))
         },
+        // W_ih^T packed in forward (the input projection), W_ih in backward (dX): room for both.
+        w_ih: PackedB::from_buffer(
+            ws.scratch(
+                PackedB::<T>::packed_len(in_size, gates_h)
+                    .max(PackedB::<T>::packed_len(gates_h, in_size)),
+            ),
+        ),
         cfg,
     };
     let mut scratch: Vec<ForwardScratch<T>> = node
@@ -322,6 +331,10 @@ struct BackwardScratch<T> {
     dw_hh: Vec<T>,
     db_ih: Vec<T>,
     db_hh: Vec<T>,
+    /// The shard's `X` `[T n, I]` and `h_{t-1}` `[T n, H]` packed for the weight gradients
+    /// `dG^T X` and `dG^T H`.
+    x_packed: PackedB<T>,
+    h_packed: PackedB<T>,
 }
 
 impl<T: Float> BackwardScratch<T> {
@@ -343,13 +356,30 @@ impl<T: Float> BackwardScratch<T> {
             dw_hh: ws.scratch(size(want.w_hh, gh * h)),
             db_ih: ws.scratch(size(want.b_ih, gh)),
             db_hh: ws.scratch(size(want.b_hh, gh)),
+            x_packed: PackedB::from_buffer(
+                ws.scratch(size(want.w_ih, PackedB::<T>::packed_len(tl * n, i))),
+            ),
+            h_packed: PackedB::from_buffer(
+                ws.scratch(size(want.w_hh, PackedB::<T>::packed_len(tl * n, h))),
+            ),
         }
     }
 
     fn give(self, ws: &mut Workspace<'_, T>) {
         let bufs = [
-            self.dh, self.dc, self.dg, self.dhp, self.dh_t, self.keep, self.dx, self.dw_ih,
-            self.dw_hh, self.db_ih, self.db_hh,
+            self.dh,
+            self.dc,
+            self.dg,
+            self.dhp,
+            self.dh_t,
+            self.keep,
+            self.dx,
+            self.dw_ih,
+            self.dw_hh,
+            self.db_ih,
+            self.db_hh,
+            self.x_packed.into_buffer(),
+            self.h_packed.into_buffer(),
         ];
         for v in bufs {
             ws.give(v);
@@ -363,6 +393,9 @@ struct FusedDirection<T> {
     shards: Vec<Shard<T>>,
     /// The recurrent weight as each step's product reads it.
     w_hh: RecurrentWeight<T>,
+    /// `W_ih` packed for the products over all time steps: `W_ih^T` in forward, `W_ih` in
+    /// backward.
+    w_ih: PackedB<T>,
 }
 
 /// `W_hh` `[G*H, H]` as the per-step products read it.
@@ -445,6 +478,9 @@ const H0: usize = 1;
 /// The weights, as slices.
 struct Weights<'a, T> {
     w_ih: &'a [T],
+    /// `W_ih` packed for the products over all time steps (`W_ih^T` in forward, `W_ih` in
+    /// backward), where they use it.
+    w_ih_packed: Option<&'a PackedB<T>>,
     w_hh: &'a [T],
     bias: Option<(&'a [T], &'a [T])>,
 }
@@ -483,15 +519,11 @@ fn read_write<T>(buf: &mut [T], read: usize, write: usize, len: usize) -> (&[T],
 /// Up to this many rows, `X W^T` runs on the small-batch kernel instead of a packing GEMM.
 const SMALL_ROWS: usize = 32;
 
-/// A product split by columns between two threads splits at a multiple of this many columns:
-/// 64 bytes of `f32` (a cache line), two of `f64`.
-const SPLIT_COLS: usize = 16;
-
-/// `xp += X W^T` (with `overwrite`, `=`), for `X` `[m, k]` and `W` `[n, k]`: on the small-batch
-/// kernel up to [`SMALL_ROWS`] rows, else on a GEMM; with `halves` on two threads, the GEMM split
-/// by columns (each side reads half of `W`: a split by rows would have both pack all of it), the
-/// small-batch kernel by rows. Either kernel computes each value of `xp` as in the whole
-/// product, so the split changes how fast, never what, it computes.
+/// `xp += X W^T` (with `overwrite`, `=`), for `X` `[m, k]` and `W` `[n, k]`: up to
+/// [`SMALL_ROWS`] rows on the small-batch kernel over `W` as stored, more against `W^T` packed
+/// (`packed`, required then); with `halves` on two threads, split by rows. The kernel is chosen
+/// by the whole product's rows, and either computes each row of `xp` as in the whole product,
+/// so the split changes how fast, never what, it computes.
 #[allow(clippy::too_many_arguments)]
 fn project<T: Float>(
     m: usize,
@@ -499,33 +531,23 @@ fn project<T: Float>(
     n: usize,
     x: &[T],
     w: &[T],
+    packed: Option<&PackedB<T>>,
     xp: &mut [T],
     overwrite: bool,
     halves: bool,
 ) {
-    if m > SMALL_ROWS {
-        let s = GemmShape {
-            m,
-            k,
-            n,
-            trans_a: false,
-            trans_b: true,
-        };
-        let beta = if overwrite { T::ZERO } else { T::ONE };
-        // Halves on whole cache lines, so the two threads never write the same line of `xp`.
-        let split = n / 2 / SPLIT_COLS * SPLIT_COLS;
-        if halves && split > 0 {
-            T::gemm_cols_join(s, T::ONE, x, w, beta, xp, split);
-        } else {
-            T::gemm(s, T::ONE, x, w, beta, xp);
-        }
-        return;
-    }
+    let packed = (m > SMALL_ROWS).then(|| {
+        packed.expect("project: W^T is packed for a product over more than SMALL_ROWS rows")
+    });
     let rows = |m: usize, x: &[T], xp: &mut [T]| {
+        let xp = &mut xp[..m * n];
         if overwrite {
             xp.fill(T::ZERO);
         }
-        gemm_nt_acc(m, n, k, x, w, xp);
+        match packed {
+            Some(b) => gemm_packed_acc(m, x, b, xp),
+            None => gemm_nt_acc(m, n, k, x, w, xp),
+        }
     };
     if !halves || m < 2 {
         return rows(m, x, xp);
@@ -624,6 +646,7 @@ fn step_product<T: Float>(
         *half = Rows {
             m: g.m,
             a: g.a,
+            storage: g.storage,
             c,
             bias: g.bias,
         };
@@ -724,6 +747,7 @@ impl Config {
         let wi = self.w_ih_index();
         Weights {
             w_ih: inp[wi].data(),
+            w_ih_packed: None,
             w_hh: inp[wi + 1].data(),
             bias: self
                 .has_bias
@@ -843,7 +867,13 @@ impl Config {
                     ),
                 };
                 let bias = (!fs.bias.is_empty()).then_some(&fs.bias[..]);
-                *blk = Rows { m: n, a, c, bias };
+                *blk = Rows {
+                    m: n,
+                    a,
+                    storage: AStorage::RowMajor,
+                    c,
+                    bias,
+                };
             }
             // The weight is read in alternate orders, each step starting where the previous
             // one ended (in cache).
@@ -888,7 +918,17 @@ impl Config {
             CellKind::Gru => &mut fs.xp,
             CellKind::Rnn(_) => &mut sh.ys,
         };
-        project(tl * n, i_sz, gh, xs, w.w_ih, xp, true, halves);
+        project(
+            tl * n,
+            i_sz,
+            gh,
+            xs,
+            w.w_ih,
+            w.w_ih_packed,
+            xp,
+            true,
+            halves,
+        );
         if self.kind != CellKind::Gru {
             // One row of `b_ih + b_hh` (empty without biases).
             init_input_projection(&mut fs.bias, w.bias, self.kind);
@@ -1066,6 +1106,7 @@ impl Config {
                 *blk = Rows {
                     m: n,
                     a: &dg[t * n * gh..(t + 1) * n * gh],
+                    storage: AStorage::RowMajor,
                     c: &mut bs.dh,
                     bias: None,
                 };
@@ -1245,37 +1286,37 @@ impl Config {
         };
         let dg: &[T] = &bs.dg;
         // The three large products are independent: run them side by side (each writes its
-        // own buffer, so the result does not depend on how they are scheduled). With beta = 0
-        // the stale contents of the buffers are never read.
+        // own buffer, so the result does not depend on how they are scheduled). Each weight
+        // gradient reads dG in place as `dG^T` and packs the shard's inputs to the weight.
         let (dx, dw_ih, dw_hh) = (&mut bs.dx, &mut bs.dw_ih, &mut bs.dw_hh);
+        let (x_packed, h_packed) = (&mut bs.x_packed, &mut bs.h_packed);
         let xs = sh.x(x);
         let dx_job = || {
             if want.x {
-                let s = GemmShape {
-                    m: tl * n,
-                    k: gh,
-                    n: i_sz,
-                    trans_a: false,
-                    trans_b: false,
-                };
-                T::gemm(s, T::ONE, dg, w.w_ih, T::ZERO, dx);
+                let w_ih = w
+                    .w_ih_packed
+                    .expect("backward: W_ih is packed when dX is wanted");
+                dx.fill(T::ZERO);
+                gemm_packed_acc(tl * n, dg, w_ih, dx);
             }
         };
-        // A weight's gradient part over `rows` rows of dG and A: dW = beta dW + dG^T A,
-        // `[G*H, cols]`.
-        let weight_grad = |dg: &[T], a: &[T], rows: usize, cols: usize, beta: T, dw: &mut [T]| {
-            let s = GemmShape {
+        // dW = dG^T A, `[G*H, cols]`, with `A` `[rows, cols]` packed in `packed` and `dG`
+        // `[rows, G*H]` read in place.
+        let weight_grad = |dg: &[T], packed: &PackedB<T>, dw: &mut [T]| {
+            dw.fill(T::ZERO);
+            let mut blocks = [Rows {
                 m: gh,
-                k: rows,
-                n: cols,
-                trans_a: true,
-                trans_b: false,
-            };
-            T::gemm(s, T::ONE, dg, a, beta, dw);
+                a: dg,
+                storage: AStorage::ColMajor { ld: gh },
+                c: dw,
+                bias: None,
+            }];
+            gemm_packed_acc_rows(&mut blocks, packed);
         };
         let dw_ih_job = || {
             if want.w_ih {
-                weight_grad(dg, xs, tl * n, i_sz, T::ZERO, dw_ih);
+                x_packed.pack(xs, tl * n, i_sz);
+                weight_grad(dg, x_packed, dw_ih);
             }
         };
         let dw_hh_job = || {
@@ -1283,25 +1324,22 @@ impl Config {
                 return;
             }
             if keep_prev || tl == 0 {
-                weight_grad(dg_h, &sh.h_prev, tl * n, h, T::ZERO, dw_hh);
-            } else {
-                // Step 0 starts from h0; every later step from the previous step's output,
-                // which in time order is the next output (reverse) or the one before.
-                let (dg_0, dg_rest, h_rest) = if self.reverse {
-                    let (rest, first) = dg_h.split_at((tl - 1) * n * gh);
-                    (first, rest, &hs[nh..tl * nh])
-                } else {
-                    let (first, rest) = dg_h.split_at(n * gh);
-                    (first, rest, &hs[..(tl - 1) * nh])
-                };
-                weight_grad(dg_rest, h_rest, (tl - 1) * n, h, T::ZERO, dw_hh);
-                // A zero initial state (the default) adds nothing: skip its pass over dW_hh,
-                // a product with k = n rows (at B = 1 a rank-one update, 0.11 ms of a 3 ms
-                // tiny-batch LSTM step).
-                if h0.iter().any(|&v| v != T::ZERO) {
-                    weight_grad(dg_0, h0, n, h, T::ONE, dw_hh);
-                }
+                h_packed.pack(&sh.h_prev, tl * n, h);
+                return weight_grad(dg_h, h_packed, dw_hh);
             }
+            // Step 0 starts from h0; every later step from the previous step's output, which
+            // in time order is the next output (reverse) or the one before. A zero initial
+            // state (the default) adds nothing: its rows are left out (at B = 1 they were a
+            // rank-one update of 0.11 ms in a 3 ms tiny-batch LSTM step).
+            let with_h0 = h0.iter().any(|&v| v != T::ZERO);
+            let (dg_rows, parts): (&[T], [&[T]; 2]) = match (self.reverse, with_h0) {
+                (false, true) => (dg_h, [h0, &hs[..(tl - 1) * nh]]),
+                (false, false) => (&dg_h[n * gh..], [&hs[..(tl - 1) * nh], &[]]),
+                (true, true) => (dg_h, [&hs[nh..tl * nh], h0]),
+                (true, false) => (&dg_h[..(tl - 1) * n * gh], [&hs[nh..tl * nh], &[]]),
+            };
+            h_packed.pack_stacked(&parts, h);
+            weight_grad(dg_rows, h_packed, dw_hh);
         };
         rayon::join(dx_job, || rayon::join(dw_ih_job, dw_hh_job));
         // The bias gradients were summed step by step (`add_bias_grads`); the LSTM's and the
@@ -1326,6 +1364,19 @@ impl<T: Float> FusedDirection<T> {
         let cfg = &self.cfg;
         let (b, h) = (cfg.batch, cfg.hidden);
         let w = cfg.weights(inp);
+        // W_ih^T packed once for every shard's input projection over more than SMALL_ROWS rows.
+        let w_ih_packed = if self
+            .shards
+            .iter()
+            .any(|sh| cfg.t_len * sh.rows.len() > SMALL_ROWS)
+        {
+            let gh = cfg.kind.gates() * h;
+            self.w_ih.pack_transposed(w.w_ih, gh, cfg.in_size);
+            Some(&self.w_ih)
+        } else {
+            None
+        };
+        let w = Weights { w_ih_packed, ..w };
         let lstm = cfg.kind == CellKind::Lstm;
         let (x, h0) = (inp[X].data(), inp[H0].data());
         let c0 = lstm.then(|| inp[2].data());
@@ -1427,6 +1478,16 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
         } else {
             None
         };
+        // W_ih packed once for every shard's dX = dG W_ih.
+        let w = if want.x {
+            self.w_ih.pack(w.w_ih, gh, i_sz);
+            Weights {
+                w_ih_packed: Some(&self.w_ih),
+                ..w
+            }
+        } else {
+            w
+        };
         let (x, h0, y) = (inp[X].data(), inp[H0].data(), outputs[0].data());
         let mut scratch: Vec<BackwardScratch<T>> = self
             .shards
@@ -1521,5 +1582,6 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
         }
         let w_hh = std::mem::replace(&mut self.w_hh, RecurrentWeight::Packed(PackedB::new()));
         ws.give(w_hh.into_buffer());
+        ws.give(std::mem::take(&mut self.w_ih).into_buffer());
     }
 }

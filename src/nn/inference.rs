@@ -11,7 +11,7 @@ use super::recurrent::CellKind;
 use super::split_tuner::SplitTuner;
 use crate::Result;
 use crate::kernels::Sweep;
-use crate::kernels::gemm_nn::{PackedB, Rows, gemm_packed_acc_cols};
+use crate::kernels::gemm_nn::{AStorage, PackedB, Rows, gemm_packed_acc_cols};
 use crate::kernels::gemm_nt::gemm_nt_acc;
 use crate::kernels::handoff::{Helper, serve_during};
 use crate::kernels::{gru, lstm, rnn};
@@ -403,6 +403,7 @@ impl<T: Float> Share<T> {
             let mut rows = [Rows {
                 m: a.len() / w.k(),
                 a,
+                storage: AStorage::RowMajor,
                 c: out,
                 bias: None,
             }];

@@ -75,17 +75,6 @@ pub trait Float:
         beta: Self,
         c: &mut [Self],
     );
-    /// [`Float::gemm`] on two threads, split at column `split` of `C`, with the same values
-    /// (sgemm_cols_join or dgemm_cols_join).
-    fn gemm_cols_join(
-        s: crate::kernels::GemmShape,
-        alpha: Self,
-        a: &[Self],
-        b: &[Self],
-        beta: Self,
-        c: &mut [Self],
-        split: usize,
-    );
     /// The logistic sigmoid 1 / (1 + e^-x), computed without overflow.
     fn sigmoid(self) -> Self {
         if self >= Self::ZERO {
@@ -98,7 +87,7 @@ pub trait Float:
 }
 
 macro_rules! impl_float {
-    ($t:ty, $name:expr, $gemm:path, $split:path) => {
+    ($t:ty, $name:expr, $gemm:path) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -156,18 +145,6 @@ macro_rules! impl_float {
                 $gemm(s, alpha, a, b, beta, c)
             }
             #[inline(always)]
-            fn gemm_cols_join(
-                s: crate::kernels::GemmShape,
-                alpha: Self,
-                a: &[Self],
-                b: &[Self],
-                beta: Self,
-                c: &mut [Self],
-                split: usize,
-            ) {
-                $split(s, alpha, a, b, beta, c, split)
-            }
-            #[inline(always)]
             fn is_finite(self) -> bool {
                 <$t>::is_finite(self)
             }
@@ -175,15 +152,5 @@ macro_rules! impl_float {
     };
 }
 
-impl_float!(
-    f32,
-    "F32",
-    crate::kernels::gemm::sgemm,
-    crate::kernels::gemm::sgemm_cols_join
-);
-impl_float!(
-    f64,
-    "F64",
-    crate::kernels::gemm::dgemm,
-    crate::kernels::gemm::dgemm_cols_join
-);
+impl_float!(f32, "F32", crate::kernels::gemm::sgemm);
+impl_float!(f64, "F64", crate::kernels::gemm::dgemm);
