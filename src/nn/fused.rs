@@ -15,7 +15,8 @@
 //! word per step. Every value is computed as in the whole product, so the results are still
 //! bit-identical for any number of threads.
 //!
-//! Forward, per shard: one GEMM projects the inputs of all timesteps at once (`Xp = X W_ih^T`);
+//! Forward, per shard: one product projects the inputs of all timesteps at once
+//! (`Xp = X W_ih^T`; over more than 32 rows, against `W_ih^T` packed once per direction);
 //! then per step the recurrent product `h_{t-1} W_hh^T` and the biases are added by a
 //! small-batch kernel over `W_hh^T` packed once per sequence (no allocation per step; a batch
 //! of one row reads an aligned copy of `W_hh` as stored instead, see [`crate::kernels::gemv`],
@@ -27,9 +28,10 @@
 //! saved gates into `dG` (the gradient of the gate pre-activations), the same small-batch
 //! kernel gives `dh_{t-1} = dG W_hh` (over `W_hh`, packed once per backward), and the step's
 //! rows of `dG` join the shard's bias gradients (column sums) while still in cache. After the
-//! loop, large GEMMs over all of the shard's timesteps give its `dX = dG W_ih` and its parts of
-//! `dW_hh = dG^T H_prev` and `dW_ih = dG^T X`; the parts are added into the weight gradients
-//! in shard order.
+//! loop, large products over all of the shard's timesteps give its `dX = dG W_ih` and its parts
+//! of `dW_hh = dG^T H_prev` and `dW_ih = dG^T X` (`X` and `H_prev` packed, `dG` read in place by
+//! columns); the parts are added into the weight gradients in shard order. Every product runs on
+//! the packed kernel of [`crate::kernels::gemm_nn`].
 //!
 //! Each step's state `h_t` is stored once, as the step's output `y_t` (for a single shard, in
 //! the layer's output itself): the next step and the backward read `h_{t-1}` from there. Only
@@ -516,7 +518,8 @@ fn read_write<T>(buf: &mut [T], read: usize, write: usize, len: usize) -> (&[T],
     }
 }
 
-/// Up to this many rows, `X W^T` runs on the small-batch kernel instead of a packing GEMM.
+/// Up to this many rows, `X W^T` runs on the small-batch kernel over `W` as stored instead of
+/// against `W^T` packed.
 const SMALL_ROWS: usize = 32;
 
 /// `xp += X W^T` (with `overwrite`, `=`), for `X` `[m, k]` and `W` `[n, k]`: up to
