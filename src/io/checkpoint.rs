@@ -293,10 +293,10 @@ pub fn load_checkpoint<T: Float>(
         }
     }
     for key in archive.tensors.keys() {
-        if let Some(name) = key.strip_prefix(MODEL) {
-            if store.find(name).is_none() {
-                problems.push(format!("unexpected parameter `{key}` (not in the model)"));
-            }
+        if let Some(name) = key.strip_prefix(MODEL)
+            && store.find(name).is_none()
+        {
+            problems.push(format!("unexpected parameter `{key}` (not in the model)"));
         }
     }
 
@@ -313,10 +313,10 @@ pub fn load_checkpoint<T: Float>(
         }
     }
     for key in archive.tensors.keys() {
-        if let Some(name) = key.strip_prefix(OPTIM) {
-            if !state_names.iter().any(|n| n == name) {
-                problems.push(format!("unexpected optimizer state `{key}`"));
-            }
+        if let Some(name) = key.strip_prefix(OPTIM)
+            && !state_names.iter().any(|n| n == name)
+        {
+            problems.push(format!("unexpected optimizer state `{key}`"));
         }
     }
     let mut scalars = Vec::new();

@@ -214,13 +214,26 @@ impl<T: SimdFloat> PackedB<T> {
                 "PackedB::pack_transposed: buffer too small"
             );
         }
-        let p = panel::<T>();
+        let (p, l) = (panel::<T>(), T::LANES);
         self.fill_panels(|q, pd| {
             let (j0, wd) = (q * p, p.min(n - q * p));
-            let mut rows = pd.chunks_exact_mut(p);
+            let mut rows = pd;
             for &(w, ki) in parts {
-                // Contiguous writes; the reads walk `wd` rows of `w` side by side.
-                for (r, out) in rows.by_ref().take(ki).enumerate() {
+                let part;
+                (part, rows) = rows.split_at_mut(ki * p);
+                // A whole panel by blocks of LANES x LANES, each transposed in registers
+                // (`SimdFloat::transpose_block`): rows `r..r + LANES` of the packing, columns
+                // `g..g + LANES` of the panel, from as many rows of `w`.
+                let blocked = if wd == p { ki / l * l } else { 0 };
+                for r in (0..blocked).step_by(l) {
+                    for g in (0..p).step_by(l) {
+                        let src = &w[(j0 + g) * ki + r..];
+                        T::transpose_block(src, ki, &mut part[r * p + g..], p);
+                    }
+                }
+                // The rest value by value: contiguous writes, the reads walking `wd` rows of
+                // `w` side by side.
+                for (r, out) in part.chunks_exact_mut(p).enumerate().skip(blocked) {
                     for (jj, o) in out[..wd].iter_mut().enumerate() {
                         *o = w[(j0 + jj) * ki + r];
                     }
@@ -353,7 +366,10 @@ pub fn gemm_packed_acc_cols<T: SimdFloat>(
     let k = b.k;
     let p = panel::<T>();
     assert!(
-        cols.start % p == 0 && cols.start <= cols.end && cols.end <= b.n && ldc >= cols.len(),
+        cols.start.is_multiple_of(p)
+            && cols.start <= cols.end
+            && cols.end <= b.n
+            && ldc >= cols.len(),
         "gemm_packed_acc: columns {cols:?} (row stride {ldc}) do not fit {} panels of {p}",
         b.n
     );
@@ -1178,6 +1194,44 @@ mod tests {
             bias: None,
         }];
         gemm_packed_acc_rows(&mut blocks, &pb);
+    }
+
+    #[test]
+    fn a_transposed_packing_places_every_value() {
+        // Whole panels go by blocks transposed in registers, a ragged one and the rows past the
+        // last whole block value by value: every value where the definition puts it, the
+        // padding zero. Parts of 37 and 16 rows (one of 16 under Miri).
+        let p = panel::<f32>();
+        let (n, ks): (usize, &[usize]) = if cfg!(miri) {
+            (p + 3, &[16])
+        } else {
+            (2 * p + 7, &[37, 16])
+        };
+        let ws: Vec<Vec<f32>> = ks
+            .iter()
+            .enumerate()
+            .map(|(i, &ki)| values(i as u64 + 3, n * ki, 1.0))
+            .collect();
+        let parts: Vec<(&[f32], usize)> = ws
+            .iter()
+            .map(Vec::as_slice)
+            .zip(ks.iter().copied())
+            .collect();
+        let mut pb = PackedB::new();
+        pb.pack_transposed_stacked(&parts, n);
+        let k: usize = ks.iter().sum();
+        assert_eq!((pb.k(), pb.n()), (k, n));
+        let mut row = 0;
+        for (w, &ki) in ws.iter().zip(ks) {
+            for r in 0..ki {
+                for j in 0..n.div_ceil(p) * p {
+                    let got = pb.values()[((j / p) * k + row + r) * p + j % p];
+                    let want = if j < n { w[j * ki + r] } else { 0.0 };
+                    assert_eq!(got.to_bits(), want.to_bits(), "row {} column {j}", row + r);
+                }
+            }
+            row += ki;
+        }
     }
 
     #[test]

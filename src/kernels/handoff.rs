@@ -175,7 +175,8 @@ impl Helper {
                     idle = idle.saturating_add(1);
                     // Now and then, run the pool's other work here rather than hold a thread it
                     // could use (the caller takes back what this thread is too busy to claim).
-                    if idle % YIELD_EVERY == 0 && rayon::yield_now() == Some(rayon::Yield::Executed)
+                    if idle.is_multiple_of(YIELD_EVERY)
+                        && rayon::yield_now() == Some(rayon::Yield::Executed)
                     {
                         idle = 0;
                     } else if idle < 1 << 16 {

@@ -11,6 +11,7 @@
 //! - [`gemv`]: the same product for a batch of one row, over `W_hh` as stored (no packing).
 //! - [`gemm_nt`]: the same product over a weight as stored (for single inference steps).
 //! - [`sweep`]: the order a per-step product walks its weight in (alternated to reuse L2).
+//! - [`transpose`]: square blocks transposed in registers, for the transposed packing of weights.
 //! - [`handoff`]: a spinning helper thread that takes half of each step's product (small batches).
 //! - [`rnn`], [`lstm`], [`gru`]: the fused gate kernels, forward and backward, one file per cell.
 //! - [`block`]: one or two vectors at a time, so each gate kernel is written once and runs two
@@ -30,6 +31,7 @@ pub mod lstm;
 pub mod rnn;
 pub mod simd;
 pub mod sweep;
+pub mod transpose;
 
 pub use simd::SimdFloat;
 pub use sweep::Sweep;

@@ -97,6 +97,10 @@ pub trait SimdFloat: Copy + Default + Send + Sync + 'static {
     fn sigmoid_v(x: Self::V) -> Self::V;
     /// Lane-wise hyperbolic tangent.
     fn tanh_v(x: Self::V) -> Self::V;
+    /// `dst[i * ldd + j] = src[j * ld + i]` for `i, j < LANES`: the transpose of a square block
+    /// of `LANES x LANES` values ([`super::transpose`]). Panics if a slice is too short for its
+    /// block or a row stride is below `LANES`.
+    fn transpose_block(src: &[Self], ld: usize, dst: &mut [Self], ldd: usize);
 
     /// `e^x` of one value, by the same code as the vector lanes.
     fn exp_s(x: Self) -> Self {
@@ -133,7 +137,8 @@ macro_rules! impl_simd_float {
         magic = $magic:expr, mant = $mant:expr, bias = $bias:expr,
         lo = $lo:expr, hi = $hi:expr,
         ln2_hi = $ln2_hi:expr, ln2_lo = $ln2_lo:expr,
-        coeffs = [$($c:expr),+ $(,)?]
+        coeffs = [$($c:expr),+ $(,)?],
+        transpose = $transpose:expr
     ) => {
         impl SimdFloat for $t {
             type V = $v;
@@ -176,6 +181,10 @@ macro_rules! impl_simd_float {
                 } else {
                     out.copy_from_slice(&a[..out.len()]);
                 }
+            }
+            #[inline(always)]
+            fn transpose_block(src: &[Self], ld: usize, dst: &mut [Self], ldd: usize) {
+                $transpose(src, ld, dst, ldd)
             }
             #[inline(always)]
             fn mul_add(a: $v, b: $v, c: $v) -> $v {
@@ -280,7 +289,8 @@ mod f32_impl {
             1.0 / 120.0,
             1.0 / 720.0,
             1.0 / 5040.0,
-        ]
+        ],
+        transpose = super::super::transpose::block_f32x16
     );
 }
 
@@ -313,7 +323,10 @@ mod f64_impl {
             1.0 / 39_916_800.0,
             1.0 / 479_001_600.0,
             1.0 / 6_227_020_800.0,
-        ]
+        ],
+        transpose = |src: &[f64], ld, dst: &mut [f64], ldd| {
+            super::super::transpose::block(src, ld, dst, ldd, 8)
+        }
     );
 }
 

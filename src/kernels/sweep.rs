@@ -30,7 +30,7 @@ impl Sweep {
 
     /// The order of step `s` of a sequence: ascending at even steps, descending at odd ones.
     pub fn alternate(s: usize) -> Self {
-        if s % 2 == 0 {
+        if s.is_multiple_of(2) {
             Sweep::Ascending
         } else {
             Sweep::Descending

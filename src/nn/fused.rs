@@ -1537,10 +1537,8 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
             if let Some(g0) = gin[H0].as_mut() {
                 g0.data_mut()[rows.clone()].copy_from_slice(&g.dh);
             }
-            if lstm {
-                if let Some(g0) = gin[2].as_mut() {
-                    g0.data_mut()[rows].copy_from_slice(&g.dc);
-                }
+            if lstm && let Some(g0) = gin[2].as_mut() {
+                g0.data_mut()[rows].copy_from_slice(&g.dc);
             }
         }
         // The weights' gradients are sums over the shards, added in shard order: the sums never

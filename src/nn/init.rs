@@ -241,7 +241,7 @@ pub fn gate_bias<T: Float>(
     store.check(id)?;
     let t = store.get_mut(id);
     let n = t.numel();
-    if t.dims().len() != 1 || gates == 0 || n % gates != 0 || gate >= gates {
+    if t.dims().len() != 1 || gates == 0 || !n.is_multiple_of(gates) || gate >= gates {
         return Err(Error::invalid(
             "init::gate_bias",
             format!(
@@ -379,13 +379,13 @@ pub fn init_recurrent<T: Float>(
     for id in layer.param_ids() {
         store.check(id)?;
     }
-    if let (Some(_), CellKind::Lstm) = (scheme.lstm_forget_bias, layer.kind()) {
-        if !cfg.bias {
-            return Err(Error::invalid(
-                "init::init_recurrent",
-                "an LSTM forget bias was requested but the layer has no biases",
-            ));
-        }
+    if let (Some(_), CellKind::Lstm) = (scheme.lstm_forget_bias, layer.kind())
+        && !cfg.bias
+    {
+        return Err(Error::invalid(
+            "init::init_recurrent",
+            "an LSTM forget bias was requested but the layer has no biases",
+        ));
     }
     for l in 0..cfg.num_layers {
         for d in 0..cfg.directions() {

@@ -412,10 +412,11 @@ impl Recurrent {
                 }
             }
             input = if d_n == 1 { ys[0] } else { tape.concat(&ys)? };
-            if layer + 1 < l_n && cfg.dropout > 0.0 {
-                if let Some(r) = rng.as_deref_mut() {
-                    input = dropout(tape, input, cfg.dropout, r)?;
-                }
+            if layer + 1 < l_n
+                && cfg.dropout > 0.0
+                && let Some(r) = rng.as_deref_mut()
+            {
+                input = dropout(tape, input, cfg.dropout, r)?;
             }
         }
         let y = if cfg.batch_first {

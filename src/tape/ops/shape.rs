@@ -92,14 +92,14 @@ impl<T: Float> Tape<T> {
         for &v in items {
             let i = self.check("stack", v)?;
             let s = self.slots[i as usize].value.shape();
-            if let Some(s0) = shape0 {
-                if s0 != s {
-                    return Err(Error::ShapeMismatch {
-                        op: "stack",
-                        lhs: s0,
-                        rhs: s,
-                    });
-                }
+            if let Some(s0) = shape0
+                && s0 != s
+            {
+                return Err(Error::ShapeMismatch {
+                    op: "stack",
+                    lhs: s0,
+                    rhs: s,
+                });
             }
             shape0 = Some(s);
             ids.push(i);
