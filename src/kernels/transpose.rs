@@ -2,9 +2,10 @@
 //! weight ([`super::gemm_nn::PackedB::pack_transposed`]).
 //!
 //! Value by value, a transposed packing gathers each packed row from as many rows of the weight:
-//! 87 us for a 1024 x 256 f32 weight (the LSTM's `W_hh` at H = 256, packed at every forward).
+//! 124 us for a 1024 x 256 f32 weight (the LSTM's `W_hh` at H = 256, packed at every forward).
 //! With AVX-512 a 16 x 16 block of f32 is sixteen loads, four rounds of sixteen shuffles and
-//! sixteen stores: the same packing took 27 us, a 2048 x 512 one 145 us against 851.
+//! sixteen stores: the same packing took 37 to 45 us, a 1024 x 128 one 9 us against 36, a
+//! 2048 x 512 one 86 to 156 us against 490 to 540 (medians of 51, two runs of each build).
 
 /// Panics unless `src` holds an `n x n` block with rows `ld` apart and `dst` one with rows `ldd`
 /// apart (rows at least `n` long).
