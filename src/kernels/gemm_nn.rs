@@ -348,6 +348,30 @@ pub fn gemm_packed_acc_rows<T: SimdFloat>(blocks: &mut [Rows<'_, T>], b: &Packed
     gemm_packed_acc_cols(blocks, b, 0..b.n, b.n, Sweep::Ascending);
 }
 
+/// `C = A B` (`C = bias + A B` for a block with a bias) for several blocks of rows, as
+/// [`gemm_packed_acc_rows`] computes `C += A B` onto a `C` of zeros, bit for bit, without
+/// reading `C`'s values before the call: the register tiles start their first block over k
+/// from zero instead of loading it, and no pass zeroes `C` first.
+///
+/// Panics as [`gemm_packed_acc_rows`] does.
+pub fn gemm_packed_set_rows<T: SimdFloat>(blocks: &mut [Rows<'_, T>], b: &PackedB<T>) {
+    product_cols(blocks, b, 0..b.n, b.n, Sweep::Ascending, true);
+}
+
+/// [`gemm_packed_set_rows`] for one block: `C = A B`, `A` `m x k` row-major.
+pub fn gemm_packed_set<T: SimdFloat>(m: usize, a: &[T], b: &PackedB<T>, c: &mut [T]) {
+    gemm_packed_set_rows(
+        &mut [Rows {
+            m,
+            a,
+            storage: AStorage::RowMajor,
+            c,
+            bias: None,
+        }],
+        b,
+    );
+}
+
 /// Columns `cols` of `C += A B` for several blocks of rows, as [`gemm_packed_acc_rows`]: each
 /// block's `C` holds only those columns, row `i` at `c[i * ldc..]`, and its `bias` (if any) is
 /// still a whole row of `n` values. Every value is the one the whole product gives, bit for bit,
@@ -362,6 +386,18 @@ pub fn gemm_packed_acc_cols<T: SimdFloat>(
     cols: std::ops::Range<usize>,
     ldc: usize,
     order: Sweep,
+) {
+    product_cols(blocks, b, cols, ldc, order, false);
+}
+
+/// [`gemm_packed_acc_cols`], or with `set` [`gemm_packed_set_rows`] over columns `cols`.
+fn product_cols<T: SimdFloat>(
+    blocks: &mut [Rows<'_, T>],
+    b: &PackedB<T>,
+    cols: std::ops::Range<usize>,
+    ldc: usize,
+    order: Sweep,
+    set: bool,
 ) {
     let k = b.k;
     let p = panel::<T>();
@@ -390,6 +426,17 @@ pub fn gemm_packed_acc_cols<T: SimdFloat>(
             b.n
         );
     }
+    let rows: usize = blocks.iter().map(|g| g.m).sum();
+    let empty = width == 0 || rows == 0 || k == 0;
+    // Setting C where the tiles will not start it from zero: blocks with a bias (added below,
+    // then accumulated onto) and a product with no steps of k.
+    if set {
+        for g in blocks.iter_mut().filter(|g| g.bias.is_some() || empty) {
+            for i in 0..g.m {
+                g.c[i * ldc..i * ldc + width].fill(T::default());
+            }
+        }
+    }
     // The bias joins C first, row by row (the rows are about to be loaded anyway; adding it
     // inside the register tiles slowed them down).
     for g in blocks.iter_mut() {
@@ -403,8 +450,7 @@ pub fn gemm_packed_acc_cols<T: SimdFloat>(
             }
         }
     }
-    let rows: usize = blocks.iter().map(|g| g.m).sum();
-    if width == 0 || rows == 0 || k == 0 {
+    if empty {
         return;
     }
     let out = Layout {
@@ -412,11 +458,18 @@ pub fn gemm_packed_acc_cols<T: SimdFloat>(
         end: cols.end,
         ldc,
     };
-    products(blocks, b, out, order);
+    products(blocks, b, out, order, set);
 }
 
-/// The loops of [`gemm_packed_acc_cols`] over validated operands.
-fn products<T: SimdFloat>(blocks: &mut [Rows<'_, T>], b: &PackedB<T>, out: Layout, order: Sweep) {
+/// The loops of [`gemm_packed_acc_cols`] over validated operands; with `set`, the blocks
+/// without a bias start from zero instead of from `C`.
+fn products<T: SimdFloat>(
+    blocks: &mut [Rows<'_, T>],
+    b: &PackedB<T>,
+    out: Layout,
+    order: Sweep,
+    set: bool,
+) {
     let (k, p) = (b.k, panel::<T>());
     let rows: usize = blocks.iter().map(|g| g.m).sum();
     let panels = (out.col0 / p)..out.end.div_ceil(p);
@@ -445,7 +498,8 @@ fn products<T: SimdFloat>(blocks: &mut [Rows<'_, T>], b: &PackedB<T>, out: Layou
                 };
                 for g in blocks.iter_mut() {
                     if let Some(tl) = tiling(g) {
-                        let ops = &mut Operands { g, b, out };
+                        let fresh = set && g.bias.is_none();
+                        let ops = &mut Operands { g, b, out, fresh };
                         if streamed {
                             panel_tiles::<T, true>(ops, &tl, q, ks.clone(), next, t);
                         } else {
@@ -460,7 +514,8 @@ fn products<T: SimdFloat>(blocks: &mut [Rows<'_, T>], b: &PackedB<T>, out: Layou
             for g in blocks.iter_mut() {
                 match tiling(g) {
                     Some(tl) if tl.single => {
-                        let ops = &mut Operands { g, b, out };
+                        let fresh = set && g.bias.is_none();
+                        let ops = &mut Operands { g, b, out, fresh };
                         single_row(ops, tl.end, panels.clone(), ks.clone(), order);
                     }
                     _ => {}
@@ -690,6 +745,8 @@ struct Operands<'r, 'a, T> {
     g: &'r mut Rows<'a, T>,
     b: &'r PackedB<T>,
     out: Layout,
+    /// `C` is set, not added to: the first block over k starts from zero, not from `C`.
+    fresh: bool,
 }
 
 /// Rows `i..i+R` of `C` by panels `q..q+Q`, over the steps `ks` of k; with `PF`, asking for
@@ -715,10 +772,11 @@ fn tile<T: SimdFloat, const R: usize, const Q: usize, const PF: bool>(
         strides,
     };
     let off = i * out.ldc + col - out.col0;
+    let zero = g.fresh && ks.start == 0;
     if col + width <= out.end {
-        register_tile::<T, R, Q, PF>(a, &mut g.g.c[off..], out.ldc, b, q, ks, pf);
+        register_tile::<T, R, Q, PF>(a, &mut g.g.c[off..], out.ldc, b, q, ks, pf, zero);
     } else {
-        clipped_tile::<T, R, Q>(a, &mut g.g.c[off..], out, col, b, q, ks);
+        clipped_tile::<T, R, Q>(a, &mut g.g.c[off..], out, col, b, q, ks, zero);
     }
 }
 
@@ -728,9 +786,11 @@ const TILE_VALUES: usize = MR * NV * 16;
 
 /// [`register_tile`] for panels that end past column `out.end`: their columns of `C` up to it
 /// are copied into a padded buffer, multiplied there and copied back (the padding's values are
-/// discarded). Only the last panels of a product take this path.
+/// discarded; with `zero`, the tile starts from zero and `C` is only written). Only the last
+/// panels of a product take this path.
 #[cold]
 #[inline(never)]
+#[allow(clippy::too_many_arguments)]
 fn clipped_tile<T: SimdFloat, const R: usize, const Q: usize>(
     a: StridedA<'_, T>,
     c: &mut [T],
@@ -739,15 +799,16 @@ fn clipped_tile<T: SimdFloat, const R: usize, const Q: usize>(
     b: &PackedB<T>,
     q: usize,
     ks: std::ops::Range<usize>,
+    zero: bool,
 ) {
     let width = Q * panel::<T>();
     let have = out.end.saturating_sub(col).min(width);
     let mut pad = [T::default(); TILE_VALUES];
     assert!(R * width <= TILE_VALUES);
-    for r in 0..R {
+    for r in (0..R).filter(|_| !zero) {
         pad[r * width..r * width + have].copy_from_slice(&c[r * out.ldc..r * out.ldc + have]);
     }
-    register_tile::<T, R, Q, false>(a, &mut pad, width, b, q, ks, Prefetch::none());
+    register_tile::<T, R, Q, false>(a, &mut pad, width, b, q, ks, Prefetch::none(), zero);
     for r in 0..R {
         c[r * out.ldc..r * out.ldc + have].copy_from_slice(&pad[r * width..r * width + have]);
     }
@@ -764,6 +825,7 @@ struct StridedA<'a, T> {
 /// columns `j < Q p`, with `A[r][s]` as `a` places it and row `r` of `C` at `c[r ldc..]`. The
 /// accumulators stay in registers from the loads of `C` to its stores.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn register_tile<T: SimdFloat, const R: usize, const Q: usize, const PF: bool>(
     a: StridedA<'_, T>,
     c: &mut [T],
@@ -772,6 +834,7 @@ fn register_tile<T: SimdFloat, const R: usize, const Q: usize, const PF: bool>(
     q: usize,
     ks: std::ops::Range<usize>,
     pf: Prefetch,
+    zero: bool,
 ) {
     let (k, p) = (b.k, panel::<T>());
     let values = b.values();
@@ -783,11 +846,13 @@ fn register_tile<T: SimdFloat, const R: usize, const Q: usize, const PF: bool>(
     // The asserts above bound every pointer below (the SAFETY notes refer to them): row
     // `r < R` of `C` holds `Q p = Q NV LANES` values from `c + r ldc`, of which vector `(qq, v)`
     // is `LANES` of them from `qq p + v LANES`; `A[r][s]` is read at `a + r rs + s cs` with
-    // `s < ks.end`, at most the last index asserted; panel `q + qq` of B occupies `[(q + qq) k p, (q + qq + 1) k p)` of
-    // `values`, and row `s < k` of it `p` values, of which vector `v` reads `LANES`.
+    // `s < ks.end`, at most the last index asserted; panel `q + qq` of B occupies
+    // `[(q + qq) k p, (q + qq + 1) k p)` of `values`, and row `s < k` of it `p` values, of which
+    // vector `v` reads `LANES`.
     let at = |r: usize, qq: usize, v: usize| r * ldc + qq * p + v * T::LANES;
+    // From zero (`zero`: C is being set), else from C's values.
     let mut acc = [[[T::splat(T::default()); NV]; Q]; R];
-    for r in 0..R {
+    for r in (0..R).filter(|_| !zero) {
         for qq in 0..Q {
             for v in 0..NV {
                 // SAFETY: vector `(qq, v)` of row `r` of `C`, within `c` (see above).
@@ -1157,6 +1222,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn setting_c_equals_adding_onto_zeros() {
+        // C full of NaN beforehand, which any value read from it would carry: blocks of 32, 6,
+        // 1 and 11 rows (the second with a bias) over k > KB, the last panel ragged (a clipped
+        // tile); then no steps of k at all, which sets C to zero or the bias. Under Miri small.
+        let cases: &[(&[usize], usize, usize)] = if cfg!(miri) {
+            &[(&[6, 1], 20, 9), (&[3], 20, 0)]
+        } else {
+            &[(&[32, 6, 1, 11], 150, 300), (&[6, 1], 70, 0)]
+        };
+        for &(ms, n, k) in cases {
+            let case = Case::new(ms, n, k);
+            let zeros: Vec<Vec<f32>> = ms.iter().map(|&m| vec![0.0; m * n]).collect();
+            let mut added = zeros.clone();
+            gemm_packed_acc_rows(&mut case.rows(&mut added, ms, 1), &case.pb);
+            let mut set: Vec<Vec<f32>> = ms.iter().map(|&m| vec![f32::NAN; m * n]).collect();
+            gemm_packed_set_rows(&mut case.rows(&mut set, ms, 1), &case.pb);
+            for (i, (x, y)) in added.iter().zip(&set).enumerate() {
+                for (j, (p, q)) in x.iter().zip(y).enumerate() {
+                    assert_eq!(p.to_bits(), q.to_bits(), "{ms:?} k {k} block {i} value {j}");
+                }
+            }
+        }
+        // One block of one row, through the single-block form.
+        let case = Case::new(&[1], 70, 40);
+        let mut added = vec![0.0f32; 70];
+        gemm_packed_acc(1, &case.a[0], &case.pb, &mut added);
+        let mut set = vec![f32::NAN; 70];
+        gemm_packed_set(1, &case.a[0], &case.pb, &mut set);
+        assert_eq!(added, set);
     }
 
     #[test]

@@ -51,7 +51,7 @@ use crate::Result;
 use crate::kernels::Sweep;
 use crate::kernels::gemm_nn::{
     AStorage, PackedB, Rows, STREAMED_BYTES, gemm_packed_acc, gemm_packed_acc_cols,
-    gemm_packed_acc_rows, panel,
+    gemm_packed_set, gemm_packed_set_rows, panel,
 };
 use crate::kernels::gemm_nt::gemm_nt_acc;
 use crate::kernels::gemv::{AlignedMatrix, gemv_cols_acc, gemv_rows_acc};
@@ -544,12 +544,15 @@ fn project<T: Float>(
     });
     let rows = |m: usize, x: &[T], xp: &mut [T]| {
         let xp = &mut xp[..m * n];
-        if overwrite {
-            xp.fill(T::ZERO);
-        }
         match packed {
+            Some(b) if overwrite => gemm_packed_set(m, x, b, xp),
             Some(b) => gemm_packed_acc(m, x, b, xp),
-            None => gemm_nt_acc(m, n, k, x, w, xp),
+            None => {
+                if overwrite {
+                    xp.fill(T::ZERO);
+                }
+                gemm_nt_acc(m, n, k, x, w, xp)
+            }
         }
     };
     if !halves || m < 2 {
@@ -1299,14 +1302,12 @@ impl Config {
                 let w_ih = w
                     .w_ih_packed
                     .expect("backward: W_ih is packed when dX is wanted");
-                dx.fill(T::ZERO);
-                gemm_packed_acc(tl * n, dg, w_ih, dx);
+                gemm_packed_set(tl * n, dg, w_ih, dx);
             }
         };
         // dW = dG^T A, `[G*H, cols]`, with `A` `[rows, cols]` packed in `packed` and `dG`
         // `[rows, G*H]` read in place.
         let weight_grad = |dg: &[T], packed: &PackedB<T>, dw: &mut [T]| {
-            dw.fill(T::ZERO);
             let mut blocks = [Rows {
                 m: gh,
                 a: dg,
@@ -1314,7 +1315,7 @@ impl Config {
                 c: dw,
                 bias: None,
             }];
-            gemm_packed_acc_rows(&mut blocks, packed);
+            gemm_packed_set_rows(&mut blocks, packed);
         };
         let dw_ih_job = || {
             if want.w_ih {
