@@ -4,10 +4,11 @@
 //! is `dG` read in place by columns, [`AStorage::ColMajor`]).
 //!
 //! Those used to run on matrixmultiply, which packs both operands at every call; with `B`
-//! packed here and `A` read in place, this kernel ran them 1.05 to 1.5x faster at the batch
-//! shards' shapes (a weight gradient of `[512, 1024] x [1024, 64 or 128]`: 1.25 to 1.5x; of
-//! `[1024, 3200] x [3200, 256]`: 1.07 to 1.1x), and about as fast at `[2048, 1600] x
-//! [1600, 512]`, where `dG`'s rows, 8 KiB apart, share their cache sets in L1.
+//! packed here and `A` read in place, this kernel ran them faster at the small and medium
+//! shapes' shards (a weight gradient of `[512, 1024] x [1024, 64 or 128]`: 1.2 to 1.5x; of
+//! `[1024, 3200] x [3200, 256]`: 1.07 to 1.1x; the projections 1.06 to 1.27x), and about as fast
+//! at `[2048, 1600] x [1600, 512]` (0.97 to 1.0x), where `dG`'s rows, 8 KiB apart, each lie on
+//! a page of their own.
 //!
 //! [`PackedB`] stores `B` (`k x n`) as panels of [`panel`]`::<T>()` columns, each panel `k` rows of
 //! contiguous values (the last panel zero-padded), so the kernel streams memory in order instead
