@@ -50,8 +50,8 @@ use super::recurrent::{CellKind, DirectionOutput, DirectionRun};
 use crate::Result;
 use crate::kernels::Sweep;
 use crate::kernels::gemm_nn::{
-    AStorage, PackedB, Rows, STREAMED_BYTES, gemm_packed_acc, gemm_packed_acc_cols,
-    gemm_packed_set, gemm_packed_set_rows, panel,
+    AStorage, PackedB, Rows, STREAMED_BYTES, gemm_packed_acc_cols, gemm_packed_set,
+    gemm_packed_set_rows, panel,
 };
 use crate::kernels::gemm_nt::gemm_nt_acc;
 use crate::kernels::gemv::{AlignedMatrix, gemv_cols_acc, gemv_rows_acc};
@@ -522,7 +522,7 @@ fn read_write<T>(buf: &mut [T], read: usize, write: usize, len: usize) -> (&[T],
 /// against `W^T` packed.
 const SMALL_ROWS: usize = 32;
 
-/// `xp += X W^T` (with `overwrite`, `=`), for `X` `[m, k]` and `W` `[n, k]`: up to
+/// `xp = X W^T`, for `X` `[m, k]` and `W` `[n, k]`: up to
 /// [`SMALL_ROWS`] rows on the small-batch kernel over `W` as stored, more against `W^T` packed
 /// (`packed`, required then); with `halves` on two threads, split by rows. The kernel is chosen
 /// by the whole product's rows, and either computes each row of `xp` as in the whole product,
@@ -536,7 +536,6 @@ fn project<T: Float>(
     w: &[T],
     packed: Option<&PackedB<T>>,
     xp: &mut [T],
-    overwrite: bool,
     halves: bool,
 ) {
     let packed = (m > SMALL_ROWS).then(|| {
@@ -545,12 +544,9 @@ fn project<T: Float>(
     let rows = |m: usize, x: &[T], xp: &mut [T]| {
         let xp = &mut xp[..m * n];
         match packed {
-            Some(b) if overwrite => gemm_packed_set(m, x, b, xp),
-            Some(b) => gemm_packed_acc(m, x, b, xp),
+            Some(b) => gemm_packed_set(m, x, b, xp),
             None => {
-                if overwrite {
-                    xp.fill(T::ZERO);
-                }
+                xp.fill(T::ZERO);
                 gemm_nt_acc(m, n, k, x, w, xp)
             }
         }
@@ -924,17 +920,7 @@ impl Config {
             CellKind::Gru => &mut fs.xp,
             CellKind::Rnn(_) => &mut sh.ys,
         };
-        project(
-            tl * n,
-            i_sz,
-            gh,
-            xs,
-            w.w_ih,
-            w.w_ih_packed,
-            xp,
-            true,
-            halves,
-        );
+        project(tl * n, i_sz, gh, xs, w.w_ih, w.w_ih_packed, xp, halves);
         if self.kind != CellKind::Gru {
             // One row of `b_ih + b_hh` (empty without biases).
             init_input_projection(&mut fs.bias, w.bias, self.kind);
