@@ -522,6 +522,12 @@ fn read_write<T>(buf: &mut [T], read: usize, write: usize, len: usize) -> (&[T],
 /// against `W^T` packed.
 const SMALL_ROWS: usize = 32;
 
+/// Whether an input projection over `rows` rows runs against `W_ih^T` packed (more than
+/// [`SMALL_ROWS`]): the forward packs it when any shard's projection does.
+fn projects_packed(rows: usize) -> bool {
+    rows > SMALL_ROWS
+}
+
 /// `xp = X W^T`, for `X` `[m, k]` and `W` `[n, k]`: up to
 /// [`SMALL_ROWS`] rows on the small-batch kernel over `W` as stored, more against `W^T` packed
 /// (`packed`, required then); with `halves` on two threads, split by rows. The kernel is chosen
@@ -538,7 +544,7 @@ fn project<T: Float>(
     xp: &mut [T],
     halves: bool,
 ) {
-    let packed = (m > SMALL_ROWS).then(|| {
+    let packed = projects_packed(m).then(|| {
         packed.expect("project: W^T is packed for a product over more than SMALL_ROWS rows")
     });
     let rows = |m: usize, x: &[T], xp: &mut [T]| {
@@ -1358,7 +1364,7 @@ impl<T: Float> FusedDirection<T> {
         let w_ih_packed = if self
             .shards
             .iter()
-            .any(|sh| cfg.t_len * sh.rows.len() > SMALL_ROWS)
+            .any(|sh| projects_packed(cfg.t_len * sh.rows.len()))
         {
             let gh = cfg.kind.gates() * h;
             self.w_ih.pack_transposed(w.w_ih, gh, cfg.in_size);
