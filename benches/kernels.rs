@@ -1,6 +1,8 @@
 //! Criterion benchmarks: the per-timestep critical path (one forward and one backward step of
 //! each cell), the whole training step, the SIMD math against scalar `std`, and the
-//! small-batch recurrent product against matrixmultiply at B = 1.
+//! small-batch recurrent product against matrixmultiply at B = 1, and the machine's own limits
+//! that bound them (one core's rate of fused multiply-adds, and of reading a buffer of a given
+//! size over and over, as the single step reads its weights).
 //!
 //! Shapes (B, T, I, H) are those of the project's benchmark table: tiny-batch (1, 100, 128,
 //! 256), small (32, 64, 64, 128), medium (64, 100, 256, 256), large (64, 50, 512, 512).
@@ -9,8 +11,9 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use recur::kernels::Sweep;
+use recur::kernels::aligned::AlignedBuf;
 use recur::kernels::gemm_nn::{PackedB, gemm_packed_acc};
 use recur::kernels::gemm_nt::gemm_nt_acc;
 use recur::kernels::gemv::{AlignedMatrix, gemv_cols_acc, gemv_rows_acc};
@@ -304,6 +307,70 @@ fn gemv(c: &mut Criterion) {
     g.finish();
 }
 
+/// Independent chains of fused multiply-adds (floating-point operations per second: the core's
+/// peak, which no product can beat), and the rate at which one core reads a buffer of each size
+/// again and again, in alternate directions by blocks of 64 KiB as the single step sweeps its
+/// weights (bytes per second: from L2 up to its size, partly or wholly from L3 above it).
+fn machine(c: &mut Criterion) {
+    let mut g = c.benchmark_group("machine");
+    // Chains enough to cover the FMA latency on two FMA units (4 cycles x 2, and some slack).
+    const CHAINS: usize = 12;
+    const ROUNDS: usize = 1000;
+    let flops = (CHAINS * ROUNDS * f32::LANES * 2) as u64;
+    g.throughput(Throughput::Elements(flops));
+    g.bench_function("fma_peak", |b| {
+        let (x, y) = (f32::splat(0.999_999), f32::splat(1e-7));
+        b.iter(|| {
+            let mut acc = [f32::splat(1.0); CHAINS];
+            for _ in 0..ROUNDS {
+                for a in acc.iter_mut() {
+                    *a = <f32 as SimdFloat>::mul_add(*a, x, y);
+                }
+            }
+            let sum = acc.iter().fold(f32::splat(0.0), |s, &a| s + a);
+            black_box(f32::reduce_add(sum))
+        })
+    });
+    for kib in [384usize, 768, 1024, 1280, 1536, 4608] {
+        // On a cache-line boundary, so that no load straddles two lines.
+        let mut buf = AlignedBuf::from_buffer(Vec::new());
+        buf.resize(kib * 1024 / 4);
+        buf.values_mut()
+            .copy_from_slice(&values(kib * 1024 / 4, 11));
+        g.throughput(Throughput::Bytes((kib * 1024) as u64));
+        let mut order = Sweep::Ascending;
+        g.bench_function(format!("read/{kib}KiB"), |b| {
+            b.iter(|| {
+                let sum = read_sum(buf.values(), order);
+                order = order.reversed();
+                black_box(sum)
+            })
+        });
+    }
+    g.finish();
+}
+
+/// The sum of `xs` by eight vector accumulators, its blocks of 64 KiB taken in `order`.
+fn read_sum(xs: &[f32], order: Sweep) -> f32 {
+    const BLOCK: usize = (64 << 10) / 4;
+    let step = 8 * f32::LANES;
+    let blocks = 0..xs.len().div_ceil(BLOCK);
+    let mut acc = [f32::splat(0.0); 8];
+    for i in 0..blocks.len() {
+        let j = match order {
+            Sweep::Ascending => blocks.start + i,
+            Sweep::Descending => blocks.end - 1 - i,
+        };
+        let block = &xs[j * BLOCK..((j + 1) * BLOCK).min(xs.len())];
+        for run in block.chunks_exact(step) {
+            for (a, v) in acc.iter_mut().zip(run.chunks_exact(f32::LANES)) {
+                *a += f32::load_n(v);
+            }
+        }
+    }
+    f32::reduce_add(acc.iter().fold(f32::splat(0.0), |s, &a| s + a))
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(20)
@@ -314,6 +381,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = steps, training_step, math, gemv
+    targets = steps, training_step, math, gemv, machine
 }
 criterion_main!(benches);
