@@ -357,10 +357,7 @@ fn read_sum(xs: &[f32], order: Sweep) -> f32 {
     let blocks = 0..xs.len().div_ceil(BLOCK);
     let mut acc = [f32::splat(0.0); 8];
     for i in 0..blocks.len() {
-        let j = match order {
-            Sweep::Ascending => blocks.start + i,
-            Sweep::Descending => blocks.end - 1 - i,
-        };
+        let j = order.nth(&blocks, i);
         let block = &xs[j * BLOCK..((j + 1) * BLOCK).min(xs.len())];
         for run in block.chunks_exact(step) {
             for (a, v) in acc.iter_mut().zip(run.chunks_exact(f32::LANES)) {

@@ -37,8 +37,14 @@ impl Sweep {
         }
     }
 
-    /// The `i`-th of `range`'s values in this order.
-    pub(crate) fn nth(self, range: &std::ops::Range<usize>, i: usize) -> usize {
+    /// The `i`-th of `range`'s values in this order (`i < range.len()`).
+    ///
+    /// ```
+    /// use recur::kernels::Sweep;
+    /// assert_eq!(Sweep::Ascending.nth(&(2..6), 0), 2);
+    /// assert_eq!(Sweep::Descending.nth(&(2..6), 0), 5);
+    /// ```
+    pub fn nth(self, range: &std::ops::Range<usize>, i: usize) -> usize {
         match self {
             Sweep::Ascending => range.start + i,
             Sweep::Descending => range.end - 1 - i,
