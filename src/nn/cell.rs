@@ -8,8 +8,9 @@
 //! sampling). The same cell also runs one direction of one layer of a trained [`Recurrent`]
 //! stack ([`Cell::from_layer`]), sharing its parameters.
 
+use super::direction::{CellKind, DirectionParams};
 use super::linear::param_value;
-use super::recurrent::{CellKind, DirectionParams, Recurrent, deref_newtype};
+use super::recurrent::{Recurrent, deref_newtype};
 use crate::kernels::rnn::Activation;
 use crate::kernels::{GemmShape, gru, lstm, rnn};
 use crate::params::{ParamId, ParamStore};

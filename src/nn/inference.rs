@@ -6,8 +6,8 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::direction::CellKind;
 use super::fused::{fill_rows, init_input_projection};
-use super::recurrent::CellKind;
 use super::split_tuner::SplitTuner;
 use crate::Result;
 use crate::kernels::Sweep;

@@ -20,7 +20,8 @@
 //! # Ok::<(), recur::Error>(())
 //! ```
 
-use super::recurrent::{CellKind, Recurrent};
+use super::direction::CellKind;
+use super::recurrent::Recurrent;
 use crate::params::{ParamId, ParamStore};
 use crate::rng::Rng;
 use crate::tensor::{Float, Tensor};

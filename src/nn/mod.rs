@@ -2,6 +2,7 @@
 //! names and layouts.
 
 mod cell;
+mod direction;
 mod embedding;
 mod fused;
 mod inference;
@@ -18,12 +19,12 @@ pub use crate::kernels::rnn::Activation;
 pub use cell::{
     Cell, CellConfig, CellState, GruCell, LstmCell, RecurrentCell, RnnCell, StateTensors,
 };
+pub use direction::{CellKind, DirectionParams};
 pub use embedding::Embedding;
 pub use inference::InferenceStep;
 pub use linear::Linear;
 pub use recurrent::{
-    CellKind, DirectionParams, ForwardOptions, Gru, Implementation, Lstm, Recurrent,
-    RecurrentConfig, RecurrentOutput, Rnn,
+    ForwardOptions, Gru, Implementation, Lstm, Recurrent, RecurrentConfig, RecurrentOutput, Rnn,
 };
 pub use state_dict::{
     Module, load_state_dict, load_state_dict_file, save_state_dict, state_dict, state_dict_bytes,

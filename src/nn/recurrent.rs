@@ -1,6 +1,7 @@
 //! The recurrent layers `Rnn`, `Lstm` and `Gru`: PyTorch's options, names and layouts, run
 //! either by the fused kernels or by the reference built from primitive tape ops.
 
+use super::direction::{CellKind, DirectionParams, DirectionRun};
 use super::{fused, reference};
 use crate::kernels::rnn::Activation;
 use crate::params::{ParamId, ParamStore};
@@ -8,43 +9,6 @@ use crate::rng::Rng;
 use crate::tape::{Tape, Var};
 use crate::tensor::{Float, Shape, Tensor};
 use crate::{Error, Result};
-
-/// Which recurrent cell a layer runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum CellKind {
-    /// Vanilla RNN, `h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)` with tanh or relu.
-    Rnn(Activation),
-    /// LSTM with gates in PyTorch's order i, f, g, o.
-    Lstm,
-    /// GRU with gates r, z, n and the reset gate applied after the hidden product.
-    Gru,
-}
-
-impl CellKind {
-    /// Number of gate blocks `G` in `weight_ih` (`[G*H, I]`): 1, 4 or 3.
-    pub fn gates(self) -> usize {
-        match self {
-            CellKind::Rnn(_) => 1,
-            CellKind::Lstm => 4,
-            CellKind::Gru => 3,
-        }
-    }
-
-    /// Whether the cell carries a cell state `c` besides `h`.
-    pub fn has_cell_state(self) -> bool {
-        self == CellKind::Lstm
-    }
-
-    /// The cell's name as used in files and on the command line: rnn, rnn_relu, lstm, gru.
-    pub fn name(self) -> &'static str {
-        match self {
-            CellKind::Rnn(Activation::Tanh) => "rnn",
-            CellKind::Rnn(Activation::Relu) => "rnn_relu",
-            CellKind::Lstm => "lstm",
-            CellKind::Gru => "gru",
-        }
-    }
-}
 
 /// Options of a recurrent layer, as in PyTorch's `nn.RNN`, `nn.LSTM` and `nn.GRU`.
 ///
@@ -128,19 +92,6 @@ impl RecurrentConfig {
         }
         Ok(())
     }
-}
-
-/// The parameters of one direction of one layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DirectionParams {
-    /// `weight_ih_l{k}[_reverse]`: `[G*H, in]`.
-    pub w_ih: ParamId,
-    /// `weight_hh_l{k}[_reverse]`: `[G*H, H]`.
-    pub w_hh: ParamId,
-    /// `bias_ih_l{k}[_reverse]`: `[G*H]`, when the layer has biases.
-    pub b_ih: Option<ParamId>,
-    /// `bias_hh_l{k}[_reverse]`: `[G*H]`.
-    pub b_hh: Option<ParamId>,
 }
 
 /// Which implementation runs the recurrence.
@@ -459,32 +410,6 @@ fn validate_lengths(l: &[usize], batch: usize, t_len: usize) -> Result<Vec<usize
         ));
     }
     Ok(l.to_vec())
-}
-
-/// One direction of one layer, as the implementations see it.
-pub(crate) struct DirectionRun<'a> {
-    pub(crate) kind: CellKind,
-    pub(crate) params: DirectionParams,
-    pub(crate) reverse: bool,
-    pub(crate) lengths: Option<&'a [usize]>,
-}
-
-impl DirectionRun<'_> {
-    /// Whether batch entry `b` is inside its sequence at time `t`.
-    pub(crate) fn active(&self, t: usize, b: usize) -> bool {
-        self.lengths.is_none_or(|l| t < l[b])
-    }
-    /// The time index of processing step `s` out of `t_len`.
-    pub(crate) fn time(&self, s: usize, t_len: usize) -> usize {
-        if self.reverse { t_len - 1 - s } else { s }
-    }
-}
-
-/// The outputs of one direction: `y` `[T, B, H]`, `h_n` and `c_n` `[B, H]`.
-pub(crate) struct DirectionOutput {
-    pub(crate) y: Var,
-    pub(crate) h_n: Var,
-    pub(crate) c_n: Option<Var>,
 }
 
 /// A public newtype `$name(pub $inner)` that derefs to `$inner`: the shape of the per-kind layer

@@ -2,7 +2,7 @@
 //! read. It is slow (many small nodes per step) and obviously right; the fused kernels are tested
 //! against it, and it shows how to build a custom cell from tape ops.
 
-use super::recurrent::{CellKind, DirectionOutput, DirectionRun};
+use super::direction::{CellKind, DirectionOutput, DirectionRun};
 use crate::Result;
 use crate::kernels::rnn::Activation;
 use crate::params::ParamStore;

@@ -1,0 +1,119 @@
+//! One direction of one recurrent layer: the contract that every implementation of the
+//! recurrence shares. [`super::recurrent`] builds a [`DirectionRun`] for each layer and
+//! direction and hands it to the fused kernels ([`super::fused`]) or to the reference built
+//! from tape ops ([`super::reference`]); the single-step paths ([`super::cell`],
+//! [`super::inference`]) use the same [`CellKind`] and [`DirectionParams`].
+
+use crate::kernels::rnn::Activation;
+use crate::params::ParamId;
+use crate::tape::Var;
+
+/// Which recurrent cell a layer runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CellKind {
+    /// Vanilla RNN, `h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)` with tanh or relu.
+    Rnn(Activation),
+    /// LSTM with gates in PyTorch's order i, f, g, o.
+    Lstm,
+    /// GRU with gates r, z, n and the reset gate applied after the hidden product.
+    Gru,
+}
+
+impl CellKind {
+    /// Number of gate blocks `G` in `weight_ih` (`[G*H, I]`): 1, 4 or 3.
+    pub fn gates(self) -> usize {
+        match self {
+            CellKind::Rnn(_) => 1,
+            CellKind::Lstm => 4,
+            CellKind::Gru => 3,
+        }
+    }
+
+    /// Whether the cell carries a cell state `c` besides `h`.
+    pub fn has_cell_state(self) -> bool {
+        self == CellKind::Lstm
+    }
+
+    /// The cell's name, the same in files, in the library and on the command line: `rnn`,
+    /// `rnn-relu`, `lstm`, `gru`.
+    pub fn name(self) -> &'static str {
+        match self {
+            CellKind::Rnn(Activation::Tanh) => "rnn",
+            CellKind::Rnn(Activation::Relu) => "rnn-relu",
+            CellKind::Lstm => "lstm",
+            CellKind::Gru => "gru",
+        }
+    }
+
+    /// The kind named `name` (see [`CellKind::name`]); `rnn_relu`, the spelling of earlier
+    /// files, is read too.
+    ///
+    /// ```
+    /// use recur::nn::CellKind;
+    /// for kind in [CellKind::Lstm, CellKind::Gru, CellKind::Rnn(recur::nn::Activation::Relu)] {
+    ///     assert_eq!(CellKind::from_name(kind.name()), Some(kind));
+    /// }
+    /// assert_eq!(CellKind::from_name("transformer"), None);
+    /// ```
+    pub fn from_name(name: &str) -> Option<CellKind> {
+        Some(match name {
+            "rnn" => CellKind::Rnn(Activation::Tanh),
+            "rnn-relu" | "rnn_relu" => CellKind::Rnn(Activation::Relu),
+            "lstm" => CellKind::Lstm,
+            "gru" => CellKind::Gru,
+            _ => return None,
+        })
+    }
+}
+
+/// The parameters of one direction of one layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectionParams {
+    /// `weight_ih_l{k}[_reverse]`: `[G*H, in]`.
+    pub w_ih: ParamId,
+    /// `weight_hh_l{k}[_reverse]`: `[G*H, H]`.
+    pub w_hh: ParamId,
+    /// `bias_ih_l{k}[_reverse]`: `[G*H]`, when the layer has biases.
+    pub b_ih: Option<ParamId>,
+    /// `bias_hh_l{k}[_reverse]`: `[G*H]`.
+    pub b_hh: Option<ParamId>,
+}
+
+/// One direction of one layer, as the implementations see it.
+pub(crate) struct DirectionRun<'a> {
+    pub(crate) kind: CellKind,
+    pub(crate) params: DirectionParams,
+    pub(crate) reverse: bool,
+    pub(crate) lengths: Option<&'a [usize]>,
+}
+
+impl DirectionRun<'_> {
+    /// Whether batch entry `b` is inside its sequence at time `t`.
+    pub(crate) fn active(&self, t: usize, b: usize) -> bool {
+        is_active(self.lengths, t, b)
+    }
+
+    /// The time index of processing step `s` out of `t_len`.
+    pub(crate) fn time(&self, s: usize, t_len: usize) -> usize {
+        step_time(self.reverse, s, t_len)
+    }
+}
+
+/// Whether batch entry `b` is inside its sequence at time `t` (every entry is, without
+/// lengths): past its length a sequence's state is frozen and its output is zero.
+pub(crate) fn is_active(lengths: Option<&[usize]>, t: usize, b: usize) -> bool {
+    lengths.is_none_or(|l| t < l[b])
+}
+
+/// The time index of processing step `s` out of `t_len`: `s`, or `t_len - 1 - s` for the
+/// reverse direction.
+pub(crate) fn step_time(reverse: bool, s: usize, t_len: usize) -> usize {
+    if reverse { t_len - 1 - s } else { s }
+}
+
+/// The outputs of one direction: `y` `[T, B, H]`, `h_n` and `c_n` `[B, H]`.
+pub(crate) struct DirectionOutput {
+    pub(crate) y: Var,
+    pub(crate) h_n: Var,
+    pub(crate) c_n: Option<Var>,
+}

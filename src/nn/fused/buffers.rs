@@ -1,0 +1,226 @@
+//! The buffers of one shard: the activations its backward needs ([`Shard`]) and the working
+//! buffers of its forward and backward, all taken from and given back to the tape's workspace.
+
+use std::ops::Range;
+
+use super::Config;
+use super::backward::Wanted;
+use crate::kernels::gemm_nn::PackedB;
+use crate::nn::direction::CellKind;
+use crate::tape::Workspace;
+use crate::tensor::Float;
+
+/// The activations one shard's backward needs, in the shard's own time-major layout
+/// `[T, rows, .]`.
+pub(super) struct Shard<T> {
+    pub(super) rows: Range<usize>,
+    /// Per time step: LSTM activated gates `[n, 4H]`; GRU `r, z, n, W_hn h + b_hn` `[n, 4H]`;
+    /// RNN none (its pre-activations are summed in its output slots `y_t` and activated there,
+    /// and its backward reads `h_t` from them).
+    pub(super) gates: Vec<T>,
+    /// With sequence lengths: `h_{t-1}` for every time step `[T, n, H]`, time-indexed (a
+    /// finished sequence keeps its state while its output is zero). Without, it is empty:
+    /// `h_{t-1}` is the previous step's output, or `h0` at the first step.
+    pub(super) h_prev: Vec<T>,
+    /// The shard's outputs `h_t` `[T, n, H]` when it is not the whole batch (a single shard
+    /// writes the layer's output in place, which backward reads from the node's outputs).
+    pub(super) ys: Vec<T>,
+    /// LSTM: `c_t` for every time step (for a sequence past its length, the state it keeps), and
+    /// the shard's rows of `c0`: `c_{t-1}` is the previous step's entry, or `c0` at the first.
+    pub(super) c_new: Vec<T>,
+    pub(super) c0: Vec<T>,
+    /// The shard's rows of the input `[T, n, I]`; empty when the shard is the whole batch (the
+    /// input is then read in place).
+    pub(super) xs: Vec<T>,
+}
+
+impl<T: Float> Shard<T> {
+    /// The shard's saved buffers, from the pool (every one is overwritten in full by forward).
+    pub(super) fn take(cfg: &Config, rows: Range<usize>, ws: &mut Workspace<'_, T>) -> Self {
+        let (tl, n, h) = (cfg.t_len, rows.len(), cfg.hidden);
+        let lstm = cfg.kind.has_cell_state();
+        let own_x = n < cfg.batch;
+        Shard {
+            gates: ws.scratch(tl * n * cfg.saved_width()),
+            h_prev: ws.scratch(if cfg.lengths.is_some() { tl * n * h } else { 0 }),
+            ys: ws.scratch(if own_x { tl * n * h } else { 0 }),
+            c_new: ws.scratch(if lstm { tl * n * h } else { 0 }),
+            c0: ws.scratch(if lstm { n * h } else { 0 }),
+            xs: ws.scratch(if own_x { tl * n * cfg.in_size } else { 0 }),
+            rows,
+        }
+    }
+
+    pub(super) fn give(self, ws: &mut Workspace<'_, T>) {
+        for v in [
+            self.gates,
+            self.h_prev,
+            self.ys,
+            self.c_new,
+            self.c0,
+            self.xs,
+        ] {
+            ws.give(v);
+        }
+    }
+
+    /// LSTM: the shard's final cell state `[n, H]`, the last step's saved `c_t` (`c0` for an
+    /// empty sequence).
+    pub(super) fn c_final(&self, cfg: &Config) -> &[T] {
+        let nh = self.rows.len() * cfg.hidden;
+        match cfg.t_len {
+            0 => &self.c0,
+            tl => {
+                let t = cfg.time(tl - 1);
+                &self.c_new[t * nh..(t + 1) * nh]
+            }
+        }
+    }
+
+    /// The shard's rows of the input `x` `[T, B, I]`, as `[T, n, I]`.
+    pub(super) fn x<'a>(&'a self, x: &'a [T]) -> &'a [T] {
+        if self.xs.is_empty() { x } else { &self.xs }
+    }
+
+    /// The shard's outputs `[T, n, H]` after forward: its own buffer, or for a single shard
+    /// the layer's output `y`.
+    pub(super) fn outputs<'a>(&'a self, y: &'a [T]) -> &'a [T] {
+        if self.ys.is_empty() { y } else { &self.ys }
+    }
+}
+
+/// A shard's working buffers for the forward, given back once it has run.
+pub(super) struct ForwardScratch<T> {
+    /// GRU: the input projection `Xp = X W_ih^T` of every step `[T, n, 3H]`, without `b_ih`
+    /// (the LSTM and the RNN write theirs straight into the saved gates).
+    pub(super) xp: Vec<T>,
+    /// The shard's final state `h_n` `[n, H]`.
+    pub(super) h_cur: Vec<T>,
+    /// GRU: `W_hh h + b_hh` of one step `[n, 3H]`.
+    pub(super) hp: Vec<T>,
+    /// LSTM and RNN with biases: `b_ih + b_hh` `[G*H]`, which each step's recurrent product
+    /// adds to the projection.
+    pub(super) bias: Vec<T>,
+}
+
+impl<T: Float> ForwardScratch<T> {
+    pub(super) fn take(cfg: &Config, n: usize, ws: &mut Workspace<'_, T>) -> Self {
+        let (tl, h) = (cfg.t_len, cfg.hidden);
+        let gh = cfg.kind.gates() * h;
+        let gru = cfg.kind == CellKind::Gru;
+        ForwardScratch {
+            xp: ws.scratch(if gru { tl * n * gh } else { 0 }),
+            h_cur: ws.scratch(n * h),
+            hp: ws.scratch(if gru { n * gh } else { 0 }),
+            bias: ws.scratch(if cfg.has_bias() && !gru { gh } else { 0 }),
+        }
+    }
+
+    pub(super) fn give(self, ws: &mut Workspace<'_, T>) {
+        for v in [self.xp, self.h_cur, self.hp, self.bias] {
+            ws.give(v);
+        }
+    }
+}
+
+/// A shard's working buffers for the backward; after the parallel part they hold its
+/// gradients, which are then added up in shard order.
+pub(super) struct BackwardScratch<T> {
+    /// `dh` carried back through time; at the end, the shard's rows of `dh0`.
+    pub(super) dh: Vec<T>,
+    /// LSTM: `dc` likewise; at the end, the rows of `dc0`.
+    pub(super) dc: Vec<T>,
+    /// The gradient of the gate pre-activations of every step `[T, n, G*H]` (GRU: of `Xp`).
+    pub(super) dg: Vec<T>,
+    /// GRU: the gradient of `Hp = W_hh h + b_hh` of every step `[T, n, 3H]`.
+    pub(super) dhp: Vec<T>,
+    pub(super) dh_t: Vec<T>,
+    pub(super) keep: Vec<T>,
+    /// The shard's rows of `dX` `[T, n, I]`, and its parts of `dW_ih`, `dW_hh`, `db_ih` and
+    /// `db_hh`.
+    pub(super) dx: Vec<T>,
+    pub(super) dw_ih: Vec<T>,
+    pub(super) dw_hh: Vec<T>,
+    pub(super) db_ih: Vec<T>,
+    pub(super) db_hh: Vec<T>,
+    /// The shard's `X` `[T n, I]` and `h_{t-1}` `[T n, H]` packed for the weight gradients
+    /// `dG^T X` and `dG^T H`.
+    pub(super) x_packed: PackedB<T>,
+    pub(super) h_packed: PackedB<T>,
+}
+
+impl<T: Float> BackwardScratch<T> {
+    pub(super) fn take(cfg: &Config, n: usize, want: Wanted, ws: &mut Workspace<'_, T>) -> Self {
+        let (tl, h, i) = (cfg.t_len, cfg.hidden, cfg.in_size);
+        let gh = cfg.kind.gates() * h;
+        let lstm = cfg.kind.has_cell_state();
+        let gru = cfg.kind == CellKind::Gru;
+        let size = |wanted: bool, len: usize| if wanted { len } else { 0 };
+        BackwardScratch {
+            dh: ws.scratch(n * h),
+            dc: ws.scratch(size(lstm, n * h)),
+            dg: ws.scratch(tl * n * gh),
+            dhp: ws.scratch(size(gru, tl * n * gh)),
+            dh_t: ws.scratch(n * h),
+            keep: ws.scratch(size(lstm, n * h)),
+            dx: ws.scratch(size(want.x, tl * n * i)),
+            dw_ih: ws.scratch(size(want.w_ih, gh * i)),
+            dw_hh: ws.scratch(size(want.w_hh, gh * h)),
+            db_ih: ws.scratch(size(want.b_ih, gh)),
+            db_hh: ws.scratch(size(want.b_hh, gh)),
+            x_packed: PackedB::from_buffer(
+                ws.scratch(size(want.w_ih, PackedB::<T>::packed_len(tl * n, i))),
+            ),
+            h_packed: PackedB::from_buffer(
+                ws.scratch(size(want.w_hh, PackedB::<T>::packed_len(tl * n, h))),
+            ),
+        }
+    }
+
+    pub(super) fn give(self, ws: &mut Workspace<'_, T>) {
+        let bufs = [
+            self.dh,
+            self.dc,
+            self.dg,
+            self.dhp,
+            self.dh_t,
+            self.keep,
+            self.dx,
+            self.dw_ih,
+            self.dw_hh,
+            self.db_ih,
+            self.db_hh,
+            self.x_packed.into_buffer(),
+            self.h_packed.into_buffer(),
+        ];
+        for v in bufs {
+            ws.give(v);
+        }
+    }
+}
+
+/// Copies rows `rows` of every time step of a `[T, b, w]` buffer into `out` `[T, n, w]`.
+pub(super) fn gather<T: Float>(src: &[T], out: &mut [T], b: usize, rows: &Range<usize>, w: usize) {
+    let n = rows.len();
+    for (t, dst) in out.chunks_exact_mut(n * w).enumerate() {
+        dst.copy_from_slice(&src[(t * b + rows.start) * w..(t * b + rows.end) * w]);
+    }
+}
+
+/// Block `read` of `buf` (blocks of `len` values) to read and a different block `write` to
+/// write.
+pub(super) fn read_write<T>(
+    buf: &mut [T],
+    read: usize,
+    write: usize,
+    len: usize,
+) -> (&[T], &mut [T]) {
+    assert_ne!(read, write, "read_write: the two blocks must differ");
+    if read < write {
+        let (lo, hi) = buf.split_at_mut(write * len);
+        (&lo[read * len..(read + 1) * len], &mut hi[..len])
+    } else {
+        let (lo, hi) = buf.split_at_mut(read * len);
+        (&hi[..len], &mut lo[write * len..(write + 1) * len])
+    }
+}

@@ -1,0 +1,186 @@
+//! The weights as the products read them: `W_hh` packed (or, for a single row, as stored) for
+//! each step's product, and the input projection `X W_ih^T` over all time steps with its
+//! biases.
+
+use std::ops::Range;
+
+use crate::kernels::Sweep;
+use crate::kernels::gemm_nn::{PackedB, Rows, gemm_packed_acc_cols, gemm_packed_set, panel};
+use crate::kernels::gemm_nt::gemm_nt_acc;
+use crate::kernels::gemv::{AlignedMatrix, gemv_cols_acc, gemv_rows_acc};
+use crate::nn::direction::CellKind;
+use crate::tensor::{self, Float};
+
+/// `W_hh` `[G*H, H]` as the per-step products read it.
+pub(super) enum RecurrentWeight<T> {
+    /// Packed in panels: `W_hh^T` in forward, `W_hh` in backward.
+    Packed(PackedB<T>),
+    /// For a batch of one row: an aligned copy as stored, made in forward and read again by
+    /// the backward (the node's weights do not change in between).
+    Stored(AlignedMatrix<T>),
+}
+
+impl<T: Float> RecurrentWeight<T> {
+    pub(super) fn into_buffer(self) -> Vec<T> {
+        match self {
+            RecurrentWeight::Packed(p) => p.into_buffer(),
+            RecurrentWeight::Stored(m) => m.into_buffer(),
+        }
+    }
+}
+
+/// One step's recurrent product `C += A B` against `W_hh`, as laid out for it.
+#[derive(Clone, Copy)]
+pub(super) enum StepWeight<'a, T> {
+    /// `B` packed (`W_hh^T` in forward, `W_hh` in backward), any number of rows.
+    Packed(&'a PackedB<T>),
+    /// `B = W_hh^T` over `W_hh` as stored, a single row: forward, `C += W_hh h`.
+    Rows(&'a AlignedMatrix<T>),
+    /// `B = W_hh` as stored, a single row: backward, `dh += dG W_hh`.
+    Cols(&'a AlignedMatrix<T>),
+}
+
+impl<T: Float> StepWeight<'_, T> {
+    /// Columns of `B` (of `C`).
+    pub(super) fn n(self) -> usize {
+        match self {
+            StepWeight::Packed(b) => b.n(),
+            StepWeight::Rows(w) => w.rows(),
+            StepWeight::Cols(w) => w.cols(),
+        }
+    }
+
+    /// Where a product split in two cuts its columns: the first half of the panels (rounded
+    /// up); of the vectors, over `W_hh` as stored.
+    pub(super) fn split_point(self) -> usize {
+        let n = self.n();
+        let unit = match self {
+            StepWeight::Packed(_) => panel::<T>(),
+            StepWeight::Rows(_) | StepWeight::Cols(_) => T::LANES,
+        };
+        (n.div_ceil(unit).div_ceil(2) * unit).min(n)
+    }
+
+    /// Columns `cols` of `C += A B` (each block's `C` holding just those, row stride `ldc`),
+    /// walking `B` in `sweep`'s order where that changes no value (not `W_hh` as stored in
+    /// backward, whose rows are the terms of each sum).
+    pub(super) fn product(
+        self,
+        blocks: &mut [Rows<'_, T>],
+        cols: Range<usize>,
+        ldc: usize,
+        sweep: Sweep,
+    ) {
+        let w = match self {
+            StepWeight::Packed(b) => return gemm_packed_acc_cols(blocks, b, cols, ldc, sweep),
+            StepWeight::Rows(w) | StepWeight::Cols(w) => w,
+        };
+        let [g] = blocks else {
+            panic!("step product: W_hh as stored serves a single block")
+        };
+        assert_eq!(g.m, 1, "step product: W_hh as stored serves a single row");
+        let c = &mut g.c[..cols.len()];
+        if let Some(bias) = g.bias {
+            tensor::add(c, &bias[cols.clone()]);
+        }
+        match self {
+            StepWeight::Rows(_) => gemv_rows_acc(w, g.a, c, cols, sweep),
+            _ => gemv_cols_acc(g.a, w, c, cols),
+        }
+    }
+}
+
+/// The weights, as slices.
+#[derive(Clone, Copy)]
+pub(super) struct Weights<'a, T> {
+    pub(super) w_ih: &'a [T],
+    /// `W_ih` packed for the products over all time steps (`W_ih^T` in forward, `W_ih` in
+    /// backward), where they use it.
+    pub(super) w_ih_packed: Option<&'a PackedB<T>>,
+    pub(super) w_hh: &'a [T],
+    pub(super) bias: Option<(&'a [T], &'a [T])>,
+}
+
+/// Up to this many rows, `X W^T` runs on the small-batch kernel over `W` as stored instead of
+/// against `W^T` packed.
+pub(super) const SMALL_ROWS: usize = 32;
+
+/// Whether an input projection over `rows` rows runs against `W_ih^T` packed (more than
+/// [`SMALL_ROWS`]): the forward packs it when any shard's projection does.
+pub(super) fn projects_packed(rows: usize) -> bool {
+    rows > SMALL_ROWS
+}
+
+/// `xp = X W^T`, for `X` `[m, k]` and `W` `[n, k]`: up to
+/// [`SMALL_ROWS`] rows on the small-batch kernel over `W` as stored, more against `W^T` packed
+/// (`packed`, required then); with `halves` on two threads, split by rows. The kernel is chosen
+/// by the whole product's rows, and either computes each row of `xp` as in the whole product,
+/// so the split changes how fast, never what, it computes.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn project<T: Float>(
+    m: usize,
+    k: usize,
+    n: usize,
+    x: &[T],
+    w: &[T],
+    packed: Option<&PackedB<T>>,
+    xp: &mut [T],
+    halves: bool,
+) {
+    let packed = projects_packed(m).then(|| {
+        packed.expect("project: W^T is packed for a product over more than SMALL_ROWS rows")
+    });
+    let rows = |m: usize, x: &[T], xp: &mut [T]| {
+        let xp = &mut xp[..m * n];
+        match packed {
+            Some(b) => gemm_packed_set(m, x, b, xp),
+            None => {
+                xp.fill(T::ZERO);
+                gemm_nt_acc(m, n, k, x, w, xp)
+            }
+        }
+    };
+    if !halves || m < 2 {
+        return rows(m, x, xp);
+    }
+    let m1 = m / 2;
+    let (x0, x1) = x.split_at(m1 * k);
+    let (p0, p1) = xp[..m * n].split_at_mut(m1 * n);
+    rayon::join(|| rows(m1, x0, p0), || rows(m - m1, x1, p1));
+}
+
+/// Fills every row of `[rows, w]` with `init` (or zeros).
+pub(crate) fn fill_rows<T: Float>(buf: &mut [T], init: Option<&[T]>) {
+    match init {
+        Some(row0) => buf
+            .chunks_exact_mut(row0.len())
+            .for_each(|r| r.copy_from_slice(row0)),
+        None => buf.fill(T::ZERO),
+    }
+}
+
+/// Sets every row of the input projection `[rows, G*H]` to the bias it starts from:
+/// `b_ih + b_hh`, or for the GRU `b_ih` alone (it keeps `b_hh` apart: its n gate scales
+/// `W_hn h + b_hn` by r); zeros without biases.
+pub(crate) fn init_input_projection<T: Float>(
+    xp: &mut [T],
+    bias: Option<(&[T], &[T])>,
+    kind: CellKind,
+) {
+    match bias {
+        Some((b_ih, b_hh)) if !xp.is_empty() => {
+            // The first row, then copies of it.
+            let (first, rest) = xp.split_at_mut(b_ih.len());
+            if kind == CellKind::Gru {
+                first.copy_from_slice(b_ih);
+            } else {
+                for ((r, &bi), &bh) in first.iter_mut().zip(b_ih).zip(b_hh) {
+                    *r = bi + bh;
+                }
+            }
+            fill_rows(rest, Some(first));
+        }
+        Some(_) => {}
+        None => xp.fill(T::ZERO),
+    }
+}
