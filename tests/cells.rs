@@ -219,9 +219,9 @@ fn standalone_cells_and_inference_step_match_layer() {
         let mut ps = ParamStore::<f64>::new();
         let cc = CellConfig::new(i, h);
         let cell: Cell = match kind {
-            CellKind::Lstm => LstmCell::new(&mut ps, "c.", cc, &mut rng).unwrap().0,
-            CellKind::Gru => GruCell::new(&mut ps, "c.", cc, &mut rng).unwrap().0,
-            CellKind::Rnn(a) => RnnCell::new(&mut ps, "c.", cc, a, &mut rng).unwrap().0,
+            CellKind::Lstm => Cell::clone(&LstmCell::new(&mut ps, "c.", cc, &mut rng).unwrap()),
+            CellKind::Gru => Cell::clone(&GruCell::new(&mut ps, "c.", cc, &mut rng).unwrap()),
+            CellKind::Rnn(a) => Cell::clone(&RnnCell::new(&mut ps, "c.", cc, a, &mut rng).unwrap()),
         };
         assert_eq!(cell.kind(), kind);
         let names: Vec<&str> = ps.iter().map(|(_, n, _)| n).collect();

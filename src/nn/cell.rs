@@ -8,11 +8,15 @@
 //! sampling). The same cell also runs one direction of one layer of a trained [`Recurrent`]
 //! stack ([`Cell::from_layer`]), sharing its parameters.
 
+use std::ops::Deref;
+
 use super::direction::{CellKind, DirectionParams};
+use super::inference::InferenceStep;
+use super::init::uniform_tensor;
 use super::linear::param_value;
-use super::recurrent::{Recurrent, deref_newtype};
+use super::recurrent::Recurrent;
+use super::reference::{StepWeights, cell_step};
 use crate::kernels::rnn::Activation;
-use crate::kernels::{GemmShape, gru, lstm, rnn};
 use crate::params::{ParamId, ParamStore};
 use crate::rng::Rng;
 use crate::tape::{Tape, Var};
@@ -111,9 +115,7 @@ impl Cell {
             ));
         }
         let bound = 1.0 / (h as f64).sqrt();
-        let mut uniform = |dims: &[usize]| -> Result<Tensor<T>> {
-            Tensor::from_fn(dims, |_| T::from_f64(rng.uniform_range(-bound, bound)))
-        };
+        let mut uniform = |dims: &[usize]| uniform_tensor::<T>(dims, bound, rng);
         let mut ids = Vec::with_capacity(4);
         for (k, name) in names.into_iter().enumerate() {
             let value = match k {
@@ -272,58 +274,14 @@ impl Cell {
         self.check_shapes("cell step", xs, hs, cs)?;
         self.check_params(store, "cell step")?;
         let p = self.params;
-        let w_ih = tape.param(store, p.w_ih)?;
-        let w_hh = tape.param(store, p.w_hh)?;
-        let b_ih = p.b_ih.map(|id| tape.param(store, id)).transpose()?;
-        let b_hh = p.b_hh.map(|id| tape.param(store, id)).transpose()?;
-        let hsz = self.hidden_size;
-        let xp = affine(tape, x, w_ih, b_ih)?;
-        let hp = affine(tape, state.h, w_hh, b_hh)?;
-        match self.kind {
-            CellKind::Rnn(act) => {
-                let pre = tape.add(xp, hp)?;
-                let h = match act {
-                    Activation::Tanh => tape.tanh(pre)?,
-                    Activation::Relu => tape.relu(pre)?,
-                };
-                Ok(CellState { h, c: None })
-            }
-            CellKind::Lstm => {
-                let gates = tape.add(xp, hp)?;
-                let i = tape.slice(gates, 0, hsz)?;
-                let i = tape.sigmoid(i)?;
-                let f = tape.slice(gates, hsz, 2 * hsz)?;
-                let f = tape.sigmoid(f)?;
-                let g = tape.slice(gates, 2 * hsz, 3 * hsz)?;
-                let g = tape.tanh(g)?;
-                let o = tape.slice(gates, 3 * hsz, 4 * hsz)?;
-                let o = tape.sigmoid(o)?;
-                let c_prev = state.c.expect("checked: an LSTM state has c");
-                let fc = tape.mul(f, c_prev)?;
-                let ig = tape.mul(i, g)?;
-                let c = tape.add(fc, ig)?; // c' = f * c + i * g
-                let tc = tape.tanh(c)?;
-                let h = tape.mul(o, tc)?; // h' = o * tanh(c')
-                Ok(CellState { h, c: Some(c) })
-            }
-            CellKind::Gru => {
-                let (xr, hr) = (tape.slice(xp, 0, hsz)?, tape.slice(hp, 0, hsz)?);
-                let r = tape.add(xr, hr)?;
-                let r = tape.sigmoid(r)?;
-                let (xz, hz) = (tape.slice(xp, hsz, 2 * hsz)?, tape.slice(hp, hsz, 2 * hsz)?);
-                let z = tape.add(xz, hz)?;
-                let z = tape.sigmoid(z)?;
-                let xn = tape.slice(xp, 2 * hsz, 3 * hsz)?;
-                let hn = tape.slice(hp, 2 * hsz, 3 * hsz)?;
-                let rhn = tape.mul(r, hn)?;
-                let n = tape.add(xn, rhn)?;
-                let n = tape.tanh(n)?; // n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
-                let h_minus_n = tape.sub(state.h, n)?;
-                let zd = tape.mul(z, h_minus_n)?;
-                let h = tape.add(n, zd)?; // h' = (1 - z) * n + z * h
-                Ok(CellState { h, c: None })
-            }
-        }
+        let w = StepWeights {
+            w_ih: tape.param(store, p.w_ih)?,
+            w_hh: tape.param(store, p.w_hh)?,
+            b_ih: p.b_ih.map(|id| tape.param(store, id)).transpose()?,
+            b_hh: p.b_hh.map(|id| tape.param(store, id)).transpose()?,
+        };
+        let (h, c) = cell_step(tape, self.kind, self.hidden_size, x, state.h, state.c, &w)?;
+        Ok(CellState { h, c })
     }
 
     /// Checks that the parameters in `store` have this cell's shapes.
@@ -356,122 +314,18 @@ impl Cell {
             state.c.as_ref().map(Tensor::shape),
         )?;
         self.check_params(store, "cell step_inference")?;
-        let (hsz, gh) = (self.hidden_size, self.kind.gates() * self.hidden_size);
         let p = self.params;
-        let (w_ih, w_hh) = (store.get(p.w_ih).data(), store.get(p.w_hh).data());
         let bias = p
             .b_ih
             .zip(p.b_hh)
             .map(|(a, b)| (store.get(a).data(), store.get(b).data()));
-        // xp = x W_ih^T + b_ih (+ b_hh, except for the GRU, whose n gate scales W_hn h + b_hn).
-        let mut xp = vec![T::ZERO; batch * gh];
-        if let Some((b_ih, b_hh)) = bias {
-            for row in xp.chunks_exact_mut(gh) {
-                for k in 0..gh {
-                    row[k] = if self.kind == CellKind::Gru {
-                        b_ih[k]
-                    } else {
-                        b_ih[k] + b_hh[k]
-                    };
-                }
-            }
-        }
-        let proj = GemmShape {
-            m: batch,
-            k: self.input_size,
-            n: gh,
-            trans_a: false,
-            trans_b: true,
-        };
-        add_x_wt(proj, x.data(), w_ih, &mut xp);
-        let rec = GemmShape {
-            m: batch,
-            k: hsz,
-            n: gh,
-            trans_a: false,
-            trans_b: true,
-        };
-        let h_prev = state.h.data();
-        let mut h = vec![T::ZERO; batch * hsz];
-        let mut c_out = None;
-        match self.kind {
-            CellKind::Rnn(act) => {
-                add_x_wt(rec, h_prev, w_hh, &mut xp);
-                rnn::rnn_forward(&mut xp, act);
-                h.copy_from_slice(&xp);
-            }
-            CellKind::Lstm => {
-                add_x_wt(rec, h_prev, w_hh, &mut xp);
-                let c_prev = state.c.as_ref().expect("checked: an LSTM state has c");
-                let mut c = vec![T::ZERO; batch * hsz];
-                lstm::lstm_forward(&mut xp, c_prev.data(), &mut c, &mut h, hsz);
-                c_out = Some(Tensor::from_vec(c, &[batch, hsz])?);
-            }
-            CellKind::Gru => {
-                let mut hp = vec![T::ZERO; batch * gh];
-                if let Some((_, b_hh)) = bias {
-                    for row in hp.chunks_exact_mut(gh) {
-                        row.copy_from_slice(b_hh);
-                    }
-                }
-                add_x_wt(rec, h_prev, w_hh, &mut hp);
-                let mut saved = vec![T::ZERO; batch * 4 * hsz];
-                gru::gru_forward(&xp, None, &hp, h_prev, &mut h, &mut saved, hsz);
-            }
-        }
-        Ok(StateTensors {
-            h: Tensor::from_vec(h, &[batch, hsz])?,
-            c: c_out,
-        })
-    }
-}
-
-/// Batches up to this size take the row-by-row product in [`add_x_wt`].
-const SMALL_BATCH: usize = 4;
-
-/// `out += x W^T` for `x` `[m, k]`, `W` `[n, k]` (both row-major), `out` `[m, n]`.
-///
-/// For the few rows of a sampling step, each output is a dot product of two contiguous rows:
-/// the weights stream through once, unpacked. Larger batches go to the blocked GEMM, whose
-/// packing pays off there.
-fn add_x_wt<T: Float>(s: GemmShape, x: &[T], w: &[T], out: &mut [T]) {
-    debug_assert!(!s.trans_a && s.trans_b);
-    if s.m > SMALL_BATCH {
-        T::gemm(s, T::ONE, x, w, T::ONE, out);
-        return;
-    }
-    // Weight rows outside, batch rows inside: the weights stream through once per step.
-    for (j, w_row) in w.chunks_exact(s.k).enumerate() {
-        for (b, x_row) in x.chunks_exact(s.k).enumerate() {
-            out[b * s.n + j] += dot(x_row, w_row);
-        }
-    }
-}
-
-/// Dot product with eight independent partial sums, so the compiler can keep them in one
-/// vector register and the additions do not wait on each other.
-fn dot<T: Float>(a: &[T], b: &[T]) -> T {
-    let mut acc = [T::ZERO; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ar, br) = (ac.remainder(), bc.remainder());
-    for (x, y) in ac.zip(bc) {
-        for j in 0..8 {
-            acc[j] += x[j] * y[j];
-        }
-    }
-    let mut tail = T::ZERO;
-    for (x, y) in ar.iter().zip(br) {
-        tail += *x * *y;
-    }
-    (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + tail
-}
-
-/// `x W^T + b` for `[B, in]` rows.
-fn affine<T: Float>(tape: &mut Tape<T>, x: Var, w: Var, b: Option<Var>) -> Result<Var> {
-    let y = tape.matmul_t(x, false, w, true)?;
-    match b {
-        Some(b) => tape.add(y, b),
-        None => Ok(y),
+        let (w_ih, w_hh) = (store.get(p.w_ih).data(), store.get(p.w_hh).data());
+        let mut h = state.h.clone();
+        let mut c = state.c.clone();
+        let mut step = InferenceStep::new(self.kind, self.input_size, self.hidden_size, batch)?;
+        let c_data = c.as_mut().map_or(&mut [][..], |c| c.data_mut());
+        step.step(w_ih, w_hh, bias, x.data(), h.data_mut(), c_data)?;
+        Ok(StateTensors { h, c })
     }
 }
 
@@ -524,67 +378,103 @@ impl RecurrentCell for Cell {
     }
 }
 
-/// A cell type for one cell kind: the newtype over [`Cell`] with its [`RecurrentCell`] impl, and,
-/// when the kind is fixed, its `new`.
-macro_rules! cell_type {
-    ($(#[$doc:meta])* $name:ident) => {
-        deref_newtype!($(#[$doc])* $name(Cell));
-
-        impl RecurrentCell for $name {
-            fn cell(&self) -> &Cell {
-                &self.0
-            }
-        }
-    };
-    ($(#[$doc:meta])* $name:ident, $kind:expr, $what:literal) => {
-        cell_type!($(#[$doc])* $name);
-
-        impl $name {
-            #[doc = concat!("Registers a new ", $what, " in `store` under PyTorch's cell names, prefixed by `prefix`; see [`Cell::new`].")]
-            pub fn new<T: Float>(store: &mut ParamStore<T>, prefix: &str, config: CellConfig, rng: &mut Rng) -> Result<Self> {
-                Ok($name(Cell::new(store, prefix, $kind, config, rng)?))
-            }
-        }
-    };
+/// An LSTM cell, PyTorch's `nn.LSTMCell`: gates `i, f, g, o`, `c' = f * c + i * g`,
+/// `h' = o * tanh(c')`.
+///
+/// ```
+/// use recur::nn::{CellConfig, LstmCell, RecurrentCell};
+/// use recur::{ParamStore, Rng, Tape, Tensor};
+/// let mut ps = ParamStore::<f32>::new();
+/// let cell = LstmCell::new(&mut ps, "cell.", CellConfig::new(3, 4), &mut Rng::new(0))?;
+/// assert_eq!(ps.get(ps.find("cell.weight_ih").unwrap()).dims(), &[16, 3]);
+/// // Sampling loop, no tape:
+/// let mut s = cell.zero_state::<f32>(2)?;
+/// for _ in 0..5 {
+///     s = cell.step_inference(&ps, &Tensor::zeros(&[2, 3])?, &s)?;
+/// }
+/// assert_eq!(s.c.unwrap().dims(), &[2, 4]);
+/// // Differentiable step:
+/// let mut tape = Tape::new();
+/// let s0 = cell.state_input(&mut tape, &cell.zero_state(2)?);
+/// let x = tape.constant(Tensor::zeros(&[2, 3])?);
+/// let s1 = cell.step(&mut tape, &ps, x, s0)?;
+/// assert_eq!(tape.shape(s1.h)?.dims(), &[2, 4]);
+/// # Ok::<(), recur::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct LstmCell {
+    cell: Cell,
 }
 
-cell_type!(
-    /// An LSTM cell, PyTorch's `nn.LSTMCell`: gates `i, f, g, o`, `c' = f * c + i * g`,
-    /// `h' = o * tanh(c')`.
-    ///
-    /// ```
-    /// use recur::nn::{CellConfig, LstmCell, RecurrentCell};
-    /// use recur::{ParamStore, Rng, Tape, Tensor};
-    /// let mut ps = ParamStore::<f32>::new();
-    /// let cell = LstmCell::new(&mut ps, "cell.", CellConfig::new(3, 4), &mut Rng::new(0))?;
-    /// assert_eq!(ps.get(ps.find("cell.weight_ih").unwrap()).dims(), &[16, 3]);
-    /// // Sampling loop, no tape:
-    /// let mut s = cell.zero_state::<f32>(2)?;
-    /// for _ in 0..5 {
-    ///     s = cell.step_inference(&ps, &Tensor::zeros(&[2, 3])?, &s)?;
-    /// }
-    /// assert_eq!(s.c.unwrap().dims(), &[2, 4]);
-    /// // Differentiable step:
-    /// let mut tape = Tape::new();
-    /// let s0 = cell.state_input(&mut tape, &cell.zero_state(2)?);
-    /// let x = tape.constant(Tensor::zeros(&[2, 3])?);
-    /// let s1 = cell.step(&mut tape, &ps, x, s0)?;
-    /// assert_eq!(tape.shape(s1.h)?.dims(), &[2, 4]);
-    /// # Ok::<(), recur::Error>(())
-    /// ```
-    LstmCell, CellKind::Lstm, "LSTM cell"
-);
-cell_type!(
-    /// A GRU cell, PyTorch's `nn.GRUCell`: gates `r, z, n`,
-    /// `n = tanh(W_in x + b_in + r * (W_hn h + b_hn))`, `h' = (1 - z) * n + z * h`.
-    GruCell, CellKind::Gru, "GRU cell"
-);
+impl LstmCell {
+    /// Registers a new LSTM cell in `store` under PyTorch's cell names, prefixed by `prefix`;
+    /// see [`Cell::new`].
+    pub fn new<T: Float>(
+        store: &mut ParamStore<T>,
+        prefix: &str,
+        config: CellConfig,
+        rng: &mut Rng,
+    ) -> Result<Self> {
+        let cell = Cell::new(store, prefix, CellKind::Lstm, config, rng)?;
+        Ok(LstmCell { cell })
+    }
+}
 
-cell_type!(
-    /// An Elman RNN cell, PyTorch's `nn.RNNCell`: `h' = act(W_ih x + b_ih + W_hh h + b_hh)` with
-    /// tanh or relu.
-    RnnCell
-);
+impl RecurrentCell for LstmCell {
+    fn cell(&self) -> &Cell {
+        &self.cell
+    }
+}
+
+impl Deref for LstmCell {
+    type Target = Cell;
+
+    fn deref(&self) -> &Cell {
+        &self.cell
+    }
+}
+
+/// A GRU cell, PyTorch's `nn.GRUCell`: gates `r, z, n`,
+/// `n = tanh(W_in x + b_in + r * (W_hn h + b_hn))`, `h' = (1 - z) * n + z * h`.
+#[derive(Clone, Debug)]
+pub struct GruCell {
+    cell: Cell,
+}
+
+impl GruCell {
+    /// Registers a new GRU cell in `store` under PyTorch's cell names, prefixed by `prefix`;
+    /// see [`Cell::new`].
+    pub fn new<T: Float>(
+        store: &mut ParamStore<T>,
+        prefix: &str,
+        config: CellConfig,
+        rng: &mut Rng,
+    ) -> Result<Self> {
+        let cell = Cell::new(store, prefix, CellKind::Gru, config, rng)?;
+        Ok(GruCell { cell })
+    }
+}
+
+impl RecurrentCell for GruCell {
+    fn cell(&self) -> &Cell {
+        &self.cell
+    }
+}
+
+impl Deref for GruCell {
+    type Target = Cell;
+
+    fn deref(&self) -> &Cell {
+        &self.cell
+    }
+}
+
+/// An Elman RNN cell, PyTorch's `nn.RNNCell`: `h' = act(W_ih x + b_ih + W_hh h + b_hh)` with
+/// tanh or relu.
+#[derive(Clone, Debug)]
+pub struct RnnCell {
+    cell: Cell,
+}
 
 impl RnnCell {
     /// Registers a new RNN cell with the given nonlinearity; see [`Cell::new`].
@@ -595,12 +485,21 @@ impl RnnCell {
         nonlinearity: Activation,
         rng: &mut Rng,
     ) -> Result<Self> {
-        Ok(RnnCell(Cell::new(
-            store,
-            prefix,
-            CellKind::Rnn(nonlinearity),
-            config,
-            rng,
-        )?))
+        let cell = Cell::new(store, prefix, CellKind::Rnn(nonlinearity), config, rng)?;
+        Ok(RnnCell { cell })
+    }
+}
+
+impl RecurrentCell for RnnCell {
+    fn cell(&self) -> &Cell {
+        &self.cell
+    }
+}
+
+impl Deref for RnnCell {
+    type Target = Cell;
+
+    fn deref(&self) -> &Cell {
+        &self.cell
     }
 }

@@ -35,16 +35,25 @@ pub fn uniform<T: Float>(
     rng: &mut Rng,
 ) -> Result<()> {
     store.check(id)?;
+    let dims = store.get(id).dims().to_vec();
+    *store.get_mut(id) = uniform_tensor(&dims, bound, rng)?;
+    Ok(())
+}
+
+/// A new tensor of samples of `U(-bound, bound)`, drawn in row-major order: what every layer's
+/// constructor draws its parameters with (bound `1/sqrt(fan)`, as PyTorch does).
+pub(crate) fn uniform_tensor<T: Float>(
+    dims: &[usize],
+    bound: f64,
+    rng: &mut Rng,
+) -> Result<Tensor<T>> {
     if !(bound.is_finite() && bound >= 0.0) {
         return Err(Error::invalid(
             "init::uniform",
             format!("bound must be finite and >= 0, got {bound}"),
         ));
     }
-    for x in store.get_mut(id).data_mut() {
-        *x = T::from_f64(rng.uniform_range(-bound, bound));
-    }
-    Ok(())
+    Tensor::from_fn(dims, |_| T::from_f64(rng.uniform_range(-bound, bound)))
 }
 
 /// PyTorch's default for recurrent layers: `U(-1/sqrt(H), 1/sqrt(H))` with `H` the hidden size.

@@ -1,7 +1,10 @@
 //! The recurrent layers `Rnn`, `Lstm` and `Gru`: PyTorch's options, names and layouts, run
 //! either by the fused kernels or by the reference built from primitive tape ops.
 
+use std::ops::Deref;
+
 use super::direction::{CellKind, DirectionParams, DirectionRun};
+use super::init::uniform_tensor;
 use super::{fused, reference};
 use crate::kernels::rnn::Activation;
 use crate::params::{ParamId, ParamStore};
@@ -155,9 +158,7 @@ impl Recurrent {
         config.validate()?;
         let (h, g) = (config.hidden_size, kind.gates());
         let bound = 1.0 / (h as f64).sqrt();
-        let mut uniform = |dims: &[usize]| -> Result<Tensor<T>> {
-            Tensor::from_fn(dims, |_| T::from_f64(rng.uniform_range(-bound, bound)))
-        };
+        let mut uniform = |dims: &[usize]| uniform_tensor::<T>(dims, bound, rng);
         let mut params = Vec::new();
         for layer in 0..config.num_layers {
             let in_size = if layer == 0 {
@@ -412,80 +413,105 @@ fn validate_lengths(l: &[usize], batch: usize, t_len: usize) -> Result<Vec<usize
     Ok(l.to_vec())
 }
 
-/// A public newtype `$name(pub $inner)` that derefs to `$inner`: the shape of the per-kind layer
-/// types here and of the per-kind cell types in `cell`.
-macro_rules! deref_newtype {
-    ($(#[$doc:meta])* $name:ident($inner:ty)) => {
-        $(#[$doc])*
-        #[derive(Clone, Debug)]
-        pub struct $name(pub $inner);
-
-        impl std::ops::Deref for $name {
-            type Target = $inner;
-            fn deref(&self) -> &$inner {
-                &self.0
-            }
-        }
-    };
-}
-pub(crate) use deref_newtype;
-
-/// A layer type for one cell kind: the newtype over [`Recurrent`] with its `forward`, and, when
-/// the kind is fixed, its `new`.
-macro_rules! layer_type {
-    ($(#[$doc:meta])* $name:ident) => {
-        deref_newtype!($(#[$doc])* $name(Recurrent));
-
-        impl $name {
-            /// Runs the layer; see [`Recurrent::forward`].
-            pub fn forward<T: Float>(&self, tape: &mut Tape<T>, store: &ParamStore<T>, x: Var, opts: ForwardOptions<'_>) -> Result<RecurrentOutput> {
-                self.0.forward(tape, store, x, opts)
-            }
-        }
-    };
-    ($(#[$doc:meta])* $name:ident, $kind:expr, $prefix_doc:literal) => {
-        layer_type!($(#[$doc])* $name);
-
-        impl $name {
-            #[doc = concat!("Registers a new ", $prefix_doc, " in `store` under PyTorch's names, prefixed by `prefix`.")]
-            pub fn new<T: Float>(store: &mut ParamStore<T>, prefix: &str, config: RecurrentConfig, rng: &mut Rng) -> Result<Self> {
-                Ok($name(Recurrent::new(store, prefix, $kind, config, rng)?))
-            }
-        }
-    };
+/// A multi-layer LSTM, PyTorch's `nn.LSTM`: `i, f, g, o` gates,
+/// `c_t = f * c_{t-1} + i * g`, `h_t = o * tanh(c_t)`.
+///
+/// ```
+/// use recur::nn::{ForwardOptions, Lstm, RecurrentConfig};
+/// use recur::{ParamStore, Rng, Tape, Tensor};
+/// let mut ps = ParamStore::<f32>::new();
+/// let lstm = Lstm::new(&mut ps, "", RecurrentConfig::new(3, 5).num_layers(2), &mut Rng::new(0))?;
+/// assert!(ps.find("weight_hh_l1").is_some());
+/// let mut tape = Tape::new();
+/// let x = tape.constant(Tensor::zeros(&[7, 2, 3])?); // [T, B, I]
+/// let out = lstm.forward(&mut tape, &ps, x, ForwardOptions::default())?;
+/// assert_eq!(tape.shape(out.y)?.dims(), &[7, 2, 5]);
+/// assert_eq!(tape.shape(out.c_n.unwrap())?.dims(), &[2, 2, 5]);
+/// # Ok::<(), recur::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Lstm {
+    stack: Recurrent,
 }
 
-layer_type!(
-    /// A multi-layer LSTM, PyTorch's `nn.LSTM`: `i, f, g, o` gates,
-    /// `c_t = f * c_{t-1} + i * g`, `h_t = o * tanh(c_t)`.
-    ///
-    /// ```
-    /// use recur::nn::{ForwardOptions, Lstm, RecurrentConfig};
-    /// use recur::{ParamStore, Rng, Tape, Tensor};
-    /// let mut ps = ParamStore::<f32>::new();
-    /// let lstm = Lstm::new(&mut ps, "", RecurrentConfig::new(3, 5).num_layers(2), &mut Rng::new(0))?;
-    /// assert!(ps.find("weight_hh_l1").is_some());
-    /// let mut tape = Tape::new();
-    /// let x = tape.constant(Tensor::zeros(&[7, 2, 3])?); // [T, B, I]
-    /// let out = lstm.forward(&mut tape, &ps, x, ForwardOptions::default())?;
-    /// assert_eq!(tape.shape(out.y)?.dims(), &[7, 2, 5]);
-    /// assert_eq!(tape.shape(out.c_n.unwrap())?.dims(), &[2, 2, 5]);
-    /// # Ok::<(), recur::Error>(())
-    /// ```
-    Lstm, CellKind::Lstm, "LSTM"
-);
-layer_type!(
-    /// A multi-layer GRU, PyTorch's `nn.GRU`: `r, z, n` gates,
-    /// `n = tanh(W_in x + b_in + r * (W_hn h + b_hn))`, `h' = (1 - z) * n + z * h`.
-    Gru, CellKind::Gru, "GRU"
-);
+impl Lstm {
+    /// Registers a new LSTM in `store` under PyTorch's names, prefixed by `prefix`.
+    pub fn new<T: Float>(
+        store: &mut ParamStore<T>,
+        prefix: &str,
+        config: RecurrentConfig,
+        rng: &mut Rng,
+    ) -> Result<Self> {
+        let stack = Recurrent::new(store, prefix, CellKind::Lstm, config, rng)?;
+        Ok(Lstm { stack })
+    }
 
-layer_type!(
-    /// A multi-layer Elman RNN, PyTorch's `nn.RNN`:
-    /// `h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`. The chapter's
-    /// `h_t = tanh(W_h h_{t-1} + W_x x_t + b)` is this cell with `b = b_ih + b_hh`.
-    Rnn
-);
+    /// Runs the layer; see [`Recurrent::forward`].
+    pub fn forward<T: Float>(
+        &self,
+        tape: &mut Tape<T>,
+        store: &ParamStore<T>,
+        x: Var,
+        opts: ForwardOptions<'_>,
+    ) -> Result<RecurrentOutput> {
+        self.stack.forward(tape, store, x, opts)
+    }
+}
+
+impl Deref for Lstm {
+    type Target = Recurrent;
+
+    fn deref(&self) -> &Recurrent {
+        &self.stack
+    }
+}
+
+/// A multi-layer GRU, PyTorch's `nn.GRU`: `r, z, n` gates,
+/// `n = tanh(W_in x + b_in + r * (W_hn h + b_hn))`, `h' = (1 - z) * n + z * h`.
+#[derive(Clone, Debug)]
+pub struct Gru {
+    stack: Recurrent,
+}
+
+impl Gru {
+    /// Registers a new GRU in `store` under PyTorch's names, prefixed by `prefix`.
+    pub fn new<T: Float>(
+        store: &mut ParamStore<T>,
+        prefix: &str,
+        config: RecurrentConfig,
+        rng: &mut Rng,
+    ) -> Result<Self> {
+        let stack = Recurrent::new(store, prefix, CellKind::Gru, config, rng)?;
+        Ok(Gru { stack })
+    }
+
+    /// Runs the layer; see [`Recurrent::forward`].
+    pub fn forward<T: Float>(
+        &self,
+        tape: &mut Tape<T>,
+        store: &ParamStore<T>,
+        x: Var,
+        opts: ForwardOptions<'_>,
+    ) -> Result<RecurrentOutput> {
+        self.stack.forward(tape, store, x, opts)
+    }
+}
+
+impl Deref for Gru {
+    type Target = Recurrent;
+
+    fn deref(&self) -> &Recurrent {
+        &self.stack
+    }
+}
+
+/// A multi-layer Elman RNN, PyTorch's `nn.RNN`:
+/// `h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`. The chapter's
+/// `h_t = tanh(W_h h_{t-1} + W_x x_t + b)` is this cell with `b = b_ih + b_hh`.
+#[derive(Clone, Debug)]
+pub struct Rnn {
+    stack: Recurrent,
+}
 
 impl Rnn {
     /// Registers a new RNN with the given nonlinearity (tanh or relu).
@@ -496,12 +522,26 @@ impl Rnn {
         nonlinearity: Activation,
         rng: &mut Rng,
     ) -> Result<Self> {
-        Ok(Rnn(Recurrent::new(
-            store,
-            prefix,
-            CellKind::Rnn(nonlinearity),
-            config,
-            rng,
-        )?))
+        let stack = Recurrent::new(store, prefix, CellKind::Rnn(nonlinearity), config, rng)?;
+        Ok(Rnn { stack })
+    }
+
+    /// Runs the layer; see [`Recurrent::forward`].
+    pub fn forward<T: Float>(
+        &self,
+        tape: &mut Tape<T>,
+        store: &ParamStore<T>,
+        x: Var,
+        opts: ForwardOptions<'_>,
+    ) -> Result<RecurrentOutput> {
+        self.stack.forward(tape, store, x, opts)
+    }
+}
+
+impl Deref for Rnn {
+    type Target = Recurrent;
+
+    fn deref(&self) -> &Recurrent {
+        &self.stack
     }
 }

@@ -93,7 +93,7 @@ macro_rules! module_via_deref {
     ($($t:ty),*) => {$(
         impl Module for $t {
             fn named_params(&self) -> Vec<(String, ParamId)> {
-                self.0.named_params()
+                (**self).named_params()
             }
         }
     )*};
