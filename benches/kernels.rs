@@ -12,12 +12,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use recur::kernels::Sweep;
-use recur::kernels::aligned::AlignedBuf;
-use recur::kernels::gemm_nn::{PackedB, gemm_packed_acc};
-use recur::kernels::gemm_nt::gemm_nt_acc;
-use recur::kernels::gemv::{AlignedMatrix, gemv_cols_acc, gemv_rows_acc};
-use recur::kernels::{GemmShape, SimdFloat, gru, lstm, rnn};
+use recur::internals::{
+    AlignedBuf, AlignedMatrix, GemmShape, PackedB, SimdFloat, Sweep, gemm_nt_acc, gemm_packed_acc,
+    gemv_cols_acc, gemv_rows_acc, gru, lstm, rnn,
+};
 use recur::nn::{Activation, CellKind, ForwardOptions, Recurrent, RecurrentConfig};
 use recur::{Float, ParamStore, Rng, Tape, Tensor};
 

@@ -41,7 +41,7 @@ pub mod data;
 pub mod diagnostics;
 mod error;
 pub mod io;
-pub mod kernels;
+pub(crate) mod kernels;
 pub mod nn;
 pub mod optim;
 mod params;
@@ -55,6 +55,20 @@ pub use params::{ParamId, ParamStore};
 pub use rng::Rng;
 pub use tape::{CustomOp, Grads, Tape, Var, Workspace};
 pub use tensor::{Float, Shape, Tensor};
+
+/// The SIMD kernels, products and packings behind the layers, for this crate's own benchmarks
+/// and fuzz targets. Not part of the public API: anything here may change in any release.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::kernels::aligned::AlignedBuf;
+    pub use crate::kernels::gemm::{GemmShape, dgemm, sgemm};
+    pub use crate::kernels::gemm_nn::{PackedB, gemm_packed_acc};
+    pub use crate::kernels::gemm_nt::gemm_nt_acc;
+    pub use crate::kernels::gemv::{AlignedMatrix, gemv_cols_acc, gemv_rows_acc};
+    pub use crate::kernels::simd::{SimdFloat, map_inplace};
+    pub use crate::kernels::sweep::Sweep;
+    pub use crate::kernels::{gru, lstm, rnn};
+}
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -6,8 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use recur::kernels::SimdFloat;
-use recur::kernels::simd::map_inplace;
+use recur::internals::{SimdFloat, map_inplace};
 
 #[path = "bytes.rs"]
 mod bytes;

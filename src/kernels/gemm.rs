@@ -101,6 +101,7 @@ gemm_wrapper!(
 );
 
 /// The plain triple loop, for tests.
+#[cfg(test)]
 pub fn gemm_reference(s: GemmShape, alpha: f64, a: &[f64], b: &[f64], beta: f64, c: &mut [f64]) {
     for i in 0..s.m {
         for j in 0..s.n {

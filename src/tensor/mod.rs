@@ -4,6 +4,8 @@ mod bulk;
 mod float;
 mod shape;
 
+pub use crate::kernels::gemm::GemmShape;
+pub use crate::kernels::simd::SimdFloat;
 pub use float::Float;
 pub use shape::{MAX_RANK, Shape};
 

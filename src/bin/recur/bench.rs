@@ -144,7 +144,7 @@ fn sgemm_rate(n: usize, steps: usize, warmup: usize) -> CmdResult {
     let a: Vec<f32> = (0..n * n).map(|_| rng.uniform() as f32).collect();
     let b: Vec<f32> = (0..n * n).map(|_| rng.uniform() as f32).collect();
     let mut c = vec![0f32; n * n];
-    let shape = recur::kernels::GemmShape {
+    let shape = recur::internals::GemmShape {
         m: n,
         k: n,
         n,
@@ -154,7 +154,7 @@ fn sgemm_rate(n: usize, steps: usize, warmup: usize) -> CmdResult {
     let mut times = Vec::with_capacity(steps);
     for i in 0..warmup + steps {
         let t = Instant::now();
-        recur::kernels::gemm::sgemm(shape, 1.0, &a, &b, 0.0, &mut c);
+        recur::internals::sgemm(shape, 1.0, &a, &b, 0.0, &mut c);
         if i >= warmup {
             times.push(t.elapsed().as_secs_f64());
         }

@@ -371,7 +371,7 @@ impl Config {
 }
 
 impl<T: Float> FusedDirection<T> {
-    /// The node's backward: see [`CustomOp::backward`].
+    /// The node's backward: see [`CustomOp::backward`](crate::tape::CustomOp::backward).
     pub(super) fn backward_node(
         &mut self,
         inp: &[&Tensor<T>],

@@ -1,0 +1,196 @@
+//! `C += A B` against a `B` packed once: the per-timestep recurrent product of a few rows
+//! (`B = W_hh^T` in forward, `B = W_hh` in backward), and the fused layers' products over all
+//! time steps (`X W_ih^T`, `dG W_ih`, and the weight gradients `dG^T X`, `dG^T H`, whose `dG^T`
+//! is `dG` read in place by columns, [`AStorage::ColMajor`]).
+//!
+//! Those used to run on matrixmultiply, which packs both operands at every call; with `B`
+//! packed here and `A` read in place, this kernel ran them faster at the small and medium
+//! shapes' shards (a weight gradient of `[512, 1024] x [1024, 64 or 128]`: 1.2 to 1.5x; of
+//! `[1024, 3200] x [3200, 256]`: 1.07 to 1.1x; the projections 1.06 to 1.27x), and about as fast
+//! at `[2048, 1600] x [1600, 512]` (0.97 to 1.0x), where `dG`'s rows, 8 KiB apart, each lie on
+//! a page of their own.
+//!
+//! [`PackedB`] stores `B` (`k x n`) as panels of [`panel`]`::<T>()` columns, each panel `k` rows of
+//! contiguous values (the last panel zero-padded), so the kernel streams memory in order instead
+//! of striding by `n` (which, for `n` a multiple of 1024, maps every row to the same cache set).
+//! Packing costs one pass over `B`, once per sequence rather than once per step.
+//!
+//! A tile keeps 5 rows of `C` by one panel in registers (2 to 4 for the last rows; a single row by
+//! up to four panels), broadcasting one value of `A` per row and step of `k`: no horizontal sums,
+//! no allocation. The register tile reads and writes through pointers that its asserts bound
+//! once, so its accumulators stay in registers from the loads of `C` to its stores; panels that
+//! end past the last column run on a padded copy of their part of `C`. (Indexing `C` by slices
+//! per vector, with a clipped vector's path beside the whole one, kept the accumulators in a
+//! stack array that was zeroed and filled through memory for every tile: the per-step product
+//! ran 1.20-1.31x slower, medians of 41 alternating rounds at 1 to 64 rows.)
+//!
+//! Every `C[i][j]` is `C[i][j] + sum_p A[i][p] B[p][j]` accumulated by fused multiply-adds in the
+//! order `p = 0, 1, ...`, whichever tile it falls in, so splitting `A` by rows (batch shards)
+//! or `B` by panels of columns ([`gemm_packed_acc_cols`], two threads on one small batch) gives
+//! bit-identical results.
+//!
+//! A packed `B` too large to stay in L2 between calls (`W_hh` from `H = 512` in f32) streams
+//! from L3 on every call, and the first tile of each panel would wait on it row by row: while a
+//! panel's tiles run, they prefetch the next panel's rows into L2, one cache line per step of
+//! `k` each (measured on 32 x 512 x 2048: 10-17 % faster). Smaller packings skip it, as the
+//! prefetches would only cost issue slots.
+
+use super::simd::SimdFloat;
+use super::sweep::Sweep;
+
+mod packing;
+mod prefetch;
+#[cfg(test)]
+mod tests;
+mod tile;
+mod tiling;
+
+pub use packing::{PackedB, panel};
+pub use prefetch::STREAMED_BYTES;
+use tiling::product_cols;
+
+/// Packings this large or larger are filled by the threads of rayon's pool together: a
+/// transposed packing of 1 MiB (`W_hh^T` of an LSTM with `H = 256`) took 100 us on one thread,
+/// on the critical path of a step whose second thread had nothing else to do then. (At 256 KiB
+/// the handoff cost more than it saved.)
+pub const PARALLEL_PACK_BYTES: usize = 1 << 20;
+
+/// `C += A B` with `A` `m x k` and `C` `m x n` row-major, `B` packed (`k x n`).
+///
+/// Panics if `A` or `C` is shorter than its shape needs.
+pub fn gemm_packed_acc<T: SimdFloat>(m: usize, a: &[T], b: &PackedB<T>, c: &mut [T]) {
+    gemm_packed_acc_rows(
+        &mut [Rows {
+            m,
+            a,
+            storage: AStorage::RowMajor,
+            c,
+            bias: None,
+        }],
+        b,
+    );
+}
+
+/// How a block's `A` (`m x k`) is stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AStorage {
+    /// Row by row: value `(i, s)` at `a[i * k + s]`, `m * k` values.
+    #[default]
+    RowMajor,
+    /// Column by column, `ld >= m` apart: value `(i, s)` at `a[s * ld + i]`, so that `A` is the
+    /// transpose of a row-major `k x ld` matrix read in place (a weight gradient's `dG^T`,
+    /// with `dG` `[rows, G*H]`): `(k - 1) * ld + m` values.
+    ColMajor {
+        /// Values between the starts of two columns.
+        ld: usize,
+    },
+}
+
+impl AStorage {
+    /// The offsets between rows and between columns of `A`, for `k` columns.
+    fn strides(self, k: usize) -> (usize, usize) {
+        match self {
+            AStorage::RowMajor => (k, 1),
+            AStorage::ColMajor { ld } => (1, ld),
+        }
+    }
+
+    /// Whether `len` values hold an `m x k` `A` stored so (any length does for no values).
+    fn fits(self, m: usize, k: usize, len: usize) -> bool {
+        if m == 0 || k == 0 {
+            return true;
+        }
+        let (rs, cs) = self.strides(k);
+        let ld_ok = match self {
+            AStorage::RowMajor => true,
+            AStorage::ColMajor { ld } => ld >= m,
+        };
+        // The last value, (m - 1, k - 1), is within `len`; checked, so no size wraps around.
+        let last = (m - 1)
+            .checked_mul(rs)
+            .and_then(|x| (k - 1).checked_mul(cs).and_then(|y| x.checked_add(y)));
+        ld_ok && last.is_some_and(|l| l < len)
+    }
+}
+
+/// One block of rows of a product against a packed `B`: `A` `m x k` (row-major unless
+/// `storage` says otherwise) and `C` `m x n`, row-major.
+#[derive(Debug)]
+pub struct Rows<'a, T> {
+    /// Rows in the block.
+    pub m: usize,
+    /// `A`, at least `m * k` values (row-major; see [`AStorage`] for the other layout).
+    pub a: &'a [T],
+    /// How `A` is laid out in `a`.
+    pub storage: AStorage,
+    /// `C`, at least `m * n` values.
+    pub c: &'a mut [T],
+    /// A row of `n` values added to every row of `C` before the product: `C + bias + A B`,
+    /// the products accumulated onto `C + bias` (as if `bias` had been added to `C` first).
+    pub bias: Option<&'a [T]>,
+}
+
+impl<T> Rows<'_, T> {
+    /// A block of no rows (a placeholder in a fixed-size array of blocks).
+    pub fn empty() -> Self {
+        Rows {
+            m: 0,
+            a: &[],
+            storage: AStorage::RowMajor,
+            c: &mut [],
+            bias: None,
+        }
+    }
+}
+
+/// `C += A B` for several blocks of rows, each with its own `A` and `C`, against one packed
+/// `B`: the same values as [`gemm_packed_acc`] on each block alone, but every slice of `B`
+/// brought into cache serves the rows of all blocks (the batch shards a thread steps together
+/// read `W_hh` once per step instead of once per shard).
+///
+/// Panics if a block's `A` or `C` is shorter than its shape needs.
+pub fn gemm_packed_acc_rows<T: SimdFloat>(blocks: &mut [Rows<'_, T>], b: &PackedB<T>) {
+    gemm_packed_acc_cols(blocks, b, 0..b.n, b.n, Sweep::Ascending);
+}
+
+/// `C = A B` (`C = bias + A B` for a block with a bias) for several blocks of rows, as
+/// [`gemm_packed_acc_rows`] computes `C += A B` onto a `C` of zeros, bit for bit, without
+/// reading `C`'s values before the call: the register tiles start their first block over k
+/// from zero instead of loading it, and no pass zeroes `C` first.
+///
+/// Panics as [`gemm_packed_acc_rows`] does.
+pub fn gemm_packed_set_rows<T: SimdFloat>(blocks: &mut [Rows<'_, T>], b: &PackedB<T>) {
+    product_cols(blocks, b, 0..b.n, b.n, Sweep::Ascending, true);
+}
+
+/// [`gemm_packed_set_rows`] for one block: `C = A B`, `A` `m x k` row-major.
+pub fn gemm_packed_set<T: SimdFloat>(m: usize, a: &[T], b: &PackedB<T>, c: &mut [T]) {
+    gemm_packed_set_rows(
+        &mut [Rows {
+            m,
+            a,
+            storage: AStorage::RowMajor,
+            c,
+            bias: None,
+        }],
+        b,
+    );
+}
+
+/// Columns `cols` of `C += A B` for several blocks of rows, as [`gemm_packed_acc_rows`]: each
+/// block's `C` holds only those columns, row `i` at `c[i * ldc..]`, and its `bias` (if any) is
+/// still a whole row of `n` values. Every value is the one the whole product gives, bit for bit,
+/// so the columns of one product can be split between threads, each its own `cols` and `C`;
+/// the panels are visited in `order` ([`Sweep`]), which changes no value either.
+///
+/// Panics if `cols` does not start on a panel boundary ([`panel`]) or ends past `n`, if
+/// `ldc < cols.len()`, or if a block's `A` or `C` is shorter than its shape needs.
+pub fn gemm_packed_acc_cols<T: SimdFloat>(
+    blocks: &mut [Rows<'_, T>],
+    b: &PackedB<T>,
+    cols: std::ops::Range<usize>,
+    ldc: usize,
+    order: Sweep,
+) {
+    product_cols(blocks, b, cols, ldc, order, false);
+}

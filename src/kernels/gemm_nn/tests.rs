@@ -1,0 +1,538 @@
+use super::*;
+use crate::kernels::aligned::ALIGN;
+use crate::kernels::gemm::{GemmShape, gemm_reference};
+use crate::kernels::testutil::values;
+
+#[test]
+fn matches_the_reference_product() {
+    let shapes = [
+        (1, 1, 1),
+        (1, 9, 7),
+        (3, 5, 8),
+        (4, 32, 9),
+        (5, 77, 33),
+        (6, 40, 20),
+        (11, 70, 33),
+        (9, 64, 64),
+        (16, 512, 128),
+        (130, 70, 600),
+        // A single row by groups of four panels, the last group clipped.
+        (1, 250, 33),
+        // Packings over `STREAMED_BYTES` (f32 and f64), whose tiles prefetch: 5 + 5 + 2
+        // rows and 5 + 5 + 3 + 3 rows.
+        (12, 520, 600),
+        (16, 600, 520),
+    ];
+    // Under Miri only the first six: the larger ones (the cache-blocked loop order and the
+    // prefetching tiles, with the same loads) would take many minutes to interpret.
+    let shapes = if cfg!(miri) {
+        &shapes[..6]
+    } else {
+        &shapes[..]
+    };
+    for &(m, n, k) in shapes {
+        for trans in [false, true] {
+            let a: Vec<f64> = values(m as u64, m * k, 1.0);
+            let b: Vec<f64> = values(n as u64 + 7, n * k, 1.0);
+            let c0: Vec<f64> = values(k as u64 + 3, m * n, 1.0);
+            let s = GemmShape {
+                m,
+                k,
+                n,
+                trans_a: false,
+                trans_b: trans,
+            };
+            let mut want = c0.clone();
+            gemm_reference(s, 1.0, &a, &b, 1.0, &mut want);
+            // A reused buffer full of stale values, longer than the packing: packing must
+            // overwrite every value the kernel reads.
+            let len = PackedB::<f64>::packed_len(k, n) + 3 * m + 7;
+            let mut pb = PackedB::from_buffer(vec![f64::NAN; len]);
+            if trans {
+                pb.pack_transposed(&b, n, k);
+            } else {
+                pb.pack(&b, k, n);
+            }
+            let mut got = c0.clone();
+            gemm_packed_acc(m, &a, &pb, &mut got);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-12, "f64 {m}x{n}x{k}: {g} vs {w}");
+            }
+            let af: Vec<f32> = a.iter().map(|&x| x as f32).collect();
+            let bf: Vec<f32> = b.iter().map(|&x| x as f32).collect();
+            let mut pf = PackedB::new();
+            if trans {
+                pf.pack_transposed(&bf, n, k);
+            } else {
+                pf.pack(&bf, k, n);
+            }
+            let mut gotf: Vec<f32> = c0.iter().map(|&x| x as f32).collect();
+            gemm_packed_acc(m, &af, &pf, &mut gotf);
+            for (g, w) in gotf.iter().zip(&want) {
+                assert!((*g as f64 - w).abs() < 1e-4, "f32 {m}x{n}x{k}: {g} vs {w}");
+            }
+        }
+    }
+}
+
+/// Operands of products over blocks of rows: `B` (`k x n`) and its packing, each block's
+/// `A` and starting `C`, and a bias row.
+struct Case {
+    b: Vec<f32>,
+    pb: PackedB<f32>,
+    a: Vec<Vec<f32>>,
+    c0: Vec<Vec<f32>>,
+    bias: Vec<f32>,
+}
+
+impl Case {
+    fn new(ms: &[usize], n: usize, k: usize) -> Self {
+        let b: Vec<f32> = values(1, k * n, 1.0);
+        let mut pb = PackedB::new();
+        pb.pack(&b, k, n);
+        let per_block = |seed: u64, cols: usize| -> Vec<Vec<f32>> {
+            ms.iter()
+                .enumerate()
+                .map(|(i, &m)| values(seed + i as u64, m * cols, 1.0))
+                .collect()
+        };
+        Case {
+            b,
+            pb,
+            a: per_block(2, k),
+            c0: per_block(20, n),
+            bias: values(9, n, 1.0),
+        }
+    }
+
+    /// The blocks over `cs` (each block's `C`), block `biased` adding the bias row.
+    fn rows<'a>(
+        &'a self,
+        cs: &'a mut [Vec<f32>],
+        ms: &[usize],
+        biased: usize,
+    ) -> Vec<Rows<'a, f32>> {
+        cs.iter_mut()
+            .zip(&self.a)
+            .zip(ms)
+            .enumerate()
+            .map(|(i, ((c, a), &m))| Rows {
+                m,
+                a,
+                storage: AStorage::RowMajor,
+                c,
+                bias: (i == biased).then_some(&self.bias[..]),
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn blocks_of_rows_match_each_block_alone() {
+    // Blocks of 32, 6, 1 and 11 rows (tiles of 5, two of 3, the single-row path, and 5 + 3
+    // + 3) over k > KB, and more than MB rows in one block; in f32 a packing over
+    // `STREAMED_BYTES` (prefetching tiles) and a small one; a single row by exactly four
+    // panels (two tiles of two), the last ragged. Under Miri only small cases.
+    let p = panel::<f32>();
+    let cases: &[(&[usize], usize, usize)] = if cfg!(miri) {
+        &[(&[6, 1, 3], 20, 9), (&[1], 4 * p - 3, 5)]
+    } else {
+        &[
+            (&[32, 6, 1, 11], 600, 520),
+            (&[45, 1, 6], 75, 300),
+            (&[1], 4 * p - 3, 40),
+        ]
+    };
+    for &(ms, n, k) in cases {
+        let case = Case::new(ms, n, k);
+        // The second block adds a bias row: the same as adding it to C first.
+        let biased = 1;
+        let mut alone = case.c0.clone();
+        for (i, ((c, a), &m)) in alone.iter_mut().zip(&case.a).zip(ms).enumerate() {
+            if i == biased {
+                for row in c.chunks_exact_mut(n) {
+                    for (x, &y) in row.iter_mut().zip(&case.bias) {
+                        *x += y;
+                    }
+                }
+            }
+            gemm_packed_acc(m, a, &case.pb, c);
+        }
+        let mut together = case.c0.clone();
+        gemm_packed_acc_rows(&mut case.rows(&mut together, ms, biased), &case.pb);
+        for (i, (x, y)) in alone.iter().zip(&together).enumerate() {
+            for (j, (p, q)) in x.iter().zip(y).enumerate() {
+                assert_eq!(p.to_bits(), q.to_bits(), "{ms:?} block {i} value {j}");
+            }
+        }
+        // Against the reference too: a block that was skipped would still match itself.
+        for (i, ((c, a), (&m, c0))) in together
+            .iter()
+            .zip(&case.a)
+            .zip(ms.iter().zip(&case.c0))
+            .enumerate()
+        {
+            let s = GemmShape {
+                m,
+                k,
+                n,
+                trans_a: false,
+                trans_b: false,
+            };
+            let wide = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| f64::from(x)).collect() };
+            let mut want = wide(c0);
+            if i == biased {
+                for row in want.chunks_exact_mut(n) {
+                    for (x, &y) in row.iter_mut().zip(&case.bias) {
+                        *x += f64::from(y);
+                    }
+                }
+            }
+            gemm_reference(s, 1.0, &wide(a), &wide(&case.b), 1.0, &mut want);
+            for (g, w) in c.iter().zip(&want) {
+                assert!((f64::from(*g) - w).abs() < 1e-3, "{ms:?}: {g} vs {w}");
+            }
+        }
+    }
+}
+
+#[test]
+fn column_ranges_match_the_whole_product() {
+    // The columns of a product cut into ranges of whole panels, each range computed into a
+    // buffer of its own (one with a wider row stride than it needs), in either order of
+    // the panels, give the whole product's values bit for bit, bias included; the last
+    // panel is ragged. A single row of 7 panels runs groups of 4, 2 and 1; of exactly 4,
+    // two groups of 2, whose order the sweep reverses. Under Miri only small cases.
+    let p = panel::<f32>();
+    let cases: &[(&[usize], usize, usize, &[usize])] = if cfg!(miri) {
+        &[(&[6, 1, 3], p + 6, 9, &[p]), (&[1], 4 * p - 3, 5, &[])]
+    } else {
+        &[
+            (&[32, 6, 1, 11], 600, 520, &[2 * p, 7 * p]),
+            (&[1], 300, 75, &[2 * p]),
+            (&[1], 7 * p - 5, 30, &[]),
+            (&[1], 9 * p, 12, &[4 * p]),
+        ]
+    };
+    let orders = [Sweep::Ascending, Sweep::Descending];
+    for (&(ms, n, k, cuts), order) in cases.iter().flat_map(|c| orders.map(|o| (c, o))) {
+        let case = Case::new(ms, n, k);
+        let mut whole = case.c0.clone();
+        gemm_packed_acc_rows(&mut case.rows(&mut whole, ms, 0), &case.pb);
+        let bounds: Vec<usize> = [0].iter().chain(cuts).chain(&[n]).copied().collect();
+        for (r, w) in bounds.windows(2).enumerate() {
+            let cols = w[0]..w[1];
+            // The middle range keeps 3 values of padding after each row.
+            let ldc = cols.len() + if r == 1 { 3 } else { 0 };
+            let mut parts: Vec<Vec<f32>> = case
+                .c0
+                .iter()
+                .zip(ms)
+                .map(|(c, &m)| {
+                    let mut part = vec![f32::NAN; m * ldc];
+                    for (dst, src) in part.chunks_exact_mut(ldc).zip(c.chunks_exact(n)) {
+                        dst[..cols.len()].copy_from_slice(&src[cols.clone()]);
+                    }
+                    part
+                })
+                .collect();
+            let mut blocks = case.rows(&mut parts, ms, 0);
+            gemm_packed_acc_cols(&mut blocks, &case.pb, cols.clone(), ldc, order);
+            for (i, (part, full)) in parts.iter().zip(&whole).enumerate() {
+                for (row, (got, want)) in
+                    part.chunks_exact(ldc).zip(full.chunks_exact(n)).enumerate()
+                {
+                    for (j, (x, y)) in got.iter().zip(&want[cols.clone()]).enumerate() {
+                        let at = cols.start + j;
+                        assert_eq!(
+                            x.to_bits(),
+                            y.to_bits(),
+                            "{ms:?} {order:?} block {i} ({row}, {at})"
+                        );
+                    }
+                    // The padding is left alone.
+                    assert!(got[cols.len()..].iter().all(|x| x.is_nan()));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "do not fit")]
+fn column_ranges_start_on_a_panel() {
+    let (k, n) = (2, 2 * panel::<f32>());
+    let mut pb = PackedB::new();
+    pb.pack(&vec![1.0f32; k * n], k, n);
+    let a = vec![1.0f32; k];
+    let mut c = vec![0.0f32; n];
+    let mut blocks = [Rows {
+        m: 1,
+        a: &a,
+        storage: AStorage::RowMajor,
+        c: &mut c,
+        bias: None,
+    }];
+    gemm_packed_acc_cols(&mut blocks, &pb, 1..n, n, Sweep::Ascending);
+}
+
+#[test]
+fn a_stored_by_columns_gives_the_row_major_values() {
+    // Each block's `A` also stored column by column, `ld` = m + 3 apart (the transpose of a
+    // wider row-major matrix, read in place): every value the same bit for bit, over tiles
+    // of 5, 3 + 3 and 2 rows, the single-row path and k > KB. Under Miri only small cases.
+    let cases: &[(&[usize], usize, usize)] = if cfg!(miri) {
+        &[(&[6, 1, 3], 20, 9)]
+    } else {
+        &[(&[32, 6, 1, 11], 150, 300), (&[45, 2], 64, 130)]
+    };
+    for &(ms, n, k) in cases {
+        let case = Case::new(ms, n, k);
+        let mut by_rows = case.c0.clone();
+        gemm_packed_acc_rows(&mut case.rows(&mut by_rows, ms, 0), &case.pb);
+        // Column s of block i's A at `cols[i][s * (m + 3)..]`; the padding is NaN, which
+        // would show in any value that read it.
+        let cols: Vec<Vec<f32>> = case
+            .a
+            .iter()
+            .zip(ms)
+            .map(|(a, &m)| {
+                let mut t = vec![f32::NAN; k * (m + 3)];
+                for (i, row) in a.chunks_exact(k).enumerate() {
+                    for (s, &v) in row.iter().enumerate() {
+                        t[s * (m + 3) + i] = v;
+                    }
+                }
+                t
+            })
+            .collect();
+        let mut by_cols = case.c0.clone();
+        let mut blocks: Vec<Rows<'_, f32>> = by_cols
+            .iter_mut()
+            .zip(&cols)
+            .zip(ms)
+            .enumerate()
+            .map(|(i, ((c, a), &m))| Rows {
+                m,
+                a,
+                storage: AStorage::ColMajor { ld: m + 3 },
+                c,
+                bias: (i == 0).then_some(&case.bias[..]),
+            })
+            .collect();
+        gemm_packed_acc_rows(&mut blocks, &case.pb);
+        for (i, (x, y)) in by_rows.iter().zip(&by_cols).enumerate() {
+            for (j, (p, q)) in x.iter().zip(y).enumerate() {
+                assert_eq!(p.to_bits(), q.to_bits(), "{ms:?} block {i} value {j}");
+            }
+        }
+    }
+}
+
+#[test]
+fn setting_c_equals_adding_onto_zeros() {
+    // C full of NaN beforehand, which any value read from it would carry: blocks of 32, 6,
+    // 1 and 11 rows (the second with a bias) over k > KB, the last panel ragged (a clipped
+    // tile); then no steps of k at all, which sets C to zero or the bias. Under Miri small.
+    let cases: &[(&[usize], usize, usize)] = if cfg!(miri) {
+        &[(&[6, 1], 20, 9), (&[3], 20, 0)]
+    } else {
+        &[(&[32, 6, 1, 11], 150, 300), (&[6, 1], 70, 0)]
+    };
+    for &(ms, n, k) in cases {
+        let case = Case::new(ms, n, k);
+        let zeros: Vec<Vec<f32>> = ms.iter().map(|&m| vec![0.0; m * n]).collect();
+        let mut added = zeros.clone();
+        gemm_packed_acc_rows(&mut case.rows(&mut added, ms, 1), &case.pb);
+        let mut set: Vec<Vec<f32>> = ms.iter().map(|&m| vec![f32::NAN; m * n]).collect();
+        gemm_packed_set_rows(&mut case.rows(&mut set, ms, 1), &case.pb);
+        for (i, (x, y)) in added.iter().zip(&set).enumerate() {
+            for (j, (p, q)) in x.iter().zip(y).enumerate() {
+                assert_eq!(p.to_bits(), q.to_bits(), "{ms:?} k {k} block {i} value {j}");
+            }
+        }
+    }
+    // One block of one row, through the single-block form.
+    let case = Case::new(&[1], 70, 40);
+    let mut added = vec![0.0f32; 70];
+    gemm_packed_acc(1, &case.a[0], &case.pb, &mut added);
+    let mut set = vec![f32::NAN; 70];
+    gemm_packed_set(1, &case.a[0], &case.pb, &mut set);
+    assert_eq!(added, set);
+}
+
+#[test]
+fn stacked_parts_pack_as_their_rows_in_turn() {
+    // Parts of 3, 0 and 5 rows of a ragged width pack as the one matrix of their 8 rows.
+    let n = panel::<f32>() + 5;
+    let b: Vec<f32> = values(4, 8 * n, 1.0);
+    let (mut whole, mut stacked) = (PackedB::new(), PackedB::new());
+    whole.pack(&b, 8, n);
+    stacked.pack_stacked(&[&b[..3 * n], &[], &b[3 * n..]], n);
+    assert_eq!((stacked.k(), stacked.n()), (8, n));
+    assert_eq!(whole.values(), stacked.values());
+}
+
+#[test]
+#[should_panic(expected = "not whole rows")]
+fn stacked_parts_are_whole_rows() {
+    PackedB::<f32>::new().pack_stacked(&[&[1.0; 7]], 3);
+}
+
+#[test]
+#[should_panic(expected = "buffers too small")]
+fn a_stored_by_columns_needs_room_for_its_rows() {
+    // `ld` below the rows: columns would overlap.
+    let (k, n) = (3, panel::<f32>());
+    let mut pb = PackedB::new();
+    pb.pack(&vec![1.0f32; k * n], k, n);
+    let a = vec![1.0f32; 4 * k];
+    let mut c = vec![0.0f32; 4 * n];
+    let mut blocks = [Rows {
+        m: 4,
+        a: &a,
+        storage: AStorage::ColMajor { ld: 3 },
+        c: &mut c,
+        bias: None,
+    }];
+    gemm_packed_acc_rows(&mut blocks, &pb);
+}
+
+#[test]
+fn a_transposed_packing_places_every_value() {
+    // Whole panels go by blocks transposed in registers, a ragged one and the rows past the
+    // last whole block value by value: every value where the definition puts it, the
+    // padding zero. Parts of 37 and 16 rows (one of 16 under Miri).
+    let p = panel::<f32>();
+    let (n, ks): (usize, &[usize]) = if cfg!(miri) {
+        (p + 3, &[16])
+    } else {
+        (2 * p + 7, &[37, 16])
+    };
+    let ws: Vec<Vec<f32>> = ks
+        .iter()
+        .enumerate()
+        .map(|(i, &ki)| values(i as u64 + 3, n * ki, 1.0))
+        .collect();
+    let parts: Vec<(&[f32], usize)> = ws
+        .iter()
+        .map(Vec::as_slice)
+        .zip(ks.iter().copied())
+        .collect();
+    let mut pb = PackedB::new();
+    pb.pack_transposed_stacked(&parts, n);
+    let k: usize = ks.iter().sum();
+    assert_eq!((pb.k(), pb.n()), (k, n));
+    let mut row = 0;
+    for (w, &ki) in ws.iter().zip(ks) {
+        for r in 0..ki {
+            for j in 0..n.div_ceil(p) * p {
+                let got = pb.values()[((j / p) * k + row + r) * p + j % p];
+                let want = if j < n { w[j * ki + r] } else { 0.0 };
+                assert_eq!(got.to_bits(), want.to_bits(), "row {} column {j}", row + r);
+            }
+        }
+        row += ki;
+    }
+}
+
+#[test]
+fn stacked_weights_give_the_products_in_turn() {
+    // `[x h] [W_ih^T; W_hh^T]` in one product is `x W_ih^T` then `h W_hh^T` onto the same
+    // C, bit for bit: a single row and a tile of rows, the last panel ragged.
+    let (n, ki, kh) = if cfg!(miri) {
+        (20, 3, 5)
+    } else {
+        (150, 37, 64)
+    };
+    let w_ih: Vec<f32> = values(1, n * ki, 1.0);
+    let w_hh: Vec<f32> = values(2, n * kh, 1.0);
+    let mut stacked = PackedB::new();
+    stacked.pack_transposed_stacked(&[(&w_ih, ki), (&w_hh, kh)], n);
+    assert_eq!((stacked.k(), stacked.n()), (ki + kh, n));
+    let (mut pi, mut ph) = (PackedB::new(), PackedB::new());
+    pi.pack_transposed(&w_ih, n, ki);
+    ph.pack_transposed(&w_hh, n, kh);
+    for m in [1, 7] {
+        let x: Vec<f32> = values(3, m * ki, 1.0);
+        let h: Vec<f32> = values(4, m * kh, 1.0);
+        let xh: Vec<f32> = x
+            .chunks_exact(ki)
+            .zip(h.chunks_exact(kh))
+            .flat_map(|(a, b)| a.iter().chain(b).copied())
+            .collect();
+        let c0: Vec<f32> = values(5, m * n, 1.0);
+        let mut in_turn = c0.clone();
+        gemm_packed_acc(m, &x, &pi, &mut in_turn);
+        gemm_packed_acc(m, &h, &ph, &mut in_turn);
+        let mut once = c0.clone();
+        gemm_packed_acc(m, &xh, &stacked, &mut once);
+        for (j, (a, b)) in in_turn.iter().zip(&once).enumerate() {
+            assert_eq!(a.to_bits(), b.to_bits(), "{m} rows, value {j}");
+        }
+    }
+}
+
+#[test]
+fn packed_values_start_on_a_cache_line() {
+    // Small buffers (from the heap's bins) and large ones (mapped pages, 16 bytes past a
+    // page boundary with glibc), fresh, reused for another shape and cloned, f32 and f64.
+    fn check<T: crate::tensor::Float>(shapes: &[(usize, usize)]) {
+        let mut reused = PackedB::<T>::new();
+        for &(k, n) in shapes {
+            let b: Vec<T> = values(k as u64, k * n, 1.0);
+            let buf = vec![T::default(); PackedB::<T>::packed_len(k, n)];
+            let start = buf.as_ptr();
+            let mut fresh = PackedB::from_buffer(buf);
+            fresh.pack(&b, k, n);
+            reused.pack_transposed(&b, n, k);
+            let copy = reused.clone();
+            assert_eq!(copy.values(), reused.values(), "{k}x{n}: clone");
+            for pb in [&fresh, &reused, &copy] {
+                let at = pb.values().as_ptr() as usize;
+                if !cfg!(miri) {
+                    assert_eq!(at % ALIGN, 0, "{k}x{n}: values at {at:#x}");
+                }
+                assert_eq!(
+                    pb.values().len(),
+                    n.div_ceil(panel::<T>()) * k * panel::<T>()
+                );
+            }
+            // A buffer of `packed_len` values is used as it is, whatever its alignment.
+            let back = fresh.into_buffer();
+            assert_eq!(back.as_ptr(), start, "{k}x{n} grew its buffer");
+        }
+    }
+    // Under Miri (which does not model the allocator's alignment anyway) only small ones.
+    let shapes: &[(usize, usize)] = if cfg!(miri) {
+        &[(1, 1), (3, 7), (9, 33)]
+    } else {
+        &[(1, 1), (3, 7), (64, 100), (512, 2048), (256, 1024), (9, 33)]
+    };
+    check::<f32>(shapes);
+    check::<f64>(shapes);
+}
+
+#[test]
+fn a_row_does_not_depend_on_its_neighbours() {
+    // k > KB: the 11-row product (tiles of 5, 3 and 3 rows) is cut into k blocks, a single
+    // row is not.
+    let (m, n, k) = (11, 75, 300);
+    let a: Vec<f32> = values(1, m * k, 1.0);
+    let b: Vec<f32> = values(2, n * k, 1.0);
+    let mut pb = PackedB::new();
+    pb.pack(&b, k, n);
+    let mut whole = vec![0.0f32; m * n];
+    gemm_packed_acc(m, &a, &pb, &mut whole);
+    for i in 0..m {
+        let mut one = vec![0.0f32; n];
+        gemm_packed_acc(1, &a[i * k..(i + 1) * k], &pb, &mut one);
+        for j in 0..n {
+            assert_eq!(
+                one[j].to_bits(),
+                whole[i * n + j].to_bits(),
+                "row {i} col {j}"
+            );
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! The loops around the register tile: cache blocks of [`KB`] steps of `k` by [`MB`] rows of
+//! `A`, the cut of each block's rows into tiles, the single-row path, and the order the panels
+//! are walked in ([`Sweep`]).
+
+use super::Rows;
+use super::packing::{PackedB, panel};
+use super::prefetch::{Prefetch, STREAMED_BYTES};
+use super::tile::{Layout, MR, Operands, tile};
+use crate::kernels::simd::SimdFloat;
+use crate::kernels::sweep::Sweep;
+
+/// Steps of k per cache block.
+pub(super) const KB: usize = 128;
+/// Rows of A per cache block.
+pub(super) const MB: usize = 40;
+
+/// [`gemm_packed_acc_cols`](super::gemm_packed_acc_cols), or with `set` [`gemm_packed_set_rows`](super::gemm_packed_set_rows) over columns `cols`.
+pub(super) fn product_cols<T: SimdFloat>(
+    blocks: &mut [Rows<'_, T>],
+    b: &PackedB<T>,
+    cols: std::ops::Range<usize>,
+    ldc: usize,
+    order: Sweep,
+    set: bool,
+) {
+    let k = b.k;
+    let p = panel::<T>();
+    assert!(
+        cols.start.is_multiple_of(p)
+            && cols.start <= cols.end
+            && cols.end <= b.n
+            && ldc >= cols.len(),
+        "gemm_packed_acc: columns {cols:?} (row stride {ldc}) do not fit {} panels of {p}",
+        b.n
+    );
+    let width = cols.len();
+    for g in blocks.iter() {
+        let need = |x: usize| {
+            g.m.checked_mul(x)
+                .expect("gemm_packed_acc: shape overflows usize")
+        };
+        assert!(
+            g.storage.fits(g.m, k, g.a.len()) && g.c.len() >= need(ldc),
+            "gemm_packed_acc: buffers too small for {}x{width}x{k} (row stride {ldc})",
+            g.m
+        );
+        assert!(
+            g.bias.is_none_or(|r| r.len() >= b.n),
+            "gemm_packed_acc: bias shorter than {}",
+            b.n
+        );
+    }
+    let rows: usize = blocks.iter().map(|g| g.m).sum();
+    let empty = width == 0 || rows == 0 || k == 0;
+    // Setting C where the tiles will not start it from zero: blocks with a bias (added below,
+    // then accumulated onto) and a product with no steps of k.
+    if set {
+        for g in blocks.iter_mut().filter(|g| g.bias.is_some() || empty) {
+            for i in 0..g.m {
+                g.c[i * ldc..i * ldc + width].fill(T::default());
+            }
+        }
+    }
+    // The bias joins C first, row by row (the rows are about to be loaded anyway; adding it
+    // inside the register tiles slowed them down).
+    for g in blocks.iter_mut() {
+        if let Some(bias) = g.bias {
+            let bias = &bias[cols.clone()];
+            for i in 0..g.m {
+                let row = &mut g.c[i * ldc..i * ldc + width];
+                for (x, y) in row.chunks_mut(T::LANES).zip(bias.chunks(T::LANES)) {
+                    T::store_n(T::load_n(x) + T::load_n(y), x);
+                }
+            }
+        }
+    }
+    if empty {
+        return;
+    }
+    let out = Layout {
+        col0: cols.start,
+        end: cols.end,
+        ldc,
+    };
+    products(blocks, b, out, order, set);
+}
+
+/// The loops of [`gemm_packed_acc_cols`](super::gemm_packed_acc_cols) over validated operands; with `set`, the blocks
+/// without a bias start from zero instead of from `C`.
+pub(super) fn products<T: SimdFloat>(
+    blocks: &mut [Rows<'_, T>],
+    b: &PackedB<T>,
+    out: Layout,
+    order: Sweep,
+    set: bool,
+) {
+    let (k, p) = (b.k, panel::<T>());
+    let rows: usize = blocks.iter().map(|g| g.m).sum();
+    let panels = (out.col0 / p)..out.end.div_ceil(p);
+    let width = out.end - out.col0;
+    // Cache blocking for large products: a block of KB steps of k by MB rows of each A stays in
+    // L2 while each panel's KB x PANEL slice of B is reused from L1 by every tile of the block.
+    // Splitting k only stores and reloads C between blocks (exact), so the accumulation order
+    // of every element is unchanged.
+    // Fewer rows than a tile reuse no slice of B from L1: no k blocks, C loaded once.
+    let streamed = k * width * std::mem::size_of::<T>() > STREAMED_BYTES;
+    let kb = if rows < MR { k } else { KB };
+    let row_blocks = blocks.iter().map(|g| g.m.div_ceil(MB)).max().unwrap_or(0);
+    for k0 in (0..k).step_by(kb) {
+        let ks = k0..(k0 + kb).min(k);
+        for j in 0..row_blocks {
+            // Row block `j` of every block of rows that has one.
+            let tiling = |g: &Rows<'_, T>| (j * MB < g.m).then(|| Tiling::new(j * MB, g.m));
+            let tiles: usize = blocks.iter().filter_map(tiling).map(|t| t.tiles).sum();
+            for i in 0..panels.len() {
+                let q = order.nth(&panels, i);
+                let mut t = 0;
+                let next = if streamed && i + 1 < panels.len() {
+                    Prefetch::new(b, order.nth(&panels, i + 1), ks.clone(), tiles)
+                } else {
+                    Prefetch::none()
+                };
+                for g in blocks.iter_mut() {
+                    if let Some(tl) = tiling(g) {
+                        let fresh = set && g.bias.is_none();
+                        let ops = &mut Operands { g, b, out, fresh };
+                        if streamed {
+                            panel_tiles::<T, true>(ops, &tl, q, ks.clone(), next, t);
+                        } else {
+                            panel_tiles::<T, false>(ops, &tl, q, ks.clone(), next, t);
+                        }
+                        t += tl.tiles;
+                    }
+                }
+            }
+            // A block of a single row (B = 1) takes up to four panels at a time: 16
+            // independent accumulators instead of 4 keep the FMA units busy.
+            for g in blocks.iter_mut() {
+                match tiling(g) {
+                    Some(tl) if tl.single => {
+                        let fresh = set && g.bias.is_none();
+                        let ops = &mut Operands { g, b, out, fresh };
+                        single_row(ops, tl.end, panels.clone(), ks.clone(), order);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// How rows `i0..min(i0 + MB, m)` are cut into register tiles: tiles of [`MR`] rows up to
+/// `full`; a remainder of one row makes the last MR + 1 rows two tiles of 3 (a lone row would
+/// stream every panel of B once more, and a tile of 6 rows leaves the compiler too few
+/// registers), other remainders take one tile of 2 to 4 rows, up to `end`. Only a block of one
+/// row (`single`) is left for the single-row path, row `end`.
+pub(super) struct Tiling {
+    pub(super) i0: usize,
+    pub(super) full: usize,
+    pub(super) end: usize,
+    pub(super) single: bool,
+    /// Register tiles by each panel (the single row not counted).
+    pub(super) tiles: usize,
+}
+
+impl Tiling {
+    pub(super) fn new(i0: usize, m: usize) -> Self {
+        let i1 = (i0 + MB).min(m);
+        let len = i1 - i0;
+        let single = len == 1;
+        let split = len > MR && len % MR == 1;
+        let full = i0 + (len / MR - usize::from(split)) * MR;
+        let end = i1 - usize::from(single);
+        let tiles = (full - i0) / MR + (end - full).div_ceil(MR);
+        Tiling {
+            i0,
+            full,
+            end,
+            single,
+            tiles,
+        }
+    }
+}
+
+/// Row `i` by every panel of `panels`, up to four panels at a time, in `order`.
+///
+/// Exactly four panels run as two tiles of two: a single tile of four would read `B` in the
+/// same order whichever the sweep, and a `B` about as large as L2 then misses all the way
+/// through at every step; in two halves taken in alternate order, each step starts on the half
+/// the previous one read last. (1024 x 256 f32, 1 MiB, the backward `W_hh` of an LSTM at
+/// H = 256: 5.7 to 5.9 us a product against 6.8 to 7.2; 512 x 256, in L2: 2.2 against 2.4.)
+pub(super) fn single_row<T: SimdFloat>(
+    g: &mut Operands<'_, '_, T>,
+    i: usize,
+    panels: std::ops::Range<usize>,
+    ks: std::ops::Range<usize>,
+    order: Sweep,
+) {
+    let none = Prefetch::none();
+    if panels.len() == 4 {
+        let (a, b) = (panels.start, panels.start + 2);
+        let (first, second) = match order {
+            Sweep::Ascending => (a, b),
+            Sweep::Descending => (b, a),
+        };
+        tile::<T, 1, 2, false>(g, i, first, ks.clone(), none);
+        tile::<T, 1, 2, false>(g, i, second, ks, none);
+        return;
+    }
+    if order == Sweep::Descending {
+        let mut q = panels.end;
+        while q >= panels.start + 4 {
+            q -= 4;
+            tile::<T, 1, 4, false>(g, i, q, ks.clone(), none);
+        }
+        while q >= panels.start + 2 {
+            q -= 2;
+            tile::<T, 1, 2, false>(g, i, q, ks.clone(), none);
+        }
+        if q > panels.start {
+            tile::<T, 1, 1, false>(g, i, panels.start, ks, none);
+        }
+        return;
+    }
+    let mut q = panels.start;
+    while q + 4 <= panels.end {
+        tile::<T, 1, 4, false>(g, i, q, ks.clone(), none);
+        q += 4;
+    }
+    while q + 2 <= panels.end {
+        tile::<T, 1, 2, false>(g, i, q, ks.clone(), none);
+        q += 2;
+    }
+    if q < panels.end {
+        tile::<T, 1, 1, false>(g, i, q, ks, none);
+    }
+}
+
+/// The tiles of one row block `tl` of C by panel `q`; its tile `t` is tile `t0 + t` of all
+/// the blocks' tiles by this panel, and prefetches `next.part(t0 + t)`.
+#[inline(always)]
+pub(super) fn panel_tiles<T: SimdFloat, const PF: bool>(
+    g: &mut Operands<'_, '_, T>,
+    tl: &Tiling,
+    q: usize,
+    ks: std::ops::Range<usize>,
+    next: Prefetch,
+    t0: usize,
+) {
+    let (full, end) = (tl.full, tl.end);
+    let mut t = 0;
+    for i in (tl.i0..full).step_by(MR) {
+        tile::<T, MR, 1, PF>(g, i, q, ks.clone(), next.part(t0 + t));
+        t += 1;
+    }
+    let pf = next.part(t0 + t);
+    match end - full {
+        0 => {}
+        2 => tile::<T, 2, 1, PF>(g, full, q, ks, pf),
+        3 => tile::<T, 3, 1, PF>(g, full, q, ks, pf),
+        4 => tile::<T, 4, 1, PF>(g, full, q, ks, pf),
+        // `MR + 1` rows.
+        _ => {
+            tile::<T, 3, 1, PF>(g, full, q, ks.clone(), pf);
+            tile::<T, 3, 1, PF>(g, full + 3, q, ks, next.part(t0 + t + 1));
+        }
+    }
+}
