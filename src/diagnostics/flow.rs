@@ -127,7 +127,7 @@ pub fn gradient_flow<T: Float>(
             ),
         ));
     }
-    let (t_len, batch, h_size) = (dims[0], dims[1], cfg.hidden_size);
+    let (t_len, batch, hidden) = (dims[0], dims[1], cfg.hidden_size);
     let kind = model.kind();
     let mut tape = Tape::new();
     let xv = tape.constant(x.clone());
@@ -146,14 +146,14 @@ pub fn gradient_flow<T: Float>(
             b_ih: p.b_ih.map(|id| tape.param(store, id)).transpose()?,
             b_hh: p.b_hh.map(|id| tape.param(store, id)).transpose()?,
         };
-        let mut h = tape.constant(Tensor::zeros(&[batch, h_size])?);
+        let mut h = tape.constant(Tensor::zeros(&[batch, hidden])?);
         let mut c = kind
             .has_cell_state()
-            .then(|| Tensor::zeros(&[batch, h_size]).map(|z| tape.constant(z)))
+            .then(|| Tensor::zeros(&[batch, hidden]).map(|z| tape.constant(z)))
             .transpose()?;
         let (mut h_layer, mut c_layer) = (Vec::with_capacity(t_len), Vec::new());
         for &x_t in &inputs {
-            let (h_new, c_new) = cell_step(&mut tape, kind, h_size, x_t, h, c, &w)?;
+            let (h_new, c_new) = cell_step(&mut tape, kind, hidden, x_t, h, c, &w)?;
             h = h_new;
             c = c_new;
             h_layer.push(h);
@@ -182,12 +182,12 @@ pub fn gradient_flow<T: Float>(
         })
         .collect();
 
-    let dh_jacobian = jacobian_product(&mut tape, &hs[0], batch, h_size, &options)?;
+    let dh_jacobian = jacobian_product(&mut tape, &hs[0], batch, hidden, &options)?;
     let dc_jacobian = if cs[0].is_empty() {
         None
     } else {
         Some(jacobian_product(
-            &mut tape, &cs[0], batch, h_size, &options,
+            &mut tape, &cs[0], batch, hidden, &options,
         )?)
     };
     Ok(GradientFlow {
@@ -206,7 +206,7 @@ fn jacobian_product<T: Float>(
     tape: &mut Tape<T>,
     states: &[Var],
     batch: usize,
-    h_size: usize,
+    hidden: usize,
     options: &FlowOptions,
 ) -> Result<JacobianProduct> {
     let (first, last) = (states[0], states[states.len() - 1]);
@@ -215,8 +215,8 @@ fn jacobian_product<T: Float>(
         if states.len() == 1 {
             return Ok(seed_row.to_vec());
         }
-        let seed = Tensor::from_fn(&[batch, h_size], |k| {
-            if k < h_size {
+        let seed = Tensor::from_fn(&[batch, hidden], |k| {
+            if k < hidden {
                 T::from_f64(seed_row[k])
             } else {
                 T::ZERO
@@ -224,29 +224,29 @@ fn jacobian_product<T: Float>(
         })?;
         let grads = tape.backward_with(last, seed)?;
         Ok(match grads.wrt(first) {
-            Some(g) => g.data()[..h_size].iter().map(|v| v.to_f64()).collect(),
-            None => vec![0.0; h_size],
+            Some(g) => g.data()[..hidden].iter().map(|v| v.to_f64()).collect(),
+            None => vec![0.0; hidden],
         })
     };
-    if h_size <= options.max_full_jacobian {
-        let mut m = vec![0.0; h_size * h_size];
-        for i in 0..h_size {
-            let mut e = vec![0.0; h_size];
+    if hidden <= options.max_full_jacobian {
+        let mut m = vec![0.0; hidden * hidden];
+        for i in 0..hidden {
+            let mut e = vec![0.0; hidden];
             e[i] = 1.0;
-            m[i * h_size..(i + 1) * h_size].copy_from_slice(&vjp(tape, &e)?);
+            m[i * hidden..(i + 1) * hidden].copy_from_slice(&vjp(tape, &e)?);
         }
         let frobenius = m.iter().map(|v| v * v).sum::<f64>().sqrt();
-        let singular_values = (h_size <= options.max_singular_values).then(|| {
+        let singular_values = (hidden <= options.max_singular_values).then(|| {
             // Singular values of J are the square roots of the eigenvalues of J^T J.
-            let mut jtj = vec![0.0; h_size * h_size];
-            for a in 0..h_size {
-                for b in 0..h_size {
-                    jtj[a * h_size + b] = (0..h_size)
-                        .map(|r| m[r * h_size + a] * m[r * h_size + b])
+            let mut jtj = vec![0.0; hidden * hidden];
+            for a in 0..hidden {
+                for b in 0..hidden {
+                    jtj[a * hidden + b] = (0..hidden)
+                        .map(|r| m[r * hidden + a] * m[r * hidden + b])
                         .sum();
                 }
             }
-            let mut s: Vec<f64> = symmetric_eigenvalues(&jtj, h_size)
+            let mut s: Vec<f64> = symmetric_eigenvalues(&jtj, hidden)
                 .into_iter()
                 .map(|l| l.max(0.0).sqrt())
                 .collect();
@@ -254,7 +254,7 @@ fn jacobian_product<T: Float>(
             s
         });
         Ok(JacobianProduct {
-            matrix: Some(Tensor::from_vec(m, &[h_size, h_size])?),
+            matrix: Some(Tensor::from_vec(m, &[hidden, hidden])?),
             frobenius,
             singular_values,
         })
@@ -264,7 +264,7 @@ fn jacobian_product<T: Float>(
         let probes = options.probes.max(1);
         let mut acc = 0.0;
         for _ in 0..probes {
-            let v: Vec<f64> = (0..h_size).map(|_| rng.normal()).collect();
+            let v: Vec<f64> = (0..hidden).map(|_| rng.normal()).collect();
             acc += vjp(tape, &v)?.iter().map(|g| g * g).sum::<f64>();
         }
         Ok(JacobianProduct {

@@ -195,18 +195,18 @@ mod tests {
         h_prev: &[T],
         h: &mut [T],
         sv: &mut [T],
-        hd: usize,
+        hidden: usize,
     ) {
-        for b in 0..h_prev.len() / hd {
-            let (x, hh) = (&xp[b * 3 * hd..], &hp[b * 3 * hd..]);
-            let s = &mut sv[b * 4 * hd..(b + 1) * 4 * hd];
-            for j in 0..hd {
+        for b in 0..h_prev.len() / hidden {
+            let (x, hh) = (&xp[b * 3 * hidden..], &hp[b * 3 * hidden..]);
+            let s = &mut sv[b * 4 * hidden..(b + 1) * 4 * hidden];
+            for j in 0..hidden {
                 let r = (x[j] + hh[j]).sigmoid();
-                let z = (x[hd + j] + hh[hd + j]).sigmoid();
-                let hn = hh[2 * hd + j];
-                let n = (x[2 * hd + j] + r * hn).tanh();
-                h[b * hd + j] = (T::ONE - z) * n + z * h_prev[b * hd + j];
-                (s[j], s[hd + j], s[2 * hd + j], s[3 * hd + j]) = (r, z, n, hn);
+                let z = (x[hidden + j] + hh[hidden + j]).sigmoid();
+                let hn = hh[2 * hidden + j];
+                let n = (x[2 * hidden + j] + r * hn).tanh();
+                h[b * hidden + j] = (T::ONE - z) * n + z * h_prev[b * hidden + j];
+                (s[j], s[hidden + j], s[2 * hidden + j], s[3 * hidden + j]) = (r, z, n, hn);
             }
         }
     }
@@ -219,20 +219,22 @@ mod tests {
         dxp: &mut [T],
         dhp: &mut [T],
         dh_prev: &mut [T],
-        hd: usize,
+        hidden: usize,
     ) {
-        for b in 0..h_prev.len() / hd {
-            let s = &sv[b * 4 * hd..(b + 1) * 4 * hd];
-            let o = b * 3 * hd;
-            for j in 0..hd {
-                let k = b * hd + j;
-                let (r, z, n, hn) = (s[j], s[hd + j], s[2 * hd + j], s[3 * hd + j]);
+        for b in 0..h_prev.len() / hidden {
+            let s = &sv[b * 4 * hidden..(b + 1) * 4 * hidden];
+            let o = b * 3 * hidden;
+            for j in 0..hidden {
+                let k = b * hidden + j;
+                let (r, z, n, hn) = (s[j], s[hidden + j], s[2 * hidden + j], s[3 * hidden + j]);
                 let d = dh[k];
                 let dn_pre = d * (T::ONE - z) * (T::ONE - n * n);
                 let dz_pre = d * (h_prev[k] - n) * z * (T::ONE - z);
                 let dr_pre = dn_pre * hn * r * (T::ONE - r);
-                (dxp[o + j], dxp[o + hd + j], dxp[o + 2 * hd + j]) = (dr_pre, dz_pre, dn_pre);
-                (dhp[o + j], dhp[o + hd + j], dhp[o + 2 * hd + j]) = (dr_pre, dz_pre, dn_pre * r);
+                (dxp[o + j], dxp[o + hidden + j], dxp[o + 2 * hidden + j]) =
+                    (dr_pre, dz_pre, dn_pre);
+                (dhp[o + j], dhp[o + hidden + j], dhp[o + 2 * hidden + j]) =
+                    (dr_pre, dz_pre, dn_pre * r);
                 dh_prev[k] = d * z;
             }
         }
@@ -240,33 +242,36 @@ mod tests {
 
     fn check<T: Float>() {
         let rows = 3;
-        for hd in HIDDEN_SIZES {
-            let xp: Vec<T> = values(hd as u64, rows * 3 * hd, 3.0);
-            let hp: Vec<T> = values(hd as u64 + 1, rows * 3 * hd, 3.0);
-            let h_prev: Vec<T> = values(hd as u64 + 2, rows * hd, 1.0);
-            let (mut h1, mut h2) = (vec![T::ZERO; rows * hd], vec![T::ZERO; rows * hd]);
-            let (mut s1, mut s2) = (vec![T::ZERO; rows * 4 * hd], vec![T::ZERO; rows * 4 * hd]);
-            gru_forward(&xp, None, &hp, &h_prev, &mut h1, &mut s1, hd);
-            forward_scalar(&xp, &hp, &h_prev, &mut h2, &mut s2, hd);
+        for hidden in HIDDEN_SIZES {
+            let xp: Vec<T> = values(hidden as u64, rows * 3 * hidden, 3.0);
+            let hp: Vec<T> = values(hidden as u64 + 1, rows * 3 * hidden, 3.0);
+            let h_prev: Vec<T> = values(hidden as u64 + 2, rows * hidden, 1.0);
+            let (mut h1, mut h2) = (vec![T::ZERO; rows * hidden], vec![T::ZERO; rows * hidden]);
+            let (mut s1, mut s2) = (
+                vec![T::ZERO; rows * 4 * hidden],
+                vec![T::ZERO; rows * 4 * hidden],
+            );
+            gru_forward(&xp, None, &hp, &h_prev, &mut h1, &mut s1, hidden);
+            forward_scalar(&xp, &hp, &h_prev, &mut h2, &mut s2, hidden);
             assert_close(&h1, &h2, tol::<T>(), "gru h");
             assert_close(&s1, &s2, tol::<T>(), "gru saved");
             // A bias given apart is added to the projection as if it held it: same bits.
-            let b_ih: Vec<T> = values(hd as u64 + 4, 3 * hd, 1.0);
-            let xp_b: Vec<T> = (xp.chunks_exact(3 * hd))
+            let b_ih: Vec<T> = values(hidden as u64 + 4, 3 * hidden, 1.0);
+            let xp_b: Vec<T> = (xp.chunks_exact(3 * hidden))
                 .flat_map(|row| row.iter().zip(&b_ih).map(|(&x, &b)| x + b))
                 .collect();
             let (mut h3, mut s3) = (h1.clone(), s1.clone());
-            gru_forward(&xp, Some(&b_ih), &hp, &h_prev, &mut h1, &mut s1, hd);
-            gru_forward(&xp_b, None, &hp, &h_prev, &mut h3, &mut s3, hd);
+            gru_forward(&xp, Some(&b_ih), &hp, &h_prev, &mut h1, &mut s1, hidden);
+            gru_forward(&xp_b, None, &hp, &h_prev, &mut h3, &mut s3, hidden);
             assert_eq!(h1, h3, "gru h with b_ih apart");
             assert_eq!(s1, s3, "gru saved with b_ih apart");
 
-            let dh: Vec<T> = values(hd as u64 + 3, rows * hd, 1.0);
-            let z3 = vec![T::ZERO; rows * 3 * hd];
+            let dh: Vec<T> = values(hidden as u64 + 3, rows * hidden, 1.0);
+            let z3 = vec![T::ZERO; rows * 3 * hidden];
             let (mut dx1, mut dx2, mut dh1, mut dh2) = (z3.clone(), z3.clone(), z3.clone(), z3);
-            let (mut p1, mut p2) = (vec![T::ZERO; rows * hd], vec![T::ZERO; rows * hd]);
-            gru_backward(&s2, &h_prev, &dh, &mut dx1, &mut dh1, &mut p1, hd);
-            backward_scalar(&s2, &h_prev, &dh, &mut dx2, &mut dh2, &mut p2, hd);
+            let (mut p1, mut p2) = (vec![T::ZERO; rows * hidden], vec![T::ZERO; rows * hidden]);
+            gru_backward(&s2, &h_prev, &dh, &mut dx1, &mut dh1, &mut p1, hidden);
+            backward_scalar(&s2, &h_prev, &dh, &mut dx2, &mut dh2, &mut p2, hidden);
             assert_close(&dx1, &dx2, tol::<T>(), "gru dxp");
             assert_close(&dh1, &dh2, tol::<T>(), "gru dhp");
             assert_close(&p1, &p2, tol::<T>(), "gru dh_prev");

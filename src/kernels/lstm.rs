@@ -169,19 +169,19 @@ mod tests {
         c_prev: &[T],
         c: &mut [T],
         h: &mut [T],
-        hd: usize,
+        hidden: usize,
     ) {
-        for b in 0..c_prev.len() / hd {
-            let g = &mut gates[b * 4 * hd..(b + 1) * 4 * hd];
-            for j in 0..hd {
+        for b in 0..c_prev.len() / hidden {
+            let g = &mut gates[b * 4 * hidden..(b + 1) * 4 * hidden];
+            for j in 0..hidden {
                 let i = g[j].sigmoid();
-                let f = g[hd + j].sigmoid();
-                let gg = g[2 * hd + j].tanh();
-                let o = g[3 * hd + j].sigmoid();
-                (g[j], g[hd + j], g[2 * hd + j], g[3 * hd + j]) = (i, f, gg, o);
-                let cn = f * c_prev[b * hd + j] + i * gg;
-                c[b * hd + j] = cn;
-                h[b * hd + j] = o * cn.tanh();
+                let f = g[hidden + j].sigmoid();
+                let gg = g[2 * hidden + j].tanh();
+                let o = g[3 * hidden + j].sigmoid();
+                (g[j], g[hidden + j], g[2 * hidden + j], g[3 * hidden + j]) = (i, f, gg, o);
+                let cn = f * c_prev[b * hidden + j] + i * gg;
+                c[b * hidden + j] = cn;
+                h[b * hidden + j] = o * cn.tanh();
             }
         }
     }
@@ -194,20 +194,20 @@ mod tests {
         dh: &[T],
         dc: &mut [T],
         dgates: &mut [T],
-        hd: usize,
+        hidden: usize,
     ) {
-        for b in 0..c_prev.len() / hd {
-            let g = &gates[b * 4 * hd..(b + 1) * 4 * hd];
-            let dg = &mut dgates[b * 4 * hd..(b + 1) * 4 * hd];
-            for j in 0..hd {
-                let k = b * hd + j;
-                let (i, f, gg, o) = (g[j], g[hd + j], g[2 * hd + j], g[3 * hd + j]);
+        for b in 0..c_prev.len() / hidden {
+            let g = &gates[b * 4 * hidden..(b + 1) * 4 * hidden];
+            let dg = &mut dgates[b * 4 * hidden..(b + 1) * 4 * hidden];
+            for j in 0..hidden {
+                let k = b * hidden + j;
+                let (i, f, gg, o) = (g[j], g[hidden + j], g[2 * hidden + j], g[3 * hidden + j]);
                 let tc = c[k].tanh();
                 let dct = dc[k] + dh[k] * o * (T::ONE - tc * tc);
                 dg[j] = dct * gg * i * (T::ONE - i);
-                dg[hd + j] = dct * c_prev[k] * f * (T::ONE - f);
-                dg[2 * hd + j] = dct * i * (T::ONE - gg * gg);
-                dg[3 * hd + j] = dh[k] * tc * o * (T::ONE - o);
+                dg[hidden + j] = dct * c_prev[k] * f * (T::ONE - f);
+                dg[2 * hidden + j] = dct * i * (T::ONE - gg * gg);
+                dg[3 * hidden + j] = dh[k] * tc * o * (T::ONE - o);
                 dc[k] = dct * f;
             }
         }
@@ -215,24 +215,27 @@ mod tests {
 
     fn check<T: Float>() {
         let rows = 3;
-        for hd in HIDDEN_SIZES {
-            let pre: Vec<T> = values(hd as u64, rows * 4 * hd, 4.0);
-            let c_prev: Vec<T> = values(hd as u64 + 1, rows * hd, 2.0);
+        for hidden in HIDDEN_SIZES {
+            let pre: Vec<T> = values(hidden as u64, rows * 4 * hidden, 4.0);
+            let c_prev: Vec<T> = values(hidden as u64 + 1, rows * hidden, 2.0);
             let (mut g1, mut g2) = (pre.clone(), pre);
-            let (mut c1, mut c2) = (vec![T::ZERO; rows * hd], vec![T::ZERO; rows * hd]);
+            let (mut c1, mut c2) = (vec![T::ZERO; rows * hidden], vec![T::ZERO; rows * hidden]);
             let (mut h1, mut h2) = (c1.clone(), c1.clone());
-            lstm_forward(&mut g1, &c_prev, &mut c1, &mut h1, hd);
-            forward_scalar(&mut g2, &c_prev, &mut c2, &mut h2, hd);
+            lstm_forward(&mut g1, &c_prev, &mut c1, &mut h1, hidden);
+            forward_scalar(&mut g2, &c_prev, &mut c2, &mut h2, hidden);
             assert_close(&g1, &g2, tol::<T>(), "lstm gates");
             assert_close(&c1, &c2, tol::<T>(), "lstm c");
             assert_close(&h1, &h2, tol::<T>(), "lstm h");
 
-            let dh: Vec<T> = values(hd as u64 + 2, rows * hd, 1.0);
-            let dc0: Vec<T> = values(hd as u64 + 3, rows * hd, 1.0);
+            let dh: Vec<T> = values(hidden as u64 + 2, rows * hidden, 1.0);
+            let dc0: Vec<T> = values(hidden as u64 + 3, rows * hidden, 1.0);
             let (mut dc1, mut dc2) = (dc0.clone(), dc0);
-            let (mut d1, mut d2) = (vec![T::ZERO; rows * 4 * hd], vec![T::ZERO; rows * 4 * hd]);
-            lstm_backward(&g2, &c_prev, &c2, &dh, &mut dc1, &mut d1, hd);
-            backward_scalar(&g2, &c_prev, &c2, &dh, &mut dc2, &mut d2, hd);
+            let (mut d1, mut d2) = (
+                vec![T::ZERO; rows * 4 * hidden],
+                vec![T::ZERO; rows * 4 * hidden],
+            );
+            lstm_backward(&g2, &c_prev, &c2, &dh, &mut dc1, &mut d1, hidden);
+            backward_scalar(&g2, &c_prev, &c2, &dh, &mut dc2, &mut d2, hidden);
             assert_close(&d1, &d2, tol::<T>(), "lstm dgates");
             assert_close(&dc1, &dc2, tol::<T>(), "lstm dc");
         }

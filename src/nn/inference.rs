@@ -152,15 +152,15 @@ impl<T: Float> InferenceStep<T> {
     ) -> Result<()> {
         self.check_weights("InferenceStep::step", w_ih, w_hh, bias)?;
         self.check_state("InferenceStep::step", x, h, c)?;
-        let (kind, i, hd, b) = (self.kind, self.input, self.hidden, self.batch);
-        let gh = kind.gates() * hd;
-        let all = 0..hd;
+        let (kind, i, hidden, b) = (self.kind, self.input, self.hidden, self.batch);
+        let gh = kind.gates() * hidden;
+        let all = 0..hidden;
         self.bufs
-            .advance(kind, all.clone(), hd, bias, h, c, |xp, hp| {
+            .advance(kind, all.clone(), hidden, bias, h, c, |xp, hp| {
                 gemm_nt_acc(b, gh, i, x, w_ih, xp);
-                gemm_nt_acc(b, gh, hd, h, w_hh, hp.unwrap_or(xp));
+                gemm_nt_acc(b, gh, hidden, h, w_hh, hp.unwrap_or(xp));
             });
-        self.bufs.store(kind, all, hd, h, c);
+        self.bufs.store(kind, all, hidden, h, c);
         Ok(())
     }
 
@@ -177,30 +177,30 @@ impl<T: Float> InferenceStep<T> {
         bias: Option<(&[T], &[T])>,
     ) -> Result<()> {
         self.check_weights("InferenceStep::pack_weights", w_ih, w_hh, bias)?;
-        let (i, hd) = (self.input, self.hidden);
-        let bytes = (i + hd) * self.kind.gates() * hd * std::mem::size_of::<T>();
+        let (i, hidden) = (self.input, self.hidden);
+        let bytes = (i + hidden) * self.kind.gates() * hidden * std::mem::size_of::<T>();
         // Two shares of whole SIMD vectors of units where there are enough.
-        let cut = (hd / 2).next_multiple_of(T::LANES);
-        let split = bytes >= SPLIT_BYTES && cut < hd;
-        self.pack_shares(w_ih, w_hh, bias, if split { cut } else { hd });
+        let cut = (hidden / 2).next_multiple_of(T::LANES);
+        let split = bytes >= SPLIT_BYTES && cut < hidden;
+        self.pack_shares(w_ih, w_hh, bias, if split { cut } else { hidden });
         Ok(())
     }
 
     /// Packs units `..cut` in one share and `cut..` (if any) in another.
     fn pack_shares(&mut self, w_ih: &[T], w_hh: &[T], bias: Option<(&[T], &[T])>, cut: usize) {
-        let (kind, i, hd, b) = (self.kind, self.input, self.hidden, self.batch);
+        let (kind, i, hidden, b) = (self.kind, self.input, self.hidden, self.batch);
         let mut p = self.packed.take().unwrap_or_else(|| Packed {
             shares: Vec::new(),
             order: Sweep::Ascending,
             xh: Vec::new(),
         });
-        let ranges = [0..cut, cut..hd];
+        let ranges = [0..cut, cut..hidden];
         let ranges = ranges.iter().filter(|r| !r.is_empty());
         p.shares = ranges
-            .map(|units| Share::pack(kind, i, hd, b, units.clone(), w_ih, w_hh, bias))
+            .map(|units| Share::pack(kind, i, hidden, b, units.clone(), w_ih, w_hh, bias))
             .collect();
         if kind != CellKind::Gru {
-            p.xh.resize(b * (i + hd), T::ZERO);
+            p.xh.resize(b * (i + hidden), T::ZERO);
         }
         self.packed = Some(p);
     }
@@ -216,12 +216,12 @@ impl<T: Float> InferenceStep<T> {
                 "no packed weights: call pack_weights first",
             ));
         };
-        let (kind, i, hd) = (self.kind, self.input, self.hidden);
+        let (kind, i, hidden) = (self.kind, self.input, self.hidden);
         if kind != CellKind::Gru {
             for ((row, x), h) in
-                p.xh.chunks_exact_mut(i + hd)
+                p.xh.chunks_exact_mut(i + hidden)
                     .zip(x.chunks_exact(i))
-                    .zip(h.chunks_exact(hd))
+                    .zip(h.chunks_exact(hidden))
             {
                 row[..i].copy_from_slice(x);
                 row[i..].copy_from_slice(h);
@@ -248,21 +248,21 @@ impl<T: Float> InferenceStep<T> {
         };
         match (helper.filter(|_| split), &mut p.shares[..]) {
             (Some(helper), [first, second]) => helper.join(
-                || first.advance(kind, hd, &inputs),
-                || second.advance(kind, hd, &inputs),
+                || first.advance(kind, hidden, &inputs),
+                || second.advance(kind, hidden, &inputs),
             ),
             // In turn, in the order of the panels, so that the weights read last by one step
             // are read first by the next.
-            (_, shares) if order == Sweep::Ascending => {
-                shares.iter_mut().for_each(|s| s.advance(kind, hd, &inputs))
-            }
+            (_, shares) if order == Sweep::Ascending => shares
+                .iter_mut()
+                .for_each(|s| s.advance(kind, hidden, &inputs)),
             (_, shares) => shares
                 .iter_mut()
                 .rev()
-                .for_each(|s| s.advance(kind, hd, &inputs)),
+                .for_each(|s| s.advance(kind, hidden, &inputs)),
         }
         for s in &p.shares {
-            s.bufs.store(kind, s.units.clone(), hd, h, c);
+            s.bufs.store(kind, s.units.clone(), hidden, h, c);
         }
         p.order = order.reversed();
         if tuned {
@@ -336,18 +336,18 @@ impl<T: Float> InferenceStep<T> {
     }
 
     fn check_state(&self, op: &'static str, x: &[T], h: &[T], c: &[T]) -> Result<()> {
-        let (b, hd) = (self.batch, self.hidden);
+        let (b, hidden) = (self.batch, self.hidden);
         let c_len = if self.kind == CellKind::Lstm {
             c.len()
         } else {
-            b * hd
+            b * hidden
         };
         check_lengths(
             op,
             &[
                 ("x", x.len(), b * self.input),
-                ("h", h.len(), b * hd),
-                ("c", c_len, b * hd),
+                ("h", h.len(), b * hidden),
+                ("c", c_len, b * hidden),
             ],
         )
     }

@@ -29,7 +29,7 @@ pub(crate) fn run<T: Float>(
 ) -> Result<DirectionOutput> {
     let dims = tape.shape(x)?;
     let (t_len, batch) = (dims.dims()[0], dims.dims()[1]);
-    let h_size = tape.shape(h0)?.dims()[1];
+    let hidden = tape.shape(h0)?.dims()[1];
     let p = run.params;
     let w_ih = tape.param(store, p.w_ih)?;
     let w_hh = tape.param(store, p.w_hh)?;
@@ -47,7 +47,7 @@ pub(crate) fn run<T: Float>(
     for s in 0..t_len {
         let t = run.time(s, t_len);
         let x_t = tape.select(x, t)?;
-        let (h_new, c_new) = cell_step(tape, run.kind, h_size, x_t, h, c, &w)?;
+        let (h_new, c_new) = cell_step(tape, run.kind, hidden, x_t, h, c, &w)?;
         match run.lengths {
             None => {
                 ys[t] = Some(h_new);
@@ -56,14 +56,14 @@ pub(crate) fn run<T: Float>(
             }
             Some(_) => {
                 // m = 1 where the sequence is still running at time t, else 0 (state frozen).
-                let m = Tensor::from_fn(&[batch, h_size], |k| {
-                    if run.active(t, k / h_size) {
+                let m = Tensor::from_fn(&[batch, hidden], |k| {
+                    if run.active(t, k / hidden) {
                         T::ONE
                     } else {
                         T::ZERO
                     }
                 })?;
-                let not_m = Tensor::from_fn(&[batch, h_size], |k| T::ONE - m.data()[k])?;
+                let not_m = Tensor::from_fn(&[batch, hidden], |k| T::ONE - m.data()[k])?;
                 let (m, not_m) = (tape.constant(m), tape.constant(not_m));
                 ys[t] = Some(tape.mul(m, h_new)?);
                 h = blend(tape, m, not_m, h_new, h)?;
@@ -91,7 +91,7 @@ pub(crate) struct StepWeights {
 pub(crate) fn cell_step<T: Float>(
     tape: &mut Tape<T>,
     kind: CellKind,
-    h_size: usize,
+    hidden: usize,
     x_t: Var,
     h: Var,
     c: Option<Var>,
@@ -112,14 +112,13 @@ pub(crate) fn cell_step<T: Float>(
             let a = affine(tape, x_t, w.w_ih, w.b_ih)?;
             let r = affine(tape, h, w.w_hh, w.b_hh)?;
             let gates = tape.add(a, r)?;
-            let hs = h_size;
-            let i = tape.slice(gates, 0, hs)?;
+            let i = tape.slice(gates, 0, hidden)?;
             let i = tape.sigmoid(i)?;
-            let f = tape.slice(gates, hs, 2 * hs)?;
+            let f = tape.slice(gates, hidden, 2 * hidden)?;
             let f = tape.sigmoid(f)?;
-            let g = tape.slice(gates, 2 * hs, 3 * hs)?;
+            let g = tape.slice(gates, 2 * hidden, 3 * hidden)?;
             let g = tape.tanh(g)?;
-            let o = tape.slice(gates, 3 * hs, 4 * hs)?;
+            let o = tape.slice(gates, 3 * hidden, 4 * hidden)?;
             let o = tape.sigmoid(o)?;
             let c_prev = c.expect("an LSTM carries a cell state");
             let fc = tape.mul(f, c_prev)?;
@@ -130,18 +129,20 @@ pub(crate) fn cell_step<T: Float>(
             (h_new, Some(c_new))
         }
         CellKind::Gru => {
-            let hs = h_size;
             let xp = affine(tape, x_t, w.w_ih, w.b_ih)?;
             let hp = affine(tape, h, w.w_hh, w.b_hh)?;
-            let (xr, hr) = (tape.slice(xp, 0, hs)?, tape.slice(hp, 0, hs)?);
+            let (xr, hr) = (tape.slice(xp, 0, hidden)?, tape.slice(hp, 0, hidden)?);
             let r = tape.add(xr, hr)?;
             let r = tape.sigmoid(r)?;
-            let (xz, hz) = (tape.slice(xp, hs, 2 * hs)?, tape.slice(hp, hs, 2 * hs)?);
+            let (xz, hz) = (
+                tape.slice(xp, hidden, 2 * hidden)?,
+                tape.slice(hp, hidden, 2 * hidden)?,
+            );
             let z = tape.add(xz, hz)?;
             let z = tape.sigmoid(z)?;
             let (xn, hn) = (
-                tape.slice(xp, 2 * hs, 3 * hs)?,
-                tape.slice(hp, 2 * hs, 3 * hs)?,
+                tape.slice(xp, 2 * hidden, 3 * hidden)?,
+                tape.slice(hp, 2 * hidden, 3 * hidden)?,
             );
             let rhn = tape.mul(r, hn)?;
             let n = tape.add(xn, rhn)?;

@@ -473,7 +473,7 @@ fn resume_in_a_new_process_is_bit_identical() {
     save_checkpoint(&ckpt, &ps_b, &opt, &rng, &info).unwrap();
     let out = dir.join("resumed.safetensors");
     let child = Command::new(std::env::current_exe().unwrap())
-        .args(["resume_child", "--exact", "--test-threads=1"])
+        .args(["checkpoint::resume_child", "--exact", "--test-threads=1"])
         .env(CHILD_ENV, format!("{}|{}", ckpt.display(), out.display()))
         .output()
         .unwrap();

@@ -1,7 +1,7 @@
 //! The chapter's worked RNN example: its three states, and its backward pass checked by gradcheck.
 
 #[allow(dead_code)]
-#[path = "../examples/seed_rnn.rs"]
+#[path = "../../examples/seed_rnn.rs"]
 mod seed_rnn;
 
 use recur::{ParamId, Tape, Var};

@@ -4,7 +4,7 @@
 //! product by columns, which computes every value as the whole product does. Also checks the
 //! sharded and the column-split paths against the reference built from primitive ops.
 
-mod common;
+use crate::common;
 
 use recur::nn::{Activation, CellKind, ForwardOptions, Implementation, Recurrent, RecurrentConfig};
 use recur::{Float, ParamStore, Rng, Tape, Tensor};

@@ -3,7 +3,7 @@
 //! the same numbers as the tape step; gradcheck of the step in f64; PyTorch cell names; shape
 //! errors.
 
-mod common;
+use crate::common;
 
 use recur::diagnostics::{GradcheckOptions, gradcheck};
 use recur::nn::{

@@ -1,0 +1,16 @@
+//! The library's API: tensors, the tape and its ops, losses, initialisers, optimizers, checkpoints
+//! and state dicts, and the chapter's worked example and gradients.
+
+mod chapter_gradients;
+mod checkpoint;
+mod errors;
+mod extremes;
+mod init;
+mod linear_embedding;
+mod loss;
+mod ops_gradcheck;
+mod optim_pytorch;
+mod optim_state;
+mod seed_rnn;
+mod state_dict;
+mod tape;

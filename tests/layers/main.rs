@@ -1,0 +1,12 @@
+//! The recurrent layers and cells: fused kernels against the reference, PyTorch parity, the single-
+//! step paths, and results independent of the thread count.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod cells;
+mod inference_step;
+mod layers_fused_vs_reference;
+mod parity;
+mod parity_modules;
+mod threads_bit_identical;
