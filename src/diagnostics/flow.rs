@@ -6,7 +6,7 @@
 //! forget gates stay near 1. [`gradient_flow`] measures both on a real model and batch.
 
 use super::linalg::symmetric_eigenvalues;
-use crate::nn::reference::{StepWeights, cell_step};
+use crate::nn::reference::cell_step;
 use crate::nn::{CellKind, Recurrent};
 use crate::params::ParamStore;
 use crate::rng::Rng;
@@ -140,12 +140,7 @@ pub fn gradient_flow<T: Float>(
         let p = model
             .direction_params(layer, 0)
             .ok_or_else(|| Error::invalid("gradient_flow", format!("no layer {layer}")))?;
-        let w = StepWeights {
-            w_ih: tape.param(store, p.w_ih)?,
-            w_hh: tape.param(store, p.w_hh)?,
-            b_ih: p.b_ih.map(|id| tape.param(store, id)).transpose()?,
-            b_hh: p.b_hh.map(|id| tape.param(store, id)).transpose()?,
-        };
+        let w = p.vars(&mut tape, store)?;
         let mut h = tape.constant(Tensor::zeros(&[batch, hidden])?);
         let mut c = kind
             .has_cell_state()

@@ -14,8 +14,8 @@ use super::direction::{CellKind, DirectionParams};
 use super::inference::InferenceStep;
 use super::init::uniform_tensor;
 use super::linear::param_value;
-use super::recurrent::Recurrent;
-use super::reference::{StepWeights, cell_step};
+use super::recurrent::{Recurrent, config_setters};
+use super::reference::cell_step;
 use crate::kernels::rnn::Activation;
 use crate::params::{ParamId, ParamStore};
 use crate::rng::Rng;
@@ -69,11 +69,10 @@ impl CellConfig {
         }
     }
 
-    /// Sets `bias`.
-    pub fn bias(mut self, on: bool) -> Self {
-        self.bias = on;
-        self
-    }
+    config_setters!(
+        /// Sets `bias`.
+        bias: bool,
+    );
 }
 
 /// One recurrent cell of any kind: the engine behind [`RnnCell`], [`LstmCell`] and [`GruCell`].
@@ -273,13 +272,7 @@ impl Cell {
         let (xs, hs) = (tape.shape(x)?, tape.shape(state.h)?);
         self.check_shapes("cell step", xs, hs, cs)?;
         self.check_params(store, "cell step")?;
-        let p = self.params;
-        let w = StepWeights {
-            w_ih: tape.param(store, p.w_ih)?,
-            w_hh: tape.param(store, p.w_hh)?,
-            b_ih: p.b_ih.map(|id| tape.param(store, id)).transpose()?,
-            b_hh: p.b_hh.map(|id| tape.param(store, id)).transpose()?,
-        };
+        let w = self.params.vars(tape, store)?;
         let (h, c) = cell_step(tape, self.kind, self.hidden_size, x, state.h, state.c, &w)?;
         Ok(CellState { h, c })
     }
@@ -378,6 +371,42 @@ impl RecurrentCell for Cell {
     }
 }
 
+/// What the typed cells share: each is a [`RecurrentCell`] through the [`Cell`] it holds, and
+/// derefs to it; given its kind, `new` registers its parameters.
+macro_rules! typed_cell {
+    ($name:ident, $kind:expr, $what:literal) => {
+        impl $name {
+            #[doc = concat!("Registers a new ", $what, " in `store` under PyTorch's cell names, prefixed by `prefix`; see [`Cell::new`].")]
+            pub fn new<T: Float>(
+                store: &mut ParamStore<T>,
+                prefix: &str,
+                config: CellConfig,
+                rng: &mut Rng,
+            ) -> Result<Self> {
+                let cell = Cell::new(store, prefix, $kind, config, rng)?;
+                Ok($name { cell })
+            }
+        }
+
+        typed_cell!($name);
+    };
+    ($name:ident) => {
+        impl RecurrentCell for $name {
+            fn cell(&self) -> &Cell {
+                &self.cell
+            }
+        }
+
+        impl Deref for $name {
+            type Target = Cell;
+
+            fn deref(&self) -> &Cell {
+                &self.cell
+            }
+        }
+    };
+}
+
 /// An LSTM cell, PyTorch's `nn.LSTMCell`: gates `i, f, g, o`, `c' = f * c + i * g`,
 /// `h' = o * tanh(c')`.
 ///
@@ -406,33 +435,7 @@ pub struct LstmCell {
     cell: Cell,
 }
 
-impl LstmCell {
-    /// Registers a new LSTM cell in `store` under PyTorch's cell names, prefixed by `prefix`;
-    /// see [`Cell::new`].
-    pub fn new<T: Float>(
-        store: &mut ParamStore<T>,
-        prefix: &str,
-        config: CellConfig,
-        rng: &mut Rng,
-    ) -> Result<Self> {
-        let cell = Cell::new(store, prefix, CellKind::Lstm, config, rng)?;
-        Ok(LstmCell { cell })
-    }
-}
-
-impl RecurrentCell for LstmCell {
-    fn cell(&self) -> &Cell {
-        &self.cell
-    }
-}
-
-impl Deref for LstmCell {
-    type Target = Cell;
-
-    fn deref(&self) -> &Cell {
-        &self.cell
-    }
-}
+typed_cell!(LstmCell, CellKind::Lstm, "LSTM cell");
 
 /// A GRU cell, PyTorch's `nn.GRUCell`: gates `r, z, n`,
 /// `n = tanh(W_in x + b_in + r * (W_hn h + b_hn))`, `h' = (1 - z) * n + z * h`.
@@ -441,33 +444,7 @@ pub struct GruCell {
     cell: Cell,
 }
 
-impl GruCell {
-    /// Registers a new GRU cell in `store` under PyTorch's cell names, prefixed by `prefix`;
-    /// see [`Cell::new`].
-    pub fn new<T: Float>(
-        store: &mut ParamStore<T>,
-        prefix: &str,
-        config: CellConfig,
-        rng: &mut Rng,
-    ) -> Result<Self> {
-        let cell = Cell::new(store, prefix, CellKind::Gru, config, rng)?;
-        Ok(GruCell { cell })
-    }
-}
-
-impl RecurrentCell for GruCell {
-    fn cell(&self) -> &Cell {
-        &self.cell
-    }
-}
-
-impl Deref for GruCell {
-    type Target = Cell;
-
-    fn deref(&self) -> &Cell {
-        &self.cell
-    }
-}
+typed_cell!(GruCell, CellKind::Gru, "GRU cell");
 
 /// An Elman RNN cell, PyTorch's `nn.RNNCell`: `h' = act(W_ih x + b_ih + W_hh h + b_hh)` with
 /// tanh or relu.
@@ -490,16 +467,4 @@ impl RnnCell {
     }
 }
 
-impl RecurrentCell for RnnCell {
-    fn cell(&self) -> &Cell {
-        &self.cell
-    }
-}
-
-impl Deref for RnnCell {
-    type Target = Cell;
-
-    fn deref(&self) -> &Cell {
-        &self.cell
-    }
-}
+typed_cell!(RnnCell);

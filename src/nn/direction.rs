@@ -4,9 +4,12 @@
 //! from tape ops ([`super::reference`]); the single-step paths ([`super::cell`],
 //! [`super::inference`]) use the same [`CellKind`] and [`DirectionParams`].
 
+use crate::Result;
 use crate::kernels::rnn::Activation;
 use crate::params::ParamId;
-use crate::tape::Var;
+use crate::params::ParamStore;
+use crate::tape::{Tape, Var};
+use crate::tensor::Float;
 
 /// Which recurrent cell a layer runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -79,12 +82,41 @@ pub struct DirectionParams {
     pub b_hh: Option<ParamId>,
 }
 
-/// One direction of one layer, as the implementations see it.
+impl DirectionParams {
+    /// The parameters as tape variables (see [`Tape::param`]).
+    pub(crate) fn vars<T: Float>(
+        &self,
+        tape: &mut Tape<T>,
+        store: &ParamStore<T>,
+    ) -> Result<StepWeights> {
+        Ok(StepWeights {
+            w_ih: tape.param(store, self.w_ih)?,
+            w_hh: tape.param(store, self.w_hh)?,
+            b_ih: self.b_ih.map(|id| tape.param(store, id)).transpose()?,
+            b_hh: self.b_hh.map(|id| tape.param(store, id)).transpose()?,
+        })
+    }
+}
+
+/// The weights of one layer and direction, as tape variables.
+pub(crate) struct StepWeights {
+    pub(crate) w_ih: Var,
+    pub(crate) w_hh: Var,
+    pub(crate) b_ih: Option<Var>,
+    pub(crate) b_hh: Option<Var>,
+}
+
+/// One direction of one layer, as the implementations see it: the cell, its parameters, its
+/// direction, the sequences' lengths and its inputs `x` `[T, B, I]`, `h0` and (LSTM) `c0`
+/// `[B, H]`.
 pub(crate) struct DirectionRun<'a> {
     pub(crate) kind: CellKind,
     pub(crate) params: DirectionParams,
     pub(crate) reverse: bool,
     pub(crate) lengths: Option<&'a [usize]>,
+    pub(crate) x: Var,
+    pub(crate) h0: Var,
+    pub(crate) c0: Option<Var>,
 }
 
 impl DirectionRun<'_> {

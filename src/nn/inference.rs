@@ -60,9 +60,9 @@ pub struct InferenceStep<T> {
 
 /// Fewest bytes of packed weights for which [`InferenceStep::pack_weights`] cuts the units in
 /// two shares, so that two threads can each step one ([`InferenceStep::with_threads`]). The
-/// handoff between the cores costs 0.1 to 1 microseconds a step, depending on where the
-/// machine places them: at two threads against one, with a fast handoff, 96 KiB (RNN, H = 128)
-/// ran 1.09x, 288 to 384 KiB (GRU and LSTM at H = 128, RNN at H = 256) 1.41x to 1.58x.
+/// handoff between the cores costs a fraction of a microsecond a step, depending on where the
+/// machine places them: smaller weights gained little from a second thread, larger ones much
+/// (see BENCHMARKS.md).
 const SPLIT_BYTES: usize = 256 << 10;
 
 /// Weights packed by [`InferenceStep::pack_weights`]: one share of the units, or two.

@@ -13,6 +13,19 @@ use crate::tape::{Tape, Var};
 use crate::tensor::{Float, Shape, Tensor};
 use crate::{Error, Result};
 
+/// Builder methods of a configuration: `field(value)` returns the configuration with `field`
+/// set to `value`.
+macro_rules! config_setters {
+    ($($(#[$doc:meta])* $field:ident: $ty:ty),* $(,)?) => {$(
+        $(#[$doc])*
+        pub fn $field(mut self, $field: $ty) -> Self {
+            self.$field = $field;
+            self
+        }
+    )*};
+}
+pub(crate) use config_setters;
+
 /// Options of a recurrent layer, as in PyTorch's `nn.RNN`, `nn.LSTM` and `nn.GRU`.
 ///
 /// ```
@@ -52,31 +65,19 @@ impl RecurrentConfig {
             bidirectional: false,
         }
     }
-    /// Sets `num_layers`.
-    pub fn num_layers(mut self, n: usize) -> Self {
-        self.num_layers = n;
-        self
-    }
-    /// Sets `bias`.
-    pub fn bias(mut self, on: bool) -> Self {
-        self.bias = on;
-        self
-    }
-    /// Sets `batch_first`.
-    pub fn batch_first(mut self, on: bool) -> Self {
-        self.batch_first = on;
-        self
-    }
-    /// Sets `dropout`.
-    pub fn dropout(mut self, p: f64) -> Self {
-        self.dropout = p;
-        self
-    }
-    /// Sets `bidirectional`.
-    pub fn bidirectional(mut self, on: bool) -> Self {
-        self.bidirectional = on;
-        self
-    }
+    config_setters!(
+        /// Sets `num_layers`.
+        num_layers: usize,
+        /// Sets `bias`.
+        bias: bool,
+        /// Sets `batch_first`.
+        batch_first: bool,
+        /// Sets `dropout`.
+        dropout: f64,
+        /// Sets `bidirectional`.
+        bidirectional: bool,
+    );
+
     /// Number of directions `D` (1 or 2).
     pub fn directions(&self) -> usize {
         if self.bidirectional { 2 } else { 1 }
@@ -352,10 +353,13 @@ impl Recurrent {
                     params: self.params[k],
                     reverse: dir == 1,
                     lengths,
+                    x: input,
+                    h0,
+                    c0,
                 };
                 let out = match opts.implementation {
-                    Implementation::Fused => fused::run(tape, store, &run, input, h0, c0)?,
-                    Implementation::Reference => reference::run(tape, store, &run, input, h0, c0)?,
+                    Implementation::Fused => fused::run(tape, store, &run)?,
+                    Implementation::Reference => reference::run(tape, store, &run)?,
                 };
                 ys.push(out.y);
                 h_finals.push(out.h_n);
@@ -413,6 +417,37 @@ fn validate_lengths(l: &[usize], batch: usize, t_len: usize) -> Result<Vec<usize
     Ok(l.to_vec())
 }
 
+/// What the typed layers share: each derefs to the [`Recurrent`] stack it holds, whose
+/// [`Recurrent::forward`] runs it (and whose methods give its configuration, parameters and
+/// kind); given its kind, `new` registers its parameters.
+macro_rules! stack_layer {
+    ($name:ident, $kind:expr, $what:literal) => {
+        impl $name {
+            #[doc = concat!("Registers a new ", $what, " in `store` under PyTorch's names, prefixed by `prefix`.")]
+            pub fn new<T: Float>(
+                store: &mut ParamStore<T>,
+                prefix: &str,
+                config: RecurrentConfig,
+                rng: &mut Rng,
+            ) -> Result<Self> {
+                let stack = Recurrent::new(store, prefix, $kind, config, rng)?;
+                Ok($name { stack })
+            }
+        }
+
+        stack_layer!($name);
+    };
+    ($name:ident) => {
+        impl Deref for $name {
+            type Target = Recurrent;
+
+            fn deref(&self) -> &Recurrent {
+                &self.stack
+            }
+        }
+    };
+}
+
 /// A multi-layer LSTM, PyTorch's `nn.LSTM`: `i, f, g, o` gates,
 /// `c_t = f * c_{t-1} + i * g`, `h_t = o * tanh(c_t)`.
 ///
@@ -434,37 +469,7 @@ pub struct Lstm {
     stack: Recurrent,
 }
 
-impl Lstm {
-    /// Registers a new LSTM in `store` under PyTorch's names, prefixed by `prefix`.
-    pub fn new<T: Float>(
-        store: &mut ParamStore<T>,
-        prefix: &str,
-        config: RecurrentConfig,
-        rng: &mut Rng,
-    ) -> Result<Self> {
-        let stack = Recurrent::new(store, prefix, CellKind::Lstm, config, rng)?;
-        Ok(Lstm { stack })
-    }
-
-    /// Runs the layer; see [`Recurrent::forward`].
-    pub fn forward<T: Float>(
-        &self,
-        tape: &mut Tape<T>,
-        store: &ParamStore<T>,
-        x: Var,
-        opts: ForwardOptions<'_>,
-    ) -> Result<RecurrentOutput> {
-        self.stack.forward(tape, store, x, opts)
-    }
-}
-
-impl Deref for Lstm {
-    type Target = Recurrent;
-
-    fn deref(&self) -> &Recurrent {
-        &self.stack
-    }
-}
+stack_layer!(Lstm, CellKind::Lstm, "LSTM");
 
 /// A multi-layer GRU, PyTorch's `nn.GRU`: `r, z, n` gates,
 /// `n = tanh(W_in x + b_in + r * (W_hn h + b_hn))`, `h' = (1 - z) * n + z * h`.
@@ -473,37 +478,7 @@ pub struct Gru {
     stack: Recurrent,
 }
 
-impl Gru {
-    /// Registers a new GRU in `store` under PyTorch's names, prefixed by `prefix`.
-    pub fn new<T: Float>(
-        store: &mut ParamStore<T>,
-        prefix: &str,
-        config: RecurrentConfig,
-        rng: &mut Rng,
-    ) -> Result<Self> {
-        let stack = Recurrent::new(store, prefix, CellKind::Gru, config, rng)?;
-        Ok(Gru { stack })
-    }
-
-    /// Runs the layer; see [`Recurrent::forward`].
-    pub fn forward<T: Float>(
-        &self,
-        tape: &mut Tape<T>,
-        store: &ParamStore<T>,
-        x: Var,
-        opts: ForwardOptions<'_>,
-    ) -> Result<RecurrentOutput> {
-        self.stack.forward(tape, store, x, opts)
-    }
-}
-
-impl Deref for Gru {
-    type Target = Recurrent;
-
-    fn deref(&self) -> &Recurrent {
-        &self.stack
-    }
-}
+stack_layer!(Gru, CellKind::Gru, "GRU");
 
 /// A multi-layer Elman RNN, PyTorch's `nn.RNN`:
 /// `h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`. The chapter's
@@ -525,23 +500,6 @@ impl Rnn {
         let stack = Recurrent::new(store, prefix, CellKind::Rnn(nonlinearity), config, rng)?;
         Ok(Rnn { stack })
     }
-
-    /// Runs the layer; see [`Recurrent::forward`].
-    pub fn forward<T: Float>(
-        &self,
-        tape: &mut Tape<T>,
-        store: &ParamStore<T>,
-        x: Var,
-        opts: ForwardOptions<'_>,
-    ) -> Result<RecurrentOutput> {
-        self.stack.forward(tape, store, x, opts)
-    }
 }
 
-impl Deref for Rnn {
-    type Target = Recurrent;
-
-    fn deref(&self) -> &Recurrent {
-        &self.stack
-    }
-}
+stack_layer!(Rnn);

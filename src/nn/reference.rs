@@ -2,7 +2,7 @@
 //! read. It is slow (many small nodes per step) and obviously right; the fused kernels are tested
 //! against it, and it shows how to build a custom cell from tape ops.
 
-use super::direction::{CellKind, DirectionOutput, DirectionRun};
+use super::direction::{CellKind, DirectionOutput, DirectionRun, StepWeights};
 use crate::Result;
 use crate::kernels::rnn::Activation;
 use crate::params::ParamStore;
@@ -18,35 +18,23 @@ fn affine<T: Float>(tape: &mut Tape<T>, x: Var, w: Var, b: Option<Var>) -> Resul
     }
 }
 
-/// Runs one direction of one layer over `x` (`[T, B, I]`) from `h0` (and `c0`), `[B, H]`.
+/// Runs one direction of one layer over its `x` (`[T, B, I]`) from its `h0` (and `c0`),
+/// `[B, H]`.
 pub(crate) fn run<T: Float>(
     tape: &mut Tape<T>,
     store: &ParamStore<T>,
     run: &DirectionRun<'_>,
-    x: Var,
-    h0: Var,
-    c0: Option<Var>,
 ) -> Result<DirectionOutput> {
-    let dims = tape.shape(x)?;
+    let dims = tape.shape(run.x)?;
     let (t_len, batch) = (dims.dims()[0], dims.dims()[1]);
-    let hidden = tape.shape(h0)?.dims()[1];
-    let p = run.params;
-    let w_ih = tape.param(store, p.w_ih)?;
-    let w_hh = tape.param(store, p.w_hh)?;
-    let b_ih = p.b_ih.map(|id| tape.param(store, id)).transpose()?;
-    let b_hh = p.b_hh.map(|id| tape.param(store, id)).transpose()?;
-    let w = StepWeights {
-        w_ih,
-        w_hh,
-        b_ih,
-        b_hh,
-    };
+    let hidden = tape.shape(run.h0)?.dims()[1];
+    let w = run.params.vars(tape, store)?;
 
-    let (mut h, mut c) = (h0, c0);
+    let (mut h, mut c) = (run.h0, run.c0);
     let mut ys: Vec<Option<Var>> = vec![None; t_len];
     for s in 0..t_len {
         let t = run.time(s, t_len);
-        let x_t = tape.select(x, t)?;
+        let x_t = tape.select(run.x, t)?;
         let (h_new, c_new) = cell_step(tape, run.kind, hidden, x_t, h, c, &w)?;
         match run.lengths {
             None => {
@@ -76,14 +64,6 @@ pub(crate) fn run<T: Float>(
     let ys: Vec<Var> = ys.into_iter().map(|y| y.expect("every step ran")).collect();
     let y = tape.stack(&ys)?;
     Ok(DirectionOutput { y, h_n: h, c_n: c })
-}
-
-/// The weights of one layer and direction, as tape variables.
-pub(crate) struct StepWeights {
-    pub(crate) w_ih: Var,
-    pub(crate) w_hh: Var,
-    pub(crate) b_ih: Option<Var>,
-    pub(crate) b_hh: Option<Var>,
 }
 
 /// One step of a cell from primitive ops: `x_t` `[B, I]`, `h` (and `c`) `[B, H]` to the next

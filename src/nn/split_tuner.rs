@@ -2,10 +2,9 @@
 //! tried both ways now and then, and the faster way kept.
 //!
 //! How long the two cores take to hand data to each other depends on where the machine places
-//! them, and on a shared virtual machine that changes from minute to minute (a cache line's
-//! round trip between the two vCPUs measured 45 ns at one time and 400 ns at another). A step
-//! of a few microseconds split in two gains 1.4 to 1.6x with the fast handoff and runs slower
-//! than on one thread with the slow one, so neither choice made once is right.
+//! them, and on a shared virtual machine that changes from minute to minute. A step of a few
+//! microseconds split in two gains much with a fast handoff and runs slower than on one thread
+//! with a slow one, so neither choice made once is right.
 
 use std::time::Duration;
 
@@ -16,8 +15,8 @@ const TRIAL: usize = 8;
 const WARM: usize = 2;
 /// The first period: its steps split, then a trial ends it. Each period after is four times as
 /// long, up to [`PERIOD`]. The first trial waits for the new thread to settle on its core: a
-/// trial at the very first steps chose one thread in a third of the runs where splitting was
-/// 1.4x faster a moment later.
+/// trial at the very first steps often chose one thread where splitting was faster a moment
+/// later.
 const FIRST_PERIOD: usize = 64;
 /// The longest period: a trial every this many steps.
 const PERIOD: usize = 4096;

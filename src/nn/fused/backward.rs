@@ -15,7 +15,7 @@ use crate::kernels::gemm_nn::{AStorage, PackedB, Rows, gemm_packed_set, gemm_pac
 use crate::kernels::handoff::with_helper;
 use crate::kernels::{gru, lstm, rnn};
 use crate::nn::direction::CellKind;
-use crate::tape::Workspace;
+use crate::tape::{CustomOp, Workspace};
 use crate::tensor::{self, Float, Tensor};
 
 /// Which gradients the backward must produce.
@@ -259,8 +259,7 @@ impl Config {
 
     /// Step `t`'s part of a shard's bias gradients, once its `dG` rows are final: their column
     /// sums, added while the rows are still in cache (a pass over `dG` after the recurrence
-    /// read them back from memory: about 1.3 % of the medium LSTM's step and 2.5 % of the
-    /// GRU's, at B = 64, T = 100, H = 256). The GRU's `b_hh` takes the hidden-side `dG`; the
+    /// would read them back from memory). The GRU's `b_hh` takes the hidden-side `dG`; the
     /// LSTM and the RNN add both biases to the same pre-activations, so their gradients are
     /// equal, summed once (into `db_ih`, copied after the steps) unless only `b_hh` is wanted.
     pub(super) fn add_bias_grads<T: Float>(
@@ -370,9 +369,18 @@ impl Config {
     }
 }
 
-impl<T: Float> FusedDirection<T> {
-    /// The node's backward: see [`CustomOp::backward`](crate::tape::CustomOp::backward).
-    pub(super) fn backward_node(
+/// The fused node on the tape: its backward runs the shards' backward recurrences and adds
+/// their weight gradients up in shard order.
+impl<T: Float> CustomOp<T> for FusedDirection<T> {
+    fn name(&self) -> &str {
+        match self.cfg.kind {
+            CellKind::Rnn(_) => "fused_rnn",
+            CellKind::Lstm => "fused_lstm",
+            CellKind::Gru => "fused_gru",
+        }
+    }
+
+    fn backward(
         &mut self,
         inp: &[&Tensor<T>],
         outputs: &[&Tensor<T>],
@@ -509,5 +517,18 @@ impl<T: Float> FusedDirection<T> {
             g.give(ws);
         }
         Ok(())
+    }
+
+    fn overwrites_grad_inputs(&self) -> bool {
+        true
+    }
+
+    fn recycle(&mut self, ws: &mut Workspace<'_, T>) {
+        for sh in self.shards.drain(..) {
+            sh.give(ws);
+        }
+        let w_hh = std::mem::replace(&mut self.w_hh, RecurrentWeight::Packed(PackedB::new()));
+        ws.give(w_hh.into_buffer());
+        ws.give(std::mem::take(&mut self.w_ih).into_buffer());
     }
 }

@@ -49,7 +49,7 @@ use crate::Result;
 use crate::kernels::gemm_nn::{PackedB, STREAMED_BYTES};
 use crate::kernels::gemv::AlignedMatrix;
 use crate::params::ParamStore;
-use crate::tape::{CustomOp, Tape, Var, Workspace};
+use crate::tape::Tape;
 use crate::tensor::{Float, Shape, Tensor};
 
 mod backward;
@@ -68,20 +68,16 @@ pub(crate) fn run<T: Float>(
     tape: &mut Tape<T>,
     store: &ParamStore<T>,
     run: &DirectionRun<'_>,
-    x: Var,
-    h0: Var,
-    c0: Option<Var>,
 ) -> Result<DirectionOutput> {
-    let p = run.params;
-    let bias = p.b_ih.zip(p.b_hh);
+    let (x, h0, c0) = (run.x, run.h0, run.c0);
+    let w = run.params.vars(tape, store)?;
+    let bias = w.b_ih.zip(w.b_hh);
     let slots = Slots::new(c0.is_some(), bias.is_some());
     let mut inputs = vec![x, h0];
     inputs.extend(c0);
-    inputs.push(tape.param(store, p.w_ih)?);
-    inputs.push(tape.param(store, p.w_hh)?);
+    inputs.extend([w.w_ih, w.w_hh]);
     if let Some((bi, bh)) = bias {
-        inputs.push(tape.param(store, bi)?);
-        inputs.push(tape.param(store, bh)?);
+        inputs.extend([bi, bh]);
     }
     debug_assert_eq!(inputs.len(), slots.count());
     let xs = tape.shape(x)?;
@@ -108,7 +104,7 @@ pub(crate) fn run<T: Float>(
             .collect(),
         // A single row reads W_hh as stored when it streams from L3 at every step anyway (then
         // packing it twice a sequence only costs); smaller, it packs it too: the packed
-        // single-row tile reads it from L2 1.1-1.9x faster than the kernels over W_hh as stored.
+        // single-row tile reads it from L2 faster than the kernels over W_hh as stored.
         w_hh: if batch == 1 && gates_h * hidden * std::mem::size_of::<T>() > STREAMED_BYTES {
             RecurrentWeight::Stored(AlignedMatrix::from_buffer(
                 ws.scratch(AlignedMatrix::<T>::buffer_len(gates_h, hidden)),
@@ -303,39 +299,5 @@ impl<'a, T: Float> Inputs<'a, T> {
                 bias: slots.bias.map(|(bi, bh)| (inp[bi].data(), inp[bh].data())),
             },
         }
-    }
-}
-
-impl<T: Float> CustomOp<T> for FusedDirection<T> {
-    fn name(&self) -> &str {
-        match self.cfg.kind {
-            CellKind::Rnn(_) => "fused_rnn",
-            CellKind::Lstm => "fused_lstm",
-            CellKind::Gru => "fused_gru",
-        }
-    }
-
-    fn backward(
-        &mut self,
-        inp: &[&Tensor<T>],
-        outputs: &[&Tensor<T>],
-        gout: &[Option<&Tensor<T>>],
-        gin: &mut [Option<Tensor<T>>],
-        ws: &mut Workspace<'_, T>,
-    ) -> Result<()> {
-        self.backward_node(inp, outputs, gout, gin, ws)
-    }
-
-    fn overwrites_grad_inputs(&self) -> bool {
-        true
-    }
-
-    fn recycle(&mut self, ws: &mut Workspace<'_, T>) {
-        for sh in self.shards.drain(..) {
-            sh.give(ws);
-        }
-        let w_hh = std::mem::replace(&mut self.w_hh, RecurrentWeight::Packed(PackedB::new()));
-        ws.give(w_hh.into_buffer());
-        ws.give(std::mem::take(&mut self.w_ih).into_buffer());
     }
 }

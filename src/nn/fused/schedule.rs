@@ -66,13 +66,14 @@ pub(super) fn for_each_group<A: Send, B: Send>(
 }
 
 /// Fewest multiply-adds in one step's recurrent product for which splitting its columns
-/// between two threads pays for the handoff (the tiny-batch RNN's 65K, split, ran 0.92x).
+/// between two threads pays for the handoff (the tiny-batch RNN's product, below it, ran
+/// slower split; see BENCHMARKS.md).
 pub(super) const SPLIT_MIN_WORK: usize = 1 << 17;
 
 /// Fewest multiply-adds per value of `A` and `C` that crosses between the two cores
 /// (`k n / (k + n)` for a product `[m, k] x [k, n]`, `H G / (1 + G)` for a layer's) for which
-/// a split product pays for moving them: measured at 16 rows, 64 (RNN, H = 128) ran 0.91x,
-/// 96 (GRU) and 102 (LSTM) 1.10x and 1.11x.
+/// a split product pays for moving them: measured at 16 rows, the RNN at H = 128 (64) ran
+/// slower split, the GRU (96) and the LSTM (102) faster (see BENCHMARKS.md).
 pub(super) const SPLIT_MIN_INTENSITY: usize = 80;
 
 /// A buffer for the right halves of each step's recurrent products and the helper thread that
