@@ -227,10 +227,12 @@ impl Drop for Settle<'_> {
 }
 
 /// Runs `f` with a helper on a second rayon thread, if one is free to claim it; `f`'s joins run
-/// both halves on this thread while none is.
+/// both halves on this thread while none is. (The module is private to the crate, so the
+/// example is not compiled as a doc test; `tests::with_helper_returns_the_result` runs one like
+/// it.)
 ///
-/// ```
-/// use recur::kernels::handoff::with_helper;
+/// ```ignore
+/// use crate::kernels::handoff::with_helper;
 ///
 /// let (mut left, mut right) = (vec![0u32; 4], vec![0u32; 4]);
 /// with_helper(|helper| {

@@ -40,7 +40,7 @@ impl Sweep {
     /// The `i`-th of `range`'s values in this order (`i < range.len()`).
     ///
     /// ```
-    /// use recur::kernels::Sweep;
+    /// use recur::internals::Sweep;
     /// assert_eq!(Sweep::Ascending.nth(&(2..6), 0), 2);
     /// assert_eq!(Sweep::Descending.nth(&(2..6), 0), 5);
     /// ```
