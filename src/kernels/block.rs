@@ -167,6 +167,32 @@ pub fn for_each_block<T: SimdFloat, U: Units<T>>(len: usize, u: &mut U) {
     }
 }
 
+/// The rows `B = states / hidden` of a gate kernel's call, after checking that every buffer holds
+/// them: `bufs` pairs each buffer's length with its row width in blocks of `hidden` values.
+/// Panics, naming `kernel`, if a buffer is too short.
+pub fn checked_rows(kernel: &str, states: usize, hidden: usize, bufs: &[(usize, usize)]) -> usize {
+    let rows = states / hidden;
+    assert!(
+        bufs.iter()
+            .all(|&(len, width)| len >= rows * width * hidden),
+        "{kernel}: buffers too small"
+    );
+    rows
+}
+
+/// Row `b` of a buffer whose rows are `N` blocks of `hidden` values (one per gate), cut into
+/// its blocks.
+pub fn row_blocks<T, const N: usize>(buf: &[T], b: usize, hidden: usize) -> [&[T]; N] {
+    let row = &buf[b * N * hidden..(b + 1) * N * hidden];
+    std::array::from_fn(|j| &row[j * hidden..(j + 1) * hidden])
+}
+
+/// [`row_blocks`] for a buffer to write.
+pub fn row_blocks_mut<T, const N: usize>(buf: &mut [T], b: usize, hidden: usize) -> [&mut [T]; N] {
+    let mut blocks = buf[b * N * hidden..(b + 1) * N * hidden].chunks_exact_mut(hidden);
+    std::array::from_fn(|_| blocks.next().expect("a row holds N blocks"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

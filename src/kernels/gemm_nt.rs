@@ -100,8 +100,7 @@ fn tile<T: SimdFloat + std::ops::AddAssign, const MR: usize, const NR: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::gemm::{GemmShape, gemm_reference};
-    use crate::kernels::testutil::values;
+    use crate::kernels::testutil::{Product, rounded, values};
 
     #[test]
     fn matches_the_reference_product() {
@@ -113,30 +112,14 @@ mod tests {
             (5, 13, 33),
             (8, 64, 64),
         ] {
-            let a: Vec<f64> = values(m as u64, m * k, 1.0);
-            let b: Vec<f64> = values(n as u64 + 7, n * k, 1.0);
-            let c0: Vec<f64> = values(k as u64 + 3, m * n, 1.0);
-            let s = GemmShape {
-                m,
-                k,
-                n,
-                trans_a: false,
-                trans_b: true,
-            };
-            let mut want = c0.clone();
-            gemm_reference(s, 1.0, &a, &b, 1.0, &mut want);
-            let mut got = c0.clone();
-            gemm_nt_acc(m, n, k, &a, &b, &mut got);
-            for (g, w) in got.iter().zip(&want) {
-                assert!((g - w).abs() < 1e-12, "f64 {m}x{n}x{k}: {g} vs {w}");
-            }
-            let af: Vec<f32> = a.iter().map(|&x| x as f32).collect();
-            let bf: Vec<f32> = b.iter().map(|&x| x as f32).collect();
-            let mut gotf: Vec<f32> = c0.iter().map(|&x| x as f32).collect();
+            let p = Product::new(m, n, k, true);
+            let mut got = p.c0.clone();
+            gemm_nt_acc(m, n, k, &p.a, &p.b, &mut got);
+            p.assert_matches(&got, 1e-12);
+            let (af, bf): (Vec<f32>, Vec<f32>) = (rounded(&p.a), rounded(&p.b));
+            let mut gotf: Vec<f32> = rounded(&p.c0);
             gemm_nt_acc(m, n, k, &af, &bf, &mut gotf);
-            for (g, w) in gotf.iter().zip(&want) {
-                assert!((*g as f64 - w).abs() < 1e-5, "f32 {m}x{n}x{k}: {g} vs {w}");
-            }
+            p.assert_matches(&gotf, 1e-5);
         }
     }
 

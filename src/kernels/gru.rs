@@ -6,7 +6,7 @@
 
 use std::ops::Range;
 
-use super::block::{Block, Units, for_each_block};
+use super::block::{Block, Units, checked_rows, for_each_block, row_blocks, row_blocks_mut};
 use crate::tensor::Float;
 
 /// Forward step for `B = h_prev.len() / hidden` rows.
@@ -23,29 +23,21 @@ pub fn gru_forward<T: Float>(
     saved: &mut [T],
     hidden: usize,
 ) {
-    let rows = h_prev.len() / hidden;
+    let bufs = [(xp.len(), 3), (hp.len(), 3), (h.len(), 1), (saved.len(), 4)];
+    let rows = checked_rows("gru_forward", h_prev.len(), hidden, &bufs);
     assert!(
-        xp.len() >= rows * 3 * hidden
-            && hp.len() >= rows * 3 * hidden
-            && h.len() >= rows * hidden
-            && saved.len() >= rows * 4 * hidden
-            && b_ih.is_none_or(|b| b.len() >= 3 * hidden),
-        "gru_forward: buffers too small"
+        b_ih.is_none_or(|b| b.len() >= 3 * hidden),
+        "gru_forward: b_ih too small"
     );
-    let gates = |v| split_gates(v, hidden);
     for b in 0..rows {
-        let sv = &mut saved[b * 4 * hidden..(b + 1) * 4 * hidden];
-        let (r, rest) = sv.split_at_mut(hidden);
-        let (z, rest) = rest.split_at_mut(hidden);
-        let (n, hn) = rest.split_at_mut(hidden);
         let r0 = b * hidden..(b + 1) * hidden;
         let mut row = ForwardRow {
-            x: gates(&xp[b * 3 * hidden..(b + 1) * 3 * hidden]),
-            b_ih: b_ih.map(gates),
-            hh: gates(&hp[b * 3 * hidden..(b + 1) * 3 * hidden]),
+            x: row_blocks(xp, b, hidden),
+            b_ih: b_ih.map(|v| row_blocks(v, 0, hidden)),
+            hh: row_blocks(hp, b, hidden),
             h_prev: &h_prev[r0.clone()],
             h: &mut h[r0],
-            saved: [r, z, n, hn],
+            saved: row_blocks_mut(saved, b, hidden),
         };
         for_each_block(hidden, &mut row);
     }
@@ -94,20 +86,6 @@ impl<T: Float> Units<T> for ForwardRow<'_, T> {
     }
 }
 
-/// The r, z, n parts `[H]` of a row `[3H]`.
-fn split_gates<T>(row: &[T], hidden: usize) -> [&[T]; 3] {
-    let (r, rest) = row.split_at(hidden);
-    let (z, n) = rest.split_at(hidden);
-    [r, z, &n[..hidden]]
-}
-
-/// [`split_gates`] for a row to write.
-fn split_gates_mut<T>(row: &mut [T], hidden: usize) -> [&mut [T]; 3] {
-    let (r, rest) = row.split_at_mut(hidden);
-    let (z, n) = rest.split_at_mut(hidden);
-    [r, z, &mut n[..hidden]]
-}
-
 /// Backward step for `B = h_prev.len() / hidden` rows.
 ///
 /// From `saved` (`r, z, n, hn`), `h_prev` and the gradient `dh` reaching `h_t`, writes the
@@ -123,27 +101,22 @@ pub fn gru_backward<T: Float>(
     dh_prev: &mut [T],
     hidden: usize,
 ) {
-    let rows = h_prev.len() / hidden;
-    assert!(
-        saved.len() >= rows * 4 * hidden
-            && dh.len() >= rows * hidden
-            && dxp.len() >= rows * 3 * hidden
-            && dhp.len() >= rows * 3 * hidden
-            && dh_prev.len() >= rows * hidden,
-        "gru_backward: buffers too small"
-    );
+    let bufs = [
+        (saved.len(), 4),
+        (dh.len(), 1),
+        (dxp.len(), 3),
+        (dhp.len(), 3),
+        (dh_prev.len(), 1),
+    ];
+    let rows = checked_rows("gru_backward", h_prev.len(), hidden, &bufs);
     for b in 0..rows {
-        let sv = &saved[b * 4 * hidden..(b + 1) * 4 * hidden];
-        let (r, rest) = sv.split_at(hidden);
-        let (z, rest) = rest.split_at(hidden);
-        let (n, hn) = rest.split_at(hidden);
         let r0 = b * hidden..(b + 1) * hidden;
         let mut row = BackwardRow {
-            saved: [r, z, n, &hn[..hidden]],
+            saved: row_blocks(saved, b, hidden),
             h_prev: &h_prev[r0.clone()],
             dh: &dh[r0.clone()],
-            dxp: split_gates_mut(&mut dxp[b * 3 * hidden..(b + 1) * 3 * hidden], hidden),
-            dhp: split_gates_mut(&mut dhp[b * 3 * hidden..(b + 1) * 3 * hidden], hidden),
+            dxp: row_blocks_mut(dxp, b, hidden),
+            dhp: row_blocks_mut(dhp, b, hidden),
             dh_prev: &mut dh_prev[r0],
         };
         for_each_block(hidden, &mut row);
@@ -187,104 +160,92 @@ impl<T: Float> Units<T> for BackwardRow<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testutil::{HIDDEN_SIZES, assert_close, tol, values};
+    use crate::kernels::testutil::{
+        HIDDEN_SIZES, assert_close, set_unit_gates, simd_matches_scalar_in_both_precisions, tol,
+        unit_gates, values,
+    };
 
-    fn forward_scalar<T: Float>(
-        xp: &[T],
-        hp: &[T],
-        h_prev: &[T],
-        h: &mut [T],
-        sv: &mut [T],
-        hidden: usize,
-    ) {
-        for b in 0..h_prev.len() / hidden {
-            let (x, hh) = (&xp[b * 3 * hidden..], &hp[b * 3 * hidden..]);
-            let s = &mut sv[b * 4 * hidden..(b + 1) * 4 * hidden];
-            for j in 0..hidden {
-                let r = (x[j] + hh[j]).sigmoid();
-                let z = (x[hidden + j] + hh[hidden + j]).sigmoid();
-                let hn = hh[2 * hidden + j];
-                let n = (x[2 * hidden + j] + r * hn).tanh();
-                h[b * hidden + j] = (T::ONE - z) * n + z * h_prev[b * hidden + j];
-                (s[j], s[hidden + j], s[2 * hidden + j], s[3 * hidden + j]) = (r, z, n, hn);
-            }
-        }
+    /// One unit of [`gru_forward`] in scalar code: from the `[r, z, n]` parts of the input
+    /// projection and of the hidden product, and `h_prev`, the new `h` and the saved
+    /// `[r, z, n, hn]`.
+    fn forward_unit<T: Float>(
+        [xr, xz, xn]: [T; 3],
+        [hr, hz, hn]: [T; 3],
+        h_prev: T,
+    ) -> (T, [T; 4]) {
+        let r = (xr + hr).sigmoid();
+        let z = (xz + hz).sigmoid();
+        let n = (xn + r * hn).tanh();
+        ((T::ONE - z) * n + z * h_prev, [r, z, n, hn])
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn backward_scalar<T: Float>(
-        sv: &[T],
-        h_prev: &[T],
-        dh: &[T],
-        dxp: &mut [T],
-        dhp: &mut [T],
-        dh_prev: &mut [T],
-        hidden: usize,
-    ) {
-        for b in 0..h_prev.len() / hidden {
-            let s = &sv[b * 4 * hidden..(b + 1) * 4 * hidden];
-            let o = b * 3 * hidden;
-            for j in 0..hidden {
-                let k = b * hidden + j;
-                let (r, z, n, hn) = (s[j], s[hidden + j], s[2 * hidden + j], s[3 * hidden + j]);
-                let d = dh[k];
-                let dn_pre = d * (T::ONE - z) * (T::ONE - n * n);
-                let dz_pre = d * (h_prev[k] - n) * z * (T::ONE - z);
-                let dr_pre = dn_pre * hn * r * (T::ONE - r);
-                (dxp[o + j], dxp[o + hidden + j], dxp[o + 2 * hidden + j]) =
-                    (dr_pre, dz_pre, dn_pre);
-                (dhp[o + j], dhp[o + hidden + j], dhp[o + 2 * hidden + j]) =
-                    (dr_pre, dz_pre, dn_pre * r);
-                dh_prev[k] = d * z;
-            }
-        }
+    /// One unit of [`gru_backward`] in scalar code: the `[r, z, n]` gradients of the input
+    /// projection and of the hidden product, and the direct gradient reaching `h_{t-1}`.
+    fn backward_unit<T: Float>([r, z, n, hn]: [T; 4], h_prev: T, d: T) -> ([T; 3], [T; 3], T) {
+        let dn_pre = d * (T::ONE - z) * (T::ONE - n * n);
+        let dz_pre = d * (h_prev - n) * z * (T::ONE - z);
+        let dr_pre = dn_pre * hn * r * (T::ONE - r);
+        (
+            [dr_pre, dz_pre, dn_pre],
+            [dr_pre, dz_pre, dn_pre * r],
+            d * z,
+        )
     }
 
     fn check<T: Float>() {
         let rows = 3;
         for hidden in HIDDEN_SIZES {
-            let xp: Vec<T> = values(hidden as u64, rows * 3 * hidden, 3.0);
-            let hp: Vec<T> = values(hidden as u64 + 1, rows * 3 * hidden, 3.0);
-            let h_prev: Vec<T> = values(hidden as u64 + 2, rows * hidden, 1.0);
-            let (mut h1, mut h2) = (vec![T::ZERO; rows * hidden], vec![T::ZERO; rows * hidden]);
-            let (mut s1, mut s2) = (
-                vec![T::ZERO; rows * 4 * hidden],
-                vec![T::ZERO; rows * 4 * hidden],
-            );
-            gru_forward(&xp, None, &hp, &h_prev, &mut h1, &mut s1, hidden);
-            forward_scalar(&xp, &hp, &h_prev, &mut h2, &mut s2, hidden);
-            assert_close(&h1, &h2, tol::<T>(), "gru h");
-            assert_close(&s1, &s2, tol::<T>(), "gru saved");
+            let n = rows * hidden;
+            let xp: Vec<T> = values(hidden as u64, 3 * n, 3.0);
+            let hp: Vec<T> = values(hidden as u64 + 1, 3 * n, 3.0);
+            let h_prev: Vec<T> = values(hidden as u64 + 2, n, 1.0);
+            let (mut h, mut saved) = (vec![T::ZERO; n], vec![T::ZERO; 4 * n]);
+            gru_forward(&xp, None, &hp, &h_prev, &mut h, &mut saved, hidden);
+            let (mut want_h, mut want_s) = (vec![T::ZERO; n], vec![T::ZERO; 4 * n]);
+            for k in 0..n {
+                let (x, hh) = (unit_gates(&xp, k, hidden), unit_gates(&hp, k, hidden));
+                let (hk, s) = forward_unit(x, hh, h_prev[k]);
+                want_h[k] = hk;
+                set_unit_gates(&mut want_s, k, hidden, s);
+            }
+            assert_close(&h, &want_h, tol::<T>(), "gru h");
+            assert_close(&saved, &want_s, tol::<T>(), "gru saved");
             // A bias given apart is added to the projection as if it held it: same bits.
             let b_ih: Vec<T> = values(hidden as u64 + 4, 3 * hidden, 1.0);
             let xp_b: Vec<T> = (xp.chunks_exact(3 * hidden))
                 .flat_map(|row| row.iter().zip(&b_ih).map(|(&x, &b)| x + b))
                 .collect();
-            let (mut h3, mut s3) = (h1.clone(), s1.clone());
-            gru_forward(&xp, Some(&b_ih), &hp, &h_prev, &mut h1, &mut s1, hidden);
+            let (mut h3, mut s3) = (h.clone(), saved.clone());
+            gru_forward(&xp, Some(&b_ih), &hp, &h_prev, &mut h, &mut saved, hidden);
             gru_forward(&xp_b, None, &hp, &h_prev, &mut h3, &mut s3, hidden);
-            assert_eq!(h1, h3, "gru h with b_ih apart");
-            assert_eq!(s1, s3, "gru saved with b_ih apart");
+            assert_eq!(h, h3, "gru h with b_ih apart");
+            assert_eq!(saved, s3, "gru saved with b_ih apart");
 
-            let dh: Vec<T> = values(hidden as u64 + 3, rows * hidden, 1.0);
-            let z3 = vec![T::ZERO; rows * 3 * hidden];
-            let (mut dx1, mut dx2, mut dh1, mut dh2) = (z3.clone(), z3.clone(), z3.clone(), z3);
-            let (mut p1, mut p2) = (vec![T::ZERO; rows * hidden], vec![T::ZERO; rows * hidden]);
-            gru_backward(&s2, &h_prev, &dh, &mut dx1, &mut dh1, &mut p1, hidden);
-            backward_scalar(&s2, &h_prev, &dh, &mut dx2, &mut dh2, &mut p2, hidden);
-            assert_close(&dx1, &dx2, tol::<T>(), "gru dxp");
-            assert_close(&dh1, &dh2, tol::<T>(), "gru dhp");
-            assert_close(&p1, &p2, tol::<T>(), "gru dh_prev");
+            let dh: Vec<T> = values(hidden as u64 + 3, n, 1.0);
+            let (mut dxp, mut dhp) = (vec![T::ZERO; 3 * n], vec![T::ZERO; 3 * n]);
+            let mut dh_prev = vec![T::ZERO; n];
+            gru_backward(
+                &want_s,
+                &h_prev,
+                &dh,
+                &mut dxp,
+                &mut dhp,
+                &mut dh_prev,
+                hidden,
+            );
+            let (mut want_dx, mut want_dhp) = (vec![T::ZERO; 3 * n], vec![T::ZERO; 3 * n]);
+            let mut want_dp = vec![T::ZERO; n];
+            for k in 0..n {
+                let (dx, dhh, dp) = backward_unit(unit_gates(&want_s, k, hidden), h_prev[k], dh[k]);
+                set_unit_gates(&mut want_dx, k, hidden, dx);
+                set_unit_gates(&mut want_dhp, k, hidden, dhh);
+                want_dp[k] = dp;
+            }
+            assert_close(&dxp, &want_dx, tol::<T>(), "gru dxp");
+            assert_close(&dhp, &want_dhp, tol::<T>(), "gru dhp");
+            assert_close(&dh_prev, &want_dp, tol::<T>(), "gru dh_prev");
         }
     }
 
-    #[test]
-    fn simd_matches_scalar_f32() {
-        check::<f32>();
-    }
-
-    #[test]
-    fn simd_matches_scalar_f64() {
-        check::<f64>();
-    }
+    simd_matches_scalar_in_both_precisions!(check);
 }

@@ -5,7 +5,7 @@
 
 use std::ops::Range;
 
-use super::block::{Block, Units, for_each_block};
+use super::block::{Block, Units, checked_rows, for_each_block, row_blocks, row_blocks_mut};
 use crate::tensor::Float;
 
 /// Forward step for `B = c_prev.len() / hidden` rows.
@@ -20,16 +20,10 @@ pub fn lstm_forward<T: Float>(
     h: &mut [T],
     hidden: usize,
 ) {
-    let rows = c_prev.len() / hidden;
-    assert!(
-        gates.len() >= rows * 4 * hidden && c.len() >= rows * hidden && h.len() >= rows * hidden,
-        "lstm_forward: buffers too small"
-    );
+    let bufs = [(gates.len(), 4), (c.len(), 1), (h.len(), 1)];
+    let rows = checked_rows("lstm_forward", c_prev.len(), hidden, &bufs);
     for b in 0..rows {
-        let g = &mut gates[b * 4 * hidden..(b + 1) * 4 * hidden];
-        let (i, rest) = g.split_at_mut(hidden);
-        let (f, rest) = rest.split_at_mut(hidden);
-        let (g, o) = rest.split_at_mut(hidden);
+        let [i, f, g, o] = row_blocks_mut(gates, b, hidden);
         let r = b * hidden..(b + 1) * hidden;
         let mut row = ForwardRow {
             i,
@@ -87,24 +81,17 @@ pub fn lstm_backward<T: Float>(
     dgates: &mut [T],
     hidden: usize,
 ) {
-    let rows = c_prev.len() / hidden;
-    assert!(
-        gates.len() >= rows * 4 * hidden
-            && dgates.len() >= rows * 4 * hidden
-            && c.len() >= rows * hidden
-            && dh.len() >= rows * hidden
-            && dc.len() >= rows * hidden,
-        "lstm_backward: buffers too small"
-    );
+    let bufs = [
+        (gates.len(), 4),
+        (dgates.len(), 4),
+        (c.len(), 1),
+        (dh.len(), 1),
+        (dc.len(), 1),
+    ];
+    let rows = checked_rows("lstm_backward", c_prev.len(), hidden, &bufs);
     for b in 0..rows {
-        let g = &gates[b * 4 * hidden..(b + 1) * 4 * hidden];
-        let (i, rest) = g.split_at(hidden);
-        let (f, rest) = rest.split_at(hidden);
-        let (g, o) = rest.split_at(hidden);
-        let dg = &mut dgates[b * 4 * hidden..(b + 1) * 4 * hidden];
-        let (di, rest) = dg.split_at_mut(hidden);
-        let (df, rest) = rest.split_at_mut(hidden);
-        let (dg, do_) = rest.split_at_mut(hidden);
+        let [i, f, g, o] = row_blocks(gates, b, hidden);
+        let [di, df, dg, do_] = row_blocks_mut(dgates, b, hidden);
         let r = b * hidden..(b + 1) * hidden;
         let mut row = BackwardRow {
             i,
@@ -162,92 +149,73 @@ impl<T: Float> Units<T> for BackwardRow<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testutil::{HIDDEN_SIZES, assert_close, tol, values};
+    use crate::kernels::testutil::{
+        HIDDEN_SIZES, assert_close, set_unit_gates, simd_matches_scalar_in_both_precisions, tol,
+        unit_gates, values,
+    };
 
-    fn forward_scalar<T: Float>(
-        gates: &mut [T],
-        c_prev: &[T],
-        c: &mut [T],
-        h: &mut [T],
-        hidden: usize,
-    ) {
-        for b in 0..c_prev.len() / hidden {
-            let g = &mut gates[b * 4 * hidden..(b + 1) * 4 * hidden];
-            for j in 0..hidden {
-                let i = g[j].sigmoid();
-                let f = g[hidden + j].sigmoid();
-                let gg = g[2 * hidden + j].tanh();
-                let o = g[3 * hidden + j].sigmoid();
-                (g[j], g[hidden + j], g[2 * hidden + j], g[3 * hidden + j]) = (i, f, gg, o);
-                let cn = f * c_prev[b * hidden + j] + i * gg;
-                c[b * hidden + j] = cn;
-                h[b * hidden + j] = o * cn.tanh();
-            }
-        }
+    /// One unit of [`lstm_forward`] in scalar code: from the pre-activations `[i, f, g, o]` and
+    /// `c_prev`, the activated gates, `c` and `h`.
+    fn forward_unit<T: Float>(pre: [T; 4], c_prev: T) -> ([T; 4], T, T) {
+        let [i, f, g, o] = [
+            pre[0].sigmoid(),
+            pre[1].sigmoid(),
+            pre[2].tanh(),
+            pre[3].sigmoid(),
+        ];
+        let c = f * c_prev + i * g;
+        ([i, f, g, o], c, o * c.tanh())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn backward_scalar<T: Float>(
-        gates: &[T],
-        c_prev: &[T],
-        c: &[T],
-        dh: &[T],
-        dc: &mut [T],
-        dgates: &mut [T],
-        hidden: usize,
-    ) {
-        for b in 0..c_prev.len() / hidden {
-            let g = &gates[b * 4 * hidden..(b + 1) * 4 * hidden];
-            let dg = &mut dgates[b * 4 * hidden..(b + 1) * 4 * hidden];
-            for j in 0..hidden {
-                let k = b * hidden + j;
-                let (i, f, gg, o) = (g[j], g[hidden + j], g[2 * hidden + j], g[3 * hidden + j]);
-                let tc = c[k].tanh();
-                let dct = dc[k] + dh[k] * o * (T::ONE - tc * tc);
-                dg[j] = dct * gg * i * (T::ONE - i);
-                dg[hidden + j] = dct * c_prev[k] * f * (T::ONE - f);
-                dg[2 * hidden + j] = dct * i * (T::ONE - gg * gg);
-                dg[3 * hidden + j] = dh[k] * tc * o * (T::ONE - o);
-                dc[k] = dct * f;
-            }
-        }
+    /// One unit of [`lstm_backward`] in scalar code: the gradients of the pre-activations
+    /// `[i, f, g, o]` and the one reaching `c_{t-1}`.
+    fn backward_unit<T: Float>([i, f, g, o]: [T; 4], c_prev: T, c: T, dh: T, dc: T) -> ([T; 4], T) {
+        let tc = c.tanh();
+        let dc = dc + dh * o * (T::ONE - tc * tc);
+        let dgates = [
+            dc * g * i * (T::ONE - i),
+            dc * c_prev * f * (T::ONE - f),
+            dc * i * (T::ONE - g * g),
+            dh * tc * o * (T::ONE - o),
+        ];
+        (dgates, dc * f)
     }
 
     fn check<T: Float>() {
         let rows = 3;
         for hidden in HIDDEN_SIZES {
-            let pre: Vec<T> = values(hidden as u64, rows * 4 * hidden, 4.0);
-            let c_prev: Vec<T> = values(hidden as u64 + 1, rows * hidden, 2.0);
-            let (mut g1, mut g2) = (pre.clone(), pre);
-            let (mut c1, mut c2) = (vec![T::ZERO; rows * hidden], vec![T::ZERO; rows * hidden]);
-            let (mut h1, mut h2) = (c1.clone(), c1.clone());
-            lstm_forward(&mut g1, &c_prev, &mut c1, &mut h1, hidden);
-            forward_scalar(&mut g2, &c_prev, &mut c2, &mut h2, hidden);
-            assert_close(&g1, &g2, tol::<T>(), "lstm gates");
-            assert_close(&c1, &c2, tol::<T>(), "lstm c");
-            assert_close(&h1, &h2, tol::<T>(), "lstm h");
+            let n = rows * hidden;
+            let pre: Vec<T> = values(hidden as u64, 4 * n, 4.0);
+            let c_prev: Vec<T> = values(hidden as u64 + 1, n, 2.0);
+            let mut gates = pre.clone();
+            let (mut c, mut h) = (vec![T::ZERO; n], vec![T::ZERO; n]);
+            lstm_forward(&mut gates, &c_prev, &mut c, &mut h, hidden);
+            let mut want_g = vec![T::ZERO; 4 * n];
+            let (mut want_c, mut want_h) = (vec![T::ZERO; n], vec![T::ZERO; n]);
+            for k in 0..n {
+                let (g, ck, hk) = forward_unit(unit_gates(&pre, k, hidden), c_prev[k]);
+                set_unit_gates(&mut want_g, k, hidden, g);
+                (want_c[k], want_h[k]) = (ck, hk);
+            }
+            assert_close(&gates, &want_g, tol::<T>(), "lstm gates");
+            assert_close(&c, &want_c, tol::<T>(), "lstm c");
+            assert_close(&h, &want_h, tol::<T>(), "lstm h");
 
-            let dh: Vec<T> = values(hidden as u64 + 2, rows * hidden, 1.0);
-            let dc0: Vec<T> = values(hidden as u64 + 3, rows * hidden, 1.0);
-            let (mut dc1, mut dc2) = (dc0.clone(), dc0);
-            let (mut d1, mut d2) = (
-                vec![T::ZERO; rows * 4 * hidden],
-                vec![T::ZERO; rows * 4 * hidden],
-            );
-            lstm_backward(&g2, &c_prev, &c2, &dh, &mut dc1, &mut d1, hidden);
-            backward_scalar(&g2, &c_prev, &c2, &dh, &mut dc2, &mut d2, hidden);
-            assert_close(&d1, &d2, tol::<T>(), "lstm dgates");
-            assert_close(&dc1, &dc2, tol::<T>(), "lstm dc");
+            let dh: Vec<T> = values(hidden as u64 + 2, n, 1.0);
+            let dc0: Vec<T> = values(hidden as u64 + 3, n, 1.0);
+            let (mut dc, mut dgates) = (dc0.clone(), vec![T::ZERO; 4 * n]);
+            lstm_backward(&want_g, &c_prev, &want_c, &dh, &mut dc, &mut dgates, hidden);
+            let (mut want_dg, mut want_dc) = (vec![T::ZERO; 4 * n], vec![T::ZERO; n]);
+            for k in 0..n {
+                let g = unit_gates(&want_g, k, hidden);
+                let (dg, dck) = backward_unit(g, c_prev[k], want_c[k], dh[k], dc0[k]);
+                set_unit_gates(&mut want_dg, k, hidden, dg);
+                want_dc[k] = dck;
+            }
+            assert_close(&dgates, &want_dg, tol::<T>(), "lstm dgates");
+            assert_close(&dc, &want_dc, tol::<T>(), "lstm dc");
         }
     }
 
-    #[test]
-    fn simd_matches_scalar_f32() {
-        check::<f32>();
-    }
-
-    #[test]
-    fn simd_matches_scalar_f64() {
-        check::<f64>();
-    }
+    simd_matches_scalar_in_both_precisions!(check);
 }

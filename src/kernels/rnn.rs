@@ -49,7 +49,9 @@ pub fn rnn_backward<T: Float>(h: &[T], dh: &[T], dpre: &mut [T], act: Activation
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::testutil::{HIDDEN_SIZES, assert_close, tol, values};
+    use crate::kernels::testutil::{
+        HIDDEN_SIZES, assert_close, simd_matches_scalar_in_both_precisions, tol, values,
+    };
 
     fn forward_scalar<T: Float>(pre: &mut [T], act: Activation) {
         for x in pre {
@@ -88,13 +90,5 @@ mod tests {
         }
     }
 
-    #[test]
-    fn simd_matches_scalar_f32() {
-        check::<f32>();
-    }
-
-    #[test]
-    fn simd_matches_scalar_f64() {
-        check::<f64>();
-    }
+    simd_matches_scalar_in_both_precisions!(check);
 }

@@ -137,7 +137,7 @@ macro_rules! impl_simd_float {
         magic = $magic:expr, mant = $mant:expr, bias = $bias:expr,
         lo = $lo:expr, hi = $hi:expr,
         ln2_hi = $ln2_hi:expr, ln2_lo = $ln2_lo:expr,
-        coeffs = [$($c:expr),+ $(,)?],
+        terms = $terms:expr,
         transpose = $transpose:expr
     ) => {
         impl SimdFloat for $t {
@@ -234,6 +234,20 @@ macro_rules! impl_simd_float {
             }
         }
 
+        /// `1 / k!` for `k = 2, 3, ...`: the Taylor coefficients of `(e^r - 1 - r) / r^2`, each
+        /// factorial exact in the type and divided once, as the literal `1.0 / 720.0` would be.
+        const INV_FACTORIALS: [$t; $terms] = {
+            let mut c = [0.0; $terms];
+            let mut factorial: $t = 1.0;
+            let mut i = 0;
+            while i < $terms {
+                factorial *= (i + 2) as $t;
+                c[i] = 1.0 / factorial;
+                i += 1;
+            }
+            c
+        };
+
         /// `(n, e^r - 1)` with `x = n ln 2 + r`, `|r| <= ln2 / 2`; `x` must be finite and
         /// within the clamp range.
         #[inline(always)]
@@ -243,7 +257,7 @@ macro_rules! impl_simd_float {
             let n = t - magic;
             let r = n.mul_neg_add($v::splat($ln2_hi), x);
             let r = n.mul_neg_add($v::splat($ln2_lo), r);
-            let coeffs: &[$t] = &[$($c),+];
+            let coeffs: &[$t] = &INV_FACTORIALS;
             let mut p = $v::splat(coeffs[coeffs.len() - 1]);
             for &c in coeffs[..coeffs.len() - 1].iter().rev() {
                 p = p.mul_add(r, $v::splat(c));
@@ -282,14 +296,7 @@ mod f32_impl {
         hi = 89.0,
         ln2_hi = 0.693_359_375,
         ln2_lo = -2.121_944_4e-4,
-        coeffs = [
-            1.0 / 2.0,
-            1.0 / 6.0,
-            1.0 / 24.0,
-            1.0 / 120.0,
-            1.0 / 720.0,
-            1.0 / 5040.0,
-        ],
+        terms = 6,
         transpose = super::super::transpose::block_f32x16
     );
 }
@@ -310,20 +317,7 @@ mod f64_impl {
         hi = 710.0,
         ln2_hi = 6.931_471_803_691_238_164_9e-1,
         ln2_lo = 1.908_214_929_270_587_700_02e-10,
-        coeffs = [
-            1.0 / 2.0,
-            1.0 / 6.0,
-            1.0 / 24.0,
-            1.0 / 120.0,
-            1.0 / 720.0,
-            1.0 / 5040.0,
-            1.0 / 40320.0,
-            1.0 / 362_880.0,
-            1.0 / 3_628_800.0,
-            1.0 / 39_916_800.0,
-            1.0 / 479_001_600.0,
-            1.0 / 6_227_020_800.0,
-        ],
+        terms = 12,
         transpose = |src: &[f64], ld, dst: &mut [f64], ldd| {
             super::super::transpose::block(src, ld, dst, ldd, 8)
         }
@@ -334,28 +328,32 @@ mod f64_impl {
 mod tests {
     use super::*;
 
-    /// Distance in representable values between two floats of the same sign convention
-    /// (0 when both are NaN).
-    fn ulps32(a: f32, b: f32) -> u64 {
-        if a.is_nan() && b.is_nan() {
-            return 0;
-        }
-        let key = |x: f32| {
-            let i = x.to_bits() as i32;
-            (if i < 0 { i32::MIN - i } else { i }) as i64
-        };
-        (key(a) - key(b)).unsigned_abs()
+    use crate::tensor::Float;
+
+    /// A float's place among the representable values of its type, so that two places differ
+    /// by the distance of the floats in ulps.
+    trait Ordinal: Float + std::fmt::LowerExp {
+        fn ordinal(self) -> i128;
     }
 
-    fn ulps64(a: f64, b: f64) -> u64 {
-        if a.is_nan() && b.is_nan() {
+    macro_rules! impl_ordinal {
+        ($($t:ty, $i:ty);*) => {
+            $(impl Ordinal for $t {
+                fn ordinal(self) -> i128 {
+                    let i = self.to_bits() as $i;
+                    (if i < 0 { <$i>::MIN - i } else { i }) as i128
+                }
+            })*
+        };
+    }
+    impl_ordinal!(f32, i32; f64, i64);
+
+    /// Distance in representable values between two floats (0 when both are NaN).
+    fn ulps<T: Ordinal>(a: T, b: T) -> u64 {
+        if a.to_f64().is_nan() && b.to_f64().is_nan() {
             return 0;
         }
-        let key = |x: f64| {
-            let i = x.to_bits() as i64;
-            (if i < 0 { i64::MIN - i } else { i }) as i128
-        };
-        (key(a) - key(b)).unsigned_abs() as u64
+        (a.ordinal() - b.ordinal()).unsigned_abs() as u64
     }
 
     type Case<V> = (&'static str, fn(V) -> V, fn(f64) -> f64, u64);
@@ -422,20 +420,22 @@ mod tests {
         out
     }
 
-    #[test]
-    fn f32_accuracy_against_std_f64() {
-        let xs: Vec<f32> = points().iter().map(|&x| x as f32).collect();
-        let cases: [Case<f32x16>; 3] = [
-            ("exp", f32::exp_v, f64::exp, 1),
-            ("sigmoid", f32::sigmoid_v, sigmoid64, 2),
-            ("tanh", f32::tanh_v, f64::tanh, 2),
+    /// Checks `exp`, `sigmoid` and `tanh` in `T` on [`points`] (rounded to `T`) against the
+    /// `std` `f64` versions rounded to `T`, within `bounds` ulps (in that order: the table in
+    /// the module's notes).
+    fn accuracy_against_std<T: Ordinal>([exp, sigmoid, tanh]: [u64; 3]) {
+        let cases: [Case<T::V>; 3] = [
+            ("exp", T::exp_v, f64::exp, exp),
+            ("sigmoid", T::sigmoid_v, sigmoid64, sigmoid),
+            ("tanh", T::tanh_v, f64::tanh, tanh),
         ];
+        let xs: Vec<T> = points().into_iter().map(T::from_f64).collect();
         for (name, fv, fs, bound) in cases {
             let got = apply(&xs, fv);
-            let mut worst = (0, 0.0f32);
+            let mut worst = (0, T::ZERO);
             for (&x, &g) in xs.iter().zip(&got) {
-                let want = fs(x as f64) as f32;
-                let d = ulps32(g, want);
+                let want = T::from_f64(fs(x.to_f64()));
+                let d = ulps(g, want);
                 if d > worst.0 {
                     worst = (d, x);
                 }
@@ -444,71 +444,72 @@ mod tests {
                     "{name}({x:e}) = {g:e}, want {want:e} ({d} ulps)"
                 );
             }
-            eprintln!("f32 {name}: max {} ulps at {:e}", worst.0, worst.1);
+            let (d, x) = worst;
+            eprintln!("{} {name}: max {d} ulps at {x:e}", T::DTYPE);
         }
     }
 
     #[test]
+    fn f32_accuracy_against_std_f64() {
+        accuracy_against_std::<f32>([1, 2, 2]);
+    }
+
+    #[test]
     fn f64_accuracy_against_std() {
-        let xs = points();
-        let cases: [Case<f64x8>; 3] = [
-            ("exp", f64::exp_v, f64::exp, 1),
-            ("sigmoid", f64::sigmoid_v, sigmoid64, 2),
-            ("tanh", f64::tanh_v, f64::tanh, 3),
-        ];
-        for (name, fv, fs, bound) in cases {
-            let got = apply(&xs, fv);
-            let mut worst = (0, 0.0f64);
-            for (&x, &g) in xs.iter().zip(&got) {
-                let want = fs(x);
-                let d = ulps64(g, want);
-                if d > worst.0 {
-                    worst = (d, x);
-                }
-                assert!(
-                    d <= bound,
-                    "{name}({x:e}) = {g:e}, want {want:e} ({d} ulps)"
-                );
+        accuracy_against_std::<f64>([1, 2, 3]);
+    }
+
+    /// A function of one value, an argument and the result it must give, bit for bit (in f64,
+    /// rounded to the type).
+    type Special<T> = (fn(T) -> T, f64, f64);
+
+    /// Checks in `T` that NaN of either sign gives NaN, that infinite and huge arguments
+    /// saturate, that `tanh` keeps `-0`, and the `cases` of `T` alone.
+    fn special_values_in<T: Ordinal>(cases: &[Special<T>]) {
+        let nan = T::from_f64(f64::NAN);
+        for x in [nan, -nan] {
+            for f in [T::exp_s, T::sigmoid_s, T::tanh_s] {
+                assert!(f(x).to_f64().is_nan(), "{}: NaN", T::DTYPE);
             }
-            eprintln!("f64 {name}: max {} ulps at {:e}", worst.0, worst.1);
+        }
+        let inf = f64::INFINITY;
+        let both: [Special<T>; 11] = [
+            (T::exp_s, inf, inf),
+            (T::exp_s, -inf, 0.0),
+            (T::exp_s, 1e4, inf),
+            (T::sigmoid_s, inf, 1.0),
+            (T::sigmoid_s, -inf, 0.0),
+            (T::sigmoid_s, 1e4, 1.0),
+            (T::sigmoid_s, -1e4, 0.0),
+            (T::tanh_s, inf, 1.0),
+            (T::tanh_s, -inf, -1.0),
+            (T::tanh_s, 1e4, 1.0),
+            (T::tanh_s, -0.0, -0.0),
+        ];
+        for (k, &(f, x, want)) in both.iter().chain(cases).enumerate() {
+            let (got, want) = (f(T::from_f64(x)), T::from_f64(want));
+            assert_eq!(
+                got.ordinal(),
+                want.ordinal(),
+                "{} case {k}: f({x:e}) = {got:e}, want {want:e}",
+                T::DTYPE
+            );
         }
     }
 
     #[test]
     fn special_values() {
-        for x in [f32::NAN, -f32::NAN] {
-            assert!(
-                f32::exp_s(x).is_nan() && f32::sigmoid_s(x).is_nan() && f32::tanh_s(x).is_nan()
-            );
-        }
-        assert_eq!(f32::exp_s(f32::INFINITY), f32::INFINITY);
-        assert_eq!(f32::exp_s(f32::NEG_INFINITY), 0.0);
-        assert_eq!(f32::exp_s(100.0), f32::INFINITY);
-        assert_eq!(f32::exp_s(-200.0), 0.0);
-        assert_eq!(f32::sigmoid_s(f32::INFINITY), 1.0);
-        assert_eq!(f32::sigmoid_s(f32::NEG_INFINITY), 0.0);
-        assert_eq!(f32::sigmoid_s(1e4), 1.0);
-        assert_eq!(f32::sigmoid_s(-1e4), 0.0);
-        assert_eq!(f32::tanh_s(f32::INFINITY), 1.0);
-        assert_eq!(f32::tanh_s(f32::NEG_INFINITY), -1.0);
-        assert_eq!(f32::tanh_s(1e4), 1.0);
-        assert_eq!(f32::tanh_s(-f32::MAX), -1.0);
-        assert_eq!(f32::tanh_s(-0.0).to_bits(), (-0.0f32).to_bits());
-        assert_eq!(f32::tanh_s(1e-40), 1e-40);
-        for x in [f64::NAN, -f64::NAN] {
-            assert!(
-                f64::exp_s(x).is_nan() && f64::sigmoid_s(x).is_nan() && f64::tanh_s(x).is_nan()
-            );
-        }
-        assert_eq!(f64::exp_s(f64::INFINITY), f64::INFINITY);
-        assert_eq!(f64::exp_s(f64::NEG_INFINITY), 0.0);
-        assert_eq!(f64::exp_s(1e4), f64::INFINITY);
-        assert_eq!(f64::sigmoid_s(-1e4), 0.0);
-        assert_eq!(f64::sigmoid_s(f64::MAX), 1.0);
-        assert_eq!(f64::tanh_s(f64::NEG_INFINITY), -1.0);
-        assert_eq!(f64::tanh_s(1e300), 1.0);
-        assert_eq!(f64::tanh_s(-0.0).to_bits(), (-0.0f64).to_bits());
-        assert_eq!(f64::tanh_s(5e-324), 5e-324);
+        special_values_in::<f32>(&[
+            (f32::exp_s, 100.0, f64::INFINITY),
+            (f32::exp_s, -200.0, 0.0),
+            (f32::tanh_s, -f32::MAX as f64, -1.0),
+            (f32::tanh_s, 1e-40, 1e-40),
+        ]);
+        special_values_in::<f64>(&[
+            (f64::sigmoid_s, f64::MAX, 1.0),
+            (f64::tanh_s, 1e300, 1.0),
+            (f64::tanh_s, 5e-324, 5e-324),
+        ]);
         assert_eq!(
             f64::relu(f64x8::new([
                 -1.0,

@@ -6,6 +6,9 @@ use crate::kernels::SimdFloat;
 use std::iter::Sum;
 use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssign};
 
+/// `C = alpha * op(A) op(B) + beta * C` on row-major slices of `T`.
+pub type Gemm<T> = fn(crate::kernels::GemmShape, T, &[T], &[T], T, &mut [T]);
+
 /// A floating-point element type: implemented for `f32` and `f64`.
 ///
 /// It carries the scalar math the reference ops need and the matrix product the kernels
@@ -66,7 +69,10 @@ pub trait Float:
     fn powi(self, n: i32) -> Self;
     /// Neither NaN nor infinite.
     fn is_finite(self) -> bool;
+    /// The matrix product of this type (sgemm or dgemm), called by [`Float::gemm`].
+    const GEMM: Gemm<Self>;
     /// `C = alpha * op(A) op(B) + beta * C` on row-major slices (sgemm or dgemm).
+    #[inline(always)]
     fn gemm(
         s: crate::kernels::GemmShape,
         alpha: Self,
@@ -74,7 +80,9 @@ pub trait Float:
         b: &[Self],
         beta: Self,
         c: &mut [Self],
-    );
+    ) {
+        (Self::GEMM)(s, alpha, a, b, beta, c)
+    }
     /// The logistic sigmoid 1 / (1 + e^-x), computed without overflow.
     fn sigmoid(self) -> Self {
         if self >= Self::ZERO {
@@ -86,6 +94,18 @@ pub trait Float:
     }
 }
 
+/// Trait methods that call the float type's inherent method of the same name.
+macro_rules! inherent_methods {
+    ($t:ty, $($f:ident($($arg:ident: $at:ty),*) -> $r:ty),+ $(,)?) => {
+        $(
+            #[inline(always)]
+            fn $f(self $(, $arg: $at)*) -> $r {
+                <$t>::$f(self $(, $arg)*)
+            }
+        )+
+    };
+}
+
 macro_rules! impl_float {
     ($t:ty, $name:expr, $gemm:path) => {
         impl Float for $t {
@@ -93,6 +113,7 @@ macro_rules! impl_float {
             const ONE: Self = 1.0;
             const DTYPE: &'static str = $name;
             const EPSILON: Self = <$t>::EPSILON;
+            const GEMM: Gemm<Self> = $gemm;
             #[inline(always)]
             fn from_f64(x: f64) -> Self {
                 x as $t
@@ -101,53 +122,18 @@ macro_rules! impl_float {
             fn to_f64(self) -> f64 {
                 self as f64
             }
-            #[inline(always)]
-            fn exp(self) -> Self {
-                <$t>::exp(self)
-            }
-            #[inline(always)]
-            fn ln(self) -> Self {
-                <$t>::ln(self)
-            }
-            #[inline(always)]
-            fn tanh(self) -> Self {
-                <$t>::tanh(self)
-            }
-            #[inline(always)]
-            fn sqrt(self) -> Self {
-                <$t>::sqrt(self)
-            }
-            #[inline(always)]
-            fn abs(self) -> Self {
-                <$t>::abs(self)
-            }
-            #[inline(always)]
-            fn max(self, other: Self) -> Self {
-                <$t>::max(self, other)
-            }
-            #[inline(always)]
-            fn min(self, other: Self) -> Self {
-                <$t>::min(self, other)
-            }
-            #[inline(always)]
-            fn powi(self, n: i32) -> Self {
-                <$t>::powi(self, n)
-            }
-            #[inline(always)]
-            fn gemm(
-                s: crate::kernels::GemmShape,
-                alpha: Self,
-                a: &[Self],
-                b: &[Self],
-                beta: Self,
-                c: &mut [Self],
-            ) {
-                $gemm(s, alpha, a, b, beta, c)
-            }
-            #[inline(always)]
-            fn is_finite(self) -> bool {
-                <$t>::is_finite(self)
-            }
+            inherent_methods!(
+                $t,
+                exp() -> Self,
+                ln() -> Self,
+                tanh() -> Self,
+                sqrt() -> Self,
+                abs() -> Self,
+                max(other: Self) -> Self,
+                min(other: Self) -> Self,
+                powi(n: i32) -> Self,
+                is_finite() -> bool,
+            );
         }
     };
 }

@@ -1,7 +1,7 @@
 use super::*;
 use crate::kernels::aligned::ALIGN;
 use crate::kernels::gemm::{GemmShape, gemm_reference};
-use crate::kernels::testutil::values;
+use crate::kernels::testutil::{Product, rounded, values};
 
 #[test]
 fn matches_the_reference_product() {
@@ -32,47 +32,37 @@ fn matches_the_reference_product() {
     };
     for &(m, n, k) in shapes {
         for trans in [false, true] {
-            let a: Vec<f64> = values(m as u64, m * k, 1.0);
-            let b: Vec<f64> = values(n as u64 + 7, n * k, 1.0);
-            let c0: Vec<f64> = values(k as u64 + 3, m * n, 1.0);
-            let s = GemmShape {
-                m,
-                k,
-                n,
-                trans_a: false,
-                trans_b: trans,
-            };
-            let mut want = c0.clone();
-            gemm_reference(s, 1.0, &a, &b, 1.0, &mut want);
+            let p = Product::new(m, n, k, trans);
             // A reused buffer full of stale values, longer than the packing: packing must
             // overwrite every value the kernel reads.
             let len = PackedB::<f64>::packed_len(k, n) + 3 * m + 7;
-            let mut pb = PackedB::from_buffer(vec![f64::NAN; len]);
-            if trans {
-                pb.pack_transposed(&b, n, k);
-            } else {
-                pb.pack(&b, k, n);
-            }
-            let mut got = c0.clone();
-            gemm_packed_acc(m, &a, &pb, &mut got);
-            for (g, w) in got.iter().zip(&want) {
-                assert!((g - w).abs() < 1e-12, "f64 {m}x{n}x{k}: {g} vs {w}");
-            }
-            let af: Vec<f32> = a.iter().map(|&x| x as f32).collect();
-            let bf: Vec<f32> = b.iter().map(|&x| x as f32).collect();
-            let mut pf = PackedB::new();
-            if trans {
-                pf.pack_transposed(&bf, n, k);
-            } else {
-                pf.pack(&bf, k, n);
-            }
-            let mut gotf: Vec<f32> = c0.iter().map(|&x| x as f32).collect();
+            let pb = packed(PackedB::from_buffer(vec![f64::NAN; len]), &p.b, trans, k, n);
+            let mut got = p.c0.clone();
+            gemm_packed_acc(m, &p.a, &pb, &mut got);
+            p.assert_matches(&got, 1e-12);
+            let af: Vec<f32> = rounded(&p.a);
+            let pf = packed(PackedB::new(), &rounded(&p.b), trans, k, n);
+            let mut gotf: Vec<f32> = rounded(&p.c0);
             gemm_packed_acc(m, &af, &pf, &mut gotf);
-            for (g, w) in gotf.iter().zip(&want) {
-                assert!((*g as f64 - w).abs() < 1e-4, "f32 {m}x{n}x{k}: {g} vs {w}");
-            }
+            p.assert_matches(&gotf, 1e-4);
         }
     }
+}
+
+/// `b` (`k x n`, or `n x k` when `trans`) packed into `into`.
+fn packed<T: SimdFloat>(
+    mut into: PackedB<T>,
+    b: &[T],
+    trans: bool,
+    k: usize,
+    n: usize,
+) -> PackedB<T> {
+    if trans {
+        into.pack_transposed(b, n, k);
+    } else {
+        into.pack(b, k, n);
+    }
+    into
 }
 
 /// Operands of products over blocks of rows: `B` (`k x n`) and its packing, each block's

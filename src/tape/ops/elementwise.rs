@@ -161,11 +161,7 @@ pub(super) fn mul_backward<T: Float>(
     gy: &Tensor<T>,
     acc: &mut GradAcc<'_, T>,
 ) {
-    let slots = acc.slots;
-    let (va, vb) = (
-        slots[a as usize].value.data(),
-        slots[b as usize].value.data(),
-    );
+    let (va, vb) = (acc.value(a).data(), acc.value(b).data());
     let (g, n) = (gy.data(), gy.shape().last());
     if acc.needs(a) {
         let da = acc.buf(a);
@@ -199,8 +195,7 @@ pub(super) fn unary_backward<T: Float>(
     if !acc.needs(a) {
         return;
     }
-    let slots = acc.slots;
-    let x = slots[a as usize].value.data();
+    let x = acc.value(a).data();
     let (y, g) = (y.data(), gy.data());
     let da = acc.buf(a);
     match op {

@@ -69,63 +69,53 @@ impl<T: Float> Tape<T> {
 }
 
 pub(super) fn matmul_backward<T: Float>(
-    trans_a: bool,
-    trans_b: bool,
+    (trans_a, trans_b): (bool, bool),
     a: u32,
     b: u32,
     dc: &Tensor<T>,
     acc: &mut GradAcc<'_, T>,
 ) {
-    let slots = acc.slots;
-    let (va, vb) = (&slots[a as usize].value, &slots[b as usize].value);
+    let (va, vb) = (acc.value(a), acc.value(b));
     let (m, n) = (dc.dims()[0], dc.dims()[1]);
-    let k = if trans_a { va.dims()[0] } else { va.dims()[1] };
+    let k = va.dims()[if trans_a { 0 } else { 1 }];
+    let (va, vb, dc) = (va.data(), vb.data(), dc.data());
     if acc.needs(a) {
         let da = acc.buf(a);
         if !trans_a {
             // dA[m,k] += dC[m,n] op(B)^T
-            let g = GemmShape {
-                m,
-                k: n,
-                n: k,
-                trans_a: false,
-                trans_b: !trans_b,
-            };
-            T::gemm(g, T::ONE, dc.data(), vb.data(), T::ONE, da);
+            gemm_acc((m, n, k), (false, !trans_b), dc, vb, da);
         } else {
             // A is stored [k,m]: dA += op(B) dC^T
-            let g = GemmShape {
-                m: k,
-                k: n,
-                n: m,
-                trans_a: trans_b,
-                trans_b: true,
-            };
-            T::gemm(g, T::ONE, vb.data(), dc.data(), T::ONE, da);
+            gemm_acc((k, n, m), (trans_b, true), vb, dc, da);
         }
     }
     if acc.needs(b) {
         let db = acc.buf(b);
         if !trans_b {
             // dB[k,n] += op(A)^T dC
-            let g = GemmShape {
-                m: k,
-                k: m,
-                n,
-                trans_a: !trans_a,
-                trans_b: false,
-            };
-            T::gemm(g, T::ONE, va.data(), dc.data(), T::ONE, db);
+            gemm_acc((k, m, n), (!trans_a, false), va, dc, db);
         } else {
             // B is stored [n,k]: dB += dC^T op(A)
-            let g = GemmShape {
-                m: n,
-                k: m,
-                n: k,
-                trans_a: true,
-                trans_b: trans_a,
-            };
-            T::gemm(g, T::ONE, dc.data(), va.data(), T::ONE, db);
+            gemm_acc((n, m, k), (true, trans_a), dc, va, db);
         }
     }
+}
+
+/// `C += op(A) op(B)` with `op(A)` `m x k` and `op(B)` `k x n`, each read transposed where its
+/// flag is set.
+fn gemm_acc<T: Float>(
+    (m, k, n): (usize, usize, usize),
+    (trans_a, trans_b): (bool, bool),
+    a: &[T],
+    b: &[T],
+    c: &mut [T],
+) {
+    let g = GemmShape {
+        m,
+        k,
+        n,
+        trans_a,
+        trans_b,
+    };
+    T::gemm(g, T::ONE, a, b, T::ONE, c);
 }

@@ -104,7 +104,12 @@ pub(crate) struct GradAcc<'a, T> {
     pub(crate) slots: &'a [Slot<T>],
 }
 
-impl<T: Float> GradAcc<'_, T> {
+impl<'a, T: Float> GradAcc<'a, T> {
+    /// The value of slot `i`.
+    pub(crate) fn value(&self, i: u32) -> &'a Tensor<T> {
+        &self.slots[i as usize].value
+    }
+
     /// Whether slot `i` needs a gradient.
     pub(crate) fn needs(&self, i: u32) -> bool {
         self.slots[i as usize].requires_grad
@@ -153,7 +158,7 @@ pub(crate) fn backward<T: Float>(
     match op {
         Op::Input | Op::Constant | Op::Param(_) | Op::Custom(_) => {}
         Op::MatMul { trans_a, trans_b } => {
-            linalg::matmul_backward(*trans_a, *trans_b, ins[0], ins[1], gy, acc)
+            linalg::matmul_backward((*trans_a, *trans_b), ins[0], ins[1], gy, acc)
         }
         Op::Add(b) => elementwise::add_backward(*b, ins[0], ins[1], T::ONE, gy, acc),
         Op::Sub(b) => elementwise::add_backward(*b, ins[0], ins[1], -T::ONE, gy, acc),
