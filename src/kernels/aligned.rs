@@ -2,10 +2,9 @@
 //! stream through on every time step.
 //!
 //! `Vec` promises only the element's alignment, and large allocations typically start 16 bytes
-//! past a page boundary: then every 512-bit load touches two cache lines, which made the
-//! single-row product, bound by the rate at which the weight streams from L2, 1.6 to 1.8x
-//! slower. The buffer keeps a few values of slack and starts its values at the first aligned
-//! one.
+//! past a page boundary: then every 512-bit load touches two cache lines, which slows down the
+//! single-row product, bound by the rate at which the weight streams from L2, considerably.
+//! The buffer keeps a few values of slack and starts its values at the first aligned one.
 
 /// Bytes to which the values are aligned: a cache line, so that no vector load straddles two.
 pub const ALIGN: usize = 64;

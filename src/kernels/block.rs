@@ -5,12 +5,10 @@
 //! then a division), and a kernel chains two of them (the LSTM's `tanh(c)` waits on its gates).
 //! With one vector per loop round the core spends most of each round waiting on those chains.
 //! A [`Two`] runs every operation on both of its vectors back to back, so the two independent
-//! chains fill each other's waits: on data in L1, the LSTM forward kernel ran 1.2-1.5x faster
-//! and its backward 1.0-1.45x (f32, 1 to 32 rows, H = 128 to 512). In a training step, where
-//! the kernels also wait on memory, less: in the small LSTM's step (B = 32, H = 128) each
-//! kernel's share fell from about 7.5 % to 6.5-7 %, the GRU's forward from 10-10.6 % to
-//! 8.4-9 %. A [`One`] takes the last, possibly partial, vector of a row. Both compute each lane exactly as the vector functions of
-//! [`SimdFloat`] do, so results do not depend on which block a value falls in.
+//! chains fill each other's waits, which makes the gate kernels faster on data in L1, and
+//! still somewhat faster in a training step, where they also wait on memory. A [`One`] takes
+//! the last, possibly partial, vector of a row. Both compute each lane exactly as the vector
+//! functions of [`SimdFloat`] do, so results do not depend on which block a value falls in.
 
 use std::ops::{Add, Mul, Range, Sub};
 

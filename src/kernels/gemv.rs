@@ -3,10 +3,10 @@
 //! With one row, the product is a matrix-vector product whose cost is reading the matrix, in
 //! forward and again in backward. Packing it ([`super::gemm_nn`]) costs a pass of its own per
 //! sequence (the transposed packing for forward is the slower one), and a second copy for
-//! backward; the packed single-row tile then reads it 1.1-1.9x faster from L2 than these
-//! kernels do (on Zen 5), so the fused layers pack a `W_hh` that stays in L2 and read a larger
-//! one, which streams from L3 at every step either way, from one aligned copy of `W_hh`
-//! (`[G*H, H]`, PyTorch's layout) that serves both directions:
+//! backward; the packed single-row tile then reads it faster from L2 than these kernels do,
+//! so the fused layers pack a `W_hh` that stays in L2 and read a larger one, which streams
+//! from L3 at every step either way, from one aligned copy of `W_hh` (`[G*H, H]`, PyTorch's
+//! layout) that serves both directions:
 //!
 //! - forward, `y += W h`: each output is the dot product of a row of `W` with `h`
 //!   ([`gemv_rows_acc`]);

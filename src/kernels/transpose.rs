@@ -1,11 +1,10 @@
 //! The transpose of a square block of `LANES x LANES` values, for the transposed packing of a
 //! weight ([`super::gemm_nn::PackedB::pack_transposed`]).
 //!
-//! Value by value, a transposed packing gathers each packed row from as many rows of the weight:
-//! 124 us for a 1024 x 256 f32 weight (the LSTM's `W_hh` at H = 256, packed at every forward).
-//! With AVX-512 a 16 x 16 block of f32 is sixteen loads, four rounds of sixteen shuffles and
-//! sixteen stores: the same packing took 37 to 45 us, a 1024 x 128 one 9 us against 36, a
-//! 2048 x 512 one 86 to 156 us against 490 to 540 (medians of 51, two runs of each build).
+//! Value by value, a transposed packing gathers each packed row from as many rows of the weight,
+//! and the LSTM's `W_hh` is packed so at every forward. With AVX-512 a 16 x 16 block of f32 is
+//! sixteen loads, four rounds of sixteen shuffles and sixteen stores, which packs the same
+//! weights several times faster.
 
 /// Panics unless `src` holds an `n x n` block with rows `ld` apart and `dst` one with rows `ldd`
 /// apart (rows at least `n` long).

@@ -2,8 +2,8 @@
 //!
 //! A training step makes a few such passes outside the fused layers' recurrences: the input
 //! copied onto the tape, the loss `sum(y)`, and its gradient, a buffer of ones, and the batch
-//! shards' weight gradients added up. Each streams megabytes, and on one
-//! thread they held the other idle: 12 % of the medium RNN's step at 2 threads.
+//! shards' weight gradients added up. Each streams megabytes, and on one thread they hold the
+//! other idle for a noticeable part of a step.
 //!
 //! Buffers are cut into chunks of [`CHUNK`] values, a rule of the length alone: a pass shorter
 //! than two chunks stays on the calling thread, and a sum adds the same partial sums in the same
@@ -92,8 +92,8 @@ pub(crate) fn sum_f64<T: Float>(xs: &[T], f: impl Fn(f64) -> f64 + Sync) -> f64 
 
 /// `sum f(x)` over one chunk: element `j` goes to partial sum `j % 8`, and the eight partial
 /// sums are added pairwise at the end. Independent partial sums let the compiler vectorise the
-/// loop (one sequential chain of additions is bound by the adder's latency: about 2 ms for the
-/// 1.6 million outputs of a medium-shape training step).
+/// loop (one sequential chain of additions is bound by the adder's latency, which over the
+/// outputs of a medium-shape training step is a noticeable delay).
 fn chunk_sum<T: Float>(xs: &[T], f: &impl Fn(f64) -> f64) -> f64 {
     const W: usize = 8;
     let mut part = [0.0f64; W];

@@ -4,11 +4,9 @@
 //! is `dG` read in place by columns, [`AStorage::ColMajor`]).
 //!
 //! Those used to run on matrixmultiply, which packs both operands at every call; with `B`
-//! packed here and `A` read in place, this kernel ran them faster at the small and medium
-//! shapes' shards (a weight gradient of `[512, 1024] x [1024, 64 or 128]`: 1.2 to 1.5x; of
-//! `[1024, 3200] x [3200, 256]`: 1.07 to 1.1x; the projections 1.06 to 1.27x), and about as fast
-//! at `[2048, 1600] x [1600, 512]` (0.97 to 1.0x), where `dG`'s rows, 8 KiB apart, each lie on
-//! a page of their own.
+//! packed here and `A` read in place, this kernel runs them faster at the small and medium
+//! shapes' shards (the weight gradients and the projections), and about as fast at the largest
+//! weight gradients, where `dG`'s rows, 8 KiB apart, each lie on a page of their own.
 //!
 //! [`PackedB`] stores `B` (`k x n`) as panels of [`panel`]`::<T>()` columns, each panel `k` rows of
 //! contiguous values (the last panel zero-padded), so the kernel streams memory in order instead
@@ -21,8 +19,8 @@
 //! once, so its accumulators stay in registers from the loads of `C` to its stores; panels that
 //! end past the last column run on a padded copy of their part of `C`. (Indexing `C` by slices
 //! per vector, with a clipped vector's path beside the whole one, kept the accumulators in a
-//! stack array that was zeroed and filled through memory for every tile: the per-step product
-//! ran 1.20-1.31x slower, medians of 41 alternating rounds at 1 to 64 rows.)
+//! stack array that was zeroed and filled through memory for every tile, which made the
+//! per-step product clearly slower.)
 //!
 //! Every `C[i][j]` is `C[i][j] + sum_p A[i][p] B[p][j]` accumulated by fused multiply-adds in the
 //! order `p = 0, 1, ...`, whichever tile it falls in, so splitting `A` by rows (batch shards)
@@ -32,8 +30,8 @@
 //! A packed `B` too large to stay in L2 between calls (`W_hh` from `H = 512` in f32) streams
 //! from L3 on every call, and the first tile of each panel would wait on it row by row: while a
 //! panel's tiles run, they prefetch the next panel's rows into L2, one cache line per step of
-//! `k` each (measured on 32 x 512 x 2048: 10-17 % faster). Smaller packings skip it, as the
-//! prefetches would only cost issue slots.
+//! `k` each, which shortens such products. Smaller packings skip it, as the prefetches would
+//! only cost issue slots.
 
 use super::simd::SimdFloat;
 use super::sweep::Sweep;
@@ -50,9 +48,9 @@ pub use prefetch::STREAMED_BYTES;
 use tiling::product_cols;
 
 /// Packings this large or larger are filled by the threads of rayon's pool together: a
-/// transposed packing of 1 MiB (`W_hh^T` of an LSTM with `H = 256`) took 100 us on one thread,
-/// on the critical path of a step whose second thread had nothing else to do then. (At 256 KiB
-/// the handoff cost more than it saved.)
+/// transposed packing of 1 MiB (`W_hh^T` of an LSTM with `H = 256`) on one thread lies on the
+/// critical path of a step whose second thread has nothing else to do then. (At 256 KiB the
+/// handoff cost more than it saved.)
 pub const PARALLEL_PACK_BYTES: usize = 1 << 20;
 
 /// `C += A B` with `A` `m x k` and `C` `m x n` row-major, `B` packed (`k x n`).

@@ -16,8 +16,9 @@ pub fn panel<T: SimdFloat>() -> usize {
 /// A `k x n` matrix packed in column panels for [`gemm_packed_acc`](super::gemm_packed_acc).
 ///
 /// The values start on a cache-line boundary inside the buffer ([`AlignedBuf`]): the single-row
-/// product, bound by the rate at which `B` streams from L2, ran 1.6 to 1.8x slower on values 16
-/// bytes off a line. A clone is packed into a buffer of its own, aligned the same way.
+/// product, bound by the rate at which `B` streams from L2, runs considerably slower on values
+/// off a line, where every vector load touches two lines. A clone is packed into a buffer of
+/// its own, aligned the same way.
 #[derive(Debug, Default)]
 pub struct PackedB<T> {
     pub(super) k: usize,
