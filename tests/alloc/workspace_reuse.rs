@@ -10,57 +10,11 @@
 //!   bookkeeping values (the boxed tape node, lists of inputs). Counted by a global allocator,
 //!   per thread, in a one-thread pool.
 
-mod common;
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
+use crate::common;
+use crate::counted;
 use recur::nn::{Activation, CellKind, ForwardOptions, Recurrent, RecurrentConfig};
 use recur::optim::{Optimizer, Sgd, SgdConfig};
 use recur::{ParamStore, Rng, Tape, Tensor};
-
-struct Counting;
-
-thread_local! {
-    static COUNT: Cell<usize> = const { Cell::new(0) };
-    static BYTES: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note(bytes: usize) {
-    // `try_with`: allocations made while a thread's locals are torn down are not counted.
-    let _ = COUNT.try_with(|c| c.set(c.get() + 1));
-    let _ = BYTES.try_with(|c| c.set(c.get() + bytes));
-}
-
-// SAFETY: forwards every call to the system allocator unchanged; only counts them.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        note(l.size());
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        note(l.size());
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc_zeroed(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        note(n);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn counted() -> (usize, usize) {
-    (COUNT.with(Cell::get), BYTES.with(Cell::get))
-}
 
 const KINDS: [CellKind; 3] = [
     CellKind::Lstm,

@@ -1,34 +1,9 @@
 //! A cleared tape reuses its buffers: a steady-state step of elementwise ops, forward and
-//! backward, makes no heap allocation at all. (Counted by a global allocator that counts.)
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+//! backward, makes no heap allocation at all. (Counted on this thread.)
 
 use recur::{Tape, Tensor};
 
-struct Counting;
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+use crate::counted;
 
 #[test]
 fn steady_state_step_allocates_nothing() {
@@ -60,9 +35,9 @@ fn steady_state_step_allocates_nothing() {
         (x_in, b_in) = step(&mut tape, x_in, b_in);
     }
     // Measure only the tape work: the two clones above allocate, so count them separately.
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = counted().0;
     (x_in, b_in) = step(&mut tape, x_in, b_in);
-    let used = ALLOCS.load(Ordering::Relaxed) - before;
+    let used = counted().0 - before;
     assert_eq!(
         used, 2,
         "only the two returned clones may allocate, saw {used}"
