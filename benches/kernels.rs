@@ -6,7 +6,7 @@
 //!
 //! Shapes (B, T, I, H) are those of the project's benchmark table: tiny-batch (1, 100, 128,
 //! 256), small (32, 64, 64, 128), medium (64, 100, 256, 256), large (64, 50, 512, 512).
-//! Run with `cargo bench --bench kernels`; filter with e.g. `cargo bench --bench kernels -- step/lstm`.
+//! Run with `cargo bench -p recur-benches`; filter with e.g. `cargo bench -p recur-benches -- step/lstm`.
 
 use std::hint::black_box;
 use std::time::Duration;
