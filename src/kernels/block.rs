@@ -168,6 +168,7 @@ pub fn for_each_block<T: SimdFloat, U: Units<T>>(len: usize, u: &mut U) {
 /// The rows `B = states / hidden` of a gate kernel's call, after checking that every buffer holds
 /// them: `bufs` pairs each buffer's length with its row width in blocks of `hidden` values.
 /// Panics, naming `kernel`, if a buffer is too short.
+#[inline]
 pub fn checked_rows(kernel: &str, states: usize, hidden: usize, bufs: &[(usize, usize)]) -> usize {
     let rows = states / hidden;
     assert!(
@@ -180,15 +181,29 @@ pub fn checked_rows(kernel: &str, states: usize, hidden: usize, bufs: &[(usize, 
 
 /// Row `b` of a buffer whose rows are `N` blocks of `hidden` values (one per gate), cut into
 /// its blocks.
+///
+/// The blocks are cut by a plain loop of `split_at`, not by `array::from_fn` over an iterator,
+/// which the compiler may leave uninlined: the gate kernels' loops then see every block's length
+/// as `hidden`, as they do with the blocks split by hand.
+#[inline]
 pub fn row_blocks<T, const N: usize>(buf: &[T], b: usize, hidden: usize) -> [&[T]; N] {
-    let row = &buf[b * N * hidden..(b + 1) * N * hidden];
-    std::array::from_fn(|j| &row[j * hidden..(j + 1) * hidden])
+    let mut rest = &buf[b * N * hidden..(b + 1) * N * hidden];
+    let mut blocks = [&rest[..0]; N];
+    for block in &mut blocks {
+        (*block, rest) = rest.split_at(hidden);
+    }
+    blocks
 }
 
 /// [`row_blocks`] for a buffer to write.
+#[inline]
 pub fn row_blocks_mut<T, const N: usize>(buf: &mut [T], b: usize, hidden: usize) -> [&mut [T]; N] {
-    let mut blocks = buf[b * N * hidden..(b + 1) * N * hidden].chunks_exact_mut(hidden);
-    std::array::from_fn(|_| blocks.next().expect("a row holds N blocks"))
+    let mut rest = &mut buf[b * N * hidden..(b + 1) * N * hidden];
+    let mut blocks: [&mut [T]; N] = [(); N].map(|()| Default::default());
+    for block in &mut blocks {
+        (*block, rest) = std::mem::take(&mut rest).split_at_mut(hidden);
+    }
+    blocks
 }
 
 #[cfg(test)]
