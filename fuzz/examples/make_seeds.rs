@@ -32,13 +32,21 @@ fn write(target: &str, name: &str, bytes: &[u8]) {
 }
 
 fn checkpoint_bytes<T: Float>(opt: &dyn recur::Optimizer<T>) -> Vec<u8> {
+    checkpoint_with(opt, r#"{"cell":"lstm","hidden":3}"#, &model::<T>())
+}
+
+fn checkpoint_with<T: Float>(
+    opt: &dyn recur::Optimizer<T>,
+    config: &str,
+    store: &ParamStore<T>,
+) -> Vec<u8> {
     let path = std::env::temp_dir().join(format!("recur-seed-{}.safetensors", std::process::id()));
     let info = CheckpointInfo {
-        config: r#"{"cell":"lstm","hidden":3}"#.into(),
+        config: config.into(),
         step: 3,
         schedule_step: 3,
     };
-    save_checkpoint(&path, &model::<T>(), opt, &Rng::new(2), &info).unwrap();
+    save_checkpoint(&path, store, opt, &Rng::new(2), &info).unwrap();
     let bytes = fs::read(&path).unwrap();
     fs::remove_file(&path).unwrap();
     bytes
@@ -88,6 +96,24 @@ fn main() {
     );
     let sgd = Sgd::<f64>::new(SgdConfig::default()).unwrap();
     write("load_bytes", "checkpoint_sgd_f64", &checkpoint_bytes(&sgd));
+    // Metadata holding non-finite losses, as `recur train` writes them now (strings) and as
+    // earlier versions did (null), and weights holding NaN and infinity.
+    let adam = Adam::<f32>::new(AdamConfig::default()).unwrap();
+    let history = r#"{"cell":"lstm","hidden":3,"best_val":null,"interval_loss":"inf","history":{"train":[[5,"inf"],[10,2.5]],"val":[[5,"NaN"],[10,null],[15,"-inf"]]}}"#;
+    write(
+        "load_bytes",
+        "checkpoint_nonfinite_history",
+        &checkpoint_with(&adam, history, &model::<f32>()),
+    );
+    let mut bad = model::<f32>();
+    let ids: Vec<_> = bad.ids().collect();
+    bad.get_mut(ids[0]).data_mut()[0] = f32::NAN;
+    bad.get_mut(ids[1]).data_mut()[1] = f32::INFINITY;
+    write(
+        "load_bytes",
+        "checkpoint_nonfinite_weights",
+        &checkpoint_with(&adam, r#"{"cell":"lstm","hidden":3}"#, &bad),
+    );
     write("load_bytes", "empty", &[]);
 
     // fused_vs_reference: the first 13 bytes pick the configuration, the rest are values.

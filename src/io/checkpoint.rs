@@ -12,8 +12,11 @@
 //!
 //! The header metadata holds `kind` (`recur-checkpoint`), `format_version`, `dtype`,
 //! `optimizer` (its name), `optim_state` (a JSON list of the optimizer tensors, so a missing one
-//! is detected) and `config`, a JSON string describing the model that the caller chooses and
-//! checks on load.
+//! is detected), `config`, a JSON string describing the model that the caller chooses and
+//! checks on load, and `tensor_checksum` ([`Archive::tensor_checksum`]), checked on load so
+//! that damaged tensor data is refused (files written before the checksum existed have none and
+//! load without the check). Parameters or optimizer state holding NaN or an infinity are refused
+//! at load, naming the tensor.
 //!
 //! The file is written with [`crate::io::atomic_write`]. [`load_checkpoint`] validates the whole
 //! file against the model, the optimizer and the expected configuration before changing
@@ -55,7 +58,7 @@
 
 use std::path::Path;
 
-use super::{Archive, Entry, Metadata, StoredDtype, atomic_write, to_bytes};
+use super::{Archive, Entry, Metadata, StoredDtype, atomic_write, to_bytes_with_checksum};
 use crate::optim::Optimizer;
 use crate::params::ParamStore;
 use crate::rng::Rng;
@@ -73,6 +76,8 @@ const OPTIM: &str = "optim.";
 const OPTIM_SCALAR: &str = "optim_scalar.";
 const RNG: &str = "rng.state";
 const PROGRESS: &str = "progress";
+/// The metadata key of the tensors' checksum ([`Archive::tensor_checksum`]).
+pub const CHECKSUM_KEY: &str = "tensor_checksum";
 /// Prefix of the extra tensors of [`save_checkpoint_with_extras`].
 pub const EXTRA: &str = "extra.";
 
@@ -150,7 +155,20 @@ pub fn save_checkpoint_with_extras<T: Float>(
         serde_json::to_string(&state_names).expect("a list of strings serialises"),
     );
     meta.insert("config".into(), info.config.clone());
-    atomic_write(path, &to_bytes(&entries, &meta)?)
+    atomic_write(
+        path,
+        &to_bytes_with_checksum(&entries, &meta, CHECKSUM_KEY)?,
+    )
+}
+
+/// The problem of a tensor holding NaN or an infinity.
+fn non_finite(key: &str, st: &super::StoredTensor) -> String {
+    let n = st.dims().iter().product::<usize>();
+    format!(
+        "`{key}` holds non-finite values (NaN or infinity, first at element {} of {n}): the \
+         model had diverged when it was saved",
+        st.first_non_finite().unwrap_or(0)
+    )
 }
 
 fn to_i64(v: u64) -> Result<i64> {
@@ -223,6 +241,15 @@ pub fn load_checkpoint<T: Float>(
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let archive = Archive::from_bytes(&bytes, &ctx)?;
     let bad = |msg: String| Error::format(ctx.clone(), msg);
+    if let Some(stored) = archive.metadata.get(CHECKSUM_KEY) {
+        let computed = archive.tensor_checksum();
+        if *stored != computed {
+            return Err(bad(format!(
+                "the tensor data does not match its checksum (stored {stored}, computed \
+                 {computed}): the file is damaged"
+            )));
+        }
+    }
 
     // Header.
     let meta = |key: &str| {
@@ -289,6 +316,7 @@ pub fn load_checkpoint<T: Float>(
             Some(st) if st.dtype() != want_dtype => {
                 problems.push(format!("parameter `{key}` is not {}", T::DTYPE))
             }
+            Some(st) if st.first_non_finite().is_some() => problems.push(non_finite(&key, st)),
             Some(st) => params.push((id, st.to_tensor::<T>(&key)?)),
         }
     }
@@ -309,6 +337,7 @@ pub fn load_checkpoint<T: Float>(
             Some(st) if st.dtype() != want_dtype => {
                 problems.push(format!("optimizer state `{key}` is not {}", T::DTYPE))
             }
+            Some(st) if st.first_non_finite().is_some() => problems.push(non_finite(&key, st)),
             Some(st) => optim_tensors.push((name.clone(), st.to_tensor::<T>(&key)?)),
         }
     }

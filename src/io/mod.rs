@@ -25,6 +25,7 @@
 //! ```
 
 pub mod checkpoint;
+pub mod checksum;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -71,6 +72,27 @@ impl StoredTensor {
     /// The stored shape.
     pub fn dims(&self) -> &[usize] {
         &self.dims
+    }
+
+    /// The raw little-endian bytes as stored.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The flat index of the first NaN or infinity in a float tensor (`None` when every element
+    /// is finite, or for integer tensors).
+    pub fn first_non_finite(&self) -> Option<usize> {
+        match self.dtype {
+            StoredDtype::F32 => self
+                .bytes
+                .chunks_exact(4)
+                .position(|b| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
+            StoredDtype::F64 => self
+                .bytes
+                .chunks_exact(8)
+                .position(|b| !f64::from_le_bytes(b.try_into().expect("chunks of 8")).is_finite()),
+            _ => None,
+        }
     }
 
     /// Converts to a recur tensor of element type `T` (F32 and F64 are accepted and cast).
@@ -181,6 +203,20 @@ impl Archive {
         self.get(name)?.to_tensor(name)
     }
 
+    /// A checksum of every tensor ([`checksum::Fnv64`] over each tensor's name, dtype, shape
+    /// and bytes, in name order), written as `fnv1a64:` and 16 hex digits. The metadata is not
+    /// covered.
+    pub fn tensor_checksum(&self) -> String {
+        checksum_of(self.tensors.iter().map(|(name, t)| {
+            (
+                name.as_str(),
+                t.dtype_name.clone(),
+                t.dims.as_slice(),
+                t.bytes.as_slice(),
+            )
+        }))
+    }
+
     /// The metadata value under `key`, or an error naming the key.
     pub fn meta(&self, key: &str) -> Result<&str> {
         self.metadata
@@ -204,7 +240,51 @@ pub fn to_bytes<T: Float>(
     entries: &[(String, Entry<'_, T>)],
     metadata: &Metadata,
 ) -> Result<Vec<u8>> {
-    let mut buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(entries.len());
+    serialise(encode(entries), metadata)
+}
+
+/// Like [`to_bytes`], with the tensors' checksum ([`Archive::tensor_checksum`] of the result)
+/// stored in the metadata under `key`.
+pub fn to_bytes_with_checksum<T: Float>(
+    entries: &[(String, Entry<'_, T>)],
+    metadata: &Metadata,
+    key: &str,
+) -> Result<Vec<u8>> {
+    let buffers = encode(entries);
+    let mut sorted: Vec<&(String, Dtype, Vec<usize>, Vec<u8>)> = buffers.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let sum = checksum_of(
+        sorted
+            .iter()
+            .map(|(n, d, s, b)| (n.as_str(), format!("{d:?}"), s.as_slice(), b.as_slice())),
+    );
+    let mut metadata = metadata.clone();
+    metadata.insert(key.to_string(), sum);
+    serialise(buffers, &metadata)
+}
+
+/// The checksum of tensors given in name order as (name, dtype name, shape, bytes).
+fn checksum_of<'a>(
+    tensors: impl Iterator<Item = (&'a str, String, &'a [usize], &'a [u8])>,
+) -> String {
+    let mut h = checksum::Fnv64::new();
+    for (name, dtype, dims, bytes) in tensors {
+        h.field(name.as_bytes());
+        h.field(dtype.as_bytes());
+        h.update(&(dims.len() as u64).to_le_bytes());
+        for &d in dims {
+            h.update(&(d as u64).to_le_bytes());
+        }
+        h.field(bytes);
+    }
+    format!("fnv1a64:{:016x}", h.finish())
+}
+
+type Buffer = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// Each entry's name, dtype, shape and little-endian bytes.
+fn encode<T: Float>(entries: &[(String, Entry<'_, T>)]) -> Vec<Buffer> {
+    let mut buffers: Vec<Buffer> = Vec::with_capacity(entries.len());
     for (name, entry) in entries {
         match entry {
             Entry::Float(t) => {
@@ -229,6 +309,10 @@ pub fn to_bytes<T: Float>(
             }
         }
     }
+    buffers
+}
+
+fn serialise(buffers: Vec<Buffer>, metadata: &Metadata) -> Result<Vec<u8>> {
     let views = buffers
         .iter()
         .map(|(n, d, s, b)| {
@@ -305,6 +389,55 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = fs::remove_file(&tmp);
         Error::io(path, e)
     })
+}
+
+/// Removes the temporary files that [`atomic_write`] leaves in `dir` when its process is killed
+/// part-way (`.{name}.tmp-{pid}-{n}`), except those of processes still running (checked through
+/// `/proc` where it exists; without `/proc` every such file is removed). Returns the paths
+/// removed. Other files are never touched.
+pub fn remove_stale_temporaries(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let proc = Path::new("/proc/self").exists();
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(temporary_pid) else {
+            continue;
+        };
+        let alive = pid == std::process::id()
+            || (proc && Path::new("/proc").join(pid.to_string()).exists());
+        if alive || !entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
+            continue;
+        }
+        let path = entry.path();
+        match fs::remove_file(&path) {
+            Ok(()) => removed.push(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
+/// The writer's process id if `name` is a temporary file name of [`atomic_write`].
+fn temporary_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let at = rest.rfind(".tmp-")?;
+    if at == 0 {
+        return None;
+    }
+    let (pid, n) = rest[at + 5..].split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(pid) || !digits(n) {
+        return None;
+    }
+    pid.parse().ok()
 }
 
 /// Saves every parameter of `store` under its name (PyTorch `state_dict` names for recur's
@@ -385,6 +518,23 @@ pub fn load_params<T: Float>(store: &mut ParamStore<T>, path: &Path) -> Result<M
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temporary_names_are_recognised_exactly() {
+        assert_eq!(temporary_pid(".last.safetensors.tmp-123-4"), Some(123));
+        assert_eq!(temporary_pid(".a.tmp-1.tmp-7-0"), Some(7));
+        for other in [
+            "last.safetensors",
+            "last.safetensors.tmp-1-2",
+            "..tmp-1-2",
+            ".x.tmp-1-",
+            ".x.tmp--2",
+            ".x.tmp-1-2b",
+            ".x.tmp-12",
+        ] {
+            assert_eq!(temporary_pid(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn serialised_bytes_do_not_depend_on_hash_order() {

@@ -65,6 +65,7 @@ macro_rules! lr_and_state_methods {
 mod adagrad;
 mod adam;
 mod clip;
+pub mod divergence;
 mod rmsprop;
 mod schedule;
 mod sgd;
@@ -73,6 +74,7 @@ mod state;
 pub use adagrad::{Adagrad, AdagradConfig};
 pub use adam::{Adam, AdamConfig, AdamW};
 pub use clip::{clip_grad_norm, clip_grad_value, grad_norm};
+pub use divergence::DivergenceGuard;
 pub use rmsprop::{RmsProp, RmsPropConfig};
 pub use schedule::{ConstantLr, CosineAnnealingLr, LrSchedule, StepLr, WarmupCosine, WarmupLinear};
 pub use sgd::{Sgd, SgdConfig};

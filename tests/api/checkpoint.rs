@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use recur::io::checkpoint::CHECKSUM_KEY;
 use recur::io::checkpoint::{CheckpointInfo, expect_config, load_checkpoint, save_checkpoint};
-use recur::io::{Archive, Entry, StoredDtype, save_params, to_bytes};
+use recur::io::{Archive, Entry, StoredDtype, save_params, to_bytes, to_bytes_with_checksum};
 use recur::nn::loss::sequence_cross_entropy;
 use recur::nn::{CellKind, ForwardOptions, Recurrent, RecurrentConfig};
 use recur::optim::{
@@ -340,7 +341,114 @@ fn rewrite(
     );
     let mut meta = ar.metadata.clone();
     edit(&mut meta);
-    std::fs::write(dst, to_bytes(&entries, &meta).unwrap()).unwrap();
+    // A file that had a checksum gets the one of its new contents, unless `edit` removed it.
+    let bytes = if meta.remove(CHECKSUM_KEY).is_some() {
+        to_bytes_with_checksum(&entries, &meta, CHECKSUM_KEY).unwrap()
+    } else {
+        to_bytes(&entries, &meta).unwrap()
+    };
+    std::fs::write(dst, bytes).unwrap();
+}
+
+#[test]
+fn damaged_tensor_data_is_refused_by_its_checksum() {
+    let dir = tmp_dir("checksum");
+    let (path, ..) = saved_lstm(&dir);
+    let cfg = config_json(CellKind::Lstm, 4);
+    let ar = Archive::read(&path).unwrap();
+    let sum = ar.meta(CHECKSUM_KEY).unwrap();
+    assert!(sum.starts_with("fnv1a64:") && sum.len() == 24, "{sum}");
+    assert_eq!(sum, ar.tensor_checksum());
+    // One flipped bit in the lowest byte of a stored value: finite, well-formed, but damaged.
+    let bytes = std::fs::read(&path).unwrap();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let data = 8 + header;
+    for offset in [
+        data,
+        data + (bytes.len() - data) / 2 / 8 * 8,
+        bytes.len() - 8,
+    ] {
+        let mut bad = bytes.clone();
+        bad[offset] ^= 1;
+        let p = dir.join(format!("flip{offset}.ckpt"));
+        std::fs::write(&p, &bad).unwrap();
+        expect_refused(
+            &p,
+            4,
+            CellKind::Lstm,
+            &cfg,
+            &["does not match its checksum"],
+        );
+    }
+    // A file written before checksums existed has none and still loads.
+    let old = dir.join("old.ckpt");
+    rewrite(
+        &path,
+        &old,
+        |_| false,
+        |m| {
+            m.remove(CHECKSUM_KEY);
+        },
+    );
+    assert!(Archive::read(&old).unwrap().meta(CHECKSUM_KEY).is_err());
+    let (mut ps, _) = build::<f64>(CellKind::Lstm, 4, 5);
+    load_checkpoint(
+        &old,
+        &mut ps,
+        &mut adam(),
+        &mut Rng::new(1),
+        expect_config(&cfg),
+    )
+    .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn non_finite_weights_are_refused_naming_the_tensor() {
+    let dir = tmp_dir("nonfinite");
+    let (path, ..) = saved_lstm(&dir);
+    let cfg = config_json(CellKind::Lstm, 4);
+    for (tag, target, value) in [
+        ("nan", "model.rnn.weight_hh_l1", f64::NAN),
+        ("inf", "model.head.bias", f64::INFINITY),
+        ("state", "optim.rnn.weight_ih_l0.exp_avg", f64::NEG_INFINITY),
+    ] {
+        let ar = Archive::read(&path).unwrap();
+        let floats: Vec<(String, Tensor<f64>)> = ar
+            .tensors
+            .iter()
+            .filter(|(_, st)| st.dtype() == StoredDtype::F64)
+            .map(|(n, st)| {
+                let mut t: Tensor<f64> = st.to_tensor(n).unwrap();
+                if n == target {
+                    let k = t.numel() - 1;
+                    t.data_mut()[k] = value;
+                }
+                (n.clone(), t)
+            })
+            .collect();
+        let ints: Vec<(String, Vec<i64>)> = ar
+            .tensors
+            .iter()
+            .filter(|(_, st)| st.dtype() == StoredDtype::I64)
+            .map(|(n, st)| (n.clone(), st.to_i64(n).unwrap()))
+            .collect();
+        let mut entries: Vec<(String, Entry<'_, f64>)> = floats
+            .iter()
+            .map(|(n, t)| (n.clone(), Entry::Float(t)))
+            .collect();
+        entries.extend(
+            ints.iter()
+                .map(|(n, v)| (n.clone(), Entry::I64(v.as_slice()))),
+        );
+        // Saved with a valid checksum: the values themselves are what is refused.
+        let p = dir.join(format!("{tag}.ckpt"));
+        let bytes = to_bytes_with_checksum(&entries, &ar.metadata, CHECKSUM_KEY).unwrap();
+        std::fs::write(&p, bytes).unwrap();
+        let needle = format!("`{target}` holds non-finite values");
+        expect_refused(&p, 4, CellKind::Lstm, &cfg, &[&needle]);
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

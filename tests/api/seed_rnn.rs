@@ -2,10 +2,10 @@
 
 #[allow(dead_code)]
 #[path = "../../examples/seed_rnn.rs"]
-mod seed_rnn;
+mod example;
 
 use recur::{ParamId, Tape, Var};
-use seed_rnn::{INPUTS, chapter_params, gradcheck_last_state, hand_trace, input_tensors, unroll};
+use example::{INPUTS, chapter_params, gradcheck_last_state, hand_trace, input_tensors, unroll};
 
 const CHAPTER: [[f64; 2]; 3] = [[0.291, 0.380], [-0.115, -0.114], [0.486, 0.610]];
 

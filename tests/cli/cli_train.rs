@@ -1,5 +1,6 @@
 //! `recur train` and `recur sample` end to end, as a user runs them: learning, exact resume
-//! across processes, Ctrl-C, and clear errors for bad files and arguments.
+//! across processes, Ctrl-C and SIGTERM, divergence, memory limits, checks on `--out` and
+//! `--resume`, and clear errors for bad files and arguments.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -282,7 +283,8 @@ fn ctrl_c_saves_a_checkpoint_that_resumes() {
     assert!(killed.success());
     let o = child.wait_with_output().unwrap();
     let err = s(&o.stderr);
-    assert!(o.status.success(), "{err}");
+    // Not a success: `recur train ... && next` must not go on as if training had finished.
+    assert_eq!(o.status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted at step"), "{err}");
     let step: usize = err
         .split("interrupted at step ")
@@ -376,6 +378,565 @@ fn a_checkpoint_whose_config_lies_about_its_size_is_refused() {
         assert!(!r.status.success());
         assert!(err.contains("does not match"), "{key}: {err}");
         assert_eq!(std::fs::read(&bad).unwrap(), before);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `recur train` on `text` into `out` with `extra` arguments after the SMALL ones.
+fn train_small(text: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["train", "--text", text.to_str().unwrap()];
+    args.extend(["--out", out.to_str().unwrap()]);
+    args.extend_from_slice(SMALL);
+    args.extend_from_slice(extra);
+    recur(&args)
+}
+
+fn one_line_error(o: &Output, needles: &[&str]) -> String {
+    let err = s(&o.stderr);
+    assert!(!o.status.success(), "succeeded: {}", s(&o.stdout));
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    for n in needles {
+        assert!(err.contains(n), "`{err}` lacks `{n}`");
+    }
+    err
+}
+
+#[test]
+fn a_nan_validation_loss_leaves_loadable_checkpoints() {
+    let dir = temp_dir("nanval");
+    let text = corpus(&dir);
+    let out = dir.join("run");
+    // A ReLU RNN at a high learning rate: its validation loss is NaN at step 15, and training
+    // recovers to a new best afterwards.
+    let o = recur(&[
+        "train",
+        "--text",
+        text.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "40",
+        "--eval-every",
+        "5",
+        "--hidden",
+        "64",
+        "--layers",
+        "2",
+        "--embed",
+        "8",
+        "--batch",
+        "8",
+        "--seq-len",
+        "32",
+        "--cell",
+        "rnn-relu",
+        "--lr",
+        "0.2",
+        "--seed",
+        "2",
+        "--threads",
+        "1",
+        "--no-divergence-check",
+    ]);
+    let stdout = s(&o.stdout);
+    assert!(o.status.success(), "{}", s(&o.stderr));
+    let nan_at = stdout
+        .lines()
+        .position(|l| l.contains("val NaN"))
+        .unwrap_or_else(|| panic!("no NaN validation loss: {stdout}"));
+    let best_after = stdout
+        .lines()
+        .skip(nan_at + 1)
+        .any(|l| l.contains("(best)"));
+    assert!(best_after, "no best checkpoint after the NaN: {stdout}");
+    for f in ["best.safetensors", "last.safetensors"] {
+        let p = out.join(f);
+        let r = recur(&[
+            "sample",
+            "--checkpoint",
+            p.to_str().unwrap(),
+            "--length",
+            "5",
+        ]);
+        assert!(r.status.success(), "{f}: {}", s(&r.stderr));
+    }
+    // The NaN is in the stored history as a value that reads back.
+    let a = recur::io::Archive::read(&out.join("last.safetensors")).unwrap();
+    let config: serde_json::Value = serde_json::from_str(a.meta("config").unwrap()).unwrap();
+    assert!(
+        config["history"]["val"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p[1] == "NaN"),
+        "{config}"
+    );
+    // A file from an earlier version, with the NaN stored as null, loads and resumes too.
+    let old = dir.join("old.safetensors");
+    tamper_config(&out.join("last.safetensors"), &old, |c| {
+        c["history"]["val"][2][1] = serde_json::Value::Null;
+        c.as_object_mut().unwrap().remove("text_fingerprint");
+        c.as_object_mut().unwrap().remove("interval_loss");
+        c.as_object_mut().unwrap().remove("interval_steps");
+    });
+    let r = recur(&[
+        "sample",
+        "--checkpoint",
+        old.to_str().unwrap(),
+        "--length",
+        "5",
+    ]);
+    assert!(r.status.success(), "{}", s(&r.stderr));
+    let r = recur(&[
+        "train",
+        "--text",
+        text.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--resume",
+        old.to_str().unwrap(),
+        "--steps",
+        "45",
+        "--batch",
+        "8",
+        "--seq-len",
+        "32",
+        "--eval-every",
+        "5",
+        "--no-divergence-check",
+        "--quiet",
+    ]);
+    assert!(r.status.success(), "{}", s(&r.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_diverging_run_stops_with_an_error_and_keeps_its_best_checkpoint() {
+    let dir = temp_dir("diverge");
+    let text = corpus(&dir);
+    let out = dir.join("run");
+    let o = train_small(&text, &out, &["--steps", "20"]);
+    assert!(o.status.success(), "{}", s(&o.stderr));
+    let best = std::fs::read(out.join("best.safetensors")).unwrap();
+    let last = std::fs::read(out.join("last.safetensors")).unwrap();
+    let resume = out.join("last.safetensors");
+    let r = resume.to_str().unwrap();
+    let wild = [
+        "--steps",
+        "60",
+        "--resume",
+        r,
+        "--lr",
+        "1e30",
+        "--clip",
+        "0",
+        "--override",
+    ];
+    let o = train_small(&text, &out, &wild);
+    one_line_error(
+        &o,
+        &[
+            "step 40: the run is diverging",
+            "divergence bound",
+            "step 20",
+            "--no-divergence-check",
+        ],
+    );
+    assert_eq!(std::fs::read(out.join("best.safetensors")).unwrap(), best);
+    assert_eq!(std::fs::read(out.join("last.safetensors")).unwrap(), last);
+    // Without the check the same run goes on past the diverging validation.
+    let mut unchecked = wild.to_vec();
+    unchecked.extend(["--no-divergence-check", "--json"]);
+    let mut args = vec!["train", "--text", text.to_str().unwrap()];
+    args.extend(["--out", out.to_str().unwrap()]);
+    args.extend(SMALL.iter().filter(|a| **a != "--quiet"));
+    args.extend_from_slice(&unchecked);
+    let o = recur(&args);
+    assert!(
+        s(&o.stdout).contains("\"step\":40"),
+        "{} {}",
+        s(&o.stdout),
+        s(&o.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Starts a long training run, waits for its first checkpoint's worth of steps, sends `signals`
+/// (`kill` names) `gap_ms` apart and returns its output.
+#[cfg(unix)]
+fn signalled_run(text: &Path, out: &Path, extra: &[&str], signals: &[&str], gap_ms: u64) -> Output {
+    let mut args = vec![
+        "train",
+        "--text",
+        text.to_str().unwrap(),
+        "--steps",
+        "1000000",
+    ];
+    args.extend(["--out", out.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    let child = Command::new(env!("CARGO_BIN_EXE_recur"))
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    for sig in signals {
+        let killed = Command::new("kill")
+            .args([&format!("-{sig}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        std::thread::sleep(std::time::Duration::from_millis(gap_ms));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// The step in "interrupted at step N: ...".
+fn interrupted_step(err: &str) -> usize {
+    err.split("interrupted at step ")
+        .nth(1)
+        .and_then(|r| r.split(':').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no step in `{err}`"))
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_saves_and_a_resumed_run_matches_an_uninterrupted_one_byte_for_byte() {
+    let dir = temp_dir("sigterm");
+    let text = corpus(&dir);
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    let o = signalled_run(&text, &b, SMALL, &["TERM"], 0);
+    let err = s(&o.stderr);
+    assert_eq!(o.status.code(), Some(143), "{err}");
+    let step = interrupted_step(&err);
+    assert!(step > 0, "{err}");
+    // Resume to two validations past the interruption, which (almost surely) fell between two
+    // validations; the files must be those of a run never interrupted, history included.
+    let target = ((step / 20 + 2) * 20).to_string();
+    let o = train_small(&text, &a, &["--steps", &target]);
+    assert!(o.status.success(), "{}", s(&o.stderr));
+    let ckpt = b.join("last.safetensors");
+    let o = train_small(
+        &text,
+        &b,
+        &["--steps", &target, "--resume", ckpt.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", s(&o.stderr));
+    for f in ["last.safetensors", "best.safetensors", "loss.csv"] {
+        let (x, y) = (
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+        );
+        assert!(x == y, "{f} differs after resuming from step {step}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_second_signal_ends_the_run_at_once() {
+    let dir = temp_dir("twice");
+    let text = corpus(&dir);
+    let out = dir.join("run");
+    // Steps long enough that the second signal arrives while the first waits for the step to
+    // end.
+    let slow = [
+        "--hidden",
+        "512",
+        "--layers",
+        "2",
+        "--batch",
+        "64",
+        "--seq-len",
+        "200",
+        "--threads",
+        "1",
+        "--quiet",
+    ];
+    let o = signalled_run(&text, &out, &slow, &["INT", "TERM"], 100);
+    let err = s(&o.stderr);
+    assert_eq!(o.status.code(), Some(143), "{err}");
+    assert!(!err.contains("interrupted at step"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn runs_that_do_not_fit_in_memory_or_read_special_files_are_refused_up_front() {
+    let dir = temp_dir("memory");
+    let text = corpus(&dir);
+    let t = text.to_str().unwrap();
+    let out = dir.join("never");
+    let o = out.to_str().unwrap();
+    // A sparse file one byte over the limit costs nothing to make.
+    let huge = dir.join("huge.txt");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len((1 << 30) + 1)
+        .unwrap();
+    let h = huge.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (
+            vec![
+                "train",
+                "--text",
+                t,
+                "--out",
+                o,
+                "--hidden",
+                "16384",
+                "--max-memory",
+                "64G",
+            ],
+            vec![
+                "would need about",
+                "GiB",
+                "limit is 64.00 GiB (--max-memory)",
+            ],
+        ),
+        (
+            vec!["train", "--text", t, "--out", o, "--hidden", "16384"],
+            vec!["would need about", "limit is"],
+        ),
+        (
+            vec!["train", "--text", t, "--out", o, "--max-memory", "10M"],
+            vec!["would need about", "10 MiB (--max-memory)"],
+        ),
+        (
+            vec!["train", "--text", "/dev/zero", "--out", o],
+            vec!["/dev/zero", "not a regular file"],
+        ),
+        (
+            vec!["train", "--text", h, "--out", o],
+            vec!["too large", "1 GiB"],
+        ),
+        (
+            vec!["train", "--text", t, "--out", o, "--max-memory", "lots"],
+            vec!["lots"],
+        ),
+        (
+            vec![
+                "demo",
+                "--seq-len",
+                "20000",
+                "--batch",
+                "8",
+                "--max-memory",
+                "1G",
+                "--out",
+                o,
+            ],
+            vec!["recur demo would need about", "1.00 GiB (--max-memory)"],
+        ),
+        (
+            vec![
+                "gradflow",
+                "--seq-len",
+                "50000",
+                "--max-memory",
+                "2G",
+                "--out",
+                o,
+            ],
+            vec!["recur gradflow would need about", "2.00 GiB (--max-memory)"],
+        ),
+    ];
+    for (args, needles) in cases {
+        one_line_error(&recur(&args), &needles);
+        assert!(!out.exists(), "{args:?} wrote {}", out.display());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn an_output_directory_that_cannot_be_written_is_refused_before_the_first_step() {
+    // /proc/self exists and refuses new files, for root too.
+    let dir = temp_dir("readonly");
+    let text = corpus(&dir);
+    let start = std::time::Instant::now();
+    let o = train_small(&text, Path::new("/proc/self"), &["--steps", "100000"]);
+    one_line_error(&o, &["cannot write into /proc/self"]);
+    assert!(start.elapsed().as_secs() < 20);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn resume_refuses_conflicting_flags_and_another_text() {
+    let dir = temp_dir("conflicts");
+    let text = corpus(&dir);
+    let out = dir.join("run");
+    assert!(
+        train_small(&text, &out, &["--steps", "20"])
+            .status
+            .success()
+    );
+    let ckpt = out.join("last.safetensors");
+    let c = ckpt.to_str().unwrap();
+    let t = text.to_str().unwrap();
+    let o = out.to_str().unwrap();
+    let base = [
+        "train", "--text", t, "--out", o, "--resume", c, "--steps", "30",
+    ];
+    let shape = ["--batch", "4", "--seq-len", "16", "--quiet"];
+    let with = |extra: &[&str]| {
+        let mut a = base.to_vec();
+        a.extend_from_slice(&shape);
+        a.extend_from_slice(extra);
+        recur(&a)
+    };
+    let before = std::fs::read(&ckpt).unwrap();
+    let err = one_line_error(
+        &with(&[
+            "--cell",
+            "gru",
+            "--hidden",
+            "64",
+            "--layers",
+            "2",
+            "--dropout",
+            "0.3",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "0.5",
+            "--clip",
+            "3",
+        ]),
+        &[
+            "--cell gru (checkpoint: lstm)",
+            "--hidden 64 (checkpoint: 24)",
+            "--dropout 0.3 (checkpoint: 0.1)",
+            "--optimizer sgd (checkpoint: adam)",
+            "--lr 0.5 (checkpoint: 0.002; --override",
+            "--clip 3 (checkpoint: 1; --override",
+        ],
+    );
+    assert!(!err.contains("--layers"), "{err}");
+    // --override lets the learning rate and clipping change, not the model.
+    one_line_error(
+        &with(&["--hidden", "64", "--lr", "0.5", "--override"]),
+        &["--hidden 64"],
+    );
+    let o2 = with(&["--lr", "0.001", "--clip", "0.5", "--override"]);
+    assert!(o2.status.success(), "{}", s(&o2.stderr));
+    // Another text whose characters fit the vocabulary: refused unless --new-text.
+    let body = std::fs::read_to_string(&text).unwrap();
+    let other = dir.join("other.txt");
+    std::fs::write(&other, body.lines().rev().collect::<Vec<_>>().join("\n")).unwrap();
+    let mut a = vec![
+        "train",
+        "--text",
+        other.to_str().unwrap(),
+        "--out",
+        o,
+        "--resume",
+        c,
+    ];
+    a.extend(["--steps", "40"]);
+    a.extend_from_slice(&shape);
+    let err = one_line_error(
+        &recur(&a),
+        &[
+            "is not the text the checkpoint was trained on",
+            "--new-text",
+        ],
+    );
+    assert!(err.contains("other.txt"), "{err}");
+    a.push("--new-text");
+    let r = recur(&a);
+    assert!(r.status.success(), "{}", s(&r.stderr));
+    assert_ne!(std::fs::read(&ckpt).unwrap(), before);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Copies checkpoint `src` to `dst` with `f` applied to its float tensors, and a checksum that
+/// matches the new contents.
+fn tamper_tensors(src: &Path, dst: &Path, f: impl Fn(&str, &mut recur::Tensor<f32>)) {
+    use recur::io::{Archive, Entry, StoredDtype, atomic_write, to_bytes_with_checksum};
+    let a = Archive::read(src).unwrap();
+    let floats: Vec<(String, recur::Tensor<f32>)> = a
+        .tensors
+        .iter()
+        .filter(|(_, t)| t.dtype() == StoredDtype::F32)
+        .map(|(n, t)| {
+            let mut x = t.to_tensor(n).unwrap();
+            f(n, &mut x);
+            (n.clone(), x)
+        })
+        .collect();
+    let ints: Vec<(String, Vec<i64>)> = a
+        .tensors
+        .iter()
+        .filter(|(_, t)| t.dtype() == StoredDtype::I64)
+        .map(|(n, t)| (n.clone(), t.to_i64(n).unwrap()))
+        .collect();
+    let mut entries: Vec<(String, Entry<'_, f32>)> = floats
+        .iter()
+        .map(|(n, t)| (n.clone(), Entry::Float(t)))
+        .collect();
+    entries.extend(ints.iter().map(|(n, v)| (n.clone(), Entry::I64(v))));
+    let mut md = a.metadata.clone();
+    md.remove("tensor_checksum");
+    let bytes = to_bytes_with_checksum(&entries, &md, "tensor_checksum").unwrap();
+    atomic_write(dst, &bytes).unwrap();
+}
+
+#[test]
+fn damaged_or_non_finite_checkpoints_are_refused_and_stale_temporaries_removed() {
+    let dir = temp_dir("damaged");
+    let text = corpus(&dir);
+    let out = dir.join("run");
+    std::fs::create_dir_all(&out).unwrap();
+    // What a write killed part-way leaves (the process is long gone), and a file of the user's.
+    let stale = out.join(".last.safetensors.tmp-4000000000-3");
+    std::fs::write(&stale, vec![7u8; 100_000]).unwrap();
+    let mine = out.join(".notes.tmp");
+    std::fs::write(&mine, "keep").unwrap();
+    let o = train_small(&text, &out, &["--steps", "5"]);
+    assert!(o.status.success(), "{}", s(&o.stderr));
+    assert!(!stale.exists(), "the stale temporary file is still there");
+    assert!(mine.exists());
+    let good = out.join("last.safetensors");
+    let sample = |p: &Path| {
+        recur(&[
+            "sample",
+            "--checkpoint",
+            p.to_str().unwrap(),
+            "--length",
+            "5",
+        ])
+    };
+    assert!(sample(&good).status.success());
+    // One flipped bit in the tensor data.
+    let mut bytes = std::fs::read(&good).unwrap();
+    let k = bytes.len() - 5;
+    bytes[k] ^= 0x10;
+    let flipped = dir.join("flipped.safetensors");
+    std::fs::write(&flipped, &bytes).unwrap();
+    one_line_error(
+        &sample(&flipped),
+        &["does not match its checksum", "damaged"],
+    );
+    // Weights holding NaN or infinity, with a checksum that matches them.
+    for (tag, value) in [("nan", f32::NAN), ("inf", f32::INFINITY)] {
+        let bad = dir.join(format!("{tag}.safetensors"));
+        tamper_tensors(&good, &bad, |n, t| {
+            if n == "model.head.weight" {
+                t.data_mut()[3] = value;
+            }
+        });
+        one_line_error(
+            &sample(&bad),
+            &["`model.head.weight` holds non-finite values"],
+        );
+        let r = train_small(
+            &text,
+            &dir.join("r"),
+            &["--steps", "10", "--resume", bad.to_str().unwrap()],
+        );
+        one_line_error(&r, &["`model.head.weight` holds non-finite values"]);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

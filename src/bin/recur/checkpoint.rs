@@ -15,11 +15,94 @@ use recur::{Error, ParamStore, Result, Rng, Tensor};
 use crate::charlm::{CharModel, ModelConfig, State};
 use crate::optimizer::optimizer_by_name;
 
-/// Loss history: (step, loss) pairs.
+/// Loss history: (step, loss) pairs. A loss that is not finite (a diverging step) is stored as
+/// the JSON string `"NaN"`, `"inf"` or `"-inf"`, so that it reads back as it was; files written
+/// before that stored it as `null`, which reads back as NaN.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct History {
+    #[serde(with = "points")]
     pub train: Vec<(usize, f64)>,
+    #[serde(with = "points")]
     pub val: Vec<(usize, f64)>,
+}
+
+/// (step, loss) lists whose losses may be NaN or infinite.
+mod points {
+    use serde::de::{self, Deserializer, Visitor};
+    use serde::{Deserialize, Serialize, Serializer};
+
+    /// A loss as stored: a JSON number when finite, otherwise a string.
+    struct Loss(f64);
+
+    impl Serialize for Loss {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let v = self.0;
+            if v.is_finite() {
+                s.serialize_f64(v)
+            } else if v.is_nan() {
+                s.serialize_str("NaN")
+            } else if v > 0.0 {
+                s.serialize_str("inf")
+            } else {
+                s.serialize_str("-inf")
+            }
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Loss {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = Loss;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a number, null, \"NaN\", \"inf\" or \"-inf\"")
+                }
+                fn visit_f64<E: de::Error>(self, v: f64) -> Result<Loss, E> {
+                    Ok(Loss(v))
+                }
+                fn visit_u64<E: de::Error>(self, v: u64) -> Result<Loss, E> {
+                    Ok(Loss(v as f64))
+                }
+                fn visit_i64<E: de::Error>(self, v: i64) -> Result<Loss, E> {
+                    Ok(Loss(v as f64))
+                }
+                fn visit_unit<E: de::Error>(self) -> Result<Loss, E> {
+                    Ok(Loss(f64::NAN))
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Loss, E> {
+                    match v {
+                        "NaN" => Ok(Loss(f64::NAN)),
+                        "inf" => Ok(Loss(f64::INFINITY)),
+                        "-inf" => Ok(Loss(f64::NEG_INFINITY)),
+                        other => Err(E::invalid_value(de::Unexpected::Str(other), &self)),
+                    }
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    /// One loss, stored as the list entries are.
+    pub mod one {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+            Loss(*v).serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+            Loss::deserialize(d).map(|l| l.0)
+        }
+    }
+
+    pub fn serialize<S: Serializer>(v: &[(usize, f64)], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|&(step, loss)| (step, Loss(loss))))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(usize, f64)>, D::Error> {
+        let v: Vec<(usize, Loss)> = Vec::deserialize(d)?;
+        Ok(v.into_iter().map(|(step, l)| (step, l.0)).collect())
+    }
 }
 
 /// Where training stands.
@@ -32,6 +115,13 @@ pub struct TrainState {
     pub carried: State,
     pub best_val: f64,
     pub history: History,
+    /// Sum and count of the training losses since the last validation (the next validation
+    /// reports their mean), so that a run resumed between two validations reports the same.
+    pub interval_loss: f64,
+    pub interval_steps: usize,
+    /// The training text's fingerprint ([`recur::io::checksum::fingerprint`] of its bytes, as
+    /// `fnv1a64:` and 16 hex digits); `None` in checkpoints written before it was recorded.
+    pub text_fingerprint: Option<String>,
 }
 
 /// The checkpoint's config JSON.
@@ -44,6 +134,14 @@ struct RunConfig {
     /// `None` before the first validation (JSON has no infinity).
     best_val: Option<f64>,
     history: History,
+    /// Absent in checkpoints of earlier versions (which saved only at validations, where both
+    /// are zero).
+    #[serde(default, with = "points::one")]
+    interval_loss: f64,
+    #[serde(default)]
+    interval_steps: usize,
+    #[serde(default)]
+    text_fingerprint: Option<String>,
 }
 
 /// A checkpoint read back.
@@ -69,6 +167,9 @@ pub fn save(
         clip: ts.clip,
         best_val: ts.best_val.is_finite().then_some(ts.best_val),
         history: ts.history.clone(),
+        interval_loss: ts.interval_loss,
+        interval_steps: ts.interval_steps,
+        text_fingerprint: ts.text_fingerprint.clone(),
     };
     let config = serde_json::to_string(&run)
         .map_err(|e| Error::format("checkpoint config", e.to_string()))?;
@@ -157,6 +258,9 @@ pub fn load(path: &Path) -> Result<Resumed> {
         },
         best_val: run.best_val.unwrap_or(f64::INFINITY),
         history: run.history,
+        interval_loss: run.interval_loss,
+        interval_steps: run.interval_steps,
+        text_fingerprint: run.text_fingerprint,
     };
     Ok(Resumed {
         model,
@@ -169,6 +273,28 @@ pub fn load(path: &Path) -> Result<Resumed> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_finite_losses_round_trip_and_old_nulls_read_as_nan() {
+        let history = History {
+            train: vec![(5, f64::INFINITY), (10, 3.5)],
+            val: vec![(5, f64::NAN), (10, f64::NEG_INFINITY), (15, 2.25)],
+        };
+        let text = serde_json::to_string(&history).unwrap();
+        assert!(!text.contains("null"), "{text}");
+        let back: History = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.train, history.train);
+        assert!(back.val[0].1.is_nan());
+        assert_eq!(back.val[1..], history.val[1..]);
+        // What earlier versions wrote for a NaN loss.
+        let old: History =
+            serde_json::from_str(r#"{"train":[[5,1e30],[10,2]],"val":[[5,null],[10,4.07]]}"#)
+                .unwrap();
+        assert!(old.val[0].1.is_nan());
+        assert_eq!(old.val[1], (10, 4.07));
+        assert_eq!(old.train[1], (10, 2.0));
+        assert!(serde_json::from_str::<History>(r#"{"train":[[1,"x"]],"val":[]}"#).is_err());
+    }
 
     #[test]
     fn loss_history_survives_its_json_bit_for_bit() {

@@ -48,6 +48,10 @@ pub struct DemoArgs {
     /// Where the report goes.
     #[arg(long, default_value = "recur-demo")]
     pub out: PathBuf,
+    /// Refuse to start if the estimated peak memory exceeds this (e.g. 800M, 4G; default: the
+    /// available memory).
+    #[arg(long, value_parser = crate::memory::parse_size)]
+    pub max_memory: Option<u64>,
 }
 
 struct Named {
@@ -66,6 +70,33 @@ pub fn run(args: &DemoArgs) -> CmdResult {
     if !(args.lr > 0.0 && args.lr.is_finite() && args.clip > 0.0 && args.clip.is_finite()) {
         return Err("--lr and --clip must be positive numbers".into());
     }
+    let specs: Vec<(&str, bool, RunSpec)> = args
+        .cell
+        .iter()
+        .flat_map(|&cell| {
+            [false, true].map(|clipped| {
+                let spec = RunSpec {
+                    kind: cell.kind(),
+                    hidden: args.hidden,
+                    seq_len: args.seq_len,
+                    batch: args.batch,
+                    steps: args.steps,
+                    lr: args.lr,
+                    clip: clipped.then_some(args.clip),
+                    eval_every: (args.steps / 30).max(1),
+                    seed: args.seed,
+                };
+                (cell.name(), clipped, spec)
+            })
+        })
+        .collect();
+    // The runs follow one another: the peak is the largest run's.
+    let estimate = specs
+        .iter()
+        .map(|(_, _, spec)| crate::adding::estimate_bytes(spec))
+        .max()
+        .unwrap_or(0);
+    crate::memory::check("recur demo", estimate, args.max_memory)?;
     crate::set_threads(args.threads)?;
     std::fs::create_dir_all(&args.out)
         .map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
@@ -79,46 +110,32 @@ pub fn run(args: &DemoArgs) -> CmdResult {
         AddingBatch::<f32>::BASELINE_MSE
     );
     let mut runs = Vec::new();
-    for &cell in &args.cell {
-        let (name, kind) = (cell.name(), cell.kind());
-        for clipped in [false, true] {
-            let spec = RunSpec {
-                kind,
-                hidden: args.hidden,
-                seq_len: args.seq_len,
-                batch: args.batch,
-                steps: args.steps,
-                lr: args.lr,
-                clip: clipped.then_some(args.clip),
-                eval_every: (args.steps / 30).max(1),
-                seed: args.seed,
-            };
-            let label = format!("{name}{}", if clipped { " +clip" } else { "" });
-            let live = std::io::stdout().is_terminal();
-            let result = train(&spec, |step, mse| {
-                if live {
-                    print!(
-                        "\r  {label:<10} step {step:>6}/{}  val MSE {mse:.4}   ",
-                        args.steps
-                    );
-                    let _ = std::io::stdout().flush();
-                }
-            })
-            .map_err(|e| e.to_string())?;
-            print!("{}", if live { "\r" } else { "" });
-            println!(
-                "  {label:<10} final val MSE {:.4}  ({:.1} s{})          ",
-                result.final_mse,
-                result.seconds,
-                if result.diverged { ", diverged" } else { "" }
-            );
-            runs.push(Named {
-                label,
-                cell: name,
-                clipped,
-                result,
-            });
-        }
+    for (name, clipped, spec) in specs {
+        let label = format!("{name}{}", if clipped { " +clip" } else { "" });
+        let live = std::io::stdout().is_terminal();
+        let result = train(&spec, |step, mse| {
+            if live {
+                print!(
+                    "\r  {label:<10} step {step:>6}/{}  val MSE {mse:.4}   ",
+                    args.steps
+                );
+                let _ = std::io::stdout().flush();
+            }
+        })
+        .map_err(|e| e.to_string())?;
+        print!("{}", if live { "\r" } else { "" });
+        println!(
+            "  {label:<10} final val MSE {:.4}  ({:.1} s{})          ",
+            result.final_mse,
+            result.seconds,
+            if result.diverged { ", diverged" } else { "" }
+        );
+        runs.push(Named {
+            label,
+            cell: name,
+            clipped,
+            result,
+        });
     }
     let summary = write_report(&args.out, args, &runs)?;
     print!("{summary}");
@@ -177,7 +194,7 @@ fn write_report(out: &Path, args: &DemoArgs, runs: &[Named]) -> Result<String, S
             ("init", &r.result.flow_init),
             ("trained", &r.result.flow_trained),
         ] {
-            report.add(r.cell, when, &flow.layers[0].dl_dh);
+            report.add(r.cell, when, flow);
         }
     }
     report.write(
@@ -230,10 +247,7 @@ fn write_report(out: &Path, args: &DemoArgs, runs: &[Named]) -> Result<String, S
         "\ngradient reaching the first step, ||dL/dh_1|| / ||dL/dh_T||:"
     );
     for r in &clipped {
-        let ratio = |f: &recur::diagnostics::GradientFlow| {
-            let g = &f.layers[0].dl_dh;
-            g[0] / g[g.len() - 1].max(f64::MIN_POSITIVE)
-        };
+        let ratio = |g: &[f64]| g[0] / g[g.len() - 1].max(f64::MIN_POSITIVE);
         let _ = writeln!(
             s,
             "  {:<5} at init {:.3e}, after training {:.3e}",

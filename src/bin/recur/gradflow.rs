@@ -121,6 +121,10 @@ pub struct GradflowArgs {
     /// Output directory.
     #[arg(long, default_value = "recur-gradflow")]
     pub out: PathBuf,
+    /// Refuse to start if the estimated peak memory exceeds this (e.g. 800M, 4G; default: the
+    /// available memory).
+    #[arg(long, value_parser = crate::memory::parse_size)]
+    pub max_memory: Option<u64>,
 }
 
 /// Runs the measurement.
@@ -129,24 +133,32 @@ pub fn run(args: &GradflowArgs) -> CmdResult {
         return Err("--seq-len must be >= 2 and --hidden >= 1".into());
     }
     crate::adding::check_sizes(args.seq_len, 32, args.hidden)?;
+    let spec = |cell: CellArg| RunSpec {
+        kind: cell.kind(),
+        hidden: args.hidden,
+        seq_len: args.seq_len,
+        batch: 32,
+        steps: args.steps,
+        lr: 0.01,
+        clip: Some(1.0),
+        eval_every: args.steps.max(1),
+        seed: args.seed,
+    };
+    let estimate = args
+        .cell
+        .iter()
+        .map(|&c| crate::adding::estimate_bytes(&spec(c)))
+        .max()
+        .unwrap_or(0);
+    crate::memory::check("recur gradflow", estimate, args.max_memory)?;
     std::fs::create_dir_all(&args.out)
         .map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
     let mut report = FlowReport::default();
     for &cell in &args.cell {
-        let spec = RunSpec {
-            kind: cell.kind(),
-            hidden: args.hidden,
-            seq_len: args.seq_len,
-            batch: 32,
-            steps: args.steps,
-            lr: 0.01,
-            clip: Some(1.0),
-            eval_every: args.steps.max(1),
-            seed: args.seed,
-        };
+        let spec = spec(cell);
         let r = train(&spec, |_, _| {}).map_err(|e| e.to_string())?;
         for (when, flow) in [("init", &r.flow_init), ("trained", &r.flow_trained)] {
-            let g = &flow.layers[0].dl_dh;
+            let g = flow;
             println!(
                 "{:<8} {:<8} ||dL/dh_1|| = {:.3e}   ||dL/dh_T|| = {:.3e}",
                 cell.name(),

@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod adding;
 mod bench;
@@ -14,6 +14,7 @@ mod checkpoint;
 mod demo;
 mod example;
 mod gradflow;
+mod memory;
 mod optimizer;
 mod parity;
 mod plot;
@@ -71,8 +72,25 @@ pub fn set_threads(threads: Option<usize>) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let mut cli = match parsed {
+        Ok((mut cli, matches)) => {
+            // `recur train --resume` needs to know which flags were given, not defaulted.
+            if let (Some(Command::Train(args)), Some(("train", m))) =
+                (&mut cli.command, matches.subcommand())
+            {
+                args.explicit = m
+                    .ids()
+                    .filter(|id| {
+                        m.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine)
+                    })
+                    .map(|id| id.to_string())
+                    .collect();
+            }
+            cli
+        }
         Err(e) => {
             use clap::error::ErrorKind;
             if matches!(
@@ -99,7 +117,7 @@ fn main() -> ExitCode {
         }
     };
     // With no subcommand, run the demonstration with its defaults.
-    let command = match cli.command {
+    let command = match cli.command.take() {
         Some(c) => c,
         None => match Cli::parse_from(["recur", "demo"]).command {
             Some(c) => c,

@@ -13,7 +13,7 @@ use std::time::Instant;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use recur::data::{CharVocab, TextStreams, split_validation};
-use recur::optim::{clip_grad_norm, grad_norm};
+use recur::optim::{DivergenceGuard, clip_grad_norm, grad_norm};
 use recur::{ParamStore, Rng, Tape};
 
 use crate::CmdResult;
@@ -75,9 +75,24 @@ pub struct TrainArgs {
     #[arg(long, default_value = "recur-run")]
     pub out: PathBuf,
     /// Continue the run saved in this checkpoint: the model, optimizer, clipping and dropout come
-    /// from it (their flags are not used); --batch and --seq-len must match it.
+    /// from it. A flag given with another value than the checkpoint's is an error (--lr and
+    /// --clip may change with --override); --batch and --seq-len must match it.
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// With --resume: use the --lr and --clip given instead of the checkpoint's.
+    #[arg(long = "override", requires = "resume")]
+    pub override_: bool,
+    /// With --resume: accept a text other than the one the checkpoint was trained on (the best
+    /// validation loss starts afresh, as the validation text changes).
+    #[arg(long, requires = "resume")]
+    pub new_text: bool,
+    /// Do not stop when the validation loss diverges (see the README for the bound).
+    #[arg(long)]
+    pub no_divergence_check: bool,
+    /// Refuse to start if the estimated peak memory exceeds this (e.g. 800M, 4G; default: the
+    /// available memory).
+    #[arg(long, value_parser = crate::memory::parse_size)]
+    pub max_memory: Option<u64>,
     /// Validate, checkpoint and plot every this many steps.
     #[arg(long, default_value_t = 200)]
     pub eval_every: usize,
@@ -93,6 +108,9 @@ pub struct TrainArgs {
     /// Machine-readable progress: one JSON object per line on stdout.
     #[arg(long)]
     pub json: bool,
+    /// The ids of the flags given on the command line (filled in by `main`).
+    #[arg(skip)]
+    pub explicit: Vec<String>,
 }
 
 fn check_args(a: &TrainArgs) -> Result<(), String> {
@@ -143,9 +161,41 @@ fn check_args(a: &TrainArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads the text file: it must exist, be UTF-8, not look binary, and not be empty.
+/// The largest `--text` read, in bytes (1 GiB): the corpus is held in memory as 8-byte ids,
+/// twice over.
+pub const MAX_TEXT_BYTES: u64 = 1 << 30;
+
+/// Reads the text file: it must be a regular file (not a device, FIFO or directory) of at most
+/// [`MAX_TEXT_BYTES`], be UTF-8, not look binary, and not be empty.
 pub fn read_text(path: &Path) -> Result<String, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    use std::io::Read;
+    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let meta = file.metadata().map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(format!(
+            "cannot read {}: not a regular file (a directory, device or pipe)",
+            path.display()
+        ));
+    }
+    if meta.len() > MAX_TEXT_BYTES {
+        return Err(format!(
+            "{} is too large: {} bytes, at most {MAX_TEXT_BYTES} (1 GiB) are read",
+            path.display(),
+            meta.len()
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // A file that grows while it is read stops at the limit too.
+    file.take(MAX_TEXT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_TEXT_BYTES {
+        return Err(format!(
+            "{} is too large: more than {MAX_TEXT_BYTES} bytes (1 GiB)",
+            path.display()
+        ));
+    }
     if bytes.is_empty() {
         return Err(format!("{} is empty", path.display()));
     }
@@ -165,6 +215,45 @@ pub fn read_text(path: &Path) -> Result<String, String> {
     Ok(text)
 }
 
+/// The fingerprint of a training text recorded in checkpoints.
+fn text_fingerprint(text: &str) -> String {
+    format!(
+        "fnv1a64:{:016x}",
+        recur::io::checksum::fingerprint(text.as_bytes())
+    )
+}
+
+/// An upper bound of the peak memory of training `config` with `batch` x `seq_len` chunks on a
+/// text of `text_bytes` bytes and `chars` characters (see [`crate::memory`]): parameters,
+/// gradients, two optimizer buffers, the packed recurrent weights and the checkpoint being
+/// written, copied while it is serialised (about 14 copies of the parameters in f32, measured;
+/// 18 counted); the tape of one step (embeddings, per layer the gate activations, cell
+/// and hidden states and the dropout mask, the logits, their softmax and gradient; forward and
+/// backward); the text and its ids (8 bytes per character, twice).
+fn estimate_bytes(
+    config: &ModelConfig,
+    batch: usize,
+    seq_len: usize,
+    text_bytes: usize,
+    chars: usize,
+) -> u64 {
+    let Some(params) = config.param_count() else {
+        return u64::MAX;
+    };
+    let g = config.kind().map_or(4, |k| k.gates()) as f64;
+    let (h, l, e) = (
+        config.hidden as f64,
+        config.layers as f64,
+        config.embed as f64,
+    );
+    let v = config.vocab.chars().count() as f64;
+    let per_position = e + l * (2.0 * g * h + 5.0 * h) + 3.0 * v;
+    let tape = (batch * seq_len) as f64 * per_position * 4.0 * 2.0;
+    let weights = params as f64 * 4.0 * 18.0;
+    let text = text_bytes as f64 + chars as f64 * 8.0 * 2.2;
+    crate::memory::BASE + crate::memory::bytes(tape + weights + text)
+}
+
 /// The corpus, cut for training and validation.
 struct Corpus {
     vocab: CharVocab,
@@ -175,13 +264,12 @@ struct Corpus {
     total_chars: usize,
 }
 
-fn load_corpus(args: &TrainArgs, vocab: Option<CharVocab>) -> Result<Corpus, String> {
-    let text = read_text(&args.text)?;
+fn load_corpus(args: &TrainArgs, text: &str, vocab: Option<CharVocab>) -> Result<Corpus, String> {
     let vocab = match vocab {
         Some(v) => v,
-        None => CharVocab::from_text(&text).map_err(|e| e.to_string())?,
+        None => CharVocab::from_text(text).map_err(|e| e.to_string())?,
     };
-    let ids = vocab.encode(&text).map_err(|e| {
+    let ids = vocab.encode(text).map_err(|e| {
         format!(
             "{}: {e} (the checkpoint was trained on another text)",
             args.text.display()
@@ -244,36 +332,183 @@ fn validate(
     Ok(total / n as f64)
 }
 
+/// The flags of a resumed run that differ from its checkpoint, one description each. `lr` and
+/// `clip` are applied instead when `--override` is given; `batch` and `seq-len` must always
+/// match; the others are compared only when given on the command line.
+fn resume_conflicts(
+    args: &TrainArgs,
+    r: &checkpoint::Resumed,
+) -> (Vec<String>, Option<f64>, Option<f64>) {
+    use clap::ValueEnum;
+    let given = |id: &str| args.explicit.iter().any(|e| e == id);
+    let m = &r.model.config;
+    let mut conflicts = Vec::new();
+    let mut differ = |flag: &str, wanted: String, stored: String, note: &str| {
+        conflicts.push(format!("{flag} {wanted} (checkpoint: {stored}{note})"));
+    };
+    if given("cell") && args.cell.name() != m.cell {
+        differ("--cell", args.cell.name().into(), m.cell.clone(), "");
+    }
+    for (id, wanted, stored) in [
+        ("hidden", args.hidden, m.hidden),
+        ("layers", args.layers, m.layers),
+        ("embed", args.embed, m.embed),
+    ] {
+        if given(id) && wanted != stored {
+            differ(
+                &format!("--{id}"),
+                wanted.to_string(),
+                stored.to_string(),
+                "",
+            );
+        }
+    }
+    if given("dropout") && args.dropout != m.dropout {
+        differ(
+            "--dropout",
+            args.dropout.to_string(),
+            m.dropout.to_string(),
+            "",
+        );
+    }
+    let opt_name = args
+        .optimizer
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .unwrap_or_default();
+    if given("optimizer") && opt_name != r.optimizer.name() {
+        differ("--optimizer", opt_name, r.optimizer.name().into(), "");
+    }
+    if r.state.batch != args.batch {
+        differ(
+            "--batch",
+            args.batch.to_string(),
+            r.state.batch.to_string(),
+            "",
+        );
+    }
+    if r.state.seq_len != args.seq_len {
+        differ(
+            "--seq-len",
+            args.seq_len.to_string(),
+            r.state.seq_len.to_string(),
+            "",
+        );
+    }
+    let (mut lr, mut clip) = (None, None);
+    let note = "; --override uses the new value";
+    if given("lr") && args.lr != r.optimizer.lr() {
+        if args.override_ {
+            lr = Some(args.lr);
+        } else {
+            differ(
+                "--lr",
+                args.lr.to_string(),
+                r.optimizer.lr().to_string(),
+                note,
+            );
+        }
+    }
+    if given("clip") && args.clip != r.state.clip {
+        if args.override_ {
+            clip = Some(args.clip);
+        } else {
+            differ(
+                "--clip",
+                args.clip.to_string(),
+                r.state.clip.to_string(),
+                note,
+            );
+        }
+    }
+    (conflicts, lr, clip)
+}
+
+/// Why a run stopped early.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Interrupt,
+    Terminate,
+}
+
 /// Runs `recur train`.
 pub fn run(args: &TrainArgs) -> CmdResult {
     check_args(args)?;
     crate::set_threads(args.threads)?;
     // Everything that can be wrong with the inputs is found before anything is written.
-    let resumed = args
+    let text = read_text(&args.text)?;
+    let fingerprint = text_fingerprint(&text);
+    let mut resumed = args
         .resume
         .as_ref()
         .map(|p| checkpoint::load(p).map_err(|e| e.to_string()))
         .transpose()?;
-    let corpus = load_corpus(args, resumed.as_ref().map(|r| r.model.vocab.clone()))?;
-    let (model, mut store, mut opt, mut ts) = match resumed {
-        Some(r) => {
-            if r.state.batch != args.batch || r.state.seq_len != args.seq_len {
-                return Err(format!(
-                    "the checkpoint was trained with --batch {} --seq-len {}; resume with the same",
-                    r.state.batch, r.state.seq_len
-                ));
-            }
-            (r.model, r.store, r.optimizer, r.state)
+    let mut new_text_note = None;
+    if let (Some(r), Some(p)) = (&mut resumed, &args.resume) {
+        let (conflicts, lr, clip) = resume_conflicts(args, r);
+        if !conflicts.is_empty() {
+            return Err(format!(
+                "--resume {}: the flags differ from the checkpoint: {}",
+                p.display(),
+                conflicts.join(", ")
+            ));
         }
+        if let Some(lr) = lr {
+            r.optimizer.set_lr(lr);
+        }
+        if let Some(clip) = clip {
+            r.state.clip = clip;
+        }
+        match &r.state.text_fingerprint {
+            Some(stored) if *stored != fingerprint => {
+                if !args.new_text {
+                    return Err(format!(
+                        "--resume {}: {} is not the text the checkpoint was trained on \
+                         (fingerprint {fingerprint}, the checkpoint's {stored}); pass --new-text \
+                         to train on it anyway",
+                        p.display(),
+                        args.text.display()
+                    ));
+                }
+                new_text_note = Some(format!(
+                    "training on a new text ({}): the best validation loss starts afresh",
+                    args.text.display()
+                ));
+                r.state.best_val = f64::INFINITY;
+            }
+            _ => {}
+        }
+        r.state.text_fingerprint = Some(fingerprint.clone());
+    }
+    // The memory this run will need, from its sizes, before the model or the corpus is built.
+    let config = match &resumed {
+        Some(r) => r.model.config.clone(),
+        None => ModelConfig {
+            cell: args.cell.name().to_string(),
+            hidden: args.hidden,
+            layers: args.layers,
+            embed: args.embed,
+            dropout: args.dropout,
+            vocab: CharVocab::from_text(&text)
+                .map_err(|e| e.to_string())?
+                .chars()
+                .iter()
+                .collect(),
+        },
+    };
+    let estimate = estimate_bytes(
+        &config,
+        args.batch,
+        args.seq_len,
+        text.len(),
+        text.chars().count(),
+    );
+    crate::memory::check("recur train", estimate, args.max_memory)?;
+    let corpus = load_corpus(args, &text, resumed.as_ref().map(|r| r.model.vocab.clone()))?;
+    drop(text);
+    let (model, mut store, mut opt, mut ts) = match resumed {
+        Some(r) => (r.model, r.store, r.optimizer, r.state),
         None => {
-            let config = ModelConfig {
-                cell: args.cell.name().to_string(),
-                hidden: args.hidden,
-                layers: args.layers,
-                embed: args.embed,
-                dropout: args.dropout,
-                vocab: corpus.vocab.chars().iter().collect(),
-            };
             let mut rng = Rng::new(args.seed);
             let mut store = ParamStore::new();
             let model = CharModel::new(&mut store, config, &mut rng).map_err(|e| e.to_string())?;
@@ -287,6 +522,9 @@ pub fn run(args: &TrainArgs) -> CmdResult {
                 carried: model.zero_state(args.batch).map_err(|e| e.to_string())?,
                 best_val: f64::INFINITY,
                 history: History::default(),
+                interval_loss: 0.0,
+                interval_steps: 0,
+                text_fingerprint: Some(fingerprint),
             };
             (model, store, opt, ts)
         }
@@ -298,14 +536,32 @@ pub fn run(args: &TrainArgs) -> CmdResult {
             .ok_or_else(|| format!("--epochs {e} is too large"))?,
         (None, None) => 2000,
     };
-    std::fs::create_dir_all(&args.out)
-        .map_err(|e| format!("cannot create {}: {e}", args.out.display()))?;
+    let mut guard = if args.no_divergence_check {
+        None
+    } else {
+        Some(
+            DivergenceGuard::for_classes(corpus.vocab.len().max(2))
+                .map_err(|e| e.to_string())?
+                .with_best(ts.best_val),
+        )
+    };
+    prepare_out(&args.out)?;
+    let removed = recur::io::remove_stale_temporaries(&args.out).map_err(|e| e.to_string())?;
 
-    let stop = Arc::new(AtomicBool::new(false));
+    // SIGINT and SIGTERM ask the loop to save and stop; a second one of either ends the process
+    // at once with the shell's status for that signal.
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let terminate = Arc::new(AtomicBool::new(false));
+    let any = Arc::new(AtomicBool::new(false));
     {
-        let stop = stop.clone();
-        // A second handler cannot be installed in the same process; that only matters in tests.
-        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        use signal_hook::flag;
+        for (signal, own, status) in [(SIGINT, &interrupt, 130), (SIGTERM, &terminate, 143)] {
+            flag::register_conditional_shutdown(signal, status, any.clone())
+                .and_then(|_| flag::register(signal, own.clone()))
+                .and_then(|_| flag::register(signal, any.clone()))
+                .map_err(|e| format!("cannot handle signal {signal}: {e}"))?;
+        }
     }
 
     let chars_per_step = (args.batch * args.seq_len) as f64;
@@ -331,12 +587,22 @@ pub fn run(args: &TrainArgs) -> CmdResult {
         }
     };
     let chunks = corpus.train.chunks();
+    if !removed.is_empty() {
+        say(format!(
+            "removed {} temporary file(s) left in {} by an interrupted write",
+            removed.len(),
+            args.out.display()
+        ));
+    }
     if let Some(p) = &args.resume {
         say(format!(
             "resuming {} at step {} (model and optimizer settings from the checkpoint)",
             p.display(),
             ts.step
         ));
+    }
+    if let Some(note) = new_text_note {
+        say(note);
     }
     {
         say(format!(
@@ -350,14 +616,18 @@ pub fn run(args: &TrainArgs) -> CmdResult {
         ));
     }
     let mut tape = Tape::new();
-    let mut interval_loss = 0.0;
-    let mut interval_steps = 0usize;
     let mut interval_start = Instant::now();
     let mut last_val = ts.history.val.last().map(|v| v.1);
-    let mut interrupted = false;
+    // The step the files in --out hold (a resumed run starts from its checkpoint's).
+    let mut saved_at = args.resume.as_ref().map(|_| ts.step);
+    let mut stopped = None;
     while ts.step < total_steps {
-        if stop.load(Ordering::SeqCst) {
-            interrupted = true;
+        if terminate.load(Ordering::SeqCst) {
+            stopped = Some(Stop::Terminate);
+            break;
+        }
+        if interrupt.load(Ordering::SeqCst) {
+            stopped = Some(Stop::Interrupt);
             break;
         }
         let k = ts.step % chunks;
@@ -396,10 +666,10 @@ pub fn run(args: &TrainArgs) -> CmdResult {
         opt.step(&mut store, &grads).map_err(|e| e.to_string())?;
         ts.carried = next;
         ts.step += 1;
-        interval_loss += loss_value;
-        interval_steps += 1;
+        ts.interval_loss += loss_value;
+        ts.interval_steps += 1;
         let secs = interval_start.elapsed().as_secs_f64();
-        let cps = chars_per_step * interval_steps as f64 / secs.max(1e-9);
+        let cps = chars_per_step * ts.interval_steps as f64 / secs.max(1e-9);
         bar.set_message(format!(
             "epoch {} loss {:.3} val {} {:.0} char/s",
             ts.step / chunks + 1,
@@ -410,9 +680,29 @@ pub fn run(args: &TrainArgs) -> CmdResult {
         bar.set_position(ts.step as u64);
         let at_end = ts.step == total_steps;
         if ts.step % args.eval_every == 0 || at_end {
-            let train_loss = interval_loss / interval_steps as f64;
+            let train_loss = ts.interval_loss / ts.interval_steps as f64;
             let val = validate(&model, &store, &mut tape, &corpus.val)?;
+            if let Some(guard) = guard.as_mut()
+                && let Err(d) = guard.check(val)
+            {
+                bar.finish_and_clear();
+                let kept = match saved_at {
+                    Some(s) => format!(
+                        "the checkpoints in {} are those of step {s}",
+                        args.out.display()
+                    ),
+                    None => "no checkpoint was written".into(),
+                };
+                return Err(format!(
+                    "step {}: the run is diverging: the validation {d}; stopped without \
+                     saving this step ({kept}); try a smaller --lr, or --no-divergence-check",
+                    ts.step
+                ));
+            }
             last_val = Some(val);
+            // The next validation reports the mean over the steps after this one.
+            ts.interval_loss = 0.0;
+            ts.interval_steps = 0;
             ts.history.train.push((ts.step, train_loss));
             ts.history.val.push((ts.step, val));
             let improved = val < ts.best_val;
@@ -458,8 +748,7 @@ pub fn run(args: &TrainArgs) -> CmdResult {
                     if improved { "  (best)" } else { "" }
                 ));
             }
-            interval_loss = 0.0;
-            interval_steps = 0;
+            saved_at = Some(ts.step);
             interval_start = Instant::now();
         }
         if at_end || (args.sample_every > 0 && ts.step % args.sample_every == 0) {
@@ -467,7 +756,7 @@ pub fn run(args: &TrainArgs) -> CmdResult {
         }
     }
     bar.finish_and_clear();
-    if interrupted {
+    if let Some(stop) = stopped {
         save_to(
             &args.out,
             "last.safetensors",
@@ -477,12 +766,22 @@ pub fn run(args: &TrainArgs) -> CmdResult {
             &ts,
         )?;
         eprintln!(
-            "interrupted at step {}: saved {}; continue with --resume {}",
+            "interrupted at step {}: saved {}; continue with --resume {} ({}, exit status {})",
             ts.step,
             args.out.join("last.safetensors").display(),
-            args.out.join("last.safetensors").display()
+            args.out.join("last.safetensors").display(),
+            if stop == Stop::Terminate {
+                "SIGTERM"
+            } else {
+                "SIGINT"
+            },
+            if stop == Stop::Terminate { 143 } else { 130 },
         );
-        return Ok(ExitCode::SUCCESS);
+        return Ok(ExitCode::from(if stop == Stop::Terminate {
+            143
+        } else {
+            130
+        }));
     }
     let summary = format!(
         "done: step {}, best validation loss {:.4} nats = {:.3} bits per character (unigram entropy {:.3} bits); outputs in {}",
@@ -501,6 +800,15 @@ pub fn run(args: &TrainArgs) -> CmdResult {
         println!("{summary}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Creates `out` and checks that files can be written into it, before the first step.
+fn prepare_out(out: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    let probe = out.join(format!(".recur-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| format!("cannot write into {}: {e}", out.display()))
 }
 
 /// Saves the checkpoint `name` into `out`.
