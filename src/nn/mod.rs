@@ -8,6 +8,7 @@ mod inference;
 pub mod init;
 mod linear;
 pub mod loss;
+mod module;
 pub mod parity;
 mod recurrent;
 pub(crate) mod reference;
@@ -21,6 +22,10 @@ pub use cell::{
 pub use embedding::Embedding;
 pub use inference::InferenceStep;
 pub use linear::Linear;
+pub use module::{
+    Act, CarriedState, Ctx, Dropout, Layer, ModuleLayer, Sequential, backward_loss, check_prefix,
+    named_children, scope,
+};
 pub use recurrent::{
     CellKind, DirectionParams, ForwardOptions, Gru, Implementation, Lstm, Recurrent,
     RecurrentConfig, RecurrentOutput, Rnn,
