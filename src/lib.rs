@@ -48,6 +48,7 @@ mod params;
 mod rng;
 pub mod tape;
 pub mod tensor;
+mod threads;
 
 pub use error::{Error, Result};
 pub use optim::Optimizer;
@@ -55,6 +56,7 @@ pub use params::{ParamId, ParamStore};
 pub use rng::Rng;
 pub use tape::{CustomOp, Grads, Tape, Var, Workspace};
 pub use tensor::{Float, Shape, Tensor};
+pub use threads::{set_threads, threads, with_threads};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
