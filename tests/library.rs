@@ -4,11 +4,13 @@
 
 use std::path::{Path, PathBuf};
 
-use recur::data::{DataSource, LmStreams, SeqBatch, SeqDataset, read_labelled};
+use recur::data::{
+    CharVocab, DataSource, LmStreams, SeqBatch, SeqDataset, read_labelled, split_validation,
+};
 use recur::io::Archive;
 use recur::models::{
-    Control, DenseDataset, Event, Objective, Pooling, SequenceClassifier, SequenceClassifierConfig,
-    SequenceRegressor, SequenceRegressorConfig, Trainer, TrainerConfig,
+    CharLm, CharLmConfig, Control, DenseDataset, Event, Objective, Pooling, SequenceClassifier,
+    SequenceClassifierConfig, SequenceRegressor, SequenceRegressorConfig, Trainer, TrainerConfig,
 };
 use recur::nn::{
     CarriedState, Ctx, Embedding, Linear, Lstm, Module, RecurrentConfig, load_state_dict_file,
@@ -495,4 +497,124 @@ fn labelled_files_read_and_report_bad_lines() {
             .contains("UTF-8")
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+fn lm(
+    cell: &str,
+    layers: usize,
+    dropout: f64,
+) -> (ParamStore<f64>, CharLm<f64>, LmStreams, LmStreams) {
+    let text = "the cat sat on the mat. the dog sat on the log. ".repeat(12);
+    let vocab = CharVocab::from_text(&text).unwrap();
+    let ids = vocab.encode(&text).unwrap();
+    let (train, val) = split_validation(&ids, 0.2, 21).unwrap();
+    let cfg = CharLmConfig {
+        cell: cell.into(),
+        hidden: 12,
+        layers,
+        embed: 6,
+        dropout,
+        vocab: vocab.chars().iter().collect(),
+    };
+    let mut ps = ParamStore::new();
+    let model = CharLm::new(&mut ps, cfg, &mut Rng::new(3)).unwrap();
+    let train = LmStreams::new(train, 8, 10).unwrap();
+    let val = LmStreams::new(val, 2, 10).unwrap();
+    (ps, model, train, val)
+}
+
+#[test]
+fn char_lm_resume_is_bit_identical_with_the_carried_state() {
+    let dir = scratch("lm-resume");
+    let run = |steps: usize, out: &Path, resume: bool| {
+        let (mut ps, mut model, mut train, mut val) = lm("lstm", 2, 0.1);
+        let mut opt = Adam::new(AdamConfig::default().lr(0.01)).unwrap();
+        let mut t = Trainer::new(
+            TrainerConfig::steps(steps)
+                .clip(1.0)
+                .eval_every(4)
+                .out_dir(out),
+        );
+        if resume {
+            t = t.resume_from(out.join("last.safetensors"));
+        }
+        let s = t
+            .fit(&mut model, &mut ps, &mut opt, &mut train, Some(&mut val))
+            .unwrap();
+        (ps, model.carried().clone(), s)
+    };
+    assert!(
+        lm("lstm", 2, 0.1).2.batches_per_epoch() < 11,
+        "the run crosses an epoch"
+    );
+    let (a, carry_a, sa) = run(14, &dir.join("a"), false);
+    run(8, &dir.join("b"), false);
+    let (b, carry_b, sb) = run(14, &dir.join("b"), true);
+    assert_eq!(sa, sb);
+    assert_eq!(carry_a, carry_b);
+    for ((_, na, ta), (_, _, tb)) in a.iter().zip(b.iter()) {
+        assert_eq!(ta.data(), tb.data(), "{na} differs after resume");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn char_lm_generates_without_a_tape_what_the_tape_predicts() {
+    for cell in ["lstm", "gru", "rnn"] {
+        let (mut ps, mut model, mut train, _) = lm(cell, 2, 0.0);
+        let mut opt = Adam::new(AdamConfig::default().lr(0.02)).unwrap();
+        Trainer::new(TrainerConfig::epochs(3))
+            .fit(&mut model, &mut ps, &mut opt, &mut train, None)
+            .unwrap();
+        let got = model
+            .generate(&ps, "the ", 30, 0.0, None, &mut Rng::new(0))
+            .unwrap();
+        // Greedy decoding on the tape, one character at a time with the state carried.
+        let vocab = model.vocab().clone();
+        let mut ids = vocab.encode("the ").unwrap();
+        model.carried().reset();
+        let mut tape = Tape::new();
+        let mut want = String::new();
+        let mut feed = ids.clone();
+        for _ in 0..30 {
+            tape.clear();
+            let n = feed.len();
+            let logits = model
+                .logits(&mut Ctx::eval(&mut tape, &ps), &feed, n, 1)
+                .unwrap();
+            let last = tape.value(logits).unwrap().argmax_rows().unwrap()[n - 1];
+            want.push(vocab.char(last).unwrap());
+            ids.push(last);
+            feed = vec![last];
+        }
+        assert_eq!(got, want, "{cell}");
+        // top-k 1 is greedy at any temperature; bad arguments are errors.
+        let k1 = model
+            .generate(&ps, "the ", 30, 1.5, Some(1), &mut Rng::new(5))
+            .unwrap();
+        assert_eq!(k1, got);
+        assert!(
+            model
+                .generate(&ps, "", 3, 1.0, None, &mut Rng::new(0))
+                .is_err()
+        );
+        assert!(
+            model
+                .generate(&ps, "the", 3, -1.0, None, &mut Rng::new(0))
+                .is_err()
+        );
+        assert!(
+            model
+                .generate(&ps, "Z", 3, 1.0, None, &mut Rng::new(0))
+                .is_err()
+        );
+        // A seed gives the same sample; sampling at temperature 1 is not greedy everywhere.
+        let s1 = model
+            .generate(&ps, "the ", 60, 1.0, None, &mut Rng::new(9))
+            .unwrap();
+        let s2 = model
+            .generate(&ps, "the ", 60, 1.0, None, &mut Rng::new(9))
+            .unwrap();
+        assert_eq!(s1, s2);
+    }
 }

@@ -1,6 +1,8 @@
 //! Ready-made models, each a short composition of the public API ([`crate::nn`]), and a
 //! training loop for any model ([`Trainer`]).
 //!
+//! * [`CharLm`]: the character language model, trained on stream chunks with the state carried
+//!   across them; `generate` (temperature, top-k, seed) runs without a tape.
 //! * [`SequenceClassifier`]: tokens or feature vectors -> stacked, optionally bidirectional
 //!   RNN/LSTM/GRU -> last real state or mean over the real steps -> linear classes; `predict`
 //!   runs without a tape.
@@ -11,18 +13,20 @@
 //!
 //! A model trains with the [`Trainer`] once it implements [`Objective`]: its loss on a batch.
 
+mod charlm;
 mod classifier;
 mod infer;
 mod regressor;
 mod trainer;
 
+pub use charlm::{CharLm, CharLmConfig};
 pub use classifier::{Pooling, SequenceClassifier, SequenceClassifierConfig};
 pub use regressor::{DenseBatch, DenseDataset, SequenceRegressor, SequenceRegressorConfig};
 pub use trainer::{Control, Event, FitSummary, Trainer, TrainerConfig};
 
 use crate::nn::{Activation, CellKind, Ctx};
 use crate::tape::Var;
-use crate::tensor::Float;
+use crate::tensor::{Float, Tensor};
 use crate::{Error, Result};
 
 /// What the [`Trainer`] trains: a model's scalar loss on one batch.
@@ -38,6 +42,19 @@ pub trait Objective<T: Float> {
     /// (default: `{}`).
     fn config_json(&self) -> String {
         "{}".into()
+    }
+
+    /// Tensors the model keeps from one batch to the next (a recurrent state carried across
+    /// chunks), by name: saved in checkpoints so that a resumed run continues exactly, and kept
+    /// aside while the [`Trainer`] validates. Default: none.
+    fn state_tensors(&self) -> Vec<(String, Tensor<T>)> {
+        Vec::new()
+    }
+
+    /// Restores what [`Objective::state_tensors`] returned. Default: nothing to restore.
+    fn load_state_tensors(&mut self, tensors: Vec<(String, Tensor<T>)>) -> Result<()> {
+        let _ = tensors;
+        Ok(())
     }
 }
 

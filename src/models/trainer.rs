@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Objective;
 use crate::data::DataSource;
-use crate::io::checkpoint::{CheckpointInfo, load_checkpoint, save_checkpoint};
+use crate::io::Archive;
+use crate::io::checkpoint::{CheckpointInfo, EXTRA, load_checkpoint, save_checkpoint_with_extras};
 use crate::nn::Ctx;
 use crate::optim::{LrSchedule, Optimizer, clip_grad_norm, grad_norm};
 use crate::params::ParamStore;
@@ -190,6 +191,9 @@ struct StoredConfig {
     trainer: TrainerState,
 }
 
+/// The prefix, after [`EXTRA`], of the model's own state tensors in a checkpoint.
+const MODEL_STATE: &str = "model_state.";
+
 type Callback<'c> = Box<dyn FnMut(&Event) -> Control + 'c>;
 
 /// The training loop: steps or epochs over a [`DataSource`], any [`Optimizer`], gradient
@@ -303,6 +307,17 @@ impl<'c> Trainer<'c> {
         let mut ts = TrainerState::default();
         let mut step = 0usize;
         if let Some(path) = &self.resume {
+            // The model's own state first (nothing is changed if the checkpoint is refused).
+            let archive = Archive::read(path)?;
+            let mut model_state = Vec::new();
+            for name in archive.tensors.keys() {
+                if let Some(local) = name
+                    .strip_prefix(EXTRA)
+                    .and_then(|n| n.strip_prefix(MODEL_STATE))
+                {
+                    model_state.push((local.to_string(), archive.tensor::<T>(name)?));
+                }
+            }
             let mut stored: Option<TrainerState> = None;
             let info = load_checkpoint(path, store, opt, &mut rng, |json| {
                 let s: StoredConfig = serde_json::from_str(json).map_err(|e| {
@@ -321,6 +336,7 @@ impl<'c> Trainer<'c> {
                 Ok(())
             })?;
             ts = stored.expect("set by the check");
+            model.load_state_tensors(model_state)?;
             step = usize::try_from(info.step)
                 .map_err(|_| Error::format(path.display().to_string(), "step out of range"))?;
         }
@@ -376,7 +392,13 @@ impl<'c> Trainer<'c> {
             let train_loss = interval_loss / interval_steps.max(1) as f64;
             (interval_loss, interval_steps) = (0.0, 0);
             let val = match valid.as_deref_mut() {
-                Some(v) => Some(evaluate(model, store, &mut tape, v)?),
+                Some(v) => {
+                    // Validation must not disturb the state the model carries between batches.
+                    let kept = model.state_tensors();
+                    let val = evaluate(model, store, &mut tape, v)?;
+                    model.load_state_tensors(kept)?;
+                    Some(val)
+                }
                 None => None,
             };
             let score = val.unwrap_or(train_loss);
@@ -406,13 +428,20 @@ impl<'c> Trainer<'c> {
                     step: step as u64,
                     schedule_step: step as u64,
                 };
+                let kept: Vec<(String, crate::Tensor<T>)> = model
+                    .state_tensors()
+                    .into_iter()
+                    .map(|(n, t)| (format!("{MODEL_STATE}{n}"), t))
+                    .collect();
+                let extras: Vec<(&str, &crate::Tensor<T>)> =
+                    kept.iter().map(|(n, t)| (n.as_str(), t)).collect();
                 let mut names = vec!["last.safetensors"];
                 if improved {
                     names.push("best.safetensors");
                 }
                 for name in names {
                     let path = dir.join(name);
-                    save_checkpoint(&path, store, opt, &rng, &info)?;
+                    save_checkpoint_with_extras(&path, store, opt, &rng, &info, &extras)?;
                     stopped |= self.emit(&Event::Checkpoint { path }) == Control::Stop;
                 }
             }
