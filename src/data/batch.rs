@@ -272,6 +272,44 @@ impl SeqDataset {
         })
     }
 
+    /// Labelled texts (from [`crate::data::read_labelled`]) encoded with `vocab` and `labels`,
+    /// in batches of `batch`. An unknown label, or a text without a token (a word vocabulary
+    /// over text of only whitespace), is an error naming the example (counted from 0).
+    ///
+    /// ```
+    /// use recur::data::{parse_labelled, Labels, SeqDataset, Tokenizer, Vocab};
+    /// let ex = parse_labelled("en\tcat\nfr\tchat\n", "inline")?;
+    /// let vocab = Vocab::build(Tokenizer::Chars, ex.iter().map(|e| e.text.as_str()), 1)?;
+    /// let labels = Labels::new(ex.iter().map(|e| e.label.as_str()))?;
+    /// let data = SeqDataset::from_examples(&ex, &vocab, &labels, 32)?;
+    /// assert_eq!(data.targets(), [0, 1]);
+    /// assert_eq!(data.seqs()[1].len(), 4);
+    /// # Ok::<(), recur::Error>(())
+    /// ```
+    pub fn from_examples(
+        examples: &[crate::data::Example],
+        vocab: &crate::data::Vocab,
+        labels: &crate::data::Labels,
+        batch: usize,
+    ) -> Result<Self> {
+        let mut seqs = Vec::with_capacity(examples.len());
+        let mut targets = Vec::with_capacity(examples.len());
+        for (k, e) in examples.iter().enumerate() {
+            let ids = vocab.encode(&e.text);
+            if ids.is_empty() {
+                return Err(Error::invalid(
+                    "SeqDataset::from_examples",
+                    format!("example {k} has no tokens: {:?}", e.text),
+                ));
+            }
+            seqs.push(ids);
+            targets.push(labels.id(&e.label).map_err(|err| {
+                Error::invalid("SeqDataset::from_examples", format!("example {k}: {err}"))
+            })?);
+        }
+        Self::new(seqs, targets, batch)
+    }
+
     /// Replaces the batch plan by `f(plan)` (e.g. `|p| p.shuffle(seed).bucket(50)`).
     pub fn with_plan(mut self, f: impl FnOnce(BatchPlan) -> BatchPlan) -> Self {
         self.plan = f(self.plan);
