@@ -34,12 +34,18 @@
 //! # Ok::<(), recur::Error>(())
 //! ```
 //!
+//! Models are plain structs of layers with a short forward ([`nn::Ctx`], [`nn::Layer`]); the
+//! ready-made ones, a training loop and data pipelines are in [`models`] and [`data`]; the
+//! [`guide`] walks from a `label<TAB>text` file to a saved model and predictions, and
+//! [`prelude`] imports the common names at once.
+//!
 //! Build with `-C target-cpu=native` (this crate's `.cargo/config.toml` does) so the SIMD kernels
 //! use the machine's widest vectors.
 
 pub mod data;
 pub mod diagnostics;
 mod error;
+pub mod guide;
 pub mod io;
 pub mod kernels;
 pub mod models;
