@@ -618,3 +618,48 @@ fn char_lm_generates_without_a_tape_what_the_tape_predicts() {
         assert_eq!(s1, s2);
     }
 }
+
+#[test]
+fn regressor_resume_is_bit_identical() {
+    let dir = scratch("reg-resume");
+    let run = |steps: usize, out: &Path, resume: bool| {
+        let mut rng = Rng::new(2);
+        let (mut xs, mut ys) = (Vec::new(), Vec::new());
+        for _ in 0..20 {
+            let len = 3 + rng.below(6);
+            xs.push(
+                (0..2 * len)
+                    .map(|_| rng.uniform() as f32)
+                    .collect::<Vec<_>>(),
+            );
+            ys.push((0..len).map(|_| rng.uniform() as f32).collect::<Vec<_>>());
+        }
+        let mut data = DenseDataset::new(xs, ys, 2, 1, 6)
+            .unwrap()
+            .with_plan(|p| p.shuffle(3).bucket(2));
+        let mut ps = ParamStore::<f32>::new();
+        let mut cfg = SequenceRegressorConfig::new(2, 5, 1).layers(2);
+        cfg.dropout = 0.25;
+        let mut model = SequenceRegressor::new(&mut ps, "", cfg, &mut Rng::new(0)).unwrap();
+        let mut opt = Adam::new(AdamConfig::default().lr(0.01)).unwrap();
+        let mut t = Trainer::new(
+            TrainerConfig::steps(steps)
+                .eval_every(3)
+                .out_dir(out)
+                .seed(5),
+        );
+        if resume {
+            t = t.resume_from(out.join("last.safetensors"));
+        }
+        t.fit(&mut model, &mut ps, &mut opt, &mut data, None)
+            .unwrap();
+        ps
+    };
+    let a = run(11, &dir.join("a"), false);
+    run(6, &dir.join("b"), false);
+    let b = run(11, &dir.join("b"), true);
+    for ((_, na, ta), (_, _, tb)) in a.iter().zip(b.iter()) {
+        assert_eq!(ta.data(), tb.data(), "{na} differs after resume");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
