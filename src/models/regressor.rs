@@ -143,6 +143,16 @@ impl<T: Float> DenseDataset<T> {
         self
     }
 
+    /// The number of series.
+    pub fn len(&self) -> usize {
+        self.x.len()
+    }
+
+    /// Whether there are no series (never: construction needs one).
+    pub fn is_empty(&self) -> bool {
+        self.x.is_empty()
+    }
+
     /// The series `indices` as one padded batch.
     pub fn gather(&self, indices: &[usize]) -> Result<DenseBatch<T>> {
         fn get<T>(v: &[Vec<T>], i: usize) -> Result<&[T]> {
