@@ -357,6 +357,32 @@ fn trainer_stops_early_and_reports_events() {
     assert_eq!((steps, evals), (9, vec![true, false, false]));
     assert!(matches!(events.last(), Some(Event::EarlyStop { step: 9 })));
 
+    // The model sees every validation with the parameters.
+    struct Watch(SequenceClassifier, Vec<(usize, bool)>);
+    impl Objective<f64> for Watch {
+        type Batch = SeqBatch;
+        fn loss(&mut self, cx: &mut Ctx<'_, f64>, b: &SeqBatch) -> Result<Var> {
+            self.0.loss(cx, b)
+        }
+        fn on_eval(
+            &mut self,
+            store: &ParamStore<f64>,
+            step: usize,
+            val: Option<f64>,
+        ) -> Result<()> {
+            let b = SeqDataset::new(vec![vec![1, 4]], vec![1], 1)?.gather(&[0])?;
+            self.0.classify(store, &b)?;
+            self.1.push((step, val.is_some()));
+            Ok(())
+        }
+    }
+    let (mut ps, model, mut train, mut valid) = toy(2);
+    let mut watch = Watch(model, Vec::new());
+    Trainer::new(TrainerConfig::steps(7).eval_every(3))
+        .fit(&mut watch, &mut ps, &mut opt, &mut train, Some(&mut valid))
+        .unwrap();
+    assert_eq!(watch.1, [(3, true), (6, true), (7, true)]);
+
     // A callback can stop training.
     let (mut ps, mut model, mut train, _) = toy(2);
     let s = Trainer::new(TrainerConfig::steps(100))

@@ -25,6 +25,7 @@ pub use regressor::{DenseBatch, DenseDataset, SequenceRegressor, SequenceRegress
 pub use trainer::{Control, Event, FitSummary, Trainer, TrainerConfig};
 
 use crate::nn::{Activation, CellKind, Ctx};
+use crate::params::ParamStore;
 use crate::tape::Var;
 use crate::tensor::{Float, Tensor};
 use crate::{Error, Result};
@@ -49,6 +50,14 @@ pub trait Objective<T: Float> {
     /// aside while the [`Trainer`] validates. Default: none.
     fn state_tensors(&self) -> Vec<(String, Tensor<T>)> {
         Vec::new()
+    }
+
+    /// Called by the [`Trainer`] after each validation (before the checkpoints are written) with
+    /// the current parameters, the step and the validation loss: for work that needs the
+    /// trained model, such as writing a sample. An error stops training. Default: nothing.
+    fn on_eval(&mut self, store: &ParamStore<T>, step: usize, val_loss: Option<f64>) -> Result<()> {
+        let _ = (store, step, val_loss);
+        Ok(())
     }
 
     /// Restores what [`Objective::state_tensors`] returned. Default: nothing to restore.

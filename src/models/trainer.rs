@@ -410,6 +410,7 @@ impl<'c> Trainer<'c> {
                 ts.bad_evals += 1;
             }
             ts.last_val = val;
+            model.on_eval(store, step, val)?;
             stopped |= self.emit(&Event::Eval {
                 step,
                 train_loss,
