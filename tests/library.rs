@@ -689,3 +689,14 @@ fn regressor_resume_is_bit_identical() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn thread_count_is_settable_once_and_scoped_pools_are_separate() {
+    assert!(recur::set_threads(0).is_err());
+    // The first call may find the pool already built by another test; the second always does.
+    let _ = recur::set_threads(2);
+    let e = recur::set_threads(2).unwrap_err().to_string();
+    assert!(e.contains("already"), "{e}");
+    assert_eq!(recur::with_threads(3, recur::threads).unwrap(), 3);
+    assert!(recur::with_threads(0, || ()).is_err());
+}
