@@ -34,20 +34,29 @@
 //! # Ok::<(), recur::Error>(())
 //! ```
 //!
+//! Models are plain structs of layers with a short forward ([`nn::Ctx`], [`nn::Layer`]); the
+//! ready-made ones, a training loop and data pipelines are in [`models`] and [`data`]; the
+//! [`guide`] walks from a `label<TAB>text` file to a saved model and predictions, and
+//! [`prelude`] imports the common names at once.
+//!
 //! Build with `-C target-cpu=native` (this crate's `.cargo/config.toml` does) so the SIMD kernels
 //! use the machine's widest vectors.
 
 pub mod data;
 pub mod diagnostics;
 mod error;
+pub mod guide;
 pub mod io;
 pub(crate) mod kernels;
+pub mod models;
 pub mod nn;
 pub mod optim;
 mod params;
+pub mod prelude;
 mod rng;
 pub mod tape;
 pub mod tensor;
+mod threads;
 
 pub use error::{Error, Result};
 pub use optim::Optimizer;
@@ -55,6 +64,7 @@ pub use params::{ParamId, ParamStore};
 pub use rng::Rng;
 pub use tape::{CustomOp, Grads, Tape, Var, Workspace};
 pub use tensor::{Float, Shape, Tensor};
+pub use threads::{set_threads, threads, with_threads};
 
 /// The SIMD kernels, products and packings behind the layers, for this crate's own benchmarks
 /// and fuzz targets. Not part of the public API: anything here may change in any release.

@@ -95,6 +95,7 @@ impl Cell {
         config: CellConfig,
         rng: &mut Rng,
     ) -> Result<Self> {
+        super::check_prefix(prefix)?;
         let (i, h, g) = (config.input_size, config.hidden_size, kind.gates());
         if i == 0 || h == 0 {
             return Err(Error::invalid(

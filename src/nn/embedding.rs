@@ -17,6 +17,8 @@ use crate::{Error, Result};
 /// let mut ps = ParamStore::<f32>::new();
 /// let emb = Embedding::new(&mut ps, "embed.", 10, 4, &mut Rng::new(0))?;
 /// assert!(ps.find("embed.weight").is_some());
+/// // A prefix without its dot would register `embedweight`: an error instead.
+/// assert!(Embedding::new(&mut ps, "embed", 10, 4, &mut Rng::new(0)).is_err());
 /// let mut tape = Tape::new();
 /// let x = emb.forward(&mut tape, &ps, &[1, 2, 3, 9, 0, 0], &[3, 2])?; // ids [T, B]
 /// assert_eq!(tape.shape(x)?.dims(), &[3, 2, 4]);
@@ -32,7 +34,8 @@ pub struct Embedding {
 
 impl Embedding {
     /// Registers `{prefix}weight` (`[num_embeddings, embedding_dim]`) in `store`, drawn from
-    /// `N(0, 1)`.
+    /// `N(0, 1)`. `prefix` is empty or ends with a dot (`"embed."`, see
+    /// [`crate::nn::check_prefix`]); `"embed"` is an error.
     pub fn new<T: Float>(
         store: &mut ParamStore<T>,
         prefix: &str,
@@ -40,6 +43,7 @@ impl Embedding {
         embedding_dim: usize,
         rng: &mut Rng,
     ) -> Result<Self> {
+        super::check_prefix(prefix)?;
         if num_embeddings == 0 || embedding_dim == 0 {
             return Err(Error::invalid(
                 "Embedding::new",

@@ -34,7 +34,8 @@ pub struct Linear {
 
 impl Linear {
     /// Registers `{prefix}weight` (`[out, in]`) and, when `bias` is set, `{prefix}bias` (`[out]`)
-    /// in `store`, initialised from `U(-1/sqrt(in), 1/sqrt(in))`.
+    /// in `store`, initialised from `U(-1/sqrt(in), 1/sqrt(in))`. `prefix` is empty or ends with
+    /// a dot (`"head."`, see [`crate::nn::check_prefix`]); `"head"` is an error.
     pub fn new<T: Float>(
         store: &mut ParamStore<T>,
         prefix: &str,
@@ -43,6 +44,7 @@ impl Linear {
         bias: bool,
         rng: &mut Rng,
     ) -> Result<Self> {
+        super::check_prefix(prefix)?;
         if in_features == 0 || out_features == 0 {
             return Err(Error::invalid(
                 "Linear::new",

@@ -9,6 +9,7 @@ mod inference;
 pub mod init;
 mod linear;
 pub mod loss;
+mod module;
 pub mod parity;
 mod recurrent;
 pub(crate) mod reference;
@@ -23,6 +24,10 @@ pub use direction::{CellKind, DirectionParams};
 pub use embedding::Embedding;
 pub use inference::InferenceStep;
 pub use linear::Linear;
+pub use module::{
+    Act, CarriedState, Ctx, Dropout, Layer, ModuleLayer, Sequential, backward_loss, check_prefix,
+    named_children, scope,
+};
 pub use recurrent::{
     ForwardOptions, Gru, Implementation, Lstm, Recurrent, RecurrentConfig, RecurrentOutput, Rnn,
 };

@@ -156,6 +156,7 @@ impl Recurrent {
         config: RecurrentConfig,
         rng: &mut Rng,
     ) -> Result<Self> {
+        super::check_prefix(prefix)?;
         config.validate()?;
         let (h, g) = (config.hidden_size, kind.gates());
         let bound = 1.0 / (h as f64).sqrt();

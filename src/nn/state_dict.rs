@@ -100,14 +100,17 @@ macro_rules! module_via_deref {
 }
 module_via_deref!(Lstm, Gru, Rnn, LstmCell, GruCell, RnnCell);
 
-/// The module's parameters as `(prefix + name, value)` pairs.
+/// The module's parameters as `(prefix + name, value)` pairs. `prefix` is empty or ends with a
+/// dot, and every name is made of non-empty dotted segments (see [`super::check_prefix`]).
 pub fn state_dict<'s, T: Float, M: Module + ?Sized>(
     module: &M,
     store: &'s ParamStore<T>,
     prefix: &str,
 ) -> Result<Vec<(String, &'s Tensor<T>)>> {
-    module
-        .named_params()
+    super::check_prefix(prefix)?;
+    let named = module.named_params();
+    super::module::check_param_names("state_dict", &named)?;
+    named
         .into_iter()
         .map(|(name, id)| {
             store.check(id)?;
@@ -157,7 +160,9 @@ pub fn load_state_dict<T: Float, M: Module + ?Sized>(
     prefix: &str,
     strict: bool,
 ) -> Result<()> {
+    super::check_prefix(prefix)?;
     let named = module.named_params();
+    super::module::check_param_names("load_state_dict", &named)?;
     let (mut missing, mut mismatched, mut loaded) = (Vec::new(), Vec::new(), Vec::new());
     for (name, id) in &named {
         store.check(*id)?;

@@ -3,11 +3,13 @@
 mod bulk;
 mod float;
 mod shape;
+mod stats;
 
 pub use crate::kernels::gemm::GemmShape;
 pub use crate::kernels::simd::SimdFloat;
 pub use float::Float;
 pub use shape::{MAX_RANK, Shape};
+pub use stats::accuracy;
 
 pub(crate) use bulk::{add, add_scalar, copy, fill, sum_f64};
 

@@ -94,7 +94,7 @@ fn steady_state_allocations(t: usize) -> (usize, usize) {
     let (b, i, h) = (64, 32, 48);
     let mut ps = ParamStore::<f32>::new();
     let cfg = RecurrentConfig::new(i, h);
-    let layer = Recurrent::new(&mut ps, "lstm", CellKind::Lstm, cfg, &mut Rng::new(1)).unwrap();
+    let layer = Recurrent::new(&mut ps, "lstm.", CellKind::Lstm, cfg, &mut Rng::new(1)).unwrap();
     let mut rng = Rng::new(2);
     let x_val = Tensor::from_fn(&[t, b, i], |_| rng.uniform_range(-1.0, 1.0) as f32).unwrap();
     let mut opt = Sgd::new(SgdConfig {

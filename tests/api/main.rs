@@ -6,6 +6,7 @@ mod checkpoint;
 mod errors;
 mod extremes;
 mod init;
+mod library;
 mod linear_embedding;
 mod loss;
 mod ops_gradcheck;

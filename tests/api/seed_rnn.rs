@@ -4,8 +4,8 @@
 #[path = "../../examples/seed_rnn.rs"]
 mod example;
 
-use recur::{ParamId, Tape, Var};
 use example::{INPUTS, chapter_params, gradcheck_last_state, hand_trace, input_tensors, unroll};
+use recur::{ParamId, Tape, Var};
 
 const CHAPTER: [[f64; 2]; 3] = [[0.291, 0.380], [-0.115, -0.114], [0.486, 0.610]];
 

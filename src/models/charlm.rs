@@ -1,0 +1,288 @@
+//! `CharLm`: the character language model, embedding -> recurrent stack -> linear head over
+//! the vocabulary, trained on [`LmStreams`](crate::data::LmStreams) chunks with the state carried
+//! across them, and generating without a tape.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Objective, cell_from_name};
+use crate::data::{CharVocab, LmChunk};
+use crate::nn::{
+    CarriedState, Ctx, Embedding, InferenceStep, Linear, Module, Recurrent, RecurrentConfig,
+    named_children, scope,
+};
+use crate::params::{ParamId, ParamStore};
+use crate::rng::Rng;
+use crate::tape::Var;
+use crate::tensor::{Float, Tensor};
+use crate::{Error, Result};
+
+/// The shape of a [`CharLm`], stored as JSON with its checkpoints (the fields of `recur
+/// train`'s model configuration).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CharLmConfig {
+    /// `rnn`, `rnn-relu`, `lstm` or `gru`.
+    pub cell: String,
+    /// Hidden units per layer.
+    pub hidden: usize,
+    /// Recurrent layers.
+    pub layers: usize,
+    /// Embedding size of the characters.
+    pub embed: usize,
+    /// Dropout between recurrent layers, in training.
+    pub dropout: f64,
+    /// The vocabulary, in id order.
+    pub vocab: String,
+}
+
+/// Embedding -> recurrent stack -> linear head over the characters, named as in PyTorch
+/// (`embed.weight`, `rnn.weight_ih_l0`, ..., `head.weight`, `head.bias`).
+///
+/// As an [`Objective`] over [`LmChunk`]s it carries its recurrent state from one chunk to the
+/// next (reset where a chunk says so) and exposes it as [`Objective::state_tensors`]
+/// (`h`, and `c` for an LSTM), so the [`super::Trainer`] checkpoints it.
+///
+/// ```
+/// use recur::data::{CharVocab, LmStreams};
+/// use recur::models::{CharLm, CharLmConfig, Trainer, TrainerConfig};
+/// use recur::optim::{Adam, AdamConfig};
+/// use recur::{ParamStore, Rng};
+///
+/// let text = "abcabcabcabc".repeat(20);
+/// let vocab = CharVocab::from_text(&text)?;
+/// let cfg = CharLmConfig { cell: "gru".into(), hidden: 16, layers: 1, embed: 8, dropout: 0.0,
+///     vocab: vocab.chars().iter().collect() };
+/// let mut ps = ParamStore::<f32>::new();
+/// let mut lm = CharLm::new(&mut ps, cfg, &mut Rng::new(0))?;
+/// let mut data = LmStreams::new(&vocab.encode(&text)?, 4, 10)?;
+/// let mut opt = Adam::new(AdamConfig::default().lr(0.02))?;
+/// Trainer::new(TrainerConfig::epochs(20)).fit(&mut lm, &mut ps, &mut opt, &mut data, None)?;
+/// // Greedy generation (temperature 0) continues the pattern.
+/// assert_eq!(lm.generate(&ps, "ab", 7, 0.0, None, &mut Rng::new(1))?, "cabcabc");
+/// # Ok::<(), recur::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct CharLm<T: Float> {
+    config: CharLmConfig,
+    vocab: CharVocab,
+    embed: Embedding,
+    rnn: Recurrent,
+    head: Linear,
+    carry: CarriedState<T>,
+}
+
+impl<T: Float> CharLm<T> {
+    /// Registers a freshly initialised model in `store`.
+    pub fn new(store: &mut ParamStore<T>, config: CharLmConfig, rng: &mut Rng) -> Result<Self> {
+        let vocab = CharVocab::from_chars(config.vocab.chars().collect())?;
+        let kind = cell_from_name(&config.cell)?;
+        let embed = Embedding::new(store, &scope("", "embed")?, vocab.len(), config.embed, rng)?;
+        let rc = RecurrentConfig::new(config.embed, config.hidden)
+            .num_layers(config.layers)
+            .dropout(config.dropout);
+        let rnn = Recurrent::new(store, &scope("", "rnn")?, kind, rc, rng)?;
+        let head = Linear::new(
+            store,
+            &scope("", "head")?,
+            config.hidden,
+            vocab.len(),
+            true,
+            rng,
+        )?;
+        Ok(CharLm {
+            config,
+            vocab,
+            embed,
+            rnn,
+            head,
+            carry: CarriedState::new(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CharLmConfig {
+        &self.config
+    }
+
+    /// The vocabulary.
+    pub fn vocab(&self) -> &CharVocab {
+        &self.vocab
+    }
+
+    /// The state carried between chunks.
+    pub fn carried(&mut self) -> &mut CarriedState<T> {
+        &mut self.carry
+    }
+
+    /// Logits `[T*B, V]` for ids `[T, B]`, from the carried state, which then holds the final
+    /// state.
+    pub fn logits(
+        &mut self,
+        cx: &mut Ctx<'_, T>,
+        ids: &[usize],
+        t_len: usize,
+        batch: usize,
+    ) -> Result<Var> {
+        let x = cx.embed(&self.embed, ids, &[t_len, batch])?;
+        let out = cx.recurrent_carry(&self.rnn, x, &mut self.carry)?;
+        let y = cx
+            .tape
+            .reshape(out.y, &[t_len * batch, self.config.hidden])?;
+        cx.linear(&self.head, y)
+    }
+
+    /// Generates `length` characters after `prime` (non-empty, in the vocabulary), sampling from
+    /// `softmax(logits / temperature)` restricted to the `top_k` most likely characters when
+    /// given; temperature 0 picks the most likely. Runs without a tape: one
+    /// [`InferenceStep`] per layer over weights packed once.
+    pub fn generate(
+        &self,
+        store: &ParamStore<T>,
+        prime: &str,
+        length: usize,
+        temperature: f64,
+        top_k: Option<usize>,
+        rng: &mut Rng,
+    ) -> Result<String> {
+        let prime = self.vocab.encode(prime)?;
+        if prime.is_empty() {
+            return Err(Error::invalid(
+                "CharLm::generate",
+                "the prime text is empty",
+            ));
+        }
+        if !(temperature.is_finite() && temperature >= 0.0) || top_k == Some(0) {
+            return Err(Error::invalid(
+                "CharLm::generate",
+                format!("temperature must be >= 0 and top_k >= 1 (got {temperature}, {top_k:?})"),
+            ));
+        }
+        let (h, e, kind) = (self.config.hidden, self.config.embed, self.rnn.kind());
+        let mut steps = Vec::with_capacity(self.config.layers);
+        for layer in 0..self.config.layers {
+            let p = self.rnn.direction_params(layer, 0).expect("layer in range");
+            for id in [Some(p.w_ih), Some(p.w_hh), p.b_ih, p.b_hh]
+                .into_iter()
+                .flatten()
+            {
+                store.check(id)?;
+            }
+            let bias = match (p.b_ih, p.b_hh) {
+                (Some(bi), Some(bh)) => Some((store.get(bi).data(), store.get(bh).data())),
+                _ => None,
+            };
+            let mut s = InferenceStep::new(kind, if layer == 0 { e } else { h }, h, 1)?;
+            s.pack_weights(store.get(p.w_ih).data(), store.get(p.w_hh).data(), bias)?;
+            steps.push(s);
+        }
+        let lstm = kind.has_cell_state();
+        let mut hs = vec![vec![T::ZERO; h]; steps.len()];
+        let mut cs = vec![vec![T::ZERO; if lstm { h } else { 0 }]; steps.len()];
+        let mut advance = |token: usize| -> Result<Tensor<T>> {
+            let mut x = self.embed.lookup(store, &[token], &[1])?.into_vec();
+            for (l, s) in steps.iter_mut().enumerate() {
+                s.step_packed(&x, &mut hs[l], &mut cs[l])?;
+                x.clone_from(&hs[l]);
+            }
+            self.head.apply(store, &Tensor::from_vec(x, &[1, h])?)
+        };
+        let mut logits = None;
+        for &t in &prime {
+            logits = Some(advance(t)?);
+        }
+        let mut logits = logits.expect("the prime is not empty");
+        let mut out = String::with_capacity(length);
+        for k in 0..length {
+            let next = sample(logits.data(), temperature, top_k, rng);
+            out.push(self.vocab.char(next)?);
+            if k + 1 < length {
+                logits = advance(next)?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Draws an index from `softmax(logits / temperature)` over the `top_k` largest logits;
+/// temperature 0 gives the argmax.
+fn sample<T: Float>(logits: &[T], temperature: f64, top_k: Option<usize>, rng: &mut Rng) -> usize {
+    let mut idx: Vec<usize> = (0..logits.len()).collect();
+    idx.sort_by(|&a, &b| {
+        logits[b]
+            .to_f64()
+            .total_cmp(&logits[a].to_f64())
+            .then(a.cmp(&b))
+    });
+    if temperature == 0.0 {
+        return idx[0];
+    }
+    idx.truncate(top_k.unwrap_or(idx.len()));
+    let m = logits[idx[0]].to_f64();
+    let w: Vec<f64> = idx
+        .iter()
+        .map(|&i| ((logits[i].to_f64() - m) / temperature).exp())
+        .collect();
+    let mut u = rng.uniform() * w.iter().sum::<f64>();
+    for (&i, wi) in idx.iter().zip(&w) {
+        if u < *wi {
+            return i;
+        }
+        u -= wi;
+    }
+    idx[0]
+}
+
+impl<T: Float> Module for CharLm<T> {
+    fn named_params(&self) -> Vec<(String, ParamId)> {
+        named_children(&[
+            ("embed", &self.embed),
+            ("rnn", &self.rnn),
+            ("head", &self.head),
+        ])
+    }
+}
+
+/// Mean cross-entropy (nats per character) of the next characters, with the state carried
+/// from the previous chunk (zeros where `reset`).
+impl<T: Float> Objective<T> for CharLm<T> {
+    type Batch = LmChunk;
+
+    fn loss(&mut self, cx: &mut Ctx<'_, T>, batch: &LmChunk) -> Result<Var> {
+        if batch.reset {
+            self.carry.reset();
+        }
+        let logits = self.logits(cx, &batch.x, batch.t_len, batch.batch)?;
+        cx.tape.cross_entropy(logits, &batch.y, None)
+    }
+
+    fn config_json(&self) -> String {
+        serde_json::to_string(&self.config).expect("a plain struct serialises")
+    }
+
+    fn state_tensors(&self) -> Vec<(String, Tensor<T>)> {
+        let mut out = Vec::new();
+        out.extend(self.carry.h().map(|h| ("h".to_string(), h.clone())));
+        out.extend(self.carry.c().map(|c| ("c".to_string(), c.clone())));
+        out
+    }
+
+    fn load_state_tensors(&mut self, tensors: Vec<(String, Tensor<T>)>) -> Result<()> {
+        let (mut h, mut c) = (None, None);
+        for (name, t) in tensors {
+            match name.as_str() {
+                "h" => h = Some(t),
+                "c" => c = Some(t),
+                other => {
+                    return Err(Error::format(
+                        "CharLm state",
+                        format!("unexpected state tensor `{other}`"),
+                    ));
+                }
+            }
+        }
+        self.carry = match h {
+            Some(h) => CarriedState::from_tensors(h, c),
+            None => CarriedState::new(),
+        };
+        Ok(())
+    }
+}
