@@ -156,24 +156,11 @@ impl<T: Float> CharLm<T> {
                 format!("temperature must be >= 0 and top_k >= 1 (got {temperature}, {top_k:?})"),
             ));
         }
-        let (h, e, kind) = (self.config.hidden, self.config.embed, self.rnn.kind());
-        let mut steps = Vec::with_capacity(self.config.layers);
-        for layer in 0..self.config.layers {
-            let p = self.rnn.direction_params(layer, 0).expect("layer in range");
-            for id in [Some(p.w_ih), Some(p.w_hh), p.b_ih, p.b_hh]
-                .into_iter()
-                .flatten()
-            {
-                store.check(id)?;
-            }
-            let bias = match (p.b_ih, p.b_hh) {
-                (Some(bi), Some(bh)) => Some((store.get(bi).data(), store.get(bh).data())),
-                _ => None,
-            };
-            let mut s = InferenceStep::new(kind, if layer == 0 { e } else { h }, h, 1)?;
-            s.pack_weights(store.get(p.w_ih).data(), store.get(p.w_hh).data(), bias)?;
-            steps.push(s);
-        }
+        let (h, kind) = (self.config.hidden, self.rnn.kind());
+        let steps: Result<Vec<InferenceStep<T>>> = (0..self.config.layers)
+            .map(|layer| self.rnn.inference_step(store, layer, 0, 1))
+            .collect();
+        let mut steps = steps?;
         let lstm = kind.has_cell_state();
         let mut hs = vec![vec![T::ZERO; h]; steps.len()];
         let mut cs = vec![vec![T::ZERO; if lstm { h } else { 0 }]; steps.len()];

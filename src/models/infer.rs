@@ -1,7 +1,7 @@
-//! A whole recurrent stack over a batch of sequences without a tape: [`InferenceStep`] per
-//! layer and direction over weights packed once, with lengths.
+//! A whole recurrent stack over a batch of sequences without a tape: an
+//! [`crate::nn::InferenceStep`] per layer and direction over weights packed once, with lengths.
 
-use crate::nn::{InferenceStep, Recurrent};
+use crate::nn::Recurrent;
 use crate::params::ParamStore;
 use crate::tensor::{Float, Tensor};
 use crate::{Error, Result};
@@ -56,22 +56,7 @@ pub(crate) fn run_stack<T: Float>(
     for layer in 0..layers {
         let mut y = vec![T::ZERO; t_len * b * d * h];
         for dir in 0..d {
-            let p = rnn
-                .direction_params(layer, dir)
-                .expect("layer and direction in range");
-            // Mis-shaped weights are caught by `pack_weights`, by their lengths.
-            for id in [Some(p.w_ih), Some(p.w_hh), p.b_ih, p.b_hh]
-                .into_iter()
-                .flatten()
-            {
-                store.check(id)?;
-            }
-            let bias = match (p.b_ih, p.b_hh) {
-                (Some(bi), Some(bh)) => Some((store.get(bi).data(), store.get(bh).data())),
-                _ => None,
-            };
-            let mut step = InferenceStep::new(rnn.kind(), in_size, h, b)?;
-            step.pack_weights(store.get(p.w_ih).data(), store.get(p.w_hh).data(), bias)?;
+            let mut step = rnn.inference_step(store, layer, dir, b)?;
             let mut hs = vec![T::ZERO; b * h];
             let mut cs = vec![T::ZERO; if lstm { b * h } else { 0 }];
             let (mut saved_h, mut saved_c) = (hs.clone(), cs.clone());

@@ -4,6 +4,7 @@
 use std::ops::Deref;
 
 use super::direction::{CellKind, DirectionParams, DirectionRun};
+use super::inference::InferenceStep;
 use super::init::uniform_tensor;
 use super::{fused, reference};
 use crate::kernels::rnn::Activation;
@@ -226,6 +227,61 @@ impl Recurrent {
         self.params
             .get(layer * self.config.directions() + dir)
             .copied()
+    }
+
+    /// A tape-free step of direction `dir` (0 forward, 1 reverse) of `layer`, for batches of
+    /// `batch` rows, over this stack's weights in `store` packed once: what sampling and
+    /// prediction loops step with (see [`InferenceStep::step_packed`]). Fails if the layer or
+    /// direction does not exist or a parameter is missing from `store` or mis-shaped.
+    ///
+    /// ```
+    /// use recur::nn::{Lstm, RecurrentConfig};
+    /// use recur::{ParamStore, Rng};
+    /// let mut ps = ParamStore::<f32>::new();
+    /// let lstm = Lstm::new(&mut ps, "", RecurrentConfig::new(3, 4).num_layers(2), &mut Rng::new(0))?;
+    /// let mut step = lstm.inference_step(&ps, 1, 0, 1)?; // layer 1 takes the 4 features of layer 0
+    /// let (mut h, mut c) = (vec![0.0f32; 4], vec![0.0f32; 4]);
+    /// step.step_packed(&[0.5; 4], &mut h, &mut c)?;
+    /// assert!(lstm.inference_step(&ps, 2, 0, 1).is_err());
+    /// # Ok::<(), recur::Error>(())
+    /// ```
+    pub fn inference_step<T: Float>(
+        &self,
+        store: &ParamStore<T>,
+        layer: usize,
+        dir: usize,
+        batch: usize,
+    ) -> Result<InferenceStep<T>> {
+        let cfg = &self.config;
+        let p = self.direction_params(layer, dir).ok_or_else(|| {
+            Error::invalid(
+                "Recurrent::inference_step",
+                format!(
+                    "no layer {layer} direction {dir} in a stack of {} layers and {} directions",
+                    cfg.num_layers,
+                    cfg.directions()
+                ),
+            )
+        })?;
+        // Mis-shaped weights are caught by `pack_weights`, by their lengths.
+        for id in [Some(p.w_ih), Some(p.w_hh), p.b_ih, p.b_hh]
+            .into_iter()
+            .flatten()
+        {
+            store.check(id)?;
+        }
+        let bias = p
+            .b_ih
+            .zip(p.b_hh)
+            .map(|(bi, bh)| (store.get(bi).data(), store.get(bh).data()));
+        let input = if layer == 0 {
+            cfg.input_size
+        } else {
+            cfg.hidden_size * cfg.directions()
+        };
+        let mut step = InferenceStep::new(self.kind, input, cfg.hidden_size, batch)?;
+        step.pack_weights(store.get(p.w_ih).data(), store.get(p.w_hh).data(), bias)?;
+        Ok(step)
     }
 
     /// Every parameter id, in registration order.
