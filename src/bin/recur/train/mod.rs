@@ -12,9 +12,16 @@ use std::time::Instant;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use recur::data::{CharVocab, TextStreams, split_validation};
+use recur::data::{CharVocab, TextStreams};
 use recur::optim::{DivergenceGuard, clip_grad_norm, grad_norm};
 use recur::{ParamStore, Rng, Tape};
+
+mod setup;
+
+use setup::{
+    check_args, estimate_bytes, load_corpus, prepare_out, read_text, resume_conflicts,
+    text_fingerprint,
+};
 
 use crate::CmdResult;
 use crate::charlm::{CharModel, ModelConfig};
@@ -113,194 +120,6 @@ pub struct TrainArgs {
     pub explicit: Vec<String>,
 }
 
-fn check_args(a: &TrainArgs) -> Result<(), String> {
-    let positive = [
-        ("--hidden", a.hidden),
-        ("--layers", a.layers),
-        ("--embed", a.embed),
-        ("--seq-len", a.seq_len),
-        ("--batch", a.batch),
-        ("--eval-every", a.eval_every),
-    ];
-    for (name, v) in positive {
-        if v == 0 {
-            return Err(format!("{name} must be at least 1"));
-        }
-    }
-    // Sizes far beyond what fits in memory are refused before any arithmetic on them.
-    let limits = [
-        ("--hidden", a.hidden, 16_384),
-        ("--layers", a.layers, 64),
-        ("--embed", a.embed, 16_384),
-        ("--seq-len", a.seq_len, 1_000_000),
-        ("--batch", a.batch, 1_000_000),
-    ];
-    for (name, v, max) in limits {
-        if v > max {
-            return Err(format!("{name} {v} is too large (at most {max})"));
-        }
-    }
-    if a.steps == Some(0) || a.epochs == Some(0) {
-        return Err("--steps / --epochs must be at least 1".into());
-    }
-    if !(a.lr.is_finite() && a.lr > 0.0) {
-        return Err(format!("--lr must be a positive number, got {}", a.lr));
-    }
-    if !(a.clip.is_finite() && a.clip >= 0.0) {
-        return Err(format!("--clip must be >= 0, got {}", a.clip));
-    }
-    if !(0.0..1.0).contains(&a.dropout) {
-        return Err(format!("--dropout must be in [0, 1), got {}", a.dropout));
-    }
-    if !(a.val_fraction > 0.0 && a.val_fraction < 0.5) {
-        return Err(format!(
-            "--val-fraction must be in (0, 0.5), got {}",
-            a.val_fraction
-        ));
-    }
-    Ok(())
-}
-
-/// The largest `--text` read, in bytes (1 GiB): the corpus is held in memory as 8-byte ids,
-/// twice over.
-pub const MAX_TEXT_BYTES: u64 = 1 << 30;
-
-/// Reads the text file: it must be a regular file (not a device, FIFO or directory) of at most
-/// [`MAX_TEXT_BYTES`], be UTF-8, not look binary, and not be empty.
-pub fn read_text(path: &Path) -> Result<String, String> {
-    use std::io::Read;
-    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
-    let file = std::fs::File::open(path).map_err(cannot)?;
-    let meta = file.metadata().map_err(cannot)?;
-    if !meta.is_file() {
-        return Err(format!(
-            "cannot read {}: not a regular file (a directory, device or pipe)",
-            path.display()
-        ));
-    }
-    if meta.len() > MAX_TEXT_BYTES {
-        return Err(format!(
-            "{} is too large: {} bytes, at most {MAX_TEXT_BYTES} (1 GiB) are read",
-            path.display(),
-            meta.len()
-        ));
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    // A file that grows while it is read stops at the limit too.
-    file.take(MAX_TEXT_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(cannot)?;
-    if bytes.len() as u64 > MAX_TEXT_BYTES {
-        return Err(format!(
-            "{} is too large: more than {MAX_TEXT_BYTES} bytes (1 GiB)",
-            path.display()
-        ));
-    }
-    if bytes.is_empty() {
-        return Err(format!("{} is empty", path.display()));
-    }
-    let text = String::from_utf8(bytes).map_err(|e| {
-        format!(
-            "{} is not UTF-8 text (invalid byte at offset {}); is it a binary file?",
-            path.display(),
-            e.utf8_error().valid_up_to()
-        )
-    })?;
-    if text.contains('\0') {
-        return Err(format!(
-            "{} contains NUL bytes; is it a binary file?",
-            path.display()
-        ));
-    }
-    Ok(text)
-}
-
-/// The fingerprint of a training text recorded in checkpoints.
-fn text_fingerprint(text: &str) -> String {
-    format!(
-        "fnv1a64:{:016x}",
-        recur::io::checksum::fingerprint(text.as_bytes())
-    )
-}
-
-/// An upper bound of the peak memory of training `config` with `batch` x `seq_len` chunks on a
-/// text of `text_bytes` bytes and `chars` characters (see [`crate::memory`]): parameters,
-/// gradients, two optimizer buffers, the packed recurrent weights and the checkpoint being
-/// written, copied while it is serialised (about 14 copies of the parameters in f32, measured;
-/// 18 counted); the tape of one step (embeddings, per layer the gate activations, cell
-/// and hidden states and the dropout mask, the logits, their softmax and gradient; forward and
-/// backward); the text and its ids (8 bytes per character, twice).
-fn estimate_bytes(
-    config: &ModelConfig,
-    batch: usize,
-    seq_len: usize,
-    text_bytes: usize,
-    chars: usize,
-) -> u64 {
-    let Some(params) = config.param_count() else {
-        return u64::MAX;
-    };
-    let g = config.kind().map_or(4, |k| k.gates()) as f64;
-    let (h, l, e) = (
-        config.hidden as f64,
-        config.layers as f64,
-        config.embed as f64,
-    );
-    let v = config.vocab.chars().count() as f64;
-    let per_position = e + l * (2.0 * g * h + 5.0 * h) + 3.0 * v;
-    let tape = (batch * seq_len) as f64 * per_position * 4.0 * 2.0;
-    let weights = params as f64 * 4.0 * 18.0;
-    let text = text_bytes as f64 + chars as f64 * 8.0 * 2.2;
-    crate::memory::BASE + crate::memory::bytes(tape + weights + text)
-}
-
-/// The corpus, cut for training and validation.
-struct Corpus {
-    vocab: CharVocab,
-    train: TextStreams,
-    val: TextStreams,
-    unigram_nats: f64,
-    train_chars: usize,
-    total_chars: usize,
-}
-
-fn load_corpus(args: &TrainArgs, text: &str, vocab: Option<CharVocab>) -> Result<Corpus, String> {
-    let vocab = match vocab {
-        Some(v) => v,
-        None => CharVocab::from_text(text).map_err(|e| e.to_string())?,
-    };
-    let ids = vocab.encode(text).map_err(|e| {
-        format!(
-            "{}: {e} (the checkpoint was trained on another text)",
-            args.text.display()
-        )
-    })?;
-    let min = args.seq_len + 1;
-    let (train, val) = split_validation(&ids, args.val_fraction, min)
-        .map_err(|e| format!("{}: {e}", args.text.display()))?;
-    let train_streams = TextStreams::new(train, args.batch, args.seq_len).map_err(|_| {
-        format!(
-            "{}: too short for --batch {} x --seq-len {}: {} training characters, need at least {}",
-            args.text.display(),
-            args.batch,
-            args.seq_len,
-            train.len(),
-            args.batch * (args.seq_len + 1)
-        )
-    })?;
-    let val_batch = (val.len() / min).clamp(1, args.batch);
-    let val_streams = TextStreams::new(val, val_batch, args.seq_len)
-        .map_err(|e| format!("{}: {e}", args.text.display()))?;
-    Ok(Corpus {
-        unigram_nats: vocab.unigram_entropy(train),
-        train_chars: train.len(),
-        total_chars: ids.len(),
-        vocab,
-        train: train_streams,
-        val: val_streams,
-    })
-}
-
 /// Mean validation loss in nats per character over (up to 64) chunks, from a zero state.
 fn validate(
     model: &CharModel,
@@ -330,98 +149,6 @@ fn validate(
         state = next;
     }
     Ok(total / n as f64)
-}
-
-/// The flags of a resumed run that differ from its checkpoint, one description each. `lr` and
-/// `clip` are applied instead when `--override` is given; `batch` and `seq-len` must always
-/// match; the others are compared only when given on the command line.
-fn resume_conflicts(
-    args: &TrainArgs,
-    r: &checkpoint::Resumed,
-) -> (Vec<String>, Option<f64>, Option<f64>) {
-    use clap::ValueEnum;
-    let given = |id: &str| args.explicit.iter().any(|e| e == id);
-    let m = &r.model.config;
-    let mut conflicts = Vec::new();
-    let mut differ = |flag: &str, wanted: String, stored: String, note: &str| {
-        conflicts.push(format!("{flag} {wanted} (checkpoint: {stored}{note})"));
-    };
-    if given("cell") && args.cell.name() != m.cell {
-        differ("--cell", args.cell.name().into(), m.cell.clone(), "");
-    }
-    for (id, wanted, stored) in [
-        ("hidden", args.hidden, m.hidden),
-        ("layers", args.layers, m.layers),
-        ("embed", args.embed, m.embed),
-    ] {
-        if given(id) && wanted != stored {
-            differ(
-                &format!("--{id}"),
-                wanted.to_string(),
-                stored.to_string(),
-                "",
-            );
-        }
-    }
-    if given("dropout") && args.dropout != m.dropout {
-        differ(
-            "--dropout",
-            args.dropout.to_string(),
-            m.dropout.to_string(),
-            "",
-        );
-    }
-    let opt_name = args
-        .optimizer
-        .to_possible_value()
-        .map(|v| v.get_name().to_string())
-        .unwrap_or_default();
-    if given("optimizer") && opt_name != r.optimizer.name() {
-        differ("--optimizer", opt_name, r.optimizer.name().into(), "");
-    }
-    if r.state.batch != args.batch {
-        differ(
-            "--batch",
-            args.batch.to_string(),
-            r.state.batch.to_string(),
-            "",
-        );
-    }
-    if r.state.seq_len != args.seq_len {
-        differ(
-            "--seq-len",
-            args.seq_len.to_string(),
-            r.state.seq_len.to_string(),
-            "",
-        );
-    }
-    let (mut lr, mut clip) = (None, None);
-    let note = "; --override uses the new value";
-    if given("lr") && args.lr != r.optimizer.lr() {
-        if args.override_ {
-            lr = Some(args.lr);
-        } else {
-            differ(
-                "--lr",
-                args.lr.to_string(),
-                r.optimizer.lr().to_string(),
-                note,
-            );
-        }
-    }
-    if given("clip") && args.clip != r.state.clip {
-        if args.override_ {
-            clip = Some(args.clip);
-        } else {
-            differ(
-                "--clip",
-                args.clip.to_string(),
-                r.state.clip.to_string(),
-                note,
-            );
-        }
-    }
-    (conflicts, lr, clip)
 }
 
 /// Why a run stopped early.
@@ -800,15 +527,6 @@ pub fn run(args: &TrainArgs) -> CmdResult {
         println!("{summary}");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Creates `out` and checks that files can be written into it, before the first step.
-fn prepare_out(out: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-    let probe = out.join(format!(".recur-write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"")
-        .and_then(|_| std::fs::remove_file(&probe))
-        .map_err(|e| format!("cannot write into {}: {e}", out.display()))
 }
 
 /// Saves the checkpoint `name` into `out`.
