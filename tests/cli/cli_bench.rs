@@ -81,6 +81,10 @@ fn bad_arguments_give_one_line_and_a_failure_status() {
             &["--batch", "100000", "--seq-len", "100000"][..],
             "too large",
         ),
+        (
+            &["--hidden", "100000", "--batch", "1", "--seq-len", "1"][..],
+            "would need about",
+        ),
     ] {
         let (ok, stdout, stderr) = bench(args);
         assert!(!ok, "{args:?} succeeded: {stdout}");

@@ -58,6 +58,10 @@ pub struct BenchArgs {
     /// sgemm_gflops): the reference rate for the training-step figures.
     #[arg(long = "sgemm-rate", value_name = "N")]
     sgemm_rate: Option<usize>,
+    /// Refuse to start if the estimated peak memory exceeds this (e.g. 800M, 4G; default: the
+    /// available memory).
+    #[arg(long, value_parser = crate::memory::parse_size)]
+    max_memory: Option<u64>,
 }
 
 /// Runs the benchmark described by `args`.
@@ -105,6 +109,22 @@ pub fn run(args: &BenchArgs) -> CmdResult {
             args.seq_len, args.batch, args.input, args.hidden
         ));
     }
+    // The weights, their gradients and their packed copies, and the activations of every step
+    // with their gradients: refused up front when that cannot fit in the available memory.
+    let (b, t, i, h) = (
+        args.batch as f64,
+        args.seq_len as f64,
+        args.input as f64,
+        args.hidden as f64,
+    );
+    let g = kind.gates() as f64;
+    let value = if args.dtype == "f64" { 8.0 } else { 4.0 };
+    let estimate = value * (4.0 * g * h * (i + h) + 6.0 * t * b * (i + g * h + 2.0 * h));
+    crate::memory::check(
+        "recur bench",
+        crate::memory::bytes(estimate),
+        args.max_memory,
+    )?;
     if args.steps < 5 {
         return Err(format!(
             "bench: --steps must be at least 5, got {}",
