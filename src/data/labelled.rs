@@ -11,6 +11,8 @@ pub struct Example {
     pub label: String,
     /// The text (everything after the first tab; it may hold more tabs).
     pub text: String,
+    /// The line it was read from, counted from 1 (for error messages).
+    pub line: usize,
 }
 
 /// Parses `label<TAB>text` lines. Blank lines (empty or only whitespace) are skipped, a
@@ -20,7 +22,7 @@ pub struct Example {
 /// ```
 /// use recur::data::parse_labelled;
 /// let ex = parse_labelled("en\thello\n\nfr\tbonjour\r\n", "words.tsv")?;
-/// assert_eq!((ex[1].label.as_str(), ex[1].text.as_str()), ("fr", "bonjour"));
+/// assert_eq!((ex[1].label.as_str(), ex[1].text.as_str(), ex[1].line), ("fr", "bonjour", 3));
 /// let err = parse_labelled("en\thello\nbonjour\n", "words.tsv").unwrap_err();
 /// assert_eq!(err.to_string(), "words.tsv: line 2: no tab between label and text: \"bonjour\"");
 /// # Ok::<(), recur::Error>(())
@@ -48,6 +50,7 @@ pub fn parse_labelled(text: &str, context: &str) -> Result<Vec<Example>> {
         out.push(Example {
             label: label.trim().to_string(),
             text: body.to_string(),
+            line: k + 1,
         });
     }
     Ok(out)

@@ -161,6 +161,137 @@ pub fn save_checkpoint_with_extras<T: Float>(
     )
 }
 
+/// Reads only the parameters of a checkpoint written by [`save_checkpoint`] into `store`, for
+/// using a trained model (prediction, generation) without its optimizer: returns the stored
+/// configuration JSON, which the caller checks. The file is validated as by
+/// [`load_checkpoint`] (checksum, kind, version, float type; every parameter of `store` present
+/// with its shape and finite, none unexpected); the optimizer state, generator and extra tensors
+/// are ignored. On error `store` is unchanged.
+///
+/// ```
+/// use recur::io::checkpoint::{load_checkpoint_params, save_checkpoint, CheckpointInfo};
+/// use recur::optim::{Adam, AdamConfig};
+/// use recur::{ParamStore, Rng, Tensor};
+///
+/// let dir = std::env::temp_dir().join(format!("recur-ckpt-params-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).map_err(|e| recur::Error::io(&dir, e))?;
+/// let path = dir.join("run.safetensors");
+/// let mut ps = ParamStore::<f32>::new();
+/// ps.add("w", Tensor::from_vec(vec![1.0, 2.0], &[2])?)?;
+/// let info = CheckpointInfo { config: r#"{"hidden":2}"#.into(), step: 3, schedule_step: 3 };
+/// save_checkpoint(&path, &ps, &Adam::new(AdamConfig::default())?, &Rng::new(1), &info)?;
+///
+/// let mut fresh = ParamStore::<f32>::new();
+/// let w = fresh.add("w", Tensor::zeros(&[2])?)?;
+/// assert_eq!(load_checkpoint_params(&path, &mut fresh)?, info.config);
+/// assert_eq!(fresh.get(w).data(), &[1.0, 2.0]);
+/// # std::fs::remove_dir_all(&dir).ok();
+/// # Ok::<(), recur::Error>(())
+/// ```
+pub fn load_checkpoint_params<T: Float>(path: &Path, store: &mut ParamStore<T>) -> Result<String> {
+    let ctx = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let archive = Archive::from_bytes(&bytes, &ctx)?;
+    let config = check_header::<T>(&archive, &ctx)?;
+    let mut problems = Vec::new();
+    let params = read_params(&archive, store, &mut problems)?;
+    if !problems.is_empty() {
+        return Err(Error::format(ctx, problems.join("; ")));
+    }
+    for (id, t) in params {
+        *store.get_mut(id) = t;
+    }
+    Ok(config)
+}
+
+/// The stored dtype of `T`.
+fn stored_dtype<T: Float>() -> StoredDtype {
+    if T::DTYPE == "F32" {
+        StoredDtype::F32
+    } else {
+        StoredDtype::F64
+    }
+}
+
+/// Checks a checkpoint's checksum, kind, format version and float type; returns its `config`.
+fn check_header<T: Float>(archive: &Archive, ctx: &str) -> Result<String> {
+    let bad = |msg: String| Error::format(ctx, msg);
+    if let Some(stored) = archive.metadata.get(CHECKSUM_KEY) {
+        let computed = archive.tensor_checksum();
+        if *stored != computed {
+            return Err(bad(format!(
+                "the tensor data does not match its checksum (stored {stored}, computed \
+                 {computed}): the file is damaged"
+            )));
+        }
+    }
+    let meta = |key: &str| {
+        archive
+            .metadata
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| bad(format!("metadata key `{key}` is missing")))
+    };
+    match archive.metadata.get("kind").map(String::as_str) {
+        Some(CHECKPOINT_KIND) => {}
+        other => {
+            return Err(bad(format!(
+                "not a recur checkpoint (metadata `kind` is {other:?}, expected \
+                 \"{CHECKPOINT_KIND}\")"
+            )));
+        }
+    }
+    let version = meta("format_version")?;
+    if version != FORMAT_VERSION.to_string() {
+        return Err(bad(format!(
+            "format version {version} is not supported (this build reads {FORMAT_VERSION})"
+        )));
+    }
+    let dtype = meta("dtype")?;
+    if dtype != T::DTYPE {
+        return Err(bad(format!(
+            "the checkpoint holds {dtype} parameters but the model is {}",
+            T::DTYPE
+        )));
+    }
+    Ok(meta("config")?.to_string())
+}
+
+/// Every parameter of `store` from the archive (present, same shape and dtype, finite), and no
+/// unexpected one; problems are appended to `problems`.
+fn read_params<T: Float>(
+    archive: &Archive,
+    store: &ParamStore<T>,
+    problems: &mut Vec<String>,
+) -> Result<Vec<(crate::params::ParamId, Tensor<T>)>> {
+    let want_dtype = stored_dtype::<T>();
+    let mut params = Vec::with_capacity(store.len());
+    for (id, name, t) in store.iter() {
+        let key = format!("{MODEL}{name}");
+        match archive.tensors.get(&key) {
+            None => problems.push(format!("missing parameter `{key}`")),
+            Some(st) if st.dims() != t.dims() => problems.push(format!(
+                "parameter `{key}` has shape {:?} but the model needs {:?}",
+                st.dims(),
+                t.dims()
+            )),
+            Some(st) if st.dtype() != want_dtype => {
+                problems.push(format!("parameter `{key}` is not {}", T::DTYPE))
+            }
+            Some(st) if st.first_non_finite().is_some() => problems.push(non_finite(&key, st)),
+            Some(st) => params.push((id, st.to_tensor::<T>(&key)?)),
+        }
+    }
+    for key in archive.tensors.keys() {
+        if let Some(name) = key.strip_prefix(MODEL)
+            && store.find(name).is_none()
+        {
+            problems.push(format!("unexpected parameter `{key}` (not in the model)"));
+        }
+    }
+    Ok(params)
+}
+
 /// The problem of a tensor holding NaN or an infinity.
 fn non_finite(key: &str, st: &super::StoredTensor) -> String {
     let n = st.dims().iter().product::<usize>();
@@ -241,17 +372,7 @@ pub fn load_checkpoint<T: Float>(
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let archive = Archive::from_bytes(&bytes, &ctx)?;
     let bad = |msg: String| Error::format(ctx.clone(), msg);
-    if let Some(stored) = archive.metadata.get(CHECKSUM_KEY) {
-        let computed = archive.tensor_checksum();
-        if *stored != computed {
-            return Err(bad(format!(
-                "the tensor data does not match its checksum (stored {stored}, computed \
-                 {computed}): the file is damaged"
-            )));
-        }
-    }
-
-    // Header.
+    let config = check_header::<T>(&archive, &ctx)?;
     let meta = |key: &str| {
         archive
             .metadata
@@ -259,29 +380,6 @@ pub fn load_checkpoint<T: Float>(
             .map(String::as_str)
             .ok_or_else(|| bad(format!("metadata key `{key}` is missing")))
     };
-    match archive.metadata.get("kind").map(String::as_str) {
-        Some(CHECKPOINT_KIND) => {}
-        other => {
-            return Err(bad(format!(
-                "not a recur checkpoint (metadata `kind` is {other:?}, expected \
-                 \"{CHECKPOINT_KIND}\")"
-            )));
-        }
-    }
-    let version = meta("format_version")?;
-    if version != FORMAT_VERSION.to_string() {
-        return Err(bad(format!(
-            "format version {version} is not supported (this build reads {FORMAT_VERSION})"
-        )));
-    }
-    let dtype = meta("dtype")?;
-    if dtype != T::DTYPE {
-        return Err(bad(format!(
-            "the checkpoint holds {dtype} parameters but the model is {}",
-            T::DTYPE
-        )));
-    }
-    let config = meta("config")?.to_string();
     check_config(&config).map_err(|e| bad(e.to_string()))?;
     let opt_name = meta("optimizer")?;
     if opt_name != optimizer.name() {
@@ -297,36 +395,9 @@ pub fn load_checkpoint<T: Float>(
     })?;
 
     // Parameters: every one present with the right shape and dtype, nothing extra.
-    let want_dtype = if T::DTYPE == "F32" {
-        StoredDtype::F32
-    } else {
-        StoredDtype::F64
-    };
+    let want_dtype = stored_dtype::<T>();
     let mut problems = Vec::new();
-    let mut params = Vec::with_capacity(store.len());
-    for (id, name, t) in store.iter() {
-        let key = format!("{MODEL}{name}");
-        match archive.tensors.get(&key) {
-            None => problems.push(format!("missing parameter `{key}`")),
-            Some(st) if st.dims() != t.dims() => problems.push(format!(
-                "parameter `{key}` has shape {:?} but the model needs {:?}",
-                st.dims(),
-                t.dims()
-            )),
-            Some(st) if st.dtype() != want_dtype => {
-                problems.push(format!("parameter `{key}` is not {}", T::DTYPE))
-            }
-            Some(st) if st.first_non_finite().is_some() => problems.push(non_finite(&key, st)),
-            Some(st) => params.push((id, st.to_tensor::<T>(&key)?)),
-        }
-    }
-    for key in archive.tensors.keys() {
-        if let Some(name) = key.strip_prefix(MODEL)
-            && store.find(name).is_none()
-        {
-            problems.push(format!("unexpected parameter `{key}` (not in the model)"));
-        }
-    }
+    let params = read_params(&archive, store, &mut problems)?;
 
     // Optimizer state: the listed tensors, all present, nothing unlisted.
     let mut optim_tensors = Vec::with_capacity(state_names.len());

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Objective, cell_from_name};
 use crate::data::{CharVocab, LmChunk};
+use crate::kernels::gemv::{AlignedMatrix, gemv_rows_acc};
+use crate::kernels::sweep::Sweep;
 use crate::nn::{
     CarriedState, Ctx, Embedding, InferenceStep, Linear, Module, Recurrent, RecurrentConfig,
     named_children, scope,
@@ -164,13 +166,42 @@ impl<T: Float> CharLm<T> {
         let lstm = kind.has_cell_state();
         let mut hs = vec![vec![T::ZERO; h]; steps.len()];
         let mut cs = vec![vec![T::ZERO; if lstm { h } else { 0 }]; steps.len()];
+        // The head as one matrix-vector product per character over its weights aligned once.
+        let v = self.vocab.len();
+        let (w_id, b_id) = (self.head.weight(), self.head.bias());
+        store.check(w_id)?;
+        let w = store.get(w_id);
+        if w.dims() != [v, h] {
+            return Err(Error::invalid(
+                "CharLm::generate",
+                format!("head.weight has shape {:?}, expected [{v}, {h}]", w.dims()),
+            ));
+        }
+        let mut head = AlignedMatrix::from_buffer(Vec::new());
+        head.copy_from(w.data(), v, h);
+        let bias = match b_id {
+            Some(b) => {
+                store.check(b)?;
+                let b = store.get(b).data().to_vec();
+                if b.len() != v {
+                    return Err(Error::invalid(
+                        "CharLm::generate",
+                        format!("head.bias has {} values, expected {v}", b.len()),
+                    ));
+                }
+                b
+            }
+            None => vec![T::ZERO; v],
+        };
         let mut advance = |token: usize| -> Result<Tensor<T>> {
             let mut x = self.embed.lookup(store, &[token], &[1])?.into_vec();
             for (l, s) in steps.iter_mut().enumerate() {
                 s.step_packed(&x, &mut hs[l], &mut cs[l])?;
                 x.clone_from(&hs[l]);
             }
-            self.head.apply(store, &Tensor::from_vec(x, &[1, h])?)
+            let mut logits = bias.clone();
+            gemv_rows_acc(&head, &x, &mut logits, 0..v, Sweep::Ascending);
+            Tensor::from_vec(logits, &[1, v])
         };
         let mut logits = None;
         for &t in &prime {

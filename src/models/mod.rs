@@ -6,6 +6,8 @@
 //! * [`SequenceClassifier`]: tokens or feature vectors -> stacked, optionally bidirectional
 //!   RNN/LSTM/GRU -> last real state or mean over the real steps -> linear classes; `predict`
 //!   runs without a tape.
+//! * [`TextClassifier`]: a [`SequenceClassifier`] over texts with its vocabulary and labels,
+//!   saved with its checkpoints and loaded from them alone ([`TextClassifier::load`]).
 //! * [`SequenceRegressor`]: many-to-many, one output vector per step, trained on the real steps.
 //! * [`Trainer`]: steps or epochs over a [`crate::data::DataSource`], any optimizer, gradient
 //!   clipping, a learning-rate schedule, validation every N steps, best/last checkpoints written
@@ -17,11 +19,13 @@ mod charlm;
 mod classifier;
 mod infer;
 mod regressor;
+mod text;
 mod trainer;
 
 pub use charlm::{CharLm, CharLmConfig};
 pub use classifier::{Pooling, SequenceClassifier, SequenceClassifierConfig};
 pub use regressor::{DenseBatch, DenseDataset, SequenceRegressor, SequenceRegressorConfig};
+pub use text::{ClassStats, TextClassifier, TextClassifierConfig, class_report};
 pub use trainer::{Control, Event, FitSummary, Trainer, TrainerConfig};
 
 use crate::nn::{Activation, CellKind, Ctx};

@@ -1,5 +1,6 @@
-//! The command-line tool, run as a user runs it: train, sample, demo, gradflow, parity and bench.
+//! The command-line tool, run as a user runs it: train, sample, classify, demo, gradflow, parity and bench.
 
+mod classify;
 mod cli_bench;
 mod cli_demo;
 mod cli_parity;

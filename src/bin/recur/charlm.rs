@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use recur::data::CharVocab;
+use recur::models::{CharLm, CharLmConfig};
 use recur::nn::{
     Activation, CellKind, Embedding, ForwardOptions, Linear, Recurrent, RecurrentConfig,
 };
@@ -166,64 +167,28 @@ impl CharModel {
         Ok((tape.cross_entropy(logits, targets, None)?, next))
     }
 
-    /// Generates `length` characters after `prime` (which must be non-empty and in the
-    /// vocabulary), sampling from softmax(logits / temperature).
-    pub fn sample(
-        &self,
-        store: &ParamStore<f32>,
-        prime: &str,
-        length: usize,
-        temperature: f64,
-        rng: &mut Rng,
-    ) -> Result<String> {
-        let ids = self.vocab.encode(prime)?;
-        if ids.is_empty() {
-            return Err(Error::invalid("sample", "the prime text is empty"));
+    /// The library's [`CharLm`] of the same shape, with a copy of the parameters in `store`:
+    /// what generates text (without a tape, over weights packed once).
+    pub fn to_lm(&self, store: &ParamStore<f32>) -> Result<(CharLm<f32>, ParamStore<f32>)> {
+        let c = &self.config;
+        let config = CharLmConfig {
+            cell: c.cell.clone(),
+            hidden: c.hidden,
+            layers: c.layers,
+            embed: c.embed,
+            dropout: c.dropout,
+            vocab: c.vocab.clone(),
+        };
+        let mut lm_store = ParamStore::new();
+        let lm = CharLm::new(&mut lm_store, config, &mut Rng::new(0))?;
+        let ids: Vec<_> = lm_store.ids().collect();
+        for id in ids {
+            let name = lm_store.name(id).to_string();
+            let src = store
+                .find(&name)
+                .ok_or_else(|| Error::format("model", format!("no parameter `{name}` to copy")))?;
+            *lm_store.get_mut(id) = store.get(src).clone();
         }
-        let mut tape = Tape::new();
-        let mut state = self.zero_state(1)?;
-        let mut out = String::with_capacity(length.min(1 << 20));
-        // Read the prime; the last character's logits give the first sample.
-        tape.clear();
-        let (mut logits, s) = self.logits(&mut tape, store, &ids, ids.len(), 1, &state, None)?;
-        state = s;
-        let v = self.vocab.len();
-        let mut last_row = tape.value(logits)?.data()[(ids.len() - 1) * v..].to_vec();
-        for _ in 0..length {
-            let next = sample_index(&last_row, temperature, rng);
-            out.push(self.vocab.char(next)?);
-            tape.clear();
-            let (l, s) = self.logits(&mut tape, store, &[next], 1, 1, &state, None)?;
-            logits = l;
-            state = s;
-            last_row = tape.value(logits)?.data().to_vec();
-        }
-        Ok(out)
+        Ok((lm, lm_store))
     }
-}
-
-/// Draws an index from softmax(logits / temperature); temperature 0 picks the argmax.
-fn sample_index(logits: &[f32], temperature: f64, rng: &mut Rng) -> usize {
-    let argmax = logits
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i);
-    if temperature <= 0.0 {
-        return argmax;
-    }
-    let m = logits[argmax] as f64;
-    let w: Vec<f64> = logits
-        .iter()
-        .map(|&l| ((l as f64 - m) / temperature).exp())
-        .collect();
-    let total: f64 = w.iter().sum();
-    let mut u = rng.uniform() * total;
-    for (i, wi) in w.iter().enumerate() {
-        if u < *wi {
-            return i;
-        }
-        u -= wi;
-    }
-    argmax
 }

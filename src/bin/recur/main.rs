@@ -11,6 +11,7 @@ mod adding;
 mod bench;
 mod charlm;
 mod checkpoint;
+mod classify;
 mod demo;
 mod example;
 mod gradflow;
@@ -40,6 +41,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Generate text from a checkpoint written by `recur train`.
     Sample(sample::SampleArgs),
+    /// Train a text classifier on `label<TAB>text` files, and classify texts with it.
+    Classify(classify::ClassifyArgs),
     /// Measure ||dL/dh_t|| through time for each cell, at initialisation and after training.
     Gradflow(gradflow::GradflowArgs),
     /// Check recur against PyTorch: run parity fixtures (tests/fixtures/gen_parity.py) and print
@@ -131,6 +134,7 @@ fn main() -> ExitCode {
         Command::Gradflow(args) => gradflow::run(&args),
         Command::Train(args) => train::run(&args),
         Command::Sample(args) => sample::run(&args),
+        Command::Classify(args) => classify::run(&args),
         Command::Parity { files } => parity::run(&files),
     };
     match result {

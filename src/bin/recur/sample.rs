@@ -58,13 +58,14 @@ pub fn run(args: &SampleArgs) -> CmdResult {
         None if vocab.id('\n').is_some() => "\n".into(),
         None => vocab.char(0).map_err(|e| e.to_string())?.to_string(),
     };
-    let text = r
-        .model
-        .sample(
-            &r.store,
+    let (lm, store) = r.model.to_lm(&r.store).map_err(|e| e.to_string())?;
+    let text = lm
+        .generate(
+            &store,
             &prime,
             args.length,
             args.temperature,
+            None,
             &mut Rng::new(args.seed),
         )
         .map_err(|e| e.to_string())?;

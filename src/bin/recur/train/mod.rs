@@ -592,8 +592,9 @@ fn write_sample(
         .vocab
         .char(rng.below(model.vocab.len()))
         .map_err(|e| e.to_string())?;
-    let text = model
-        .sample(store, &prime.to_string(), 400, 0.8, &mut rng)
+    let (lm, lm_store) = model.to_lm(store).map_err(|e| e.to_string())?;
+    let text = lm
+        .generate(&lm_store, &prime.to_string(), 400, 0.8, None, &mut rng)
         .map_err(|e| e.to_string())?;
     let path = out.join(format!("sample_{step:07}.txt"));
     recur::io::atomic_write(&path, format!("{prime}{text}\n").as_bytes()).map_err(|e| e.to_string())
