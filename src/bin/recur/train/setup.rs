@@ -249,21 +249,13 @@ pub(super) fn resume_conflicts(
     if given("optimizer") && opt_name != r.optimizer.name() {
         differ("--optimizer", opt_name, r.optimizer.name().into(), "");
     }
-    if r.state.batch != args.batch {
-        differ(
-            "--batch",
-            args.batch.to_string(),
-            r.state.batch.to_string(),
-            "",
-        );
-    }
-    if r.state.seq_len != args.seq_len {
-        differ(
-            "--seq-len",
-            args.seq_len.to_string(),
-            r.state.seq_len.to_string(),
-            "",
-        );
+    for (flag, given_value, saved) in [
+        ("--batch", args.batch, r.state.batch),
+        ("--seq-len", args.seq_len, r.state.seq_len),
+    ] {
+        if saved != given_value {
+            differ(flag, given_value.to_string(), saved.to_string(), "");
+        }
     }
     let (mut lr, mut clip) = (None, None);
     let note = "; --override uses the new value";
