@@ -152,7 +152,7 @@ impl Config {
             CellKind::Gru => &mut fs.xp,
             CellKind::Rnn(_) => &mut sh.ys,
         };
-        project(tl * n, i_sz, gh, xs, w.w_ih, w.w_ih_packed, xp, halves);
+        project((tl * n, i_sz, gh), xs, w.w_ih, w.w_ih_packed, xp, halves);
         if self.kind != CellKind::Gru {
             // One row of `b_ih + b_hh` (empty without biases).
             init_input_projection(&mut fs.bias, w.bias, self.kind);

@@ -111,16 +111,13 @@ pub(super) fn projects_packed(rows: usize) -> bool {
     rows > SMALL_ROWS
 }
 
-/// `xp = X W^T`, for `X` `[m, k]` and `W` `[n, k]`: up to
+/// `xp = X W^T`, for `X` `[m, k]` and `W` `[n, k]` (`dims` = `(m, k, n)`): up to
 /// [`SMALL_ROWS`] rows on the small-batch kernel over `W` as stored, more against `W^T` packed
 /// (`packed`, required then); with `halves` on two threads, split by rows. The kernel is chosen
 /// by the whole product's rows, and either computes each row of `xp` as in the whole product,
 /// so the split changes how fast, never what, it computes.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn project<T: Float>(
-    m: usize,
-    k: usize,
-    n: usize,
+    (m, k, n): (usize, usize, usize),
     x: &[T],
     w: &[T],
     packed: Option<&PackedB<T>>,
