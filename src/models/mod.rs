@@ -28,7 +28,7 @@ pub use regressor::{DenseBatch, DenseDataset, SequenceRegressor, SequenceRegress
 pub use text::{ClassStats, TextClassifier, TextClassifierConfig, class_report};
 pub use trainer::{Control, Event, FitSummary, Trainer, TrainerConfig};
 
-use crate::nn::{Activation, CellKind, Ctx};
+use crate::nn::{CellKind, Ctx};
 use crate::params::ParamStore;
 use crate::tape::Var;
 use crate::tensor::{Float, Tensor};
@@ -81,16 +81,10 @@ pub trait Objective<T: Float> {
 /// # Ok::<(), recur::Error>(())
 /// ```
 pub fn cell_from_name(name: &str) -> Result<CellKind> {
-    Ok(match name {
-        "rnn" => CellKind::Rnn(Activation::Tanh),
-        "rnn_relu" | "rnn-relu" => CellKind::Rnn(Activation::Relu),
-        "lstm" => CellKind::Lstm,
-        "gru" => CellKind::Gru,
-        other => {
-            return Err(Error::invalid(
-                "cell",
-                format!("unknown cell `{other}` (expected rnn, rnn_relu, lstm or gru)"),
-            ));
-        }
+    CellKind::from_name(name).ok_or_else(|| {
+        Error::invalid(
+            "cell",
+            format!("unknown cell `{name}` (expected rnn, rnn-relu, lstm or gru)"),
+        )
     })
 }

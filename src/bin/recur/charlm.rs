@@ -1,52 +1,32 @@
 //! The character language model the `train` and `sample` commands use: an embedding, a stack of
 //! recurrent layers and a linear head over the vocabulary.
 
-use serde::{Deserialize, Serialize};
-
 use recur::data::CharVocab;
-use recur::models::{CharLm, CharLmConfig};
-use recur::nn::{
-    Activation, CellKind, Embedding, ForwardOptions, Linear, Recurrent, RecurrentConfig,
-};
+use recur::models::{CharLm, CharLmConfig, cell_from_name};
+use recur::nn::{CellKind, Embedding, ForwardOptions, Linear, Recurrent, RecurrentConfig};
 use recur::{Error, ParamStore, Result, Rng, Tape, Tensor, Var};
 
-/// Everything needed to rebuild the model; stored as JSON in checkpoints.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ModelConfig {
-    /// `rnn`, `rnn-relu`, `lstm` or `gru`.
-    pub cell: String,
-    /// Hidden units per layer.
-    pub hidden: usize,
-    /// Recurrent layers.
-    pub layers: usize,
-    /// Embedding size of the characters.
-    pub embed: usize,
-    /// Dropout between recurrent layers.
-    pub dropout: f64,
-    /// The vocabulary, in id order.
-    pub vocab: String,
-}
+/// Everything needed to rebuild the model; stored as JSON in checkpoints. The library's
+/// [`CharLmConfig`], whose JSON layout is the one `recur train` has always written.
+pub type ModelConfig = CharLmConfig;
 
-impl ModelConfig {
+/// What the command-line tool asks of a model configuration besides its fields.
+pub trait ModelConfigExt {
     /// The cell kind named by `cell`.
-    pub fn kind(&self) -> Result<CellKind> {
-        Ok(match self.cell.as_str() {
-            "rnn" => CellKind::Rnn(Activation::Tanh),
-            "rnn-relu" => CellKind::Rnn(Activation::Relu),
-            "lstm" => CellKind::Lstm,
-            "gru" => CellKind::Gru,
-            other => {
-                return Err(Error::invalid(
-                    "model config",
-                    format!("unknown cell `{other}` (expected rnn, rnn-relu, lstm or gru)"),
-                ));
-            }
-        })
-    }
-
+    fn kind(&self) -> Result<CellKind>;
     /// The number of parameters this config describes (`None` if it overflows), to check a
     /// stored config against its tensors before allocating anything.
-    pub fn param_count(&self) -> Option<u128> {
+    fn param_count(&self) -> Option<u128>;
+    /// The vocabulary.
+    fn vocab(&self) -> Result<CharVocab>;
+}
+
+impl ModelConfigExt for ModelConfig {
+    fn kind(&self) -> Result<CellKind> {
+        cell_from_name(&self.cell)
+    }
+
+    fn param_count(&self) -> Option<u128> {
         let g = self.kind().ok()?.gates() as u128;
         let (v, e, h, l) = (
             self.vocab.chars().count() as u128,
@@ -60,7 +40,7 @@ impl ModelConfig {
     }
 
     /// The vocabulary.
-    pub fn vocab(&self) -> Result<CharVocab> {
+    fn vocab(&self) -> Result<CharVocab> {
         CharVocab::from_chars(self.vocab.chars().collect())
     }
 }
@@ -170,15 +150,7 @@ impl CharModel {
     /// The library's [`CharLm`] of the same shape, with a copy of the parameters in `store`:
     /// what generates text (without a tape, over weights packed once).
     pub fn to_lm(&self, store: &ParamStore<f32>) -> Result<(CharLm<f32>, ParamStore<f32>)> {
-        let c = &self.config;
-        let config = CharLmConfig {
-            cell: c.cell.clone(),
-            hidden: c.hidden,
-            layers: c.layers,
-            embed: c.embed,
-            dropout: c.dropout,
-            vocab: c.vocab.clone(),
-        };
+        let config = self.config.clone();
         let mut lm_store = ParamStore::new();
         let lm = CharLm::new(&mut lm_store, config, &mut Rng::new(0))?;
         let ids: Vec<_> = lm_store.ids().collect();

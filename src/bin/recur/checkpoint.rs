@@ -12,7 +12,7 @@ use recur::io::checkpoint::{CheckpointInfo, EXTRA, load_checkpoint, save_checkpo
 use recur::optim::Optimizer;
 use recur::{Error, ParamStore, Result, Rng, Tensor};
 
-use crate::charlm::{CharModel, ModelConfig, State};
+use crate::charlm::{CharModel, ModelConfig, ModelConfigExt, State};
 use crate::optimizer::optimizer_by_name;
 
 /// Loss history: (step, loss) pairs. A loss that is not finite (a diverging step) is stored as

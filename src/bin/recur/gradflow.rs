@@ -41,14 +41,9 @@ impl CellArg {
         }
     }
 
-    /// The name used in files and reports.
+    /// The name used in files and reports (the library's, [`CellKind::name`]).
     pub fn name(self) -> &'static str {
-        match self {
-            CellArg::Rnn => "rnn",
-            CellArg::RnnRelu => "rnn-relu",
-            CellArg::Lstm => "lstm",
-            CellArg::Gru => "gru",
-        }
+        self.kind().name()
     }
 }
 

@@ -8,6 +8,7 @@ use recur::data::{CharVocab, TextStreams, split_validation};
 
 use super::TrainArgs;
 use crate::charlm::ModelConfig;
+use crate::charlm::ModelConfigExt;
 use crate::checkpoint;
 
 pub(super) fn check_args(a: &TrainArgs) -> Result<(), String> {
