@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::common::temp_dir;
 use recur::io::checkpoint::CHECKSUM_KEY;
 use recur::io::checkpoint::{CheckpointInfo, expect_config, load_checkpoint, save_checkpoint};
 use recur::io::{Archive, Entry, StoredDtype, save_params, to_bytes, to_bytes_with_checksum};
@@ -107,12 +108,6 @@ fn adam() -> Adam<f64> {
     Adam::new(AdamConfig::default()).unwrap()
 }
 
-fn tmp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("recur-ckpt-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// A trained LSTM checkpoint at step 3, and what was saved.
 fn saved_lstm(dir: &Path) -> (PathBuf, ParamStore<f64>, Adam<f64>, Rng) {
     let (mut ps, m) = build::<f64>(CellKind::Lstm, 4, 1);
@@ -146,7 +141,7 @@ fn same_state(a: &dyn Optimizer<f64>, b: &dyn Optimizer<f64>, ps: &ParamStore<f6
 
 #[test]
 fn round_trip_restores_everything() {
-    let dir = tmp_dir("roundtrip");
+    let dir = temp_dir("ckpt-roundtrip");
     let (path, ps, opt, rng) = saved_lstm(&dir);
     let (mut ps2, _) = build::<f64>(CellKind::Lstm, 4, 99);
     assert!(!same_store(&ps, &ps2));
@@ -220,7 +215,7 @@ fn expect_refused(
 
 #[test]
 fn truncated_and_random_files_are_refused() {
-    let dir = tmp_dir("corrupt");
+    let dir = temp_dir("ckpt-corrupt");
     let (path, ..) = saved_lstm(&dir);
     let bytes = std::fs::read(&path).unwrap();
     let cfg = config_json(CellKind::Lstm, 4);
@@ -257,7 +252,7 @@ fn truncated_and_random_files_are_refused() {
 
 #[test]
 fn wrong_shapes_cell_type_and_config_are_refused() {
-    let dir = tmp_dir("mismatch");
+    let dir = temp_dir("ckpt-mismatch");
     let (path, ..) = saved_lstm(&dir);
     // A model with another hidden size, config check passing: the shape errors name tensors.
     expect_refused(
@@ -352,7 +347,7 @@ fn rewrite(
 
 #[test]
 fn damaged_tensor_data_is_refused_by_its_checksum() {
-    let dir = tmp_dir("checksum");
+    let dir = temp_dir("ckpt-checksum");
     let (path, ..) = saved_lstm(&dir);
     let cfg = config_json(CellKind::Lstm, 4);
     let ar = Archive::read(&path).unwrap();
@@ -405,7 +400,7 @@ fn damaged_tensor_data_is_refused_by_its_checksum() {
 
 #[test]
 fn non_finite_weights_are_refused_naming_the_tensor() {
-    let dir = tmp_dir("nonfinite");
+    let dir = temp_dir("ckpt-nonfinite");
     let (path, ..) = saved_lstm(&dir);
     let cfg = config_json(CellKind::Lstm, 4);
     for (tag, target, value) in [
@@ -453,7 +448,7 @@ fn non_finite_weights_are_refused_naming_the_tensor() {
 
 #[test]
 fn missing_or_damaged_state_is_refused() {
-    let dir = tmp_dir("state");
+    let dir = temp_dir("ckpt-state");
     let (path, ..) = saved_lstm(&dir);
     let cfg = config_json(CellKind::Lstm, 4);
     type Case = (
@@ -560,7 +555,7 @@ fn resume_child() {
 
 #[test]
 fn resume_in_a_new_process_is_bit_identical() {
-    let dir = tmp_dir("resume");
+    let dir = temp_dir("ckpt-resume");
     // Straight through: N + M steps.
     let (mut ps_a, m) = build::<f64>(CellKind::Lstm, 4, 1);
     let mut opt = adam();

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::common::temp_dir;
 use recur::data::{
     CharVocab, DataSource, LmStreams, SeqBatch, SeqDataset, read_labelled, split_validation,
 };
@@ -23,13 +24,6 @@ fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/library")
         .join(name)
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("recur-library-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// The fixture's inputs: ids `[T, B]`, lengths, and the expected logits `[B, C]`.
@@ -142,7 +136,7 @@ fn nested_state_dict_names_match_a_model_saved_from_pytorch() {
     assert!(err < 1e-12, "max abs error {err}");
 
     // Saved back, the file has PyTorch's names and values.
-    let dir = scratch("nested");
+    let dir = temp_dir("library-nested");
     let out = dir.join("nested.safetensors");
     save_state_dict(&model, &ps, &out, "", &Default::default()).unwrap();
     let again = Archive::read(&out).unwrap();
@@ -280,7 +274,7 @@ fn toy(seed: u64) -> (ParamStore<f64>, SequenceClassifier, SeqDataset, SeqDatase
 
 #[test]
 fn trainer_resume_is_bit_identical_to_an_uninterrupted_run() {
-    let dir = scratch("resume");
+    let dir = temp_dir("library-resume");
     let run = |steps: usize, out: &Path, resume: Option<PathBuf>| {
         let (mut ps, mut model, mut train, mut valid) = toy(4);
         let mut opt = Adam::new(AdamConfig::default().lr(0.01)).unwrap();
@@ -507,7 +501,7 @@ fn lm_streams_with_carried_state_continue_the_whole_sequence() {
 
 #[test]
 fn labelled_files_read_and_report_bad_lines() {
-    let dir = scratch("tsv");
+    let dir = temp_dir("library-tsv");
     let good = dir.join("good.tsv");
     std::fs::write(&good, "en\tword\nfr\tmot\n\n").unwrap();
     let ex = read_labelled(&good).unwrap();
@@ -555,7 +549,7 @@ fn lm(
 
 #[test]
 fn char_lm_resume_is_bit_identical_with_the_carried_state() {
-    let dir = scratch("lm-resume");
+    let dir = temp_dir("library-lm-resume");
     let run = |steps: usize, out: &Path, resume: bool| {
         let (mut ps, mut model, mut train, mut val) = lm("lstm", 2, 0.1);
         let mut opt = Adam::new(AdamConfig::default().lr(0.01)).unwrap();
@@ -651,7 +645,7 @@ fn char_lm_generates_without_a_tape_what_the_tape_predicts() {
 
 #[test]
 fn regressor_resume_is_bit_identical() {
-    let dir = scratch("reg-resume");
+    let dir = temp_dir("library-reg-resume");
     let run = |steps: usize, out: &Path, resume: bool| {
         let mut rng = Rng::new(2);
         let (mut xs, mut ys) = (Vec::new(), Vec::new());

@@ -1,6 +1,9 @@
 //! The library's API: tensors, the tape and its ops, losses, initialisers, optimizers, checkpoints
 //! and state dicts, and the chapter's worked example and gradients.
 
+#[path = "../common/mod.rs"]
+mod common;
+
 mod chapter_gradients;
 mod checkpoint;
 mod errors;

@@ -1,20 +1,13 @@
 //! Saving and loading a module's parameters under PyTorch `state_dict` names: round trips,
 //! prefixes, dtype conversion, and errors that list every offending name while loading nothing.
 
-use std::path::PathBuf;
-
+use crate::common::temp_dir;
 use recur::io::{self, Archive, Entry, Metadata};
 use recur::nn::{
     CellConfig, Embedding, Gru, GruCell, Linear, Lstm, Module, Recurrent, RecurrentConfig,
     load_state_dict, load_state_dict_file, save_state_dict, state_dict, state_dict_bytes,
 };
 use recur::{Error, ParamStore, Rng, Tensor};
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("recur-sd-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn names<M: Module>(m: &M) -> Vec<String> {
     m.named_params().into_iter().map(|(n, _)| n).collect()
@@ -70,7 +63,7 @@ fn pytorch_names_of_every_module() {
 
 #[test]
 fn round_trip_through_a_file_with_prefix_and_dtype_change() {
-    let dir = temp_dir("rt");
+    let dir = temp_dir("sd-rt");
     let path = dir.join("lstm.safetensors");
     let cfg = RecurrentConfig::new(3, 5).num_layers(2);
     let mut a = ParamStore::<f64>::new();

@@ -2,27 +2,11 @@
 //! task, the per-class table, one label per line, exact resume, and one clear line for bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
+use crate::common::{output_text, temp_dir};
+use crate::recur;
 use recur::Rng;
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("recur-cli-classify-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn recur(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_recur"))
-        .args(args)
-        .output()
-        .expect("the recur binary runs")
-}
-
-fn s(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// `n` words, each of one of two alphabets that share two letters: (label, word).
 fn words(n: usize, seed: u64) -> Vec<(&'static str, String)> {
@@ -92,12 +76,12 @@ fn predict(checkpoint: &Path, input: &Path) -> Output {
 
 #[test]
 fn learns_two_alphabets_and_predicts_a_table_and_labels() {
-    let dir = temp_dir("learn");
+    let dir = temp_dir("cli-classify-learn");
     let (tr, va) = dataset(&dir);
     let out = dir.join("run");
     let o = train(&tr, &va, &out, &["--epochs", "4", "--json"]);
-    assert!(o.status.success(), "{}", s(&o.stderr));
-    let lines: Vec<serde_json::Value> = s(&o.stdout)
+    assert!(o.status.success(), "{}", output_text(&o.stderr));
+    let lines: Vec<serde_json::Value> = output_text(&o.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
         .collect();
@@ -117,8 +101,8 @@ fn learns_two_alphabets_and_predicts_a_table_and_labels() {
 
     // Labelled input: accuracy and one row per class with its count.
     let o = predict(&out.join("best.safetensors"), &va);
-    assert!(o.status.success(), "{}", s(&o.stderr));
-    let report = s(&o.stdout);
+    assert!(o.status.success(), "{}", output_text(&o.stderr));
+    let report = output_text(&o.stdout);
     let rows: Vec<&str> = report.lines().collect();
     assert_eq!(rows.len(), 4, "{report}");
     assert!(rows[0].starts_with("accuracy "), "{report}");
@@ -143,8 +127,8 @@ fn learns_two_alphabets_and_predicts_a_table_and_labels() {
     let text: String = truth.iter().map(|(_, w)| format!("{w}\n")).collect();
     std::fs::write(&plain, text).unwrap();
     let o = predict(&out.join("best.safetensors"), &plain);
-    assert!(o.status.success(), "{}", s(&o.stderr));
-    let labels: Vec<String> = s(&o.stdout).lines().map(str::to_string).collect();
+    assert!(o.status.success(), "{}", output_text(&o.stderr));
+    let labels: Vec<String> = output_text(&o.stdout).lines().map(str::to_string).collect();
     assert_eq!(labels.len(), truth.len());
     let right = labels
         .iter()
@@ -157,7 +141,7 @@ fn learns_two_alphabets_and_predicts_a_table_and_labels() {
 
 #[test]
 fn word_tokens_with_a_bidirectional_lstm() {
-    let dir = temp_dir("words");
+    let dir = temp_dir("cli-classify-words");
     let pick = |rng: &mut Rng, from: &[&str]| from[rng.below(from.len())].to_string();
     let mut rng = Rng::new(5);
     let mut rows = Vec::new();
@@ -193,8 +177,8 @@ fn word_tokens_with_a_bidirectional_lstm() {
             "--quiet",
         ],
     );
-    assert!(o.status.success(), "{}", s(&o.stderr));
-    let stdout = s(&o.stdout);
+    assert!(o.status.success(), "{}", output_text(&o.stderr));
+    let stdout = output_text(&o.stdout);
     assert_eq!(
         stdout.lines().count(),
         1,
@@ -204,22 +188,22 @@ fn word_tokens_with_a_bidirectional_lstm() {
     let plain = dir.join("plain.txt");
     std::fs::write(&plain, "the pear is nice\nthe dog is unknownword\n").unwrap();
     let o = predict(&out.join("best.safetensors"), &plain);
-    assert!(o.status.success(), "{}", s(&o.stderr));
-    assert_eq!(s(&o.stdout), "fruit\npets\n");
+    assert!(o.status.success(), "{}", output_text(&o.stderr));
+    assert_eq!(output_text(&o.stdout), "fruit\npets\n");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn resume_continues_bit_for_bit() {
-    let dir = temp_dir("resume");
+    let dir = temp_dir("cli-classify-resume");
     let (tr, va) = dataset(&dir);
     let (a, b) = (dir.join("a"), dir.join("b"));
     // 25 steps per epoch: both runs validate at the same steps (25, 50, 75), so the trainer's
     // record of the best loss is the same too.
     let o = train(&tr, &va, &a, &["--steps", "75", "--quiet"]);
-    assert!(o.status.success(), "{}", s(&o.stderr));
+    assert!(o.status.success(), "{}", output_text(&o.stderr));
     let o = train(&tr, &va, &b, &["--steps", "50", "--quiet"]);
-    assert!(o.status.success(), "{}", s(&o.stderr));
+    assert!(o.status.success(), "{}", output_text(&o.stderr));
     let at_50 = std::fs::read(b.join("last.safetensors")).unwrap();
     let resume = b.join("last.safetensors");
     let o = train(
@@ -234,8 +218,12 @@ fn resume_continues_bit_for_bit() {
             resume.to_str().unwrap(),
         ],
     );
-    assert!(o.status.success(), "{}", s(&o.stderr));
-    assert!(s(&o.stdout).contains("done: step 75"), "{}", s(&o.stdout));
+    assert!(o.status.success(), "{}", output_text(&o.stderr));
+    assert!(
+        output_text(&o.stdout).contains("done: step 75"),
+        "{}",
+        output_text(&o.stdout)
+    );
     for f in ["last.safetensors", "best.safetensors"] {
         let (fa, fb) = (
             std::fs::read(a.join(f)).unwrap(),
@@ -254,18 +242,22 @@ fn resume_continues_bit_for_bit() {
 }
 
 fn one_line_error(o: &Output, needles: &[&str]) {
-    let err = s(&o.stderr);
-    assert!(!o.status.success(), "succeeded: {}", s(&o.stdout));
+    let err = output_text(&o.stderr);
+    assert!(!o.status.success(), "succeeded: {}", output_text(&o.stdout));
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     for n in needles {
         assert!(err.contains(n), "`{err}` lacks `{n}`");
     }
-    assert!(o.stdout.is_empty(), "wrote to stdout: {}", s(&o.stdout));
+    assert!(
+        o.stdout.is_empty(),
+        "wrote to stdout: {}",
+        output_text(&o.stdout)
+    );
 }
 
 #[test]
 fn bad_input_gives_one_line_and_writes_nothing() {
-    let dir = temp_dir("bad");
+    let dir = temp_dir("cli-classify-bad");
     let (tr, va) = dataset(&dir);
     let file = |name: &str, text: &str| {
         let p = dir.join(name);
@@ -313,7 +305,7 @@ fn bad_input_gives_one_line_and_writes_nothing() {
     // A classifier checkpoint, and one of `recur train`.
     let run = dir.join("run");
     let o = train(&tr, &va, &run, &["--steps", "3", "--quiet"]);
-    assert!(o.status.success(), "{}", s(&o.stderr));
+    assert!(o.status.success(), "{}", output_text(&o.stderr));
     let ckpt = run.join("last.safetensors");
     let text = file("corpus.txt", &"the cat sees the moon.\n".repeat(300));
     let lm = dir.join("lm");
@@ -341,7 +333,7 @@ fn bad_input_gives_one_line_and_writes_nothing() {
         "0",
         "--quiet",
     ]);
-    assert!(o.status.success(), "{}", s(&o.stderr));
+    assert!(o.status.success(), "{}", output_text(&o.stderr));
     let lm_ckpt = lm.join("last.safetensors");
 
     // Predict: unknown labels, malformed lines, blank lines, wrong checkpoints.

@@ -1,14 +1,10 @@
 //! `recur bench`: the machine-readable last line, and one clear line with a non-zero exit
 //! status for bad arguments.
 
-use std::process::Command;
+use crate::recur;
 
 fn bench(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_recur"))
-        .arg("bench")
-        .args(args)
-        .output()
-        .expect("the binary runs");
+    let out = recur(&[&["bench"], args].concat());
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -1,20 +1,13 @@
 //! `recur demo` and `recur gradflow` end to end on a tiny budget: the report files exist and say
 //! what they should.
 
-use std::process::Command;
-
-fn run(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_recur"))
-        .args(args)
-        .output()
-        .expect("the recur binary runs")
-}
+use crate::recur;
 
 #[test]
 fn demo_writes_its_report() {
     let out = std::env::temp_dir().join(format!("recur-cli-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let o = run(&[
+    let o = recur(&[
         "demo",
         "--steps",
         "30",
@@ -58,7 +51,7 @@ fn demo_writes_its_report() {
 fn gradflow_shows_the_rnn_gradient_vanishing_faster_than_the_lstm_at_init() {
     let out = std::env::temp_dir().join(format!("recur-cli-gradflow-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let o = run(&[
+    let o = recur(&[
         "gradflow",
         "--cell",
         "rnn,lstm",
@@ -85,7 +78,7 @@ fn gradflow_shows_the_rnn_gradient_vanishing_faster_than_the_lstm_at_init() {
     let lstm = at("lstm", 1) / at("lstm", 40);
     assert!(rnn < 1e-3, "rnn ratio {rnn}");
     assert!(lstm > rnn, "lstm {lstm} vs rnn {rnn}");
-    let bad = run(&["gradflow", "--seq-len", "1", "--out", out.to_str().unwrap()]);
+    let bad = recur(&["gradflow", "--seq-len", "1", "--out", out.to_str().unwrap()]);
     assert!(!bad.status.success());
     let _ = std::fs::remove_dir_all(&out);
 }

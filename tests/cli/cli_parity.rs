@@ -2,8 +2,10 @@
 //! tolerance, 2 for a file that is not a valid fixture.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
+use crate::common::{output_text, temp_dir};
+use crate::recur;
 use recur::io::{self, Archive, Entry};
 use recur::{Float, Tensor};
 
@@ -13,22 +15,9 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("recur-cli-parity-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn recur(args: &[&Path]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_recur"))
-        .arg("parity")
-        .args(args)
-        .output()
-        .expect("the recur binary runs")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+/// `recur parity` on the files `args`.
+fn parity(args: &[&Path]) -> Output {
+    recur(&[&[Path::new("parity")], args].concat())
 }
 
 /// Copies fixture `name` to `dest` (in the fixture's own dtype `T`), with element 0 of tensor
@@ -55,9 +44,14 @@ fn tampered<T: Float>(name: &str, key: &str, rel: f64, dest: &Path) {
 fn good_fixtures_exit_0() {
     let a = fixture("lstm_bidir_2l_f64.safetensors");
     let b = fixture("gru_long_f32.safetensors");
-    let out = recur(&[&a, &b]);
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    let out = parity(&[&a, &b]);
+    let stdout = output_text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        output_text(&out.stderr)
+    );
     assert_eq!(stdout.matches(": ok").count(), 2, "{stdout}");
     assert!(
         stdout.contains("lstm_bidir_2l_f64.safetensors: outputs "),
@@ -71,12 +65,17 @@ fn good_fixtures_exit_0() {
 
 #[test]
 fn tampered_fixtures_exit_1() {
-    let dir = temp_dir("tamper");
+    let dir = temp_dir("cli-parity-tamper");
     let f64_path = dir.join("gru_f64_tampered.safetensors");
     tampered::<f64>("gru_f64.safetensors", "y", 1e-6, &f64_path);
-    let out = recur(&[&fixture("gru_f64.safetensors"), &f64_path]);
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    let out = parity(&[&fixture("gru_f64.safetensors"), &f64_path]);
+    let stdout = output_text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}{}",
+        output_text(&out.stderr)
+    );
     let bad_line = stdout.lines().find(|l| l.contains("tampered")).unwrap();
     assert!(
         bad_line.ends_with("FAIL") && bad_line.contains("(y)"),
@@ -92,8 +91,8 @@ fn tampered_fixtures_exit_1() {
         1e-3,
         &f32_path,
     );
-    let out = recur(&[&f32_path]);
-    let stdout = text(&out.stdout);
+    let out = parity(&[&f32_path]);
+    let stdout = output_text(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("(grad.weight_hh_l0)") && stdout.trim_end().ends_with("FAIL"));
     // ...while a 1e-6 change stays within it.
@@ -103,21 +102,21 @@ fn tampered_fixtures_exit_1() {
         1e-6,
         &f32_path,
     );
-    assert_eq!(recur(&[&f32_path]).status.code(), Some(0));
+    assert_eq!(parity(&[&f32_path]).status.code(), Some(0));
     std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn invalid_files_exit_2() {
-    let dir = temp_dir("invalid");
+    let dir = temp_dir("cli-parity-invalid");
     let junk = dir.join("junk.safetensors");
     std::fs::write(
         &junk,
         b"\x07\x00\x00\x00\x00\x00\x00\x00garbage bytes, not a header",
     )
     .unwrap();
-    let out = recur(&[&junk]);
-    let stderr = text(&out.stderr);
+    let out = parity(&[&junk]);
+    let stderr = output_text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("junk.safetensors") && stderr.contains("not a valid"),
@@ -125,9 +124,9 @@ fn invalid_files_exit_2() {
     );
 
     let missing = dir.join("does-not-exist.safetensors");
-    let out = recur(&[&missing]);
+    let out = parity(&[&missing]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("does-not-exist.safetensors"));
+    assert!(output_text(&out.stderr).contains("does-not-exist.safetensors"));
 
     // A valid safetensors file without the fixture's keys.
     let a = Archive::read(&fixture("rnn_tanh_f64.safetensors")).unwrap();
@@ -135,8 +134,8 @@ fn invalid_files_exit_2() {
     let partial = dir.join("partial.safetensors");
     let bytes = io::to_bytes(&[("x".to_string(), Entry::Float(&x))], &a.metadata).unwrap();
     io::atomic_write(&partial, &bytes).unwrap();
-    let out = recur(&[&partial]);
-    let stderr = text(&out.stderr);
+    let out = parity(&[&partial]);
+    let stderr = output_text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("missing tensor"), "{stderr}");
 
@@ -144,9 +143,9 @@ fn invalid_files_exit_2() {
     // good and tampered ones are still reported.
     let bad = dir.join("tampered.safetensors");
     tampered::<f64>("rnn_tanh_f64.safetensors", "h_n", 1e-5, &bad);
-    let out = recur(&[&fixture("rnn_tanh_f64.safetensors"), &bad, &junk]);
+    let out = parity(&[&fixture("rnn_tanh_f64.safetensors"), &bad, &junk]);
     assert_eq!(out.status.code(), Some(2));
-    let stdout = text(&out.stdout);
+    let stdout = output_text(&out.stdout);
     assert!(
         stdout.contains(": ok") && stdout.contains("FAIL"),
         "{stdout}"

@@ -5,15 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::common::{output_text, temp_dir};
+use crate::recur;
 use recur::Rng;
 use recur::data::CharVocab;
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("recur-cli-train-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// A text with structure to learn: sentences built from a small grammar.
 fn corpus(dir: &Path) -> PathBuf {
@@ -47,17 +42,6 @@ fn corpus(dir: &Path) -> PathBuf {
     p
 }
 
-fn recur(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_recur"))
-        .args(args)
-        .output()
-        .expect("the recur binary runs")
-}
-
-fn s(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 const SMALL: &[&str] = &[
     "--hidden",
     "24",
@@ -78,7 +62,7 @@ const SMALL: &[&str] = &[
 
 #[test]
 fn resume_in_a_new_process_continues_bit_for_bit() {
-    let dir = temp_dir("resume");
+    let dir = temp_dir("cli-train-resume");
     let text = corpus(&dir);
     let (a, b) = (dir.join("a"), dir.join("b"));
     let t = text.to_str().unwrap();
@@ -90,8 +74,8 @@ fn resume_in_a_new_process_continues_bit_for_bit() {
             args.extend(["--resume", r.to_str().unwrap()]);
         }
         let o = recur(&args);
-        assert!(o.status.success(), "{}", s(&o.stderr));
-        s(&o.stdout)
+        assert!(o.status.success(), "{}", output_text(&o.stderr));
+        output_text(&o.stdout)
     };
     run(&a, "60", "0", None);
     run(&b, "40", "0", None);
@@ -113,7 +97,7 @@ fn resume_in_a_new_process_continues_bit_for_bit() {
 
 #[test]
 fn learns_well_below_the_unigram_entropy_and_samples_like_the_text() {
-    let dir = temp_dir("learn");
+    let dir = temp_dir("cli-train-learn");
     let text = corpus(&dir);
     let out = dir.join("run");
     let o = recur(&[
@@ -138,8 +122,8 @@ fn learns_well_below_the_unigram_entropy_and_samples_like_the_text() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(o.status.success(), "{}", s(&o.stderr));
-    let stdout = s(&o.stdout);
+    assert!(o.status.success(), "{}", output_text(&o.stderr));
+    let stdout = output_text(&o.stdout);
     let last = stdout.lines().last().unwrap();
     let v: serde_json::Value = serde_json::from_str(last).unwrap();
     let best = v["best_val_loss"].as_f64().unwrap();
@@ -178,8 +162,8 @@ fn learns_well_below_the_unigram_entropy_and_samples_like_the_text() {
         "--seed",
         "3",
     ]);
-    assert!(o.status.success(), "{}", s(&o.stderr));
-    let sample = s(&o.stdout);
+    assert!(o.status.success(), "{}", output_text(&o.stderr));
+    let sample = output_text(&o.stdout);
     let words = [
         "cat", "dog", "sees", "likes", "the", "moon", "river", "garden",
     ];
@@ -190,7 +174,7 @@ fn learns_well_below_the_unigram_entropy_and_samples_like_the_text() {
 
 #[test]
 fn bad_files_and_arguments_give_one_line_and_write_nothing() {
-    let dir = temp_dir("bad");
+    let dir = temp_dir("cli-train-bad");
     let text = corpus(&dir);
     let t = text.to_str().unwrap();
     std::fs::write(dir.join("empty.txt"), "").unwrap();
@@ -244,7 +228,7 @@ fn bad_files_and_arguments_give_one_line_and_write_nothing() {
     ];
     for (args, needle) in cases {
         let r = recur(&args);
-        let err = s(&r.stderr);
+        let err = output_text(&r.stderr);
         assert!(!r.status.success(), "{args:?} succeeded");
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: `{err}` lacks `{needle}`");
@@ -256,7 +240,7 @@ fn bad_files_and_arguments_give_one_line_and_write_nothing() {
 #[cfg(unix)]
 #[test]
 fn ctrl_c_saves_a_checkpoint_that_resumes() {
-    let dir = temp_dir("sigint");
+    let dir = temp_dir("cli-train-sigint");
     let text = corpus(&dir);
     let out = dir.join("run");
     let mut args = vec![
@@ -282,7 +266,7 @@ fn ctrl_c_saves_a_checkpoint_that_resumes() {
         .unwrap();
     assert!(killed.success());
     let o = child.wait_with_output().unwrap();
-    let err = s(&o.stderr);
+    let err = output_text(&o.stderr);
     // Not a success: `recur train ... && next` must not go on as if training had finished.
     assert_eq!(o.status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted at step"), "{err}");
@@ -311,11 +295,11 @@ fn ctrl_c_saves_a_checkpoint_that_resumes() {
     args.extend_from_slice(SMALL);
     let args: Vec<&str> = args.into_iter().filter(|a| *a != "--quiet").collect();
     let r = recur(&args);
-    assert!(r.status.success(), "{}", s(&r.stderr));
+    assert!(r.status.success(), "{}", output_text(&r.stderr));
     assert!(
-        s(&r.stdout).contains(&format!("done: step {target}")),
+        output_text(&r.stdout).contains(&format!("done: step {target}")),
         "{}",
-        s(&r.stdout)
+        output_text(&r.stdout)
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -350,7 +334,7 @@ fn tamper_config(src: &Path, dst: &Path, f: impl Fn(&mut serde_json::Value)) {
 
 #[test]
 fn a_checkpoint_whose_config_lies_about_its_size_is_refused() {
-    let dir = temp_dir("lying");
+    let dir = temp_dir("cli-train-lying");
     let text = corpus(&dir);
     let out = dir.join("run");
     let mut args = vec!["train", "--text", text.to_str().unwrap(), "--steps", "5"];
@@ -368,13 +352,13 @@ fn a_checkpoint_whose_config_lies_about_its_size_is_refused() {
         "--length",
         "5",
     ]);
-    assert!(ok.status.success(), "{}", s(&ok.stderr));
+    assert!(ok.status.success(), "{}", output_text(&ok.stderr));
     for (key, value) in [("hidden", 1_000_000_000u64), ("layers", 3), ("embed", 9)] {
         let bad = dir.join(format!("bad_{key}.safetensors"));
         tamper_config(&good, &bad, |c| c["model"][key] = value.into());
         let before = std::fs::read(&bad).unwrap();
         let r = recur(&["sample", "--checkpoint", bad.to_str().unwrap()]);
-        let err = s(&r.stderr);
+        let err = output_text(&r.stderr);
         assert!(!r.status.success());
         assert!(err.contains("does not match"), "{key}: {err}");
         assert_eq!(std::fs::read(&bad).unwrap(), before);
@@ -392,8 +376,8 @@ fn train_small(text: &Path, out: &Path, extra: &[&str]) -> Output {
 }
 
 fn one_line_error(o: &Output, needles: &[&str]) -> String {
-    let err = s(&o.stderr);
-    assert!(!o.status.success(), "succeeded: {}", s(&o.stdout));
+    let err = output_text(&o.stderr);
+    assert!(!o.status.success(), "succeeded: {}", output_text(&o.stdout));
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     for n in needles {
         assert!(err.contains(n), "`{err}` lacks `{n}`");
@@ -403,7 +387,7 @@ fn one_line_error(o: &Output, needles: &[&str]) -> String {
 
 #[test]
 fn a_nan_validation_loss_leaves_loadable_checkpoints() {
-    let dir = temp_dir("nanval");
+    let dir = temp_dir("cli-train-nanval");
     let text = corpus(&dir);
     let out = dir.join("run");
     // A ReLU RNN at a high learning rate: its validation loss is NaN at step 15, and training
@@ -438,8 +422,8 @@ fn a_nan_validation_loss_leaves_loadable_checkpoints() {
         "1",
         "--no-divergence-check",
     ]);
-    let stdout = s(&o.stdout);
-    assert!(o.status.success(), "{}", s(&o.stderr));
+    let stdout = output_text(&o.stdout);
+    assert!(o.status.success(), "{}", output_text(&o.stderr));
     let nan_at = stdout
         .lines()
         .position(|l| l.contains("val NaN"))
@@ -458,7 +442,7 @@ fn a_nan_validation_loss_leaves_loadable_checkpoints() {
             "--length",
             "5",
         ]);
-        assert!(r.status.success(), "{f}: {}", s(&r.stderr));
+        assert!(r.status.success(), "{f}: {}", output_text(&r.stderr));
     }
     // The NaN is in the stored history as a value that reads back.
     let a = recur::io::Archive::read(&out.join("last.safetensors")).unwrap();
@@ -486,7 +470,7 @@ fn a_nan_validation_loss_leaves_loadable_checkpoints() {
         "--length",
         "5",
     ]);
-    assert!(r.status.success(), "{}", s(&r.stderr));
+    assert!(r.status.success(), "{}", output_text(&r.stderr));
     let r = recur(&[
         "train",
         "--text",
@@ -506,17 +490,17 @@ fn a_nan_validation_loss_leaves_loadable_checkpoints() {
         "--no-divergence-check",
         "--quiet",
     ]);
-    assert!(r.status.success(), "{}", s(&r.stderr));
+    assert!(r.status.success(), "{}", output_text(&r.stderr));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_diverging_run_stops_with_an_error_and_keeps_its_best_checkpoint() {
-    let dir = temp_dir("diverge");
+    let dir = temp_dir("cli-train-diverge");
     let text = corpus(&dir);
     let out = dir.join("run");
     let o = train_small(&text, &out, &["--steps", "20"]);
-    assert!(o.status.success(), "{}", s(&o.stderr));
+    assert!(o.status.success(), "{}", output_text(&o.stderr));
     let best = std::fs::read(out.join("best.safetensors")).unwrap();
     let last = std::fs::read(out.join("last.safetensors")).unwrap();
     let resume = out.join("last.safetensors");
@@ -553,10 +537,10 @@ fn a_diverging_run_stops_with_an_error_and_keeps_its_best_checkpoint() {
     args.extend_from_slice(&unchecked);
     let o = recur(&args);
     assert!(
-        s(&o.stdout).contains("\"step\":40"),
+        output_text(&o.stdout).contains("\"step\":40"),
         "{} {}",
-        s(&o.stdout),
-        s(&o.stderr)
+        output_text(&o.stdout),
+        output_text(&o.stderr)
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -604,11 +588,11 @@ fn interrupted_step(err: &str) -> usize {
 #[cfg(unix)]
 #[test]
 fn sigterm_saves_and_a_resumed_run_matches_an_uninterrupted_one_byte_for_byte() {
-    let dir = temp_dir("sigterm");
+    let dir = temp_dir("cli-train-sigterm");
     let text = corpus(&dir);
     let (a, b) = (dir.join("a"), dir.join("b"));
     let o = signalled_run(&text, &b, SMALL, &["TERM"], 0);
-    let err = s(&o.stderr);
+    let err = output_text(&o.stderr);
     assert_eq!(o.status.code(), Some(143), "{err}");
     let step = interrupted_step(&err);
     assert!(step > 0, "{err}");
@@ -616,14 +600,14 @@ fn sigterm_saves_and_a_resumed_run_matches_an_uninterrupted_one_byte_for_byte() 
     // validations; the files must be those of a run never interrupted, history included.
     let target = ((step / 20 + 2) * 20).to_string();
     let o = train_small(&text, &a, &["--steps", &target]);
-    assert!(o.status.success(), "{}", s(&o.stderr));
+    assert!(o.status.success(), "{}", output_text(&o.stderr));
     let ckpt = b.join("last.safetensors");
     let o = train_small(
         &text,
         &b,
         &["--steps", &target, "--resume", ckpt.to_str().unwrap()],
     );
-    assert!(o.status.success(), "{}", s(&o.stderr));
+    assert!(o.status.success(), "{}", output_text(&o.stderr));
     for f in ["last.safetensors", "best.safetensors", "loss.csv"] {
         let (x, y) = (
             std::fs::read(a.join(f)).unwrap(),
@@ -637,7 +621,7 @@ fn sigterm_saves_and_a_resumed_run_matches_an_uninterrupted_one_byte_for_byte() 
 #[cfg(unix)]
 #[test]
 fn a_second_signal_ends_the_run_at_once() {
-    let dir = temp_dir("twice");
+    let dir = temp_dir("cli-train-twice");
     let text = corpus(&dir);
     let out = dir.join("run");
     // Steps long enough that the second signal arrives while the first waits for the step to
@@ -656,7 +640,7 @@ fn a_second_signal_ends_the_run_at_once() {
         "--quiet",
     ];
     let o = signalled_run(&text, &out, &slow, &["INT", "TERM"], 100);
-    let err = s(&o.stderr);
+    let err = output_text(&o.stderr);
     assert_eq!(o.status.code(), Some(143), "{err}");
     assert!(!err.contains("interrupted at step"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -664,7 +648,7 @@ fn a_second_signal_ends_the_run_at_once() {
 
 #[test]
 fn runs_that_do_not_fit_in_memory_or_read_special_files_are_refused_up_front() {
-    let dir = temp_dir("memory");
+    let dir = temp_dir("cli-train-memory");
     let text = corpus(&dir);
     let t = text.to_str().unwrap();
     let out = dir.join("never");
@@ -753,7 +737,7 @@ fn runs_that_do_not_fit_in_memory_or_read_special_files_are_refused_up_front() {
 #[test]
 fn an_output_directory_that_cannot_be_written_is_refused_before_the_first_step() {
     // /proc/self exists and refuses new files, for root too.
-    let dir = temp_dir("readonly");
+    let dir = temp_dir("cli-train-readonly");
     let text = corpus(&dir);
     let start = std::time::Instant::now();
     let o = train_small(&text, Path::new("/proc/self"), &["--steps", "100000"]);
@@ -764,7 +748,7 @@ fn an_output_directory_that_cannot_be_written_is_refused_before_the_first_step()
 
 #[test]
 fn resume_refuses_conflicting_flags_and_another_text() {
-    let dir = temp_dir("conflicts");
+    let dir = temp_dir("cli-train-conflicts");
     let text = corpus(&dir);
     let out = dir.join("run");
     assert!(
@@ -820,7 +804,7 @@ fn resume_refuses_conflicting_flags_and_another_text() {
         &["--hidden 64"],
     );
     let o2 = with(&["--lr", "0.001", "--clip", "0.5", "--override"]);
-    assert!(o2.status.success(), "{}", s(&o2.stderr));
+    assert!(o2.status.success(), "{}", output_text(&o2.stderr));
     // Another text whose characters fit the vocabulary: refused unless --new-text.
     let body = std::fs::read_to_string(&text).unwrap();
     let other = dir.join("other.txt");
@@ -846,7 +830,7 @@ fn resume_refuses_conflicting_flags_and_another_text() {
     assert!(err.contains("other.txt"), "{err}");
     a.push("--new-text");
     let r = recur(&a);
-    assert!(r.status.success(), "{}", s(&r.stderr));
+    assert!(r.status.success(), "{}", output_text(&r.stderr));
     assert_ne!(std::fs::read(&ckpt).unwrap(), before);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -885,7 +869,7 @@ fn tamper_tensors(src: &Path, dst: &Path, f: impl Fn(&str, &mut recur::Tensor<f3
 
 #[test]
 fn damaged_or_non_finite_checkpoints_are_refused_and_stale_temporaries_removed() {
-    let dir = temp_dir("damaged");
+    let dir = temp_dir("cli-train-damaged");
     let text = corpus(&dir);
     let out = dir.join("run");
     std::fs::create_dir_all(&out).unwrap();
@@ -895,7 +879,7 @@ fn damaged_or_non_finite_checkpoints_are_refused_and_stale_temporaries_removed()
     let mine = out.join(".notes.tmp");
     std::fs::write(&mine, "keep").unwrap();
     let o = train_small(&text, &out, &["--steps", "5"]);
-    assert!(o.status.success(), "{}", s(&o.stderr));
+    assert!(o.status.success(), "{}", output_text(&o.stderr));
     assert!(!stale.exists(), "the stale temporary file is still there");
     assert!(mine.exists());
     let good = out.join("last.safetensors");

@@ -1,5 +1,7 @@
 //! Helpers shared by several integration tests.
 
+use std::path::PathBuf;
+
 use recur::nn::{CellKind, ForwardOptions};
 use recur::{Float, Grads, ParamStore, Tape, Tensor, Var};
 
@@ -24,6 +26,7 @@ pub fn layer_inputs<'a, T: Float>(
     (x, h0, c0, opts)
 }
 
+#[allow(dead_code)]
 /// Appends every parameter's gradient (as `grad.<name>`) and those of the layer's inputs `x`,
 /// `h0` and, when given, `c0` to `res`.
 pub fn push_grads<T: Float>(
@@ -42,4 +45,20 @@ pub fn push_grads<T: Float>(
     if let Some(c0) = c0 {
         res.push(("grad.c0".into(), g.wrt(c0).unwrap().clone()));
     }
+}
+
+/// A fresh, empty directory for one test: `recur-test-{tag}-{pid}` in the system's temporary
+/// directory (emptied first if an earlier run of this process id left it).
+#[allow(dead_code)] // not every test that includes this module uses it
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("recur-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A process's output as text.
+#[allow(dead_code)]
+pub fn output_text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
