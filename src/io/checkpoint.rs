@@ -213,6 +213,15 @@ fn stored_dtype<T: Float>() -> StoredDtype {
     }
 }
 
+/// The value of metadata `key`, or an error naming the missing key.
+fn metadata<'a>(archive: &'a Archive, ctx: &str, key: &str) -> Result<&'a str> {
+    archive
+        .metadata
+        .get(key)
+        .map(String::as_str)
+        .ok_or_else(|| Error::format(ctx, format!("metadata key `{key}` is missing")))
+}
+
 /// Checks a checkpoint's checksum, kind, format version and float type; returns its `config`.
 fn check_header<T: Float>(archive: &Archive, ctx: &str) -> Result<String> {
     let bad = |msg: String| Error::format(ctx, msg);
@@ -225,13 +234,7 @@ fn check_header<T: Float>(archive: &Archive, ctx: &str) -> Result<String> {
             )));
         }
     }
-    let meta = |key: &str| {
-        archive
-            .metadata
-            .get(key)
-            .map(String::as_str)
-            .ok_or_else(|| bad(format!("metadata key `{key}` is missing")))
-    };
+    let meta = |key: &str| metadata(archive, ctx, key);
     match archive.metadata.get("kind").map(String::as_str) {
         Some(CHECKPOINT_KIND) => {}
         other => {
@@ -373,13 +376,7 @@ pub fn load_checkpoint<T: Float>(
     let archive = Archive::from_bytes(&bytes, &ctx)?;
     let bad = |msg: String| Error::format(ctx.clone(), msg);
     let config = check_header::<T>(&archive, &ctx)?;
-    let meta = |key: &str| {
-        archive
-            .metadata
-            .get(key)
-            .map(String::as_str)
-            .ok_or_else(|| bad(format!("metadata key `{key}` is missing")))
-    };
+    let meta = |key: &str| metadata(&archive, &ctx, key);
     check_config(&config).map_err(|e| bad(e.to_string()))?;
     let opt_name = meta("optimizer")?;
     if opt_name != optimizer.name() {
