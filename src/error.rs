@@ -55,6 +55,19 @@ pub enum Error {
         /// The value (NaN or +-inf), as f64.
         value: f64,
     },
+    /// A training step whose loss or gradient norm is not finite: the run diverged.
+    #[error(
+        "step {step}: the loss or gradient is not finite (loss {loss}, gradient norm \
+         {grad_norm}); try a smaller learning rate or gradient clipping"
+    )]
+    NotFiniteStep {
+        /// The step, counted from 1 from the start of the run.
+        step: usize,
+        /// The step's loss.
+        loss: f64,
+        /// The global gradient norm before clipping.
+        grad_norm: f64,
+    },
     /// Parameters, checkpoints or fixtures that do not fit the model.
     #[error("{context}: {msg}")]
     Format {

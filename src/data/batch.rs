@@ -21,6 +21,51 @@ pub trait DataSource {
     fn batches_per_epoch(&self) -> usize;
     /// Batch `index` (`< batches_per_epoch()`) of `epoch`.
     fn batch(&mut self, epoch: usize, index: usize) -> Result<Self::Batch>;
+
+    /// The first `n` batches of each epoch (all of them if there are fewer): for example a
+    /// validation on part of a long held-out text.
+    ///
+    /// ```
+    /// use recur::data::{DataSource, LmStreams};
+    /// let ids: Vec<usize> = (0..41).collect();
+    /// let mut s = LmStreams::new(&ids, 2, 4)?.take(3);
+    /// assert_eq!(s.batches_per_epoch(), 3);
+    /// assert!(s.batch(0, 0)?.reset);
+    /// assert_eq!(LmStreams::new(&ids, 2, 4)?.take(100).batches_per_epoch(), 4);
+    /// # Ok::<(), recur::Error>(())
+    /// ```
+    fn take(self, n: usize) -> Take<Self>
+    where
+        Self: Sized,
+    {
+        Take { inner: self, n }
+    }
+}
+
+/// The first batches of each epoch of a [`DataSource`] ([`DataSource::take`]).
+#[derive(Clone, Debug)]
+pub struct Take<D> {
+    inner: D,
+    n: usize,
+}
+
+impl<D: DataSource> DataSource for Take<D> {
+    type Batch = D::Batch;
+
+    fn batches_per_epoch(&self) -> usize {
+        self.inner.batches_per_epoch().min(self.n)
+    }
+
+    fn batch(&mut self, epoch: usize, index: usize) -> Result<D::Batch> {
+        if index >= self.batches_per_epoch() {
+            return Err(Error::IndexOutOfRange {
+                op: "DataSource::batch",
+                index,
+                size: self.batches_per_epoch(),
+            });
+        }
+        self.inner.batch(epoch, index)
+    }
 }
 
 /// A padded batch of token sequences, time-major, with their lengths and targets.

@@ -16,7 +16,7 @@ mod text;
 mod tokens;
 mod vocab;
 
-pub use batch::{BatchPlan, DataSource, SeqBatch, SeqDataset, pad_dense, pad_ids};
+pub use batch::{BatchPlan, DataSource, SeqBatch, SeqDataset, Take, pad_dense, pad_ids};
 pub use labelled::{Example, parse_labelled, read_labelled};
 pub use stream::{LmChunk, LmStreams};
 pub use tasks::{AddingBatch, CopyBatch, adding_problem, copy_memory};

@@ -56,6 +56,12 @@ impl LmStreams {
     }
 }
 
+impl From<TextStreams> for LmStreams {
+    fn from(streams: TextStreams) -> Self {
+        LmStreams { streams }
+    }
+}
+
 impl DataSource for LmStreams {
     type Batch = LmChunk;
 

@@ -4,13 +4,16 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Objective, cell_from_name};
+use std::path::Path;
+
+use super::{Objective, RunInfo, cell_from_name};
 use crate::data::{CharVocab, LmChunk};
+use crate::io::checkpoint::load_checkpoint_params;
 use crate::kernels::gemv::{AlignedMatrix, gemv_rows_acc};
 use crate::kernels::sweep::Sweep;
 use crate::nn::{
-    CarriedState, Ctx, Embedding, InferenceStep, Linear, Module, Recurrent, RecurrentConfig,
-    named_children, scope,
+    CarriedState, CellKind, Ctx, Embedding, InferenceStep, Linear, Module, Recurrent,
+    RecurrentConfig, named_children, scope,
 };
 use crate::params::{ParamId, ParamStore};
 use crate::rng::Rng;
@@ -34,6 +37,67 @@ pub struct CharLmConfig {
     pub dropout: f64,
     /// The vocabulary, in id order.
     pub vocab: String,
+}
+
+impl CharLmConfig {
+    /// The cell kind `cell` names.
+    pub fn kind(&self) -> Result<CellKind> {
+        cell_from_name(&self.cell)
+    }
+
+    /// The number of parameter values of a model of this shape; `None` if the cell is unknown,
+    /// there are no layers, or the count overflows. Lets a stored configuration be checked
+    /// against the stored tensors before the model it describes is allocated.
+    ///
+    /// ```
+    /// use recur::models::CharLmConfig;
+    /// let cfg = CharLmConfig { cell: "gru".into(), hidden: 4, layers: 1, embed: 2, dropout: 0.0,
+    ///     vocab: "abc".into() };
+    /// // embedding 3x2, W_ih 12x2, W_hh 12x4, two biases of 12, head 3x4 and 3
+    /// assert_eq!(cfg.param_count(), Some(6 + 24 + 48 + 24 + 12 + 3));
+    /// ```
+    pub fn param_count(&self) -> Option<u128> {
+        let g = self.kind().ok()?.gates() as u128;
+        let (v, e, h, l) = (
+            self.vocab.chars().count() as u128,
+            self.embed as u128,
+            self.hidden as u128,
+            self.layers as u128,
+        );
+        let layer = |input: u128| {
+            g.checked_mul(h)?
+                .checked_mul(input.checked_add(h)?.checked_add(2)?)
+        };
+        let stack = layer(e)?.checked_add(l.checked_sub(1)?.checked_mul(layer(h)?)?)?;
+        v.checked_mul(e)?
+            .checked_add(stack)?
+            .checked_add(h.checked_mul(v)?)?
+            .checked_add(v)
+    }
+
+    /// The configuration of the model a [`Trainer`](super::Trainer) checkpoint holds (`info`,
+    /// read from `path`), checked against the number of stored parameters.
+    pub fn from_run(info: &RunInfo, path: &Path) -> Result<CharLmConfig> {
+        let bad = |msg: String| Error::format(format!("checkpoint {}", path.display()), msg);
+        let cfg: CharLmConfig = serde_json::from_value(info.model.clone()).map_err(|e| {
+            bad(format!(
+                "not a `recur train` checkpoint (not a CharLm: {e})"
+            ))
+        })?;
+        if cfg.param_count() != Some(info.param_count) {
+            return Err(bad(format!(
+                "the model config ({} {}x{}, embedding {}, {} characters) does not match the {} \
+                 stored parameters",
+                cfg.cell,
+                cfg.layers,
+                cfg.hidden,
+                cfg.embed,
+                cfg.vocab.chars().count(),
+                info.param_count
+            )));
+        }
+        Ok(cfg)
+    }
 }
 
 /// Embedding -> recurrent stack -> linear head over the characters, named as in PyTorch
@@ -98,6 +162,18 @@ impl<T: Float> CharLm<T> {
             head,
             carry: CarriedState::new(),
         })
+    }
+
+    /// Rebuilds the model saved in a checkpoint written by a [`Trainer`](super::Trainer)
+    /// (`recur train`'s `best.safetensors` or `last.safetensors`): its configuration, checked
+    /// against the stored tensors before anything is allocated, and its parameters, validated.
+    /// The optimizer state in the file is not read.
+    pub fn load(path: &Path) -> Result<(Self, ParamStore<T>)> {
+        let config = CharLmConfig::from_run(&RunInfo::read(path)?, path)?;
+        let mut store = ParamStore::new();
+        let model = CharLm::new(&mut store, config, &mut Rng::new(0))?;
+        load_checkpoint_params(path, &mut store)?;
+        Ok((model, store))
     }
 
     /// The configuration.

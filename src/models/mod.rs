@@ -17,16 +17,20 @@
 
 mod charlm;
 mod classifier;
+mod history;
 mod infer;
 mod regressor;
+mod run;
 mod text;
 mod trainer;
 
 pub use charlm::{CharLm, CharLmConfig};
 pub use classifier::{Pooling, SequenceClassifier, SequenceClassifierConfig};
+pub use history::History;
 pub use regressor::{DenseBatch, DenseDataset, SequenceRegressor, SequenceRegressorConfig};
+pub use run::RunInfo;
 pub use text::{ClassStats, TextClassifier, TextClassifierConfig, class_report};
-pub use trainer::{Control, Event, FitSummary, Trainer, TrainerConfig};
+pub use trainer::{Control, Ended, Event, FitSummary, Trainer, TrainerConfig};
 
 use crate::nn::{CellKind, Ctx};
 use crate::params::ParamStore;

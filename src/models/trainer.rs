@@ -1,13 +1,12 @@
 //! `Trainer`: the training loop for any [`Objective`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
-use super::Objective;
+use super::run::{self, Progress, RESERVED, RunInfo};
+use super::{History, Objective};
 use crate::data::DataSource;
-use crate::io::Archive;
-use crate::io::checkpoint::{CheckpointInfo, EXTRA, load_checkpoint, save_checkpoint_with_extras};
 use crate::nn::Ctx;
 use crate::optim::{LrSchedule, Optimizer, clip_grad_norm, grad_norm};
 use crate::params::ParamStore;
@@ -38,7 +37,7 @@ pub struct TrainerConfig {
     pub patience: Option<usize>,
     /// Where `best.safetensors` and `last.safetensors` are written (atomically); none if `None`.
     pub out_dir: Option<PathBuf>,
-    /// The seed of the dropout generator.
+    /// The seed of the dropout generator (see also [`Trainer::rng`]).
     pub seed: u64,
 }
 
@@ -131,7 +130,8 @@ pub enum Event {
         /// The learning rate used.
         lr: f64,
     },
-    /// A validation ran.
+    /// A validation ran; its checkpoints are written next, unless the callback answers
+    /// [`Control::Abort`].
     Eval {
         /// At this step.
         step: usize,
@@ -140,13 +140,15 @@ pub enum Event {
         /// Mean validation loss (of the batch losses), when there is validation data.
         val_loss: Option<f64>,
         /// Whether this is the best validation loss so far (or, without validation data, the
-        /// best training loss).
+        /// best training loss). A NaN is never the best.
         improved: bool,
     },
     /// A checkpoint was written.
     Checkpoint {
         /// The file.
         path: PathBuf,
+        /// At this step.
+        step: usize,
     },
     /// Training stopped early: `patience` validations without improvement.
     EarlyStop {
@@ -160,41 +162,44 @@ pub enum Event {
 pub enum Control {
     /// Go on.
     Continue,
-    /// Stop after this event, writing `last.safetensors` (as for an interruption).
+    /// Stop soon, resumably: after a step, `last.safetensors` is written (with no validation
+    /// unless one is due); after a validation, once its checkpoints are written.
     Stop,
+    /// Stop at once and write nothing more (for example when a validation loss shows the run
+    /// diverging: the checkpoints on disk stay those of the last good validation).
+    Abort,
 }
 
 /// How a [`Trainer::fit`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// All steps were taken.
+    Finished,
+    /// `patience` validations without improvement.
+    EarlyStopped,
+    /// A callback answered [`Control::Stop`].
+    Stopped,
+    /// A callback answered [`Control::Abort`].
+    Aborted,
+}
+
+/// How a [`Trainer::fit`] went.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FitSummary {
     /// Steps taken, counted from the start of the run.
     pub steps: usize,
-    /// The best validation loss (or training-interval loss without validation data).
+    /// The best validation loss (or training-interval loss without validation data); infinite
+    /// if none was finite.
     pub best: f64,
     /// The last validation loss, if any.
     pub last_val: Option<f64>,
-    /// Whether training stopped early, or on a callback's request.
-    pub stopped_early: bool,
+    /// Why training ended.
+    pub ended: Ended,
+    /// The losses at every validation of the run (a resumed run's included).
+    pub history: History,
 }
 
-/// The trainer's own state, saved with checkpoints so that a resumed run continues exactly.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-struct TrainerState {
-    best: Option<f64>,
-    bad_evals: usize,
-    last_val: Option<f64>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredConfig {
-    model: serde_json::Value,
-    trainer: TrainerState,
-}
-
-/// The prefix, after [`EXTRA`], of the model's own state tensors in a checkpoint.
-const MODEL_STATE: &str = "model_state.";
-
-type Callback<'c> = Box<dyn FnMut(&Event) -> Control + 'c>;
+type Callback<'c, T> = Box<dyn FnMut(&Event, &ParamStore<T>) -> Control + 'c>;
 
 /// The training loop: steps or epochs over a [`DataSource`], any [`Optimizer`], gradient
 /// clipping, a learning-rate schedule, validation every N steps, best and last checkpoints
@@ -202,9 +207,10 @@ type Callback<'c> = Box<dyn FnMut(&Event) -> Control + 'c>;
 /// early stopping, and events for progress displays. f32 and f64.
 ///
 /// Batch `k` of the run is batch `k % n` of epoch `k / n` of the data source (`n` batches per
-/// epoch), a function of the step alone; with the checkpointed parameters, optimizer state and
-/// dropout generator, a run resumed from `last.safetensors` takes the same steps as an
-/// uninterrupted one, bit for bit.
+/// epoch), a function of the step alone; with the checkpointed parameters, optimizer state,
+/// dropout generator and the state the model carries ([`Objective::state_tensors`]), a run
+/// resumed from `last.safetensors` takes the same steps as an uninterrupted one, bit for bit,
+/// and reports the same losses.
 ///
 /// ```
 /// use recur::data::SeqDataset;
@@ -229,14 +235,18 @@ type Callback<'c> = Box<dyn FnMut(&Event) -> Control + 'c>;
 /// assert!(acc > 0.95, "{acc}");
 /// # Ok::<(), recur::Error>(())
 /// ```
-pub struct Trainer<'c> {
+pub struct Trainer<'c, T: Float> {
     config: TrainerConfig,
     schedule: Option<Box<dyn LrSchedule + 'c>>,
-    callback: Option<Callback<'c>>,
+    callback: Option<Callback<'c, T>>,
     resume: Option<PathBuf>,
+    restored: Option<Progress>,
+    meta: Map<String, Value>,
+    rng: Option<Rng>,
+    fresh_best: bool,
 }
 
-impl<'c> Trainer<'c> {
+impl<'c, T: Float> Trainer<'c, T> {
     /// A trainer with these settings, the optimizer's own learning rate and no callback.
     pub fn new(config: TrainerConfig) -> Self {
         Trainer {
@@ -244,6 +254,10 @@ impl<'c> Trainer<'c> {
             schedule: None,
             callback: None,
             resume: None,
+            restored: None,
+            meta: Map::new(),
+            rng: None,
+            fresh_best: false,
         }
     }
 
@@ -253,25 +267,70 @@ impl<'c> Trainer<'c> {
         self
     }
 
-    /// Calls `f` on every [`Event`]; returning [`Control::Stop`] ends training after writing
-    /// the last checkpoint.
-    pub fn on_event(mut self, f: impl FnMut(&Event) -> Control + 'c) -> Self {
+    /// Calls `f` on every [`Event`] with the current parameters (after the step's update):
+    /// for progress displays, logs, or work that needs the model, such as writing a sample.
+    /// Its [`Control`] answer can stop or abort training.
+    pub fn on_event(mut self, f: impl FnMut(&Event, &ParamStore<T>) -> Control + 'c) -> Self {
         self.callback = Some(Box::new(f));
         self
     }
 
+    /// Records `value` under `key` in the checkpoints' configuration, beside the trainer's own
+    /// entries (which `key` must not name: `model`, `best_val`, `bad_evals`, `history`,
+    /// `interval_loss`, `interval_steps`). A resumed run keeps the stored metadata, with the
+    /// keys given here replaced. Read it back with [`RunInfo::read`].
+    pub fn meta(mut self, key: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.meta.insert(key.into(), value.into());
+        self
+    }
+
+    /// Draws dropout from `rng` instead of a generator seeded with [`TrainerConfig::seed`]
+    /// (ignored when resuming: the checkpoint's generator continues).
+    pub fn rng(mut self, rng: Rng) -> Self {
+        self.rng = Some(rng);
+        self
+    }
+
+    /// On resuming, starts the best validation loss and the early-stopping count afresh (when
+    /// the validation data is not the checkpoint's).
+    pub fn forget_best(mut self) -> Self {
+        self.fresh_best = true;
+        self
+    }
+
     /// Continues the run saved in the checkpoint `path` (a `last.safetensors` or
-    /// `best.safetensors` written by a trainer): parameters, optimizer state, dropout generator,
-    /// step, best loss and early-stopping count come from it. The model's configuration must
-    /// match; on any mismatch nothing is changed and `fit` fails.
+    /// `best.safetensors` written by a trainer) when [`Trainer::fit`] starts: parameters,
+    /// optimizer state, dropout generator, the model's carried state, step, best loss,
+    /// early-stopping count and loss history come from it. The model's configuration must
+    /// match; on any mismatch nothing is changed and `fit` fails. See [`Trainer::restore`] to
+    /// load it at once.
     pub fn resume_from(mut self, path: impl Into<PathBuf>) -> Self {
         self.resume = Some(path.into());
         self
     }
 
+    /// Loads the checkpoint `path` into `model`, `store` and `opt` now (as
+    /// [`Trainer::resume_from`] does when `fit` starts), so that everything is checked before
+    /// the caller writes anything; the next `fit` continues from it. Returns what the file
+    /// records of the run.
+    pub fn restore<M: Objective<T>>(
+        &mut self,
+        path: &Path,
+        model: &mut M,
+        store: &mut ParamStore<T>,
+        opt: &mut dyn Optimizer<T>,
+    ) -> Result<RunInfo> {
+        let info = RunInfo::read(path)?;
+        let progress = run::restore(path, model, &model_config(model)?, store, opt)?;
+        self.resume = None;
+        self.restored = Some(progress);
+        Ok(info)
+    }
+
     /// Trains `model` (parameters in `store`) with `opt` on `train`, validating on `valid` (the
-    /// whole of its epoch 0, in evaluation mode) every `eval_every` steps and at the end.
-    pub fn fit<T, M, D>(
+    /// whole of its epoch 0, in evaluation mode, the model's carried state put aside) every
+    /// `eval_every` steps and at the end.
+    pub fn fit<M, D>(
         &mut self,
         model: &mut M,
         store: &mut ParamStore<T>,
@@ -280,11 +339,16 @@ impl<'c> Trainer<'c> {
         mut valid: Option<&mut dyn DataSource<Batch = M::Batch>>,
     ) -> Result<FitSummary>
     where
-        T: Float,
         M: Objective<T>,
         D: DataSource<Batch = M::Batch>,
     {
         self.config.check()?;
+        if let Some(key) = self.meta.keys().find(|k| RESERVED.contains(&k.as_str())) {
+            return Err(Error::invalid(
+                "Trainer::meta",
+                format!("`{key}` is the trainer's own entry"),
+            ));
+        }
         let per_epoch = train.batches_per_epoch();
         if per_epoch == 0 {
             return Err(Error::invalid(
@@ -300,97 +364,91 @@ impl<'c> Trainer<'c> {
             (None, None) => unreachable!("checked"),
         };
         let eval_every = self.config.eval_every.unwrap_or(per_epoch);
-        let model_json: serde_json::Value = serde_json::from_str(&model.config_json())
-            .map_err(|e| Error::invalid("Objective::config_json", format!("not JSON: {e}")))?;
+        let model_json = model_config(model)?;
 
-        let mut rng = Rng::new(self.config.seed);
-        let mut ts = TrainerState::default();
-        let mut step = 0usize;
-        if let Some(path) = &self.resume {
-            // The model's own state first (nothing is changed if the checkpoint is refused).
-            let archive = Archive::read(path)?;
-            let mut model_state = Vec::new();
-            for name in archive.tensors.keys() {
-                if let Some(local) = name
-                    .strip_prefix(EXTRA)
-                    .and_then(|n| n.strip_prefix(MODEL_STATE))
-                {
-                    model_state.push((local.to_string(), archive.tensor::<T>(name)?));
-                }
-            }
-            let mut stored: Option<TrainerState> = None;
-            let info = load_checkpoint(path, store, opt, &mut rng, |json| {
-                let s: StoredConfig = serde_json::from_str(json).map_err(|e| {
-                    Error::format(
-                        "checkpoint config",
-                        format!("not a trainer checkpoint: {e}"),
-                    )
-                })?;
-                if s.model != model_json {
-                    return Err(Error::format(
-                        "checkpoint config",
-                        format!("the model differs: stored {}, here {model_json}", s.model),
-                    ));
-                }
-                stored = Some(s.trainer);
-                Ok(())
-            })?;
-            ts = stored.expect("set by the check");
-            model.load_state_tensors(model_state)?;
-            step = usize::try_from(info.step)
-                .map_err(|_| Error::format(path.display().to_string(), "step out of range"))?;
+        let mut p = match (self.restored.take(), self.resume.take()) {
+            (Some(p), _) => p,
+            (None, Some(path)) => run::restore(&path, model, &model_json, store, opt)?,
+            (None, None) => Progress::new(
+                self.rng
+                    .clone()
+                    .unwrap_or_else(|| Rng::new(self.config.seed)),
+            ),
+        };
+        if self.fresh_best {
+            (p.best, p.bad_evals) = (f64::INFINITY, 0);
         }
+        p.meta.extend(self.meta.clone());
         if let Some(dir) = &self.config.out_dir {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
         }
 
         let mut tape = Tape::new();
-        let (mut interval_loss, mut interval_steps) = (0.0, 0usize);
-        let mut stopped = false;
-        while step < total && !stopped {
+        let mut stop = false;
+        let ended = loop {
+            if p.step >= total {
+                break Ended::Finished;
+            }
             let lr = match &self.schedule {
                 Some(s) => {
-                    let lr = s.lr_at(step);
+                    let lr = s.lr_at(p.step);
                     opt.set_lr(lr);
                     lr
                 }
                 None => opt.lr(),
             };
-            let batch = train.batch(step / per_epoch, step % per_epoch)?;
+            let batch = train.batch(p.step / per_epoch, p.step % per_epoch)?;
             tape.clear();
-            let loss = model.loss(&mut Ctx::train(&mut tape, store, &mut rng), &batch)?;
+            let loss = model.loss(&mut Ctx::train(&mut tape, store, &mut p.rng), &batch)?;
             let (loss_value, mut grads) = crate::nn::backward_loss(&mut tape, loss)?;
             let norm = match self.config.clip {
-                Some(c) => clip_grad_norm(&mut grads, c)?,
+                Some(c) => match clip_grad_norm(&mut grads, c) {
+                    Ok(norm) => norm,
+                    Err(Error::NonFinite { value, .. }) => value,
+                    Err(e) => return Err(e),
+                },
                 None => grad_norm(&grads),
             };
             if !loss_value.is_finite() || !norm.is_finite() {
-                return Err(Error::invalid(
-                    "Trainer::fit",
-                    format!(
-                        "step {}: the loss or gradient is not finite (loss {loss_value}, \
-                         gradient norm {norm}); try a smaller learning rate or clipping",
-                        step + 1
-                    ),
-                ));
+                return Err(Error::NotFiniteStep {
+                    step: p.step + 1,
+                    loss: loss_value,
+                    grad_norm: norm,
+                });
             }
             opt.step(store, &grads)?;
-            step += 1;
-            interval_loss += loss_value;
-            interval_steps += 1;
-            stopped |= self.emit(&Event::Step {
-                step,
-                total_steps: total,
-                epoch: step as f64 / per_epoch as f64,
-                loss: loss_value,
-                grad_norm: norm,
-                lr,
-            }) == Control::Stop;
-            if !step.is_multiple_of(eval_every) && step != total && !stopped {
+            p.step += 1;
+            p.interval_loss += loss_value;
+            p.interval_steps += 1;
+            let step = p.step;
+            match self.emit(
+                &Event::Step {
+                    step,
+                    total_steps: total,
+                    epoch: step as f64 / per_epoch as f64,
+                    loss: loss_value,
+                    grad_norm: norm,
+                    lr,
+                },
+                store,
+            ) {
+                Control::Abort => break Ended::Aborted,
+                Control::Stop => stop = true,
+                Control::Continue => {}
+            }
+            if !step.is_multiple_of(eval_every) && step != total {
+                if stop {
+                    // Saved between validations: the interval's losses go with it.
+                    if self.save(model, &model_json, store, opt, &p, false)? == Control::Abort {
+                        break Ended::Aborted;
+                    }
+                    break Ended::Stopped;
+                }
                 continue;
             }
-            let train_loss = interval_loss / interval_steps.max(1) as f64;
-            (interval_loss, interval_steps) = (0.0, 0);
+
+            let train_loss = p.interval_loss / p.interval_steps.max(1) as f64;
+            (p.interval_loss, p.interval_steps) = (0.0, 0);
             let val = match valid.as_deref_mut() {
                 Some(v) => {
                     // Validation must not disturb the state the model carries between batches.
@@ -402,69 +460,94 @@ impl<'c> Trainer<'c> {
                 None => None,
             };
             let score = val.unwrap_or(train_loss);
-            let improved = ts.best.is_none_or(|b| score < b);
+            let improved = score < p.best;
             if improved {
-                ts.best = Some(score);
-                ts.bad_evals = 0;
+                (p.best, p.bad_evals) = (score, 0);
             } else {
-                ts.bad_evals += 1;
+                p.bad_evals += 1;
             }
-            ts.last_val = val;
+            p.history.train.push((step, train_loss));
+            if let Some(v) = val {
+                p.history.val.push((step, v));
+            }
             model.on_eval(store, step, val)?;
-            stopped |= self.emit(&Event::Eval {
-                step,
-                train_loss,
-                val_loss: val,
-                improved,
-            }) == Control::Stop;
-            let early = self.config.patience.is_some_and(|p| ts.bad_evals >= p);
-            if let Some(dir) = self.config.out_dir.clone() {
-                let cfg = serde_json::to_string(&StoredConfig {
-                    model: model_json.clone(),
-                    trainer: ts.clone(),
-                })
-                .expect("plain data serialises");
-                let info = CheckpointInfo {
-                    config: cfg,
-                    step: step as u64,
-                    schedule_step: step as u64,
-                };
-                let kept: Vec<(String, crate::Tensor<T>)> = model
-                    .state_tensors()
-                    .into_iter()
-                    .map(|(n, t)| (format!("{MODEL_STATE}{n}"), t))
-                    .collect();
-                let extras: Vec<(&str, &crate::Tensor<T>)> =
-                    kept.iter().map(|(n, t)| (n.as_str(), t)).collect();
-                let mut names = vec!["last.safetensors"];
-                if improved {
-                    names.push("best.safetensors");
-                }
-                for name in names {
-                    let path = dir.join(name);
-                    save_checkpoint_with_extras(&path, store, opt, &rng, &info, &extras)?;
-                    stopped |= self.emit(&Event::Checkpoint { path }) == Control::Stop;
-                }
+            match self.emit(
+                &Event::Eval {
+                    step,
+                    train_loss,
+                    val_loss: val,
+                    improved,
+                },
+                store,
+            ) {
+                Control::Abort => break Ended::Aborted,
+                Control::Stop => stop = true,
+                Control::Continue => {}
             }
-            if early {
-                self.emit(&Event::EarlyStop { step });
-                stopped = true;
+            match self.save(model, &model_json, store, opt, &p, improved)? {
+                Control::Abort => break Ended::Aborted,
+                Control::Stop => stop = true,
+                Control::Continue => {}
             }
-        }
+            if self.config.patience.is_some_and(|n| p.bad_evals >= n) {
+                self.emit(&Event::EarlyStop { step }, store);
+                break Ended::EarlyStopped;
+            }
+            if stop {
+                break Ended::Stopped;
+            }
+        };
         Ok(FitSummary {
-            steps: step,
-            best: ts.best.unwrap_or(f64::NAN),
-            last_val: ts.last_val,
-            stopped_early: stopped,
+            steps: p.step,
+            best: p.best,
+            last_val: p.history.val.last().map(|v| v.1),
+            ended,
+            history: p.history,
         })
     }
 
-    fn emit(&mut self, e: &Event) -> Control {
+    /// Writes `last.safetensors`, and `best.safetensors` if `best`, when there is an output
+    /// directory; returns the callback's strongest answer to the checkpoint events.
+    fn save<M: Objective<T>>(
+        &mut self,
+        model: &M,
+        model_json: &Value,
+        store: &ParamStore<T>,
+        opt: &dyn Optimizer<T>,
+        p: &Progress,
+        best: bool,
+    ) -> Result<Control> {
+        let Some(dir) = self.config.out_dir.clone() else {
+            return Ok(Control::Continue);
+        };
+        let mut answer = Control::Continue;
+        for name in ["last.safetensors", "best.safetensors"]
+            .into_iter()
+            .take(1 + best as usize)
+        {
+            let path = dir.join(name);
+            run::save(&path, model, model_json, store, opt, p)?;
+            match self.emit(&Event::Checkpoint { path, step: p.step }, store) {
+                Control::Abort => return Ok(Control::Abort),
+                Control::Stop => answer = Control::Stop,
+                Control::Continue => {}
+            }
+        }
+        Ok(answer)
+    }
+
+    fn emit(&mut self, e: &Event, store: &ParamStore<T>) -> Control {
         match &mut self.callback {
-            Some(f) => f(e),
+            Some(f) => f(e, store),
             None => Control::Continue,
         }
     }
+}
+
+/// The model's configuration as a JSON value.
+fn model_config<T: Float, M: Objective<T>>(model: &M) -> Result<Value> {
+    serde_json::from_str(&model.config_json())
+        .map_err(|e| Error::invalid("Objective::config_json", format!("not JSON: {e}")))
 }
 
 /// The mean loss over the batches of epoch 0 of `data`, in evaluation mode (no dropout).

@@ -10,8 +10,9 @@ use recur::data::{
 };
 use recur::io::Archive;
 use recur::models::{
-    CharLm, CharLmConfig, Control, DenseDataset, Event, Objective, Pooling, SequenceClassifier,
-    SequenceClassifierConfig, SequenceRegressor, SequenceRegressorConfig, Trainer, TrainerConfig,
+    CharLm, CharLmConfig, Control, DenseDataset, Ended, Event, Objective, Pooling, RunInfo,
+    SequenceClassifier, SequenceClassifierConfig, SequenceRegressor, SequenceRegressorConfig,
+    Trainer, TrainerConfig,
 };
 use recur::nn::{
     CarriedState, CellConfig, CellKind, Ctx, Embedding, GruCell, Linear, Lstm, Module, Recurrent,
@@ -330,13 +331,13 @@ fn trainer_stops_early_and_reports_events() {
     let mut opt = Sgd::new(SgdConfig::default().lr(0.0)).unwrap();
     let mut events = Vec::new();
     let s = Trainer::new(TrainerConfig::epochs(50).eval_every(3).patience(2))
-        .on_event(|e| {
+        .on_event(|e, _| {
             events.push(e.clone());
             Control::Continue
         })
         .fit(&mut model, &mut ps, &mut opt, &mut train, Some(&mut valid))
         .unwrap();
-    assert!(s.stopped_early);
+    assert_eq!(s.ended, Ended::EarlyStopped);
     assert_eq!(
         s.steps, 9,
         "evaluations at 3 (best), 6 and 9 (two without improvement)"
@@ -384,7 +385,7 @@ fn trainer_stops_early_and_reports_events() {
     // A callback can stop training.
     let (mut ps, mut model, mut train, _) = toy(2);
     let s = Trainer::new(TrainerConfig::steps(100))
-        .on_event(|e| match e {
+        .on_event(|e, _| match e {
             Event::Step { step: 4, .. } => Control::Stop,
             _ => Control::Continue,
         })
@@ -697,4 +698,117 @@ fn thread_count_is_settable_once_and_scoped_pools_are_separate() {
     assert!(e.contains("already"), "{e}");
     assert_eq!(recur::with_threads(3, recur::threads).unwrap(), 3);
     assert!(recur::with_threads(0, || ()).is_err());
+}
+
+#[test]
+fn a_stop_between_validations_resumes_exactly_and_an_abort_writes_nothing() {
+    let dir = temp_dir("library-stop-abort");
+    // Stops after `stop_at` (between the validations at 4 and 8) or runs to 12.
+    let run = |out: &Path, stop_at: Option<usize>, resume: bool| {
+        let (mut ps, mut model, mut train, mut val) = lm("gru", 1, 0.2);
+        let mut opt = Adam::new(AdamConfig::default().lr(0.01)).unwrap();
+        let mut t = Trainer::new(TrainerConfig::steps(12).eval_every(4).out_dir(out))
+            .meta("corpus", "cats and dogs")
+            .on_event(move |e, _| match e {
+                Event::Step { step, .. } if Some(*step) == stop_at => Control::Stop,
+                _ => Control::Continue,
+            });
+        if resume {
+            t = t.resume_from(out.join("last.safetensors"));
+        }
+        let s = t
+            .fit(&mut model, &mut ps, &mut opt, &mut train, Some(&mut val))
+            .unwrap();
+        (ps, s)
+    };
+    let (a, sa) = run(&dir.join("a"), None, false);
+    assert_eq!((sa.ended, sa.history.val.len()), (Ended::Finished, 3));
+    let (_, stopped) = run(&dir.join("b"), Some(6), false);
+    assert_eq!((stopped.ended, stopped.steps), (Ended::Stopped, 6));
+    assert_eq!(stopped.history.val.len(), 1, "no validation at the stop");
+    let info = RunInfo::read(&dir.join("b/last.safetensors")).unwrap();
+    assert_eq!((info.step, info.optimizer.as_str()), (6, "adam"));
+    assert_eq!(info.meta["corpus"], "cats and dogs");
+    assert_eq!(info.history, stopped.history);
+    let (b, sb) = run(&dir.join("b"), None, true);
+    assert_eq!(
+        sa, sb,
+        "the resumed run reports what the uninterrupted one did"
+    );
+    for ((_, na, ta), (_, _, tb)) in a.iter().zip(b.iter()) {
+        assert_eq!(ta.data(), tb.data(), "{na} differs after resume");
+    }
+    assert_eq!(
+        std::fs::read(dir.join("a/last.safetensors")).unwrap(),
+        std::fs::read(dir.join("b/last.safetensors")).unwrap()
+    );
+
+    // An abort at the second validation leaves the files of the first.
+    let out = dir.join("c");
+    let (mut ps, mut model, mut train, mut val) = lm("gru", 1, 0.0);
+    let mut opt = Adam::new(AdamConfig::default().lr(0.01)).unwrap();
+    let s = Trainer::new(TrainerConfig::steps(12).eval_every(4).out_dir(&out))
+        .on_event(|e, _| match e {
+            Event::Eval { step: 8, .. } => Control::Abort,
+            _ => Control::Continue,
+        })
+        .fit(&mut model, &mut ps, &mut opt, &mut train, Some(&mut val))
+        .unwrap();
+    assert_eq!((s.ended, s.steps), (Ended::Aborted, 8));
+    assert_eq!(
+        RunInfo::read(&out.join("last.safetensors")).unwrap().step,
+        4
+    );
+    // The trainer's own entries cannot be overwritten.
+    let err = Trainer::new(TrainerConfig::steps(1))
+        .meta("history", 1)
+        .fit(&mut model, &mut ps, &mut opt, &mut train, None)
+        .unwrap_err();
+    assert!(err.to_string().contains("`history`"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_nan_loss_never_counts_as_the_best() {
+    // Validation data whose loss is NaN: every validation is worse than none.
+    struct NanVal(CharLm<f64>);
+    impl Objective<f64> for NanVal {
+        type Batch = recur::data::LmChunk;
+        fn loss(&mut self, cx: &mut Ctx<'_, f64>, b: &Self::Batch) -> Result<Var> {
+            let l = self.0.loss(cx, b)?;
+            if cx.is_training() {
+                Ok(l)
+            } else {
+                let nan = cx.tape.constant(Tensor::from_vec(vec![f64::NAN], &[1])?);
+                let s = cx.tape.add(l, nan)?;
+                cx.tape.sum(s)
+            }
+        }
+        fn state_tensors(&self) -> Vec<(String, Tensor<f64>)> {
+            self.0.state_tensors()
+        }
+        fn load_state_tensors(&mut self, t: Vec<(String, Tensor<f64>)>) -> Result<()> {
+            self.0.load_state_tensors(t)
+        }
+    }
+    let (mut ps, model, mut train, mut val) = lm("rnn", 1, 0.0);
+    let mut opt = Adam::new(AdamConfig::default().lr(0.01)).unwrap();
+    let mut improved = Vec::new();
+    let s = Trainer::new(TrainerConfig::steps(4).eval_every(2))
+        .on_event(|e, _| {
+            if let Event::Eval { improved: i, .. } = e {
+                improved.push(*i);
+            }
+            Control::Continue
+        })
+        .fit(
+            &mut NanVal(model),
+            &mut ps,
+            &mut opt,
+            &mut train,
+            Some(&mut val),
+        )
+        .unwrap();
+    assert_eq!(improved, [false, false]);
+    assert_eq!(s.best, f64::INFINITY);
 }

@@ -217,15 +217,15 @@ fn train(args: &TrainArgs) -> CmdResult {
     let mut opt = Adam::new(AdamConfig::default().lr(args.lr)).map_err(|e| e.to_string())?;
     let start = Instant::now();
     let (json, quiet) = (args.json, args.quiet);
-    let mut trainer = Trainer::new(config).on_event(move |e| {
+    let mut trainer = Trainer::new(config).on_event(move |e, _| {
         if let Event::Eval {
             step,
             train_loss,
             val_loss,
             improved,
-        } = e
+        } = *e
         {
-            let epoch = *step as f64 / per_epoch as f64;
+            let epoch = step as f64 / per_epoch as f64;
             if json {
                 println!(
                     "{}",
@@ -239,7 +239,7 @@ fn train(args: &TrainArgs) -> CmdResult {
                 println!(
                     "epoch {epoch:>6.2}  step {step:>7}  train {train_loss:.4}  val {:.4}{}",
                     val_loss.unwrap_or(f64::NAN),
-                    if *improved { "  (best)" } else { "" }
+                    if improved { "  (best)" } else { "" }
                 );
             }
         }

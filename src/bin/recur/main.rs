@@ -9,8 +9,6 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod adding;
 mod bench;
-mod charlm;
-mod checkpoint;
 mod classify;
 mod demo;
 mod example;

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use clap::Args;
 use recur::Rng;
+use recur::models::CharLm;
 
 use crate::CmdResult;
-use crate::checkpoint;
 
 /// Options of `recur sample`.
 #[derive(Args, Debug)]
@@ -43,8 +43,8 @@ pub fn run(args: &SampleArgs) -> CmdResult {
             args.temperature
         ));
     }
-    let r = checkpoint::load(&args.checkpoint).map_err(|e| e.to_string())?;
-    let vocab = &r.model.vocab;
+    let (lm, store) = CharLm::<f32>::load(&args.checkpoint).map_err(|e| e.to_string())?;
+    let vocab = lm.vocab();
     let prime = match &args.prime {
         Some(p) if p.is_empty() => return Err("--prime is empty".into()),
         Some(p) => {
@@ -58,7 +58,6 @@ pub fn run(args: &SampleArgs) -> CmdResult {
         None if vocab.id('\n').is_some() => "\n".into(),
         None => vocab.char(0).map_err(|e| e.to_string())?.to_string(),
     };
-    let (lm, store) = r.model.to_lm(&r.store).map_err(|e| e.to_string())?;
     let text = lm
         .generate(
             &store,

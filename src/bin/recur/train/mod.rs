@@ -1,7 +1,9 @@
-//! `recur train`: a character language model on any UTF-8 text, trained with truncated
-//! backpropagation through time (the hidden state is carried across consecutive chunks, the
-//! gradient is not), with a held-out validation split, checkpoints that resume exactly, samples,
-//! a live progress bar and a loss plot.
+//! `recur train`: the library's [`CharLm`] trained by its [`Trainer`] on any UTF-8 text, with
+//! truncated backpropagation through time (the hidden state is carried across consecutive
+//! chunks, the gradient is not), a held-out validation split and checkpoints that resume
+//! exactly. This module adds what a command line needs around them: argument and file checks,
+//! the memory estimate, signals, the divergence check, the progress bar or JSON lines, the loss
+//! plot and samples.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -12,22 +14,23 @@ use std::time::Instant;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use recur::data::{CharVocab, TextStreams};
-use recur::optim::{DivergenceGuard, clip_grad_norm, grad_norm};
-use recur::{ParamStore, Rng, Tape};
+use recur::data::{CharVocab, DataSource};
+use recur::models::{
+    CharLm, CharLmConfig, Control, Ended, Event, History, RunInfo, Trainer, TrainerConfig,
+};
+use recur::optim::DivergenceGuard;
+use recur::{ParamStore, Rng};
 
 mod setup;
 
 use setup::{
-    check_args, estimate_bytes, load_corpus, prepare_out, read_text, resume_conflicts,
+    RunMeta, check_args, estimate_bytes, load_corpus, prepare_out, read_text, resume_conflicts,
     text_fingerprint,
 };
 
 use crate::CmdResult;
-use crate::charlm::{CharModel, ModelConfig};
-use crate::checkpoint::{self, History, TrainState};
 use crate::gradflow::CellArg;
-use crate::optimizer::{OptArg, make_optimizer};
+use crate::optimizer::{OptArg, make_optimizer, optimizer_by_name};
 use crate::plot::{Chart, Series, write_csv, write_svg};
 
 /// Options of `recur train`.
@@ -120,42 +123,55 @@ pub struct TrainArgs {
     pub explicit: Vec<String>,
 }
 
-/// Mean validation loss in nats per character over (up to 64) chunks, from a zero state.
-fn validate(
-    model: &CharModel,
-    store: &ParamStore<f32>,
-    tape: &mut Tape<f32>,
-    val: &TextStreams,
-) -> Result<f64, String> {
-    let mut state = model.zero_state(val.batch()).map_err(|e| e.to_string())?;
-    let n = val.chunks().min(64);
-    let mut total = 0.0;
-    for k in 0..n {
-        let (x, y) = val.chunk(k);
-        tape.clear();
-        let (loss, next) = model
-            .loss(
-                tape,
-                store,
-                &x,
-                &y,
-                val.seq_len(),
-                val.batch(),
-                &state,
-                None,
-            )
-            .map_err(|e| e.to_string())?;
-        total += tape.value(loss).map_err(|e| e.to_string())?.data()[0] as f64;
-        state = next;
-    }
-    Ok(total / n as f64)
-}
-
 /// Why a run stopped early.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Stop {
+enum Signal {
     Interrupt,
     Terminate,
+}
+
+impl Signal {
+    fn name(self) -> &'static str {
+        match self {
+            Signal::Interrupt => "SIGINT",
+            Signal::Terminate => "SIGTERM",
+        }
+    }
+
+    /// The shell's exit status for a process ended by this signal.
+    fn status(self) -> u8 {
+        match self {
+            Signal::Interrupt => 130,
+            Signal::Terminate => 143,
+        }
+    }
+}
+
+/// SIGINT and SIGTERM ask the run to save and stop; a second one of either ends the process at
+/// once with the shell's status for that signal. Returns the flags the first one sets.
+fn catch_signals() -> Result<[Arc<AtomicBool>; 2], String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::flag;
+    let flags = [
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    ];
+    let any = Arc::new(AtomicBool::new(false));
+    for (signal, own, status) in [(SIGINT, &flags[0], 130), (SIGTERM, &flags[1], 143)] {
+        flag::register_conditional_shutdown(signal, status, any.clone())
+            .and_then(|_| flag::register(signal, own.clone()))
+            .and_then(|_| flag::register(signal, any.clone()))
+            .map_err(|e| format!("cannot handle signal {signal}: {e}"))?;
+    }
+    Ok(flags)
+}
+
+/// A run to resume: its checkpoint, what it records, and what `recur train` stored with it.
+struct Resume<'a> {
+    path: &'a Path,
+    info: RunInfo,
+    meta: RunMeta,
+    config: CharLmConfig,
 }
 
 /// Runs `recur train`.
@@ -165,35 +181,42 @@ pub fn run(args: &TrainArgs) -> CmdResult {
     // Everything that can be wrong with the inputs is found before anything is written.
     let text = read_text(&args.text)?;
     let fingerprint = text_fingerprint(&text);
-    let mut resumed = args
+    let resume = args
         .resume
-        .as_ref()
-        .map(|p| checkpoint::load(p).map_err(|e| e.to_string()))
+        .as_deref()
+        .map(|path| -> Result<Resume<'_>, String> {
+            let info = RunInfo::read(path).map_err(|e| e.to_string())?;
+            let meta = RunMeta::read(&info, path)?;
+            let config = CharLmConfig::from_run(&info, path).map_err(|e| e.to_string())?;
+            Ok(Resume {
+                path,
+                info,
+                meta,
+                config,
+            })
+        })
         .transpose()?;
+    let (mut lr_override, mut clip) = (None, args.clip);
     let mut new_text_note = None;
-    if let (Some(r), Some(p)) = (&mut resumed, &args.resume) {
-        let (conflicts, lr, clip) = resume_conflicts(args, r);
+    if let Some(r) = &resume {
+        let (conflicts, lr, new_clip) = resume_conflicts(args, &r.config, &r.info, &r.meta);
         if !conflicts.is_empty() {
             return Err(format!(
                 "--resume {}: the flags differ from the checkpoint: {}",
-                p.display(),
+                r.path.display(),
                 conflicts.join(", ")
             ));
         }
-        if let Some(lr) = lr {
-            r.optimizer.set_lr(lr);
-        }
-        if let Some(clip) = clip {
-            r.state.clip = clip;
-        }
-        match &r.state.text_fingerprint {
+        lr_override = lr;
+        clip = new_clip.unwrap_or(r.meta.clip);
+        match &r.meta.text_fingerprint {
             Some(stored) if *stored != fingerprint => {
                 if !args.new_text {
                     return Err(format!(
                         "--resume {}: {} is not the text the checkpoint was trained on \
                          (fingerprint {fingerprint}, the checkpoint's {stored}); pass --new-text \
                          to train on it anyway",
-                        p.display(),
+                        r.path.display(),
                         args.text.display()
                     ));
                 }
@@ -201,16 +224,14 @@ pub fn run(args: &TrainArgs) -> CmdResult {
                     "training on a new text ({}): the best validation loss starts afresh",
                     args.text.display()
                 ));
-                r.state.best_val = f64::INFINITY;
             }
             _ => {}
         }
-        r.state.text_fingerprint = Some(fingerprint.clone());
     }
     // The memory this run will need, from its sizes, before the model or the corpus is built.
-    let config = match &resumed {
-        Some(r) => r.model.config.clone(),
-        None => ModelConfig {
+    let config = match &resume {
+        Some(r) => r.config.clone(),
+        None => CharLmConfig {
             cell: args.cell.name().to_string(),
             hidden: args.hidden,
             layers: args.layers,
@@ -231,65 +252,77 @@ pub fn run(args: &TrainArgs) -> CmdResult {
         text.chars().count(),
     );
     crate::memory::check("recur train", estimate, args.max_memory)?;
-    let corpus = load_corpus(args, &text, resumed.as_ref().map(|r| r.model.vocab.clone()))?;
+    let stored_vocab = resume
+        .as_ref()
+        .map(|_| CharVocab::from_chars(config.vocab.chars().collect()))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let mut corpus = load_corpus(args, &text, stored_vocab)?;
     drop(text);
-    let (model, mut store, mut opt, mut ts) = match resumed {
-        Some(r) => (r.model, r.store, r.optimizer, r.state),
-        None => {
-            let mut rng = Rng::new(args.seed);
-            let mut store = ParamStore::new();
-            let model = CharModel::new(&mut store, config, &mut rng).map_err(|e| e.to_string())?;
-            let opt = make_optimizer(args.optimizer, args.lr).map_err(|e| e.to_string())?;
-            let ts = TrainState {
-                step: 0,
-                batch: args.batch,
-                seq_len: args.seq_len,
-                clip: args.clip,
-                dropout_rng: rng.fork(),
-                carried: model.zero_state(args.batch).map_err(|e| e.to_string())?,
-                best_val: f64::INFINITY,
-                history: History::default(),
-                interval_loss: 0.0,
-                interval_steps: 0,
-                text_fingerprint: Some(fingerprint),
-            };
-            (model, store, opt, ts)
-        }
-    };
+
+    // The model, optimizer and trainer; a resumed run is loaded (and checked whole) now.
+    let mut rng = Rng::new(args.seed);
+    let mut store = ParamStore::new();
+    let mut lm = CharLm::<f32>::new(&mut store, config, &mut rng).map_err(|e| e.to_string())?;
+    let mut opt = match &resume {
+        Some(r) => optimizer_by_name(&r.info.optimizer, 1e-3).ok_or_else(|| {
+            format!(
+                "checkpoint {}: unknown optimizer `{}`",
+                r.path.display(),
+                r.info.optimizer
+            )
+        })?,
+        None => make_optimizer(args.optimizer, args.lr),
+    }
+    .map_err(|e| e.to_string())?;
+    let chunks = corpus.train.batches_per_epoch();
     let total_steps = match (args.steps, args.epochs) {
         (Some(s), _) => s,
         (None, Some(e)) => e
-            .checked_mul(corpus.train.chunks())
+            .checked_mul(chunks)
             .ok_or_else(|| format!("--epochs {e} is too large"))?,
         (None, None) => 2000,
     };
+    let mut tc = TrainerConfig::steps(total_steps)
+        .eval_every(args.eval_every)
+        .out_dir(&args.out);
+    if clip > 0.0 {
+        tc = tc.clip(clip);
+    }
+    let mut trainer = Trainer::new(tc)
+        .rng(rng.fork())
+        .meta("batch", args.batch)
+        .meta("seq_len", args.seq_len)
+        .meta("clip", clip)
+        .meta("text_fingerprint", fingerprint);
+    let (mut start_step, mut best, mut history) = (0, f64::INFINITY, History::default());
+    if let Some(r) = &resume {
+        trainer
+            .restore(r.path, &mut lm, &mut store, opt.as_mut())
+            .map_err(|e| e.to_string())?;
+        if let Some(lr) = lr_override {
+            opt.set_lr(lr);
+        }
+        start_step = r.info.step;
+        history = r.info.history.clone();
+        if new_text_note.is_some() {
+            trainer = trainer.forget_best();
+        } else {
+            best = r.info.best.unwrap_or(f64::INFINITY);
+        }
+    }
     let mut guard = if args.no_divergence_check {
         None
     } else {
         Some(
             DivergenceGuard::for_classes(corpus.vocab.len().max(2))
                 .map_err(|e| e.to_string())?
-                .with_best(ts.best_val),
+                .with_best(best),
         )
     };
     prepare_out(&args.out)?;
     let removed = recur::io::remove_stale_temporaries(&args.out).map_err(|e| e.to_string())?;
-
-    // SIGINT and SIGTERM ask the loop to save and stop; a second one of either ends the process
-    // at once with the shell's status for that signal.
-    let interrupt = Arc::new(AtomicBool::new(false));
-    let terminate = Arc::new(AtomicBool::new(false));
-    let any = Arc::new(AtomicBool::new(false));
-    {
-        use signal_hook::consts::{SIGINT, SIGTERM};
-        use signal_hook::flag;
-        for (signal, own, status) in [(SIGINT, &interrupt, 130), (SIGTERM, &terminate, 143)] {
-            flag::register_conditional_shutdown(signal, status, any.clone())
-                .and_then(|_| flag::register(signal, own.clone()))
-                .and_then(|_| flag::register(signal, any.clone()))
-                .map_err(|e| format!("cannot handle signal {signal}: {e}"))?;
-        }
-    }
+    let [interrupt, terminate] = catch_signals()?;
 
     let chars_per_step = (args.batch * args.seq_len) as f64;
     let bar = if args.quiet || args.json || !std::io::stderr().is_terminal() {
@@ -303,7 +336,7 @@ pub fn run(args: &TrainArgs) -> CmdResult {
         )
         .map_err(|e| e.to_string())?,
     );
-    bar.set_position(ts.step as u64);
+    bar.set_position(start_step as u64);
     // Lines above the bar on a terminal; plain lines when stderr is redirected.
     let live = !(args.quiet || args.json) && std::io::stderr().is_terminal();
     let say = |msg: String| {
@@ -313,7 +346,6 @@ pub fn run(args: &TrainArgs) -> CmdResult {
             println!("{msg}");
         }
     };
-    let chunks = corpus.train.chunks();
     if !removed.is_empty() {
         say(format!(
             "removed {} temporary file(s) left in {} by an interrupted write",
@@ -321,224 +353,185 @@ pub fn run(args: &TrainArgs) -> CmdResult {
             args.out.display()
         ));
     }
-    if let Some(p) = &args.resume {
+    if let Some(r) = &resume {
         say(format!(
             "resuming {} at step {} (model and optimizer settings from the checkpoint)",
-            p.display(),
-            ts.step
+            r.path.display(),
+            start_step
         ));
     }
     if let Some(note) = new_text_note {
         say(note);
     }
-    {
-        say(format!(
-            "{} characters ({} distinct), {} for training, {} chunks per epoch; unigram entropy {:.3} nats = {:.3} bits per character",
-            corpus.total_chars,
-            corpus.vocab.len(),
-            corpus.train_chars,
-            chunks,
-            corpus.unigram_nats,
-            corpus.unigram_nats / std::f64::consts::LN_2
-        ));
-    }
-    let mut tape = Tape::new();
+    say(format!(
+        "{} characters ({} distinct), {} for training, {} chunks per epoch; unigram entropy {:.3} nats = {:.3} bits per character",
+        corpus.total_chars,
+        corpus.vocab.len(),
+        corpus.train_chars,
+        chunks,
+        corpus.unigram_nats,
+        corpus.unigram_nats / std::f64::consts::LN_2
+    ));
+
+    // Everything the command line does around the library's loop happens in its events.
+    let sampler = lm.clone();
+    let sample_due = |step: usize| {
+        step == total_steps || (args.sample_every > 0 && step.is_multiple_of(args.sample_every))
+    };
     let mut interval_start = Instant::now();
-    let mut last_val = ts.history.val.last().map(|v| v.1);
+    let mut last_val = history.val.last().map(|v| v.1);
     // The step the files in --out hold (a resumed run starts from its checkpoint's).
-    let mut saved_at = args.resume.as_ref().map(|_| ts.step);
-    let mut stopped = None;
-    while ts.step < total_steps {
-        if terminate.load(Ordering::SeqCst) {
-            stopped = Some(Stop::Terminate);
-            break;
-        }
-        if interrupt.load(Ordering::SeqCst) {
-            stopped = Some(Stop::Interrupt);
-            break;
-        }
-        let k = ts.step % chunks;
-        if k == 0 {
-            ts.carried = model.zero_state(args.batch).map_err(|e| e.to_string())?;
-        }
-        let (x, y) = corpus.train.chunk(k);
-        tape.clear();
-        let dropout_rng = (model.config.dropout > 0.0).then_some(&mut ts.dropout_rng);
-        let (loss, next) = model
-            .loss(
-                &mut tape,
-                &store,
-                &x,
-                &y,
-                args.seq_len,
-                args.batch,
-                &ts.carried,
-                dropout_rng,
-            )
-            .map_err(|e| e.to_string())?;
-        let loss_value = tape.value(loss).map_err(|e| e.to_string())?.data()[0] as f64;
-        let mut grads = tape.backward(loss).map_err(|e| e.to_string())?;
-        let norm = if ts.clip > 0.0 {
-            clip_grad_norm(&mut grads, ts.clip)
-                .map_err(|e| format!("step {}: {e}; try a smaller --lr", ts.step + 1))?
-        } else {
-            grad_norm(&grads)
-        };
-        if !norm.is_finite() || !loss_value.is_finite() {
-            return Err(format!(
-                "step {}: the loss or gradient is not finite (loss {loss_value}, gradient norm {norm}); try a smaller --lr or --clip",
-                ts.step + 1
-            ));
-        }
-        opt.step(&mut store, &grads).map_err(|e| e.to_string())?;
-        ts.carried = next;
-        ts.step += 1;
-        ts.interval_loss += loss_value;
-        ts.interval_steps += 1;
-        let secs = interval_start.elapsed().as_secs_f64();
-        let cps = chars_per_step * ts.interval_steps as f64 / secs.max(1e-9);
-        bar.set_message(format!(
-            "epoch {} loss {:.3} val {} {:.0} char/s",
-            ts.step / chunks + 1,
-            loss_value,
-            last_val.map_or("-".into(), |v| format!("{v:.3}")),
-            cps
-        ));
-        bar.set_position(ts.step as u64);
-        let at_end = ts.step == total_steps;
-        if ts.step % args.eval_every == 0 || at_end {
-            let train_loss = ts.interval_loss / ts.interval_steps as f64;
-            let val = validate(&model, &store, &mut tape, &corpus.val)?;
-            if let Some(guard) = guard.as_mut()
-                && let Err(d) = guard.check(val)
-            {
-                bar.finish_and_clear();
-                let kept = match saved_at {
-                    Some(s) => format!(
-                        "the checkpoints in {} are those of step {s}",
-                        args.out.display()
-                    ),
-                    None => "no checkpoint was written".into(),
-                };
-                return Err(format!(
-                    "step {}: the run is diverging: the validation {d}; stopped without \
-                     saving this step ({kept}); try a smaller --lr, or --no-divergence-check",
-                    ts.step
+    let mut saved_at = resume.as_ref().map(|_| start_step);
+    let mut signal = None;
+    let mut failure: Option<String> = None;
+    let (mut cps, mut steps_since) = (0.0, 0usize);
+    let mut on_event = |e: &Event, store: &ParamStore<f32>| -> Result<Control, String> {
+        match *e {
+            Event::Step { step, loss, .. } => {
+                steps_since += 1;
+                let secs = interval_start.elapsed().as_secs_f64();
+                cps = chars_per_step * steps_since as f64 / secs.max(1e-9);
+                bar.set_message(format!(
+                    "epoch {} loss {:.3} val {} {:.0} char/s",
+                    step / chunks + 1,
+                    loss,
+                    last_val.map_or("-".into(), |v| format!("{v:.3}")),
+                    cps
                 ));
+                bar.set_position(step as u64);
+                let eval_due = step.is_multiple_of(args.eval_every) || step == total_steps;
+                if sample_due(step) && !eval_due {
+                    write_sample(&args.out, &sampler, store, step, args.seed)?;
+                }
+                for (flag, which) in [
+                    (&terminate, Signal::Terminate),
+                    (&interrupt, Signal::Interrupt),
+                ] {
+                    if flag.load(Ordering::SeqCst) {
+                        signal = Some(which);
+                        return Ok(Control::Stop);
+                    }
+                }
             }
-            last_val = Some(val);
-            // The next validation reports the mean over the steps after this one.
-            ts.interval_loss = 0.0;
-            ts.interval_steps = 0;
-            ts.history.train.push((ts.step, train_loss));
-            ts.history.val.push((ts.step, val));
-            let improved = val < ts.best_val;
-            if improved {
-                ts.best_val = val;
+            Event::Eval {
+                step,
+                train_loss,
+                val_loss,
+                improved,
+            } => {
+                let val = val_loss.unwrap_or(f64::NAN);
+                if let Some(guard) = guard.as_mut()
+                    && let Err(d) = guard.check(val)
+                {
+                    let kept = match saved_at {
+                        Some(s) => format!(
+                            "the checkpoints in {} are those of step {s}",
+                            args.out.display()
+                        ),
+                        None => "no checkpoint was written".into(),
+                    };
+                    return Err(format!(
+                        "step {step}: the run is diverging: the validation {d}; stopped without \
+                         saving this step ({kept}); try a smaller --lr, or --no-divergence-check"
+                    ));
+                }
+                last_val = Some(val);
+                history.train.push((step, train_loss));
+                history.val.push((step, val));
+                write_curves(&args.out, &history)?;
+                let secs = interval_start.elapsed().as_secs_f64();
+                if args.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "step": step, "epoch": step as f64 / chunks as f64,
+                            "train_loss": train_loss, "val_loss": val,
+                            "val_bpc": val / std::f64::consts::LN_2,
+                            "chars_per_sec": cps, "elapsed_s": secs,
+                        })
+                    );
+                } else {
+                    say(format!(
+                        "step {:>6}  train {:.4}  val {:.4} nats = {:.3} bpc{}",
+                        step,
+                        train_loss,
+                        val,
+                        val / std::f64::consts::LN_2,
+                        if improved { "  (best)" } else { "" }
+                    ));
+                }
+                if sample_due(step) {
+                    write_sample(&args.out, &sampler, store, step, args.seed)?;
+                }
+                interval_start = Instant::now();
+                steps_since = 0;
             }
-            save_to(
-                &args.out,
-                "last.safetensors",
-                &model,
-                &store,
-                opt.as_ref(),
-                &ts,
-            )?;
-            if improved {
-                save_to(
-                    &args.out,
-                    "best.safetensors",
-                    &model,
-                    &store,
-                    opt.as_ref(),
-                    &ts,
-                )?;
-            }
-            write_curves(&args.out, &ts.history)?;
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "step": ts.step, "epoch": ts.step as f64 / chunks as f64,
-                        "train_loss": train_loss, "val_loss": val,
-                        "val_bpc": val / std::f64::consts::LN_2,
-                        "chars_per_sec": cps, "elapsed_s": secs,
-                    })
-                );
-            } else {
-                say(format!(
-                    "step {:>6}  train {:.4}  val {:.4} nats = {:.3} bpc{}",
-                    ts.step,
-                    train_loss,
-                    val,
-                    val / std::f64::consts::LN_2,
-                    if improved { "  (best)" } else { "" }
-                ));
-            }
-            saved_at = Some(ts.step);
-            interval_start = Instant::now();
+            Event::Checkpoint { step, .. } => saved_at = Some(step),
+            Event::EarlyStop { .. } => {}
         }
-        if at_end || (args.sample_every > 0 && ts.step % args.sample_every == 0) {
-            write_sample(&args.out, &model, &store, ts.step, args.seed)?;
-        }
-    }
+        Ok(Control::Continue)
+    };
+    let trainer = trainer.on_event(|e, store| {
+        on_event(e, store).unwrap_or_else(|msg| {
+            failure = Some(msg);
+            Control::Abort
+        })
+    });
+    let summary = {
+        let mut trainer = trainer;
+        trainer.fit(
+            &mut lm,
+            &mut store,
+            opt.as_mut(),
+            &mut corpus.train,
+            Some(&mut corpus.val),
+        )
+    };
     bar.finish_and_clear();
-    if let Some(stop) = stopped {
-        save_to(
-            &args.out,
-            "last.safetensors",
-            &model,
-            &store,
-            opt.as_ref(),
-            &ts,
-        )?;
+    let summary = summary.map_err(|e| match e {
+        recur::Error::NotFiniteStep {
+            step,
+            loss,
+            grad_norm,
+        } => format!(
+            "step {step}: the loss or gradient is not finite (loss {loss}, gradient norm \
+             {grad_norm}); try a smaller --lr or --clip"
+        ),
+        e => e.to_string(),
+    })?;
+    if let Some(msg) = failure {
+        return Err(msg);
+    }
+    if summary.ended == Ended::Stopped
+        && let Some(signal) = signal
+    {
+        let last = args.out.join("last.safetensors");
         eprintln!(
             "interrupted at step {}: saved {}; continue with --resume {} ({}, exit status {})",
-            ts.step,
-            args.out.join("last.safetensors").display(),
-            args.out.join("last.safetensors").display(),
-            if stop == Stop::Terminate {
-                "SIGTERM"
-            } else {
-                "SIGINT"
-            },
-            if stop == Stop::Terminate { 143 } else { 130 },
+            summary.steps,
+            last.display(),
+            last.display(),
+            signal.name(),
+            signal.status(),
         );
-        return Ok(ExitCode::from(if stop == Stop::Terminate {
-            143
-        } else {
-            130
-        }));
+        return Ok(ExitCode::from(signal.status()));
     }
-    let summary = format!(
-        "done: step {}, best validation loss {:.4} nats = {:.3} bits per character (unigram entropy {:.3} bits); outputs in {}",
-        ts.step,
-        ts.best_val,
-        ts.best_val / std::f64::consts::LN_2,
-        corpus.unigram_nats / std::f64::consts::LN_2,
-        args.out.display()
-    );
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"done": true, "step": ts.step, "best_val_loss": ts.best_val})
+            serde_json::json!({"done": true, "step": summary.steps, "best_val_loss": summary.best})
         );
     } else {
-        println!("{summary}");
+        println!(
+            "done: step {}, best validation loss {:.4} nats = {:.3} bits per character (unigram entropy {:.3} bits); outputs in {}",
+            summary.steps,
+            summary.best,
+            summary.best / std::f64::consts::LN_2,
+            corpus.unigram_nats / std::f64::consts::LN_2,
+            args.out.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Saves the checkpoint `name` into `out`.
-fn save_to(
-    out: &Path,
-    name: &str,
-    model: &CharModel,
-    store: &ParamStore<f32>,
-    opt: &dyn recur::optim::Optimizer<f32>,
-    ts: &TrainState,
-) -> Result<(), String> {
-    checkpoint::save(&out.join(name), model, store, opt, ts).map_err(|e| e.to_string())
 }
 
 fn write_curves(out: &Path, h: &History) -> Result<(), String> {
@@ -578,9 +571,10 @@ fn write_curves(out: &Path, h: &History) -> Result<(), String> {
     )
 }
 
+/// Writes `sample_{step}.txt`: 400 characters after a random one, at temperature 0.8.
 fn write_sample(
     out: &Path,
-    model: &CharModel,
+    lm: &CharLm<f32>,
     store: &ParamStore<f32>,
     step: usize,
     seed: u64,
@@ -588,13 +582,12 @@ fn write_sample(
     // Samples use their own generator, derived from the seed and step: they never disturb
     // training.
     let mut rng = Rng::new(seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let prime = model
-        .vocab
-        .char(rng.below(model.vocab.len()))
+    let vocab = lm.vocab();
+    let prime = vocab
+        .char(rng.below(vocab.len()))
         .map_err(|e| e.to_string())?;
-    let (lm, lm_store) = model.to_lm(store).map_err(|e| e.to_string())?;
     let text = lm
-        .generate(&lm_store, &prime.to_string(), 400, 0.8, None, &mut rng)
+        .generate(store, &prime.to_string(), 400, 0.8, None, &mut rng)
         .map_err(|e| e.to_string())?;
     let path = out.join(format!("sample_{step:07}.txt"));
     recur::io::atomic_write(&path, format!("{prime}{text}\n").as_bytes()).map_err(|e| e.to_string())

@@ -4,12 +4,10 @@
 
 use std::path::Path;
 
-use recur::data::{CharVocab, TextStreams, split_validation};
+use recur::data::{CharVocab, DataSource, LmStreams, Take, TextStreams, split_validation};
+use recur::models::{CharLmConfig, RunInfo};
 
 use super::TrainArgs;
-use crate::charlm::ModelConfig;
-use crate::charlm::ModelConfigExt;
-use crate::checkpoint;
 
 pub(super) fn check_args(a: &TrainArgs) -> Result<(), String> {
     let positive = [
@@ -129,7 +127,7 @@ pub(super) fn text_fingerprint(text: &str) -> String {
 /// and hidden states and the dropout mask, the logits, their softmax and gradient; forward and
 /// backward); the text and its ids (8 bytes per character, twice).
 pub(super) fn estimate_bytes(
-    config: &ModelConfig,
+    config: &CharLmConfig,
     batch: usize,
     seq_len: usize,
     text_bytes: usize,
@@ -152,11 +150,15 @@ pub(super) fn estimate_bytes(
     crate::memory::BASE + crate::memory::bytes(tape + weights + text)
 }
 
+/// The most validation chunks read at each validation.
+const MAX_VAL_CHUNKS: usize = 64;
+
 /// The corpus, cut for training and validation.
 pub(super) struct Corpus {
     pub(super) vocab: CharVocab,
-    pub(super) train: TextStreams,
-    pub(super) val: TextStreams,
+    pub(super) train: LmStreams,
+    /// Up to [`MAX_VAL_CHUNKS`] chunks of the held-out text, read from a zero state.
+    pub(super) val: Take<LmStreams>,
     pub(super) unigram_nats: f64,
     pub(super) train_chars: usize,
     pub(super) total_chars: usize,
@@ -198,21 +200,64 @@ pub(super) fn load_corpus(
         train_chars: train.len(),
         total_chars: ids.len(),
         vocab,
-        train: train_streams,
-        val: val_streams,
+        train: train_streams.into(),
+        val: LmStreams::from(val_streams).take(MAX_VAL_CHUNKS),
     })
 }
 
-/// The flags of a resumed run that differ from its checkpoint, one description each. `lr` and
-/// `clip` are applied instead when `--override` is given; `batch` and `seq-len` must always
-/// match; the others are compared only when given on the command line.
+/// What `recur train` records in its checkpoints besides the model and the trainer's state.
+pub(super) struct RunMeta {
+    pub(super) batch: usize,
+    pub(super) seq_len: usize,
+    pub(super) clip: f64,
+    /// `None` in checkpoints written before it was recorded.
+    pub(super) text_fingerprint: Option<String>,
+}
+
+impl RunMeta {
+    /// The metadata of the checkpoint `path`, whose run is `info`.
+    pub(super) fn read(info: &RunInfo, path: &Path) -> Result<Self, String> {
+        let get = |key: &str| {
+            info.meta.get(key).ok_or_else(|| {
+                format!(
+                    "checkpoint {}: not a `recur train` checkpoint (no `{key}`)",
+                    path.display()
+                )
+            })
+        };
+        let count = |key: &str| {
+            get(key)?
+                .as_u64()
+                .map(|v| v as usize)
+                .ok_or_else(|| format!("checkpoint {}: `{key}` is not a count", path.display()))
+        };
+        Ok(RunMeta {
+            batch: count("batch")?,
+            seq_len: count("seq_len")?,
+            clip: get("clip")?
+                .as_f64()
+                .ok_or_else(|| format!("checkpoint {}: `clip` is not a number", path.display()))?,
+            text_fingerprint: info
+                .meta
+                .get("text_fingerprint")
+                .and_then(|v| v.as_str())
+                .map(String::from),
+        })
+    }
+}
+
+/// The flags of a resumed run that differ from its checkpoint (model `m`, run `info`, metadata
+/// `meta`), one description each. `lr` and `clip` are returned to be applied instead when
+/// `--override` is given; `batch` and `seq-len` must always match; the others are compared only
+/// when given on the command line.
 pub(super) fn resume_conflicts(
     args: &TrainArgs,
-    r: &checkpoint::Resumed,
+    m: &CharLmConfig,
+    info: &RunInfo,
+    meta: &RunMeta,
 ) -> (Vec<String>, Option<f64>, Option<f64>) {
     use clap::ValueEnum;
     let given = |id: &str| args.explicit.iter().any(|e| e == id);
-    let m = &r.model.config;
     let mut conflicts = Vec::new();
     let mut differ = |flag: &str, wanted: String, stored: String, note: &str| {
         conflicts.push(format!("{flag} {wanted} (checkpoint: {stored}{note})"));
@@ -247,12 +292,12 @@ pub(super) fn resume_conflicts(
         .to_possible_value()
         .map(|v| v.get_name().to_string())
         .unwrap_or_default();
-    if given("optimizer") && opt_name != r.optimizer.name() {
-        differ("--optimizer", opt_name, r.optimizer.name().into(), "");
+    if given("optimizer") && opt_name != info.optimizer {
+        differ("--optimizer", opt_name, info.optimizer.clone(), "");
     }
     for (flag, given_value, saved) in [
-        ("--batch", args.batch, r.state.batch),
-        ("--seq-len", args.seq_len, r.state.seq_len),
+        ("--batch", args.batch, meta.batch),
+        ("--seq-len", args.seq_len, meta.seq_len),
     ] {
         if saved != given_value {
             differ(flag, given_value.to_string(), saved.to_string(), "");
@@ -260,28 +305,19 @@ pub(super) fn resume_conflicts(
     }
     let (mut lr, mut clip) = (None, None);
     let note = "; --override uses the new value";
-    if given("lr") && args.lr != r.optimizer.lr() {
+    let stored_lr = info.lr.unwrap_or(f64::NAN);
+    if given("lr") && args.lr != stored_lr {
         if args.override_ {
             lr = Some(args.lr);
         } else {
-            differ(
-                "--lr",
-                args.lr.to_string(),
-                r.optimizer.lr().to_string(),
-                note,
-            );
+            differ("--lr", args.lr.to_string(), stored_lr.to_string(), note);
         }
     }
-    if given("clip") && args.clip != r.state.clip {
+    if given("clip") && args.clip != meta.clip {
         if args.override_ {
             clip = Some(args.clip);
         } else {
-            differ(
-                "--clip",
-                args.clip.to_string(),
-                r.state.clip.to_string(),
-                note,
-            );
+            differ("--clip", args.clip.to_string(), meta.clip.to_string(), note);
         }
     }
     (conflicts, lr, clip)
