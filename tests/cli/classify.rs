@@ -238,6 +238,45 @@ fn resume_continues_bit_for_bit() {
         at_50 != std::fs::read(b.join("last.safetensors")).unwrap(),
         "steps 51..75 changed nothing"
     );
+    // Flags other than the checkpoint's are named, and nothing is written.
+    let at_75 = std::fs::read(&resume).unwrap();
+    let resumed = |extra: &[&str]| {
+        let mut args = vec!["classify", "train", "--steps", "80", "--quiet"];
+        args.extend([
+            "--train",
+            tr.to_str().unwrap(),
+            "--valid",
+            va.to_str().unwrap(),
+        ]);
+        args.extend([
+            "--out",
+            b.to_str().unwrap(),
+            "--resume",
+            resume.to_str().unwrap(),
+        ]);
+        args.extend_from_slice(extra);
+        recur(&args)
+    };
+    one_line_error(
+        &resumed(&["--hidden", "64", "--batch", "4", "--embed", "8"]),
+        &["--hidden 64 (checkpoint: 16)", "--batch 4 (checkpoint: 16)"],
+    );
+    one_line_error(
+        &resumed(&[
+            "--seed", "3", "--cell", "lstm", "--lr", "0.5", "--batch", "16",
+        ]),
+        &[
+            "--seed 3 (checkpoint: 0)",
+            "--cell lstm (checkpoint: gru)",
+            "--lr 0.5 (checkpoint: 0.02)",
+        ],
+    );
+    let err = output_text(&resumed(&["--lr", "0.5", "--batch", "16"]).stderr);
+    assert!(
+        !err.contains("--embed") && !err.contains("--batch"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&resume).unwrap(), at_75);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

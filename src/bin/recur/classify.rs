@@ -10,7 +10,8 @@ use clap::{Args, Subcommand, ValueEnum};
 use recur::data::DataSource;
 use recur::data::{Labels, Tokenizer, Vocab, parse_labelled, read_labelled};
 use recur::models::{
-    Control, Event, SequenceClassifierConfig, TextClassifier, Trainer, TrainerConfig, class_report,
+    Control, Event, RunInfo, SequenceClassifierConfig, TextClassifier, TextClassifierConfig,
+    Trainer, TrainerConfig, class_report,
 };
 use recur::optim::{Adam, AdamConfig};
 use recur::{Error, ParamStore, Rng};
@@ -101,9 +102,13 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with = "json")]
     pub quiet: bool,
     /// Continue the run saved in this checkpoint (the model, its vocabulary and labels come from
-    /// it; give the same --train, --batch and --seed for the run to continue exactly).
+    /// it; give the same --train for the run to continue exactly). A model flag, --lr, --batch or
+    /// --seed other than the checkpoint's is an error.
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// The ids of the flags given on the command line (filled in by `main`).
+    #[arg(skip)]
+    pub explicit: Vec<String>,
 }
 
 /// Options of `recur classify predict`.
@@ -160,6 +165,54 @@ fn check_args(a: &TrainArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// The flags of a resumed run that differ from its checkpoint (`config`, run `info`), one
+/// description each: the model's flags and --lr when given; --batch and --seed always, as the
+/// data order depends on them.
+fn resume_conflicts(
+    args: &TrainArgs,
+    config: &TextClassifierConfig,
+    info: &RunInfo,
+) -> Vec<String> {
+    let given = |id: &str| args.explicit.iter().any(|e| e == id);
+    let net = &config.model;
+    let tokens = match args.tokens {
+        TokensArg::Char => Tokenizer::Chars,
+        TokensArg::Word => Tokenizer::Words,
+    };
+    let mut flags: Vec<(&str, String, String)> = vec![
+        ("tokens", tokens.name().into(), config.tokens.clone()),
+        ("cell", args.cell.name().into(), net.cell.clone()),
+        ("hidden", args.hidden.to_string(), net.hidden.to_string()),
+        ("layers", args.layers.to_string(), net.layers.to_string()),
+        (
+            "embed",
+            args.embed.to_string(),
+            net.embed.map_or("none".into(), |e| e.to_string()),
+        ),
+        (
+            "bidirectional",
+            args.bidirectional.to_string(),
+            net.bidirectional.to_string(),
+        ),
+    ];
+    if let Some(lr) = info.lr {
+        flags.push(("lr", args.lr.to_string(), lr.to_string()));
+    }
+    let mut conflicts: Vec<String> = flags
+        .into_iter()
+        .filter(|(id, wanted, stored)| given(id) && wanted != stored)
+        .map(|(id, wanted, stored)| format!("--{id} {wanted} (checkpoint: {stored})"))
+        .collect();
+    for (id, wanted) in [("batch", args.batch as u64), ("seed", args.seed)] {
+        if let Some(stored) = info.meta.get(id).and_then(|v| v.as_u64())
+            && stored != wanted
+        {
+            conflicts.push(format!("--{id} {wanted} (checkpoint: {stored})"));
+        }
+    }
+    conflicts
+}
+
 fn train(args: &TrainArgs) -> CmdResult {
     check_args(args)?;
     set_threads(args.threads)?;
@@ -171,6 +224,15 @@ fn train(args: &TrainArgs) -> CmdResult {
     let mut model = match &args.resume {
         Some(path) => {
             let config = TextClassifier::read_config(path).map_err(|e| e.to_string())?;
+            let info = RunInfo::read(path).map_err(|e| e.to_string())?;
+            let conflicts = resume_conflicts(args, &config, &info);
+            if !conflicts.is_empty() {
+                return Err(format!(
+                    "--resume {}: the flags differ from the checkpoint: {}",
+                    path.display(),
+                    conflicts.join(", ")
+                ));
+            }
             TextClassifier::from_config(&mut store, config, &mut rng)
                 .map_err(|e| in_file(path, e))?
         }
@@ -217,34 +279,37 @@ fn train(args: &TrainArgs) -> CmdResult {
     let mut opt = Adam::new(AdamConfig::default().lr(args.lr)).map_err(|e| e.to_string())?;
     let start = Instant::now();
     let (json, quiet) = (args.json, args.quiet);
-    let mut trainer = Trainer::new(config).on_event(move |e, _| {
-        if let Event::Eval {
-            step,
-            train_loss,
-            val_loss,
-            improved,
-        } = *e
-        {
-            let epoch = step as f64 / per_epoch as f64;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "step": step, "epoch": epoch, "train_loss": train_loss,
-                        "val_loss": val_loss, "best": improved,
-                        "elapsed_s": start.elapsed().as_secs_f64(),
-                    })
-                );
-            } else if !quiet {
-                println!(
-                    "epoch {epoch:>6.2}  step {step:>7}  train {train_loss:.4}  val {:.4}{}",
-                    val_loss.unwrap_or(f64::NAN),
-                    if improved { "  (best)" } else { "" }
-                );
+    let mut trainer = Trainer::new(config)
+        .meta("batch", args.batch)
+        .meta("seed", args.seed)
+        .on_event(move |e, _| {
+            if let Event::Eval {
+                step,
+                train_loss,
+                val_loss,
+                improved,
+            } = *e
+            {
+                let epoch = step as f64 / per_epoch as f64;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "step": step, "epoch": epoch, "train_loss": train_loss,
+                            "val_loss": val_loss, "best": improved,
+                            "elapsed_s": start.elapsed().as_secs_f64(),
+                        })
+                    );
+                } else if !quiet {
+                    println!(
+                        "epoch {epoch:>6.2}  step {step:>7}  train {train_loss:.4}  val {:.4}{}",
+                        val_loss.unwrap_or(f64::NAN),
+                        if improved { "  (best)" } else { "" }
+                    );
+                }
             }
-        }
-        Control::Continue
-    });
+            Control::Continue
+        });
     if let Some(path) = &args.resume {
         trainer = trainer.resume_from(path);
     }

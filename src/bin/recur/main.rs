@@ -78,17 +78,25 @@ fn main() -> ExitCode {
         .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
     let mut cli = match parsed {
         Ok((mut cli, matches)) => {
-            // `recur train --resume` needs to know which flags were given, not defaulted.
-            if let (Some(Command::Train(args)), Some(("train", m))) =
-                (&mut cli.command, matches.subcommand())
-            {
-                args.explicit = m
-                    .ids()
+            // `--resume` needs to know which flags were given, not defaulted.
+            let given = |m: &clap::ArgMatches| -> Vec<String> {
+                m.ids()
                     .filter(|id| {
                         m.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine)
                     })
                     .map(|id| id.to_string())
-                    .collect();
+                    .collect()
+            };
+            match (&mut cli.command, matches.subcommand()) {
+                (Some(Command::Train(args)), Some(("train", m))) => args.explicit = given(m),
+                (Some(Command::Classify(args)), Some(("classify", m))) => {
+                    if let (classify::ClassifyCommand::Train(t), Some(("train", m))) =
+                        (&mut args.command, m.subcommand())
+                    {
+                        t.explicit = given(m);
+                    }
+                }
+                _ => {}
             }
             cli
         }
