@@ -30,7 +30,7 @@ pub use history::History;
 pub use regressor::{DenseBatch, DenseDataset, SequenceRegressor, SequenceRegressorConfig};
 pub use run::RunInfo;
 pub use text::{ClassStats, TextClassifier, TextClassifierConfig, class_report};
-pub use trainer::{Control, Ended, Event, FitSummary, Trainer, TrainerConfig};
+pub use trainer::{Control, Ended, Event, FitSummary, Trainer, TrainerConfig, evaluate};
 
 use crate::nn::{CellKind, Ctx};
 use crate::params::ParamStore;

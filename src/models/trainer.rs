@@ -384,6 +384,9 @@ impl<'c, T: Float> Trainer<'c, T> {
         }
 
         let mut tape = Tape::new();
+        // Validation records on its own tape, which keeps its buffers from one validation to the
+        // next (a tape's pool lets go of buffers unused for two steps).
+        let mut val_tape = Tape::new();
         let mut stop = false;
         let ended = loop {
             if p.step >= total {
@@ -453,7 +456,7 @@ impl<'c, T: Float> Trainer<'c, T> {
                 Some(v) => {
                     // Validation must not disturb the state the model carries between batches.
                     let kept = model.state_tensors();
-                    let val = evaluate(model, store, &mut tape, v)?;
+                    let val = evaluate_on(model, store, &mut val_tape, v)?;
                     model.load_state_tensors(kept)?;
                     Some(val)
                 }
@@ -550,8 +553,32 @@ fn model_config<T: Float, M: Objective<T>>(model: &M) -> Result<Value> {
         .map_err(|e| Error::invalid("Objective::config_json", format!("not JSON: {e}")))
 }
 
-/// The mean loss over the batches of epoch 0 of `data`, in evaluation mode (no dropout).
-pub(crate) fn evaluate<T: Float, M: Objective<T>>(
+/// The mean loss of `model` over the batches of epoch 0 of `data`, in evaluation mode (no
+/// dropout, nothing kept for backward): what the [`Trainer`] reports as the validation loss.
+///
+/// ```
+/// use recur::data::SeqDataset;
+/// use recur::models::{evaluate, SequenceClassifier, SequenceClassifierConfig};
+/// use recur::{ParamStore, Rng};
+///
+/// let mut ps = ParamStore::<f64>::new();
+/// let cfg = SequenceClassifierConfig::tokens(4, 4, 8, 2);
+/// let mut model = SequenceClassifier::new(&mut ps, "", cfg, &mut Rng::new(0))?;
+/// let mut data = SeqDataset::new(vec![vec![1, 2], vec![3]], vec![0, 1], 2)?;
+/// // An untrained classifier of two classes: about ln 2 nats.
+/// assert!((evaluate(&mut model, &ps, &mut data)? - 2f64.ln()).abs() < 0.2);
+/// # Ok::<(), recur::Error>(())
+/// ```
+pub fn evaluate<T: Float, M: Objective<T>>(
+    model: &mut M,
+    store: &ParamStore<T>,
+    data: &mut dyn DataSource<Batch = M::Batch>,
+) -> Result<f64> {
+    evaluate_on(model, store, &mut Tape::new(), data)
+}
+
+/// [`evaluate`] on the caller's tape.
+fn evaluate_on<T: Float, M: Objective<T>>(
     model: &mut M,
     store: &ParamStore<T>,
     tape: &mut Tape<T>,

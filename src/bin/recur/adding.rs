@@ -3,11 +3,12 @@
 
 use std::time::Instant;
 
-use recur::data::{AddingBatch, adding_problem};
+use recur::data::{AddingBatch, DataSource, adding_problem};
 use recur::diagnostics::{FlowOptions, gradient_flow};
-use recur::nn::{CellKind, Linear, Recurrent, RecurrentConfig};
-use recur::optim::{Adam, AdamConfig, Optimizer, clip_grad_norm};
-use recur::{ParamStore, Result, Rng, Tape, Tensor, Var};
+use recur::models::{Control, Event, Objective, Trainer, TrainerConfig, evaluate};
+use recur::nn::{CellKind, Ctx, Linear, Recurrent, RecurrentConfig};
+use recur::optim::{Adam, AdamConfig};
+use recur::{Error, ParamStore, Result, Rng, Tape, Tensor, Var};
 
 /// Refuses sizes far beyond what the adding problem needs, before anything is allocated or
 /// written.
@@ -83,22 +84,6 @@ impl AddingModel {
         self.head.forward(tape, store, h_last)
     }
 
-    /// The MSE loss of a batch on the tape.
-    pub fn loss(
-        &self,
-        tape: &mut Tape<f32>,
-        store: &ParamStore<f32>,
-        batch: &AddingBatch<f32>,
-    ) -> Result<Var> {
-        let x = tape.constant_copy(&batch.x);
-        let out = self.rnn.forward(tape, store, x, Default::default())?;
-        let b = batch.y.dims()[0];
-        let h_last = tape.reshape(out.h_n, &[b, self.rnn.config().hidden_size])?;
-        let pred = self.predict(tape, store, h_last)?;
-        let y = tape.constant_copy(&batch.y);
-        tape.mse(pred, y)
-    }
-
     /// ||dL/dh_t|| of the first layer for the MSE of the whole batch at the last step, measured
     /// in f64.
     ///
@@ -166,58 +151,115 @@ pub fn estimate_bytes(spec: &RunSpec) -> u64 {
     crate::memory::BASE + crate::memory::bytes(train + val + flow + params)
 }
 
-/// Evaluates the MSE on `batch` without building gradients.
-fn evaluate(
-    model: &AddingModel,
-    store: &ParamStore<f32>,
-    tape: &mut Tape<f32>,
-    batch: &AddingBatch<f32>,
-) -> Result<f64> {
-    tape.clear();
-    let loss = model.loss(tape, store, batch)?;
-    Ok(tape.value(loss)?.data()[0] as f64)
+/// The MSE of the prediction from the last hidden state.
+impl Objective<f32> for AddingModel {
+    type Batch = AddingBatch<f32>;
+
+    fn loss(&mut self, cx: &mut Ctx<'_, f32>, batch: &AddingBatch<f32>) -> Result<Var> {
+        let x = cx.tape.constant_copy(&batch.x);
+        let out = cx.recurrent(&self.rnn, x, None)?;
+        let b = batch.y.dims()[0];
+        let h_last = cx
+            .tape
+            .reshape(out.h_n, &[b, self.rnn.config().hidden_size])?;
+        let pred = self.predict(cx.tape, cx.store, h_last)?;
+        let y = cx.tape.constant_copy(&batch.y);
+        cx.tape.mse(pred, y)
+    }
 }
 
-/// Trains one model; `progress` is called after every evaluation with (step, mse).
+/// Fresh batches, one per step, drawn in turn from one generator (the training loop asks for
+/// them in order).
+struct Batches {
+    rng: Rng,
+    batch: usize,
+    seq_len: usize,
+}
+
+impl DataSource for Batches {
+    type Batch = AddingBatch<f32>;
+
+    fn batches_per_epoch(&self) -> usize {
+        1
+    }
+
+    fn batch(&mut self, _epoch: usize, _index: usize) -> Result<AddingBatch<f32>> {
+        adding_problem(&mut self.rng, self.batch, self.seq_len)
+    }
+}
+
+/// One fixed batch.
+struct Fixed(AddingBatch<f32>);
+
+impl DataSource for Fixed {
+    type Batch = AddingBatch<f32>;
+
+    fn batches_per_epoch(&self) -> usize {
+        1
+    }
+
+    fn batch(&mut self, _epoch: usize, _index: usize) -> Result<AddingBatch<f32>> {
+        Ok(self.0.clone())
+    }
+}
+
+/// Trains one model with the library's trainer; `progress` is called after every evaluation
+/// with (step, mse).
 pub fn train(spec: &RunSpec, mut progress: impl FnMut(usize, f64)) -> Result<RunResult> {
     let mut rng = Rng::new(spec.seed);
     let mut store = ParamStore::<f32>::new();
-    let model = AddingModel::new(&mut store, spec, &mut rng)?;
-    let mut data_rng = rng.fork();
-    let val = adding_problem::<f32>(&mut Rng::new(spec.seed ^ 0x5eed), VAL_BATCH, spec.seq_len)?;
-    let flow_init = model.flow(&store, &val)?;
+    let mut model = AddingModel::new(&mut store, spec, &mut rng)?;
+    let mut data = Batches {
+        rng: rng.fork(),
+        batch: spec.batch,
+        seq_len: spec.seq_len,
+    };
+    let val_batch =
+        adding_problem::<f32>(&mut Rng::new(spec.seed ^ 0x5eed), VAL_BATCH, spec.seq_len)?;
+    let flow_init = model.flow(&store, &val_batch)?;
+    let mut val = Fixed(val_batch);
     let mut opt = Adam::<f32>::new(AdamConfig::default().lr(spec.lr))?;
-    let mut tape = Tape::new();
-    let mut curve = vec![(0, evaluate(&model, &store, &mut tape, &val)?)];
+    let mut curve = vec![(0, evaluate(&mut model, &store, &mut val)?)];
     progress(0, curve[0].1);
     let mut grad_norms = Vec::with_capacity(spec.steps);
-    let mut diverged = false;
-    let start = Instant::now();
-    for step in 1..=spec.steps {
-        let batch = adding_problem::<f32>(&mut data_rng, spec.batch, spec.seq_len)?;
-        tape.clear();
-        let loss = model.loss(&mut tape, &store, &batch)?;
-        let mut grads = tape.backward(loss)?;
-        // A non-finite norm is reported by clipping as an error: the run has diverged.
-        let norm = match spec.clip {
-            Some(tau) => clip_grad_norm(&mut grads, tau).unwrap_or(f64::INFINITY),
-            None => recur::optim::grad_norm(&grads),
-        };
-        grad_norms.push(norm);
-        if !norm.is_finite() {
-            diverged = true;
-            break;
-        }
-        opt.step(&mut store, &grads)?;
-        if step % spec.eval_every == 0 || step == spec.steps {
-            let mse = evaluate(&model, &store, &mut tape, &val)?;
-            curve.push((step, mse));
-            progress(step, mse);
-        }
+    let mut config = TrainerConfig::steps(spec.steps).eval_every(spec.eval_every);
+    if let Some(tau) = spec.clip {
+        config = config.clip(tau);
     }
+    let start = Instant::now();
+    let fit = Trainer::new(config)
+        .on_event(|e, _| {
+            match *e {
+                Event::Step { grad_norm, .. } => grad_norms.push(grad_norm),
+                Event::Eval {
+                    step,
+                    val_loss: Some(mse),
+                    ..
+                } => {
+                    curve.push((step, mse));
+                    progress(step, mse);
+                }
+                _ => {}
+            }
+            Control::Continue
+        })
+        .fit(&mut model, &mut store, &mut opt, &mut data, Some(&mut val));
+    // A non-finite gradient ends the run: it has diverged.
+    let diverged = match fit {
+        Ok(_) => false,
+        Err(Error::NotFiniteStep { grad_norm, .. }) => {
+            grad_norms.push(if grad_norm.is_nan() {
+                grad_norm
+            } else {
+                f64::INFINITY
+            });
+            true
+        }
+        Err(e) => return Err(e),
+    };
     let seconds = start.elapsed().as_secs_f64();
     let final_mse = curve.last().map_or(f64::NAN, |c| c.1);
-    let flow_trained = model.flow(&store, &val)?;
+    let flow_trained = model.flow(&store, &val.0)?;
     Ok(RunResult {
         curve,
         grad_norms,
