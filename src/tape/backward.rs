@@ -119,6 +119,48 @@ impl<T: Float> Tape<T> {
         Ok(Grads { tape: self })
     }
 
+    /// Gradients computed elsewhere (summed over micro-batches, combined across processes) as
+    /// the [`Grads`] an optimizer or [`crate::optim::clip_grad_norm`] takes: the tape is cleared,
+    /// every parameter named is recorded on it, and its gradient is the tensor given, which must
+    /// have the parameter's shape.
+    ///
+    /// ```
+    /// use recur::{ParamStore, Tape, Tensor};
+    /// let mut ps = ParamStore::<f32>::new();
+    /// let w = ps.add("w", Tensor::zeros(&[2])?)?;
+    /// let mut tape = Tape::new();
+    /// let g = tape.grads_from(&ps, vec![(w, Tensor::from_vec(vec![1.0, 2.0], &[2])?)])?;
+    /// assert_eq!(g.param(w).unwrap().data(), &[1.0, 2.0]);
+    /// assert!(tape.grads_from(&ps, vec![(w, Tensor::zeros(&[3])?)]).is_err());
+    /// # Ok::<(), recur::Error>(())
+    /// ```
+    pub fn grads_from(
+        &mut self,
+        store: &crate::params::ParamStore<T>,
+        grads: Vec<(ParamId, Tensor<T>)>,
+    ) -> Result<Grads<'_, T>> {
+        for (id, g) in &grads {
+            store.check(*id)?;
+            if g.shape() != store.get(*id).shape() {
+                return Err(Error::ShapeMismatch {
+                    op: "Tape::grads_from",
+                    lhs: store.get(*id).shape(),
+                    rhs: g.shape(),
+                });
+            }
+        }
+        self.clear();
+        let mut slots = Vec::with_capacity(grads.len());
+        for (id, _) in &grads {
+            slots.push(self.param(store, *id)?.idx as usize);
+        }
+        self.grads.resize_with(self.slots.len(), || None);
+        for (s, (_, g)) in slots.into_iter().zip(grads) {
+            self.grads[s] = Some(g);
+        }
+        Ok(Grads { tape: self })
+    }
+
     fn run_backward(
         &mut self,
         nodes: &mut [super::Node<T>],
