@@ -44,6 +44,7 @@
 
 pub mod data;
 pub mod diagnostics;
+pub mod dist;
 mod error;
 pub mod guide;
 pub mod io;

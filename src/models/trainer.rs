@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 use super::run::{self, Progress, RESERVED, RunInfo};
 use super::{History, Objective};
 use crate::data::DataSource;
+use crate::dist::{DataParallel, MicroBatch, MicroSteps, StepPlan, Whole};
 use crate::nn::Ctx;
 use crate::optim::{LrSchedule, Optimizer, clip_grad_norm, grad_norm};
 use crate::params::ParamStore;
@@ -336,7 +337,73 @@ impl<'c, T: Float> Trainer<'c, T> {
         store: &mut ParamStore<T>,
         opt: &mut dyn Optimizer<T>,
         train: &mut D,
+        valid: Option<&mut dyn DataSource<Batch = M::Batch>>,
+    ) -> Result<FitSummary>
+    where
+        M: Objective<T>,
+        D: DataSource<Batch = M::Batch>,
+    {
+        self.fit_with(model, store, opt, train, valid, &mut Whole)
+    }
+
+    /// Trains as [`Trainer::fit`] does, with every batch cut into `parallel`'s micro-batches
+    /// and their gradients combined in one fixed order, in this process or across the ranks of
+    /// an MPI job (see [`crate::dist`]): every rank must call it with the same arguments, and
+    /// every rank ends with the same parameters, which do not depend on the number of ranks.
+    /// Rank 0 alone writes checkpoints (and sees [`Event::Checkpoint`]); every rank validates
+    /// on the whole validation data, and the callbacks' answers are agreed (the strongest wins).
+    /// When it returns, the model carries the whole batch's state.
+    ///
+    /// ```
+    /// use recur::data::{CharVocab, LmStreams};
+    /// use recur::dist::{DataParallel, SingleProcess};
+    /// use recur::models::{CharLm, CharLmConfig, Trainer, TrainerConfig};
+    /// use recur::optim::{Sgd, SgdConfig};
+    /// use recur::{ParamStore, Rng};
+    ///
+    /// let text = "abcd".repeat(50);
+    /// let vocab = CharVocab::from_text(&text)?;
+    /// let cfg = CharLmConfig { cell: "lstm".into(), hidden: 8, layers: 1, embed: 4, dropout: 0.0,
+    ///     vocab: vocab.chars().iter().collect() };
+    /// let mut ps = ParamStore::<f32>::new();
+    /// let mut lm = CharLm::new(&mut ps, cfg, &mut Rng::new(0))?;
+    /// let mut data = LmStreams::new(&vocab.encode(&text)?, 4, 10)?;
+    /// let mut opt = Sgd::new(SgdConfig::default().lr(0.5))?;
+    /// let mut par = DataParallel::new(2, &SingleProcess)?; // 2 micro-batches of 2 streams
+    /// let s = Trainer::new(TrainerConfig::steps(8))
+    ///     .fit_parallel(&mut lm, &mut ps, &mut opt, &mut data, None, &mut par)?;
+    /// assert_eq!(s.steps, 8);
+    /// assert_eq!(par.combine_time().1, 8);
+    /// # Ok::<(), recur::Error>(())
+    /// ```
+    pub fn fit_parallel<M, D>(
+        &mut self,
+        model: &mut M,
+        store: &mut ParamStore<T>,
+        opt: &mut dyn Optimizer<T>,
+        train: &mut D,
+        valid: Option<&mut dyn DataSource<Batch = M::Batch>>,
+        parallel: &mut DataParallel<'_>,
+    ) -> Result<FitSummary>
+    where
+        M: Objective<T>,
+        M::Batch: MicroBatch,
+        D: DataSource<Batch = M::Batch>,
+    {
+        let mut plan = MicroSteps::new(parallel);
+        let summary = self.fit_with(model, store, opt, train, valid, &mut plan)?;
+        StepPlan::<T, M>::gather_state(&mut plan, model)?;
+        Ok(summary)
+    }
+
+    fn fit_with<M, D>(
+        &mut self,
+        model: &mut M,
+        store: &mut ParamStore<T>,
+        opt: &mut dyn Optimizer<T>,
+        train: &mut D,
         mut valid: Option<&mut dyn DataSource<Batch = M::Batch>>,
+        plan: &mut dyn StepPlan<T, M>,
     ) -> Result<FitSummary>
     where
         M: Objective<T>,
@@ -379,9 +446,10 @@ impl<'c, T: Float> Trainer<'c, T> {
             (p.best, p.bad_evals) = (f64::INFINITY, 0);
         }
         p.meta.extend(self.meta.clone());
-        if let Some(dir) = &self.config.out_dir {
+        if let Some(dir) = self.config.out_dir.as_ref().filter(|_| plan.writes()) {
             std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
         }
+        plan.start(model)?;
 
         let mut tape = Tape::new();
         // Validation records on its own tape, which keeps its buffers from one validation to the
@@ -401,9 +469,8 @@ impl<'c, T: Float> Trainer<'c, T> {
                 None => opt.lr(),
             };
             let batch = train.batch(p.step / per_epoch, p.step % per_epoch)?;
-            tape.clear();
-            let loss = model.loss(&mut Ctx::train(&mut tape, store, &mut p.rng), &batch)?;
-            let (loss_value, mut grads) = crate::nn::backward_loss(&mut tape, loss)?;
+            let (loss_value, mut grads) =
+                plan.grads(model, store, &mut tape, &mut p.rng, &batch)?;
             let norm = match self.config.clip {
                 Some(c) => match clip_grad_norm(&mut grads, c) {
                     Ok(norm) => norm,
@@ -424,7 +491,7 @@ impl<'c, T: Float> Trainer<'c, T> {
             p.interval_loss += loss_value;
             p.interval_steps += 1;
             let step = p.step;
-            match self.emit(
+            match plan.agree(self.emit(
                 &Event::Step {
                     step,
                     total_steps: total,
@@ -434,7 +501,7 @@ impl<'c, T: Float> Trainer<'c, T> {
                     lr,
                 },
                 store,
-            ) {
+            ))? {
                 Control::Abort => break Ended::Aborted,
                 Control::Stop => stop = true,
                 Control::Continue => {}
@@ -442,7 +509,8 @@ impl<'c, T: Float> Trainer<'c, T> {
             if !step.is_multiple_of(eval_every) && step != total {
                 if stop {
                     // Saved between validations: the interval's losses go with it.
-                    if self.save(model, &model_json, store, opt, &p, false)? == Control::Abort {
+                    if self.save(model, &model_json, store, opt, &p, false, plan)? == Control::Abort
+                    {
                         break Ended::Aborted;
                     }
                     break Ended::Stopped;
@@ -474,7 +542,7 @@ impl<'c, T: Float> Trainer<'c, T> {
                 p.history.val.push((step, v));
             }
             model.on_eval(store, step, val)?;
-            match self.emit(
+            match plan.agree(self.emit(
                 &Event::Eval {
                     step,
                     train_loss,
@@ -482,12 +550,12 @@ impl<'c, T: Float> Trainer<'c, T> {
                     improved,
                 },
                 store,
-            ) {
+            ))? {
                 Control::Abort => break Ended::Aborted,
                 Control::Stop => stop = true,
                 Control::Continue => {}
             }
-            match self.save(model, &model_json, store, opt, &p, improved)? {
+            match self.save(model, &model_json, store, opt, &p, improved, plan)? {
                 Control::Abort => break Ended::Aborted,
                 Control::Stop => stop = true,
                 Control::Continue => {}
@@ -510,9 +578,35 @@ impl<'c, T: Float> Trainer<'c, T> {
     }
 
     /// Writes `last.safetensors`, and `best.safetensors` if `best`, when there is an output
-    /// directory; returns the callback's strongest answer to the checkpoint events.
+    /// directory (and `plan` says this process writes); returns the callback's strongest answer
+    /// to the checkpoint events (agreed by every process).
+    #[allow(clippy::too_many_arguments)]
     fn save<M: Objective<T>>(
         &mut self,
+        model: &mut M,
+        model_json: &Value,
+        store: &ParamStore<T>,
+        opt: &dyn Optimizer<T>,
+        p: &Progress,
+        best: bool,
+        plan: &mut dyn StepPlan<T, M>,
+    ) -> Result<Control> {
+        let Some(dir) = self.config.out_dir.clone() else {
+            return Ok(Control::Continue);
+        };
+        plan.gather_state(model)?;
+        if !plan.writes() {
+            return plan.agree(Control::Continue);
+        }
+        let answer = self.write_checkpoints(&dir, model, model_json, store, opt, p, best)?;
+        plan.agree(answer)
+    }
+
+    /// Writes the checkpoints of [`Trainer::save`] into `dir`.
+    #[allow(clippy::too_many_arguments)]
+    fn write_checkpoints<M: Objective<T>>(
+        &mut self,
+        dir: &Path,
         model: &M,
         model_json: &Value,
         store: &ParamStore<T>,
@@ -520,9 +614,6 @@ impl<'c, T: Float> Trainer<'c, T> {
         p: &Progress,
         best: bool,
     ) -> Result<Control> {
-        let Some(dir) = self.config.out_dir.clone() else {
-            return Ok(Control::Continue);
-        };
         let mut answer = Control::Continue;
         for name in ["last.safetensors", "best.safetensors"]
             .into_iter()
