@@ -92,9 +92,15 @@ pub struct TrainArgs {
     /// Random seed (initialisation, shuffling, dropout).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Threads (default: all cores).
+    /// Threads (default: all cores); per process under mpirun.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Cut every batch into this many micro-batches of sequences, whose gradients are summed in
+    /// a fixed order: a run of one process and one of N processes under mpirun (N dividing it)
+    /// then take the same steps, bit for bit. Default: the checkpoint's when resuming, else one
+    /// per process under mpirun, else none (the whole batch at once).
+    #[arg(long)]
+    pub micro_batches: Option<usize>,
     /// Machine-readable progress: one JSON object per line on stdout.
     #[arg(long)]
     pub json: bool,
@@ -131,7 +137,11 @@ pub struct PredictArgs {
 /// Runs `recur classify`.
 pub fn run(args: &ClassifyArgs) -> CmdResult {
     match &args.command {
-        ClassifyCommand::Train(a) => train(a),
+        ClassifyCommand::Train(a) => {
+            let ranks = crate::ranks::Ranks::start()?;
+            let result = train(a, &ranks);
+            ranks.finish(result)
+        }
         ClassifyCommand::Predict(a) => predict(a),
     }
 }
@@ -213,9 +223,21 @@ fn resume_conflicts(
     conflicts
 }
 
-fn train(args: &TrainArgs) -> CmdResult {
+fn train(args: &TrainArgs, ranks: &crate::ranks::Ranks) -> CmdResult {
     check_args(args)?;
     set_threads(args.threads)?;
+    let root = ranks.is_root();
+    let stored_micro = match &args.resume {
+        Some(path) => RunInfo::read(path)
+            .map_err(|e| e.to_string())?
+            .meta
+            .get("micro_batches")
+            .and_then(|v| v.as_u64())
+            .map(|m| m as usize),
+        None => None,
+    };
+    let micro = ranks.micro_batches(args.micro_batches, stored_micro, args.batch)?;
+    let mut parallel = micro.map(|m| ranks.parallel(m)).transpose()?;
     // Everything is read and checked before anything is written.
     let train_ex = read_labelled(&args.train).map_err(|e| e.to_string())?;
     let valid_ex = read_labelled(&args.valid).map_err(|e| e.to_string())?;
@@ -278,50 +300,65 @@ fn train(args: &TrainArgs) -> CmdResult {
     .seed(args.seed);
     let mut opt = Adam::new(AdamConfig::default().lr(args.lr)).map_err(|e| e.to_string())?;
     let start = Instant::now();
-    let (json, quiet) = (args.json, args.quiet);
+    let (json, quiet) = (args.json && root, args.quiet || !root);
     let mut trainer = Trainer::new(config)
         .meta("batch", args.batch)
-        .meta("seed", args.seed)
-        .on_event(move |e, _| {
-            if let Event::Eval {
-                step,
-                train_loss,
-                val_loss,
-                improved,
-            } = *e
-            {
-                let epoch = step as f64 / per_epoch as f64;
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({
-                            "step": step, "epoch": epoch, "train_loss": train_loss,
-                            "val_loss": val_loss, "best": improved,
-                            "elapsed_s": start.elapsed().as_secs_f64(),
-                        })
-                    );
-                } else if !quiet {
-                    println!(
-                        "epoch {epoch:>6.2}  step {step:>7}  train {train_loss:.4}  val {:.4}{}",
-                        val_loss.unwrap_or(f64::NAN),
-                        if improved { "  (best)" } else { "" }
-                    );
-                }
+        .meta("seed", args.seed);
+    if let Some(m) = micro {
+        trainer = trainer.meta("micro_batches", m);
+    }
+    let mut trainer = trainer.on_event(move |e, _| {
+        if let Event::Eval {
+            step,
+            train_loss,
+            val_loss,
+            improved,
+        } = *e
+        {
+            let epoch = step as f64 / per_epoch as f64;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "step": step, "epoch": epoch, "train_loss": train_loss,
+                        "val_loss": val_loss, "best": improved,
+                        "elapsed_s": start.elapsed().as_secs_f64(),
+                    })
+                );
+            } else if !quiet {
+                println!(
+                    "epoch {epoch:>6.2}  step {step:>7}  train {train_loss:.4}  val {:.4}{}",
+                    val_loss.unwrap_or(f64::NAN),
+                    if improved { "  (best)" } else { "" }
+                );
             }
-            Control::Continue
-        });
+        }
+        Control::Continue
+    });
     if let Some(path) = &args.resume {
         trainer = trainer.resume_from(path);
     }
-    let summary = trainer
-        .fit(
+    let summary = match parallel.as_mut() {
+        Some(par) => trainer.fit_parallel(
             &mut model,
             &mut store,
             &mut opt,
             &mut train_data,
             Some(&mut valid_data),
-        )
-        .map_err(|e| e.to_string())?;
+            par,
+        ),
+        None => trainer.fit(
+            &mut model,
+            &mut store,
+            &mut opt,
+            &mut train_data,
+            Some(&mut valid_data),
+        ),
+    }
+    .map_err(|e| e.to_string())?;
+    if !root {
+        return Ok(ExitCode::SUCCESS);
+    }
 
     // The accuracy of the best checkpoint (what `predict` uses) on the validation data.
     let best = args.out.join("best.safetensors");

@@ -17,6 +17,7 @@ mod memory;
 mod optimizer;
 mod parity;
 mod plot;
+mod ranks;
 mod sample;
 mod train;
 

@@ -78,9 +78,15 @@ pub struct TrainArgs {
     /// Random seed (initialisation, dropout, samples).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Threads (default: all cores).
+    /// Threads (default: all cores); per process under mpirun.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Cut every batch into this many micro-batches of streams, whose gradients are summed in a
+    /// fixed order: a run of one process and one of N processes under mpirun (N dividing it)
+    /// then take the same steps, bit for bit. Default: the checkpoint's when resuming, else one
+    /// per process under mpirun, else none (the whole batch at once).
+    #[arg(long)]
+    pub micro_batches: Option<usize>,
     /// Output directory.
     #[arg(long, default_value = "recur-run")]
     pub out: PathBuf,
@@ -174,9 +180,16 @@ struct Resume<'a> {
     config: CharLmConfig,
 }
 
-/// Runs `recur train`.
+/// Runs `recur train`, in one process or as one rank of an MPI job.
 pub fn run(args: &TrainArgs) -> CmdResult {
+    let ranks = crate::ranks::Ranks::start()?;
+    let result = run_on(args, &ranks);
+    ranks.finish(result)
+}
+
+fn run_on(args: &TrainArgs, ranks: &crate::ranks::Ranks) -> CmdResult {
     check_args(args)?;
+    let root = ranks.is_root();
     crate::set_threads(args.threads)?;
     // Everything that can be wrong with the inputs is found before anything is written.
     let text = read_text(&args.text)?;
@@ -289,12 +302,24 @@ pub fn run(args: &TrainArgs) -> CmdResult {
     if clip > 0.0 {
         tc = tc.clip(clip);
     }
+    let stored_micro = resume.as_ref().and_then(|r| {
+        r.info
+            .meta
+            .get("micro_batches")
+            .and_then(|v| v.as_u64())
+            .map(|m| m as usize)
+    });
+    let micro = ranks.micro_batches(args.micro_batches, stored_micro, args.batch)?;
+    let mut parallel = micro.map(|m| ranks.parallel(m)).transpose()?;
     let mut trainer = Trainer::new(tc)
         .rng(rng.fork())
         .meta("batch", args.batch)
         .meta("seq_len", args.seq_len)
         .meta("clip", clip)
         .meta("text_fingerprint", fingerprint);
+    if let Some(m) = micro {
+        trainer = trainer.meta("micro_batches", m);
+    }
     let (mut start_step, mut best, mut history) = (0, f64::INFINITY, History::default());
     if let Some(r) = &resume {
         trainer
@@ -320,12 +345,18 @@ pub fn run(args: &TrainArgs) -> CmdResult {
                 .with_best(best),
         )
     };
-    prepare_out(&args.out)?;
-    let removed = recur::io::remove_stale_temporaries(&args.out).map_err(|e| e.to_string())?;
+    // Rank 0 alone prints and writes files.
+    let removed = if root {
+        prepare_out(&args.out)?;
+        recur::io::remove_stale_temporaries(&args.out).map_err(|e| e.to_string())?
+    } else {
+        Vec::new()
+    };
+    let (quiet, json) = (args.quiet || !root, args.json && root);
     let [interrupt, terminate] = catch_signals()?;
 
     let chars_per_step = (args.batch * args.seq_len) as f64;
-    let bar = if args.quiet || args.json || !std::io::stderr().is_terminal() {
+    let bar = if quiet || json || !std::io::stderr().is_terminal() {
         ProgressBar::with_draw_target(Some(total_steps as u64), ProgressDrawTarget::hidden())
     } else {
         ProgressBar::new(total_steps as u64)
@@ -338,11 +369,11 @@ pub fn run(args: &TrainArgs) -> CmdResult {
     );
     bar.set_position(start_step as u64);
     // Lines above the bar on a terminal; plain lines when stderr is redirected.
-    let live = !(args.quiet || args.json) && std::io::stderr().is_terminal();
+    let live = !(quiet || json) && std::io::stderr().is_terminal();
     let say = |msg: String| {
         if live {
             bar.println(msg);
-        } else if !(args.quiet || args.json) {
+        } else if !(quiet || json) {
             println!("{msg}");
         }
     };
@@ -386,6 +417,15 @@ pub fn run(args: &TrainArgs) -> CmdResult {
     let mut failure: Option<String> = None;
     let (mut cps, mut steps_since) = (0.0, 0usize);
     let mut on_event = |e: &Event, store: &ParamStore<f32>| -> Result<Control, String> {
+        if !root {
+            // The other ranks only pass a signal on; rank 0's answers are everyone's.
+            let asked = interrupt.load(Ordering::SeqCst) || terminate.load(Ordering::SeqCst);
+            return Ok(if asked {
+                Control::Stop
+            } else {
+                Control::Continue
+            });
+        }
         match *e {
             Event::Step { step, loss, .. } => {
                 steps_since += 1;
@@ -440,7 +480,7 @@ pub fn run(args: &TrainArgs) -> CmdResult {
                 history.val.push((step, val));
                 write_curves(&args.out, &history)?;
                 let secs = interval_start.elapsed().as_secs_f64();
-                if args.json {
+                if json {
                     println!(
                         "{}",
                         serde_json::json!({
@@ -479,13 +519,23 @@ pub fn run(args: &TrainArgs) -> CmdResult {
     });
     let summary = {
         let mut trainer = trainer;
-        trainer.fit(
-            &mut lm,
-            &mut store,
-            opt.as_mut(),
-            &mut corpus.train,
-            Some(&mut corpus.val),
-        )
+        match parallel.as_mut() {
+            Some(par) => trainer.fit_parallel(
+                &mut lm,
+                &mut store,
+                opt.as_mut(),
+                &mut corpus.train,
+                Some(&mut corpus.val),
+                par,
+            ),
+            None => trainer.fit(
+                &mut lm,
+                &mut store,
+                opt.as_mut(),
+                &mut corpus.train,
+                Some(&mut corpus.val),
+            ),
+        }
     };
     bar.finish_and_clear();
     let summary = summary.map_err(|e| match e {
@@ -502,6 +552,20 @@ pub fn run(args: &TrainArgs) -> CmdResult {
     if let Some(msg) = failure {
         return Err(msg);
     }
+    if !root {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(par) = &parallel {
+        let (secs, steps) = par.combine_time();
+        if !quiet && !json && steps > 0 {
+            println!(
+                "{} micro-batches on {} process(es): combining gradients took {:.3} ms per step",
+                par.micro_batches(),
+                ranks.size(),
+                1e3 * secs / steps as f64
+            );
+        }
+    }
     if summary.ended == Ended::Stopped
         && let Some(signal) = signal
     {
@@ -516,7 +580,7 @@ pub fn run(args: &TrainArgs) -> CmdResult {
         );
         return Ok(ExitCode::from(signal.status()));
     }
-    if args.json {
+    if json {
         println!(
             "{}",
             serde_json::json!({"done": true, "step": summary.steps, "best_val_loss": summary.best})
