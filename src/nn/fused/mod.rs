@@ -55,10 +55,12 @@ use crate::tensor::{Float, Shape, Tensor};
 mod backward;
 mod buffers;
 mod forward;
+mod projected;
 mod schedule;
 mod weights;
 
 use buffers::{ForwardScratch, Shard};
+pub(crate) use projected::run as run_projected;
 use schedule::shard_ranges;
 use weights::{RecurrentWeight, Weights};
 pub(crate) use weights::{fill_rows, init_input_projection};
