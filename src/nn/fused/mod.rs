@@ -1,5 +1,8 @@
 //! The fused recurrence: one tape node per layer and direction.
 //!
+//! An LSTM with a projection (`proj_size`) runs as its own node, [`projected`], which follows
+//! the same schedule over the whole batch at once; everything below describes the other layers.
+//!
 //! The batch is split into shards (see [`shard_ranges`]). The shard boundaries depend only on
 //! the batch size, never on the number of threads, and each shard runs its whole recurrence
 //! without waiting on another (rayon, no synchronisation per time step), so results are
