@@ -577,7 +577,8 @@ macro_rules! stack_layer {
 }
 
 /// A multi-layer LSTM, PyTorch's `nn.LSTM`: `i, f, g, o` gates,
-/// `c_t = f * c_{t-1} + i * g`, `h_t = o * tanh(c_t)`.
+/// `c_t = f * c_{t-1} + i * g`, `h_t = o * tanh(c_t)` (projected to `h_t = W_hr (o * tanh(c_t))`
+/// with [`RecurrentConfig::proj_size`]).
 ///
 /// ```
 /// use recur::nn::{ForwardOptions, Lstm, RecurrentConfig};
@@ -589,6 +590,18 @@ macro_rules! stack_layer {
 /// let x = tape.constant(Tensor::zeros(&[7, 2, 3])?); // [T, B, I]
 /// let out = lstm.forward(&mut tape, &ps, x, ForwardOptions::default())?;
 /// assert_eq!(tape.shape(out.y)?.dims(), &[7, 2, 5]);
+/// assert_eq!(tape.shape(out.c_n.unwrap())?.dims(), &[2, 2, 5]);
+///
+/// // With a projection (`proj_size`), h_t = W_hr (o * tanh(c_t)) has P = 2 features.
+/// let mut ps = ParamStore::<f32>::new();
+/// let cfg = RecurrentConfig::new(3, 5).proj_size(2).bidirectional(true);
+/// let lstm = Lstm::new(&mut ps, "", cfg, &mut Rng::new(0))?;
+/// assert_eq!(ps.get(ps.find("weight_hr_l0_reverse").unwrap()).dims(), &[2, 5]);
+/// let mut tape = Tape::new();
+/// let x = tape.constant(Tensor::zeros(&[7, 2, 3])?);
+/// let out = lstm.forward(&mut tape, &ps, x, ForwardOptions::default())?;
+/// assert_eq!(tape.shape(out.y)?.dims(), &[7, 2, 4]); // [T, B, D*P]
+/// assert_eq!(tape.shape(out.h_n)?.dims(), &[2, 2, 2]);
 /// assert_eq!(tape.shape(out.c_n.unwrap())?.dims(), &[2, 2, 5]);
 /// # Ok::<(), recur::Error>(())
 /// ```
