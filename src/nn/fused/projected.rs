@@ -6,14 +6,16 @@
 //! kernel, and the projection `r_t W_hr^T` of its output `r_t = o_t * tanh(c_t)`. Backward runs
 //! in reverse time: per step `dr_t = dh_t W_hr`, the gate kernel's backward and
 //! `dh_{t-1} = dG W_hh`; after the loop, one product each over all time steps gives `dX`,
-//! `dW_ih`, `dW_hh` and `dW_hr`. The batch runs as one block (no shards): the products read the
-//! weights as stored, through [`Float::gemm`].
+//! `dW_ih`, `dW_hh` and `dW_hr`. The batch runs as one block (no shards). The per-step products
+//! read `W_hh` and `W_hr` packed once per pass ([`PackedB`]: transposed in forward, as stored
+//! in backward); the products over all time steps go through [`Float::gemm`].
 //!
 //! With sequence lengths, a sequence past its length keeps its state `h` and `c` while its
 //! output is zero, as in the other fused layers.
 
 use super::buffers::read_write;
 use crate::Result;
+use crate::kernels::gemm_nn::{PackedB, gemm_packed_acc, gemm_packed_set};
 use crate::kernels::{GemmShape, lstm};
 use crate::nn::direction::{DirectionOutput, DirectionRun, is_active, step_time};
 use crate::params::ParamStore;
@@ -70,6 +72,16 @@ struct ProjectedLstm<T> {
     r: Vec<T>,
     /// The state `h_{t-1}` each step starts from `[T, B, P]`.
     h_prev: Vec<T>,
+    /// `W_hh^T` (forward) or `W_hh` (backward), packed for each step's product.
+    w_hh: PackedB<T>,
+    /// `W_hr^T` (forward) or `W_hr` (backward), likewise.
+    w_hr: PackedB<T>,
+}
+
+/// Room for `w` `[rows, cols]` packed as stored or transposed, so that neither packing grows it.
+fn packed_room<T: Float>(ws: &mut Workspace<'_, T>, rows: usize, cols: usize) -> PackedB<T> {
+    let len = PackedB::<T>::packed_len(rows, cols).max(PackedB::<T>::packed_len(cols, rows));
+    PackedB::from_buffer(ws.scratch(len))
 }
 
 /// `op(A) op(B)` of `m x k` by `k x n`, into `c` scaled by `beta` first.
@@ -131,6 +143,8 @@ pub(crate) fn run<T: Float>(
         c: ws.scratch(t_len * bh),
         r: ws.scratch(t_len * bh),
         h_prev: ws.scratch(t_len * bp),
+        w_hh: packed_room(&mut ws, 4 * hidden, proj),
+        w_hr: packed_room(&mut ws, proj, hidden),
         dims,
     };
     let mut y = ws.zeroed(t_len * bp);
@@ -197,18 +211,14 @@ impl<T: Float> ProjectedLstm<T> {
         }
         let t0 = d.time(0);
         self.h_prev[t0 * bp..(t0 + 1) * bp].copy_from_slice(h0);
+        // W_hh^T [P, 4H] and W_hr^T [H, P], packed once for every step.
+        self.w_hh.pack_transposed(w_hh, gh, p);
+        self.w_hr.pack_transposed(w_hr, p, h);
         for s in 0..tl {
             let t = d.time(s);
             let gates = &mut self.gates[t * b * gh..(t + 1) * b * gh];
-            gemm(
-                (b, p, gh),
-                false,
-                true,
-                &self.h_prev[t * bp..(t + 1) * bp],
-                w_hh,
-                T::ONE,
-                gates,
-            );
+            let h_in = &self.h_prev[t * bp..(t + 1) * bp];
+            gemm_packed_acc(b, h_in, &self.w_hh, gates);
             let (c_prev, c_t) = if s == 0 {
                 (c0, &mut self.c[t * bh..(t + 1) * bh])
             } else {
@@ -216,7 +226,7 @@ impl<T: Float> ProjectedLstm<T> {
             };
             let r_t = &mut self.r[t * bh..(t + 1) * bh];
             lstm::lstm_forward(gates, c_prev, c_t, r_t, h);
-            gemm((b, h, p), false, true, r_t, w_hr, T::ZERO, h_new);
+            gemm_packed_set(b, r_t, &self.w_hr, h_new);
             let (h_in, h_next) = if s + 1 < tl {
                 read_write(&mut self.h_prev, t, d.time(s + 1), bp)
             } else {
@@ -258,6 +268,9 @@ impl<T: Float> CustomOp<T> for ProjectedLstm<T> {
         let (gh, bh, bp) = (4 * h, b * h, b * p);
         let (x, c0) = (inp[X].data(), inp[C0].data());
         let (w_ih, w_hh, w_hr) = (inp[W_IH].data(), inp[W_HH].data(), inp[W_HR].data());
+        // W_hh [4H, P] and W_hr [P, H] as stored, packed once for every step.
+        self.w_hh.pack(w_hh, gh, p);
+        self.w_hr.pack(w_hr, p, h);
         let gy = gout[0].map(Tensor::data);
         // dh and dc carried back through time, from the gradients reaching h_n and c_n.
         let mut dh = ws.zeroed(bp);
@@ -293,7 +306,7 @@ impl<T: Float> CustomOp<T> for ProjectedLstm<T> {
                     dh_t[rp].fill(T::ZERO);
                 }
             }
-            gemm((b, p, h), false, false, dh_t, w_hr, T::ZERO, &mut dr);
+            gemm_packed_set(b, dh_t, &self.w_hr, &mut dr);
             if !all_active {
                 keep.copy_from_slice(&dc);
             }
@@ -321,7 +334,7 @@ impl<T: Float> CustomOp<T> for ProjectedLstm<T> {
                     dc[rh.clone()].copy_from_slice(&keep[rh]);
                 }
             }
-            gemm((b, gh, p), false, false, dg_t, w_hh, T::ZERO, &mut dh_prev);
+            gemm_packed_set(b, dg_t, &self.w_hh, &mut dh_prev);
             for bi in 0..b {
                 let rp = bi * p..(bi + 1) * p;
                 if d.active(t, bi) {
@@ -399,6 +412,8 @@ impl<T: Float> CustomOp<T> for ProjectedLstm<T> {
             std::mem::take(&mut self.c),
             std::mem::take(&mut self.r),
             std::mem::take(&mut self.h_prev),
+            std::mem::take(&mut self.w_hh).into_buffer(),
+            std::mem::take(&mut self.w_hr).into_buffer(),
         ] {
             ws.give(v);
         }
