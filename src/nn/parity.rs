@@ -217,7 +217,7 @@ pub fn fixture_spec(archive: &Archive) -> Result<FixtureSpec> {
             kind.name()
         )));
     }
-    if config.proj_size >= config.hidden_size && config.proj_size > 0 {
+    if config.proj_size > 0 && config.proj_size >= config.hidden_size {
         return Err(bad(format!(
             "metadata `proj_size` ({}) must be smaller than hidden_size ({})",
             config.proj_size, config.hidden_size

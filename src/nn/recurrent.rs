@@ -137,7 +137,7 @@ impl RecurrentConfig {
                 kind.name()
             ));
         }
-        if self.proj_size >= self.hidden_size && self.proj_size > 0 {
+        if self.proj_size > 0 && self.proj_size >= self.hidden_size {
             return bad(format!(
                 "proj_size ({}) must be smaller than hidden_size ({})",
                 self.proj_size, self.hidden_size
