@@ -124,6 +124,11 @@ fn main() {
         [131, 1, 0, 3, 2, 1, 0, 0, 10, 1, 1, 1, 1],
         [3, 4, 1, 2, 7, 1, 1, 0, 15, 3, 2, 1, 0],
         [130, 5, 3, 0, 4, 0, 1, 1, 12, 8, 7, 6, 5],
+        // LSTMs with a projection (flag 0x10, proj_size from the top three bits): f64, T 5,
+        // B 3, H 7, two bidirectional layers, lengths [5, 2, 3], P 3; f32, batch-first, T 4,
+        // B 2, H 8, lengths [4, 2], P 2.
+        [2, 4, 2, 2, 6, 1, 1, 1, 0, 126, 4, 1, 2],
+        [130, 3, 1, 3, 6, 0, 1, 1, 1, 94, 3, 1, 0],
     ]
     .iter()
     .enumerate()

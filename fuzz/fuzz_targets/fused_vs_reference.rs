@@ -6,7 +6,7 @@
 //! measured against the f64 result: the f32 reference's distance from it in two summation orders
 //! (the batch as given and reversed) and the f64 result's own movement when every parameter and
 //! input is moved by a relative f32 rounding; see `compare`), and a configuration one refuses the
-//! other refuses too.
+//! other refuses too. LSTM cases may project their state (`proj_size`).
 
 #![no_main]
 
@@ -54,12 +54,16 @@ fn decode(data: &[u8]) -> Case {
     } else {
         1
     };
-    let cfg = RecurrentConfig::new(r.range(min, 5), r.range(min, 10))
+    let mut cfg = RecurrentConfig::new(r.range(min, 5), r.range(min, 10))
         .num_layers(r.range(1, 2))
         .bidirectional(r.bool())
         .bias(r.bool())
         .batch_first(r.bool());
     let flags = r.u8();
+    // An LSTM projection of 0..=H features (0 is none; H is refused by both paths).
+    if kind == CellKind::Lstm && flags & 0x10 != 0 {
+        cfg.proj_size = usize::from(flags >> 5) % (cfg.hidden_size + 1);
+    }
     let lengths = match flags % 4 {
         0 | 1 => None,
         // Valid ragged lengths in 1..=T.
@@ -158,12 +162,14 @@ fn run<T: Float>(
         *ps.get_mut(id) = jitter(p, &mut jit);
     }
     let (d, l, h) = (c.cfg.directions(), c.cfg.num_layers, c.cfg.hidden_size);
+    // With a projection the hidden state and the outputs have P features, the cell state H.
+    let o = c.cfg.output_size();
     let (xd, yd) = if c.cfg.batch_first {
-        ([c.b, c.t, c.cfg.input_size], [c.b, c.t, d * h])
+        ([c.b, c.t, c.cfg.input_size], [c.b, c.t, d * o])
     } else {
-        ([c.t, c.b, c.cfg.input_size], [c.t, c.b, d * h])
+        ([c.t, c.b, c.cfg.input_size], [c.t, c.b, d * o])
     };
-    let sd = [d * l, c.b, h];
+    let (sd, cd) = ([d * l, c.b, o], [d * l, c.b, h]);
     // The batch axis of x and y, and of the states.
     let (xb, sb) = (usize::from(!c.cfg.batch_first), 1);
     let batch = |t: Tensor<T>, axis: usize| if flipped { flip(&t, axis) } else { t };
@@ -182,7 +188,7 @@ fn run<T: Float>(
         .with_h0
         .then(|| tape.input(feed(fill(c, &sd, 2, 0.25), sb)));
     let c0 = (c.with_h0 && c.kind == CellKind::Lstm)
-        .then(|| tape.input(feed(fill(c, &sd, 3, 0.25), sb)));
+        .then(|| tape.input(feed(fill(c, &cd, 3, 0.25), sb)));
     let opts = ForwardOptions {
         h0,
         c0,
@@ -201,7 +207,7 @@ fn run<T: Float>(
     let mut loss = tape.add(a, bb)?;
     let mut weighted = vec![(out.y, ry), (out.h_n, rh)];
     if let Some(cn) = out.c_n {
-        let rc = tape.constant(feed(fill(c, &sd, 6, 0.25), sb));
+        let rc = tape.constant(feed(fill(c, &cd, 6, 0.25), sb));
         let m = tape.mul(cn, rc)?;
         let m = tape.sum(m)?;
         loss = tape.add(loss, m)?;

@@ -117,6 +117,15 @@ pub fn gradient_flow<T: Float>(
             "needs a unidirectional model (time flows one way)",
         ));
     }
+    if cfg.proj_size > 0 {
+        return Err(Error::invalid(
+            "gradient_flow",
+            format!(
+                "does not follow an LSTM projection (proj_size {}) through time",
+                cfg.proj_size
+            ),
+        ));
+    }
     let dims = x.dims();
     if dims.len() != 3 || dims[2] != cfg.input_size {
         return Err(Error::invalid(

@@ -130,6 +130,7 @@ impl Cell {
             w_hh: ids[1],
             b_ih: ids.get(2).copied(),
             b_hh: ids.get(3).copied(),
+            w_hr: None,
         };
         Ok(Cell {
             kind,
@@ -141,9 +142,19 @@ impl Cell {
 
     /// The cell that runs direction `dir` (0 forward, 1 reverse) of `layer` of a layer stack,
     /// sharing its parameters (`weight_ih_l{layer}[_reverse]`, ...). Stepping it over a
-    /// sequence (in reverse time for `dir` 1) reproduces that part of the stack.
+    /// sequence (in reverse time for `dir` 1) reproduces that part of the stack. A stack with
+    /// an LSTM projection (`proj_size`) has no such cell: that is an error.
     pub fn from_layer(stack: &Recurrent, layer: usize, dir: usize) -> Result<Self> {
         let cfg = stack.config();
+        if cfg.proj_size > 0 {
+            return Err(Error::invalid(
+                "Cell::from_layer",
+                format!(
+                    "the stack projects its hidden state (proj_size {}); a cell has no projection",
+                    cfg.proj_size
+                ),
+            ));
+        }
         let params = stack.direction_params(layer, dir).ok_or_else(|| {
             Error::invalid(
                 "Cell::from_layer",

@@ -80,6 +80,10 @@ pub struct DirectionParams {
     pub b_ih: Option<ParamId>,
     /// `bias_hh_l{k}[_reverse]`: `[G*H]`.
     pub b_hh: Option<ParamId>,
+    /// `weight_hr_l{k}[_reverse]`: `[P, H]`, the LSTM's projection of its hidden state to
+    /// `proj_size` features (`h_t = W_hr (o_t * tanh(c_t))`), when the layer has one. `W_hh` is
+    /// then `[4H, P]`.
+    pub w_hr: Option<ParamId>,
 }
 
 impl DirectionParams {
@@ -94,6 +98,7 @@ impl DirectionParams {
             w_hh: tape.param(store, self.w_hh)?,
             b_ih: self.b_ih.map(|id| tape.param(store, id)).transpose()?,
             b_hh: self.b_hh.map(|id| tape.param(store, id)).transpose()?,
+            w_hr: self.w_hr.map(|id| tape.param(store, id)).transpose()?,
         })
     }
 }
@@ -104,11 +109,13 @@ pub(crate) struct StepWeights {
     pub(crate) w_hh: Var,
     pub(crate) b_ih: Option<Var>,
     pub(crate) b_hh: Option<Var>,
+    /// The LSTM's projection `W_hr` `[P, H]`, when the layer has one.
+    pub(crate) w_hr: Option<Var>,
 }
 
 /// One direction of one layer, as the implementations see it: the cell, its parameters, its
-/// direction, the sequences' lengths and its inputs `x` `[T, B, I]`, `h0` and (LSTM) `c0`
-/// `[B, H]`.
+/// direction, the sequences' lengths and its inputs `x` `[T, B, I]`, `h0` `[B, H]` (`[B, P]`
+/// with a projection) and (LSTM) `c0` `[B, H]`.
 pub(crate) struct DirectionRun<'a> {
     pub(crate) kind: CellKind,
     pub(crate) params: DirectionParams,
@@ -143,7 +150,8 @@ pub(crate) fn step_time(reverse: bool, s: usize, t_len: usize) -> usize {
     if reverse { t_len - 1 - s } else { s }
 }
 
-/// The outputs of one direction: `y` `[T, B, H]`, `h_n` and `c_n` `[B, H]`.
+/// The outputs of one direction: `y` `[T, B, H]`, `h_n` and `c_n` `[B, H]` (with a
+/// projection, `y` and `h_n` have `P` features).
 pub(crate) struct DirectionOutput {
     pub(crate) y: Var,
     pub(crate) h_n: Var,

@@ -328,7 +328,7 @@ pub enum BiasInit {
 pub struct RecurrentInit {
     /// For every `weight_ih_l{k}`.
     pub input_weights: WeightInit,
-    /// For every `weight_hh_l{k}`.
+    /// For every `weight_hh_l{k}`, and the LSTM's projections `weight_hr_l{k}` (one block).
     pub hidden_weights: WeightInit,
     /// For every `bias_ih_l{k}` and `bias_hh_l{k}`.
     pub biases: BiasInit,
@@ -377,7 +377,8 @@ fn init_weight<T: Float>(
 }
 
 /// Re-initialises every parameter of `layer` with `scheme`, layer by layer and direction by
-/// direction in registration order (`weight_ih`, `weight_hh`, `bias_ih`, `bias_hh`).
+/// direction in registration order (`weight_ih`, `weight_hh`, then with a projection
+/// `weight_hr`, then `bias_ih`, `bias_hh`).
 pub fn init_recurrent<T: Float>(
     store: &mut ParamStore<T>,
     layer: &Recurrent,
@@ -404,6 +405,9 @@ pub fn init_recurrent<T: Float>(
                 .ok_or_else(|| Error::invalid("init::init_recurrent", "missing parameters"))?;
             init_weight(store, p.w_ih, scheme.input_weights, g, h, rng)?;
             init_weight(store, p.w_hh, scheme.hidden_weights, g, h, rng)?;
+            if let Some(w_hr) = p.w_hr {
+                init_weight(store, w_hr, scheme.hidden_weights, 1, h, rng)?;
+            }
             for b in [p.b_ih, p.b_hh].into_iter().flatten() {
                 match scheme.biases {
                     BiasInit::PyTorchDefault => pytorch_default(store, b, h, rng)?,

@@ -201,7 +201,8 @@ impl<'a, T: Float> Ctx<'a, T> {
         self.recurrent_from(layer, x, lengths, None, None)
     }
 
-    /// [`Ctx::recurrent`] from the initial states `h0` (and `c0`, LSTM) `[D*L, B, H]`.
+    /// [`Ctx::recurrent`] from the initial states `h0` (and `c0`, LSTM) `[D*L, B, H]` (`h0`
+    /// `[D*L, B, P]` for an LSTM with a projection).
     pub fn recurrent_from(
         &mut self,
         layer: &Recurrent,

@@ -7,15 +7,23 @@
 //!
 //! - the module's `state_dict` under PyTorch's names (`weight_ih_l0`, `bias_hh_l1_reverse`, ...);
 //! - `x` `[T, B, I]` (time-major), `h0` and, for the LSTM, `c0` `[D*L, B, H]`;
+//! - optionally `lengths`, I64 `[B]`, each in `1..=T` and in any order: the batch ran through
+//!   PyTorch as `pack_padded_sequence(x, lengths, enforce_sorted=False)`, so `y` is zero past
+//!   each length and `h_n` (`c_n`) hold each sequence's state at its last real step; recur runs
+//!   it with [`ForwardOptions::lengths`];
 //! - loss weights `ry`, `rh` (and `rc`) shaped like `y`, `h_n` (and `c_n`);
 //! - the expected `y` `[T, B, D*H]`, `h_n` (`c_n`) `[D*L, B, H]`, and the gradients of
 //!   `loss = sum(y * ry) + sum(h_n * rh) (+ sum(c_n * rc))`: `grad.<parameter name>`, `grad.x`,
 //!   `grad.h0` (`grad.c0`);
 //! - metadata `cell` (`rnn`, `lstm` or `gru`), `input_size`, `hidden_size`, `num_layers`,
 //!   `bidirectional` and `bias` (`true` or `false`), and for `rnn` `nonlinearity` (`tanh` or
-//!   `relu`).
+//!   `relu`);
+//! - for an LSTM with a projection, metadata `proj_size` `P` (absent or `0`: none): its
+//!   `state_dict` holds `weight_hr_l{k}[_reverse]` `[P, H]`, `weight_hh_l{k}` is `[4H, P]`, and
+//!   `h0`, `h_n` and each direction's part of `y` have `P` features in place of `H`.
 //!
-//! Every tensor the check reads has one dtype, F32 or F64, and the check computes in that dtype.
+//! Every floating-point tensor the check reads has one dtype, F32 or F64, and the check
+//! computes in that dtype.
 //! Other tensors and metadata keys are ignored.
 //!
 //! # Relative error
@@ -80,6 +88,8 @@ pub struct FixtureSpec {
     pub config: RecurrentConfig,
     /// F32 or F64.
     pub dtype: StoredDtype,
+    /// The length of each sequence, when the fixture has a `lengths` tensor.
+    pub lengths: Option<Vec<usize>>,
 }
 
 /// The result of one parity check.
@@ -154,6 +164,14 @@ fn meta_usize(a: &Archive, key: &str) -> Result<usize> {
     }
 }
 
+/// An optional non-negative size: absent is 0.
+fn meta_size_or_zero(a: &Archive, key: &str) -> Result<usize> {
+    match a.metadata.get(key).map(|v| v.trim()) {
+        None | Some("0") => Ok(0),
+        Some(_) => meta_usize(a, key),
+    }
+}
+
 fn meta_bool(a: &Archive, key: &str) -> Result<bool> {
     match meta(a, key)? {
         "true" | "True" | "1" => Ok(true),
@@ -190,7 +208,21 @@ pub fn fixture_spec(archive: &Archive) -> Result<FixtureSpec> {
     )
     .num_layers(meta_usize(archive, "num_layers")?)
     .bidirectional(meta_bool(archive, "bidirectional")?)
-    .bias(meta_bool(archive, "bias")?);
+    .bias(meta_bool(archive, "bias")?)
+    .proj_size(meta_size_or_zero(archive, "proj_size")?);
+    if config.proj_size > 0 && kind != CellKind::Lstm {
+        return Err(bad(format!(
+            "metadata `proj_size` ({}) is for an LSTM, but `cell` is `{}`",
+            config.proj_size,
+            kind.name()
+        )));
+    }
+    if config.proj_size > 0 && config.proj_size >= config.hidden_size {
+        return Err(bad(format!(
+            "metadata `proj_size` ({}) must be smaller than hidden_size ({})",
+            config.proj_size, config.hidden_size
+        )));
+    }
     let x = archive
         .tensors
         .get("x")
@@ -199,10 +231,45 @@ pub fn fixture_spec(archive: &Archive) -> Result<FixtureSpec> {
         d @ (StoredDtype::F32 | StoredDtype::F64) => d,
         _ => return Err(bad("tensor `x` must be F32 or F64")),
     };
+    let lengths = match archive.tensors.get("lengths") {
+        None => None,
+        Some(l) => {
+            let (&[t_len, batch, _], &[n]) = (x.dims(), l.dims()) else {
+                return Err(bad(format!(
+                    "tensor `lengths` must be [B] beside `x` [T, B, I], got {:?} and {:?}",
+                    l.dims(),
+                    x.dims()
+                )));
+            };
+            if n != batch {
+                return Err(bad(format!(
+                    "tensor `lengths` has {n} entries for a batch of {batch}"
+                )));
+            }
+            let values = l
+                .to_i64("lengths")
+                .map_err(|_| bad(format!("tensor `lengths` must be I64, got {:?}", l.dtype())))?;
+            let lengths = values
+                .iter()
+                .map(|&v| {
+                    usize::try_from(v)
+                        .ok()
+                        .filter(|&v| (1..=t_len).contains(&v))
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "tensor `lengths` holds {v}, outside 1..={t_len} (the steps of `x`)"
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<usize>>>()?;
+            Some(lengths)
+        }
+    };
     Ok(FixtureSpec {
         kind,
         config,
         dtype,
+        lengths,
     })
 }
 
@@ -280,9 +347,16 @@ fn run<T: Float>(
             cfg.input_size
         )));
     }
-    let (d, l, h) = (cfg.directions(), cfg.num_layers, cfg.hidden_size);
-    let state = [d * l, batch, h];
-    let y_dims = [t_len, batch, d * h];
+    let (d, l, h, o) = (
+        cfg.directions(),
+        cfg.num_layers,
+        cfg.hidden_size,
+        cfg.output_size(),
+    );
+    // With a projection the hidden state has P features; the cell state keeps H.
+    let state = [d * l, batch, o];
+    let cell_state = [d * l, batch, h];
+    let y_dims = [t_len, batch, d * o];
 
     let x = read::<T>(archive, "x", dt, &x_dims)?;
     let h0 = read::<T>(archive, "h0", dt, &state)?;
@@ -293,10 +367,10 @@ fn run<T: Float>(
         ("h_n".to_string(), read::<T>(archive, "h_n", dt, &state)?),
     ];
     let (c0, rc) = if lstm {
-        expected.push(("c_n".into(), read::<T>(archive, "c_n", dt, &state)?));
+        expected.push(("c_n".into(), read::<T>(archive, "c_n", dt, &cell_state)?));
         (
-            Some(read::<T>(archive, "c0", dt, &state)?),
-            Some(read::<T>(archive, "rc", dt, &state)?),
+            Some(read::<T>(archive, "c0", dt, &cell_state)?),
+            Some(read::<T>(archive, "rc", dt, &cell_state)?),
         )
     } else {
         (None, None)
@@ -318,7 +392,10 @@ fn run<T: Float>(
     expected.push(("grad.x".into(), read::<T>(archive, "grad.x", dt, &x_dims)?));
     expected.push(("grad.h0".into(), read::<T>(archive, "grad.h0", dt, &state)?));
     if lstm {
-        expected.push(("grad.c0".into(), read::<T>(archive, "grad.c0", dt, &state)?));
+        expected.push((
+            "grad.c0".into(),
+            read::<T>(archive, "grad.c0", dt, &cell_state)?,
+        ));
     }
 
     let mut tape = Tape::<T>::new();
@@ -332,6 +409,7 @@ fn run<T: Float>(
         ForwardOptions {
             h0: Some(h0v),
             c0: c0v,
+            lengths: spec.lengths.as_deref(),
             implementation,
             ..Default::default()
         },
@@ -369,7 +447,7 @@ fn run<T: Float>(
     actual.push(("grad.x".into(), wrt(xv, &x_dims)?));
     actual.push(("grad.h0".into(), wrt(h0v, &state)?));
     if let Some(c0v) = c0v {
-        actual.push(("grad.c0".into(), wrt(c0v, &state)?));
+        actual.push(("grad.c0".into(), wrt(c0v, &cell_state)?));
     }
 
     let mut errors = Vec::with_capacity(expected.len());
@@ -389,21 +467,28 @@ fn run<T: Float>(
 /// The PyTorch name and shape of every parameter of the module a fixture describes.
 fn param_shapes(spec: &FixtureSpec) -> Vec<(String, Vec<usize>)> {
     let cfg = &spec.config;
-    let (h, gh) = (cfg.hidden_size, spec.kind.gates() * cfg.hidden_size);
+    let (h, gh, o) = (
+        cfg.hidden_size,
+        spec.kind.gates() * cfg.hidden_size,
+        cfg.output_size(),
+    );
     let mut out = Vec::new();
     for layer in 0..cfg.num_layers {
         let in_size = if layer == 0 {
             cfg.input_size
         } else {
-            h * cfg.directions()
+            o * cfg.directions()
         };
         for dir in 0..cfg.directions() {
             let sfx = if dir == 1 { "_reverse" } else { "" };
             out.push((format!("weight_ih_l{layer}{sfx}"), vec![gh, in_size]));
-            out.push((format!("weight_hh_l{layer}{sfx}"), vec![gh, h]));
+            out.push((format!("weight_hh_l{layer}{sfx}"), vec![gh, o]));
             if cfg.bias {
                 out.push((format!("bias_ih_l{layer}{sfx}"), vec![gh]));
                 out.push((format!("bias_hh_l{layer}{sfx}"), vec![gh]));
+            }
+            if cfg.proj_size > 0 {
+                out.push((format!("weight_hr_l{layer}{sfx}"), vec![o, h]));
             }
         }
     }
@@ -428,11 +513,19 @@ mod tests {
             CellKind::Gru,
             CellKind::Rnn(Activation::Relu),
         ] {
-            for (layers, bidir, bias) in [(1, false, true), (3, true, false), (2, true, true)] {
+            let proj = if kind == CellKind::Lstm { 2 } else { 0 };
+            for (layers, bidir, bias, proj) in [
+                (1, false, true, 0),
+                (3, true, false, 0),
+                (2, true, true, 0),
+                (2, true, false, proj),
+                (1, false, true, proj),
+            ] {
                 let config = RecurrentConfig::new(3, 4)
                     .num_layers(layers)
                     .bidirectional(bidir)
-                    .bias(bias);
+                    .bias(bias)
+                    .proj_size(proj);
                 let mut store = ParamStore::<f32>::new();
                 let layer =
                     Recurrent::new(&mut store, "", kind, config.clone(), &mut Rng::new(0)).unwrap();
@@ -440,6 +533,7 @@ mod tests {
                     kind,
                     config,
                     dtype: StoredDtype::F32,
+                    lengths: None,
                 };
                 let from_layer: Vec<(String, Vec<usize>)> = layer
                     .named_params()

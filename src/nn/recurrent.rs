@@ -51,6 +51,12 @@ pub struct RecurrentConfig {
     pub dropout: f64,
     /// Run a second direction over the reversed sequence (default false).
     pub bidirectional: bool,
+    /// LSTM only: project each step's hidden state to `P = proj_size` features,
+    /// `h_t = W_hr (o_t * tanh(c_t))` with `weight_hr_l{k}` `[P, H]`, as PyTorch's `proj_size`
+    /// (default 0: no projection). The hidden state, `h0`, `h_n` and the outputs then have `P`
+    /// features, `weight_hh_l{k}` is `[4H, P]`, and the cell state keeps `H`. Must be below
+    /// `hidden_size`.
+    pub proj_size: usize,
 }
 
 impl RecurrentConfig {
@@ -64,6 +70,7 @@ impl RecurrentConfig {
             batch_first: false,
             dropout: 0.0,
             bidirectional: false,
+            proj_size: 0,
         }
     }
     config_setters!(
@@ -77,6 +84,8 @@ impl RecurrentConfig {
         dropout: f64,
         /// Sets `bidirectional`.
         bidirectional: bool,
+        /// Sets `proj_size` (LSTM only; 0 for none).
+        proj_size: usize,
     );
 
     /// Number of directions `D` (1 or 2).
@@ -84,7 +93,33 @@ impl RecurrentConfig {
         if self.bidirectional { 2 } else { 1 }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Features of the hidden state, of `h0` and `h_n` and of each direction's outputs:
+    /// `proj_size` when the LSTM projects its state, else `hidden_size`.
+    ///
+    /// ```
+    /// use recur::nn::RecurrentConfig;
+    /// assert_eq!(RecurrentConfig::new(3, 8).output_size(), 8);
+    /// assert_eq!(RecurrentConfig::new(3, 8).proj_size(5).output_size(), 5);
+    /// ```
+    pub fn output_size(&self) -> usize {
+        if self.proj_size > 0 {
+            self.proj_size
+        } else {
+            self.hidden_size
+        }
+    }
+
+    /// Features of the input of `layer`: `input_size` for the first, then the previous layer's
+    /// outputs of every direction.
+    fn layer_input(&self, layer: usize) -> usize {
+        if layer == 0 {
+            self.input_size
+        } else {
+            self.output_size() * self.directions()
+        }
+    }
+
+    fn validate(&self, kind: CellKind) -> Result<()> {
         let bad = |m: String| Err(Error::invalid("RecurrentConfig", m));
         if self.input_size == 0 || self.hidden_size == 0 || self.num_layers == 0 {
             return bad(format!(
@@ -94,6 +129,19 @@ impl RecurrentConfig {
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
+        if self.proj_size > 0 && kind != CellKind::Lstm {
+            return bad(format!(
+                "proj_size ({}) is for LSTM layers only, not {}",
+                self.proj_size,
+                kind.name()
+            ));
+        }
+        if self.proj_size > 0 && self.proj_size >= self.hidden_size {
+            return bad(format!(
+                "proj_size ({}) must be smaller than hidden_size ({})",
+                self.proj_size, self.hidden_size
+            ));
         }
         Ok(())
     }
@@ -114,7 +162,7 @@ pub enum Implementation {
 /// Optional inputs of a forward pass.
 #[derive(Default)]
 pub struct ForwardOptions<'a> {
-    /// Initial hidden state `[D*L, B, H]` (zeros when absent).
+    /// Initial hidden state `[D*L, B, H]` (`[D*L, B, P]` with a projection; zeros when absent).
     pub h0: Option<Var>,
     /// Initial cell state `[D*L, B, H]` (LSTM only; zeros when absent).
     pub c0: Option<Var>,
@@ -130,9 +178,11 @@ pub struct ForwardOptions<'a> {
 /// What a recurrent layer returns, the same for every cell.
 #[derive(Clone, Copy, Debug)]
 pub struct RecurrentOutput {
-    /// Outputs of the last layer for every step: `[T, B, D*H]` (`[B, T, D*H]` if batch-first).
+    /// Outputs of the last layer for every step: `[T, B, D*H]` (`[B, T, D*H]` if batch-first;
+    /// `P` in place of `H` with a projection).
     pub y: Var,
-    /// Final hidden state of every layer and direction: `[D*L, B, H]`.
+    /// Final hidden state of every layer and direction: `[D*L, B, H]` (`[D*L, B, P]` with a
+    /// projection).
     pub h_n: Var,
     /// Final cell state `[D*L, B, H]` (LSTM only).
     pub c_n: Option<Var>,
@@ -150,6 +200,7 @@ pub struct Recurrent {
 impl Recurrent {
     /// Registers the parameters of a new layer stack in `store` under PyTorch's names (prefixed
     /// by `prefix`, e.g. `"rnn."`), initialised as PyTorch does: `U(-1/sqrt(H), 1/sqrt(H))`.
+    /// A `proj_size` on a cell other than the LSTM, or not below `hidden_size`, is an error.
     pub fn new<T: Float>(
         store: &mut ParamStore<T>,
         prefix: &str,
@@ -158,17 +209,13 @@ impl Recurrent {
         rng: &mut Rng,
     ) -> Result<Self> {
         super::check_prefix(prefix)?;
-        config.validate()?;
-        let (h, g) = (config.hidden_size, kind.gates());
+        config.validate(kind)?;
+        let (h, g, p) = (config.hidden_size, kind.gates(), config.output_size());
         let bound = 1.0 / (h as f64).sqrt();
         let mut uniform = |dims: &[usize]| uniform_tensor::<T>(dims, bound, rng);
         let mut params = Vec::new();
         for layer in 0..config.num_layers {
-            let in_size = if layer == 0 {
-                config.input_size
-            } else {
-                h * config.directions()
-            };
+            let in_size = config.layer_input(layer);
             for dir in 0..config.directions() {
                 let sfx = if dir == 1 { "_reverse" } else { "" };
                 let w_ih = store.add(
@@ -177,7 +224,7 @@ impl Recurrent {
                 )?;
                 let w_hh = store.add(
                     format!("{prefix}weight_hh_l{layer}{sfx}"),
-                    uniform(&[g * h, h])?,
+                    uniform(&[g * h, p])?,
                 )?;
                 let (b_ih, b_hh) =
                     if config.bias {
@@ -194,11 +241,21 @@ impl Recurrent {
                     } else {
                         (None, None)
                     };
+                // PyTorch registers the projection after the biases, with the same bound.
+                let w_hr = if config.proj_size > 0 {
+                    Some(store.add(
+                        format!("{prefix}weight_hr_l{layer}{sfx}"),
+                        uniform(&[p, h])?,
+                    )?)
+                } else {
+                    None
+                };
                 params.push(DirectionParams {
                     w_ih,
                     w_hh,
                     b_ih,
                     b_hh,
+                    w_hr,
                 });
             }
         }
@@ -232,7 +289,8 @@ impl Recurrent {
     /// A tape-free step of direction `dir` (0 forward, 1 reverse) of `layer`, for batches of
     /// `batch` rows, over this stack's weights in `store` packed once: what sampling and
     /// prediction loops step with (see [`InferenceStep::step_packed`]). Fails if the layer or
-    /// direction does not exist or a parameter is missing from `store` or mis-shaped.
+    /// direction does not exist, a parameter is missing from `store` or mis-shaped, or the
+    /// stack projects its hidden state (`proj_size`), which the tape-free step does not.
     ///
     /// ```
     /// use recur::nn::{Lstm, RecurrentConfig};
@@ -263,6 +321,16 @@ impl Recurrent {
                 ),
             )
         })?;
+        if cfg.proj_size > 0 {
+            return Err(Error::invalid(
+                "Recurrent::inference_step",
+                format!(
+                    "the tape-free step has no LSTM projection (proj_size {}); run \
+                     Recurrent::forward instead",
+                    cfg.proj_size
+                ),
+            ));
+        }
         // Mis-shaped weights are caught by `pack_weights`, by their lengths.
         for id in [Some(p.w_ih), Some(p.w_hh), p.b_ih, p.b_hh]
             .into_iter()
@@ -274,11 +342,7 @@ impl Recurrent {
             .b_ih
             .zip(p.b_hh)
             .map(|(bi, bh)| (store.get(bi).data(), store.get(bh).data()));
-        let input = if layer == 0 {
-            cfg.input_size
-        } else {
-            cfg.hidden_size * cfg.directions()
-        };
+        let input = cfg.layer_input(layer);
         let mut step = InferenceStep::new(self.kind, input, cfg.hidden_size, batch)?;
         step.pack_weights(store.get(p.w_ih).data(), store.get(p.w_hh).data(), bias)?;
         Ok(step)
@@ -288,7 +352,7 @@ impl Recurrent {
     pub fn param_ids(&self) -> Vec<ParamId> {
         self.params
             .iter()
-            .flat_map(|p| [Some(p.w_ih), Some(p.w_hh), p.b_ih, p.b_hh])
+            .flat_map(|p| [Some(p.w_ih), Some(p.w_hh), p.b_ih, p.b_hh, p.w_hr])
             .flatten()
             .collect()
     }
@@ -298,10 +362,12 @@ impl Recurrent {
     fn check_params<T: Float>(&self, store: &ParamStore<T>) -> Result<()> {
         let cfg = &self.config;
         let (g, h, d_n) = (self.kind.gates(), cfg.hidden_size, cfg.directions());
+        let o = cfg.output_size();
         for (k, p) in self.params.iter().enumerate() {
-            let in_size = if k < d_n { cfg.input_size } else { d_n * h };
-            let mut expect = vec![(p.w_ih, vec![g * h, in_size]), (p.w_hh, vec![g * h, h])];
+            let in_size = cfg.layer_input(k / d_n);
+            let mut expect = vec![(p.w_ih, vec![g * h, in_size]), (p.w_hh, vec![g * h, o])];
             expect.extend(p.b_ih.into_iter().chain(p.b_hh).map(|id| (id, vec![g * h])));
+            expect.extend(p.w_hr.map(|id| (id, vec![o, h])));
             for (id, dims) in expect {
                 store.check(id)?;
                 let got = store.get(id).shape();
@@ -353,8 +419,10 @@ impl Recurrent {
             ));
         }
         self.check_params(store)?;
-        let state_shape = Shape::new(&[d_n * l_n, batch, h])?;
-        for (name, s) in [("h0", opts.h0), ("c0", opts.c0)] {
+        let o = cfg.output_size();
+        let h_shape = Shape::new(&[d_n * l_n, batch, o])?;
+        let c_shape = Shape::new(&[d_n * l_n, batch, h])?;
+        for (name, s, state_shape) in [("h0", opts.h0, h_shape), ("c0", opts.c0, c_shape)] {
             if let Some(v) = s {
                 let got = tape.shape(v)?;
                 if got != state_shape {
@@ -395,7 +463,7 @@ impl Recurrent {
                 let k = layer * d_n + dir;
                 let h0 = match opts.h0 {
                     Some(v) => tape.select(v, k)?,
-                    None => tape.zeros_constant(Shape::new(&[batch, h])?),
+                    None => tape.zeros_constant(Shape::new(&[batch, o])?),
                 };
                 let c0 = if self.kind.has_cell_state() {
                     Some(match opts.c0 {
@@ -415,6 +483,9 @@ impl Recurrent {
                     c0,
                 };
                 let out = match opts.implementation {
+                    Implementation::Fused if run.params.w_hr.is_some() => {
+                        fused::run_projected(tape, store, &run)?
+                    }
                     Implementation::Fused => fused::run(tape, store, &run)?,
                     Implementation::Reference => reference::run(tape, store, &run)?,
                 };
@@ -506,7 +577,8 @@ macro_rules! stack_layer {
 }
 
 /// A multi-layer LSTM, PyTorch's `nn.LSTM`: `i, f, g, o` gates,
-/// `c_t = f * c_{t-1} + i * g`, `h_t = o * tanh(c_t)`.
+/// `c_t = f * c_{t-1} + i * g`, `h_t = o * tanh(c_t)` (projected to `h_t = W_hr (o * tanh(c_t))`
+/// with [`RecurrentConfig::proj_size`]).
 ///
 /// ```
 /// use recur::nn::{ForwardOptions, Lstm, RecurrentConfig};
@@ -518,6 +590,18 @@ macro_rules! stack_layer {
 /// let x = tape.constant(Tensor::zeros(&[7, 2, 3])?); // [T, B, I]
 /// let out = lstm.forward(&mut tape, &ps, x, ForwardOptions::default())?;
 /// assert_eq!(tape.shape(out.y)?.dims(), &[7, 2, 5]);
+/// assert_eq!(tape.shape(out.c_n.unwrap())?.dims(), &[2, 2, 5]);
+///
+/// // With a projection (`proj_size`), h_t = W_hr (o * tanh(c_t)) has P = 2 features.
+/// let mut ps = ParamStore::<f32>::new();
+/// let cfg = RecurrentConfig::new(3, 5).proj_size(2).bidirectional(true);
+/// let lstm = Lstm::new(&mut ps, "", cfg, &mut Rng::new(0))?;
+/// assert_eq!(ps.get(ps.find("weight_hr_l0_reverse").unwrap()).dims(), &[2, 5]);
+/// let mut tape = Tape::new();
+/// let x = tape.constant(Tensor::zeros(&[7, 2, 3])?);
+/// let out = lstm.forward(&mut tape, &ps, x, ForwardOptions::default())?;
+/// assert_eq!(tape.shape(out.y)?.dims(), &[7, 2, 4]); // [T, B, D*P]
+/// assert_eq!(tape.shape(out.h_n)?.dims(), &[2, 2, 2]);
 /// assert_eq!(tape.shape(out.c_n.unwrap())?.dims(), &[2, 2, 5]);
 /// # Ok::<(), recur::Error>(())
 /// ```

@@ -18,8 +18,8 @@ fn affine<T: Float>(tape: &mut Tape<T>, x: Var, w: Var, b: Option<Var>) -> Resul
     }
 }
 
-/// Runs one direction of one layer over its `x` (`[T, B, I]`) from its `h0` (and `c0`),
-/// `[B, H]`.
+/// Runs one direction of one layer over its `x` (`[T, B, I]`) from its `h0` (`[B, H]`, or
+/// `[B, P]` with a projection) and (LSTM) `c0` (`[B, H]`).
 pub(crate) fn run<T: Float>(
     tape: &mut Tape<T>,
     store: &ParamStore<T>,
@@ -27,7 +27,12 @@ pub(crate) fn run<T: Float>(
 ) -> Result<DirectionOutput> {
     let dims = tape.shape(run.x)?;
     let (t_len, batch) = (dims.dims()[0], dims.dims()[1]);
-    let hidden = tape.shape(run.h0)?.dims()[1];
+    let state = tape.shape(run.h0)?.dims()[1];
+    // The cell state is H wide; the hidden state too, unless the LSTM projects it.
+    let hidden = match run.c0 {
+        Some(c0) => tape.shape(c0)?.dims()[1],
+        None => state,
+    };
     let w = run.params.vars(tape, store)?;
 
     let (mut h, mut c) = (run.h0, run.c0);
@@ -44,18 +49,15 @@ pub(crate) fn run<T: Float>(
             }
             Some(_) => {
                 // m = 1 where the sequence is still running at time t, else 0 (state frozen).
-                let m = Tensor::from_fn(&[batch, hidden], |k| {
-                    if run.active(t, k / hidden) {
-                        T::ONE
-                    } else {
-                        T::ZERO
-                    }
-                })?;
-                let not_m = Tensor::from_fn(&[batch, hidden], |k| T::ONE - m.data()[k])?;
-                let (m, not_m) = (tape.constant(m), tape.constant(not_m));
+                let (m, not_m) = masks(tape, run, t, batch, state)?;
                 ys[t] = Some(tape.mul(m, h_new)?);
                 h = blend(tape, m, not_m, h_new, h)?;
                 if let (Some(cn), Some(cp)) = (c_new, c) {
+                    let (m, not_m) = if hidden == state {
+                        (m, not_m)
+                    } else {
+                        masks(tape, run, t, batch, hidden)?
+                    };
                     c = Some(blend(tape, m, not_m, cn, cp)?);
                 }
             }
@@ -67,7 +69,8 @@ pub(crate) fn run<T: Float>(
 }
 
 /// One step of a cell from primitive ops: `x_t` `[B, I]`, `h` (and `c`) `[B, H]` to the next
-/// `h` (and `c`). The formulas are the chapter's (and PyTorch's gate orders).
+/// `h` (and `c`). The formulas are the chapter's (and PyTorch's gate orders). An LSTM with a
+/// projection `W_hr` `[P, H]` carries `h` `[B, P]`: `h_t = (o * tanh(c_t)) W_hr^T`.
 pub(crate) fn cell_step<T: Float>(
     tape: &mut Tape<T>,
     kind: CellKind,
@@ -106,6 +109,10 @@ pub(crate) fn cell_step<T: Float>(
             let c_new = tape.add(fc, ig)?; // c_t = f * c_{t-1} + i * g
             let tc = tape.tanh(c_new)?;
             let h_new = tape.mul(o, tc)?; // h_t = o * tanh(c_t)
+            let h_new = match w.w_hr {
+                Some(w_hr) => tape.matmul_t(h_new, false, w_hr, true)?, // h_t = W_hr h_t
+                None => h_new,
+            };
             (h_new, Some(c_new))
         }
         CellKind::Gru => {
@@ -133,6 +140,26 @@ pub(crate) fn cell_step<T: Float>(
             (tape.add(n, zd)?, None)
         }
     })
+}
+
+/// The masks `m` and `1 - m` `[B, width]` of step time `t`: 1 in the rows whose sequence is
+/// still running, 0 in the rest.
+fn masks<T: Float>(
+    tape: &mut Tape<T>,
+    run: &DirectionRun<'_>,
+    t: usize,
+    batch: usize,
+    width: usize,
+) -> Result<(Var, Var)> {
+    let m = Tensor::from_fn(&[batch, width], |k| {
+        if run.active(t, k / width) {
+            T::ONE
+        } else {
+            T::ZERO
+        }
+    })?;
+    let not_m = Tensor::from_fn(&[batch, width], |k| T::ONE - m.data()[k])?;
+    Ok((tape.constant(m), tape.constant(not_m)))
 }
 
 /// `m * new + (1 - m) * old`, exact for a 0/1 mask.

@@ -53,6 +53,9 @@ impl Module for Recurrent {
                     out.push((format!("bias_ih_l{layer}{sfx}"), bi));
                     out.push((format!("bias_hh_l{layer}{sfx}"), bh));
                 }
+                if let Some(hr) = p.w_hr {
+                    out.push((format!("weight_hr_l{layer}{sfx}"), hr));
+                }
             }
         }
         out

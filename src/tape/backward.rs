@@ -176,38 +176,51 @@ impl<T: Float> Tape<T> {
             if node.op.is_leaf() || !self.slots[node.outputs.start as usize].requires_grad {
                 continue;
             }
-            let (a, b) = (node.inputs.start as usize, node.inputs.end as usize);
-            if let Op::Custom(op) = &mut node.op {
-                let ins = self.input_ids[a..b].to_vec();
-                self.custom_backward(op.as_mut(), &ins, node.outputs.clone())?;
-                if anomaly {
-                    self.check_input_grads(&ins, op.name())?;
-                }
-                continue;
+            let started = self.profiler.is_some().then(std::time::Instant::now);
+            self.node_backward(node, anomaly)?;
+            if let (Some(p), Some(t)) = (&mut self.profiler, started) {
+                p.backward(node.op.name(), t.elapsed());
             }
-            let ins = &self.input_ids[a..b];
-            let o = node.outputs.start as usize;
-            let Some(gy) = self.grads[o].take() else {
-                continue;
-            };
-            let mut acc = GradAcc {
-                grads: &mut self.grads,
-                pool: &mut self.pool,
-                slots: &self.slots,
-            };
-            ops::backward(
-                &node.op,
-                ins,
-                node.outputs.clone(),
-                &gy,
-                &self.aux,
-                &mut acc,
-            );
-            self.grads[o] = Some(gy);
+        }
+        if let Some(p) = &mut self.profiler {
+            p.restart();
+        }
+        Ok(())
+    }
+
+    /// Runs one node's backward rule.
+    fn node_backward(&mut self, node: &mut super::Node<T>, anomaly: bool) -> Result<()> {
+        let (a, b) = (node.inputs.start as usize, node.inputs.end as usize);
+        if let Op::Custom(op) = &mut node.op {
+            let ins = self.input_ids[a..b].to_vec();
+            self.custom_backward(op.as_mut(), &ins, node.outputs.clone())?;
             if anomaly {
-                let ins = &self.input_ids[a..b];
-                self.check_input_grads(ins, node.op.name())?;
+                self.check_input_grads(&ins, op.name())?;
             }
+            return Ok(());
+        }
+        let ins = &self.input_ids[a..b];
+        let o = node.outputs.start as usize;
+        let Some(gy) = self.grads[o].take() else {
+            return Ok(());
+        };
+        let mut acc = GradAcc {
+            grads: &mut self.grads,
+            pool: &mut self.pool,
+            slots: &self.slots,
+        };
+        ops::backward(
+            &node.op,
+            ins,
+            node.outputs.clone(),
+            &gy,
+            &self.aux,
+            &mut acc,
+        );
+        self.grads[o] = Some(gy);
+        if anomaly {
+            let ins = &self.input_ids[a..b];
+            self.check_input_grads(ins, node.op.name())?;
         }
         Ok(())
     }

@@ -31,6 +31,7 @@ mod backward;
 mod custom;
 pub(crate) mod ops;
 mod pool;
+mod profile;
 mod var;
 
 use std::ops::Range;
@@ -38,6 +39,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use backward::Grads;
 pub use custom::{CustomOp, Workspace};
+pub use profile::OpProfile;
 pub use var::Var;
 
 use crate::params::{ParamId, ParamStore};
@@ -81,6 +83,7 @@ pub struct Tape<T: Float> {
     pub(crate) grads: Vec<Option<Tensor<T>>>,
     pub(crate) pool: Pool<T>,
     anomaly: bool,
+    pub(crate) profiler: Option<Box<profile::Profiler>>,
 }
 
 impl<T: Float> Default for Tape<T> {
@@ -102,6 +105,7 @@ impl<T: Float> Tape<T> {
             grads: Vec::new(),
             pool: Pool::default(),
             anomaly: false,
+            profiler: None,
         }
     }
 
@@ -127,6 +131,9 @@ impl<T: Float> Tape<T> {
         self.aux.clear();
         self.param_slots.clear();
         self.key = fresh_key();
+        if let Some(p) = &mut self.profiler {
+            p.restart();
+        }
     }
 
     /// Anomaly mode: when on, every op checks its outputs (and backward its gradients) and
@@ -232,6 +239,9 @@ impl<T: Float> Tape<T> {
             for s in out_start..out_end {
                 check_finite(&self.slots[s as usize].value, || op.name().to_string())?;
             }
+        }
+        if let Some(p) = &mut self.profiler {
+            p.forward(op.name());
         }
         self.nodes.push(Node {
             op,

@@ -16,10 +16,12 @@ use recur::nn::{Activation, CellKind, ForwardOptions, Recurrent, RecurrentConfig
 use recur::optim::{Optimizer, Sgd, SgdConfig};
 use recur::{ParamStore, Rng, Tape, Tensor};
 
-const KINDS: [CellKind; 3] = [
-    CellKind::Lstm,
-    CellKind::Gru,
-    CellKind::Rnn(Activation::Tanh),
+/// Each cell, and the LSTM with a projection of 3 features (`proj_size`).
+const KINDS: [(CellKind, usize); 4] = [
+    (CellKind::Lstm, 0),
+    (CellKind::Gru, 0),
+    (CellKind::Rnn(Activation::Tanh), 0),
+    (CellKind::Lstm, 3),
 ];
 
 /// A 2-layer bidirectional layer over a batch of 40 (two shards), with ragged lengths when
@@ -27,22 +29,26 @@ const KINDS: [CellKind; 3] = [
 /// gradient.
 fn step(
     tape: &mut Tape<f64>,
-    kind: CellKind,
+    (kind, proj): (CellKind, usize),
     t: usize,
     seed: u64,
     ragged: bool,
 ) -> Vec<(String, Tensor<f64>)> {
     let (b, i, h) = (40, 5, 7);
-    let cfg = RecurrentConfig::new(i, h).num_layers(2).bidirectional(true);
+    let cfg = RecurrentConfig::new(i, h)
+        .num_layers(2)
+        .bidirectional(true)
+        .proj_size(proj);
+    let o = cfg.output_size();
     let mut ps = ParamStore::<f64>::new();
     let layer = Recurrent::new(&mut ps, "", kind, cfg, &mut Rng::new(seed)).unwrap();
     let mut rng = Rng::new(seed + 1);
     let mut r = |dims: &[usize]| Tensor::from_fn(dims, |_| rng.uniform_range(-1.0, 1.0)).unwrap();
     let (x_v, h0_v, c0_v, ry) = (
         r(&[t, b, i]),
+        r(&[4, b, o]),
         r(&[4, b, h]),
-        r(&[4, b, h]),
-        r(&[t, b, 2 * h]),
+        r(&[t, b, 2 * o]),
     );
     let lengths: Vec<usize> = (0..b).map(|k| 1 + (k * 5 + seed as usize) % t).collect();
     tape.clear();
@@ -88,12 +94,13 @@ fn a_reused_tape_gives_the_results_of_a_fresh_one() {
     }
 }
 
-/// Allocations (count, bytes) of one steady-state training step of an LSTM layer over a
-/// sequence of `t` steps: forward, loss = sum(y), backward, an SGD step. Run on one thread.
-fn steady_state_allocations(t: usize) -> (usize, usize) {
+/// Allocations (count, bytes) of one steady-state training step of an LSTM layer (projecting
+/// its state to `proj` features, when not 0) over a sequence of `t` steps: forward,
+/// loss = sum(y), backward, an SGD step. Run on one thread.
+fn steady_state_allocations(t: usize, proj: usize) -> (usize, usize) {
     let (b, i, h) = (64, 32, 48);
     let mut ps = ParamStore::<f32>::new();
-    let cfg = RecurrentConfig::new(i, h);
+    let cfg = RecurrentConfig::new(i, h).proj_size(proj);
     let layer = Recurrent::new(&mut ps, "lstm.", CellKind::Lstm, cfg, &mut Rng::new(1)).unwrap();
     let mut rng = Rng::new(2);
     let x_val = Tensor::from_fn(&[t, b, i], |_| rng.uniform_range(-1.0, 1.0) as f32).unwrap();
@@ -129,18 +136,25 @@ fn a_steady_state_training_step_allocates_nothing_that_grows_with_the_sequence()
         .num_threads(1)
         .build()
         .unwrap();
-    let (short, long) =
-        pool.install(|| (steady_state_allocations(25), steady_state_allocations(100)));
-    // What the step works on: at T = 100, the saved activations alone are 100 * 64 * 48 * 7
-    // floats (8.6 MB).
-    assert_eq!(
-        short, long,
-        "allocations (count, bytes) per step: {short:?} at T = 25, {long:?} at T = 100"
-    );
-    assert!(
-        long.1 <= 1 << 20,
-        "a steady-state step allocated {} bytes in {} allocations",
-        long.1,
-        long.0
-    );
+    for proj in [0, 20] {
+        let (short, long) = pool.install(|| {
+            (
+                steady_state_allocations(25, proj),
+                steady_state_allocations(100, proj),
+            )
+        });
+        // What the step works on: at T = 100, the saved activations alone are 100 * 64 * 48 * 7
+        // floats (8.6 MB).
+        assert_eq!(
+            short, long,
+            "proj_size {proj}: allocations (count, bytes) per step: {short:?} at T = 25, \
+             {long:?} at T = 100"
+        );
+        assert!(
+            long.1 <= 1 << 20,
+            "proj_size {proj}: a steady-state step allocated {} bytes in {} allocations",
+            long.1,
+            long.0
+        );
+    }
 }

@@ -224,3 +224,26 @@ fn forget_bias_and_whole_layer_scheme() {
             .all(|&x| x == 0.25)
     );
 }
+
+#[test]
+fn projection_weights_follow_the_hidden_scheme() {
+    let mut ps = ParamStore::<f64>::new();
+    let mut rng = Rng::new(3);
+    let cfg = RecurrentConfig::new(3, 6)
+        .num_layers(2)
+        .bidirectional(true)
+        .proj_size(4);
+    let lstm = Lstm::new(&mut ps, "", cfg, &mut rng).unwrap();
+    let hr = ps.find("weight_hr_l1_reverse").unwrap();
+    assert_eq!(ps.get(hr).dims(), &[4, 6]);
+    assert!(lstm.param_ids().contains(&hr));
+    // PyTorch's default bound 1/sqrt(H).
+    let bound = 1.0 / 6f64.sqrt();
+    assert!(ps.get(hr).data().iter().all(|&x| x.abs() <= bound));
+    // Orthogonal: the [P, H] projection has orthonormal rows.
+    init_recurrent(&mut ps, &lstm, &RecurrentInit::orthogonal(), &mut rng).unwrap();
+    for name in ["weight_hr_l0", "weight_hr_l1_reverse"] {
+        let w = ps.get(ps.find(name).unwrap()).data().to_vec();
+        assert!(orthonormality_error(&w, 4, 6) < 1e-12, "{name}");
+    }
+}

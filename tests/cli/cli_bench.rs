@@ -88,3 +88,49 @@ fn bad_arguments_give_one_line_and_a_failure_status() {
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn the_whole_step_of_the_character_model_is_timed_by_phase_and_op() {
+    for cell in ["lstm", "gru"] {
+        let (ok, stdout, stderr) = bench(&[
+            "--e2e",
+            "--cell",
+            cell,
+            "--batch",
+            "3",
+            "--seq-len",
+            "5",
+            "--hidden",
+            "8",
+            "--layers",
+            "2",
+            "--embed",
+            "4",
+            "--vocab",
+            "7",
+            "--steps",
+            "5",
+        ]);
+        assert!(ok, "{stderr}");
+        let v = last_line_values(&stdout, &["ms_per_step", "chars_per_sec"]);
+        assert!(v[0] > 0.0 && v[1] > 0.0, "{stdout}");
+        for phase in ["data", "forward", "backward", "clip", "optimizer"] {
+            assert!(
+                stdout.lines().any(|l| l.starts_with(phase)),
+                "no {phase} row: {stdout}"
+            );
+        }
+        // The two recurrent layers are one fused op each, every step.
+        let fused = format!("fused_{cell}");
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(&fused))
+            .unwrap_or_else(|| panic!("no {fused} row: {stdout}"));
+        let calls: f64 = row.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert_eq!(calls, 2.0, "{row}");
+    }
+    let (ok, _, stderr) = bench(&["--e2e", "--vocab", "0"]);
+    assert!(!ok && stderr.contains("--vocab"), "{stderr}");
+    let (ok, _, stderr) = bench(&["--layers", "3"]);
+    assert!(!ok && stderr.contains("--e2e"), "{stderr}");
+}

@@ -41,6 +41,28 @@ fn tampered<T: Float>(name: &str, key: &str, rel: f64, dest: &Path) {
 }
 
 #[test]
+fn ragged_and_projected_fixtures_exit_0() {
+    let files = [
+        fixture("gru_lengths_2l_nobias_f32.safetensors"),
+        fixture("lstm_proj_bidir_2l_lengths_f64.safetensors"),
+        fixture("lstm_proj_3l_f32.safetensors"),
+    ];
+    let args: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let out = parity(&args);
+    let stdout = output_text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        output_text(&out.stderr)
+    );
+    assert!(
+        stdout.contains("3 files: 3 ok, 0 failed, 0 invalid"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn good_fixtures_exit_0() {
     let a = fixture("lstm_bidir_2l_f64.safetensors");
     let b = fixture("gru_long_f32.safetensors");

@@ -2,7 +2,9 @@
 //! `tests/fixtures/gen_parity.py` from `nn.RNN`, `nn.LSTM` and `nn.GRU`) is run through the fused
 //! layers and through the reference built from primitive ops. Outputs and every gradient must
 //! match PyTorch's to 1e-9 (F64) or 1e-4 (F32), measured as `max|a - b| / max(max|b|, 1e-6)` per
-//! tensor. Files that are not valid fixtures give clear errors.
+//! tensor. The fixtures include batches of sequences of different lengths (PyTorch's packed
+//! sequences) and LSTMs with projections (`proj_size`). Files that are not valid fixtures give
+//! clear errors.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -39,7 +41,7 @@ fn describe(path: &Path, imp: Implementation, r: &ParityReport) -> String {
 #[test]
 fn every_fixture_matches_pytorch_fused_and_reference() {
     let files = fixtures();
-    assert!(files.len() >= 19, "fixtures missing: {files:?}");
+    assert!(files.len() >= 30, "fixtures missing: {files:?}");
     let mut failures = Vec::new();
     for path in &files {
         let archive = Archive::read(path).unwrap();
@@ -98,6 +100,71 @@ fn fixture_set_covers_the_options() {
     assert!(has(&|s, _| s.config.num_layers >= 2));
     assert!(has(&|s, _| s.config.bidirectional));
     assert!(has(&|s, _| !s.config.bias));
+    // Sequences of different lengths: every cell, both dtypes, both directions, several layers,
+    // and in every such batch some sequence shorter than T and one of full length.
+    let ragged = |s: &recur::nn::parity::FixtureSpec, t: usize| {
+        s.lengths
+            .as_ref()
+            .is_some_and(|l| l.iter().any(|&n| n < t) && l.contains(&t))
+    };
+    for kind in [
+        CellKind::Lstm,
+        CellKind::Gru,
+        CellKind::Rnn(Tanh),
+        CellKind::Rnn(Relu),
+    ] {
+        assert!(has(&|s, t| s.kind == kind && ragged(s, t)), "{kind:?}");
+    }
+    for dt in [StoredDtype::F32, StoredDtype::F64] {
+        assert!(has(&|s, t| s.dtype == dt && ragged(s, t)));
+        assert!(has(&|s, t| s.dtype == dt
+            && ragged(s, t)
+            && s.config.bidirectional));
+        assert!(has(&|s, t| s.dtype == dt
+            && ragged(s, t)
+            && s.config.num_layers >= 2));
+        // Projections, alone and with lengths.
+        let proj = |s: &recur::nn::parity::FixtureSpec| s.config.proj_size > 0;
+        assert!(has(&|s, _| s.dtype == dt && proj(s)));
+        assert!(has(&|s, t| s.dtype == dt && proj(s) && ragged(s, t)));
+        assert!(has(&|s, _| s.dtype == dt
+            && proj(s)
+            && s.config.num_layers >= 2));
+        assert!(has(&|s, _| s.dtype == dt
+            && proj(s)
+            && s.config.bidirectional));
+    }
+}
+
+#[test]
+fn lengths_and_projections_are_what_is_compared() {
+    // Without its lengths, a ragged fixture no longer matches: the lengths are honoured.
+    let path = fixture_dir().join("lstm_lengths_bidir_2l_f64.safetensors");
+    let r = check_fixture_file(&path).unwrap();
+    assert!(r.passed(), "{}", describe(&path, Implementation::Fused, &r));
+    assert_eq!(r.spec.lengths.as_deref(), Some(&[2, 6, 5][..]));
+    for imp in [Implementation::Fused, Implementation::Reference] {
+        let a = rebuild_with(&path, |_, _, l| *l = None);
+        let r = check_fixture(&a, imp).unwrap();
+        assert!(!r.passed() && r.output_error().0 > 1e-3, "{imp:?}");
+    }
+    // Other lengths than PyTorch's do not match either.
+    let a = rebuild_with(&path, |_, _, l| *l = Some(vec![2, 6, 4]));
+    assert!(!check_fixture(&a, Implementation::Fused).unwrap().passed());
+    // The projection's gradient is compared, and a change to it is caught.
+    let path = fixture_dir().join("lstm_proj_bidir_2l_lengths_f64.safetensors");
+    let r = check_fixture_file(&path).unwrap();
+    assert!(r.passed(), "{}", describe(&path, Implementation::Fused, &r));
+    assert_eq!(r.spec.config.proj_size, 2);
+    assert!(
+        r.errors
+            .iter()
+            .any(|(n, _)| n == "grad.weight_hr_l1_reverse")
+    );
+    let a = rebuild(&path, |t, _| {
+        t.get_mut("weight_hr_l0").unwrap().data_mut()[1] += 1e-6;
+    });
+    assert!(!check_fixture(&a, Implementation::Fused).unwrap().passed());
 }
 
 #[test]
@@ -140,18 +207,34 @@ fn rebuild(
     path: &Path,
     edit: impl FnOnce(&mut BTreeMap<String, Tensor<f64>>, &mut Metadata),
 ) -> Archive {
+    rebuild_with(path, |t, m, _| edit(t, m))
+}
+
+/// [`rebuild`] that edits the I64 `lengths` too (`None` where the fixture has none).
+fn rebuild_with(
+    path: &Path,
+    edit: impl FnOnce(&mut BTreeMap<String, Tensor<f64>>, &mut Metadata, &mut Option<Vec<i64>>),
+) -> Archive {
     let a = Archive::read(path).unwrap();
+    let mut lengths = a
+        .tensors
+        .get("lengths")
+        .map(|l| l.to_i64("lengths").unwrap());
     let mut tensors: BTreeMap<String, Tensor<f64>> = a
         .tensors
         .keys()
+        .filter(|k| *k != "lengths")
         .map(|k| (k.clone(), a.tensor::<f64>(k).unwrap()))
         .collect();
     let mut meta = a.metadata.clone();
-    edit(&mut tensors, &mut meta);
-    let entries: Vec<(String, Entry<'_, f64>)> = tensors
+    edit(&mut tensors, &mut meta, &mut lengths);
+    let mut entries: Vec<(String, Entry<'_, f64>)> = tensors
         .iter()
         .map(|(k, t)| (k.clone(), Entry::Float(t)))
         .collect();
+    if let Some(l) = &lengths {
+        entries.push(("lengths".into(), Entry::I64(l)));
+    }
     Archive::from_bytes(&io::to_bytes(&entries, &meta).unwrap(), "edited").unwrap()
 }
 
@@ -247,6 +330,53 @@ fn invalid_fixtures_give_clear_errors() {
             t.get_mut("bias_hh_l0").unwrap().data_mut()[1] = f64::INFINITY
         }),
         "tensor `bias_hh_l0` holds a NaN or infinity",
+    );
+    // Lengths: outside 1..=T, the wrong count, the wrong dtype.
+    let gl = fixture_dir().join("gru_lengths_bidir_f64.safetensors");
+    invalid(
+        &rebuild_with(&gl, |_, _, l| *l = Some(vec![1, 6, 3, 4])),
+        "tensor `lengths` holds 6, outside 1..=5",
+    );
+    invalid(
+        &rebuild_with(&gl, |_, _, l| *l = Some(vec![1, 0, 3, 4])),
+        "tensor `lengths` holds 0, outside 1..=5",
+    );
+    invalid(
+        &rebuild_with(&gl, |_, _, l| *l = Some(vec![-1, 5, 3, 4])),
+        "tensor `lengths` holds -1",
+    );
+    invalid(
+        &rebuild_with(&gl, |_, _, l| *l = Some(vec![5, 3])),
+        "tensor `lengths` has 2 entries for a batch of 4",
+    );
+    invalid(
+        &rebuild_with(&gl, |t, _, l| {
+            let v: Vec<f64> = l.take().unwrap().iter().map(|&n| n as f64).collect();
+            t.insert("lengths".into(), Tensor::from_vec(v, &[4]).unwrap());
+        }),
+        "tensor `lengths` must be I64",
+    );
+    // Projections: only for an LSTM, below hidden_size, and the metadata must match the file.
+    let pp = fixture_dir().join("lstm_proj_f64.safetensors");
+    invalid(
+        &rebuild(&p, |_, m| drop(m.insert("proj_size".into(), "2".into()))),
+        "metadata `proj_size` (2) is for an LSTM, but `cell` is `gru`",
+    );
+    invalid(
+        &rebuild(&pp, |_, m| drop(m.insert("proj_size".into(), "6".into()))),
+        "metadata `proj_size` (6) must be smaller than hidden_size (6)",
+    );
+    invalid(
+        &rebuild(&pp, |_, m| drop(m.insert("proj_size".into(), "-3".into()))),
+        "metadata `proj_size` must be a positive integer",
+    );
+    invalid(
+        &rebuild(&pp, |_, m| drop(m.remove("proj_size"))),
+        "tensor `h0` has shape [1, 2, 3], expected [1, 2, 6]",
+    );
+    invalid(
+        &rebuild(&pp, |t, _| drop(t.remove("grad.weight_hr_l0"))),
+        "missing tensor `grad.weight_hr_l0`",
     );
     // Garbage bytes are not a safetensors file at all.
     let e = Archive::from_bytes(b"definitely not a safetensors file", "junk").unwrap_err();

@@ -24,31 +24,31 @@ const MAX_ELEMENTS: usize = 1 << 30;
 pub struct BenchArgs {
     /// Cell: lstm, gru or rnn (tanh).
     #[arg(long, default_value = "lstm")]
-    cell: String,
+    pub(crate) cell: String,
     /// Batch size B.
     #[arg(long, default_value_t = 32)]
-    batch: usize,
+    pub(crate) batch: usize,
     /// Sequence length T.
     #[arg(long = "seq-len", default_value_t = 64)]
-    seq_len: usize,
+    pub(crate) seq_len: usize,
     /// Input features I.
     #[arg(long, default_value_t = 64)]
     input: usize,
     /// Hidden units H.
     #[arg(long, default_value_t = 128)]
-    hidden: usize,
+    pub(crate) hidden: usize,
     /// Worker threads.
     #[arg(long, default_value_t = 1)]
-    threads: usize,
+    pub(crate) threads: usize,
     /// Element type: f32 or f64.
     #[arg(long, default_value = "f32")]
     dtype: String,
     /// Timed steps (at least 5); the median is reported.
     #[arg(long, default_value_t = 10)]
-    steps: usize,
+    pub(crate) steps: usize,
     /// Untimed warm-up steps before them (at least 3).
     #[arg(long, default_value_t = 3)]
-    warmup: usize,
+    pub(crate) warmup: usize,
     /// Time one inference step at batch 1 instead of a training step (prints us_per_step);
     /// on more than one thread, large weights are stepped in two shares of the units at once
     /// while that is faster than one thread (`InferenceStep::with_threads`).
@@ -61,11 +61,29 @@ pub struct BenchArgs {
     /// Refuse to start if the estimated peak memory exceeds this (e.g. 800M, 4G; default: the
     /// available memory).
     #[arg(long, value_parser = crate::memory::parse_size)]
-    max_memory: Option<u64>,
+    pub(crate) max_memory: Option<u64>,
+    /// Time the whole training step of the character model (`recur train`'s: embedding ->
+    /// recurrent stack -> linear head -> cross-entropy, backward, clipping, Adam) phase by phase
+    /// and op by op, on --batch streams of --seq-len characters with --hidden units (the job of
+    /// `recur train`'s defaults: `--e2e --hidden 256 --seq-len 100`).
+    #[arg(long)]
+    pub(crate) e2e: bool,
+    /// With --e2e: recurrent layers.
+    #[arg(long, default_value_t = 2, requires = "e2e")]
+    pub(crate) layers: usize,
+    /// With --e2e: embedding size.
+    #[arg(long, default_value_t = 64, requires = "e2e")]
+    pub(crate) embed: usize,
+    /// With --e2e: characters in the vocabulary.
+    #[arg(long, default_value_t = 86, requires = "e2e")]
+    pub(crate) vocab: usize,
 }
 
 /// Runs the benchmark described by `args`.
 pub fn run(args: &BenchArgs) -> CmdResult {
+    if args.e2e {
+        return crate::e2e::run(args);
+    }
     if let Some(n) = args.sgemm_rate {
         return sgemm_rate(n, args.steps.max(5), args.warmup);
     }
@@ -184,7 +202,7 @@ fn sgemm_rate(n: usize, steps: usize, warmup: usize) -> CmdResult {
     Ok(ExitCode::SUCCESS)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     if n % 2 == 1 {

@@ -11,6 +11,7 @@ mod adding;
 mod bench;
 mod classify;
 mod demo;
+mod e2e;
 mod example;
 mod gradflow;
 mod memory;

@@ -1,5 +1,8 @@
 //! The fused recurrence: one tape node per layer and direction.
 //!
+//! An LSTM with a projection (`proj_size`) runs as its own node, [`projected`], which follows
+//! the same schedule over the whole batch at once; everything below describes the other layers.
+//!
 //! The batch is split into shards (see [`shard_ranges`]). The shard boundaries depend only on
 //! the batch size, never on the number of threads, and each shard runs its whole recurrence
 //! without waiting on another (rayon, no synchronisation per time step), so results are
@@ -55,10 +58,12 @@ use crate::tensor::{Float, Shape, Tensor};
 mod backward;
 mod buffers;
 mod forward;
+mod projected;
 mod schedule;
 mod weights;
 
 use buffers::{ForwardScratch, Shard};
+pub(crate) use projected::run as run_projected;
 use schedule::shard_ranges;
 use weights::{RecurrentWeight, Weights};
 pub(crate) use weights::{fill_rows, init_input_projection};

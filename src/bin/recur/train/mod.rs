@@ -23,9 +23,9 @@ use recur::{ParamStore, Rng};
 
 mod setup;
 
+pub(crate) use setup::estimate_bytes;
 use setup::{
-    RunMeta, check_args, estimate_bytes, load_corpus, prepare_out, read_text, resume_conflicts,
-    text_fingerprint,
+    RunMeta, check_args, load_corpus, prepare_out, read_text, resume_conflicts, text_fingerprint,
 };
 
 use crate::CmdResult;

@@ -126,7 +126,7 @@ pub(super) fn text_fingerprint(text: &str) -> String {
 /// 18 counted); the tape of one step (embeddings, per layer the gate activations, cell
 /// and hidden states and the dropout mask, the logits, their softmax and gradient; forward and
 /// backward); the text and its ids (8 bytes per character, twice).
-pub(super) fn estimate_bytes(
+pub(crate) fn estimate_bytes(
     config: &CharLmConfig,
     batch: usize,
     seq_len: usize,
