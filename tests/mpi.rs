@@ -245,6 +245,61 @@ fn classifier_ranks_write_the_checkpoints_of_one_process() {
 }
 
 #[test]
+fn allreduce_combines_up_to_rounding() {
+    let dir = common::temp_dir("mpi-allreduce");
+    let text = text_file(&dir);
+    let text = text.to_str().unwrap();
+    let with = |out: &Path, micro: &'static str, combine: &'static str| -> Vec<String> {
+        let mut a: Vec<String> = lm_args(text, "lstm", out.to_str().unwrap(), "10")
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let at = a.iter().position(|x| x == "--micro-batches").unwrap();
+        a[at + 1] = micro.into();
+        a.extend(["--combine".into(), combine.into()]);
+        a
+    };
+    // Two ranks of one micro-batch each: the all-reduce adds the same two terms as the chain.
+    let (ordered, reduced) = (dir.join("ordered2"), dir.join("reduced2"));
+    ok(
+        run(Some(2), &strs(&with(&ordered, "2", "ordered"))),
+        "2 ranks, ordered",
+    );
+    ok(
+        run(Some(2), &strs(&with(&reduced, "2", "allreduce"))),
+        "2 ranks, allreduce",
+    );
+    assert!(bytes(&ordered.join("last.safetensors")) == bytes(&reduced.join("last.safetensors")));
+    // Four ranks: the validation losses agree with the fixed order's to rounding.
+    let (ordered, reduced) = (dir.join("ordered4"), dir.join("reduced4"));
+    ok(
+        run(Some(4), &strs(&with(&ordered, "4", "ordered"))),
+        "4 ranks, ordered",
+    );
+    ok(
+        run(Some(4), &strs(&with(&reduced, "4", "allreduce"))),
+        "4 ranks, allreduce",
+    );
+    let val = |dir: &Path| -> Vec<f64> {
+        let csv = std::fs::read_to_string(dir.join("loss.csv")).unwrap();
+        csv.lines()
+            .skip(1)
+            .filter_map(|l| l.split(',').nth(2)?.parse().ok())
+            .collect()
+    };
+    let (a, b) = (val(&ordered), val(&reduced));
+    assert_eq!(a.len(), 2, "{a:?}");
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-4 * x.abs(), "{a:?} against {b:?}");
+    }
+    let o = run(Some(2), &strs(&with(&reduced, "2", "tree")));
+    assert!(!o.status.success());
+    assert!(common::output_text(&o.stderr).contains("`tree` is not a way to combine"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn micro_batches_must_divide_among_the_ranks() {
     let dir = common::temp_dir("mpi-divide");
     let text = text_file(&dir);
@@ -284,6 +339,41 @@ fn a_failing_rank_ends_the_job() {
         .collect();
     assert_eq!(lines.len(), 1, "{err}");
     assert!(lines[0].starts_with("recur: rank 0 of 2: "), "{err}");
+
+    // Bad input on one rank only (its own --text, which does not exist): rank 1 names itself
+    // and the file, and rank 0, already in the first step, does not wait for it.
+    let good = dir.join("good");
+    let missing = dir.join("missing.txt");
+    let start = Instant::now();
+    let o = Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-n", "1"])
+        .arg(RECUR)
+        .args(lm_args(
+            text.to_str().unwrap(),
+            "gru",
+            good.to_str().unwrap(),
+            "1000000",
+        ))
+        .args([":", "-n", "1"])
+        .arg(RECUR)
+        .args(lm_args(
+            missing.to_str().unwrap(),
+            "gru",
+            good.to_str().unwrap(),
+            "1000000",
+        ))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(start.elapsed() < Duration::from_secs(30));
+    let err = common::output_text(&o.stderr);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("recur: rank"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].starts_with("recur: rank 1 of 2: "), "{err}");
+    assert!(lines[0].contains("missing.txt"), "{err}");
 
     // A rank killed in the middle of training ends the job too: mpirun names it.
     let out = dir.join("killed");
@@ -330,7 +420,20 @@ fn a_failing_rank_ends_the_job() {
     );
     let err = common::output_text(&o.stderr);
     assert!(err.contains("rank 1"), "{err}");
+    // The checkpoint rank 0 last wrote is whole: it loads and samples.
+    let sample = Command::new(RECUR)
+        .args(["sample", "--checkpoint"])
+        .arg(out.join("last.safetensors"))
+        .args(["--length", "20"])
+        .output()
+        .unwrap();
+    let sample = ok(sample, "sampling the checkpoint of the killed run");
+    assert!(!sample.stdout.is_empty());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn strs(a: &[String]) -> Vec<&str> {
+    a.iter().map(String::as_str).collect()
 }
 
 /// The process id of the rank `rank` of the job whose environment holds `marker`.

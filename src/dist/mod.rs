@@ -31,6 +31,10 @@
 //! gathered (in part order) before a checkpoint is written, and cut again when a run resumes, so
 //! checkpoints do not depend on `N` either and a run may resume with another `N`.
 //!
+//! [`Combine::AllReduce`] trades this for speed where bit-identity is not needed: each rank
+//! folds its own parts and one `MPI_Allreduce` sums the ranks' partial sums in whatever order
+//! the MPI library chooses, so the weights agree with one process's up to rounding only.
+//!
 //! A [`Collective`] carries the messages: [`SingleProcess`] for one process, and, with the `mpi`
 //! feature, `MpiCollective` over rsmpi.
 //!
@@ -116,6 +120,14 @@ pub trait Collective {
     /// Collective: the concatenation, in rank order, of every rank's `local` (lengths may
     /// differ between ranks).
     fn all_gather(&self, local: &[f64]) -> Result<Vec<f64>>;
+
+    /// Collective: every rank's `sum` becomes the element-wise sum of every rank's `local`,
+    /// added in an order the implementation chooses (so not necessarily the same for another
+    /// number of ranks). `local` and `sum` have the same type and length, on every rank.
+    fn all_reduce_sum(&self, local: Values<'_>, sum: Values<'_>) -> Result<()>;
+
+    /// Collective: returns once every rank has called it.
+    fn barrier(&self) -> Result<()>;
 }
 
 /// The [`Collective`] of a job of one process: nothing to send.
@@ -151,6 +163,28 @@ impl Collective for SingleProcess {
 
     fn all_gather(&self, local: &[f64]) -> Result<Vec<f64>> {
         Ok(local.to_vec())
+    }
+
+    fn all_reduce_sum(&self, local: Values<'_>, sum: Values<'_>) -> Result<()> {
+        match (local, sum) {
+            (Values::F32(a), Values::F32(b)) if a.len() == b.len() => b.copy_from_slice(a),
+            (Values::F64(a), Values::F64(b)) if a.len() == b.len() => b.copy_from_slice(a),
+            (a, b) => {
+                return Err(Error::invalid(
+                    "SingleProcess::all_reduce_sum",
+                    format!(
+                        "{} values to add into {} (of the same type)",
+                        a.len(),
+                        b.len()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn barrier(&self) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -247,14 +281,84 @@ impl MicroBatch for SeqBatch {
     }
 }
 
+/// How the ranks' gradients are added up (see the module documentation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Combine {
+    /// The parts in order, as one process adds them: the same weights for every number of
+    /// ranks, bit for bit.
+    #[default]
+    Ordered,
+    /// Each rank's parts in order, then one all-reduce of the ranks' sums: the same weights as
+    /// one process's up to rounding.
+    AllReduce,
+}
+
+impl std::str::FromStr for Combine {
+    type Err = Error;
+
+    /// `ordered` or `allreduce`.
+    ///
+    /// ```
+    /// use recur::dist::Combine;
+    /// assert_eq!("allreduce".parse::<Combine>()?, Combine::AllReduce);
+    /// assert!("tree".parse::<Combine>().is_err());
+    /// # Ok::<(), recur::Error>(())
+    /// ```
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "ordered" => Ok(Combine::Ordered),
+            "allreduce" => Ok(Combine::AllReduce),
+            other => Err(Error::invalid(
+                "Combine",
+                format!("`{other}` is not a way to combine gradients (ordered or allreduce)"),
+            )),
+        }
+    }
+}
+
+/// Where the time of the data-parallel steps went outside the parts' own forward and backward
+/// passes, in seconds summed over [`Timing::steps`] steps.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Timing {
+    /// The steps taken.
+    pub steps: usize,
+    /// Waiting at the barrier before combining for the slowest rank to finish its parts (0 in
+    /// one process): imbalance, not communication.
+    pub wait_secs: f64,
+    /// Combining the gradients and losses once every rank had its parts: the weighted sums and
+    /// the messages.
+    pub combine_secs: f64,
+}
+
+impl Timing {
+    /// Milliseconds per step spent combining (0 before the first step).
+    pub fn combine_ms_per_step(&self) -> f64 {
+        if self.steps == 0 {
+            0.0
+        } else {
+            1e3 * self.combine_secs / self.steps as f64
+        }
+    }
+
+    /// Milliseconds per step spent waiting for the slowest rank (0 before the first step).
+    pub fn wait_ms_per_step(&self) -> f64 {
+        if self.steps == 0 {
+            0.0
+        } else {
+            1e3 * self.wait_secs / self.steps as f64
+        }
+    }
+}
+
 /// How the [`crate::models::Trainer`] takes a step when data-parallel: the number of
-/// micro-batches `M` each batch is cut into, and the ranks that share them (see the module
-/// documentation for the fixed order of the sums). Also counts the time spent combining.
+/// micro-batches `M` each batch is cut into, the ranks that share them and how their gradients
+/// are combined (see the module documentation for the fixed order of the sums). Also counts the
+/// time spent combining.
 pub struct DataParallel<'a> {
     micro_batches: usize,
     collective: &'a dyn Collective,
-    combine_secs: f64,
-    steps: usize,
+    combine: Combine,
+    timing: Timing,
 }
 
 impl<'a> DataParallel<'a> {
@@ -280,9 +384,27 @@ impl<'a> DataParallel<'a> {
         Ok(DataParallel {
             micro_batches,
             collective,
-            combine_secs: 0.0,
-            steps: 0,
+            combine: Combine::Ordered,
+            timing: Timing::default(),
         })
+    }
+
+    /// Combines the gradients as `combine` says ([`Combine::Ordered`] unless set).
+    ///
+    /// ```
+    /// use recur::dist::{Combine, DataParallel, SingleProcess};
+    /// let par = DataParallel::new(2, &SingleProcess)?.combine(Combine::AllReduce);
+    /// assert_eq!(par.combining(), Combine::AllReduce);
+    /// # Ok::<(), recur::Error>(())
+    /// ```
+    pub fn combine(mut self, combine: Combine) -> Self {
+        self.combine = combine;
+        self
+    }
+
+    /// How the gradients are combined.
+    pub fn combining(&self) -> Combine {
+        self.combine
     }
 
     /// The number of micro-batches per step.
@@ -295,10 +417,9 @@ impl<'a> DataParallel<'a> {
         self.collective
     }
 
-    /// Seconds spent combining gradients (waiting for the previous rank, folding, sending and
-    /// broadcasting) over the steps taken, and the number of steps.
-    pub fn combine_time(&self) -> (f64, usize) {
-        (self.combine_secs, self.steps)
+    /// The time spent waiting for the slowest rank and combining, over the steps taken.
+    pub fn timing(&self) -> Timing {
+        self.timing
     }
 }
 
@@ -492,11 +613,18 @@ where
         }
         let w = weights(&examples);
 
-        let t0 = Instant::now();
         let coll = self.par.collective;
         let (r, n) = (coll.rank(), coll.size());
+        // The slowest rank's parts are waited for here, so that what follows times the combining
+        // alone.
+        let t0 = Instant::now();
+        if n > 1 {
+            coll.barrier()?;
+        }
+        let t1 = Instant::now();
         let mut acc = vec![T::ZERO; len];
-        if r > 0 {
+        let chain = self.par.combine == Combine::Ordered && n > 1;
+        if chain && r > 0 {
             coll.receive(r - 1, values(&mut acc))?;
         }
         for (k, j) in local.clone().enumerate() {
@@ -508,15 +636,21 @@ where
                 *a += wj * g;
             }
         }
-        if r + 1 < n {
-            coll.send(r + 1, values(&mut acc))?;
-        }
-        if n > 1 {
+        if chain {
+            if r + 1 < n {
+                coll.send(r + 1, values(&mut acc))?;
+            }
             coll.broadcast(n - 1, values(&mut acc))?;
+        } else if n > 1 {
+            let mut sum = vec![T::ZERO; len];
+            coll.all_reduce_sum(values(&mut acc), values(&mut sum))?;
+            acc = sum;
         }
         let all_losses = coll.all_gather(&losses)?;
-        self.par.combine_secs += t0.elapsed().as_secs_f64();
-        self.par.steps += 1;
+        let t2 = Instant::now();
+        self.par.timing.wait_secs += (t1 - t0).as_secs_f64();
+        self.par.timing.combine_secs += (t2 - t1).as_secs_f64();
+        self.par.timing.steps += 1;
         if all_losses.len() != m {
             return Err(Error::invalid(
                 "DataParallel",

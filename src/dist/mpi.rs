@@ -1,6 +1,7 @@
 //! [`MpiCollective`]: the [`Collective`] of an MPI job (rsmpi over the system's MPI library).
 
 use ::mpi::Threading;
+use ::mpi::collective::SystemOperation;
 use ::mpi::datatype::Equivalence;
 use ::mpi::environment::Universe;
 use ::mpi::topology::{Communicator, SimpleCommunicator};
@@ -130,5 +131,31 @@ impl Collective for MpiCollective {
             self.world.all_gather_varcount_into(local, &mut part);
         }
         Ok(out)
+    }
+
+    fn all_reduce_sum(&self, local: Values<'_>, sum: Values<'_>) -> Result<()> {
+        if local.len() != sum.len() {
+            return Err(Error::invalid(
+                "MpiCollective::all_reduce_sum",
+                format!("{} values to add into {}", local.len(), sum.len()),
+            ));
+        }
+        let op = SystemOperation::sum();
+        match (local, sum) {
+            (Values::F32(a), Values::F32(b)) => self.world.all_reduce_into(&a[..], &mut b[..], op),
+            (Values::F64(a), Values::F64(b)) => self.world.all_reduce_into(&a[..], &mut b[..], op),
+            _ => {
+                return Err(Error::invalid(
+                    "MpiCollective::all_reduce_sum",
+                    "the values and their sum are of different types",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn barrier(&self) -> Result<()> {
+        self.world.barrier();
+        Ok(())
     }
 }

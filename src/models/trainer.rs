@@ -373,7 +373,7 @@ impl<'c, T: Float> Trainer<'c, T> {
     /// let s = Trainer::new(TrainerConfig::steps(8))
     ///     .fit_parallel(&mut lm, &mut ps, &mut opt, &mut data, None, &mut par)?;
     /// assert_eq!(s.steps, 8);
-    /// assert_eq!(par.combine_time().1, 8);
+    /// assert_eq!(par.timing().steps, 8);
     /// # Ok::<(), recur::Error>(())
     /// ```
     pub fn fit_parallel<M, D>(

@@ -101,6 +101,11 @@ pub struct TrainArgs {
     /// per process under mpirun, else none (the whole batch at once).
     #[arg(long)]
     pub micro_batches: Option<usize>,
+    /// How the processes' gradients are added up under mpirun: `ordered` (the micro-batches in
+    /// order, the same weights bit for bit for any number of processes) or `allreduce` (one
+    /// MPI_Allreduce of each process's sum: faster with many processes, equal up to rounding).
+    #[arg(long, default_value = "ordered")]
+    pub combine: recur::dist::Combine,
     /// Machine-readable progress: one JSON object per line on stdout.
     #[arg(long)]
     pub json: bool,
@@ -237,7 +242,7 @@ fn train(args: &TrainArgs, ranks: &crate::ranks::Ranks) -> CmdResult {
         None => None,
     };
     let micro = ranks.micro_batches(args.micro_batches, stored_micro, args.batch)?;
-    let mut parallel = micro.map(|m| ranks.parallel(m)).transpose()?;
+    let mut parallel = micro.map(|m| ranks.parallel(m, args.combine)).transpose()?;
     // Everything is read and checked before anything is written.
     let train_ex = read_labelled(&args.train).map_err(|e| e.to_string())?;
     let valid_ex = read_labelled(&args.valid).map_err(|e| e.to_string())?;

@@ -2,7 +2,7 @@
 //! the `mpi` feature and started by `mpirun`. Rank 0 alone prints and writes files; a rank that
 //! fails ends the whole job (`MPI_Abort`) with one line naming it.
 
-use recur::dist::{Collective, DataParallel, SingleProcess};
+use recur::dist::{Collective, Combine, DataParallel, SingleProcess};
 
 use crate::CmdResult;
 
@@ -115,9 +115,11 @@ impl Ranks {
         Ok(m)
     }
 
-    /// The data-parallel plan of `m` micro-batches over these ranks.
-    pub fn parallel(&self, m: usize) -> Result<DataParallel<'_>, String> {
-        DataParallel::new(m, self.collective()).map_err(|e| e.to_string())
+    /// The data-parallel plan of `m` micro-batches over these ranks, combined as `combine` says.
+    pub fn parallel(&self, m: usize, combine: Combine) -> Result<DataParallel<'_>, String> {
+        Ok(DataParallel::new(m, self.collective())
+            .map_err(|e| e.to_string())?
+            .combine(combine))
     }
 
     /// A command's result: in a job of several processes a failure is reported with the rank

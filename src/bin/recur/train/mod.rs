@@ -87,6 +87,11 @@ pub struct TrainArgs {
     /// per process under mpirun, else none (the whole batch at once).
     #[arg(long)]
     pub micro_batches: Option<usize>,
+    /// How the processes' gradients are added up under mpirun: `ordered` (the micro-batches in
+    /// order, the same weights bit for bit for any number of processes) or `allreduce` (one
+    /// MPI_Allreduce of each process's sum: faster with many processes, equal up to rounding).
+    #[arg(long, default_value = "ordered")]
+    pub combine: recur::dist::Combine,
     /// Output directory.
     #[arg(long, default_value = "recur-run")]
     pub out: PathBuf,
@@ -310,7 +315,7 @@ fn run_on(args: &TrainArgs, ranks: &crate::ranks::Ranks) -> CmdResult {
             .map(|m| m as usize)
     });
     let micro = ranks.micro_batches(args.micro_batches, stored_micro, args.batch)?;
-    let mut parallel = micro.map(|m| ranks.parallel(m)).transpose()?;
+    let mut parallel = micro.map(|m| ranks.parallel(m, args.combine)).transpose()?;
     let mut trainer = Trainer::new(tc)
         .rng(rng.fork())
         .meta("batch", args.batch)
@@ -555,16 +560,21 @@ fn run_on(args: &TrainArgs, ranks: &crate::ranks::Ranks) -> CmdResult {
     if !root {
         return Ok(ExitCode::SUCCESS);
     }
-    if let Some(par) = &parallel {
-        let (secs, steps) = par.combine_time();
-        if !quiet && !json && steps > 0 {
-            println!(
-                "{} micro-batches on {} process(es): combining gradients took {:.3} ms per step",
-                par.micro_batches(),
-                ranks.size(),
-                1e3 * secs / steps as f64
-            );
-        }
+    let timing = parallel.as_ref().map(|par| par.timing());
+    if let (Some(par), Some(t)) = (&parallel, timing)
+        && !quiet
+        && !json
+        && t.steps > 0
+    {
+        println!(
+            "{} micro-batches on {} process(es): combining gradients ({:?}) took {:.3} ms per \
+             step, waiting for the slowest process {:.3} ms",
+            par.micro_batches(),
+            ranks.size(),
+            par.combining(),
+            t.combine_ms_per_step(),
+            t.wait_ms_per_step()
+        );
     }
     if summary.ended == Ended::Stopped
         && let Some(signal) = signal
@@ -583,7 +593,12 @@ fn run_on(args: &TrainArgs, ranks: &crate::ranks::Ranks) -> CmdResult {
     if json {
         println!(
             "{}",
-            serde_json::json!({"done": true, "step": summary.steps, "best_val_loss": summary.best})
+            serde_json::json!({
+                "done": true, "step": summary.steps, "best_val_loss": summary.best,
+                "processes": ranks.size(),
+                "combine_ms_per_step": timing.map(|t| t.combine_ms_per_step()),
+                "wait_ms_per_step": timing.map(|t| t.wait_ms_per_step()),
+            })
         );
     } else {
         println!(
