@@ -432,6 +432,54 @@ fn a_failing_rank_ends_the_job() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn sigterm_to_mpirun_stops_every_rank_at_one_step() {
+    let dir = common::temp_dir("mpi-sigterm");
+    let text = text_file(&dir);
+    let out = dir.join("out");
+    let child = Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-n", "2"])
+        .arg(RECUR)
+        .args(lm_args(
+            text.to_str().unwrap(),
+            "lstm",
+            out.to_str().unwrap(),
+            "1000000",
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !out.join("last.safetensors").exists() {
+        assert!(Instant::now() < deadline, "the run did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sent = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let o = child.wait_with_output().unwrap();
+    assert!(!o.status.success());
+    assert!(sent.elapsed() < Duration::from_secs(20));
+    // Rank 0 saved the step every rank stopped at, and said so once.
+    let err = common::output_text(&o.stderr);
+    assert_eq!(err.matches("interrupted at step").count(), 1, "{err}");
+    assert!(err.contains("(SIGTERM, exit status 143)"), "{err}");
+    let sample = Command::new(RECUR)
+        .args(["sample", "--checkpoint"])
+        .arg(out.join("last.safetensors"))
+        .args(["--length", "20"])
+        .output()
+        .unwrap();
+    ok(sample, "sampling the checkpoint of the stopped run");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn strs(a: &[String]) -> Vec<&str> {
     a.iter().map(String::as_str).collect()
 }

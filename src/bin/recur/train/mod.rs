@@ -557,8 +557,22 @@ fn run_on(args: &TrainArgs, ranks: &crate::ranks::Ranks) -> CmdResult {
     if let Some(msg) = failure {
         return Err(msg);
     }
+    // Under mpirun another rank may have seen the signal first: the stop was agreed, and the
+    // flags say which signal it was.
+    let signal = signal.or_else(|| {
+        if terminate.load(Ordering::SeqCst) {
+            Some(Signal::Terminate)
+        } else if interrupt.load(Ordering::SeqCst) {
+            Some(Signal::Interrupt)
+        } else {
+            None
+        }
+    });
     if !root {
-        return Ok(ExitCode::SUCCESS);
+        return Ok(match signal {
+            Some(s) if summary.ended == Ended::Stopped => ExitCode::from(s.status()),
+            _ => ExitCode::SUCCESS,
+        });
     }
     let timing = parallel.as_ref().map(|par| par.timing());
     if let (Some(par), Some(t)) = (&parallel, timing)
