@@ -603,3 +603,40 @@ fn both_tile_shapes_give_the_same_values_bit_for_bit() {
         check::<f64>(m, n, k);
     }
 }
+
+#[test]
+fn every_small_shape_matches_the_reference_in_each_tile_shape() {
+    // Every row count over two row blocks (MB = 40), every column count over two panels
+    // (ragged vectors and panels), setting and adding, each tile shape.
+    let p = panel::<f32>();
+    let (ms, ns) = if cfg!(miri) {
+        (1..4, p - 1..p + 2)
+    } else {
+        (1..48, 1..2 * p + 2)
+    };
+    let k = 5;
+    each_shape(|| {
+        for m in ms.clone() {
+            for n in ns.clone() {
+                let a: Vec<f64> = values(6, m * k, 1.0);
+                let b: Vec<f64> = values(7, n * k, 1.0);
+                let mut pb = PackedB::new();
+                pb.pack(&b, k, n);
+                let s = GemmShape {
+                    m,
+                    k,
+                    n,
+                    trans_a: false,
+                    trans_b: false,
+                };
+                let mut want = vec![0.0; m * n];
+                gemm_reference(s, 1.0, &a, &b, 1.0, &mut want);
+                let mut got = vec![f64::NAN; m * n];
+                gemm_packed_set(m, &a, &pb, &mut got);
+                for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!((g - w).abs() < 1e-12, "{m}x{n}x{k} value {j}: {g} vs {w}");
+                }
+            }
+        }
+    });
+}
