@@ -311,8 +311,14 @@ fn gemv(c: &mut Criterion) {
 /// weights (bytes per second: from L2 up to its size, partly or wholly from L3 above it).
 fn machine(c: &mut Criterion) {
     let mut g = c.benchmark_group("machine");
-    // Chains enough to cover the FMA latency on two FMA units (4 cycles x 2, and some slack).
-    const CHAINS: usize = 12;
+    // Chains enough to cover the FMA latency on two FMA units (4 cycles x 2, and some slack),
+    // few enough to stay in registers: an `f32x16` is one register with AVX-512 (32 of them)
+    // and two without it (16 of them), where 12 chains would spill and time the stack instead.
+    const CHAINS: usize = if cfg!(target_feature = "avx512f") {
+        12
+    } else {
+        6
+    };
     const ROUNDS: usize = 1000;
     let flops = (CHAINS * ROUNDS * f32::LANES * 2) as u64;
     g.throughput(Throughput::Elements(flops));

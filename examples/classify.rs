@@ -3,13 +3,7 @@
 //! at each word's last letter. `cargo run --release --example classify`
 use recur::prelude::*;
 
-const LANGS: [&str; 5] = [
-    "american-english",
-    "french",
-    "ngerman",
-    "italian",
-    "spanish",
-];
+const LANGS: &str = "american-english french ngerman italian spanish";
 
 struct Model {
     embed: Embedding,
@@ -36,7 +30,7 @@ impl Objective<f32> for Model {
 
 fn main() -> Result<()> {
     let (mut rng, mut train, mut test) = (Rng::new(0), Vec::new(), Vec::new());
-    for (lang, name) in LANGS.iter().enumerate() {
+    for (lang, name) in LANGS.split(' ').enumerate() {
         let path = format!("/usr/share/dict/{name}");
         let text = std::fs::read_to_string(&path).unwrap_or_else(|_| {
             eprintln!("{path}: apt-get install wamerican wfrench wngerman witalian wspanish");

@@ -45,6 +45,7 @@ mod tiling;
 
 pub use packing::{PackedB, panel};
 pub use prefetch::STREAMED_BYTES;
+pub use tile::Tiles;
 use tiling::product_cols;
 
 /// Packings this large or larger are filled by the threads of rayon's pool together: a

@@ -3,50 +3,60 @@ use crate::kernels::aligned::ALIGN;
 use crate::kernels::gemm::{GemmShape, gemm_reference};
 use crate::kernels::testutil::{Product, rounded, values};
 
+/// Runs `f` with each register tile shape in turn, whichever this build's own is: every shape
+/// is tested on any machine.
+fn each_shape(f: impl Fn()) {
+    for shape in [Tiles::Wide, Tiles::Narrow] {
+        shape.forced(&f);
+    }
+}
+
 #[test]
 fn matches_the_reference_product() {
-    let shapes = [
-        (1, 1, 1),
-        (1, 9, 7),
-        (3, 5, 8),
-        (4, 32, 9),
-        (5, 77, 33),
-        (6, 40, 20),
-        (11, 70, 33),
-        (9, 64, 64),
-        (16, 512, 128),
-        (130, 70, 600),
-        // A single row by groups of four panels, the last group clipped.
-        (1, 250, 33),
-        // Packings over `STREAMED_BYTES` (f32 and f64), whose tiles prefetch: 5 + 5 + 2
-        // rows and 5 + 5 + 3 + 3 rows.
-        (12, 520, 600),
-        (16, 600, 520),
-    ];
-    // Under Miri only the first six: the larger ones (the cache-blocked loop order and the
-    // prefetching tiles, with the same loads) would take many minutes to interpret.
-    let shapes = if cfg!(miri) {
-        &shapes[..6]
-    } else {
-        &shapes[..]
-    };
-    for &(m, n, k) in shapes {
-        for trans in [false, true] {
-            let p = Product::new(m, n, k, trans);
-            // A reused buffer full of stale values, longer than the packing: packing must
-            // overwrite every value the kernel reads.
-            let len = PackedB::<f64>::packed_len(k, n) + 3 * m + 7;
-            let pb = packed(PackedB::from_buffer(vec![f64::NAN; len]), &p.b, trans, k, n);
-            let mut got = p.c0.clone();
-            gemm_packed_acc(m, &p.a, &pb, &mut got);
-            p.assert_matches(&got, 1e-12);
-            let af: Vec<f32> = rounded(&p.a);
-            let pf = packed(PackedB::new(), &rounded(&p.b), trans, k, n);
-            let mut gotf: Vec<f32> = rounded(&p.c0);
-            gemm_packed_acc(m, &af, &pf, &mut gotf);
-            p.assert_matches(&gotf, 1e-4);
+    each_shape(|| {
+        let shapes = [
+            (1, 1, 1),
+            (1, 9, 7),
+            (3, 5, 8),
+            (4, 32, 9),
+            (5, 77, 33),
+            (6, 40, 20),
+            (11, 70, 33),
+            (9, 64, 64),
+            (16, 512, 128),
+            (130, 70, 600),
+            // A single row by groups of four panels, the last group clipped.
+            (1, 250, 33),
+            // Packings over `STREAMED_BYTES` (f32 and f64), whose tiles prefetch: 5 + 5 + 2
+            // rows and 5 + 5 + 3 + 3 rows.
+            (12, 520, 600),
+            (16, 600, 520),
+        ];
+        // Under Miri only the first six: the larger ones (the cache-blocked loop order and the
+        // prefetching tiles, with the same loads) would take many minutes to interpret.
+        let shapes = if cfg!(miri) {
+            &shapes[..6]
+        } else {
+            &shapes[..]
+        };
+        for &(m, n, k) in shapes {
+            for trans in [false, true] {
+                let p = Product::new(m, n, k, trans);
+                // A reused buffer full of stale values, longer than the packing: packing must
+                // overwrite every value the kernel reads.
+                let len = PackedB::<f64>::packed_len(k, n) + 3 * m + 7;
+                let pb = packed(PackedB::from_buffer(vec![f64::NAN; len]), &p.b, trans, k, n);
+                let mut got = p.c0.clone();
+                gemm_packed_acc(m, &p.a, &pb, &mut got);
+                p.assert_matches(&got, 1e-12);
+                let af: Vec<f32> = rounded(&p.a);
+                let pf = packed(PackedB::new(), &rounded(&p.b), trans, k, n);
+                let mut gotf: Vec<f32> = rounded(&p.c0);
+                gemm_packed_acc(m, &af, &pf, &mut gotf);
+                p.assert_matches(&gotf, 1e-4);
+            }
         }
-    }
+    });
 }
 
 /// `b` (`k x n`, or `n x k` when `trans`) packed into `into`.
@@ -119,133 +129,137 @@ impl Case {
 
 #[test]
 fn blocks_of_rows_match_each_block_alone() {
-    // Blocks of 32, 6, 1 and 11 rows (tiles of 5, two of 3, the single-row path, and 5 + 3
-    // + 3) over k > KB, and more than MB rows in one block; in f32 a packing over
-    // `STREAMED_BYTES` (prefetching tiles) and a small one; a single row by exactly four
-    // panels (two tiles of two), the last ragged. Under Miri only small cases.
-    let p = panel::<f32>();
-    let cases: &[(&[usize], usize, usize)] = if cfg!(miri) {
-        &[(&[6, 1, 3], 20, 9), (&[1], 4 * p - 3, 5)]
-    } else {
-        &[
-            (&[32, 6, 1, 11], 600, 520),
-            (&[45, 1, 6], 75, 300),
-            (&[1], 4 * p - 3, 40),
-        ]
-    };
-    for &(ms, n, k) in cases {
-        let case = Case::new(ms, n, k);
-        // The second block adds a bias row: the same as adding it to C first.
-        let biased = 1;
-        let mut alone = case.c0.clone();
-        for (i, ((c, a), &m)) in alone.iter_mut().zip(&case.a).zip(ms).enumerate() {
-            if i == biased {
-                for row in c.chunks_exact_mut(n) {
-                    for (x, &y) in row.iter_mut().zip(&case.bias) {
-                        *x += y;
+    each_shape(|| {
+        // Blocks of 32, 6, 1 and 11 rows (tiles of 5, two of 3, the single-row path, and 5 + 3
+        // + 3) over k > KB, and more than MB rows in one block; in f32 a packing over
+        // `STREAMED_BYTES` (prefetching tiles) and a small one; a single row by exactly four
+        // panels (two tiles of two), the last ragged. Under Miri only small cases.
+        let p = panel::<f32>();
+        let cases: &[(&[usize], usize, usize)] = if cfg!(miri) {
+            &[(&[6, 1, 3], 20, 9), (&[1], 4 * p - 3, 5)]
+        } else {
+            &[
+                (&[32, 6, 1, 11], 600, 520),
+                (&[45, 1, 6], 75, 300),
+                (&[1], 4 * p - 3, 40),
+            ]
+        };
+        for &(ms, n, k) in cases {
+            let case = Case::new(ms, n, k);
+            // The second block adds a bias row: the same as adding it to C first.
+            let biased = 1;
+            let mut alone = case.c0.clone();
+            for (i, ((c, a), &m)) in alone.iter_mut().zip(&case.a).zip(ms).enumerate() {
+                if i == biased {
+                    for row in c.chunks_exact_mut(n) {
+                        for (x, &y) in row.iter_mut().zip(&case.bias) {
+                            *x += y;
+                        }
                     }
                 }
+                gemm_packed_acc(m, a, &case.pb, c);
             }
-            gemm_packed_acc(m, a, &case.pb, c);
-        }
-        let mut together = case.c0.clone();
-        gemm_packed_acc_rows(&mut case.rows(&mut together, ms, biased), &case.pb);
-        for (i, (x, y)) in alone.iter().zip(&together).enumerate() {
-            for (j, (p, q)) in x.iter().zip(y).enumerate() {
-                assert_eq!(p.to_bits(), q.to_bits(), "{ms:?} block {i} value {j}");
-            }
-        }
-        // Against the reference too: a block that was skipped would still match itself.
-        for (i, ((c, a), (&m, c0))) in together
-            .iter()
-            .zip(&case.a)
-            .zip(ms.iter().zip(&case.c0))
-            .enumerate()
-        {
-            let s = GemmShape {
-                m,
-                k,
-                n,
-                trans_a: false,
-                trans_b: false,
-            };
-            let wide = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| f64::from(x)).collect() };
-            let mut want = wide(c0);
-            if i == biased {
-                for row in want.chunks_exact_mut(n) {
-                    for (x, &y) in row.iter_mut().zip(&case.bias) {
-                        *x += f64::from(y);
-                    }
+            let mut together = case.c0.clone();
+            gemm_packed_acc_rows(&mut case.rows(&mut together, ms, biased), &case.pb);
+            for (i, (x, y)) in alone.iter().zip(&together).enumerate() {
+                for (j, (p, q)) in x.iter().zip(y).enumerate() {
+                    assert_eq!(p.to_bits(), q.to_bits(), "{ms:?} block {i} value {j}");
                 }
             }
-            gemm_reference(s, 1.0, &wide(a), &wide(&case.b), 1.0, &mut want);
-            for (g, w) in c.iter().zip(&want) {
-                assert!((f64::from(*g) - w).abs() < 1e-3, "{ms:?}: {g} vs {w}");
+            // Against the reference too: a block that was skipped would still match itself.
+            for (i, ((c, a), (&m, c0))) in together
+                .iter()
+                .zip(&case.a)
+                .zip(ms.iter().zip(&case.c0))
+                .enumerate()
+            {
+                let s = GemmShape {
+                    m,
+                    k,
+                    n,
+                    trans_a: false,
+                    trans_b: false,
+                };
+                let wide = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| f64::from(x)).collect() };
+                let mut want = wide(c0);
+                if i == biased {
+                    for row in want.chunks_exact_mut(n) {
+                        for (x, &y) in row.iter_mut().zip(&case.bias) {
+                            *x += f64::from(y);
+                        }
+                    }
+                }
+                gemm_reference(s, 1.0, &wide(a), &wide(&case.b), 1.0, &mut want);
+                for (g, w) in c.iter().zip(&want) {
+                    assert!((f64::from(*g) - w).abs() < 1e-3, "{ms:?}: {g} vs {w}");
+                }
             }
         }
-    }
+    });
 }
 
 #[test]
 fn column_ranges_match_the_whole_product() {
-    // The columns of a product cut into ranges of whole panels, each range computed into a
-    // buffer of its own (one with a wider row stride than it needs), in either order of
-    // the panels, give the whole product's values bit for bit, bias included; the last
-    // panel is ragged. A single row of 7 panels runs groups of 4, 2 and 1; of exactly 4,
-    // two groups of 2, whose order the sweep reverses. Under Miri only small cases.
-    let p = panel::<f32>();
-    let cases: &[(&[usize], usize, usize, &[usize])] = if cfg!(miri) {
-        &[(&[6, 1, 3], p + 6, 9, &[p]), (&[1], 4 * p - 3, 5, &[])]
-    } else {
-        &[
-            (&[32, 6, 1, 11], 600, 520, &[2 * p, 7 * p]),
-            (&[1], 300, 75, &[2 * p]),
-            (&[1], 7 * p - 5, 30, &[]),
-            (&[1], 9 * p, 12, &[4 * p]),
-        ]
-    };
-    let orders = [Sweep::Ascending, Sweep::Descending];
-    for (&(ms, n, k, cuts), order) in cases.iter().flat_map(|c| orders.map(|o| (c, o))) {
-        let case = Case::new(ms, n, k);
-        let mut whole = case.c0.clone();
-        gemm_packed_acc_rows(&mut case.rows(&mut whole, ms, 0), &case.pb);
-        let bounds: Vec<usize> = [0].iter().chain(cuts).chain(&[n]).copied().collect();
-        for (r, w) in bounds.windows(2).enumerate() {
-            let cols = w[0]..w[1];
-            // The middle range keeps 3 values of padding after each row.
-            let ldc = cols.len() + if r == 1 { 3 } else { 0 };
-            let mut parts: Vec<Vec<f32>> = case
-                .c0
-                .iter()
-                .zip(ms)
-                .map(|(c, &m)| {
-                    let mut part = vec![f32::NAN; m * ldc];
-                    for (dst, src) in part.chunks_exact_mut(ldc).zip(c.chunks_exact(n)) {
-                        dst[..cols.len()].copy_from_slice(&src[cols.clone()]);
+    each_shape(|| {
+        // The columns of a product cut into ranges of whole panels, each range computed into a
+        // buffer of its own (one with a wider row stride than it needs), in either order of
+        // the panels, give the whole product's values bit for bit, bias included; the last
+        // panel is ragged. A single row of 7 panels runs groups of 4, 2 and 1; of exactly 4,
+        // two groups of 2, whose order the sweep reverses. Under Miri only small cases.
+        let p = panel::<f32>();
+        let cases: &[(&[usize], usize, usize, &[usize])] = if cfg!(miri) {
+            &[(&[6, 1, 3], p + 6, 9, &[p]), (&[1], 4 * p - 3, 5, &[])]
+        } else {
+            &[
+                (&[32, 6, 1, 11], 600, 520, &[2 * p, 7 * p]),
+                (&[1], 300, 75, &[2 * p]),
+                (&[1], 7 * p - 5, 30, &[]),
+                (&[1], 9 * p, 12, &[4 * p]),
+            ]
+        };
+        let orders = [Sweep::Ascending, Sweep::Descending];
+        for (&(ms, n, k, cuts), order) in cases.iter().flat_map(|c| orders.map(|o| (c, o))) {
+            let case = Case::new(ms, n, k);
+            let mut whole = case.c0.clone();
+            gemm_packed_acc_rows(&mut case.rows(&mut whole, ms, 0), &case.pb);
+            let bounds: Vec<usize> = [0].iter().chain(cuts).chain(&[n]).copied().collect();
+            for (r, w) in bounds.windows(2).enumerate() {
+                let cols = w[0]..w[1];
+                // The middle range keeps 3 values of padding after each row.
+                let ldc = cols.len() + if r == 1 { 3 } else { 0 };
+                let mut parts: Vec<Vec<f32>> = case
+                    .c0
+                    .iter()
+                    .zip(ms)
+                    .map(|(c, &m)| {
+                        let mut part = vec![f32::NAN; m * ldc];
+                        for (dst, src) in part.chunks_exact_mut(ldc).zip(c.chunks_exact(n)) {
+                            dst[..cols.len()].copy_from_slice(&src[cols.clone()]);
+                        }
+                        part
+                    })
+                    .collect();
+                let mut blocks = case.rows(&mut parts, ms, 0);
+                gemm_packed_acc_cols(&mut blocks, &case.pb, cols.clone(), ldc, order);
+                for (i, (part, full)) in parts.iter().zip(&whole).enumerate() {
+                    for (row, (got, want)) in
+                        part.chunks_exact(ldc).zip(full.chunks_exact(n)).enumerate()
+                    {
+                        for (j, (x, y)) in got.iter().zip(&want[cols.clone()]).enumerate() {
+                            let at = cols.start + j;
+                            assert_eq!(
+                                x.to_bits(),
+                                y.to_bits(),
+                                "{ms:?} {order:?} block {i} ({row}, {at})"
+                            );
+                        }
+                        // The padding is left alone.
+                        assert!(got[cols.len()..].iter().all(|x| x.is_nan()));
                     }
-                    part
-                })
-                .collect();
-            let mut blocks = case.rows(&mut parts, ms, 0);
-            gemm_packed_acc_cols(&mut blocks, &case.pb, cols.clone(), ldc, order);
-            for (i, (part, full)) in parts.iter().zip(&whole).enumerate() {
-                for (row, (got, want)) in
-                    part.chunks_exact(ldc).zip(full.chunks_exact(n)).enumerate()
-                {
-                    for (j, (x, y)) in got.iter().zip(&want[cols.clone()]).enumerate() {
-                        let at = cols.start + j;
-                        assert_eq!(
-                            x.to_bits(),
-                            y.to_bits(),
-                            "{ms:?} {order:?} block {i} ({row}, {at})"
-                        );
-                    }
-                    // The padding is left alone.
-                    assert!(got[cols.len()..].iter().all(|x| x.is_nan()));
                 }
             }
         }
-    }
+    });
 }
 
 #[test]
@@ -268,87 +282,91 @@ fn column_ranges_start_on_a_panel() {
 
 #[test]
 fn a_stored_by_columns_gives_the_row_major_values() {
-    // Each block's `A` also stored column by column, `ld` = m + 3 apart (the transpose of a
-    // wider row-major matrix, read in place): every value the same bit for bit, over tiles
-    // of 5, 3 + 3 and 2 rows, the single-row path and k > KB. Under Miri only small cases.
-    let cases: &[(&[usize], usize, usize)] = if cfg!(miri) {
-        &[(&[6, 1, 3], 20, 9)]
-    } else {
-        &[(&[32, 6, 1, 11], 150, 300), (&[45, 2], 64, 130)]
-    };
-    for &(ms, n, k) in cases {
-        let case = Case::new(ms, n, k);
-        let mut by_rows = case.c0.clone();
-        gemm_packed_acc_rows(&mut case.rows(&mut by_rows, ms, 0), &case.pb);
-        // Column s of block i's A at `cols[i][s * (m + 3)..]`; the padding is NaN, which
-        // would show in any value that read it.
-        let cols: Vec<Vec<f32>> = case
-            .a
-            .iter()
-            .zip(ms)
-            .map(|(a, &m)| {
-                let mut t = vec![f32::NAN; k * (m + 3)];
-                for (i, row) in a.chunks_exact(k).enumerate() {
-                    for (s, &v) in row.iter().enumerate() {
-                        t[s * (m + 3) + i] = v;
+    each_shape(|| {
+        // Each block's `A` also stored column by column, `ld` = m + 3 apart (the transpose of a
+        // wider row-major matrix, read in place): every value the same bit for bit, over tiles
+        // of 5, 3 + 3 and 2 rows, the single-row path and k > KB. Under Miri only small cases.
+        let cases: &[(&[usize], usize, usize)] = if cfg!(miri) {
+            &[(&[6, 1, 3], 20, 9)]
+        } else {
+            &[(&[32, 6, 1, 11], 150, 300), (&[45, 2], 64, 130)]
+        };
+        for &(ms, n, k) in cases {
+            let case = Case::new(ms, n, k);
+            let mut by_rows = case.c0.clone();
+            gemm_packed_acc_rows(&mut case.rows(&mut by_rows, ms, 0), &case.pb);
+            // Column s of block i's A at `cols[i][s * (m + 3)..]`; the padding is NaN, which
+            // would show in any value that read it.
+            let cols: Vec<Vec<f32>> = case
+                .a
+                .iter()
+                .zip(ms)
+                .map(|(a, &m)| {
+                    let mut t = vec![f32::NAN; k * (m + 3)];
+                    for (i, row) in a.chunks_exact(k).enumerate() {
+                        for (s, &v) in row.iter().enumerate() {
+                            t[s * (m + 3) + i] = v;
+                        }
                     }
+                    t
+                })
+                .collect();
+            let mut by_cols = case.c0.clone();
+            let mut blocks: Vec<Rows<'_, f32>> = by_cols
+                .iter_mut()
+                .zip(&cols)
+                .zip(ms)
+                .enumerate()
+                .map(|(i, ((c, a), &m))| Rows {
+                    m,
+                    a,
+                    storage: AStorage::ColMajor { ld: m + 3 },
+                    c,
+                    bias: (i == 0).then_some(&case.bias[..]),
+                })
+                .collect();
+            gemm_packed_acc_rows(&mut blocks, &case.pb);
+            for (i, (x, y)) in by_rows.iter().zip(&by_cols).enumerate() {
+                for (j, (p, q)) in x.iter().zip(y).enumerate() {
+                    assert_eq!(p.to_bits(), q.to_bits(), "{ms:?} block {i} value {j}");
                 }
-                t
-            })
-            .collect();
-        let mut by_cols = case.c0.clone();
-        let mut blocks: Vec<Rows<'_, f32>> = by_cols
-            .iter_mut()
-            .zip(&cols)
-            .zip(ms)
-            .enumerate()
-            .map(|(i, ((c, a), &m))| Rows {
-                m,
-                a,
-                storage: AStorage::ColMajor { ld: m + 3 },
-                c,
-                bias: (i == 0).then_some(&case.bias[..]),
-            })
-            .collect();
-        gemm_packed_acc_rows(&mut blocks, &case.pb);
-        for (i, (x, y)) in by_rows.iter().zip(&by_cols).enumerate() {
-            for (j, (p, q)) in x.iter().zip(y).enumerate() {
-                assert_eq!(p.to_bits(), q.to_bits(), "{ms:?} block {i} value {j}");
             }
         }
-    }
+    });
 }
 
 #[test]
 fn setting_c_equals_adding_onto_zeros() {
-    // C full of NaN beforehand, which any value read from it would carry: blocks of 32, 6,
-    // 1 and 11 rows (the second with a bias) over k > KB, the last panel ragged (a clipped
-    // tile); then no steps of k at all, which sets C to zero or the bias. Under Miri small.
-    let cases: &[(&[usize], usize, usize)] = if cfg!(miri) {
-        &[(&[6, 1], 20, 9), (&[3], 20, 0)]
-    } else {
-        &[(&[32, 6, 1, 11], 150, 300), (&[6, 1], 70, 0)]
-    };
-    for &(ms, n, k) in cases {
-        let case = Case::new(ms, n, k);
-        let zeros: Vec<Vec<f32>> = ms.iter().map(|&m| vec![0.0; m * n]).collect();
-        let mut added = zeros.clone();
-        gemm_packed_acc_rows(&mut case.rows(&mut added, ms, 1), &case.pb);
-        let mut set: Vec<Vec<f32>> = ms.iter().map(|&m| vec![f32::NAN; m * n]).collect();
-        gemm_packed_set_rows(&mut case.rows(&mut set, ms, 1), &case.pb);
-        for (i, (x, y)) in added.iter().zip(&set).enumerate() {
-            for (j, (p, q)) in x.iter().zip(y).enumerate() {
-                assert_eq!(p.to_bits(), q.to_bits(), "{ms:?} k {k} block {i} value {j}");
+    each_shape(|| {
+        // C full of NaN beforehand, which any value read from it would carry: blocks of 32, 6,
+        // 1 and 11 rows (the second with a bias) over k > KB, the last panel ragged (a clipped
+        // tile); then no steps of k at all, which sets C to zero or the bias. Under Miri small.
+        let cases: &[(&[usize], usize, usize)] = if cfg!(miri) {
+            &[(&[6, 1], 20, 9), (&[3], 20, 0)]
+        } else {
+            &[(&[32, 6, 1, 11], 150, 300), (&[6, 1], 70, 0)]
+        };
+        for &(ms, n, k) in cases {
+            let case = Case::new(ms, n, k);
+            let zeros: Vec<Vec<f32>> = ms.iter().map(|&m| vec![0.0; m * n]).collect();
+            let mut added = zeros.clone();
+            gemm_packed_acc_rows(&mut case.rows(&mut added, ms, 1), &case.pb);
+            let mut set: Vec<Vec<f32>> = ms.iter().map(|&m| vec![f32::NAN; m * n]).collect();
+            gemm_packed_set_rows(&mut case.rows(&mut set, ms, 1), &case.pb);
+            for (i, (x, y)) in added.iter().zip(&set).enumerate() {
+                for (j, (p, q)) in x.iter().zip(y).enumerate() {
+                    assert_eq!(p.to_bits(), q.to_bits(), "{ms:?} k {k} block {i} value {j}");
+                }
             }
         }
-    }
-    // One block of one row, through the single-block form.
-    let case = Case::new(&[1], 70, 40);
-    let mut added = vec![0.0f32; 70];
-    gemm_packed_acc(1, &case.a[0], &case.pb, &mut added);
-    let mut set = vec![f32::NAN; 70];
-    gemm_packed_set(1, &case.a[0], &case.pb, &mut set);
-    assert_eq!(added, set);
+        // One block of one row, through the single-block form.
+        let case = Case::new(&[1], 70, 40);
+        let mut added = vec![0.0f32; 70];
+        gemm_packed_acc(1, &case.a[0], &case.pb, &mut added);
+        let mut set = vec![f32::NAN; 70];
+        gemm_packed_set(1, &case.a[0], &case.pb, &mut set);
+        assert_eq!(added, set);
+    });
 }
 
 #[test]
@@ -505,24 +523,120 @@ fn packed_values_start_on_a_cache_line() {
 
 #[test]
 fn a_row_does_not_depend_on_its_neighbours() {
-    // k > KB: the 11-row product (tiles of 5, 3 and 3 rows) is cut into k blocks, a single
-    // row is not.
-    let (m, n, k) = (11, 75, 300);
-    let a: Vec<f32> = values(1, m * k, 1.0);
-    let b: Vec<f32> = values(2, n * k, 1.0);
-    let mut pb = PackedB::new();
-    pb.pack(&b, k, n);
-    let mut whole = vec![0.0f32; m * n];
-    gemm_packed_acc(m, &a, &pb, &mut whole);
-    for i in 0..m {
-        let mut one = vec![0.0f32; n];
-        gemm_packed_acc(1, &a[i * k..(i + 1) * k], &pb, &mut one);
-        for j in 0..n {
-            assert_eq!(
-                one[j].to_bits(),
-                whole[i * n + j].to_bits(),
-                "row {i} col {j}"
-            );
+    each_shape(|| {
+        // k > KB: the 11-row product (tiles of 5, 3 and 3 rows) is cut into k blocks, a single
+        // row is not.
+        let (m, n, k) = (11, 75, 300);
+        let a: Vec<f32> = values(1, m * k, 1.0);
+        let b: Vec<f32> = values(2, n * k, 1.0);
+        let mut pb = PackedB::new();
+        pb.pack(&b, k, n);
+        let mut whole = vec![0.0f32; m * n];
+        gemm_packed_acc(m, &a, &pb, &mut whole);
+        for i in 0..m {
+            let mut one = vec![0.0f32; n];
+            gemm_packed_acc(1, &a[i * k..(i + 1) * k], &pb, &mut one);
+            for j in 0..n {
+                assert_eq!(
+                    one[j].to_bits(),
+                    whole[i * n + j].to_bits(),
+                    "row {i} col {j}"
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn both_tile_shapes_give_the_same_values_bit_for_bit() {
+    // Every value of C is accumulated by the same fused multiply-adds in the same order
+    // whichever the shape of the tile it falls in: rows in tiles of 5 or 6 with each remainder
+    // (7 = 4 + 3 narrow, 6 = 3 + 3 wide), a single row, A by rows and by columns, k over KB,
+    // a ragged last panel, f32 and f64.
+    fn check<T: crate::Float>(m: usize, n: usize, k: usize) {
+        let a: Vec<T> = values(3, m * k, 1.0);
+        let b: Vec<T> = values(4, n * k, 1.0);
+        let c0: Vec<T> = values(5, m * n, 1.0);
+        let mut pb = PackedB::new();
+        pb.pack(&b, k, n);
+        let run = |shape: Tiles, storage: AStorage| {
+            let mut c = c0.clone();
+            shape.forced(|| {
+                let mut rows = [Rows {
+                    m,
+                    a: &a,
+                    storage,
+                    c: &mut c,
+                    bias: None,
+                }];
+                gemm_packed_acc_rows(&mut rows, &pb)
+            });
+            c
+        };
+        // A read by columns: the same values as the transpose of a row-major `k x m`.
+        for storage in [AStorage::RowMajor, AStorage::ColMajor { ld: m }] {
+            let (w, nw) = (run(Tiles::Wide, storage), run(Tiles::Narrow, storage));
+            for (j, (x, y)) in w.iter().zip(&nw).enumerate() {
+                // Exact in f64 for f32 values too, so the bits compare the values exactly.
+                let (x, y) = (x.to_f64().to_bits(), y.to_f64().to_bits());
+                assert_eq!(x, y, "{m}x{n}x{k} {storage:?} value {j}");
+            }
         }
     }
+    let shapes: &[(usize, usize, usize)] = if cfg!(miri) {
+        &[(7, 20, 9), (1, 40, 3)]
+    } else {
+        &[
+            (1, 200, 33),
+            (2, 64, 7),
+            (5, 65, 130),
+            (6, 64, 20),
+            (7, 100, 40),
+            (12, 17, 3),
+            (13, 300, 260),
+            (64, 1024, 256),
+            (41, 70, 129),
+        ]
+    };
+    for &(m, n, k) in shapes {
+        check::<f32>(m, n, k);
+        check::<f64>(m, n, k);
+    }
+}
+
+#[test]
+fn every_small_shape_matches_the_reference_in_each_tile_shape() {
+    // Every row count over two row blocks (MB = 40), every column count over two panels
+    // (ragged vectors and panels), setting and adding, each tile shape.
+    let p = panel::<f32>();
+    let (ms, ns) = if cfg!(miri) {
+        (1..4, p - 1..p + 2)
+    } else {
+        (1..48, 1..2 * p + 2)
+    };
+    let k = 5;
+    each_shape(|| {
+        for m in ms.clone() {
+            for n in ns.clone() {
+                let a: Vec<f64> = values(6, m * k, 1.0);
+                let b: Vec<f64> = values(7, n * k, 1.0);
+                let mut pb = PackedB::new();
+                pb.pack(&b, k, n);
+                let s = GemmShape {
+                    m,
+                    k,
+                    n,
+                    trans_a: false,
+                    trans_b: false,
+                };
+                let mut want = vec![0.0; m * n];
+                gemm_reference(s, 1.0, &a, &b, 1.0, &mut want);
+                let mut got = vec![f64::NAN; m * n];
+                gemm_packed_set(m, &a, &pb, &mut got);
+                for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!((g - w).abs() < 1e-12, "{m}x{n}x{k} value {j}: {g} vs {w}");
+                }
+            }
+        }
+    });
 }

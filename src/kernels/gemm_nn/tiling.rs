@@ -3,9 +3,10 @@
 //! are walked in ([`Sweep`]).
 
 use super::Rows;
+use super::packing::NV;
 use super::packing::{PackedB, panel};
 use super::prefetch::{Prefetch, STREAMED_BYTES};
-use super::tile::{Layout, MR, Operands, tile};
+use super::tile::{Layout, Operands, Tiles, tile};
 use crate::kernels::simd::SimdFloat;
 use crate::kernels::sweep::Sweep;
 
@@ -98,20 +99,23 @@ pub(super) fn products<T: SimdFloat>(
     let rows: usize = blocks.iter().map(|g| g.m).sum();
     let panels = (out.col0 / p)..out.end.div_ceil(p);
     let width = out.end - out.col0;
+    let shape = Tiles::current();
+    let mr = shape.rows();
     // Cache blocking for large products: a block of KB steps of k by MB rows of each A stays in
     // L2 while each panel's KB x PANEL slice of B is reused from L1 by every tile of the block.
     // Splitting k only stores and reloads C between blocks (exact), so the accumulation order
     // of every element is unchanged.
     // Fewer rows than a tile reuse no slice of B from L1: no k blocks, C loaded once.
     let streamed = k * width * std::mem::size_of::<T>() > STREAMED_BYTES;
-    let kb = if rows < MR { k } else { KB };
+    let kb = if rows < mr { k } else { KB };
     let row_blocks = blocks.iter().map(|g| g.m.div_ceil(MB)).max().unwrap_or(0);
     for k0 in (0..k).step_by(kb) {
         let ks = k0..(k0 + kb).min(k);
         for j in 0..row_blocks {
             // Row block `j` of every block of rows that has one.
-            let tiling = |g: &Rows<'_, T>| (j * MB < g.m).then(|| Tiling::new(j * MB, g.m));
+            let tiling = |g: &Rows<'_, T>| (j * MB < g.m).then(|| Tiling::new(j * MB, g.m, mr));
             let tiles: usize = blocks.iter().filter_map(tiling).map(|t| t.tiles).sum();
+            let tiles = tiles * shape.across();
             for i in 0..panels.len() {
                 let q = order.nth(&panels, i);
                 let mut t = 0;
@@ -120,27 +124,46 @@ pub(super) fn products<T: SimdFloat>(
                 } else {
                     Prefetch::none()
                 };
-                for g in blocks.iter_mut() {
-                    if let Some(tl) = tiling(g) {
-                        let fresh = set && g.bias.is_none();
-                        let ops = &mut Operands { g, b, out, fresh };
-                        if streamed {
-                            panel_tiles::<T, true>(ops, &tl, q, ks.clone(), next, t);
-                        } else {
-                            panel_tiles::<T, false>(ops, &tl, q, ks.clone(), next, t);
+                // Narrow tiles take the panel's vectors one after another, each over every
+                // block's rows, so that its quarter of the panel's slice of B stays in L1.
+                for v in 0..shape.across() {
+                    for g in blocks.iter_mut() {
+                        if let Some(tl) = tiling(g) {
+                            let fresh = set && g.bias.is_none();
+                            let ops = &mut Operands { g, b, out, fresh };
+                            let at = (q, v, t, next);
+                            match (shape, streamed) {
+                                (Tiles::Wide, true) => {
+                                    panel_tiles::<T, NV, true>(ops, &tl, at, &ks)
+                                }
+                                (Tiles::Wide, false) => {
+                                    panel_tiles::<T, NV, false>(ops, &tl, at, &ks)
+                                }
+                                (Tiles::Narrow, true) => {
+                                    panel_tiles::<T, 1, true>(ops, &tl, at, &ks)
+                                }
+                                (Tiles::Narrow, false) => {
+                                    panel_tiles::<T, 1, false>(ops, &tl, at, &ks)
+                                }
+                            }
+                            t += tl.tiles;
                         }
-                        t += tl.tiles;
                     }
                 }
             }
-            // A block of a single row (B = 1) takes up to four panels at a time: 16
-            // independent accumulators instead of 4 keep the FMA units busy.
             for g in blocks.iter_mut() {
                 match tiling(g) {
                     Some(tl) if tl.single => {
                         let fresh = set && g.bias.is_none();
                         let ops = &mut Operands { g, b, out, fresh };
-                        single_row(ops, tl.end, panels.clone(), ks.clone(), order);
+                        match shape {
+                            Tiles::Wide => {
+                                single_row(ops, tl.end, panels.clone(), ks.clone(), order)
+                            }
+                            Tiles::Narrow => {
+                                single_row_narrow(ops, tl.end, panels.clone(), ks.clone(), order)
+                            }
+                        }
                     }
                     _ => {}
                 }
@@ -149,34 +172,37 @@ pub(super) fn products<T: SimdFloat>(
     }
 }
 
-/// How rows `i0..min(i0 + MB, m)` are cut into register tiles: tiles of [`MR`] rows up to
-/// `full`; a remainder of one row makes the last MR + 1 rows two tiles of 3 (a lone row would
-/// stream every panel of B once more, and a tile of 6 rows leaves the compiler too few
-/// registers), other remainders take one tile of 2 to 4 rows, up to `end`. Only a block of one
-/// row (`single`) is left for the single-row path, row `end`.
+/// How rows `i0..min(i0 + MB, m)` are cut into register tiles of `mr` rows ([`Tiles::rows`]):
+/// whole tiles up to `full`; a remainder of one row makes the last `mr + 1` rows two tiles (a
+/// lone row would stream every panel of B once more, and a tile of `mr + 1` rows leaves the
+/// compiler too few registers), other remainders take one tile of 2 to `mr - 1` rows, up to
+/// `end`. Only a block of one row (`single`) is left for the single-row path, row `end`.
 pub(super) struct Tiling {
     pub(super) i0: usize,
     pub(super) full: usize,
     pub(super) end: usize,
     pub(super) single: bool,
-    /// Register tiles by each panel (the single row not counted).
+    pub(super) mr: usize,
+    /// Register tiles by each panel, or by each vector of it for narrow tiles (the single row
+    /// not counted).
     pub(super) tiles: usize,
 }
 
 impl Tiling {
-    pub(super) fn new(i0: usize, m: usize) -> Self {
+    pub(super) fn new(i0: usize, m: usize, mr: usize) -> Self {
         let i1 = (i0 + MB).min(m);
         let len = i1 - i0;
         let single = len == 1;
-        let split = len > MR && len % MR == 1;
-        let full = i0 + (len / MR - usize::from(split)) * MR;
+        let split = len > mr && len % mr == 1;
+        let full = i0 + (len / mr - usize::from(split)) * mr;
         let end = i1 - usize::from(single);
-        let tiles = (full - i0) / MR + (end - full).div_ceil(MR);
+        let tiles = (full - i0) / mr + (end - full).div_ceil(mr);
         Tiling {
             i0,
             full,
             end,
             single,
+            mr,
             tiles,
         }
     }
@@ -203,66 +229,92 @@ pub(super) fn single_row<T: SimdFloat>(
             Sweep::Ascending => (a, b),
             Sweep::Descending => (b, a),
         };
-        tile::<T, 1, 2, false>(g, i, first, ks.clone(), none);
-        tile::<T, 1, 2, false>(g, i, second, ks, none);
+        tile::<T, 1, 2, NV, false>(g, i, first, 0, ks.clone(), none);
+        tile::<T, 1, 2, NV, false>(g, i, second, 0, ks, none);
         return;
     }
     if order == Sweep::Descending {
         let mut q = panels.end;
         while q >= panels.start + 4 {
             q -= 4;
-            tile::<T, 1, 4, false>(g, i, q, ks.clone(), none);
+            tile::<T, 1, 4, NV, false>(g, i, q, 0, ks.clone(), none);
         }
         while q >= panels.start + 2 {
             q -= 2;
-            tile::<T, 1, 2, false>(g, i, q, ks.clone(), none);
+            tile::<T, 1, 2, NV, false>(g, i, q, 0, ks.clone(), none);
         }
         if q > panels.start {
-            tile::<T, 1, 1, false>(g, i, panels.start, ks, none);
+            tile::<T, 1, 1, NV, false>(g, i, panels.start, 0, ks, none);
         }
         return;
     }
     let mut q = panels.start;
     while q + 4 <= panels.end {
-        tile::<T, 1, 4, false>(g, i, q, ks.clone(), none);
+        tile::<T, 1, 4, NV, false>(g, i, q, 0, ks.clone(), none);
         q += 4;
     }
     while q + 2 <= panels.end {
-        tile::<T, 1, 2, false>(g, i, q, ks.clone(), none);
+        tile::<T, 1, 2, NV, false>(g, i, q, 0, ks.clone(), none);
         q += 2;
     }
     if q < panels.end {
-        tile::<T, 1, 1, false>(g, i, q, ks, none);
+        tile::<T, 1, 1, NV, false>(g, i, q, 0, ks, none);
     }
 }
 
-/// The tiles of one row block `tl` of C by panel `q`; its tile `t` is tile `t0 + t` of all
-/// the blocks' tiles by this panel, and prefetches `next.part(t0 + t)`.
+/// Row `i` by every panel of `panels` in `order`, one panel at a time: a [`Tiles::Narrow`]
+/// build's single row, whose one panel of accumulators (8 of AVX2's registers) already keeps
+/// the FMA units busy; two panels would spill.
+pub(super) fn single_row_narrow<T: SimdFloat>(
+    g: &mut Operands<'_, '_, T>,
+    i: usize,
+    panels: std::ops::Range<usize>,
+    ks: std::ops::Range<usize>,
+    order: Sweep,
+) {
+    for n in 0..panels.len() {
+        let q = order.nth(&panels, n);
+        tile::<T, 1, 1, NV, false>(g, i, q, 0, ks.clone(), Prefetch::none());
+    }
+}
+
+/// The tiles of one row block `tl` of C by panel `q` (by its vectors `v NVT..(v + 1) NVT`):
+/// `at = (q, v, t0, next)`, where tile `t` of the block is tile `t0 + t` of all the blocks'
+/// tiles by this panel and prefetches `next.part(t0 + t)`.
 #[inline(always)]
-pub(super) fn panel_tiles<T: SimdFloat, const PF: bool>(
+pub(super) fn panel_tiles<T: SimdFloat, const NVT: usize, const PF: bool>(
     g: &mut Operands<'_, '_, T>,
     tl: &Tiling,
-    q: usize,
-    ks: std::ops::Range<usize>,
-    next: Prefetch,
-    t0: usize,
+    (q, v, t0, next): (usize, usize, usize, Prefetch),
+    ks: &std::ops::Range<usize>,
 ) {
-    let (full, end) = (tl.full, tl.end);
-    let mut t = 0;
-    for i in (tl.i0..full).step_by(MR) {
-        tile::<T, MR, 1, PF>(g, i, q, ks.clone(), next.part(t0 + t));
+    let (full, end, mr) = (tl.full, tl.end, tl.mr);
+    let v0 = v * NVT;
+    let mut t = t0;
+    let mut rows = |g: &mut Operands<'_, '_, T>, i: usize, r: usize| {
+        let pf = next.part(t);
+        let ks = ks.clone();
+        match r {
+            1 => tile::<T, 1, 1, NVT, PF>(g, i, q, v0, ks, pf),
+            2 => tile::<T, 2, 1, NVT, PF>(g, i, q, v0, ks, pf),
+            3 => tile::<T, 3, 1, NVT, PF>(g, i, q, v0, ks, pf),
+            4 => tile::<T, 4, 1, NVT, PF>(g, i, q, v0, ks, pf),
+            5 => tile::<T, 5, 1, NVT, PF>(g, i, q, v0, ks, pf),
+            _ => tile::<T, 6, 1, NVT, PF>(g, i, q, v0, ks, pf),
+        }
         t += 1;
+    };
+    for i in (tl.i0..full).step_by(mr) {
+        rows(g, i, mr);
     }
-    let pf = next.part(t0 + t);
     match end - full {
         0 => {}
-        2 => tile::<T, 2, 1, PF>(g, full, q, ks, pf),
-        3 => tile::<T, 3, 1, PF>(g, full, q, ks, pf),
-        4 => tile::<T, 4, 1, PF>(g, full, q, ks, pf),
-        // `MR + 1` rows.
-        _ => {
-            tile::<T, 3, 1, PF>(g, full, q, ks.clone(), pf);
-            tile::<T, 3, 1, PF>(g, full + 3, q, ks, next.part(t0 + t + 1));
+        // `mr + 1` rows: two tiles.
+        r if r == mr + 1 => {
+            let first = r.div_ceil(2);
+            rows(g, full, first);
+            rows(g, full + first, r - first);
         }
+        r => rows(g, full, r),
     }
 }
