@@ -201,18 +201,33 @@ impl PackedBf16A {
                 }
             }
             AStorage::ColMajor { ld } => {
-                // Columns `2p` and `2p + 1` of `A` are rows of the stored matrix.
+                // Columns `2p` and `2p + 1` of `A` are rows of the stored matrix. A block of
+                // `PB` pairs at a time: the pairs of each row first (`m` pairs in a row), then
+                // each tile's `PB x MR` pairs written as one contiguous run (a pair at a time,
+                // each tile's writes would lie `kp MR` values apart, 75 KiB at `k = 6400`).
+                const PB: usize = 8;
                 let (mut even, mut odd) = (vec![Bf16::default(); m], vec![Bf16::default(); m]);
-                for p in 0..kp {
-                    convert_to_bf16(kernel, &a[2 * p * ld..2 * p * ld + m], &mut even);
-                    if 2 * p + 1 < k {
-                        let s = (2 * p + 1) * ld;
-                        convert_to_bf16(kernel, &a[s..s + m], &mut odd);
-                    } else {
-                        odd.fill(Bf16::default());
+                let mut pairs = vec![0u32; PB * m];
+                for p0 in (0..kp).step_by(PB) {
+                    let np = PB.min(kp - p0);
+                    for (p, row) in pairs.chunks_exact_mut(m.max(1)).take(np).enumerate() {
+                        let s = 2 * (p0 + p);
+                        convert_to_bf16(kernel, &a[s * ld..s * ld + m], &mut even);
+                        if s + 1 < k {
+                            convert_to_bf16(kernel, &a[(s + 1) * ld..(s + 1) * ld + m], &mut odd);
+                        } else {
+                            odd.fill(Bf16::default());
+                        }
+                        for (x, (&e, &d)) in row.iter_mut().zip(even.iter().zip(&odd)) {
+                            *x = pair(e, d);
+                        }
                     }
-                    for (i, (&e, &d)) in even.iter().zip(&odd).enumerate() {
-                        out[at(i, p)] = pair(e, d);
+                    for i0 in (0..m).step_by(MR) {
+                        let rows = MR.min(m - i0);
+                        let run = &mut out[at(i0, p0)..][..np * MR];
+                        for (p, dst) in run.chunks_exact_mut(MR).enumerate() {
+                            dst[..rows].copy_from_slice(&pairs[p * m + i0..p * m + i0 + rows]);
+                        }
                     }
                 }
             }
