@@ -13,7 +13,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use recur::internals::bf16::{AStorage, Bf16Kernel, PackedBf16A, PackedBf16B, gemm_bf16_acc};
+use recur::internals::bf16::{
+    AStorage, Bf16Kernel, PackedBf16A, PackedBf16B, gemm_bf16_acc, gemm_bf16_acc_stored,
+};
 use recur::internals::{
     AlignedBuf, AlignedMatrix, GemmShape, PackedB, Rows, SimdFloat, Sweep, gemm_nt_acc,
     gemm_packed_acc, gemm_packed_acc_rows, gemv_cols_acc, gemv_rows_acc, gru, lstm, rnn,
@@ -342,8 +344,9 @@ impl<'a> Product<'a> {
 /// `X W_ih^T` (NT, `M x I x 4H`), `dx` `dG W_ih` (NN, `M x 4H x I`), `dw` `dG^T X` (TN,
 /// `4H x M x I`) and `step`, one time step's `H W_hh^T` (NT, `B x H x 4H`). Weights are packed
 /// once, outside the timing, in both precisions, as the layers pack them once per sequence;
-/// the per-call operands are converted inside it (`bf16`), and for the bf16 kernel alone
-/// outside it too (`bf16_kernel`). `dw` packs its `X` at every call in both precisions.
+/// the per-call operand `A` is converted inside it, block by block (`bf16`), and for the bf16
+/// kernel alone packed whole outside it (`bf16_kernel`). `dw` packs its `X` at every call in
+/// both precisions (outside the timing for `bf16_kernel`).
 /// Throughput is in floating-point operations (`2 m n k`).
 fn gemm_bf16(c: &mut Criterion) {
     let kernel = match Bf16Kernel::detect() {
@@ -390,8 +393,7 @@ fn gemm_bf16(c: &mut Criterion) {
             });
             g.bench_function(format!("{name}/{prod}/bf16"), |bn| {
                 bn.iter(|| {
-                    pa.pack(kernel, a, pm, pk, storage);
-                    gemm_bf16_acc(kernel, &pa, bb, &mut cv);
+                    gemm_bf16_acc_stored(kernel, (pm, a, storage), bb, &mut cv, n);
                     black_box(&cv);
                 })
             });
@@ -425,8 +427,8 @@ fn gemm_bf16(c: &mut Criterion) {
         g.bench_function(format!("{name}/dw/bf16"), |bn| {
             bn.iter(|| {
                 xb.pack(kernel, &x, m, *i);
-                pa.pack(kernel, &dg, gh, m, AStorage::ColMajor { ld: gh });
-                gemm_bf16_acc(kernel, &pa, &xb, &mut dw);
+                let a = (gh, &dg[..], AStorage::ColMajor { ld: gh });
+                gemm_bf16_acc_stored(kernel, a, &xb, &mut dw, *i);
                 black_box(&dw);
             })
         });

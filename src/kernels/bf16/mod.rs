@@ -133,6 +133,28 @@ pub fn gemm_bf16_acc_ld(
     c: &mut [f32],
     ldc: usize,
 ) {
+    product(kernel, loops::AOperand::Packed(a), b, c, ldc);
+}
+
+/// `C += A B` with `A` (`m x k`) as stored in f32, row by row or column by column (`storage`),
+/// each cache block of it converted to bf16 as the product reaches it: the same values as
+/// packing `A` first ([`PackedBf16A`]) and [`gemm_bf16_acc_ld`], without writing the whole
+/// packing to memory and reading it back. `C` has rows `ldc >= n` apart.
+///
+/// Panics if `a` is too short for `m x k` stored so (`k = b.k()`), or `C` too short.
+pub fn gemm_bf16_acc_stored(
+    kernel: Bf16Kernel,
+    (m, a, storage): (usize, &[f32], AStorage),
+    b: &PackedBf16B,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let src = packing::ASource::new(a, m, b.k, storage);
+    product(kernel, loops::AOperand::Stored(src, kernel), b, c, ldc);
+}
+
+/// The loops with `kernel`'s tile, chosen once here.
+fn product(kernel: Bf16Kernel, a: loops::AOperand<'_>, b: &PackedBf16B, c: &mut [f32], ldc: usize) {
     match kernel.isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Bf16 => loops::product(&loops::Avx512Bf16(()), a, b, c, ldc),
@@ -140,7 +162,7 @@ pub fn gemm_bf16_acc_ld(
     }
 }
 
-/// `C += A B`, `A` `m x k` and `B` `k x n` row-major (both packed for this call).
+/// `C += A B`, `A` `m x k` and `B` `k x n` row-major (`B` packed for this call, `A` converted block by block).
 pub fn gemm_bf16_nn(
     kernel: Bf16Kernel,
     (m, k, n): (usize, usize, usize),
@@ -148,14 +170,12 @@ pub fn gemm_bf16_nn(
     b: &[f32],
     c: &mut [f32],
 ) {
-    let mut pa = PackedBf16A::new();
-    pa.pack(kernel, a, m, k, AStorage::RowMajor);
     let mut pb = PackedBf16B::new();
     pb.pack(kernel, b, k, n);
-    gemm_bf16_acc(kernel, &pa, &pb, c);
+    gemm_bf16_acc_stored(kernel, (m, a, AStorage::RowMajor), &pb, c, n);
 }
 
-/// `C += A B^T`, `A` `m x k` and `B` `n x k` row-major (both packed for this call).
+/// `C += A B^T`, `A` `m x k` and `B` `n x k` row-major (`B` packed for this call, `A` converted block by block).
 pub fn gemm_bf16_nt(
     kernel: Bf16Kernel,
     (m, k, n): (usize, usize, usize),
@@ -163,14 +183,12 @@ pub fn gemm_bf16_nt(
     b: &[f32],
     c: &mut [f32],
 ) {
-    let mut pa = PackedBf16A::new();
-    pa.pack(kernel, a, m, k, AStorage::RowMajor);
     let mut pb = PackedBf16B::new();
     pb.pack_transposed(kernel, b, n, k);
-    gemm_bf16_acc(kernel, &pa, &pb, c);
+    gemm_bf16_acc_stored(kernel, (m, a, AStorage::RowMajor), &pb, c, n);
 }
 
-/// `C += A^T B`, `A` `k x m` and `B` `k x n` row-major (both packed for this call).
+/// `C += A^T B`, `A` `k x m` and `B` `k x n` row-major (`B` packed for this call, `A` converted block by block).
 pub fn gemm_bf16_tn(
     kernel: Bf16Kernel,
     (m, k, n): (usize, usize, usize),
@@ -178,9 +196,7 @@ pub fn gemm_bf16_tn(
     b: &[f32],
     c: &mut [f32],
 ) {
-    let mut pa = PackedBf16A::new();
-    pa.pack(kernel, a, m, k, AStorage::ColMajor { ld: m });
     let mut pb = PackedBf16B::new();
     pb.pack(kernel, b, k, n);
-    gemm_bf16_acc(kernel, &pa, &pb, c);
+    gemm_bf16_acc_stored(kernel, (m, a, AStorage::ColMajor { ld: m }), &pb, c, n);
 }

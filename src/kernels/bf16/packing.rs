@@ -158,15 +158,48 @@ impl PackedBf16A {
     /// `k x ld` matrix read in place (the TN products' `dG^T` of the weight gradients
     /// `dW = dG^T X`). Panics if `a` is too short for that, or `ld < m`.
     pub fn pack(&mut self, kernel: Bf16Kernel, a: &[f32], m: usize, k: usize, storage: AStorage) {
+        let src = ASource::new(a, m, k, storage);
         let kp = k.div_ceil(2);
         let len = mul(mul(m.div_ceil(MR), kp, "PackedBf16A"), MR, "PackedBf16A");
+        (self.m, self.k) = (m, k);
+        self.buf.resize(len);
+        let out = self.buf.values_mut();
+        src.pack_block(
+            kernel,
+            0..m.div_ceil(MR),
+            0..kp,
+            out,
+            &mut Scratch::default(),
+        );
+    }
+}
+
+/// An `m x k` matrix `A` as stored: row by row, or column by column ([`AStorage`]); its blocks
+/// packed as [`PackedBf16A`] packs the whole.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ASource<'a> {
+    a: &'a [f32],
+    pub(super) m: usize,
+    pub(super) k: usize,
+    storage: AStorage,
+}
+
+/// Buffers that packing reuses between blocks.
+#[derive(Default)]
+pub(super) struct Scratch {
+    even: Vec<Bf16>,
+    odd: Vec<Bf16>,
+    pairs: Vec<u32>,
+}
+
+impl<'a> ASource<'a> {
+    /// `A` in `a`, stored as `storage` says. Panics if `a` is too short for that, or a
+    /// column-major `A`'s columns lie fewer than `m` apart.
+    pub(super) fn new(a: &'a [f32], m: usize, k: usize, storage: AStorage) -> Self {
         let (rs, cs) = match storage {
             AStorage::RowMajor => (k, 1),
             AStorage::ColMajor { ld } => {
-                assert!(
-                    ld >= m,
-                    "PackedBf16A::pack: columns {ld} apart for {m} rows"
-                );
+                assert!(ld >= m, "bf16 packing: columns {ld} apart for {m} rows");
                 (1, ld)
             }
         };
@@ -178,64 +211,93 @@ impl PackedBf16A {
                 .checked_mul(rs)
                 .and_then(|x| (k - 1).checked_mul(cs).and_then(|y| x.checked_add(y)))
                 .and_then(|l| l.checked_add(1))
-                .expect("PackedBf16A: size overflows usize")
+                .expect("bf16 packing: size overflows usize")
         };
         assert!(
             a.len() >= need,
-            "PackedBf16A::pack: {} values for {m} x {k} ({storage:?})",
+            "bf16 packing: {} values for {m} x {k} ({storage:?})",
             a.len()
         );
-        (self.m, self.k) = (m, k);
-        self.buf.resize(len);
-        let out = self.buf.values_mut();
-        // Tile `t`'s pair `p` of row `r` at `out[(t kp + p) MR + r]`.
-        let at = |i: usize, p: usize| (i / MR * kp + p) * MR + i % MR;
-        match storage {
+        ASource { a, m, k, storage }
+    }
+
+    /// Packs tiles `tiles` (rows `tiles.start * MR` up to `tiles.end * MR`, those past `m`
+    /// zero) and pairs `ps` of k into `out`: tile `tiles.start + t`'s pair `ps.start + p` of
+    /// row `r` at `out[(t ps.len() + p) MR + r]`, so a tile's pairs are one contiguous run.
+    /// Panics if `out` is too short or the ranges pass the matrix.
+    pub(super) fn pack_block(
+        &self,
+        kernel: Bf16Kernel,
+        tiles: std::ops::Range<usize>,
+        ps: std::ops::Range<usize>,
+        out: &mut [u32],
+        scratch: &mut Scratch,
+    ) {
+        let (m, k) = (self.m, self.k);
+        let np = ps.len();
+        assert!(
+            tiles.start <= tiles.end
+                && tiles.end <= m.div_ceil(MR)
+                && ps.end <= k.div_ceil(2)
+                && out.len() >= tiles.len() * np * MR,
+            "bf16 packing: block {tiles:?} x {ps:?} does not fit"
+        );
+        let (i0, i1) = (tiles.start * MR, m.min(tiles.end * MR));
+        let rows = i1.saturating_sub(i0);
+        // Columns `ks` of `A`, and where pair `p` (from `ps.start`) of block row `i` goes.
+        let ks = 2 * ps.start..k.min(2 * ps.end);
+        let at = |i: usize, p: usize| ((i / MR) * np + p) * MR + i % MR;
+        match self.storage {
             AStorage::RowMajor => {
-                let mut row = vec![Bf16::default(); 2 * kp];
-                for i in 0..m {
-                    convert_to_bf16(kernel, &a[i * k..(i + 1) * k], &mut row[..k]);
+                let row = &mut scratch.even;
+                row.clear();
+                row.resize(2 * np, Bf16::default());
+                for i in 0..rows {
+                    let src = &self.a[(i0 + i) * k..][ks.clone()];
+                    convert_to_bf16(kernel, src, &mut row[..ks.len()]);
                     for (p, two) in row.chunks_exact(2).enumerate() {
                         out[at(i, p)] = pair(two[0], two[1]);
                     }
                 }
             }
             AStorage::ColMajor { ld } => {
-                // Columns `2p` and `2p + 1` of `A` are rows of the stored matrix. A block of
-                // `PB` pairs at a time: the pairs of each row first (`m` pairs in a row), then
-                // each tile's `PB x MR` pairs written as one contiguous run (a pair at a time,
-                // each tile's writes would lie `kp MR` values apart, 75 KiB at `k = 6400`).
+                // Columns `2p` and `2p + 1` of `A` are rows of the stored matrix. `PB` pairs
+                // at a time: the block's pairs of those rows first, then each tile's `PB x MR`
+                // pairs written as one contiguous run (a pair at a time, each tile's writes
+                // would lie `np MR` values apart, 75 KiB for a whole `dG^T` at `k = 6400`).
                 const PB: usize = 8;
-                let (mut even, mut odd) = (vec![Bf16::default(); m], vec![Bf16::default(); m]);
-                let mut pairs = vec![0u32; PB * m];
-                for p0 in (0..kp).step_by(PB) {
-                    let np = PB.min(kp - p0);
-                    for (p, row) in pairs.chunks_exact_mut(m.max(1)).take(np).enumerate() {
-                        let s = 2 * (p0 + p);
-                        convert_to_bf16(kernel, &a[s * ld..s * ld + m], &mut even);
+                let Scratch { even, odd, pairs } = scratch;
+                even.resize(rows, Bf16::default());
+                odd.resize(rows, Bf16::default());
+                pairs.resize(PB * rows, 0);
+                for q0 in (0..np).step_by(PB) {
+                    let nq = PB.min(np - q0);
+                    for (q, run) in pairs.chunks_exact_mut(rows.max(1)).take(nq).enumerate() {
+                        let s = 2 * (ps.start + q0 + q);
+                        convert_to_bf16(kernel, &self.a[s * ld + i0..][..rows], even);
                         if s + 1 < k {
-                            convert_to_bf16(kernel, &a[(s + 1) * ld..(s + 1) * ld + m], &mut odd);
+                            convert_to_bf16(kernel, &self.a[(s + 1) * ld + i0..][..rows], odd);
                         } else {
                             odd.fill(Bf16::default());
                         }
-                        for (x, (&e, &d)) in row.iter_mut().zip(even.iter().zip(&odd)) {
+                        for (x, (&e, &d)) in run.iter_mut().zip(even.iter().zip(odd.iter())) {
                             *x = pair(e, d);
                         }
                     }
-                    for i0 in (0..m).step_by(MR) {
-                        let rows = MR.min(m - i0);
-                        let run = &mut out[at(i0, p0)..][..np * MR];
-                        for (p, dst) in run.chunks_exact_mut(MR).enumerate() {
-                            dst[..rows].copy_from_slice(&pairs[p * m + i0..p * m + i0 + rows]);
+                    for r0 in (0..rows).step_by(MR) {
+                        let nr = MR.min(rows - r0);
+                        let dst = &mut out[at(r0, q0)..][..nq * MR];
+                        for (q, d) in dst.chunks_exact_mut(MR).enumerate() {
+                            d[..nr].copy_from_slice(&pairs[q * rows + r0..][..nr]);
                         }
                     }
                 }
             }
         }
         // The rows of the last tile past `m` are zero.
-        if !m.is_multiple_of(MR) {
-            for p in 0..kp {
-                for i in m..m.next_multiple_of(MR) {
+        if i0 + rows < tiles.end * MR {
+            for p in 0..np {
+                for i in rows..tiles.len() * MR {
                     out[at(i, p)] = 0;
                 }
             }

@@ -272,6 +272,29 @@ impl Shape {
         }
     }
 
+    /// `C += A op(B)` through a whole packing of `A` ([`PackedBf16A`]) rather than block by
+    /// block as [`Shape::run`]'s functions convert it.
+    fn run_packed(
+        self,
+        kernel: Bf16Kernel,
+        (m, k, n): (usize, usize, usize),
+        a: &[f32],
+        b: &[f32],
+        c: &mut [f32],
+    ) {
+        let (mut pa, mut pb) = (PackedBf16A::new(), PackedBf16B::new());
+        let storage = match self {
+            Shape::Tn => AStorage::ColMajor { ld: m },
+            _ => AStorage::RowMajor,
+        };
+        pa.pack(kernel, a, m, k, storage);
+        match self {
+            Shape::Nt => pb.pack_transposed(kernel, b, n, k),
+            _ => pb.pack(kernel, b, k, n),
+        }
+        gemm_bf16_acc(kernel, &pa, &pb, c);
+    }
+
     fn run(
         self,
         kernel: Bf16Kernel,
@@ -338,7 +361,8 @@ fn bound(
 }
 
 /// Shapes `(m, k, n)` around the tile (6 rows, 64 columns) and the cache blocks (128 steps of
-/// k, 96 rows): remainders of each, odd k, k = 1, and empty products.
+/// k, 96 rows): remainders of each, odd k, k = 1, and empty products; the last three span more
+/// than one block of k, the last more than one block of rows.
 fn test_shapes() -> &'static [(usize, usize, usize)] {
     if cfg!(miri) {
         &[(0, 3, 2), (2, 0, 3), (3, 2, 0), (1, 1, 1), (7, 3, 17)]
@@ -369,15 +393,22 @@ fn products_match_the_scalar_model_bit_for_bit() {
                 let b: Vec<f32> = values(n as u64 + 2, k * n, 1.0);
                 let c0: Vec<f32> = values(k as u64 + 3, m * n, 1.0);
                 let want = model(shape, (m, k, n), &a, &b, &c0);
-                let mut got = c0.clone();
-                shape.run(kernel, (m, k, n), &a, &b, &mut got);
-                for (e, (&g, &w)) in got.iter().zip(&want).enumerate() {
-                    assert!(
-                        same(g, w),
-                        "{kernel:?} {shape:?} {m}x{k}x{n}: C[{}][{}] = {g:e}, model {w:e}",
-                        e / n,
-                        e % n
-                    );
+                for packed in [false, true] {
+                    let mut got = c0.clone();
+                    if packed {
+                        shape.run_packed(kernel, (m, k, n), &a, &b, &mut got);
+                    } else {
+                        shape.run(kernel, (m, k, n), &a, &b, &mut got);
+                    }
+                    for (e, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            same(g, w),
+                            "{kernel:?} {shape:?} {m}x{k}x{n} (A packed whole: {packed}): \
+                             C[{}][{}] = {g:e}, model {w:e}",
+                            e / n,
+                            e % n
+                        );
+                    }
                 }
             }
         }
