@@ -1,6 +1,7 @@
 //! Criterion benchmarks: the per-timestep critical path (one forward and one backward step of
 //! each cell), the whole training step, the SIMD math against scalar `std`, and the
-//! small-batch recurrent product against matrixmultiply at B = 1, and the machine's own limits
+//! small-batch recurrent product against matrixmultiply at B = 1, the bf16 products against the
+//! f32 ones at the training step's shapes, and the machine's own limits
 //! that bound them (one core's rate of fused multiply-adds, and of reading a buffer of a given
 //! size over and over, as the single step reads its weights).
 //!
@@ -12,9 +13,12 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use recur::internals::bf16::{
+    AStorage, Bf16Kernel, PackedBf16A, PackedBf16B, gemm_bf16_acc, gemm_bf16_acc_stored,
+};
 use recur::internals::{
-    AlignedBuf, AlignedMatrix, GemmShape, PackedB, SimdFloat, Sweep, gemm_nt_acc, gemm_packed_acc,
-    gemv_cols_acc, gemv_rows_acc, gru, lstm, rnn,
+    AlignedBuf, AlignedMatrix, GemmShape, PackedB, Rows, SimdFloat, Sweep, gemm_nt_acc,
+    gemm_packed_acc, gemm_packed_acc_rows, gemv_cols_acc, gemv_rows_acc, gru, lstm, rnn,
 };
 use recur::nn::{Activation, CellKind, ForwardOptions, Recurrent, RecurrentConfig};
 use recur::{Float, ParamStore, Rng, Tape, Tensor};
@@ -305,6 +309,141 @@ fn gemv(c: &mut Criterion) {
     g.finish();
 }
 
+/// One of the products [`gemm_bf16`] times: `A` (`m x k`, row-major) by a weight packed in
+/// each precision.
+struct Product<'a> {
+    name: &'static str,
+    m: usize,
+    k: usize,
+    a: &'a [f32],
+    f32_b: &'a PackedB<f32>,
+    bf16_b: &'a PackedBf16B,
+}
+
+impl<'a> Product<'a> {
+    fn new(
+        name: &'static str,
+        (m, k): (usize, usize),
+        a: &'a [f32],
+        f32_b: &'a PackedB<f32>,
+        bf16_b: &'a PackedBf16B,
+    ) -> Self {
+        Product {
+            name,
+            m,
+            k,
+            a,
+            f32_b,
+            bf16_b,
+        }
+    }
+}
+
+/// The LSTM training step's products at the medium and large shapes (`M = B T` rows, `G H =
+/// 4 H` gates), in f32 ([`gemm_packed_acc`]) and in bf16 with f32 accumulation: `proj`
+/// `X W_ih^T` (NT, `M x I x 4H`), `dx` `dG W_ih` (NN, `M x 4H x I`), `dw` `dG^T X` (TN,
+/// `4H x M x I`) and `step`, one time step's `H W_hh^T` (NT, `B x H x 4H`). Weights are packed
+/// once, outside the timing, in both precisions, as the layers pack them once per sequence;
+/// the per-call operand `A` is converted inside it, block by block (`bf16`), and for the bf16
+/// kernel alone packed whole outside it (`bf16_kernel`). `dw` packs its `X` at every call in
+/// both precisions (outside the timing for `bf16_kernel`).
+/// Throughput is in floating-point operations (`2 m n k`).
+fn gemm_bf16(c: &mut Criterion) {
+    let kernel = match Bf16Kernel::detect() {
+        Ok(k) => k,
+        Err(why) => {
+            eprintln!("SKIPPED gemm_bf16: {why}");
+            return;
+        }
+    };
+    let mut g = c.benchmark_group("gemm_bf16");
+    for (name, b, t, i, h) in &SHAPES[2..] {
+        let (m, gh) = (b * t, 4 * h);
+        let x = values(m * i, 1);
+        let w_ih = values(gh * i, 2);
+        let dg = values(m * gh, 3);
+        let hs = values(b * h, 4);
+        let w_hh = values(gh * h, 5);
+        let (mut f32_t, mut f32_n, mut f32_h) = (PackedB::new(), PackedB::new(), PackedB::new());
+        f32_t.pack_transposed(&w_ih, gh, *i);
+        f32_n.pack(&w_ih, gh, *i);
+        f32_h.pack_transposed(&w_hh, gh, *h);
+        let (mut bf_t, mut bf_n, mut bf_h) =
+            (PackedBf16B::new(), PackedBf16B::new(), PackedBf16B::new());
+        bf_t.pack_transposed(kernel, &w_ih, gh, *i);
+        bf_n.pack(kernel, &w_ih, gh, *i);
+        bf_h.pack_transposed(kernel, &w_hh, gh, *h);
+        let products = [
+            Product::new("proj", (m, *i), &x, &f32_t, &bf_t),
+            Product::new("dx", (m, gh), &dg, &f32_n, &bf_n),
+            Product::new("step", (*b, *h), &hs, &f32_h, &bf_h),
+        ];
+        let mut pa = PackedBf16A::new();
+        for p in products {
+            let (prod, pm, pk, a, fb, bb) = (p.name, p.m, p.k, p.a, p.f32_b, p.bf16_b);
+            let storage = AStorage::RowMajor;
+            let n = fb.n();
+            let mut cv = vec![0.0f32; pm * n];
+            g.throughput(Throughput::Elements((2 * pm * pk * n) as u64));
+            g.bench_function(format!("{name}/{prod}/f32"), |bn| {
+                bn.iter(|| {
+                    gemm_packed_acc(pm, a, fb, &mut cv);
+                    black_box(&cv);
+                })
+            });
+            g.bench_function(format!("{name}/{prod}/bf16"), |bn| {
+                bn.iter(|| {
+                    gemm_bf16_acc_stored(kernel, (pm, a, storage), bb, &mut cv, n);
+                    black_box(&cv);
+                })
+            });
+            pa.pack(kernel, a, pm, pk, storage);
+            g.bench_function(format!("{name}/{prod}/bf16_kernel"), |bn| {
+                bn.iter(|| {
+                    gemm_bf16_acc(kernel, &pa, bb, &mut cv);
+                    black_box(&cv);
+                })
+            });
+        }
+        // dW_ih = dG^T X: `4H x M` by `M x I`, dG read in place as its transpose.
+        let mut dw = vec![0.0f32; gh * i];
+        g.throughput(Throughput::Elements((2 * gh * m * i) as u64));
+        let mut xf = PackedB::new();
+        g.bench_function(format!("{name}/dw/f32"), |bn| {
+            bn.iter(|| {
+                xf.pack(&x, m, *i);
+                let mut blocks = [Rows {
+                    m: gh,
+                    a: &dg,
+                    storage: AStorage::ColMajor { ld: gh },
+                    c: &mut dw,
+                    bias: None,
+                }];
+                gemm_packed_acc_rows(&mut blocks, &xf);
+                black_box(&dw);
+            })
+        });
+        let mut xb = PackedBf16B::new();
+        g.bench_function(format!("{name}/dw/bf16"), |bn| {
+            bn.iter(|| {
+                xb.pack(kernel, &x, m, *i);
+                let a = (gh, &dg[..], AStorage::ColMajor { ld: gh });
+                gemm_bf16_acc_stored(kernel, a, &xb, &mut dw, *i);
+                black_box(&dw);
+            })
+        });
+        xb.pack(kernel, &x, m, *i);
+        pa.pack(kernel, &dg, gh, m, AStorage::ColMajor { ld: gh });
+        g.bench_function(format!("{name}/dw/bf16_kernel"), |bn| {
+            bn.iter(|| {
+                gemm_bf16_acc(kernel, &pa, &xb, &mut dw);
+                black_box(&dw);
+            })
+        });
+    }
+    g.finish();
+}
+
 /// Independent chains of fused multiply-adds (floating-point operations per second: the core's
 /// peak, which no product can beat), and the rate at which one core reads a buffer of each size
 /// again and again, in alternate directions by blocks of 64 KiB as the single step sweeps its
@@ -382,6 +521,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = steps, training_step, math, gemv, machine
+    targets = steps, training_step, math, gemv, gemm_bf16, machine
 }
 criterion_main!(benches);

@@ -72,8 +72,11 @@ pub use threads::{set_threads, threads, with_threads};
 #[doc(hidden)]
 pub mod internals {
     pub use crate::kernels::aligned::AlignedBuf;
+    pub use crate::kernels::bf16;
     pub use crate::kernels::gemm::{GemmShape, dgemm, sgemm};
-    pub use crate::kernels::gemm_nn::{PackedB, Tiles, gemm_packed_acc};
+    pub use crate::kernels::gemm_nn::{
+        AStorage, PackedB, Rows, Tiles, gemm_packed_acc, gemm_packed_acc_rows,
+    };
     pub use crate::kernels::gemm_nt::gemm_nt_acc;
     pub use crate::kernels::gemv::{AlignedMatrix, gemv_cols_acc, gemv_rows_acc};
     pub use crate::kernels::simd::{SimdFloat, map_inplace};

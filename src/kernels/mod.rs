@@ -6,6 +6,8 @@
 //! - [`simd`]: the [`SimdFloat`] trait, vectorised `exp`, `sigmoid`, `tanh` (`f32x16`, `f64x8`).
 //! - [`aligned`]: buffers whose values start on a cache line, for the streamed weights.
 //! - [`gemm`]: products over matrixmultiply, for the tape's general ops.
+//! - [`bf16`]: mixed-precision products (bf16 operands, f32 accumulation) on AVX512_BF16, with
+//!   a portable scalar model of the same arithmetic.
 //! - [`gemm_nn`]: products against a packed operand: the per-timestep recurrent product over a
 //!   weight packed once per sequence, and the fused layers' products over all time steps.
 //! - [`gemv`]: the same product for a batch of one row, over `W_hh` as stored (no packing).
@@ -18,6 +20,7 @@
 //!   independent vectors per round.
 
 pub mod aligned;
+pub mod bf16;
 pub mod block;
 pub mod gemm;
 pub mod gemm_nn;

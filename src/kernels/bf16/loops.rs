@@ -1,0 +1,161 @@
+//! The loops around the register tile: blocks of [`MB`] tiles of rows, each over cache blocks
+//! of [`KB`] pairs of k, each of those over every panel, and the block's tiles by each panel.
+//! The kernel is chosen once, before the loops ([`Tile`]).
+//!
+//! Every `C[i][j]` accumulates its pairs of k in order `p = 0, 1, ...` whatever the blocks (a
+//! cache block only stores `C` and loads it again, exactly), so the order of the loops, the
+//! block sizes and whether `A` was packed whole or block by block change no value.
+
+use super::Bf16Kernel;
+use super::packing::{ASource, PackedBf16A, PackedBf16B, Scratch};
+use super::tile::{MR, PANEL, tile_scalar};
+
+/// Pairs of k per cache block: a panel's slice of `B` is `KB * PANEL * 4` bytes = 16 KiB, and
+/// stays in L1 while every tile of the block's rows runs over it.
+const KB: usize = 64;
+/// Tiles of rows per cache block: the block's `A`, `MB * MR * KB * 4` bytes = 24 KiB, stays in
+/// L2 while the block runs over every panel.
+const MB: usize = 16;
+/// Most bytes of `A` as stored packed at a time (see [`product`]): 640 pairs of 96 rows.
+const A_CHUNK_BYTES: usize = 256 << 10;
+
+/// A register tile's implementation (see `tile.rs` for the arguments).
+pub(super) trait Tile {
+    /// `C += A B` for one tile.
+    #[allow(clippy::too_many_arguments)]
+    fn tile(
+        &self,
+        a: &[u32],
+        b: &[u32],
+        steps: usize,
+        c: &mut [f32],
+        ldc: usize,
+        rows: usize,
+        width: usize,
+    );
+}
+
+/// The portable tile, the scalar model of `vdpbf16ps`.
+pub(super) struct Scalar;
+
+impl Tile for Scalar {
+    fn tile(
+        &self,
+        a: &[u32],
+        b: &[u32],
+        steps: usize,
+        c: &mut [f32],
+        ldc: usize,
+        rows: usize,
+        width: usize,
+    ) {
+        tile_scalar(a, b, steps, c, ldc, rows, width);
+    }
+}
+
+/// The AVX-512 tile. Only [`Bf16Kernel`](super::Bf16Kernel)'s dispatch makes one, and only
+/// after the CPU was seen to have AVX512_BF16 and AVX-512F.
+#[cfg(target_arch = "x86_64")]
+pub(super) struct Avx512Bf16(pub(super) ());
+
+#[cfg(target_arch = "x86_64")]
+impl Tile for Avx512Bf16 {
+    fn tile(
+        &self,
+        a: &[u32],
+        b: &[u32],
+        steps: usize,
+        c: &mut [f32],
+        ldc: usize,
+        rows: usize,
+        width: usize,
+    ) {
+        // SAFETY: an `Avx512Bf16` exists only once the CPU was seen to have the features the
+        // tile needs (see the type).
+        unsafe { super::tile::avx512::tile(a, b, steps, c, ldc, rows, width) }
+    }
+}
+
+/// The `A` of a product: packed whole beforehand, or as stored, each cache block of it packed
+/// as the loops reach it (into a buffer that stays in cache, instead of a whole packing
+/// written to memory and read back).
+pub(super) enum AOperand<'a> {
+    /// Packed beforehand.
+    Packed(&'a PackedBf16A),
+    /// As stored, converted with this kernel block by block.
+    Stored(ASource<'a>, Bf16Kernel),
+}
+
+/// `C += A B`, `C` `m x n` with rows `ldc` apart. Panics if `A` and `B` disagree on `k`, or
+/// `C` is too short.
+pub(super) fn product(
+    kernel: &impl Tile,
+    a: AOperand<'_>,
+    b: &PackedBf16B,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let (m, k) = match &a {
+        AOperand::Packed(pa) => (pa.m, pa.k),
+        AOperand::Stored(src, _) => (src.m, src.k),
+    };
+    let n = b.n;
+    assert_eq!(k, b.k, "gemm_bf16: A has {k} columns, B {} rows", b.k);
+    let need = if m == 0 || n == 0 {
+        Some(0)
+    } else {
+        (m - 1).checked_mul(ldc).and_then(|x| x.checked_add(n))
+    };
+    assert!(
+        ldc >= n && need.is_some_and(|need| c.len() >= need),
+        "gemm_bf16: {} values of C for {m} x {n} (rows {ldc} apart)",
+        c.len()
+    );
+    let kp = k.div_ceil(2);
+    if m == 0 || n == 0 || kp == 0 {
+        return;
+    }
+    let bv = b.buf.values();
+    let tiles = m.div_ceil(MR);
+    let panels = n.div_ceil(PANEL);
+    // An `A` as stored is packed a block of rows by a run of `chunk` pairs (a whole number of
+    // cache blocks of k) at a time, at most `A_CHUNK_BYTES`: long runs of each stored row
+    // (short ones, a cache block of k from each of the block's rows, left the hardware's
+    // prefetchers behind and the packing took twice as long).
+    let (mut block, mut scratch) = (Vec::new(), Scratch::default());
+    let chunk = match &a {
+        AOperand::Packed(_) => kp,
+        AOperand::Stored(..) => {
+            let chunk = (A_CHUNK_BYTES / (MB * MR * 4)).max(KB) / KB * KB;
+            block.resize(MB.min(tiles) * chunk.min(kp) * MR, 0);
+            chunk
+        }
+    };
+    for t0 in (0..tiles).step_by(MB) {
+        let t1 = tiles.min(t0 + MB);
+        for c0 in (0..kp).step_by(chunk) {
+            let c1 = kp.min(c0 + chunk);
+            // Tile `t`'s pair `p` starts at `av[(t - origin.0) * stride + (p - origin.1) MR]`.
+            let (av, origin, stride): (&[u32], _, _) = match &a {
+                AOperand::Packed(pa) => (pa.buf.values(), (0, 0), kp * MR),
+                AOperand::Stored(src, conv) => {
+                    src.pack_block(*conv, t0..t1, c0..c1, &mut block, &mut scratch);
+                    (&block, (t0, c0), (c1 - c0) * MR)
+                }
+            };
+            for p0 in (c0..c1).step_by(KB) {
+                let steps = KB.min(c1 - p0);
+                for q in 0..panels {
+                    let width = PANEL.min(n - q * PANEL);
+                    let bs = &bv[(q * kp + p0) * PANEL..][..steps * PANEL];
+                    for t in t0..t1 {
+                        let rows = MR.min(m - t * MR);
+                        let at = (t - origin.0) * stride + (p0 - origin.1) * MR;
+                        let cs = &mut c[t * MR * ldc + q * PANEL..];
+                        kernel.tile(&av[at..][..steps * MR], bs, steps, cs, ldc, rows, width);
+                    }
+                }
+            }
+        }
+    }
+}

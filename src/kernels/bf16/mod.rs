@@ -1,0 +1,202 @@
+//! Mixed-precision products: `C += A B` with `A` and `B` rounded to bf16 and `C` accumulated
+//! in f32, by AVX512_BF16's `vdpbf16ps` (two products of k per instruction and lane).
+//!
+//! - [`convert`]: f32 <-> bf16, rounding to nearest even ([`to_bf16`] is the scalar reference).
+//! - `packing`: both operands converted once per call into the pair layout the instruction
+//!   reads; a weight's [`PackedBf16B`] can be packed once and reused.
+//! - `tile`: the register tile with `vdpbf16ps`, and the scalar model of that instruction.
+//! - `loops`: the cache blocks around the tile.
+//!
+//! The training step's products are all one of three shapes, each an `A` and a `B` packing:
+//!
+//! | product | shape | `A` | `B` |
+//! |---|---|---|---|
+//! | `X W_ih^T`, `H W_hh^T` (forward) | NT | row-major | [`PackedBf16B::pack_transposed`] |
+//! | `dG W_hh`, `dG W_ih` (backward) | NN | row-major | [`PackedBf16B::pack`] |
+//! | `dG^T X`, `dG^T H` (weight gradients) | TN | [`AStorage::ColMajor`] | [`PackedBf16B::pack`] |
+//!
+//! # Dispatch
+//!
+//! [`Bf16Kernel::detect`] (or [`bf16_available`]) checks the CPU once and returns the token that
+//! every function here takes; without AVX512_BF16 it returns an `Err` saying why, so no
+//! instruction the CPU lacks is ever executed. [`Bf16Kernel::scalar`] is the portable kernel on
+//! any machine: a scalar model of `vdpbf16ps` that gives the same values bit for bit (slowly).
+//!
+//! # Accuracy
+//!
+//! With `u = 2^-8`, the unit roundoff of bf16's 8-bit significand, each input is rounded to
+//! `x (1 + d)` with `|d| <= u`, and the product of two bf16 values is exact in f32 (16
+//! significant bits of 24). The accumulation is `k' = 2 ceil(k / 2)` fused multiply-adds in
+//! f32, each rounded with relative error at most `v = 2^-24`. For inputs and results in f32's
+//! normal range (no value flushed), every element of the result satisfies
+//!
+//! ```text
+//! |C - C_exact| <= (2u + u^2) S + g (|C0| + (1 + u)^2 S),   S = sum_p |A[i][p] B[p][j]|,
+//! ```
+//!
+//! `g = k' v / (1 - k' v)`, against the exact `C_exact = C0 + sum_p A[i][p] B[p][j]` of the f32
+//! inputs: the first term is the rounding of the inputs, about `2^-7` of `S`, independent of
+//! `k`; the second the f32 accumulation, growing with `k`. Against the same product of the
+//! bf16-rounded inputs, only the second term remains.
+
+mod convert;
+mod loops;
+mod packing;
+#[cfg(test)]
+mod tests;
+mod tile;
+
+pub use crate::kernels::gemm_nn::AStorage;
+pub use convert::{Bf16, convert_to_bf16, convert_to_f32, to_bf16, to_f32};
+pub use packing::{PackedBf16A, PackedBf16B};
+pub use tile::{MR, PANEL, dot_pair};
+
+/// Why the bf16 kernel cannot run on this machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Bf16Unavailable {
+    /// Not an x86_64 CPU.
+    #[error("bf16 products need an x86_64 CPU with AVX512_BF16")]
+    NotX86,
+    /// An x86_64 CPU without AVX512_BF16 (or AVX-512F).
+    #[error("this CPU lacks AVX512_BF16 (vdpbf16ps), which the bf16 products need")]
+    NoAvx512Bf16,
+    /// Running under Miri, which does not interpret AVX-512.
+    #[error("Miri does not interpret the AVX512_BF16 instructions")]
+    Miri,
+}
+
+/// Which instructions a [`Bf16Kernel`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    /// The scalar model, on any CPU.
+    Scalar,
+    /// AVX512_BF16 and AVX-512F, seen on this CPU.
+    Avx512Bf16,
+}
+
+/// The kernel the bf16 functions run: a token made by [`Bf16Kernel::detect`] (the CPU's
+/// AVX512_BF16, checked once) or [`Bf16Kernel::scalar`] (portable). Both give the same values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bf16Kernel {
+    isa: Isa,
+}
+
+impl Bf16Kernel {
+    /// The AVX512_BF16 kernel if this CPU has it, else why not.
+    pub fn detect() -> Result<Self, Bf16Unavailable> {
+        if cfg!(miri) {
+            return Err(Bf16Unavailable::Miri);
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512bf16")
+                && std::arch::is_x86_feature_detected!("avx512f")
+            {
+                Ok(Bf16Kernel {
+                    isa: Isa::Avx512Bf16,
+                })
+            } else {
+                Err(Bf16Unavailable::NoAvx512Bf16)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Err(Bf16Unavailable::NotX86)
+    }
+
+    /// The portable kernel: the scalar model of `vdpbf16ps`, the same values on any CPU.
+    pub fn scalar() -> Self {
+        Bf16Kernel { isa: Isa::Scalar }
+    }
+
+    /// Whether this kernel runs AVX512_BF16 instructions (not the scalar model).
+    pub fn is_native(self) -> bool {
+        self.isa == Isa::Avx512Bf16
+    }
+}
+
+/// [`Bf16Kernel::detect`]: the fast kernel if this CPU has AVX512_BF16, else why not.
+pub fn bf16_available() -> Result<Bf16Kernel, Bf16Unavailable> {
+    Bf16Kernel::detect()
+}
+
+/// `C += A B` in bf16 with f32 accumulation: `A` (`m x k`) and `B` (`k x n`) packed, `C`
+/// `m x n` row-major. Panics if `A` and `B` disagree on `k` or `C` is shorter than `m * n`.
+pub fn gemm_bf16_acc(kernel: Bf16Kernel, a: &PackedBf16A, b: &PackedBf16B, c: &mut [f32]) {
+    gemm_bf16_acc_ld(kernel, a, b, c, b.n);
+}
+
+/// [`gemm_bf16_acc`] into a `C` whose rows lie `ldc >= n` apart.
+pub fn gemm_bf16_acc_ld(
+    kernel: Bf16Kernel,
+    a: &PackedBf16A,
+    b: &PackedBf16B,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    product(kernel, loops::AOperand::Packed(a), b, c, ldc);
+}
+
+/// `C += A B` with `A` (`m x k`) as stored in f32, row by row or column by column (`storage`),
+/// each cache block of it converted to bf16 as the product reaches it: the same values as
+/// packing `A` first ([`PackedBf16A`]) and [`gemm_bf16_acc_ld`], without writing the whole
+/// packing to memory and reading it back. `C` has rows `ldc >= n` apart.
+///
+/// Panics if `a` is too short for `m x k` stored so (`k = b.k()`), or `C` too short.
+pub fn gemm_bf16_acc_stored(
+    kernel: Bf16Kernel,
+    (m, a, storage): (usize, &[f32], AStorage),
+    b: &PackedBf16B,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    let src = packing::ASource::new(a, m, b.k, storage);
+    product(kernel, loops::AOperand::Stored(src, kernel), b, c, ldc);
+}
+
+/// The loops with `kernel`'s tile, chosen once here.
+fn product(kernel: Bf16Kernel, a: loops::AOperand<'_>, b: &PackedBf16B, c: &mut [f32], ldc: usize) {
+    match kernel.isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16 => loops::product(&loops::Avx512Bf16(()), a, b, c, ldc),
+        _ => loops::product(&loops::Scalar, a, b, c, ldc),
+    }
+}
+
+/// `C += A B`, `A` `m x k` and `B` `k x n` row-major (`B` packed for this call, `A` converted block by block).
+pub fn gemm_bf16_nn(
+    kernel: Bf16Kernel,
+    (m, k, n): (usize, usize, usize),
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+) {
+    let mut pb = PackedBf16B::new();
+    pb.pack(kernel, b, k, n);
+    gemm_bf16_acc_stored(kernel, (m, a, AStorage::RowMajor), &pb, c, n);
+}
+
+/// `C += A B^T`, `A` `m x k` and `B` `n x k` row-major (`B` packed for this call, `A` converted block by block).
+pub fn gemm_bf16_nt(
+    kernel: Bf16Kernel,
+    (m, k, n): (usize, usize, usize),
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+) {
+    let mut pb = PackedBf16B::new();
+    pb.pack_transposed(kernel, b, n, k);
+    gemm_bf16_acc_stored(kernel, (m, a, AStorage::RowMajor), &pb, c, n);
+}
+
+/// `C += A^T B`, `A` `k x m` and `B` `k x n` row-major (`B` packed for this call, `A` converted block by block).
+pub fn gemm_bf16_tn(
+    kernel: Bf16Kernel,
+    (m, k, n): (usize, usize, usize),
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+) {
+    let mut pb = PackedBf16B::new();
+    pb.pack(kernel, b, k, n);
+    gemm_bf16_acc_stored(kernel, (m, a, AStorage::ColMajor { ld: m }), &pb, c, n);
+}
