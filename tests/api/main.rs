@@ -12,6 +12,7 @@ mod init;
 mod library;
 mod linear_embedding;
 mod loss;
+mod micro_batches;
 mod ops_gradcheck;
 mod optim_pytorch;
 mod optim_state;
