@@ -401,6 +401,8 @@ impl Recurrent {
             .map(|(bi, bh)| (store.get(bi).data(), store.get(bh).data()));
         let input = cfg.layer_input(layer);
         let mut step = InferenceStep::new(self.kind, input, cfg.hidden_size, batch)?;
+        // Evaluation's zoneout: the expectation.
+        step.set_zoneout(cfg.zoneout)?;
         step.pack_weights(store.get(p.w_ih).data(), store.get(p.w_hh).data(), bias)?;
         Ok(step)
     }

@@ -491,4 +491,43 @@ fn bad_regularizer_settings_are_refused_by_name() {
         let e = err(cfg, CellKind::Lstm, &mut ps, &mut rng);
         assert!(e.contains(want), "{e}");
     }
+    // A single-step cell has no regularizers: taking one from a regularized stack is refused.
+    let cfg = RecurrentConfig::new(3, 4).zoneout(0.1);
+    let layer = Recurrent::new(&mut ps, "", CellKind::Gru, cfg, &mut rng).unwrap();
+    let e = recur::nn::Cell::from_layer(&layer, 0, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("the stack is regularized"), "{e}");
+}
+
+/// The tape-free step (sampling) of a layer trained with zoneout steps with its expectation, as
+/// the layer's forward in evaluation does.
+#[test]
+fn inference_step_applies_zoneout_expectation() {
+    for kind in KINDS {
+        let cfg = RecurrentConfig::new(3, 6).zoneout(0.3);
+        let mut ps = ParamStore::<f64>::new();
+        let layer = Recurrent::new(&mut ps, "", kind, cfg, &mut Rng::new(4)).unwrap();
+        let x = Tensor::from_fn(&[5, 1, 3], |k| (k as f64 * 0.9).cos()).unwrap();
+        let mut tape = Tape::new();
+        let xv = tape.constant(x.clone());
+        let out = layer
+            .forward(&mut tape, &ps, xv, ForwardOptions::default())
+            .unwrap();
+        let y = tape.value(out.y).unwrap();
+        let mut step = layer.inference_step(&ps, 0, 0, 1).unwrap();
+        let (mut h, mut c) = (vec![0.0; 6], vec![0.0; 6]);
+        for t in 0..5 {
+            step.step_packed(&x.data()[t * 3..(t + 1) * 3], &mut h, &mut c)
+                .unwrap();
+            for u in 0..6 {
+                let want = y.data()[t * 6 + u];
+                assert!(
+                    (h[u] - want).abs() < 1e-12,
+                    "{kind:?} t {t}: {} vs {want}",
+                    h[u]
+                );
+            }
+        }
+    }
 }
