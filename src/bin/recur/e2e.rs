@@ -43,14 +43,7 @@ pub fn run(a: &BenchArgs) -> CmdResult {
     let vocab: String = (0..a.vocab as u32)
         .map(|i| char::from_u32(if i < 94 { 0x21 + i } else { 0x100 + i }).expect("a char"))
         .collect();
-    let config = CharLmConfig {
-        cell: a.cell.clone(),
-        hidden: a.hidden,
-        layers: a.layers,
-        embed: a.embed,
-        dropout: 0.0,
-        vocab,
-    };
+    let config = CharLmConfig::new(&a.cell, a.hidden, a.layers, a.embed, &vocab);
     let chunks = a.warmup + a.steps;
     let text_len = a.batch * (chunks * a.seq_len + 1);
     let estimate = crate::train::estimate_bytes(&config, a.batch, a.seq_len, text_len, text_len);
