@@ -109,20 +109,37 @@ impl Rng {
     }
 }
 
-/// A counter-based draw, uniform in [0, 1) with 53 bits: a pure function of a `key` and three
-/// counters, so a value can be drawn for any coordinate in any order, on any thread, and the
-/// result never depends on which draws came before. The recurrent regularizers take their masks
-/// from it, keyed on one word drawn per training step from the training [`Rng`] and on the
-/// layer, direction, time step and unit (see [`crate::nn::RecurrentConfig::recurrent_dropout`]).
-pub(crate) fn keyed_uniform(key: u64, a: u64, b: u64, c: u64) -> f64 {
-    let mut x = key;
-    let mut h = splitmix64(&mut x);
-    for w in [a, b, c] {
-        // Each counter is mixed into the running hash through a full SplitMix64 round.
+/// Counter-based draws, uniform in [0, 1) with 53 bits: each is a pure function of a `key` and
+/// three counters `(a, b, c)`, `KeyedRow::new(key, a, b).uniform(c)`, so a value can be drawn
+/// for any coordinate in any order, on any thread, and the result never depends on which draws
+/// came before. The recurrent regularizers take their masks from it, keyed on one word drawn
+/// per training step from the training [`Rng`] and on the layer, direction, time step and unit
+/// (see [`crate::nn::RecurrentConfig::recurrent_dropout`]). Fixing the key and the first two
+/// counters does the hashing they share once: each draw of a row costs one SplitMix64 round.
+#[derive(Clone, Copy)]
+pub(crate) struct KeyedRow {
+    h: u64,
+}
+
+impl KeyedRow {
+    /// Mixes each counter into the running hash through a full SplitMix64 round.
+    fn round(h: u64, w: u64) -> u64 {
         let mut y = h ^ w.wrapping_mul(0xD6E8_FEB8_6659_FD93);
-        h = splitmix64(&mut y);
+        splitmix64(&mut y)
     }
-    (h >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+
+    pub(crate) fn new(key: u64, a: u64, b: u64) -> Self {
+        let mut x = key;
+        let h = splitmix64(&mut x);
+        KeyedRow {
+            h: Self::round(Self::round(h, a), b),
+        }
+    }
+
+    /// The draw of counter `c`.
+    pub(crate) fn uniform(self, c: u64) -> f64 {
+        (Self::round(self.h, c) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
 }
 
 #[cfg(test)]
@@ -143,6 +160,10 @@ mod tests {
         assert!((s2 / n as f64 - 1.0).abs() < 0.02);
         let m: f64 = (0..n).map(|_| r.uniform()).sum::<f64>() / n as f64;
         assert!((m - 0.5).abs() < 0.005);
+    }
+
+    fn keyed_uniform(key: u64, a: u64, b: u64, c: u64) -> f64 {
+        KeyedRow::new(key, a, b).uniform(c)
     }
 
     #[test]

@@ -485,7 +485,12 @@ mod tests {
         let old = r#"{"cell":"lstm","hidden":8,"layers":2,"embed":4,"dropout":0.1,"vocab":"ab"}"#;
         let cfg: CharLmConfig = serde_json::from_str(old).unwrap();
         assert_eq!(
-            (cfg.recurrent_dropout, cfg.weight_drop, cfg.zoneout, cfg.proj),
+            (
+                cfg.recurrent_dropout,
+                cfg.weight_drop,
+                cfg.zoneout,
+                cfg.proj
+            ),
             (0.0, 0.0, 0.0, 0)
         );
         let new = CharLmConfig {
@@ -500,7 +505,12 @@ mod tests {
         assert_eq!(back, new);
         let rc = back.recurrent();
         assert_eq!(
-            (rc.recurrent_dropout, rc.weight_drop, rc.zoneout, rc.proj_size),
+            (
+                rc.recurrent_dropout,
+                rc.weight_drop,
+                rc.zoneout,
+                rc.proj_size
+            ),
             (0.25, 0.5, 0.125, 3)
         );
     }

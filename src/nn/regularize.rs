@@ -3,7 +3,7 @@
 //!
 //! Every mask value is a pure function of the step's key (one word drawn from the training
 //! [`Rng`] per forward pass, so a function of the seed and the training step), the layer, the
-//! direction, which regularizer, and the value's coordinates ([`keyed_uniform`]): the masks do
+//! direction, which regularizer, and the value's coordinates ([`crate::rng::KeyedRow`]): the masks do
 //! not depend on the number of threads or on the order they are drawn in, and a run resumed
 //! from a checkpoint (which stores the generator) draws the same masks as one that never
 //! stopped.
@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use super::direction::CellKind;
 use crate::Result;
-use crate::rng::{Rng, keyed_uniform};
+use crate::rng::{KeyedRow, Rng};
 use crate::tape::{Tape, Var};
 use crate::tensor::{Float, Tensor};
 
@@ -142,9 +142,13 @@ fn dropout_mask<T: Float>(key: u64, stream: u64, dims: &[usize], p: f64) -> Resu
         .par_chunks_mut(cols)
         .enumerate()
         .for_each(|(r, row)| {
+            let draw = KeyedRow::new(key, stream, r as u64);
             for (j, v) in row.iter_mut().enumerate() {
-                let u = keyed_uniform(key, stream, r as u64, j as u64);
-                *v = if u < p { zero } else { keep };
+                *v = if draw.uniform(j as u64) < p {
+                    zero
+                } else {
+                    keep
+                };
             }
         });
     Ok(m)
@@ -159,9 +163,13 @@ fn keep_mask<T: Float>(key: u64, stream: u64, dims: &[usize; 3], p: f64) -> Resu
         .par_chunks_mut(step)
         .enumerate()
         .for_each(|(t, block)| {
+            let draw = KeyedRow::new(key, stream, t as u64);
             for (k, v) in block.iter_mut().enumerate() {
-                let u = keyed_uniform(key, stream, t as u64, k as u64);
-                *v = if u < p { T::ONE } else { T::ZERO };
+                *v = if draw.uniform(k as u64) < p {
+                    T::ONE
+                } else {
+                    T::ZERO
+                };
             }
         });
     Ok(m)

@@ -43,7 +43,12 @@ pub fn run(a: &BenchArgs) -> CmdResult {
     let vocab: String = (0..a.vocab as u32)
         .map(|i| char::from_u32(if i < 94 { 0x21 + i } else { 0x100 + i }).expect("a char"))
         .collect();
-    let config = CharLmConfig::new(&a.cell, a.hidden, a.layers, a.embed, &vocab);
+    let config = CharLmConfig {
+        recurrent_dropout: a.recurrent_dropout,
+        weight_drop: a.weight_drop,
+        zoneout: a.zoneout,
+        ..CharLmConfig::new(&a.cell, a.hidden, a.layers, a.embed, &vocab)
+    };
     let chunks = a.warmup + a.steps;
     let text_len = a.batch * (chunks * a.seq_len + 1);
     let estimate = crate::train::estimate_bytes(&config, a.batch, a.seq_len, text_len, text_len);
