@@ -520,12 +520,10 @@ fn inference_step_applies_zoneout_expectation() {
         for t in 0..5 {
             step.step_packed(&x.data()[t * 3..(t + 1) * 3], &mut h, &mut c)
                 .unwrap();
-            for u in 0..6 {
-                let want = y.data()[t * 6 + u];
+            for (got, want) in h.iter().zip(&y.data()[t * 6..(t + 1) * 6]) {
                 assert!(
-                    (h[u] - want).abs() < 1e-12,
-                    "{kind:?} t {t}: {} vs {want}",
-                    h[u]
+                    (got - want).abs() < 1e-12,
+                    "{kind:?} t {t}: {got} vs {want}"
                 );
             }
         }
