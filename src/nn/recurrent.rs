@@ -226,7 +226,9 @@ pub struct ForwardOptions<'a> {
     /// Length of each sequence in the batch (each in `1..=T`): past its length a sequence's
     /// state is frozen and its outputs are zero.
     pub lengths: Option<&'a [usize]>,
-    /// Training mode: the generator for dropout masks between layers. `None` is evaluation mode.
+    /// Training mode: the generator for dropout masks between layers, and (with
+    /// `recurrent_dropout`, `weight_drop` or `zoneout` on) the one word per pass that keys the
+    /// regularizers' masks. `None` is evaluation mode.
     pub dropout_rng: Option<&'a mut Rng>,
     /// Which implementation to run.
     pub implementation: Implementation,
