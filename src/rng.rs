@@ -109,6 +109,39 @@ impl Rng {
     }
 }
 
+/// Counter-based draws, uniform in [0, 1) with 53 bits: each is a pure function of a `key` and
+/// three counters `(a, b, c)`, `KeyedRow::new(key, a, b).uniform(c)`, so a value can be drawn
+/// for any coordinate in any order, on any thread, and the result never depends on which draws
+/// came before. The recurrent regularizers take their masks from it, keyed on one word drawn
+/// per training step from the training [`Rng`] and on the layer, direction, time step and unit
+/// (see [`crate::nn::RecurrentConfig::recurrent_dropout`]). Fixing the key and the first two
+/// counters does the hashing they share once: each draw of a row costs one SplitMix64 round.
+#[derive(Clone, Copy)]
+pub(crate) struct KeyedRow {
+    h: u64,
+}
+
+impl KeyedRow {
+    /// Mixes each counter into the running hash through a full SplitMix64 round.
+    fn round(h: u64, w: u64) -> u64 {
+        let mut y = h ^ w.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+        splitmix64(&mut y)
+    }
+
+    pub(crate) fn new(key: u64, a: u64, b: u64) -> Self {
+        let mut x = key;
+        let h = splitmix64(&mut x);
+        KeyedRow {
+            h: Self::round(Self::round(h, a), b),
+        }
+    }
+
+    /// The draw of counter `c`.
+    pub(crate) fn uniform(self, c: u64) -> f64 {
+        (Self::round(self.h, c) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +160,27 @@ mod tests {
         assert!((s2 / n as f64 - 1.0).abs() < 0.02);
         let m: f64 = (0..n).map(|_| r.uniform()).sum::<f64>() / n as f64;
         assert!((m - 0.5).abs() < 0.005);
+    }
+
+    fn keyed_uniform(key: u64, a: u64, b: u64, c: u64) -> f64 {
+        KeyedRow::new(key, a, b).uniform(c)
+    }
+
+    #[test]
+    fn keyed_uniform_has_the_right_moments_and_changes_with_every_counter() {
+        let n = 100_000u64;
+        let m: f64 = (0..n).map(|k| keyed_uniform(5, 0, 0, k)).sum::<f64>() / n as f64;
+        assert!((m - 0.5).abs() < 0.005, "mean {m}");
+        let base = keyed_uniform(1, 2, 3, 4);
+        for other in [
+            keyed_uniform(0, 2, 3, 4),
+            keyed_uniform(1, 0, 3, 4),
+            keyed_uniform(1, 2, 0, 4),
+            keyed_uniform(1, 2, 3, 0),
+            keyed_uniform(1, 3, 2, 4),
+        ] {
+            assert_ne!(base, other);
+        }
     }
 
     #[test]

@@ -129,6 +129,15 @@ fn main() {
         // B 2, H 8, lengths [4, 2], P 2.
         [2, 4, 2, 2, 6, 1, 1, 1, 0, 126, 4, 1, 2],
         [130, 3, 1, 3, 6, 0, 1, 1, 1, 94, 3, 1, 0],
+        // The regularizers (first byte: bit 2 recurrent dropout, 3 weight drop, 4 zoneout,
+        // 5 training): an f64 LSTM with all three in training; an f32 GRU likewise; an f64
+        // RNN with zoneout in evaluation; an f32 relu RNN with recurrent dropout in training;
+        // the f64 projected LSTM above with weight drop in training.
+        [62, 4, 2, 2, 6, 1, 1, 1, 2, 5, 6, 7, 8],
+        [191, 5, 3, 4, 9, 1, 1, 0, 14, 5, 6, 7, 8],
+        [16, 3, 2, 1, 5, 0, 1, 1, 6, 9, 9, 9, 9],
+        [165, 4, 3, 3, 6, 1, 0, 0, 12, 1, 1, 1, 1],
+        [42, 4, 2, 2, 6, 1, 1, 1, 0, 126, 4, 1, 2],
     ]
     .iter()
     .enumerate()

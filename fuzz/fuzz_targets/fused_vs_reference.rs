@@ -6,7 +6,9 @@
 //! measured against the f64 result: the f32 reference's distance from it in two summation orders
 //! (the batch as given and reversed) and the f64 result's own movement when every parameter and
 //! input is moved by a relative f32 rounding; see `compare`), and a configuration one refuses the
-//! other refuses too. LSTM cases may project their state (`proj_size`).
+//! other refuses too. LSTM cases may project their state (`proj_size`), and any case may turn on
+//! the recurrence's regularizers (recurrent dropout, weight drop, zoneout) in training (masks
+//! drawn from a generator seeded by the case) or evaluation (zoneout's expectation).
 
 #![no_main]
 
@@ -33,10 +35,23 @@ struct Case {
     own_params: bool,
     /// Run in f32 (else f64).
     f32: bool,
+    /// Training mode: the regularizers draw their masks from a generator seeded with `seed`.
+    train: bool,
+}
+
+impl Case {
+    /// Whether masks differ from row to row of the batch (recurrent dropout's and zoneout's,
+    /// in training): the batch reversed is then another case.
+    fn row_masks(&self) -> bool {
+        self.train && (self.cfg.recurrent_dropout > 0.0 || self.cfg.zoneout > 0.0)
+    }
 }
 
 fn decode(data: &[u8]) -> Case {
     let mut r = Bytes::new(data);
+    // The first byte: the cell (bits 0-1), the regularizers (bits 2-4), training (bit 5), f32
+    // (bit 7).
+    let first = data.first().copied().unwrap_or(0);
     let kind = match r.u8() % 4 {
         0 => CellKind::Rnn(Activation::Tanh),
         1 => CellKind::Rnn(Activation::Relu),
@@ -58,7 +73,10 @@ fn decode(data: &[u8]) -> Case {
         .num_layers(r.range(1, 2))
         .bidirectional(r.bool())
         .bias(r.bool())
-        .batch_first(r.bool());
+        .batch_first(r.bool())
+        .recurrent_dropout(if first & 0x04 != 0 { 0.3 } else { 0.0 })
+        .weight_drop(if first & 0x08 != 0 { 0.4 } else { 0.0 })
+        .zoneout(if first & 0x10 != 0 { 0.25 } else { 0.0 });
     let flags = r.u8();
     // An LSTM projection of 0..=H features (0 is none; H is refused by both paths).
     if kind == CellKind::Lstm && flags & 0x10 != 0 {
@@ -91,6 +109,7 @@ fn decode(data: &[u8]) -> Case {
         values,
         own_params,
         f32,
+        train: first & 0x20 != 0,
     }
 }
 
@@ -189,11 +208,13 @@ fn run<T: Float>(
         .then(|| tape.input(feed(fill(c, &sd, 2, 0.25), sb)));
     let c0 = (c.with_h0 && c.kind == CellKind::Lstm)
         .then(|| tape.input(feed(fill(c, &cd, 3, 0.25), sb)));
+    // The same generator state for every run: the same masks.
+    let mut mask_rng = c.train.then(|| Rng::new(c.seed));
     let opts = ForwardOptions {
         h0,
         c0,
         lengths: lengths.as_deref(),
-        dropout_rng: None,
+        dropout_rng: mask_rng.as_mut(),
         implementation: imp,
     };
     let out = layer.forward(&mut tape, &ps, x, opts)?;
@@ -302,8 +323,14 @@ fn compare<T: Float>(
         ),
     };
     assert_eq!(fused.len(), reference.len());
-    let flipped = run::<T>(c, Implementation::Reference, true, None)
-        .expect("the reference refused the case with its batch reversed");
+    // With masks that differ by row the reversed batch is another case: the reference as given
+    // stands in for it (no second summation order then).
+    let flipped = if c.row_masks() {
+        reference.clone()
+    } else {
+        run::<T>(c, Implementation::Reference, true, None)
+            .expect("the reference refused the case with its batch reversed")
+    };
     // A relu output that one path rounds to exactly zero and the other to a speck above it (an
     // exact zero pre-activation, which grid values can produce by cancellation) puts the case
     // on the kink: each path's gradient is a right one-sided derivative, and they differ by

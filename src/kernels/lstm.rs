@@ -20,6 +20,36 @@ pub fn lstm_forward<T: Float>(
     h: &mut [T],
     hidden: usize,
 ) {
+    forward_rows(gates, c_prev, None, c, h, hidden);
+}
+
+/// [`lstm_forward`] with zoneout on `c`: `d` `[B, H]` holds each unit's keep weight (1 keeps
+/// `c_{t-1}`, 0 takes the new value; in evaluation the probability `p`), and
+/// `c = d * c_prev + (1 - d) * (f * c_prev + i * g)`, `h = o * tanh(c)`.
+pub fn lstm_forward_zoneout<T: Float>(
+    gates: &mut [T],
+    c_prev: &[T],
+    d: &[T],
+    c: &mut [T],
+    h: &mut [T],
+    hidden: usize,
+) {
+    assert_eq!(
+        d.len(),
+        c_prev.len(),
+        "lstm_forward_zoneout: d and c_prev differ"
+    );
+    forward_rows(gates, c_prev, Some(d), c, h, hidden);
+}
+
+fn forward_rows<T: Float>(
+    gates: &mut [T],
+    c_prev: &[T],
+    d: Option<&[T]>,
+    c: &mut [T],
+    h: &mut [T],
+    hidden: usize,
+) {
     let bufs = [(gates.len(), 4), (c.len(), 1), (h.len(), 1)];
     let rows = checked_rows("lstm_forward", c_prev.len(), hidden, &bufs);
     for b in 0..rows {
@@ -31,6 +61,7 @@ pub fn lstm_forward<T: Float>(
             g,
             o,
             c_prev: &c_prev[r.clone()],
+            d: d.map(|d| &d[r.clone()]),
             c: &mut c[r.clone()],
             h: &mut h[r],
         };
@@ -45,6 +76,8 @@ struct ForwardRow<'a, T> {
     g: &'a mut [T],
     o: &'a mut [T],
     c_prev: &'a [T],
+    /// Zoneout's keep weights of `c`, when on.
+    d: Option<&'a [T]>,
     c: &'a mut [T],
     h: &'a mut [T],
 }
@@ -56,7 +89,16 @@ impl<T: Float> Units<T> for ForwardRow<'_, T> {
         let f = B::load(&self.f[r.clone()]).sigmoid();
         let g = B::load(&self.g[r.clone()]).tanh();
         let o = B::load(&self.o[r.clone()]).sigmoid();
-        let c = f.mul_add(B::load(&self.c_prev[r.clone()]), i * g);
+        let c_prev = B::load(&self.c_prev[r.clone()]);
+        let c = f.mul_add(c_prev, i * g);
+        // Zoneout: c = (1 - d) * c~ + d * c_prev.
+        let c = match self.d {
+            Some(d) => {
+                let d = B::load(&d[r.clone()]);
+                (B::splat(T::ONE) - d) * c + d * c_prev
+            }
+            None => c,
+        };
         let h = o * c.tanh();
         i.store(&mut self.i[r.clone()]);
         f.store(&mut self.f[r.clone()]);
@@ -81,6 +123,42 @@ pub fn lstm_backward<T: Float>(
     dgates: &mut [T],
     hidden: usize,
 ) {
+    backward_rows(gates, c_prev, None, c, dh, dc, dgates, hidden);
+}
+
+/// [`lstm_backward`] of [`lstm_forward_zoneout`]: with `dc_t` the gradient reaching the
+/// zoned-out `c_t` (from `c_{t+1}` and through `h_t = o * tanh(c_t)`), the new value's share
+/// `dc~ = (1 - d) * dc_t` gives the gates' gradients and `dc_{t-1} = d * dc_t + f * dc~`.
+#[allow(clippy::too_many_arguments)]
+pub fn lstm_backward_zoneout<T: Float>(
+    gates: &[T],
+    c_prev: &[T],
+    d: &[T],
+    c: &[T],
+    dh: &[T],
+    dc: &mut [T],
+    dgates: &mut [T],
+    hidden: usize,
+) {
+    assert_eq!(
+        d.len(),
+        c_prev.len(),
+        "lstm_backward_zoneout: d and c_prev differ"
+    );
+    backward_rows(gates, c_prev, Some(d), c, dh, dc, dgates, hidden);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_rows<T: Float>(
+    gates: &[T],
+    c_prev: &[T],
+    d: Option<&[T]>,
+    c: &[T],
+    dh: &[T],
+    dc: &mut [T],
+    dgates: &mut [T],
+    hidden: usize,
+) {
     let bufs = [
         (gates.len(), 4),
         (dgates.len(), 4),
@@ -99,6 +177,7 @@ pub fn lstm_backward<T: Float>(
             g,
             o,
             c_prev: &c_prev[r.clone()],
+            d: d.map(|d| &d[r.clone()]),
             c: &c[r.clone()],
             dh: &dh[r.clone()],
             dc: &mut dc[r],
@@ -118,6 +197,8 @@ struct BackwardRow<'a, T> {
     g: &'a [T],
     o: &'a [T],
     c_prev: &'a [T],
+    /// Zoneout's keep weights of `c`, when on.
+    d: Option<&'a [T]>,
     c: &'a [T],
     dh: &'a [T],
     dc: &'a mut [T],
@@ -137,12 +218,24 @@ impl<T: Float> Units<T> for BackwardRow<'_, T> {
         let dh = B::load(&self.dh[r.clone()]);
         // The gradient reaching c_t: from h_t through tanh, and from c_{t+1}.
         let dc = (dh * o).mul_add(one - tc * tc, B::load(&self.dc[r.clone()]));
-        (dc * g * i * (one - i)).store(&mut self.di[r.clone()]);
+        // Zoneout: the new value's share dc~ = (1 - d) dc reaches the gates; d dc goes straight
+        // on to c_{t-1}.
+        let (dct, kept) = match self.d {
+            Some(d) => {
+                let d = B::load(&d[r.clone()]);
+                ((one - d) * dc, Some(d * dc))
+            }
+            None => (dc, None),
+        };
+        (dct * g * i * (one - i)).store(&mut self.di[r.clone()]);
         let c_prev = B::load(&self.c_prev[r.clone()]);
-        (dc * c_prev * f * (one - f)).store(&mut self.df[r.clone()]);
-        (dc * i * (one - g * g)).store(&mut self.dg[r.clone()]);
+        (dct * c_prev * f * (one - f)).store(&mut self.df[r.clone()]);
+        (dct * i * (one - g * g)).store(&mut self.dg[r.clone()]);
         (dh * tc * o * (one - o)).store(&mut self.do_[r.clone()]);
-        (dc * f).store(&mut self.dc[r]);
+        match kept {
+            Some(k) => (dct * f + k).store(&mut self.dc[r]),
+            None => (dct * f).store(&mut self.dc[r]),
+        }
     }
 }
 
@@ -218,4 +311,60 @@ mod tests {
     }
 
     simd_matches_scalar_in_both_precisions!(check);
+
+    /// The zoneout variants against scalar code: keep weights 0, 1 and (evaluation) 0.3.
+    fn check_zoneout<T: Float>() {
+        let rows = 3;
+        for hidden in HIDDEN_SIZES {
+            let n = rows * hidden;
+            let pre: Vec<T> = values(hidden as u64 + 7, 4 * n, 4.0);
+            let c_prev: Vec<T> = values(hidden as u64 + 8, n, 2.0);
+            let d: Vec<T> = (0..n)
+                .map(|k| T::from_f64([0.0, 1.0, 0.3][k % 3]))
+                .collect();
+            let mut gates = pre.clone();
+            let (mut c, mut h) = (vec![T::ZERO; n], vec![T::ZERO; n]);
+            lstm_forward_zoneout(&mut gates, &c_prev, &d, &mut c, &mut h, hidden);
+            let (mut want_c, mut want_h) = (vec![T::ZERO; n], vec![T::ZERO; n]);
+            for k in 0..n {
+                let ([_, _, _, o], ck, _) = forward_unit(unit_gates(&pre, k, hidden), c_prev[k]);
+                want_c[k] = (T::ONE - d[k]) * ck + d[k] * c_prev[k];
+                want_h[k] = o * want_c[k].tanh();
+            }
+            assert_close(&c, &want_c, tol::<T>(), "zoneout c");
+            assert_close(&h, &want_h, tol::<T>(), "zoneout h");
+
+            let dh: Vec<T> = values(hidden as u64 + 9, n, 1.0);
+            let dc0: Vec<T> = values(hidden as u64 + 10, n, 1.0);
+            let (mut dc, mut dgates) = (dc0.clone(), vec![T::ZERO; 4 * n]);
+            lstm_backward_zoneout(&gates, &c_prev, &d, &c, &dh, &mut dc, &mut dgates, hidden);
+            let (mut want_dg, mut want_dc) = (vec![T::ZERO; 4 * n], vec![T::ZERO; n]);
+            for k in 0..n {
+                let [i, f, g, o] = unit_gates(&gates, k, hidden);
+                let tc = c[k].tanh();
+                let dct = dc0[k] + dh[k] * o * (T::ONE - tc * tc);
+                let dnew = (T::ONE - d[k]) * dct;
+                let dgk = [
+                    dnew * g * i * (T::ONE - i),
+                    dnew * c_prev[k] * f * (T::ONE - f),
+                    dnew * i * (T::ONE - g * g),
+                    dh[k] * tc * o * (T::ONE - o),
+                ];
+                set_unit_gates(&mut want_dg, k, hidden, dgk);
+                want_dc[k] = d[k] * dct + f * dnew;
+            }
+            assert_close(&dgates, &want_dg, tol::<T>(), "zoneout dgates");
+            assert_close(&dc, &want_dc, tol::<T>(), "zoneout dc");
+        }
+    }
+
+    #[test]
+    fn zoneout_simd_matches_scalar_f32() {
+        check_zoneout::<f32>();
+    }
+
+    #[test]
+    fn zoneout_simd_matches_scalar_f64() {
+        check_zoneout::<f64>();
+    }
 }

@@ -17,7 +17,7 @@ use crate::nn::{
 };
 use crate::params::{ParamId, ParamStore};
 use crate::rng::Rng;
-use crate::tape::Var;
+use crate::tape::{Tape, Var};
 use crate::tensor::{Float, Tensor};
 use crate::{Error, Result};
 
@@ -37,6 +37,65 @@ pub struct CharLmConfig {
     pub dropout: f64,
     /// The vocabulary, in id order.
     pub vocab: String,
+    /// Recurrent (variational) dropout, see [`RecurrentConfig::recurrent_dropout`] (0 in files
+    /// written before it existed).
+    #[serde(default)]
+    pub recurrent_dropout: f64,
+    /// Weight drop on `W_hh`, see [`RecurrentConfig::weight_drop`].
+    #[serde(default)]
+    pub weight_drop: f64,
+    /// Zoneout, see [`RecurrentConfig::zoneout`].
+    #[serde(default)]
+    pub zoneout: f64,
+    /// LSTM only: the projection of the hidden state, [`RecurrentConfig::proj_size`] (0: none).
+    #[serde(default)]
+    pub proj: usize,
+}
+
+impl CharLmConfig {
+    /// A model of `cell` with `layers` layers of `hidden` units over `embed`-wide character
+    /// embeddings of `vocab`, without dropout, regularizers or projection (set the fields).
+    ///
+    /// ```
+    /// use recur::models::CharLmConfig;
+    /// let cfg = CharLmConfig::new("lstm", 8, 2, 4, "abc");
+    /// assert_eq!((cfg.dropout, cfg.zoneout, cfg.proj), (0.0, 0.0, 0));
+    /// ```
+    pub fn new(cell: &str, hidden: usize, layers: usize, embed: usize, vocab: &str) -> Self {
+        CharLmConfig {
+            cell: cell.to_string(),
+            hidden,
+            layers,
+            embed,
+            dropout: 0.0,
+            vocab: vocab.to_string(),
+            recurrent_dropout: 0.0,
+            weight_drop: 0.0,
+            zoneout: 0.0,
+            proj: 0,
+        }
+    }
+
+    /// The recurrent stack's configuration.
+    pub fn recurrent(&self) -> RecurrentConfig {
+        RecurrentConfig::new(self.embed, self.hidden)
+            .num_layers(self.layers)
+            .dropout(self.dropout)
+            .recurrent_dropout(self.recurrent_dropout)
+            .weight_drop(self.weight_drop)
+            .zoneout(self.zoneout)
+            .proj_size(self.proj)
+    }
+
+    /// Features of each step's output, what the head reads: `proj` with a projection, else
+    /// `hidden`.
+    pub fn output_size(&self) -> usize {
+        if self.proj > 0 {
+            self.proj
+        } else {
+            self.hidden
+        }
+    }
 }
 
 impl CharLmConfig {
@@ -51,10 +110,12 @@ impl CharLmConfig {
     ///
     /// ```
     /// use recur::models::CharLmConfig;
-    /// let cfg = CharLmConfig { cell: "gru".into(), hidden: 4, layers: 1, embed: 2, dropout: 0.0,
-    ///     vocab: "abc".into() };
+    /// let cfg = CharLmConfig::new("gru", 4, 1, 2, "abc");
     /// // embedding 3x2, W_ih 12x2, W_hh 12x4, two biases of 12, head 3x4 and 3
     /// assert_eq!(cfg.param_count(), Some(6 + 24 + 48 + 24 + 12 + 3));
+    /// // An LSTM projecting its 4 units to 3: W_ih 16x2, W_hh 16x3, biases, W_hr 3x4, head 3x3
+    /// let cfg = CharLmConfig { proj: 3, ..CharLmConfig::new("lstm", 4, 1, 2, "abc") };
+    /// assert_eq!(cfg.param_count(), Some(6 + 32 + 48 + 32 + 12 + 9 + 3));
     /// ```
     pub fn param_count(&self) -> Option<u128> {
         let g = self.kind().ok()?.gates() as u128;
@@ -64,14 +125,18 @@ impl CharLmConfig {
             self.hidden as u128,
             self.layers as u128,
         );
+        // The state and the outputs have `o` features: P with a projection (W_hr [P, H]).
+        let o = self.output_size() as u128;
+        let proj = if self.proj > 0 { o.checked_mul(h)? } else { 0 };
         let layer = |input: u128| {
             g.checked_mul(h)?
-                .checked_mul(input.checked_add(h)?.checked_add(2)?)
+                .checked_mul(input.checked_add(o)?.checked_add(2)?)?
+                .checked_add(proj)
         };
-        let stack = layer(e)?.checked_add(l.checked_sub(1)?.checked_mul(layer(h)?)?)?;
+        let stack = layer(e)?.checked_add(l.checked_sub(1)?.checked_mul(layer(o)?)?)?;
         v.checked_mul(e)?
             .checked_add(stack)?
-            .checked_add(h.checked_mul(v)?)?
+            .checked_add(o.checked_mul(v)?)?
             .checked_add(v)
     }
 
@@ -115,8 +180,8 @@ impl CharLmConfig {
 ///
 /// let text = "abcabcabcabc".repeat(20);
 /// let vocab = CharVocab::from_text(&text)?;
-/// let cfg = CharLmConfig { cell: "gru".into(), hidden: 16, layers: 1, embed: 8, dropout: 0.0,
-///     vocab: vocab.chars().iter().collect() };
+/// let chars: String = vocab.chars().iter().collect();
+/// let cfg = CharLmConfig::new("gru", 16, 1, 8, &chars);
 /// let mut ps = ParamStore::<f32>::new();
 /// let mut lm = CharLm::new(&mut ps, cfg, &mut Rng::new(0))?;
 /// let mut data = LmStreams::new(&vocab.encode(&text)?, 4, 10)?;
@@ -142,14 +207,11 @@ impl<T: Float> CharLm<T> {
         let vocab = CharVocab::from_chars(config.vocab.chars().collect())?;
         let kind = cell_from_name(&config.cell)?;
         let embed = Embedding::new(store, &scope("", "embed")?, vocab.len(), config.embed, rng)?;
-        let rc = RecurrentConfig::new(config.embed, config.hidden)
-            .num_layers(config.layers)
-            .dropout(config.dropout);
-        let rnn = Recurrent::new(store, &scope("", "rnn")?, kind, rc, rng)?;
+        let rnn = Recurrent::new(store, &scope("", "rnn")?, kind, config.recurrent(), rng)?;
         let head = Linear::new(
             store,
             &scope("", "head")?,
-            config.hidden,
+            config.output_size(),
             vocab.len(),
             true,
             rng,
@@ -204,14 +266,15 @@ impl<T: Float> CharLm<T> {
         let out = cx.recurrent_carry(&self.rnn, x, &mut self.carry)?;
         let y = cx
             .tape
-            .reshape(out.y, &[t_len * batch, self.config.hidden])?;
+            .reshape(out.y, &[t_len * batch, self.config.output_size()])?;
         cx.linear(&self.head, y)
     }
 
     /// Generates `length` characters after `prime` (non-empty, in the vocabulary), sampling from
     /// `softmax(logits / temperature)` restricted to the `top_k` most likely characters when
     /// given; temperature 0 picks the most likely. Runs without a tape: one
-    /// [`InferenceStep`] per layer over weights packed once.
+    /// [`InferenceStep`] per layer over weights packed once (an LSTM with a projection, which
+    /// the tape-free step lacks, steps its layers in evaluation mode on a tape instead).
     pub fn generate(
         &self,
         store: &ParamStore<T>,
@@ -233,6 +296,22 @@ impl<T: Float> CharLm<T> {
                 "CharLm::generate",
                 format!("temperature must be >= 0 and top_k >= 1 (got {temperature}, {top_k:?})"),
             ));
+        }
+        if self.config.proj > 0 {
+            // The tape-free step has no projection: step the layers on a tape instead.
+            let mut carry = CarriedState::new();
+            let mut tape = Tape::new();
+            let p = self.config.proj;
+            let advance = |token: usize| -> Result<Tensor<T>> {
+                tape.clear();
+                let mut cx = Ctx::eval(&mut tape, store);
+                let x = cx.embed(&self.embed, &[token], &[1, 1])?;
+                let out = cx.recurrent_carry(&self.rnn, x, &mut carry)?;
+                let y = cx.tape.reshape(out.y, &[1, p])?;
+                let logits = cx.linear(&self.head, y)?;
+                Ok(tape.value(logits)?.clone())
+            };
+            return self.sample_text(&prime, length, temperature, top_k, rng, advance);
         }
         let (h, kind) = (self.config.hidden, self.rnn.kind());
         let steps: Result<Vec<InferenceStep<T>>> = (0..self.config.layers)
@@ -269,7 +348,7 @@ impl<T: Float> CharLm<T> {
             }
             None => vec![T::ZERO; v],
         };
-        let mut advance = |token: usize| -> Result<Tensor<T>> {
+        let advance = |token: usize| -> Result<Tensor<T>> {
             let mut x = self.embed.lookup(store, &[token], &[1])?.into_vec();
             for (l, s) in steps.iter_mut().enumerate() {
                 s.step_packed(&x, &mut hs[l], &mut cs[l])?;
@@ -279,8 +358,22 @@ impl<T: Float> CharLm<T> {
             gemv_rows_acc(&head, &x, &mut logits, 0..v, Sweep::Ascending);
             Tensor::from_vec(logits, &[1, v])
         };
+        self.sample_text(&prime, length, temperature, top_k, rng, advance)
+    }
+
+    /// Feeds the ids of `prime` (not empty) to `advance`, which steps the model by one
+    /// character and returns the logits `[1, V]`, then samples `length` characters.
+    fn sample_text(
+        &self,
+        prime: &[usize],
+        length: usize,
+        temperature: f64,
+        top_k: Option<usize>,
+        rng: &mut Rng,
+        mut advance: impl FnMut(usize) -> Result<Tensor<T>>,
+    ) -> Result<String> {
         let mut logits = None;
-        for &t in &prime {
+        for &t in prime {
             logits = Some(advance(t)?);
         }
         let mut logits = logits.expect("the prime is not empty");
@@ -378,5 +471,47 @@ impl<T: Float> Objective<T> for CharLm<T> {
             None => CarriedState::new(),
         };
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A configuration stored before the regularizers and the projection existed loads with
+    /// them off; a new one keeps them.
+    #[test]
+    fn configs_without_the_regularizers_load_with_them_off() {
+        let old = r#"{"cell":"lstm","hidden":8,"layers":2,"embed":4,"dropout":0.1,"vocab":"ab"}"#;
+        let cfg: CharLmConfig = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (
+                cfg.recurrent_dropout,
+                cfg.weight_drop,
+                cfg.zoneout,
+                cfg.proj
+            ),
+            (0.0, 0.0, 0.0, 0)
+        );
+        let new = CharLmConfig {
+            recurrent_dropout: 0.25,
+            weight_drop: 0.5,
+            zoneout: 0.125,
+            proj: 3,
+            ..cfg
+        };
+        let back: CharLmConfig =
+            serde_json::from_str(&serde_json::to_string(&new).unwrap()).unwrap();
+        assert_eq!(back, new);
+        let rc = back.recurrent();
+        assert_eq!(
+            (
+                rc.recurrent_dropout,
+                rc.weight_drop,
+                rc.zoneout,
+                rc.proj_size
+            ),
+            (0.25, 0.5, 0.125, 3)
+        );
     }
 }

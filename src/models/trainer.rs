@@ -363,8 +363,8 @@ impl<'c, T: Float> Trainer<'c, T> {
     ///
     /// let text = "abcd".repeat(50);
     /// let vocab = CharVocab::from_text(&text)?;
-    /// let cfg = CharLmConfig { cell: "lstm".into(), hidden: 8, layers: 1, embed: 4, dropout: 0.0,
-    ///     vocab: vocab.chars().iter().collect() };
+    /// let chars: String = vocab.chars().iter().collect();
+    /// let cfg = CharLmConfig::new("lstm", 8, 1, 4, &chars);
     /// let mut ps = ParamStore::<f32>::new();
     /// let mut lm = CharLm::new(&mut ps, cfg, &mut Rng::new(0))?;
     /// let mut data = LmStreams::new(&vocab.encode(&text)?, 4, 10)?;

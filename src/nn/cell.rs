@@ -155,6 +155,17 @@ impl Cell {
                 ),
             ));
         }
+        if cfg.regularized() {
+            return Err(Error::invalid(
+                "Cell::from_layer",
+                format!(
+                    "the stack is regularized (recurrent_dropout {}, weight_drop {}, zoneout {}); \
+                     a cell has none of these: run Recurrent::forward, or \
+                     Recurrent::inference_step to evaluate",
+                    cfg.recurrent_dropout, cfg.weight_drop, cfg.zoneout
+                ),
+            ));
+        }
         let params = stack.direction_params(layer, dir).ok_or_else(|| {
             Error::invalid(
                 "Cell::from_layer",

@@ -4,6 +4,7 @@
 //! from tape ops ([`super::reference`]); the single-step paths ([`super::cell`],
 //! [`super::inference`]) use the same [`CellKind`] and [`DirectionParams`].
 
+use super::regularize::DirectionMasks;
 use crate::Result;
 use crate::kernels::rnn::Activation;
 use crate::params::ParamId;
@@ -124,9 +125,25 @@ pub(crate) struct DirectionRun<'a> {
     pub(crate) x: Var,
     pub(crate) h0: Var,
     pub(crate) c0: Option<Var>,
+    /// The regularizers' masks (none off training, but zoneout's expectation).
+    pub(crate) masks: DirectionMasks,
 }
 
 impl DirectionRun<'_> {
+    /// The weights as the recurrence reads them: the parameters, with `W_hh` masked when
+    /// weight drop is on.
+    pub(crate) fn weights<T: Float>(
+        &self,
+        tape: &mut Tape<T>,
+        store: &ParamStore<T>,
+    ) -> Result<StepWeights> {
+        let mut w = self.params.vars(tape, store)?;
+        if let Some(masked) = self.masks.w_hh {
+            w.w_hh = masked;
+        }
+        Ok(w)
+    }
+
     /// Whether batch entry `b` is inside its sequence at time `t`.
     pub(crate) fn active(&self, t: usize, b: usize) -> bool {
         is_active(self.lengths, t, b)

@@ -56,6 +56,9 @@ pub struct InferenceStep<T> {
     helper: Option<Arc<Helper>>,
     /// Whether a step with the helper splits its shares between the two threads.
     tuner: SplitTuner,
+    /// Zoneout's probability, when the layer was trained with it (see
+    /// [`InferenceStep::set_zoneout`]).
+    zoneout: Option<T>,
 }
 
 /// Fewest bytes of packed weights for which [`InferenceStep::pack_weights`] cuts the units in
@@ -104,6 +107,10 @@ struct Buffers<T> {
     /// These units' `h` (and `c`) after the step `[batch, u]` (the RNN's stays in `xp`).
     h_new: Vec<T>,
     c_new: Vec<T>,
+    /// Zoneout's probability `p` (evaluation's expectation), when on; for the LSTM also `d`, `p`
+    /// in every place of `[batch, u]`, its keep weights of `c`.
+    zone: Option<T>,
+    d: Vec<T>,
 }
 
 /// What a step reads, shared by the threads stepping the shares.
@@ -135,7 +142,40 @@ impl<T: Float> InferenceStep<T> {
             packed: None,
             helper: None,
             tuner: SplitTuner::new(),
+            zoneout: None,
         })
+    }
+
+    /// Steps with zoneout's expectation, as a layer trained with zoneout probability `p`
+    /// evaluates: `h_t = p h_{t-1} + (1 - p) h~_t` (and the LSTM's `c_t` likewise, before
+    /// `h~_t = o * tanh(c_t)`); `p = 0` turns it off. Fails if `p` is not in [0, 1).
+    ///
+    /// ```
+    /// use recur::nn::{Activation, CellKind, InferenceStep};
+    /// let mut step = InferenceStep::<f64>::new(CellKind::Rnn(Activation::Tanh), 1, 1, 1)?;
+    /// step.set_zoneout(0.25)?;
+    /// let mut h = vec![0.5];
+    /// step.step(&[0.0], &[0.0], None, &[0.0], &mut h, &mut [])?; // h~ = tanh(0) = 0
+    /// assert_eq!(h, vec![0.125]);
+    /// assert!(step.set_zoneout(1.0).is_err());
+    /// # Ok::<(), recur::Error>(())
+    /// ```
+    pub fn set_zoneout(&mut self, p: f64) -> Result<()> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(crate::Error::invalid(
+                "InferenceStep::set_zoneout",
+                format!("zoneout must be in [0, 1), got {p}"),
+            ));
+        }
+        self.zoneout = (p > 0.0).then(|| T::from_f64(p));
+        let zone = self.zoneout;
+        self.bufs.set_zone(zone);
+        if let Some(packed) = self.packed.as_mut() {
+            for s in &mut packed.shares {
+                s.bufs.set_zone(zone);
+            }
+        }
+        Ok(())
     }
 
     /// Advances `h` (and for the LSTM `c`; ignored otherwise) `[batch, hidden]` by one step
@@ -201,6 +241,9 @@ impl<T: Float> InferenceStep<T> {
             .collect();
         if kind != CellKind::Gru {
             p.xh.resize(b * (i + hidden), T::ZERO);
+        }
+        for s in &mut p.shares {
+            s.bufs.set_zone(self.zoneout);
         }
         self.packed = Some(p);
     }
@@ -452,7 +495,18 @@ impl<T: Float> Buffers<T> {
             prev: zeros(bu, part && (gru || lstm)),
             h_new: zeros(bu, gru || lstm),
             c_new: zeros(bu, lstm),
+            zone: None,
+            d: Vec::new(),
         }
+    }
+
+    /// Turns zoneout's expectation on (`Some(p)`) or off.
+    fn set_zone(&mut self, zone: Option<T>) {
+        self.zone = zone;
+        self.d = match zone {
+            Some(p) if !self.c_new.is_empty() => vec![p; self.c_new.len()],
+            _ => Vec::new(),
+        };
     }
 
     /// Units `units` of a step from `h` and `c` (`[batch, hidden]`), with the two products
@@ -476,7 +530,12 @@ impl<T: Float> Buffers<T> {
             CellKind::Lstm => {
                 products(&mut self.xp, None);
                 let c_prev = gather(&mut self.prev, c);
-                lstm::lstm_forward(&mut self.xp, c_prev, &mut self.c_new, &mut self.h_new, u);
+                if self.zone.is_some() {
+                    let (c, h) = (&mut self.c_new, &mut self.h_new);
+                    lstm::lstm_forward_zoneout(&mut self.xp, c_prev, &self.d, c, h, u);
+                } else {
+                    lstm::lstm_forward(&mut self.xp, c_prev, &mut self.c_new, &mut self.h_new, u);
+                }
             }
             CellKind::Gru => {
                 fill_rows(&mut self.hp, bias.map(|(_, b_hh)| b_hh));
@@ -507,13 +566,24 @@ impl<T: Float> Buffers<T> {
                 row[units.clone()].copy_from_slice(s);
             }
         };
+        // Zoneout's expectation: h_t = (1 - p) h~_t + p h_{t-1} (`h` still holds h_{t-1}).
+        let scatter_h = |dst: &mut [T], src: &[T]| match self.zone {
+            Some(p) => {
+                for (row, s) in dst.chunks_exact_mut(hidden).zip(src.chunks_exact(u)) {
+                    for (hv, &nv) in row[units.clone()].iter_mut().zip(s) {
+                        *hv = (T::ONE - p) * nv + p * *hv;
+                    }
+                }
+            }
+            None => scatter(dst, src),
+        };
         match kind {
             CellKind::Lstm => {
-                scatter(h, &self.h_new);
+                scatter_h(h, &self.h_new);
                 scatter(c, &self.c_new);
             }
-            CellKind::Gru => scatter(h, &self.h_new),
-            CellKind::Rnn(_) => scatter(h, &self.xp),
+            CellKind::Gru => scatter_h(h, &self.h_new),
+            CellKind::Rnn(_) => scatter_h(h, &self.xp),
         }
     }
 }

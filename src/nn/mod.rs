@@ -13,6 +13,7 @@ mod module;
 pub mod parity;
 mod recurrent;
 pub(crate) mod reference;
+mod regularize;
 mod split_tuner;
 mod state_dict;
 

@@ -6,6 +6,7 @@ use std::ops::Deref;
 use super::direction::{CellKind, DirectionParams, DirectionRun};
 use super::inference::InferenceStep;
 use super::init::uniform_tensor;
+use super::regularize::StepMasks;
 use super::{fused, reference};
 use crate::kernels::rnn::Activation;
 use crate::params::{ParamId, ParamStore};
@@ -57,6 +58,27 @@ pub struct RecurrentConfig {
     /// features, `weight_hh_l{k}` is `[4H, P]`, and the cell state keeps `H`. Must be below
     /// `hidden_size`.
     pub proj_size: usize,
+    /// Variational (recurrent) dropout probability `p` on the state entering the recurrent
+    /// product, in training (default 0; Gal and Ghahramani, 2016): each layer, direction and
+    /// sequence of the batch draws one mask `m` `[B, H]` per training step, `m = 0` with
+    /// probability `p` and `1/(1-p)` otherwise, and every step of the sequence uses it:
+    /// `W_hh h_{t-1}` becomes `W_hh (m * h_{t-1})` in the chapter's `h_t` (and in each LSTM and
+    /// GRU gate); the rest of the cell (the GRU's `z * h_{t-1}`) reads `h_{t-1}` unmasked. Not
+    /// with `proj_size`.
+    pub recurrent_dropout: f64,
+    /// Weight drop (DropConnect on `W_hh`, as in AWD-LSTM) probability `p`, in training
+    /// (default 0): each training step masks every layer's and direction's `W_hh` once,
+    /// `W_hh' = M * W_hh` with `M = 0` with probability `p` and `1/(1-p)` otherwise, and every
+    /// time step of the sequence reads `W_hh'`; the gradient reaching `W_hh` is
+    /// `M * dL/dW_hh'`.
+    pub weight_drop: f64,
+    /// Zoneout probability `p` on `h` (and the LSTM's `c`; Krueger et al., 2017), default 0.
+    /// In training each unit keeps its previous value with probability `p`, one draw per unit,
+    /// row and time step: `h_t = d_t * h_{t-1} + (1 - d_t) * h~_t` with `d_t` in {0, 1} and
+    /// `h~_t` the cell's new state (likewise `c_t` with its own draws, and `h~_t = o_t *
+    /// tanh(c_t)` reads the zoned-out `c_t`). In evaluation the expectation,
+    /// `h_t = p h_{t-1} + (1 - p) h~_t` (haste's semantics). Not with `proj_size`.
+    pub zoneout: f64,
 }
 
 impl RecurrentConfig {
@@ -71,6 +93,9 @@ impl RecurrentConfig {
             dropout: 0.0,
             bidirectional: false,
             proj_size: 0,
+            recurrent_dropout: 0.0,
+            weight_drop: 0.0,
+            zoneout: 0.0,
         }
     }
     config_setters!(
@@ -86,7 +111,19 @@ impl RecurrentConfig {
         bidirectional: bool,
         /// Sets `proj_size` (LSTM only; 0 for none).
         proj_size: usize,
+        /// Sets `recurrent_dropout`.
+        recurrent_dropout: f64,
+        /// Sets `weight_drop`.
+        weight_drop: f64,
+        /// Sets `zoneout`.
+        zoneout: f64,
     );
+
+    /// Whether any regularizer of the recurrence (`recurrent_dropout`, `weight_drop`,
+    /// `zoneout`) is on.
+    pub fn regularized(&self) -> bool {
+        self.recurrent_dropout > 0.0 || self.weight_drop > 0.0 || self.zoneout > 0.0
+    }
 
     /// Number of directions `D` (1 or 2).
     pub fn directions(&self) -> usize {
@@ -127,8 +164,28 @@ impl RecurrentConfig {
                 self.input_size, self.hidden_size, self.num_layers
             ));
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
+        for (name, p) in [
+            ("dropout", self.dropout),
+            ("recurrent_dropout", self.recurrent_dropout),
+            ("weight_drop", self.weight_drop),
+            ("zoneout", self.zoneout),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return bad(format!("{name} must be in [0, 1), got {p}"));
+            }
+        }
+        if self.proj_size > 0 {
+            for (name, p) in [
+                ("recurrent_dropout", self.recurrent_dropout),
+                ("zoneout", self.zoneout),
+            ] {
+                if p > 0.0 {
+                    return bad(format!(
+                        "{name} ({p}) is not supported with proj_size ({}); weight_drop is",
+                        self.proj_size
+                    ));
+                }
+            }
         }
         if self.proj_size > 0 && kind != CellKind::Lstm {
             return bad(format!(
@@ -169,7 +226,9 @@ pub struct ForwardOptions<'a> {
     /// Length of each sequence in the batch (each in `1..=T`): past its length a sequence's
     /// state is frozen and its outputs are zero.
     pub lengths: Option<&'a [usize]>,
-    /// Training mode: the generator for dropout masks between layers. `None` is evaluation mode.
+    /// Training mode: the generator for dropout masks between layers, and (with
+    /// `recurrent_dropout`, `weight_drop` or `zoneout` on) the one word per pass that keys the
+    /// regularizers' masks. `None` is evaluation mode.
     pub dropout_rng: Option<&'a mut Rng>,
     /// Which implementation to run.
     pub implementation: Implementation,
@@ -344,6 +403,8 @@ impl Recurrent {
             .map(|(bi, bh)| (store.get(bi).data(), store.get(bh).data()));
         let input = cfg.layer_input(layer);
         let mut step = InferenceStep::new(self.kind, input, cfg.hidden_size, batch)?;
+        // Evaluation's zoneout: the expectation.
+        step.set_zoneout(cfg.zoneout)?;
         step.pack_weights(store.get(p.w_ih).data(), store.get(p.w_hh).data(), bias)?;
         Ok(step)
     }
@@ -453,6 +514,13 @@ impl Recurrent {
         };
         let lengths = lengths.as_deref();
         let mut rng = opts.dropout_rng;
+        // The regularizers' masks of this pass: keyed on one word from the training generator.
+        let step_masks = StepMasks::new(
+            cfg.recurrent_dropout,
+            cfg.weight_drop,
+            cfg.zoneout,
+            rng.as_deref_mut(),
+        );
 
         let mut input = if cfg.batch_first { tape.swap01(x)? } else { x };
         let mut h_finals = Vec::with_capacity(d_n * l_n);
@@ -473,6 +541,13 @@ impl Recurrent {
                 } else {
                     None
                 };
+                let w_hh = if step_masks.drops_weights() {
+                    Some(tape.param(store, self.params[k].w_hh)?)
+                } else {
+                    None
+                };
+                let masks =
+                    step_masks.direction(tape, self.kind, (layer, dir), (t_len, batch, o), w_hh)?;
                 let run = DirectionRun {
                     kind: self.kind,
                     params: self.params[k],
@@ -481,6 +556,7 @@ impl Recurrent {
                     x: input,
                     h0,
                     c0,
+                    masks,
                 };
                 let out = match opts.implementation {
                     Implementation::Fused if run.params.w_hr.is_some() => {

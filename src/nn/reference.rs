@@ -33,14 +33,34 @@ pub(crate) fn run<T: Float>(
         Some(c0) => tape.shape(c0)?.dims()[1],
         None => state,
     };
-    let w = run.params.vars(tape, store)?;
+    let w = run.weights(tape, store)?;
+    let reg = &run.masks;
+    // Zoneout's keep weights d and 1 - d, `[T, B, H]`.
+    let zone_h = reg.zone_h.map(|z| keep_and_update(tape, z)).transpose()?;
+    let zone_c = reg.zone_c.map(|z| keep_and_update(tape, z)).transpose()?;
 
     let (mut h, mut c) = (run.h0, run.c0);
     let mut ys: Vec<Option<Var>> = vec![None; t_len];
     for s in 0..t_len {
         let t = run.time(s, t_len);
         let x_t = tape.select(run.x, t)?;
-        let (h_new, c_new) = cell_step(tape, run.kind, hidden, x_t, h, c, &w)?;
+        // Recurrent dropout: a_t = m * h_{t-1} enters the recurrent product.
+        let h_rec = match reg.h_drop {
+            Some(m) => tape.mul(h, m)?,
+            None => h,
+        };
+        let zc = zone_c
+            .map(|(d, u)| Ok::<_, crate::Error>((tape.select(d, t)?, tape.select(u, t)?)))
+            .transpose()?;
+        let (h_new, c_new) = regularized_step(tape, run.kind, hidden, x_t, (h, h_rec), c, zc, &w)?;
+        // Zoneout: h_t = d_t * h_{t-1} + (1 - d_t) * h~_t.
+        let h_new = match zone_h {
+            Some((d, u)) => {
+                let (d, u) = (tape.select(d, t)?, tape.select(u, t)?);
+                blend(tape, u, d, h_new, h)?
+            }
+            None => h_new,
+        };
         match run.lengths {
             None => {
                 ys[t] = Some(h_new);
@@ -68,6 +88,13 @@ pub(crate) fn run<T: Float>(
     Ok(DirectionOutput { y, h_n: h, c_n: c })
 }
 
+/// Zoneout's keep weights `d` `[T, B, H]` and `1 - d`, as tape constants.
+fn keep_and_update<T: Float>(tape: &mut Tape<T>, d: Var) -> Result<(Var, Var)> {
+    let dv = tape.value(d)?;
+    let u = Tensor::from_fn(dv.dims(), |k| T::ONE - dv.data()[k])?;
+    Ok((d, tape.constant(u)))
+}
+
 /// One step of a cell from primitive ops: `x_t` `[B, I]`, `h` (and `c`) `[B, H]` to the next
 /// `h` (and `c`). The formulas are the chapter's (and PyTorch's gate orders). An LSTM with a
 /// projection `W_hr` `[P, H]` carries `h` `[B, P]`: `h_t = (o * tanh(c_t)) W_hr^T`.
@@ -80,10 +107,28 @@ pub(crate) fn cell_step<T: Float>(
     c: Option<Var>,
     w: &StepWeights,
 ) -> Result<(Var, Option<Var>)> {
+    regularized_step(tape, kind, hidden, x_t, (h, h), c, None, w)
+}
+
+/// [`cell_step`] with the regularizers inside a cell: `h_rec` is what enters the recurrent
+/// product (`m * h_{t-1}` with recurrent dropout, else `h`; the GRU's `z * h` reads `h`), and
+/// `zone_c` the LSTM's zoneout weights `(d_t, 1 - d_t)` of `c`:
+/// `c_t = d_t * c_{t-1} + (1 - d_t) * (f * c_{t-1} + i * g)`, whose `tanh` gives `h_t`.
+#[allow(clippy::too_many_arguments)]
+fn regularized_step<T: Float>(
+    tape: &mut Tape<T>,
+    kind: CellKind,
+    hidden: usize,
+    x_t: Var,
+    (h, h_rec): (Var, Var),
+    c: Option<Var>,
+    zone_c: Option<(Var, Var)>,
+    w: &StepWeights,
+) -> Result<(Var, Option<Var>)> {
     Ok(match kind {
         CellKind::Rnn(act) => {
             let a = affine(tape, x_t, w.w_ih, w.b_ih)?;
-            let r = affine(tape, h, w.w_hh, w.b_hh)?;
+            let r = affine(tape, h_rec, w.w_hh, w.b_hh)?;
             let pre = tape.add(a, r)?;
             let h_new = match act {
                 Activation::Tanh => tape.tanh(pre)?,
@@ -93,7 +138,7 @@ pub(crate) fn cell_step<T: Float>(
         }
         CellKind::Lstm => {
             let a = affine(tape, x_t, w.w_ih, w.b_ih)?;
-            let r = affine(tape, h, w.w_hh, w.b_hh)?;
+            let r = affine(tape, h_rec, w.w_hh, w.b_hh)?;
             let gates = tape.add(a, r)?;
             let i = tape.slice(gates, 0, hidden)?;
             let i = tape.sigmoid(i)?;
@@ -107,6 +152,11 @@ pub(crate) fn cell_step<T: Float>(
             let fc = tape.mul(f, c_prev)?;
             let ig = tape.mul(i, g)?;
             let c_new = tape.add(fc, ig)?; // c_t = f * c_{t-1} + i * g
+            // Zoneout: c_t = d_t * c_{t-1} + (1 - d_t) * c~_t.
+            let c_new = match zone_c {
+                Some((d, u)) => blend(tape, u, d, c_new, c_prev)?,
+                None => c_new,
+            };
             let tc = tape.tanh(c_new)?;
             let h_new = tape.mul(o, tc)?; // h_t = o * tanh(c_t)
             let h_new = match w.w_hr {
@@ -117,7 +167,7 @@ pub(crate) fn cell_step<T: Float>(
         }
         CellKind::Gru => {
             let xp = affine(tape, x_t, w.w_ih, w.b_ih)?;
-            let hp = affine(tape, h, w.w_hh, w.b_hh)?;
+            let hp = affine(tape, h_rec, w.w_hh, w.b_hh)?;
             let (xr, hr) = (tape.slice(xp, 0, hidden)?, tape.slice(hp, 0, hidden)?);
             let r = tape.add(xr, hr)?;
             let r = tape.sigmoid(r)?;
@@ -162,7 +212,7 @@ fn masks<T: Float>(
     Ok((tape.constant(m), tape.constant(not_m)))
 }
 
-/// `m * new + (1 - m) * old`, exact for a 0/1 mask.
+/// `m * new + (1 - m) * old` (with `not_m = 1 - m`), exact for a 0/1 mask.
 fn blend<T: Float>(tape: &mut Tape<T>, m: Var, not_m: Var, new: Var, old: Var) -> Result<Var> {
     let a = tape.mul(m, new)?;
     let b = tape.mul(not_m, old)?;

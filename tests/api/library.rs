@@ -533,13 +533,10 @@ fn lm(
     let vocab = CharVocab::from_text(&text).unwrap();
     let ids = vocab.encode(&text).unwrap();
     let (train, val) = split_validation(&ids, 0.2, 21).unwrap();
+    let chars: String = vocab.chars().iter().collect();
     let cfg = CharLmConfig {
-        cell: cell.into(),
-        hidden: 12,
-        layers,
-        embed: 6,
         dropout,
-        vocab: vocab.chars().iter().collect(),
+        ..CharLmConfig::new(cell, 12, layers, 6, &chars)
     };
     let mut ps = ParamStore::new();
     let model = CharLm::new(&mut ps, cfg, &mut Rng::new(3)).unwrap();

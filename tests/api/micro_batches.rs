@@ -31,13 +31,10 @@ fn text() -> String {
 fn train_lm<T: Float>(cell: &str, micro: Option<usize>, steps: usize, dropout: f64) -> Vec<T> {
     let text = text();
     let vocab = CharVocab::from_text(&text).unwrap();
+    let chars: String = vocab.chars().iter().collect();
     let cfg = CharLmConfig {
-        cell: cell.into(),
-        hidden: 16,
-        layers: 2,
-        embed: 6,
         dropout,
-        vocab: vocab.chars().iter().collect(),
+        ..CharLmConfig::new(cell, 16, 2, 6, &chars)
     };
     let mut ps = ParamStore::<T>::new();
     let mut lm = CharLm::new(&mut ps, cfg, &mut Rng::new(1)).unwrap();
@@ -164,14 +161,8 @@ fn classifier_micro_batches_with_empty_parts() {
 fn too_many_micro_batches_for_the_streams_is_an_error() {
     let text = text();
     let vocab = CharVocab::from_text(&text).unwrap();
-    let cfg = CharLmConfig {
-        cell: "gru".into(),
-        hidden: 4,
-        layers: 1,
-        embed: 2,
-        dropout: 0.0,
-        vocab: vocab.chars().iter().collect(),
-    };
+    let chars: String = vocab.chars().iter().collect();
+    let cfg = CharLmConfig::new("gru", 4, 1, 2, &chars);
     let mut ps = ParamStore::<f32>::new();
     let mut lm = CharLm::new(&mut ps, cfg, &mut Rng::new(1)).unwrap();
     let mut data = LmStreams::new(&vocab.encode(&text).unwrap(), 4, 12).unwrap();

@@ -57,6 +57,33 @@ fn training_step_prints_time_and_rate() {
 }
 
 #[test]
+fn training_step_with_the_regularizers_prints_them() {
+    for reg in [
+        &["--recurrent-dropout", "0.25"][..],
+        &["--weight-drop", "0.5"][..],
+        &["--zoneout", "0.1"][..],
+    ] {
+        let mut args = vec![
+            "--batch",
+            "3",
+            "--seq-len",
+            "4",
+            "--hidden",
+            "6",
+            "--threads",
+            "2",
+        ];
+        args.extend(reg);
+        let (ok, stdout, stderr) = bench(&args);
+        assert!(ok, "{stderr}");
+        let flag = reg[0].trim_start_matches("--").replace('-', "_");
+        assert!(stdout.contains(&format!("{flag}={}", reg[1])), "{stdout}");
+        let v = last_line_values(&stdout, &["ms_per_step", "gflops"]);
+        assert!(v[0] > 0.0, "{stdout}");
+    }
+}
+
+#[test]
 fn step_latency_prints_microseconds() {
     let (ok, stdout, stderr) = bench(&["--cell", "gru", "--step-latency", "--hidden", "16"]);
     assert!(ok, "{stderr}");
@@ -73,6 +100,10 @@ fn bad_arguments_give_one_line_and_a_failure_status() {
         (&["--hidden", "0"][..], "--hidden"),
         (&["--threads", "0"][..], "--threads"),
         (&["--steps", "2"][..], "--steps"),
+        (
+            &["--zoneout", "1.5"][..],
+            "--zoneout must be in [0, 1), got 1.5",
+        ),
         (
             &["--batch", "100000", "--seq-len", "100000"][..],
             "too large",

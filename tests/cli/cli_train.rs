@@ -95,6 +95,128 @@ fn resume_in_a_new_process_continues_bit_for_bit() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The recurrence's regularizers on: a run resumed in a new process, on another number of
+/// threads, ends bit for bit where an uninterrupted one does (the masks are drawn from the
+/// checkpointed generator, not from the thread layout), and the regularizers change the run.
+#[test]
+fn resume_with_regularizers_continues_bit_for_bit_on_any_thread_count() {
+    let dir = temp_dir("cli-train-resume-reg");
+    let text = corpus(&dir);
+    let t = text.to_str().unwrap();
+    let reg = [
+        "--recurrent-dropout",
+        "0.2",
+        "--weight-drop",
+        "0.3",
+        "--zoneout",
+        "0.1",
+    ];
+    let run = |out: &Path, steps: &str, threads: &str, extra: &[&str], resume: Option<&Path>| {
+        let mut args = vec!["train", "--text", t, "--steps", steps, "--threads", threads];
+        args.extend(["--out", out.to_str().unwrap()]);
+        args.extend(SMALL.iter().filter(|a| **a != "--quiet"));
+        args.extend(extra);
+        if let Some(r) = resume {
+            args.extend(["--resume", r.to_str().unwrap()]);
+        }
+        let o = recur(&args);
+        assert!(o.status.success(), "{}", output_text(&o.stderr));
+        output_text(&o.stdout)
+    };
+    let (a, b, plain) = (dir.join("a"), dir.join("b"), dir.join("plain"));
+    run(&a, "60", "2", &reg, None);
+    run(&b, "40", "1", &reg, None);
+    // The regularizers come from the checkpoint, on 2 threads now.
+    let out = run(&b, "60", "2", &[], Some(&b.join("last.safetensors")));
+    assert!(out.contains("at step 40"), "{out}");
+    run(&plain, "60", "2", &[], None);
+    let read = |d: &Path| std::fs::read(d.join("last.safetensors")).unwrap();
+    assert!(
+        read(&a) == read(&b),
+        "the resumed run differs from the uninterrupted one"
+    );
+    assert!(read(&a) != read(&plain), "the regularizers changed nothing");
+    // Given again with another value on resume: refused, naming the flag.
+    let mut args = vec!["train", "--text", t, "--steps", "70", "--zoneout", "0.2"];
+    let r = b.join("last.safetensors");
+    args.extend([
+        "--out",
+        b.to_str().unwrap(),
+        "--resume",
+        r.to_str().unwrap(),
+    ]);
+    args.extend(SMALL);
+    let err = one_line_error(&recur(&args), &["--zoneout 0.2 (checkpoint: 0.1)"]);
+    assert!(!err.contains("--weight-drop"), "{err}");
+    // A model trained with zoneout samples (the tape-free step evaluates its expectation).
+    let o = recur(&[
+        "sample",
+        "--checkpoint",
+        a.join("best.safetensors").to_str().unwrap(),
+        "--prime",
+        "the ",
+        "--length",
+        "40",
+    ]);
+    assert!(o.status.success(), "{}", output_text(&o.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--proj` trains a projected LSTM (with weight drop); the regularizers a projection does
+/// not support, and bad probabilities, are refused by name before anything is written.
+#[test]
+fn projection_and_regularizer_flags_are_checked() {
+    let dir = temp_dir("cli-train-proj");
+    let text = corpus(&dir);
+    let out = dir.join("p");
+    let o = train_small(
+        &text,
+        &out,
+        &["--steps", "10", "--proj", "12", "--weight-drop", "0.2"],
+    );
+    assert!(o.status.success(), "{}", output_text(&o.stderr));
+    assert!(out.join("last.safetensors").exists());
+    let o = recur(&[
+        "sample",
+        "--checkpoint",
+        out.join("last.safetensors").to_str().unwrap(),
+        "--length",
+        "30",
+    ]);
+    assert!(o.status.success(), "{}", output_text(&o.stderr));
+    // The prime (a newline) and the 30 characters after it.
+    assert!(output_text(&o.stdout).chars().count() >= 30);
+    let bad = dir.join("bad");
+    for (extra, needle) in [
+        (
+            &["--proj", "12", "--zoneout", "0.1"][..],
+            "--zoneout is not supported with --proj",
+        ),
+        (
+            &["--proj", "12", "--recurrent-dropout", "0.1"][..],
+            "--recurrent-dropout is not supported with --proj",
+        ),
+        (
+            &["--proj", "30"][..],
+            "--proj 30 needs --cell lstm and must be below --hidden (24)",
+        ),
+        (
+            &["--zoneout", "1"][..],
+            "--zoneout must be in [0, 1), got 1",
+        ),
+        (
+            &["--weight-drop=-0.5"][..],
+            "--weight-drop must be in [0, 1), got -0.5",
+        ),
+    ] {
+        let mut args = vec!["--steps", "10"];
+        args.extend(extra);
+        one_line_error(&train_small(&text, &bad, &args), &[needle]);
+        assert!(!bad.join("last.safetensors").exists(), "{extra:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn learns_well_below_the_unigram_entropy_and_samples_like_the_text() {
     let dir = temp_dir("cli-train-learn");

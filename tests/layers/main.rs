@@ -9,4 +9,5 @@ mod inference_step;
 mod layers_fused_vs_reference;
 mod parity;
 mod parity_modules;
+mod regularizers;
 mod threads_bit_identical;

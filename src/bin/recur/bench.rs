@@ -77,6 +77,15 @@ pub struct BenchArgs {
     /// With --e2e: characters in the vocabulary.
     #[arg(long, default_value_t = 86, requires = "e2e")]
     pub(crate) vocab: usize,
+    /// Train with recurrent (variational) dropout of this probability (masks drawn each step).
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) recurrent_dropout: f64,
+    /// Train with weight drop on W_hh of this probability (W_hh masked each step).
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) weight_drop: f64,
+    /// Train with zoneout of this probability (masks drawn each step).
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) zoneout: f64,
 }
 
 /// Runs the benchmark described by `args`.
@@ -143,6 +152,15 @@ pub fn run(args: &BenchArgs) -> CmdResult {
         crate::memory::bytes(estimate),
         args.max_memory,
     )?;
+    for (name, p) in [
+        ("--recurrent-dropout", args.recurrent_dropout),
+        ("--weight-drop", args.weight_drop),
+        ("--zoneout", args.zoneout),
+    ] {
+        if !(0.0..1.0).contains(&p) {
+            return Err(format!("bench: {name} must be in [0, 1), got {p}"));
+        }
+    }
     if args.steps < 5 {
         return Err(format!(
             "bench: --steps must be at least 5, got {}",
@@ -216,23 +234,29 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
 fn measure<T: Float>(kind: CellKind, a: &BenchArgs) -> recur::Result<String> {
     let mut rng = Rng::new(1);
     let mut ps = ParamStore::<T>::new();
-    let layer = Recurrent::new(
-        &mut ps,
-        "",
-        kind,
-        RecurrentConfig::new(a.input, a.hidden),
-        &mut rng,
-    )?;
+    let cfg = RecurrentConfig::new(a.input, a.hidden)
+        .recurrent_dropout(a.recurrent_dropout)
+        .weight_drop(a.weight_drop)
+        .zoneout(a.zoneout);
+    let layer = Recurrent::new(&mut ps, "", kind, cfg.clone(), &mut rng)?;
     let g = kind.gates();
     println!(
-        "cell={} dtype={} threads={} B={} T={} I={} H={}",
+        "cell={} dtype={} threads={} B={} T={} I={} H={}{}",
         kind.name(),
         T::DTYPE,
         a.threads,
         if a.step_latency { 1 } else { a.batch },
         if a.step_latency { 1 } else { a.seq_len },
         a.input,
-        a.hidden
+        a.hidden,
+        if cfg.regularized() {
+            format!(
+                " recurrent_dropout={} weight_drop={} zoneout={}",
+                a.recurrent_dropout, a.weight_drop, a.zoneout
+            )
+        } else {
+            String::new()
+        }
     );
     if a.step_latency {
         let p = layer.direction_params(0, 0).expect("layer 0 exists");
@@ -271,6 +295,8 @@ fn measure<T: Float>(kind: CellKind, a: &BenchArgs) -> recur::Result<String> {
     let x_val = Tensor::from_fn(&[t, b, i], |_| T::from_f64(rng.uniform_range(-1.0, 1.0)))?;
     let mut tape = Tape::new();
     let mut times = Vec::new();
+    // Training mode with the regularizers on: their masks are drawn every step, as in training.
+    let mut mask_rng = Rng::new(2);
     for k in 0..a.warmup + a.steps {
         tape.clear();
         let t0 = Instant::now();
@@ -283,6 +309,7 @@ fn measure<T: Float>(kind: CellKind, a: &BenchArgs) -> recur::Result<String> {
             x,
             ForwardOptions {
                 implementation: Implementation::Fused,
+                dropout_rng: cfg.regularized().then_some(&mut mask_rng),
                 ..ForwardOptions::default()
             },
         )?;

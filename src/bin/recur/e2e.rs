@@ -44,12 +44,10 @@ pub fn run(a: &BenchArgs) -> CmdResult {
         .map(|i| char::from_u32(if i < 94 { 0x21 + i } else { 0x100 + i }).expect("a char"))
         .collect();
     let config = CharLmConfig {
-        cell: a.cell.clone(),
-        hidden: a.hidden,
-        layers: a.layers,
-        embed: a.embed,
-        dropout: 0.0,
-        vocab,
+        recurrent_dropout: a.recurrent_dropout,
+        weight_drop: a.weight_drop,
+        zoneout: a.zoneout,
+        ..CharLmConfig::new(&a.cell, a.hidden, a.layers, a.embed, &vocab)
     };
     let chunks = a.warmup + a.steps;
     let text_len = a.batch * (chunks * a.seq_len + 1);

@@ -8,12 +8,12 @@ use rayon::prelude::*;
 use super::buffers::{BackwardScratch, Shard};
 use super::schedule::{GROUP_SHARDS, Split, for_each_group, group_len, reborrow, step_product};
 use super::weights::{RecurrentWeight, StepWeight, Weights};
-use super::{Config, FusedDirection, Inputs};
+use super::{Config, FusedDirection, Inputs, Reg};
 use crate::Result;
 use crate::kernels::Sweep;
 use crate::kernels::gemm_nn::{AStorage, PackedB, Rows, gemm_packed_set, gemm_packed_set_rows};
 use crate::kernels::handoff::with_helper;
-use crate::kernels::{gru, lstm, rnn};
+use crate::kernels::{gru, lstm, regularize, rnn};
 use crate::nn::direction::CellKind;
 use crate::tape::{CustomOp, Workspace};
 use crate::tensor::{self, Float, Tensor};
@@ -104,7 +104,7 @@ impl Config {
         ctx: &BackwardCtx<'_, T>,
         mut split: Split<'_, T>,
     ) {
-        let (h0, y, gy, want) = (ctx.inp.h0, ctx.y, ctx.gy, ctx.want);
+        let want = ctx.want;
         let gh = self.kind.gates() * self.hidden;
         for bs in bss.iter_mut() {
             bs.db_ih.fill(T::ZERO);
@@ -113,7 +113,7 @@ impl Config {
         for s in (0..self.t_len).rev() {
             let t = self.time(s);
             for (sh, bs) in group.iter().zip(bss.iter_mut()) {
-                self.backward_gates(sh, bs, h0, y, gy, s);
+                self.backward_gates(sh, bs, ctx, s);
             }
             // dh_{t-1} += dG W_hh (GRU: the gradient of `W_hh h + b_hh`) for every shard.
             let mut blocks: [Rows<'_, T>; GROUP_SHARDS] = std::array::from_fn(|_| Rows::empty());
@@ -124,11 +124,19 @@ impl Config {
                 } else {
                     &bs.dg
                 };
+                // With recurrent dropout the product gives the gradient of a_t = m * h_{t-1},
+                // masked into dh below.
+                let c = if self.h_drop {
+                    bs.da.fill(T::ZERO);
+                    &mut bs.da
+                } else {
+                    &mut bs.dh
+                };
                 *blk = Rows {
                     m: n,
                     a: &dg[t * n * gh..(t + 1) * n * gh],
                     storage: AStorage::RowMajor,
-                    c: &mut bs.dh,
+                    c,
                     bias: None,
                 };
             }
@@ -140,6 +148,10 @@ impl Config {
                 sweep,
             );
             for (sh, bs) in group.iter().zip(bss.iter_mut()) {
+                if self.h_drop {
+                    let m = ctx.inp.reg.h_drop_rows(&sh.rows, self.hidden);
+                    regularize::add_masked(&mut bs.dh, &bs.da, m);
+                }
                 self.backward_finished(sh, bs, s);
                 self.add_bias_grads(sh.rows.len(), bs, t, want);
             }
@@ -154,11 +166,10 @@ impl Config {
         &self,
         sh: &Shard<T>,
         bs: &mut BackwardScratch<T>,
-        h0: &[T],
-        y: &[T],
-        gy: Option<&[T]>,
+        ctx: &BackwardCtx<'_, T>,
         s: usize,
     ) {
+        let (h0, y, gy) = (ctx.inp.h0, ctx.y, ctx.gy);
         let (b, h) = (self.batch, self.hidden);
         let rows = sh.rows.clone();
         let n = rows.len();
@@ -173,6 +184,7 @@ impl Config {
             dhp,
             dh_t,
             keep,
+            kept,
             ..
         } = bs;
         let all_active = (rows.clone()).all(|r| self.active(t, r));
@@ -194,6 +206,28 @@ impl Config {
             }
             None => dh_t.copy_from_slice(dh),
         }
+        // Zoneout: dh~_t = (1 - d_t) dh_t reaches the cell, d_t dh_t goes to h_{t-1} (added
+        // after the kernel). A finished sequence's rows pass dh_t through whole (see
+        // `backward_finished`).
+        if self.zone_h {
+            let d = Reg::zone_rows(ctx.inp.reg.zone_h, t, b, &rows, h);
+            if all_active {
+                regularize::zoneout_backward(dh_t, kept, d);
+            } else {
+                for bi in 0..n {
+                    let r = bi * h..(bi + 1) * h;
+                    if self.active(t, rows.start + bi) {
+                        regularize::zoneout_backward(
+                            &mut dh_t[r.clone()],
+                            &mut kept[r.clone()],
+                            &d[r],
+                        );
+                    } else {
+                        kept[r].fill(T::ZERO);
+                    }
+                }
+            }
+        }
         let saved = &sh.gates[t * n * sw..(t + 1) * n * sw];
         let dg_t = &mut dg[t * n * gh..(t + 1) * n * gh];
         match self.kind {
@@ -209,7 +243,13 @@ impl Config {
                     let tp = self.time(s - 1);
                     &sh.c_new[tp * n * h..(tp + 1) * n * h]
                 };
-                lstm::lstm_backward(saved, c_prev, &sh.c_new[st..sb], dh_t, dc, dg_t, h);
+                let c_t = &sh.c_new[st..sb];
+                if self.zone_c {
+                    let d = Reg::zone_rows(ctx.inp.reg.zone_c, t, b, &rows, h);
+                    lstm::lstm_backward_zoneout(saved, c_prev, d, c_t, dh_t, dc, dg_t, h);
+                } else {
+                    lstm::lstm_backward(saved, c_prev, c_t, dh_t, dc, dg_t, h);
+                }
                 dh.fill(T::ZERO);
             }
             CellKind::Gru => {
@@ -220,9 +260,18 @@ impl Config {
             CellKind::Rnn(act) => {
                 // h_t is the output (for a finished sequence zero, but its dG is zeroed in
                 // `backward_finished`).
-                rnn::rnn_backward(&sh.outputs(y)[st..sb], dh_t, dg_t, act);
+                // With zoneout the output is the blend: act' is taken at the new value h~_t.
+                let h_t = if self.zone_h {
+                    &sh.h_new[st..sb]
+                } else {
+                    &sh.outputs(y)[st..sb]
+                };
+                rnn::rnn_backward(h_t, dh_t, dg_t, act);
                 dh.fill(T::ZERO);
             }
+        }
+        if self.zone_h {
+            tensor::add(dh, kept);
         }
     }
 
@@ -342,6 +391,12 @@ impl Config {
             if !want.w_hh {
                 return;
             }
+            // With recurrent dropout the product read a_t = m * h_{t-1}, kept time-indexed as
+            // the states are with lengths.
+            if self.h_drop {
+                h_packed.pack(&sh.h_drop, tl * n, h);
+                return weight_grad(dg_h, h_packed, dw_hh);
+            }
             if keep_prev || tl == 0 {
                 h_packed.pack(&sh.h_prev, tl * n, h);
                 return weight_grad(dg_h, h_packed, dw_hh);
@@ -392,7 +447,7 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
         let (b, h, i_sz) = (cfg.batch, cfg.hidden, cfg.in_size);
         let gh = cfg.kind.gates() * h;
         let slots = cfg.slots;
-        let inp = Inputs::new(&slots, inp);
+        let inp = Inputs::new(&slots, inp, &self.reg);
         let w = inp.w;
         let lstm = cfg.kind == CellKind::Lstm;
         // W_hh [G*H, H] packed once: dh_{t-1} = dG W_hh at every step reads it (a single row

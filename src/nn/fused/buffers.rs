@@ -32,6 +32,12 @@ pub(super) struct Shard<T> {
     /// The shard's rows of the input `[T, n, I]`; empty when the shard is the whole batch (the
     /// input is then read in place).
     pub(super) xs: Vec<T>,
+    /// With recurrent dropout: `a_t = m * h_{t-1}` of every step `[T, n, H]`, time-indexed,
+    /// what each step's product reads and `dW_hh = sum_t dG_t^T a_t` packs.
+    pub(super) h_drop: Vec<T>,
+    /// RNN with zoneout: the new values `h~_t` `[T, n, H]` (its output is the blend; its
+    /// backward needs `act'` at `h~_t`).
+    pub(super) h_new: Vec<T>,
 }
 
 impl<T: Float> Shard<T> {
@@ -47,6 +53,12 @@ impl<T: Float> Shard<T> {
             c_new: ws.scratch(if lstm { tl * n * h } else { 0 }),
             c0: ws.scratch(if lstm { n * h } else { 0 }),
             xs: ws.scratch(if own_x { tl * n * cfg.in_size } else { 0 }),
+            h_drop: ws.scratch(if cfg.h_drop { tl * n * h } else { 0 }),
+            h_new: ws.scratch(if cfg.zone_h && !lstm && cfg.kind != CellKind::Gru {
+                tl * n * h
+            } else {
+                0
+            }),
             rows,
         }
     }
@@ -59,6 +71,8 @@ impl<T: Float> Shard<T> {
             self.c_new,
             self.c0,
             self.xs,
+            self.h_drop,
+            self.h_new,
         ] {
             ws.give(v);
         }
@@ -136,6 +150,10 @@ pub(super) struct BackwardScratch<T> {
     pub(super) dhp: Vec<T>,
     pub(super) dh_t: Vec<T>,
     pub(super) keep: Vec<T>,
+    /// Recurrent dropout: one step's `dG W_hh` `[n, H]`, the gradient of `m * h_{t-1}`.
+    pub(super) da: Vec<T>,
+    /// Zoneout: one step's `d_t * dh_t` `[n, H]`, what reaches `h_{t-1}` directly.
+    pub(super) kept: Vec<T>,
     /// The shard's rows of `dX` `[T, n, I]`, and its parts of `dW_ih`, `dW_hh`, `db_ih` and
     /// `db_hh`.
     pub(super) dx: Vec<T>,
@@ -163,6 +181,8 @@ impl<T: Float> BackwardScratch<T> {
             dhp: ws.scratch(size(gru, tl * n * gh)),
             dh_t: ws.scratch(n * h),
             keep: ws.scratch(size(lstm, n * h)),
+            da: ws.scratch(size(cfg.h_drop, n * h)),
+            kept: ws.scratch(size(cfg.zone_h, n * h)),
             dx: ws.scratch(size(want.x, tl * n * i)),
             dw_ih: ws.scratch(size(want.w_ih, gh * i)),
             dw_hh: ws.scratch(size(want.w_hh, gh * h)),
@@ -185,6 +205,8 @@ impl<T: Float> BackwardScratch<T> {
             self.dhp,
             self.dh_t,
             self.keep,
+            self.da,
+            self.kept,
             self.dx,
             self.dw_ih,
             self.dw_hh,

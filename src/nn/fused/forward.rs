@@ -9,10 +9,11 @@ use super::weights::{
     RecurrentWeight, StepWeight, Weights, fill_rows, init_input_projection, project,
     projects_packed,
 };
-use super::{Config, FusedDirection, Inputs};
+use super::{Config, FusedDirection, Inputs, Reg};
 use crate::kernels::Sweep;
 use crate::kernels::gemm_nn::{AStorage, Rows};
 use crate::kernels::handoff::with_helper;
+use crate::kernels::regularize;
 use crate::kernels::{gru, lstm, rnn};
 use crate::nn::direction::CellKind;
 use crate::tensor::Float;
@@ -33,7 +34,7 @@ impl Config {
         w_hh_t: StepWeight<'_, T>,
         split: Option<&mut [T]>,
     ) {
-        let (h0, w) = (inp.h0, &inp.w);
+        let h0 = inp.h0;
         assert!(
             group.len() <= GROUP_SHARDS,
             "forward_group: too many shards"
@@ -46,9 +47,9 @@ impl Config {
         // The helper spins only through the recurrence.
         match split {
             Some(buf) => with_helper(|helper| {
-                self.forward_steps(group, fss, h0, w, w_hh_t, Some((buf, helper)));
+                self.forward_steps(group, fss, inp, w_hh_t, Some((buf, helper)));
             }),
-            None => self.forward_steps(group, fss, h0, w, w_hh_t, None),
+            None => self.forward_steps(group, fss, inp, w_hh_t, None),
         }
         for (sh, fs) in group.iter_mut().zip(fss.iter_mut()) {
             let nh = sh.rows.len() * self.hidden;
@@ -68,15 +69,24 @@ impl Config {
         &self,
         group: &mut [Shard<T>],
         fss: &mut [ForwardScratch<T>],
-        h0: &[T],
-        w: &Weights<'_, T>,
+        inp: &Inputs<'_, T>,
         w_hh_t: StepWeight<'_, T>,
         mut split: Split<'_, T>,
     ) {
+        let (h0, w) = (inp.h0, &inp.w);
         let sw = self.saved_width();
         let count = group.len();
         for s in 0..self.t_len {
             let t = self.time(s);
+            // Recurrent dropout: the product reads a_t = m * h_{t-1}, kept for dW_hh.
+            if self.h_drop {
+                for sh in group.iter_mut() {
+                    let nh = sh.rows.len() * self.hidden;
+                    let h_prev = self.state_in(&sh.h_prev, &sh.ys, h0, &sh.rows, s);
+                    let m = inp.reg.h_drop_rows(&sh.rows, self.hidden);
+                    regularize::mask(&mut sh.h_drop[t * nh..(t + 1) * nh], h_prev, m);
+                }
+            }
             // The recurrent product of every shard: into its gate pre-activations, which already
             // hold the input projection (the LSTM's saved block, the RNN's output slot y_t), or
             // for the GRU into `W_hh h + b_hh` apart.
@@ -85,6 +95,17 @@ impl Config {
                 let n = sh.rows.len();
                 let nh = n * self.hidden;
                 let (a, c): (&[T], &mut [T]) = match self.kind {
+                    _ if self.h_drop => {
+                        let c = match self.kind {
+                            CellKind::Lstm => &mut sh.gates[t * n * sw..(t + 1) * n * sw],
+                            CellKind::Gru => {
+                                fill_rows(&mut fs.hp, w.bias.map(|(_, b_hh)| b_hh));
+                                &mut fs.hp[..]
+                            }
+                            CellKind::Rnn(_) => &mut sh.ys[t * nh..(t + 1) * nh],
+                        };
+                        (&sh.h_drop[t * nh..(t + 1) * nh], c)
+                    }
                     CellKind::Lstm => (
                         self.state_in(&sh.h_prev, &sh.ys, h0, &sh.rows, s),
                         &mut sh.gates[t * n * sw..(t + 1) * n * sw],
@@ -117,7 +138,7 @@ impl Config {
             let sweep = Sweep::alternate(s);
             step_product(&mut blocks[..count], w_hh_t, reborrow(&mut split), sweep);
             for (sh, fs) in group.iter_mut().zip(fss.iter_mut()) {
-                self.forward_gates(sh, fs, h0, w, s);
+                self.forward_gates(sh, fs, inp, s);
             }
         }
     }
@@ -177,10 +198,10 @@ impl Config {
         &self,
         sh: &mut Shard<T>,
         fs: &mut ForwardScratch<T>,
-        h0: &[T],
-        w: &Weights<'_, T>,
+        inp: &Inputs<'_, T>,
         s: usize,
     ) {
+        let (h0, w) = (inp.h0, &inp.w);
         let (tl, h) = (self.t_len, self.hidden);
         let rows = sh.rows.clone();
         let n = rows.len();
@@ -215,7 +236,12 @@ impl Config {
                 } else {
                     read_write(&mut sh.c_new, self.time(s - 1), t, nh)
                 };
-                lstm::lstm_forward(saved, c_in, c_out, h_out, h);
+                if self.zone_c {
+                    let d = Reg::zone_rows(inp.reg.zone_c, t, self.batch, &rows, h);
+                    lstm::lstm_forward_zoneout(saved, c_in, d, c_out, h_out, h);
+                } else {
+                    lstm::lstm_forward(saved, c_in, c_out, h_out, h);
+                }
                 if !all_active {
                     for bi in (0..n).filter(|&bi| !self.active(t, rows.start + bi)) {
                         let r = bi * h..(bi + 1) * h;
@@ -228,7 +254,18 @@ impl Config {
                 let b_ih = w.bias.map(|(b_ih, _)| b_ih);
                 gru::gru_forward(xp_t, b_ih, &fs.hp, h_in, h_out, saved, h);
             }
-            CellKind::Rnn(act) => rnn::rnn_forward(h_out, act),
+            CellKind::Rnn(act) => {
+                rnn::rnn_forward(h_out, act);
+                if self.zone_h {
+                    sh.h_new[st..sb].copy_from_slice(h_out);
+                }
+            }
+        }
+        // Zoneout: h_t = (1 - d_t) * h~_t + d_t * h_{t-1} (a finished sequence's rows are
+        // replaced below).
+        if self.zone_h {
+            let d = Reg::zone_rows(inp.reg.zone_h, t, self.batch, &rows, h);
+            regularize::zoneout_forward(h_out, h_in, d);
         }
         if let Some(h_next) = h_next {
             for bi in 0..n {

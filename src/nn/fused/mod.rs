@@ -75,7 +75,7 @@ pub(crate) fn run<T: Float>(
     run: &DirectionRun<'_>,
 ) -> Result<DirectionOutput> {
     let (x, h0, c0) = (run.x, run.h0, run.c0);
-    let w = run.params.vars(tape, store)?;
+    let w = run.weights(tape, store)?;
     let bias = w.b_ih.zip(w.b_hh);
     let slots = Slots::new(c0.is_some(), bias.is_some());
     let mut inputs = vec![x, h0];
@@ -88,6 +88,18 @@ pub(crate) fn run<T: Float>(
     let xs = tape.shape(x)?;
     let (t_len, batch, in_size) = (xs.dims()[0], xs.dims()[1], xs.dims()[2]);
     let hidden = tape.shape(h0)?.dims()[1];
+    // The regularizers' masks, copied out of the tape: the node owns them.
+    let mask_of = |tape: &Tape<T>, v: Option<crate::tape::Var>| -> Result<Vec<T>> {
+        Ok(match v {
+            Some(v) => tape.value(v)?.data().to_vec(),
+            None => Vec::new(),
+        })
+    };
+    let reg = RegMasks {
+        h_drop: mask_of(tape, run.masks.h_drop)?,
+        zone_h: mask_of(tape, run.masks.zone_h)?,
+        zone_c: mask_of(tape, run.masks.zone_c)?,
+    };
     let cfg = Config {
         kind: run.kind,
         reverse: run.reverse,
@@ -97,6 +109,9 @@ pub(crate) fn run<T: Float>(
         in_size,
         hidden,
         slots,
+        h_drop: !reg.h_drop.is_empty(),
+        zone_h: !reg.zone_h.is_empty(),
+        zone_c: !reg.zone_c.is_empty(),
     };
     let lstm = cfg.kind.has_cell_state();
     let gates_h = cfg.kind.gates() * hidden;
@@ -131,6 +146,7 @@ pub(crate) fn run<T: Float>(
             ),
         ),
         cfg,
+        reg: RegMasks::default(),
     };
     let mut scratch: Vec<ForwardScratch<T>> = node
         .shards
@@ -146,10 +162,11 @@ pub(crate) fn run<T: Float>(
             .iter()
             .map(|&v| tape.value(v))
             .collect::<Result<_>>()?;
-        let inp = Inputs::new(&node.cfg.slots, &vals);
+        let inp = Inputs::new(&node.cfg.slots, &vals, &reg);
         let split = split.as_deref_mut();
         node.forward(&inp, &mut scratch, split, &mut y, &mut h_n, &mut c_n);
     }
+    node.reg = reg;
     let mut ws = tape.workspace();
     for s in scratch {
         s.give(&mut ws);
@@ -186,6 +203,12 @@ struct Config {
     hidden: usize,
     /// Where each input sits in the node's list of inputs.
     slots: Slots,
+    /// Recurrent dropout is on: each step's product reads `m * h_{t-1}`.
+    h_drop: bool,
+    /// Zoneout on `h` is on.
+    zone_h: bool,
+    /// Zoneout on the LSTM's `c` is on.
+    zone_c: bool,
 }
 
 impl Config {
@@ -245,6 +268,47 @@ struct FusedDirection<T> {
     /// `W_ih` packed for the products over all time steps: `W_ih^T` in forward, `W_ih` in
     /// backward.
     w_ih: PackedB<T>,
+    /// The regularizers' masks.
+    reg: RegMasks<T>,
+}
+
+/// The regularizers' masks of one direction (each empty when its regularizer is off): the
+/// recurrent dropout mask `m` `[B, H]` and zoneout's keep weights of `h` and (LSTM) `c`
+/// `[T, B, H]`.
+#[derive(Default)]
+struct RegMasks<T> {
+    h_drop: Vec<T>,
+    zone_h: Vec<T>,
+    zone_c: Vec<T>,
+}
+
+/// The regularizers' masks, as slices (see [`RegMasks`]).
+#[derive(Clone, Copy)]
+struct Reg<'a, T> {
+    h_drop: &'a [T],
+    zone_h: &'a [T],
+    zone_c: &'a [T],
+}
+
+impl<'a, T> Reg<'a, T> {
+    fn of(m: &'a RegMasks<T>) -> Self {
+        Reg {
+            h_drop: &m.h_drop,
+            zone_h: &m.zone_h,
+            zone_c: &m.zone_c,
+        }
+    }
+
+    /// The recurrent dropout mask of a shard's rows `[n, H]`.
+    fn h_drop_rows(&self, rows: &Range<usize>, h: usize) -> &'a [T] {
+        &self.h_drop[rows.start * h..rows.end * h]
+    }
+
+    /// Zoneout's keep weights of a shard's rows at time `t`, `[n, H]`, of `h` or of `c`, in a
+    /// batch of `b` rows.
+    fn zone_rows(zone: &'a [T], t: usize, b: usize, rows: &Range<usize>, h: usize) -> &'a [T] {
+        &zone[(t * b + rows.start) * h..(t * b + rows.end) * h]
+    }
 }
 
 /// Where each of the node's inputs sits in its list of inputs, in the tape's order:
@@ -289,11 +353,14 @@ struct Inputs<'a, T> {
     /// `[B, H]` (LSTM).
     c0: Option<&'a [T]>,
     w: Weights<'a, T>,
+    /// The regularizers' masks.
+    reg: Reg<'a, T>,
 }
 
 impl<'a, T: Float> Inputs<'a, T> {
-    fn new(slots: &Slots, inp: &[&'a Tensor<T>]) -> Self {
+    fn new(slots: &Slots, inp: &[&'a Tensor<T>], reg: &'a RegMasks<T>) -> Self {
         Inputs {
+            reg: Reg::of(reg),
             x: inp[slots.x].data(),
             h0: inp[slots.h0].data(),
             c0: slots.c0.map(|k| inp[k].data()),

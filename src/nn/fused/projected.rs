@@ -111,7 +111,7 @@ pub(crate) fn run<T: Float>(
     store: &ParamStore<T>,
     run: &DirectionRun<'_>,
 ) -> Result<DirectionOutput> {
-    let w = run.params.vars(tape, store)?;
+    let w = run.weights(tape, store)?;
     let (Some(c0), Some(w_hr)) = (run.c0, w.w_hr) else {
         return Err(crate::Error::invalid(
             "fused projected LSTM",

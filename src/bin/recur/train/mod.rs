@@ -75,6 +75,20 @@ pub struct TrainArgs {
     /// Dropout between recurrent layers.
     #[arg(long, default_value_t = 0.0)]
     pub dropout: f64,
+    /// Recurrent (variational) dropout on the state entering each step's recurrent product: one
+    /// mask per sequence, layer and direction per training step.
+    #[arg(long, default_value_t = 0.0)]
+    pub recurrent_dropout: f64,
+    /// Weight drop (DropConnect) on the recurrent weights W_hh, one mask per training step.
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_drop: f64,
+    /// Zoneout on h (and the LSTM's c): each unit keeps its previous value with this
+    /// probability in training; evaluation uses the expectation.
+    #[arg(long, default_value_t = 0.0)]
+    pub zoneout: f64,
+    /// LSTM only: project the hidden state to this many features (0: no projection).
+    #[arg(long, default_value_t = 0)]
+    pub proj: usize,
     /// Random seed (initialisation, dropout, samples).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -250,16 +264,22 @@ fn run_on(args: &TrainArgs, ranks: &crate::ranks::Ranks) -> CmdResult {
     let config = match &resume {
         Some(r) => r.config.clone(),
         None => CharLmConfig {
-            cell: args.cell.name().to_string(),
-            hidden: args.hidden,
-            layers: args.layers,
-            embed: args.embed,
             dropout: args.dropout,
-            vocab: CharVocab::from_text(&text)
-                .map_err(|e| e.to_string())?
-                .chars()
-                .iter()
-                .collect(),
+            recurrent_dropout: args.recurrent_dropout,
+            weight_drop: args.weight_drop,
+            zoneout: args.zoneout,
+            proj: args.proj,
+            ..CharLmConfig::new(
+                args.cell.name(),
+                args.hidden,
+                args.layers,
+                args.embed,
+                &CharVocab::from_text(&text)
+                    .map_err(|e| e.to_string())?
+                    .chars()
+                    .iter()
+                    .collect::<String>(),
+            )
         },
     };
     let estimate = estimate_bytes(

@@ -45,8 +45,33 @@ pub(super) fn check_args(a: &TrainArgs) -> Result<(), String> {
     if !(a.clip.is_finite() && a.clip >= 0.0) {
         return Err(format!("--clip must be >= 0, got {}", a.clip));
     }
-    if !(0.0..1.0).contains(&a.dropout) {
-        return Err(format!("--dropout must be in [0, 1), got {}", a.dropout));
+    for (name, p) in [
+        ("--dropout", a.dropout),
+        ("--recurrent-dropout", a.recurrent_dropout),
+        ("--weight-drop", a.weight_drop),
+        ("--zoneout", a.zoneout),
+    ] {
+        if !(0.0..1.0).contains(&p) {
+            return Err(format!("{name} must be in [0, 1), got {p}"));
+        }
+    }
+    if a.proj > 0 && (a.cell.name() != "lstm" || a.proj >= a.hidden) {
+        return Err(format!(
+            "--proj {} needs --cell lstm and must be below --hidden ({})",
+            a.proj, a.hidden
+        ));
+    }
+    if a.proj > 0 {
+        for (name, p) in [
+            ("--recurrent-dropout", a.recurrent_dropout),
+            ("--zoneout", a.zoneout),
+        ] {
+            if p > 0.0 {
+                return Err(format!(
+                    "{name} is not supported with --proj (--weight-drop is)"
+                ));
+            }
+        }
     }
     if !(a.val_fraction > 0.0 && a.val_fraction < 0.5) {
         return Err(format!(
@@ -124,7 +149,7 @@ pub(super) fn text_fingerprint(text: &str) -> String {
 /// gradients, two optimizer buffers, the packed recurrent weights and the checkpoint being
 /// written, copied while it is serialised (about 14 copies of the parameters in f32, measured;
 /// 18 counted); the tape of one step (embeddings, per layer the gate activations, cell
-/// and hidden states and the dropout mask, the logits, their softmax and gradient; forward and
+/// and hidden states, the dropout mask and the regularizers' masks, the logits, their softmax and gradient; forward and
 /// backward); the text and its ids (8 bytes per character, twice).
 pub(crate) fn estimate_bytes(
     config: &CharLmConfig,
@@ -143,7 +168,15 @@ pub(crate) fn estimate_bytes(
         config.embed as f64,
     );
     let v = config.vocab.chars().count() as f64;
-    let per_position = e + l * (2.0 * g * h + 5.0 * h) + 3.0 * v;
+    // The regularizers' masks and kept states: zoneout's keep weights of h and c (and a copy
+    // of each in the reference's form), recurrent dropout's masked states.
+    let reg = if config.zoneout > 0.0 { 4.0 * h } else { 0.0 }
+        + if config.recurrent_dropout > 0.0 {
+            h
+        } else {
+            0.0
+        };
+    let per_position = e + l * (2.0 * g * h + 5.0 * h + reg) + 3.0 * v;
     let tape = (batch * seq_len) as f64 * per_position * 4.0 * 2.0;
     let weights = params as f64 * 4.0 * 18.0;
     let text = text_bytes as f64 + chars as f64 * 8.0 * 2.2;
@@ -279,13 +312,27 @@ pub(super) fn resume_conflicts(
             );
         }
     }
-    if given("dropout") && args.dropout != m.dropout {
-        differ(
-            "--dropout",
-            args.dropout.to_string(),
-            m.dropout.to_string(),
-            "",
-        );
+    for (id, wanted, stored) in [
+        ("dropout", args.dropout, m.dropout),
+        (
+            "recurrent-dropout",
+            args.recurrent_dropout,
+            m.recurrent_dropout,
+        ),
+        ("weight-drop", args.weight_drop, m.weight_drop),
+        ("zoneout", args.zoneout, m.zoneout),
+    ] {
+        if given(&id.replace('-', "_")) && wanted != stored {
+            differ(
+                &format!("--{id}"),
+                wanted.to_string(),
+                stored.to_string(),
+                "",
+            );
+        }
+    }
+    if given("proj") && args.proj != m.proj {
+        differ("--proj", args.proj.to_string(), m.proj.to_string(), "");
     }
     let opt_name = args
         .optimizer
