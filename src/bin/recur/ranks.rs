@@ -37,7 +37,7 @@ impl Ranks {
                 let (rank, size) = (ranks.rank(), ranks.size());
                 let default = std::panic::take_hook();
                 std::panic::set_hook(Box::new(move |info| {
-                    eprintln!("recur: rank {rank} of {size} failed: {info}");
+                    line(&format!("recur: rank {rank} of {size} failed: {info}"));
                     default(info);
                     use mpi::topology::Communicator;
                     mpi::topology::SimpleCommunicator::world().abort(101);
@@ -133,7 +133,11 @@ impl Ranks {
                         // A failure every rank meets is reported once, by rank 0.
                         std::thread::sleep(std::time::Duration::from_millis(500));
                     }
-                    eprintln!("recur: rank {} of {}: {msg}", self.rank(), self.size());
+                    line(&format!(
+                        "recur: rank {} of {}: {msg}",
+                        self.rank(),
+                        self.size()
+                    ));
                     m.abort(1);
                 }
                 Err(msg)
@@ -141,4 +145,12 @@ impl Ranks {
             other => other,
         }
     }
+}
+
+/// Writes `text` and a newline to stderr in one write: `eprintln!` writes its pieces one by one,
+/// and the launcher's own messages (Open MPI's banner after an abort) can land between them.
+#[cfg(feature = "mpi")]
+fn line(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("{text}\n").as_bytes());
 }
