@@ -7,7 +7,7 @@
 //! share its tile: splitting `A` by rows (batch shards) gives bit-identical results.
 //!
 //! For `m` up to a few dozen this beats a general GEMM, which packs both operands on every call;
-//! tiles of 4 rows of `A` by 4 rows of `B` keep 16 accumulators in registers.
+//! tiles of [`TILE`] rows of `A` by [`TILE`] rows of `B` keep their accumulators in registers.
 
 use super::simd::SimdFloat;
 
@@ -29,24 +29,34 @@ pub fn gemm_nt_acc<T: SimdFloat + std::ops::AddAssign>(
     if k == 0 {
         return;
     }
-    let (m4, n4) = (m / 4 * 4, n / 4 * 4);
-    for i in (0..m4).step_by(4) {
-        for j in (0..n4).step_by(4) {
-            tile::<T, 4, 4>(i, j, n, k, a, b, c);
+    let (m4, n4) = (m / TILE * TILE, n / TILE * TILE);
+    for i in (0..m4).step_by(TILE) {
+        for j in (0..n4).step_by(TILE) {
+            tile::<T, TILE, TILE>(i, j, n, k, a, b, c);
         }
         for j in n4..n {
-            tile::<T, 4, 1>(i, j, n, k, a, b, c);
+            tile::<T, TILE, 1>(i, j, n, k, a, b, c);
         }
     }
     for i in m4..m {
-        for j in (0..n4).step_by(4) {
-            tile::<T, 1, 4>(i, j, n, k, a, b, c);
+        for j in (0..n4).step_by(TILE) {
+            tile::<T, 1, TILE>(i, j, n, k, a, b, c);
         }
         for j in n4..n {
             tile::<T, 1, 1>(i, j, n, k, a, b, c);
         }
     }
 }
+
+/// Rows of `A` and of `B` per tile: 4 by 4 is 16 accumulators, half of AVX-512's 32 vector
+/// registers; without AVX-512 each `f32x16` takes two of the 16 registers, so 4 by 4 would
+/// need 32 for the accumulators alone and spill, while 2 by 2 takes 8 and leaves room for the
+/// loads.
+const TILE: usize = if cfg!(target_feature = "avx512f") {
+    4
+} else {
+    2
+};
 
 /// `C[i..i+MR][j..j+NR] += A[i..i+MR] . B[j..j+NR]`.
 #[inline(always)]

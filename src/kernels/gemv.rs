@@ -109,9 +109,9 @@ pub fn gemv_rows_acc<T: SimdFloat + std::ops::AddAssign>(
     );
     if sweep == Sweep::Descending {
         let mut j = rows.end;
-        while j >= rows.start + 4 {
-            j -= 4;
-            dot_tile::<T, 4>(w, x, j, &mut y[j - rows.start..]);
+        while j >= rows.start + DOT_ROWS {
+            j -= DOT_ROWS;
+            dot_tile::<T, DOT_ROWS>(w, x, j, &mut y[j - rows.start..]);
         }
         while j > rows.start {
             j -= 1;
@@ -120,15 +120,24 @@ pub fn gemv_rows_acc<T: SimdFloat + std::ops::AddAssign>(
         return;
     }
     let mut j = rows.start;
-    while j + 4 <= rows.end {
-        dot_tile::<T, 4>(w, x, j, &mut y[j - rows.start..]);
-        j += 4;
+    while j + DOT_ROWS <= rows.end {
+        dot_tile::<T, DOT_ROWS>(w, x, j, &mut y[j - rows.start..]);
+        j += DOT_ROWS;
     }
     while j < rows.end {
         dot_tile::<T, 1>(w, x, j, &mut y[j - rows.start..]);
         j += 1;
     }
 }
+
+/// Rows of `W` per tile of [`gemv_rows_acc`]: 4 rows of 2 accumulators each are 8 vectors, 8
+/// of AVX-512's 32 registers but 16 of AVX2's 16 (an `f32x16` is two 256-bit registers there),
+/// which spill; 2 rows fit.
+const DOT_ROWS: usize = if cfg!(target_feature = "avx512f") {
+    4
+} else {
+    2
+};
 
 /// `y[r] += W[j + r] . x` for `r < R`.
 #[inline(always)]
@@ -183,8 +192,13 @@ fn dot_tile<T: SimdFloat + std::ops::AddAssign, const R: usize>(
 }
 
 /// Vectors of columns per block of [`gemv_cols_acc`]: 16 accumulators, which with a broadcast
-/// and the loads fit AVX-512's 32 vector registers.
-const COL_VECTORS: usize = 16;
+/// and the loads fit AVX-512's 32 vector registers; without AVX-512 an `f32x16` takes two of
+/// the 16 registers, and 6 accumulators (12 registers) leave room for the broadcast and a load.
+const COL_VECTORS: usize = if cfg!(target_feature = "avx512f") {
+    16
+} else {
+    6
+};
 
 /// `y[j - cols.start] += sum_p x[p] W[p][j]` for the columns `j` of `cols`: `y += x W` over those
 /// columns, `x` of `W.rows()` values.
