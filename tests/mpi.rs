@@ -39,6 +39,33 @@ fn ok(out: Output, what: &str) -> Output {
     out
 }
 
+/// Asserts that `out` failed and that its stderr holds `needle`; returns the stderr.
+fn fails_with(out: Output, needle: &str) -> String {
+    assert!(!out.status.success(), "the run succeeded");
+    let err = common::output_text(&out.stderr);
+    assert!(err.contains(needle), "{err}");
+    err
+}
+
+/// Asserts that `out` failed within 30 s of `start`, with exactly one error line of a rank on
+/// stderr, which starts with `prefix`; returns that line.
+fn one_rank_error(out: Output, start: Instant, prefix: &str) -> String {
+    assert!(!out.status.success(), "the run succeeded");
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
+    let err = common::output_text(&out.stderr);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("recur: rank"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].starts_with(prefix), "{err}");
+    lines[0].to_string()
+}
+
 fn text_file(dir: &Path) -> PathBuf {
     let words = [
         "north",
@@ -172,12 +199,9 @@ fn lm_run_resumes_with_another_number_of_ranks() {
     args.extend(["--resume", last.to_str().unwrap()]);
     let at = args.iter().position(|a| *a == "4").unwrap();
     args[at] = "2";
-    let o = run(Some(2), &args);
-    assert!(!o.status.success());
-    let err = common::output_text(&o.stderr);
-    assert!(
-        err.contains("--micro-batches 2 differs from the checkpoint's 4"),
-        "{err}"
+    fails_with(
+        run(Some(2), &args),
+        "--micro-batches 2 differs from the checkpoint's 4",
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -293,9 +317,10 @@ fn allreduce_combines_up_to_rounding() {
     for (x, y) in a.iter().zip(&b) {
         assert!((x - y).abs() <= 1e-4 * x.abs(), "{a:?} against {b:?}");
     }
-    let o = run(Some(2), &strs(&with(&reduced, "2", "tree")));
-    assert!(!o.status.success());
-    assert!(common::output_text(&o.stderr).contains("`tree` is not a way to combine"));
+    fails_with(
+        run(Some(2), &strs(&with(&reduced, "2", "tree"))),
+        "`tree` is not a way to combine",
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -304,15 +329,12 @@ fn micro_batches_must_divide_among_the_ranks() {
     let dir = common::temp_dir("mpi-divide");
     let text = text_file(&dir);
     let out = dir.join("out");
-    let o = run(
-        Some(3),
-        &lm_args(text.to_str().unwrap(), "gru", out.to_str().unwrap(), "4"),
-    );
-    assert!(!o.status.success());
-    let err = common::output_text(&o.stderr);
-    assert!(
-        err.contains("rank 0 of 3: --micro-batches 4 must be a positive multiple of the 3"),
-        "{err}"
+    fails_with(
+        run(
+            Some(3),
+            &lm_args(text.to_str().unwrap(), "gru", out.to_str().unwrap(), "4"),
+        ),
+        "rank 0 of 3: --micro-batches 4 must be a positive multiple of the 3",
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -330,15 +352,7 @@ fn a_failing_rank_ends_the_job() {
         Some(2),
         &lm_args(text.to_str().unwrap(), "gru", out.to_str().unwrap(), "4"),
     );
-    assert!(!o.status.success());
-    assert!(start.elapsed() < Duration::from_secs(30));
-    let err = common::output_text(&o.stderr);
-    let lines: Vec<&str> = err
-        .lines()
-        .filter(|l| l.starts_with("recur: rank"))
-        .collect();
-    assert_eq!(lines.len(), 1, "{err}");
-    assert!(lines[0].starts_with("recur: rank 0 of 2: "), "{err}");
+    one_rank_error(o, start, "recur: rank 0 of 2: ");
 
     // Bad input on one rank only (its own --text, which does not exist): rank 1 names itself
     // and the file, and rank 0, already in the first step, does not wait for it.
@@ -364,16 +378,8 @@ fn a_failing_rank_ends_the_job() {
         ))
         .output()
         .unwrap();
-    assert!(!o.status.success());
-    assert!(start.elapsed() < Duration::from_secs(30));
-    let err = common::output_text(&o.stderr);
-    let lines: Vec<&str> = err
-        .lines()
-        .filter(|l| l.starts_with("recur: rank"))
-        .collect();
-    assert_eq!(lines.len(), 1, "{err}");
-    assert!(lines[0].starts_with("recur: rank 1 of 2: "), "{err}");
-    assert!(lines[0].contains("missing.txt"), "{err}");
+    let line = one_rank_error(o, start, "recur: rank 1 of 2: ");
+    assert!(line.contains("missing.txt"), "{line}");
 
     // A rank killed in the middle of training ends the job too: mpirun names it.
     let out = dir.join("killed");
