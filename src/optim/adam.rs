@@ -109,10 +109,9 @@ impl<T: Float> AdamCore<T> {
     ) -> Result<()> {
         let ids = grads_to_apply(op, store, grads)?;
         let c = &self.cfg;
-        let (b1, b2) = (T::from_f64(c.beta1), T::from_f64(c.beta2));
-        let (omb1, omb2) = (T::from_f64(1.0 - c.beta1), T::from_f64(1.0 - c.beta2));
-        let (wd, eps) = (T::from_f64(c.weight_decay), T::from_f64(c.eps));
-        let decay = T::from_f64(1.0 - c.lr * c.weight_decay);
+        let l2 = c.weight_decay != 0.0 && !self.decoupled;
+        let decay = (c.weight_decay != 0.0 && self.decoupled)
+            .then(|| T::from_f64(1.0 - c.lr * c.weight_decay));
         for id in ids {
             let g = grads.param(id).expect("checked by grads_to_apply");
             let p = store.get_mut(id);
@@ -120,36 +119,75 @@ impl<T: Float> AdamCore<T> {
             st.step += 1;
             let t = st.step as i32;
             let bc1 = 1.0 - c.beta1.powi(t);
-            let bc2_sqrt = T::from_f64((1.0 - c.beta2.powi(t)).sqrt());
-            let step_size = T::from_f64(c.lr / bc1);
+            let h = Hyper {
+                b1: T::from_f64(c.beta1),
+                b2: T::from_f64(c.beta2),
+                omb1: T::from_f64(1.0 - c.beta1),
+                omb2: T::from_f64(1.0 - c.beta2),
+                wd: T::from_f64(c.weight_decay),
+                eps: T::from_f64(c.eps),
+                bc2_sqrt: T::from_f64((1.0 - c.beta2.powi(t)).sqrt()),
+                step_size: T::from_f64(c.lr / bc1),
+            };
             let (m, rest) = st.bufs.split_at_mut(1);
             let (v, vmax) = rest.split_at_mut(1);
-            let m = m[0].data_mut();
-            let v = v[0].data_mut();
-            let mut vmax = vmax.first_mut().map(|t| t.data_mut());
-            for (k, (pi, &gi)) in p.data_mut().iter_mut().zip(g.data()).enumerate() {
-                let mut gi = gi;
-                if c.weight_decay != 0.0 {
-                    if self.decoupled {
-                        *pi *= decay;
-                    } else {
-                        gi += wd * *pi;
-                    }
-                }
-                m[k] = b1 * m[k] + omb1 * gi;
-                v[k] = b2 * v[k] + omb2 * gi * gi;
-                let second = match vmax.as_deref_mut() {
-                    Some(mx) => {
-                        mx[k] = mx[k].max(v[k]);
-                        mx[k]
-                    }
-                    None => v[k],
-                };
-                let denom = second.sqrt() / bc2_sqrt + eps;
-                *pi -= step_size * m[k] / denom;
+            let (p, g) = (p.data_mut(), g.data());
+            if let Some(decay) = decay {
+                // AdamW: the decay first, then the update from the decayed weights.
+                p.iter_mut().for_each(|pi| *pi *= decay);
+            }
+            let (m, v) = (m[0].data_mut(), v[0].data_mut());
+            // One loop per case, free of branches, so that the compiler vectorizes it.
+            match (vmax.first_mut().map(|t| t.data_mut()), l2) {
+                (None, false) => update::<T, false, false>(&h, p, g, m, v, &mut []),
+                (None, true) => update::<T, true, false>(&h, p, g, m, v, &mut []),
+                (Some(mx), false) => update::<T, false, true>(&h, p, g, m, v, mx),
+                (Some(mx), true) => update::<T, true, true>(&h, p, g, m, v, mx),
             }
         }
         Ok(())
+    }
+}
+
+/// The constants of one parameter's update at step `t`.
+struct Hyper<T> {
+    b1: T,
+    b2: T,
+    omb1: T,
+    omb2: T,
+    wd: T,
+    eps: T,
+    /// `sqrt(1 - beta2^t)`.
+    bc2_sqrt: T,
+    /// `lr / (1 - beta1^t)`.
+    step_size: T,
+}
+
+/// One parameter's Adam update, element by element: with `L2` the weight decay joins the
+/// gradient (`g + wd p`), with `AMSGRAD` the second moment is the running maximum `vmax`.
+fn update<T: Float, const L2: bool, const AMSGRAD: bool>(
+    h: &Hyper<T>,
+    p: &mut [T],
+    g: &[T],
+    m: &mut [T],
+    v: &mut [T],
+    vmax: &mut [T],
+) {
+    let n = p.len();
+    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+    let vmax = if AMSGRAD { &mut vmax[..n] } else { vmax };
+    for k in 0..n {
+        let gi = if L2 { g[k] + h.wd * p[k] } else { g[k] };
+        m[k] = h.b1 * m[k] + h.omb1 * gi;
+        v[k] = h.b2 * v[k] + h.omb2 * gi * gi;
+        let second = if AMSGRAD {
+            vmax[k] = vmax[k].max(v[k]);
+            vmax[k]
+        } else {
+            v[k]
+        };
+        let denom = second.sqrt() / h.bc2_sqrt + h.eps;
+        p[k] -= h.step_size * m[k] / denom;
     }
 }
 
