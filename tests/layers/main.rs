@@ -10,4 +10,5 @@ mod layers_fused_vs_reference;
 mod parity;
 mod parity_modules;
 mod regularizers;
+mod support;
 mod threads_bit_identical;
