@@ -6,6 +6,7 @@ mod common;
 
 mod cells;
 mod inference_step;
+mod layer_norm;
 mod layers_fused_vs_reference;
 mod parity;
 mod parity_modules;
