@@ -1,5 +1,5 @@
 //! Layer-normalized LSTM and GRU layers (`RecurrentConfig::layer_norm`): the fused layers
-//! against the reference built from primitive ops (f64 to 1e-12 and f32 to 5e-5 relative),
+//! against the reference built from primitive ops (f64 to 1e-12 and f32 to 2e-4 relative),
 //! gradcheck in f64 (every weight, gain and bias, and the inputs), results bit-identical for 1,
 //! 2 and 3 threads, the parameters' names and initial values, what the normalization does, and
 //! the combinations that are refused.
@@ -10,10 +10,12 @@ use recur::nn::{
 };
 use recur::{ParamStore, Rng, Tape, Tensor};
 
-/// The f32 tolerance: the normalization's backward, `(γ dy - mean(γ dy) - x^ mean(γ dy x^)) /
-/// σ`, subtracts nearly equal terms and divides by `σ`, which raises f32's rounding above the
-/// plain layers' 1e-5.
-const F32_TOL: f64 = 5e-5;
+/// The f32 tolerance: the normalization divides differences of nearly equal values by `σ`
+/// (forward, `x - mean(x)`; backward, `γ dy - mean(γ dy) - x^ mean(γ dy x^)`), which raises the
+/// difference between the fused path's vectorised sigmoid and tanh (within 2 ulps) and the
+/// reference's, and f32's rounding, above the plain layers' 1e-5 (the f64 comparison, to 1e-12,
+/// is the sharp one).
+const F32_TOL: f64 = 2e-4;
 
 const LN_KINDS: [CellKind; 2] = [CellKind::Lstm, CellKind::Gru];
 

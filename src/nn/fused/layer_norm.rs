@@ -22,6 +22,7 @@
 
 use super::buffers::read_write;
 use crate::kernels::gemm_nn::{PackedB, gemm_packed_set};
+use crate::kernels::simd::map_inplace;
 use crate::kernels::{GemmShape, layer_norm as ln};
 use crate::nn::direction::{CellKind, DirectionOutput, DirectionRun, is_active, step_time};
 use crate::params::ParamStore;
@@ -281,7 +282,6 @@ impl<T: Float> LayerNormDirection<T> {
         let t0 = d.time(0);
         self.h_prev[t0 * bh..(t0 + 1) * bh].copy_from_slice(h0);
         self.w_hh.pack_transposed(w_hh, gh, h);
-        let mut pre = vec![T::ZERO; gh];
         let mut h_next = vec![T::ZERO; bh];
         let c0 = sl.c0.map_or(&[][..], |k| inp[k].data());
         let (gamma_c, beta_c) = match sl.cell {
@@ -328,43 +328,45 @@ impl<T: Float> LayerNormDirection<T> {
                 let acts = &mut self.acts[r * 4 * h..(r + 1) * 4 * h];
                 if d.lstm {
                     for j in 0..gh {
-                        pre[j] = gamma_x[j] * xx[j] + gamma_h[j] * xh[j] + b_ih[j] + b_hh[j];
+                        acts[j] = gamma_x[j] * xx[j] + gamma_h[j] * xh[j] + b_ih[j] + b_hh[j];
                     }
+                    // i, f, o = σ(.), g = tanh(.), vector by vector.
+                    map_inplace(&mut acts[..2 * h], T::sigmoid_v);
+                    map_inplace(&mut acts[2 * h..3 * h], T::tanh_v);
+                    map_inplace(&mut acts[3 * h..], T::sigmoid_v);
                     let (c_prev, c_t) = (&c_prev[rh.clone()], &mut c_t[rh]);
                     for j in 0..h {
-                        let i = pre[j].sigmoid();
-                        let f = pre[h + j].sigmoid();
-                        let g = pre[2 * h + j].tanh();
-                        let o = pre[3 * h + j].sigmoid();
-                        acts[j] = i;
-                        acts[h + j] = f;
-                        acts[2 * h + j] = g;
-                        acts[3 * h + j] = o;
-                        c_t[j] = f * c_prev[j] + i * g;
+                        c_t[j] = acts[h + j] * c_prev[j] + acts[j] * acts[2 * h + j];
                     }
                     let chat = &mut self.chat[r * h..(r + 1) * h];
                     chat.copy_from_slice(c_t);
                     self.inv_c[r] = ln::normalize_in_place(chat);
+                    // tanh(LN(c_t)), and h_t = o * tanh(LN(c_t)).
                     let tc = &mut self.tc[r * h..(r + 1) * h];
                     for j in 0..h {
-                        tc[j] = (gamma_c[j] * chat[j] + beta_c[j]).tanh();
+                        tc[j] = gamma_c[j] * chat[j] + beta_c[j];
+                    }
+                    map_inplace(tc, T::tanh_v);
+                    for j in 0..h {
                         out[j] = acts[3 * h + j] * tc[j];
                     }
                 } else {
+                    // r, z = σ(x + h) and h_n = γ_h x^_n + b_hn.
+                    for j in 0..2 * h {
+                        acts[j] = gamma_x[j] * xx[j] + b_ih[j] + gamma_h[j] * xh[j] + b_hh[j];
+                    }
+                    map_inplace(&mut acts[..2 * h], T::sigmoid_v);
+                    for j in 2 * h..gh {
+                        acts[h + j] = gamma_h[j] * xh[j] + b_hh[j];
+                    }
+                    // n = tanh(x_n + r * h_n).
                     for j in 0..h {
-                        let xr = gamma_x[j] * xx[j] + b_ih[j];
-                        let xz = gamma_x[h + j] * xx[h + j] + b_ih[h + j];
                         let xn = gamma_x[2 * h + j] * xx[2 * h + j] + b_ih[2 * h + j];
-                        let hr = gamma_h[j] * xh[j] + b_hh[j];
-                        let hz = gamma_h[h + j] * xh[h + j] + b_hh[h + j];
-                        let hn = gamma_h[2 * h + j] * xh[2 * h + j] + b_hh[2 * h + j];
-                        let rg = (xr + hr).sigmoid();
-                        let z = (xz + hz).sigmoid();
-                        let n = (xn + rg * hn).tanh();
-                        acts[j] = rg;
-                        acts[h + j] = z;
-                        acts[2 * h + j] = n;
-                        acts[3 * h + j] = hn;
+                        acts[2 * h + j] = xn + acts[j] * acts[3 * h + j];
+                    }
+                    map_inplace(&mut acts[2 * h..3 * h], T::tanh_v);
+                    for j in 0..h {
+                        let (z, n) = (acts[h + j], acts[2 * h + j]);
                         out[j] = n + z * (hp[j] - n);
                     }
                 }
