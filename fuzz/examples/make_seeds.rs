@@ -138,6 +138,12 @@ fn main() {
         [16, 3, 2, 1, 5, 0, 1, 1, 6, 9, 9, 9, 9],
         [165, 4, 3, 3, 6, 1, 0, 0, 12, 1, 1, 1, 1],
         [42, 4, 2, 2, 6, 1, 1, 1, 0, 126, 4, 1, 2],
+        // Layer normalization (first byte bit 6): an f64 LSTM, two bidirectional layers with
+        // lengths; an f32 GRU in training, with lengths; an f64 LSTM with zoneout (refused by
+        // both paths).
+        [66, 4, 2, 2, 6, 1, 1, 1, 0, 2, 4, 1, 2],
+        [227, 5, 3, 4, 9, 1, 1, 0, 14, 6, 6, 7, 8],
+        [82, 3, 2, 1, 5, 0, 1, 1, 6, 9, 9, 9, 9],
     ]
     .iter()
     .enumerate()

@@ -1,14 +1,16 @@
 //! The fused recurrent layers against the reference built from primitive tape ops, on a small
 //! configuration and values decoded from the input: outputs and every gradient agree (f64 to
-//! 1e-10, f32 to 1e-5, relative to the largest reference value, as in
-//! `tests/layers_fused_vs_reference.rs`; the scalar loss, a sum that can cancel, relative to the
+//! 1e-10 and f32 to 1e-5, or 1e-8 and 1e-4 with layer normalization (see `fuzz_target!`),
+//! relative to the largest reference value, as in `tests/layers_fused_vs_reference.rs`; the scalar loss, a sum that can cancel, relative to the
 //! sum of its terms' magnitudes; in f32, plus four times the f32 rounding each result carries,
 //! measured against the f64 result: the f32 reference's distance from it in two summation orders
 //! (the batch as given and reversed) and the f64 result's own movement when every parameter and
 //! input is moved by a relative f32 rounding; see `compare`), and a configuration one refuses the
 //! other refuses too. LSTM cases may project their state (`proj_size`), and any case may turn on
 //! the recurrence's regularizers (recurrent dropout, weight drop, zoneout) in training (masks
-//! drawn from a generator seeded by the case) or evaluation (zoneout's expectation).
+//! drawn from a generator seeded by the case) or evaluation (zoneout's expectation), or layer
+//! normalization (`layer_norm`; refused by both paths with an RNN cell, a projection or a
+//! regularizer).
 
 #![no_main]
 
@@ -49,8 +51,8 @@ impl Case {
 
 fn decode(data: &[u8]) -> Case {
     let mut r = Bytes::new(data);
-    // The first byte: the cell (bits 0-1), the regularizers (bits 2-4), training (bit 5), f32
-    // (bit 7).
+    // The first byte: the cell (bits 0-1), the regularizers (bits 2-4), training (bit 5), layer
+    // normalization (bit 6), f32 (bit 7).
     let first = data.first().copied().unwrap_or(0);
     let kind = match r.u8() % 4 {
         0 => CellKind::Rnn(Activation::Tanh),
@@ -69,14 +71,24 @@ fn decode(data: &[u8]) -> Case {
     } else {
         1
     };
-    let mut cfg = RecurrentConfig::new(r.range(min, 5), r.range(min, 10))
+    // f32 with layer normalization: at least 4 hidden units. LN(c_t) over two units is +-1 up
+    // to the rounding of their difference, which f32 cannot compare (found by the fuzzer: LSTMs
+    // of H = 2 whose gradients differed by 4e-5 and 1.5e-4 where the rounding estimate gave 3e-6
+    // and 1e-6).
+    let min_hidden = if min == 2 && first & 0x40 != 0 {
+        4
+    } else {
+        min
+    };
+    let mut cfg = RecurrentConfig::new(r.range(min, 5), r.range(min_hidden, 10))
         .num_layers(r.range(1, 2))
         .bidirectional(r.bool())
         .bias(r.bool())
         .batch_first(r.bool())
         .recurrent_dropout(if first & 0x04 != 0 { 0.3 } else { 0.0 })
         .weight_drop(if first & 0x08 != 0 { 0.4 } else { 0.0 })
-        .zoneout(if first & 0x10 != 0 { 0.25 } else { 0.0 });
+        .zoneout(if first & 0x10 != 0 { 0.25 } else { 0.0 })
+        .layer_norm(first & 0x40 != 0);
     let flags = r.u8();
     // An LSTM projection of 0..=H features (0 is none; H is refused by both paths).
     if kind == CellKind::Lstm && flags & 0x10 != 0 {
@@ -93,7 +105,13 @@ fn decode(data: &[u8]) -> Case {
         }
     };
     let with_h0 = flags & 4 != 0;
-    let own_params = flags & 8 != 0;
+    // Not with layer normalization: grid values repeat, so W_ih's rows can repeat too, and
+    // `W_ih x_t` is then a row of equal values, of zero variance in exact arithmetic. The
+    // normalization divides its rounding (which the two paths' sums make differently) by
+    // `sqrt(1e-5)`, every step again: found by the fuzzer, a 2-layer GRU whose fused outputs
+    // were exactly 0 and whose reference grew 1e-18 of rounding into a state of 5e-5. PyTorch's
+    // initialisation draws rows that are not flat.
+    let own_params = flags & 8 != 0 && !cfg.layer_norm;
     let seed = r.u64();
     // Inputs in [-4, 4), parameters in [-2, 2) (see `param_value`).
     let values: Vec<f64> = r.rest().iter().map(|&x| (x as i8) as f64 / 32.0).collect();
@@ -357,9 +375,19 @@ fn compare<T: Float>(
     for (((n, a), (m, b)), (_, f)) in fused.iter().zip(&reference).zip(&flipped) {
         assert_eq!(n, m);
         assert_eq!(a.dims(), b.dims(), "{n}: shapes differ in {c:?}");
+        // Layer normalization's derivative at a row of zero variance is `γ / sqrt(1e-5)`: where
+        // the states stay zero (zero inputs, no biases), every step and layer multiplies the
+        // gradient by it again, and in f32 it can overflow, in both paths alike (found by the
+        // fuzzer: a 2-layer bidirectional LSTM over inputs of zeros). Then there is nothing
+        // more to compare.
+        if c.cfg.layer_norm && !a.all_finite() && !b.all_finite() {
+            return;
+        }
         assert!(
             a.all_finite() && b.all_finite(),
-            "{n}: non-finite values in {c:?}"
+            "{n}: non-finite values (fused {}, reference {}) in {c:?}",
+            a.all_finite(),
+            b.all_finite()
         );
         if n == "loss terms" || (on_kink && n.starts_with("grad.")) {
             continue; // the scale for the loss, not an output; or a gradient on the kink
@@ -412,8 +440,17 @@ fuzz_target!(|data: &[u8]| {
         let jittered: Vec<_> = (1..=JITTERED_RUNS)
             .filter_map(|seed| run::<f64>(&c, Implementation::Reference, false, Some(seed)).ok())
             .collect();
-        compare::<f32>(&c, 1e-5, exact.as_deref(), &jittered);
+        // Layer normalization raises f32's rounding likewise (see the f64 case below).
+        let tol = if c.cfg.layer_norm { 1e-4 } else { 1e-5 };
+        compare::<f32>(&c, tol, exact.as_deref(), &jittered);
     } else {
-        compare::<f64>(&c, 1e-10, None, &[]);
+        // Layer normalization's backward, `(γ dy - mean(γ dy) - x^ mean(γ dy x^)) / σ`, subtracts
+        // nearly equal terms and divides by `σ` (down to `sqrt(1e-5)`): a gradient that is zero
+        // in exact arithmetic (`x`'s when `W_ih x` is a multiple of one column, which the grid
+        // values make common) is then rounding of the size of those terms, 1e-12 where the
+        // plain layers' is 1e-16 (found by the fuzzer: an f64 GRU whose `grad.x`, 6e-12 at
+        // most, differed by 4e-12). Its cases are compared to 1e-8.
+        let tol = if c.cfg.layer_norm { 1e-8 } else { 1e-10 };
+        compare::<f64>(&c, tol, None, &[]);
     }
 });

@@ -85,7 +85,11 @@ fn checkpoint_with<T: Float>(path: &std::path::Path, opt: &mut dyn Optimizer<T>,
         }
         let archive = Archive::read(path).expect("a loaded checkpoint parses");
         if let Some(sum) = archive.metadata.get(CHECKSUM_KEY) {
-            assert_eq!(*sum, archive.tensor_checksum(), "loaded despite its checksum");
+            assert_eq!(
+                *sum,
+                archive.tensor_checksum(),
+                "loaded despite its checksum"
+            );
         }
     }
     if loaded.is_err() {

@@ -17,6 +17,7 @@
 //! - [`handoff`]: a spinning helper thread that takes half of each step's product (small batches).
 //! - [`rnn`], [`lstm`], [`gru`]: the fused gate kernels, forward and backward, one file per cell.
 //! - [`regularize`]: the elementwise parts of recurrent dropout and zoneout.
+//! - [`layer_norm`]: layer normalization of one row, forward and backward (safe loops).
 //! - [`block`]: one or two vectors at a time, so each gate kernel is written once and runs two
 //!   independent vectors per round.
 
@@ -31,6 +32,7 @@ pub mod handoff;
 
 pub use gemm::GemmShape;
 pub mod gru;
+pub mod layer_norm;
 pub mod lstm;
 pub mod regularize;
 pub mod rnn;

@@ -50,6 +50,10 @@ pub struct CharLmConfig {
     /// LSTM only: the projection of the hidden state, [`RecurrentConfig::proj_size`] (0: none).
     #[serde(default)]
     pub proj: usize,
+    /// Layer-normalized LSTM or GRU layers, see [`RecurrentConfig::layer_norm`] (false in files
+    /// written before it existed).
+    #[serde(default)]
+    pub layer_norm: bool,
 }
 
 impl CharLmConfig {
@@ -73,6 +77,7 @@ impl CharLmConfig {
             weight_drop: 0.0,
             zoneout: 0.0,
             proj: 0,
+            layer_norm: false,
         }
     }
 
@@ -85,6 +90,7 @@ impl CharLmConfig {
             .weight_drop(self.weight_drop)
             .zoneout(self.zoneout)
             .proj_size(self.proj)
+            .layer_norm(self.layer_norm)
     }
 
     /// Features of each step's output, what the head reads: `proj` with a projection, else
@@ -116,6 +122,9 @@ impl CharLmConfig {
     /// // An LSTM projecting its 4 units to 3: W_ih 16x2, W_hh 16x3, biases, W_hr 3x4, head 3x3
     /// let cfg = CharLmConfig { proj: 3, ..CharLmConfig::new("lstm", 4, 1, 2, "abc") };
     /// assert_eq!(cfg.param_count(), Some(6 + 32 + 48 + 32 + 12 + 9 + 3));
+    /// // Layer-normalized: gains γ_x and γ_h of 16 each, and the cell's γ_c and β_c of 4 each
+    /// let cfg = CharLmConfig { layer_norm: true, ..CharLmConfig::new("lstm", 4, 1, 2, "abc") };
+    /// assert_eq!(cfg.param_count(), Some(6 + 32 + 64 + 32 + 32 + 8 + 12 + 3));
     /// ```
     pub fn param_count(&self) -> Option<u128> {
         let g = self.kind().ok()?.gates() as u128;
@@ -128,10 +137,18 @@ impl CharLmConfig {
         // The state and the outputs have `o` features: P with a projection (W_hr [P, H]).
         let o = self.output_size() as u128;
         let proj = if self.proj > 0 { o.checked_mul(h)? } else { 0 };
+        // Layer normalization: the gains γ_x and γ_h [G*H], and the LSTM's γ_c and β_c [H].
+        let ln = if self.layer_norm {
+            let cell = if g == 4 { 2 * h } else { 0 };
+            g.checked_mul(h)?.checked_mul(2)?.checked_add(cell)?
+        } else {
+            0
+        };
         let layer = |input: u128| {
             g.checked_mul(h)?
                 .checked_mul(input.checked_add(o)?.checked_add(2)?)?
-                .checked_add(proj)
+                .checked_add(proj)?
+                .checked_add(ln)
         };
         let stack = layer(e)?.checked_add(l.checked_sub(1)?.checked_mul(layer(o)?)?)?;
         v.checked_mul(e)?
@@ -273,8 +290,9 @@ impl<T: Float> CharLm<T> {
     /// Generates `length` characters after `prime` (non-empty, in the vocabulary), sampling from
     /// `softmax(logits / temperature)` restricted to the `top_k` most likely characters when
     /// given; temperature 0 picks the most likely. Runs without a tape: one
-    /// [`InferenceStep`] per layer over weights packed once (an LSTM with a projection, which
-    /// the tape-free step lacks, steps its layers in evaluation mode on a tape instead).
+    /// [`InferenceStep`] per layer over weights packed once (an LSTM with a projection, or
+    /// layer-normalized layers, which the tape-free step lacks, step their layers in evaluation
+    /// mode on a tape instead).
     pub fn generate(
         &self,
         store: &ParamStore<T>,
@@ -297,11 +315,12 @@ impl<T: Float> CharLm<T> {
                 format!("temperature must be >= 0 and top_k >= 1 (got {temperature}, {top_k:?})"),
             ));
         }
-        if self.config.proj > 0 {
-            // The tape-free step has no projection: step the layers on a tape instead.
+        if self.config.proj > 0 || self.config.layer_norm {
+            // The tape-free step has no projection and no layer normalization: step the layers
+            // on a tape instead.
             let mut carry = CarriedState::new();
             let mut tape = Tape::new();
-            let p = self.config.proj;
+            let p = self.config.output_size();
             let advance = |token: usize| -> Result<Tensor<T>> {
                 tape.clear();
                 let mut cx = Ctx::eval(&mut tape, store);
@@ -489,15 +508,17 @@ mod tests {
                 cfg.recurrent_dropout,
                 cfg.weight_drop,
                 cfg.zoneout,
-                cfg.proj
+                cfg.proj,
+                cfg.layer_norm
             ),
-            (0.0, 0.0, 0.0, 0)
+            (0.0, 0.0, 0.0, 0, false)
         );
         let new = CharLmConfig {
             recurrent_dropout: 0.25,
             weight_drop: 0.5,
             zoneout: 0.125,
             proj: 3,
+            layer_norm: true,
             ..cfg
         };
         let back: CharLmConfig =
@@ -509,9 +530,10 @@ mod tests {
                 rc.recurrent_dropout,
                 rc.weight_drop,
                 rc.zoneout,
-                rc.proj_size
+                rc.proj_size,
+                rc.layer_norm
             ),
-            (0.25, 0.5, 0.125, 3)
+            (0.25, 0.5, 0.125, 3, true)
         );
     }
 }

@@ -131,6 +131,7 @@ impl Cell {
             b_ih: ids.get(2).copied(),
             b_hh: ids.get(3).copied(),
             w_hr: None,
+            ln: None,
         };
         Ok(Cell {
             kind,
@@ -153,6 +154,13 @@ impl Cell {
                     "the stack projects its hidden state (proj_size {}); a cell has no projection",
                     cfg.proj_size
                 ),
+            ));
+        }
+        if cfg.layer_norm {
+            return Err(Error::invalid(
+                "Cell::from_layer",
+                "the stack is layer-normalized (layer_norm); a cell has no layer normalization: \
+                 run Recurrent::forward instead",
             ));
         }
         if cfg.regularized() {

@@ -85,6 +85,22 @@ pub struct DirectionParams {
     /// `proj_size` features (`h_t = W_hr (o_t * tanh(c_t))`), when the layer has one. `W_hh` is
     /// then `[4H, P]`.
     pub w_hr: Option<ParamId>,
+    /// The layer normalization's gains and bias, when the layer has them (see
+    /// [`RecurrentConfig::layer_norm`](super::RecurrentConfig::layer_norm)).
+    pub ln: Option<LayerNormParams>,
+}
+
+/// The parameters of a layer-normalized direction (see
+/// [`RecurrentConfig::layer_norm`](super::RecurrentConfig::layer_norm)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayerNormParams {
+    /// `ln_ih_weight_l{k}[_reverse]`: `γ_x` `[G*H]`, the gain of `LN(W_ih x_t)`.
+    pub gamma_ih: ParamId,
+    /// `ln_hh_weight_l{k}[_reverse]`: `γ_h` `[G*H]`, the gain of `LN(W_hh h_{t-1})`.
+    pub gamma_hh: ParamId,
+    /// LSTM: `ln_c_weight_l{k}[_reverse]` and `ln_c_bias_l{k}[_reverse]`: `γ_c` and `β_c`
+    /// `[H]`, of `LN(c_t)` in `h_t = o * tanh(LN(c_t))`.
+    pub cell: Option<(ParamId, ParamId)>,
 }
 
 impl DirectionParams {
@@ -100,6 +116,19 @@ impl DirectionParams {
             b_ih: self.b_ih.map(|id| tape.param(store, id)).transpose()?,
             b_hh: self.b_hh.map(|id| tape.param(store, id)).transpose()?,
             w_hr: self.w_hr.map(|id| tape.param(store, id)).transpose()?,
+            ln: self
+                .ln
+                .map(|ln| -> Result<LayerNormVars> {
+                    Ok(LayerNormVars {
+                        gamma_ih: tape.param(store, ln.gamma_ih)?,
+                        gamma_hh: tape.param(store, ln.gamma_hh)?,
+                        cell: match ln.cell {
+                            Some((g, b)) => Some((tape.param(store, g)?, tape.param(store, b)?)),
+                            None => None,
+                        },
+                    })
+                })
+                .transpose()?,
         })
     }
 }
@@ -112,6 +141,17 @@ pub(crate) struct StepWeights {
     pub(crate) b_hh: Option<Var>,
     /// The LSTM's projection `W_hr` `[P, H]`, when the layer has one.
     pub(crate) w_hr: Option<Var>,
+    /// The layer normalization's parameters, when the layer has them.
+    pub(crate) ln: Option<LayerNormVars>,
+}
+
+/// [`LayerNormParams`] as tape variables.
+#[derive(Clone, Copy)]
+pub(crate) struct LayerNormVars {
+    pub(crate) gamma_ih: Var,
+    pub(crate) gamma_hh: Var,
+    /// LSTM: `γ_c`, `β_c`.
+    pub(crate) cell: Option<(Var, Var)>,
 }
 
 /// One direction of one layer, as the implementations see it: the cell, its parameters, its

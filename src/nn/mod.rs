@@ -21,7 +21,7 @@ pub use crate::kernels::rnn::Activation;
 pub use cell::{
     Cell, CellConfig, CellState, GruCell, LstmCell, RecurrentCell, RnnCell, StateTensors,
 };
-pub use direction::{CellKind, DirectionParams};
+pub use direction::{CellKind, DirectionParams, LayerNormParams};
 pub use embedding::Embedding;
 pub use inference::InferenceStep;
 pub use linear::Linear;

@@ -3,7 +3,7 @@
 
 use std::ops::Deref;
 
-use super::direction::{CellKind, DirectionParams, DirectionRun};
+use super::direction::{CellKind, DirectionParams, DirectionRun, LayerNormParams};
 use super::inference::InferenceStep;
 use super::init::uniform_tensor;
 use super::regularize::StepMasks;
@@ -79,6 +79,24 @@ pub struct RecurrentConfig {
     /// tanh(c_t)` reads the zoned-out `c_t`). In evaluation the expectation,
     /// `h_t = p h_{t-1} + (1 - p) h~_t` (haste's semantics). Not with `proj_size`.
     pub zoneout: f64,
+    /// Layer normalization inside the cell (Ba et al., 2016, with haste's `LayerNormLSTM` and
+    /// `LayerNormGRU` semantics), default false. With `LN(z; γ, β) = γ * (z - mean(z)) /
+    /// sqrt(var(z) + 1e-5) + β` over the features of each row (biased variance):
+    ///
+    /// - LSTM: `gates_t = LN(W_ih x_t; γ_x) + LN(W_hh h_{t-1}; γ_h) + b_ih + b_hh` (over all
+    ///   `4H` pre-activations of a row, gains only: the biases play `β`'s part), `i, f, g, o` as
+    ///   usual, `c_t = f * c_{t-1} + i * g`, and `h_t = o * tanh(LN(c_t; γ_c, β_c))` (over `H`);
+    ///   `c_t` itself is not normalized.
+    /// - GRU: `x_r, x_z, x_n = LN(W_ih x_t; γ_x) + b_ih` and `h_r, h_z, h_n = LN(W_hh h_{t-1};
+    ///   γ_h) + b_hh` (each over `3H`, gains only), then `r = σ(x_r + h_r)`, `z = σ(x_z + h_z)`,
+    ///   `n = tanh(x_n + r * h_n)`, `h_t = (1 - z) * n + z * h_{t-1}`.
+    ///
+    /// The parameters, per layer `k` (with `_reverse` for the second direction), after the
+    /// layer's weights and biases: `ln_ih_weight_l{k}` (`γ_x`, `[G*H]`), `ln_hh_weight_l{k}`
+    /// (`γ_h`, `[G*H]`) and for the LSTM `ln_c_weight_l{k}` and `ln_c_bias_l{k}` (`γ_c`, `β_c`,
+    /// `[H]`); gains start at 1 and `β_c` at 0. LSTM and GRU only, and not with `proj_size`,
+    /// `recurrent_dropout`, `weight_drop` or `zoneout`.
+    pub layer_norm: bool,
 }
 
 impl RecurrentConfig {
@@ -96,6 +114,7 @@ impl RecurrentConfig {
             recurrent_dropout: 0.0,
             weight_drop: 0.0,
             zoneout: 0.0,
+            layer_norm: false,
         }
     }
     config_setters!(
@@ -117,6 +136,8 @@ impl RecurrentConfig {
         weight_drop: f64,
         /// Sets `zoneout`.
         zoneout: f64,
+        /// Sets `layer_norm`.
+        layer_norm: bool,
     );
 
     /// Whether any regularizer of the recurrence (`recurrent_dropout`, `weight_drop`,
@@ -193,6 +214,29 @@ impl RecurrentConfig {
                 self.proj_size,
                 kind.name()
             ));
+        }
+        if self.layer_norm {
+            if let CellKind::Rnn(_) = kind {
+                return bad(format!(
+                    "layer_norm is for LSTM and GRU layers, not {}",
+                    kind.name()
+                ));
+            }
+            if self.proj_size > 0 {
+                return bad(format!(
+                    "layer_norm is not supported with proj_size ({})",
+                    self.proj_size
+                ));
+            }
+            for (name, p) in [
+                ("recurrent_dropout", self.recurrent_dropout),
+                ("weight_drop", self.weight_drop),
+                ("zoneout", self.zoneout),
+            ] {
+                if p > 0.0 {
+                    return bad(format!("layer_norm is not supported with {name} ({p})"));
+                }
+            }
         }
         if self.proj_size > 0 && self.proj_size >= self.hidden_size {
             return bad(format!(
@@ -309,12 +353,32 @@ impl Recurrent {
                 } else {
                     None
                 };
+                let ln = if config.layer_norm {
+                    let mut add = |name: &str, n: usize, v: f64| {
+                        store.add(
+                            format!("{prefix}{name}_l{layer}{sfx}"),
+                            Tensor::full(&[n], T::from_f64(v))?,
+                        )
+                    };
+                    Some(LayerNormParams {
+                        gamma_ih: add("ln_ih_weight", g * h, 1.0)?,
+                        gamma_hh: add("ln_hh_weight", g * h, 1.0)?,
+                        cell: if kind.has_cell_state() {
+                            Some((add("ln_c_weight", h, 1.0)?, add("ln_c_bias", h, 0.0)?))
+                        } else {
+                            None
+                        },
+                    })
+                } else {
+                    None
+                };
                 params.push(DirectionParams {
                     w_ih,
                     w_hh,
                     b_ih,
                     b_hh,
                     w_hr,
+                    ln,
                 });
             }
         }
@@ -380,6 +444,13 @@ impl Recurrent {
                 ),
             )
         })?;
+        if cfg.layer_norm {
+            return Err(Error::invalid(
+                "Recurrent::inference_step",
+                "the tape-free step has no layer normalization (layer_norm); run \
+                 Recurrent::forward instead",
+            ));
+        }
         if cfg.proj_size > 0 {
             return Err(Error::invalid(
                 "Recurrent::inference_step",
@@ -413,7 +484,20 @@ impl Recurrent {
     pub fn param_ids(&self) -> Vec<ParamId> {
         self.params
             .iter()
-            .flat_map(|p| [Some(p.w_ih), Some(p.w_hh), p.b_ih, p.b_hh, p.w_hr])
+            .flat_map(|p| {
+                let ln = p.ln.map(|ln| (ln.gamma_ih, ln.gamma_hh, ln.cell));
+                [
+                    Some(p.w_ih),
+                    Some(p.w_hh),
+                    p.b_ih,
+                    p.b_hh,
+                    p.w_hr,
+                    ln.map(|l| l.0),
+                    ln.map(|l| l.1),
+                    ln.and_then(|l| l.2).map(|c| c.0),
+                    ln.and_then(|l| l.2).map(|c| c.1),
+                ]
+            })
             .flatten()
             .collect()
     }
@@ -429,6 +513,15 @@ impl Recurrent {
             let mut expect = vec![(p.w_ih, vec![g * h, in_size]), (p.w_hh, vec![g * h, o])];
             expect.extend(p.b_ih.into_iter().chain(p.b_hh).map(|id| (id, vec![g * h])));
             expect.extend(p.w_hr.map(|id| (id, vec![o, h])));
+            if let Some(ln) = p.ln {
+                expect.push((ln.gamma_ih, vec![g * h]));
+                expect.push((ln.gamma_hh, vec![g * h]));
+                expect.extend(
+                    ln.cell
+                        .into_iter()
+                        .flat_map(|(gc, bc)| [(gc, vec![h]), (bc, vec![h])]),
+                );
+            }
             for (id, dims) in expect {
                 store.check(id)?;
                 let got = store.get(id).shape();
@@ -561,6 +654,9 @@ impl Recurrent {
                 let out = match opts.implementation {
                     Implementation::Fused if run.params.w_hr.is_some() => {
                         fused::run_projected(tape, store, &run)?
+                    }
+                    Implementation::Fused if run.params.ln.is_some() => {
+                        fused::run_layer_norm(tape, store, &run)?
                     }
                     Implementation::Fused => fused::run(tape, store, &run)?,
                     Implementation::Reference => reference::run(tape, store, &run)?,

@@ -18,6 +18,57 @@ fn affine<T: Float>(tape: &mut Tape<T>, x: Var, w: Var, b: Option<Var>) -> Resul
     }
 }
 
+/// One side of a gate's pre-activations: `LN(x W^T; γ) + b` for a `[B, in]`
+/// input when `gamma` is given, else `x W^T + b`.
+fn normalized_affine<T: Float>(
+    tape: &mut Tape<T>,
+    x: Var,
+    w: Var,
+    b: Option<Var>,
+    gamma: Option<Var>,
+) -> Result<Var> {
+    let Some(gamma) = gamma else {
+        return affine(tape, x, w, b);
+    };
+    let y = tape.matmul_t(x, false, w, true)?;
+    let y = layer_norm(tape, y, gamma, None)?;
+    match b {
+        Some(b) => tape.add(y, b),
+        None => Ok(y),
+    }
+}
+
+/// `LN(z; γ, β) = γ * (z - mean(z)) / sqrt(var(z) + eps) + β` over the last axis of `z`
+/// `[B, n]` (biased variance, `eps = 1e-5`), from primitive ops: the row means broadcast by a
+/// product with the `[n, n]` matrix of `1/n`, and `1 / sqrt(v)` as `exp(-log(v) / 2)`.
+pub(crate) fn layer_norm<T: Float>(
+    tape: &mut Tape<T>,
+    z: Var,
+    gamma: Var,
+    beta: Option<Var>,
+) -> Result<Var> {
+    let n = tape.shape(z)?.last();
+    let avg = tape.constant(Tensor::full(&[n, n], T::ONE / T::from_usize(n))?);
+    let eps = tape.constant(Tensor::full(
+        &[1],
+        T::from_f64(crate::kernels::layer_norm::EPS),
+    )?);
+    let mean = tape.matmul(z, avg)?;
+    let centred = tape.sub(z, mean)?;
+    let sq = tape.mul(centred, centred)?;
+    let var = tape.matmul(sq, avg)?;
+    let var = tape.add(var, eps)?;
+    let log_var = tape.log(var)?;
+    let half = tape.scale(log_var, T::from_f64(-0.5))?;
+    let inv_std = tape.exp(half)?;
+    let xhat = tape.mul(centred, inv_std)?;
+    let y = tape.mul(xhat, gamma)?;
+    match beta {
+        Some(b) => tape.add(y, b),
+        None => Ok(y),
+    }
+}
+
 /// Runs one direction of one layer over its `x` (`[T, B, I]`) from its `h0` (`[B, H]`, or
 /// `[B, P]` with a projection) and (LSTM) `c0` (`[B, H]`).
 pub(crate) fn run<T: Float>(
@@ -137,8 +188,9 @@ fn regularized_step<T: Float>(
             (h_new, None)
         }
         CellKind::Lstm => {
-            let a = affine(tape, x_t, w.w_ih, w.b_ih)?;
-            let r = affine(tape, h_rec, w.w_hh, w.b_hh)?;
+            // With layer normalization: LN(W_ih x_t; γ_x) + b_ih + LN(W_hh h_{t-1}; γ_h) + b_hh.
+            let a = normalized_affine(tape, x_t, w.w_ih, w.b_ih, w.ln.map(|l| l.gamma_ih))?;
+            let r = normalized_affine(tape, h_rec, w.w_hh, w.b_hh, w.ln.map(|l| l.gamma_hh))?;
             let gates = tape.add(a, r)?;
             let i = tape.slice(gates, 0, hidden)?;
             let i = tape.sigmoid(i)?;
@@ -157,7 +209,12 @@ fn regularized_step<T: Float>(
                 Some((d, u)) => blend(tape, u, d, c_new, c_prev)?,
                 None => c_new,
             };
-            let tc = tape.tanh(c_new)?;
+            // With layer normalization: h_t = o * tanh(LN(c_t; γ_c, β_c)).
+            let c_out = match w.ln.and_then(|l| l.cell) {
+                Some((gc, bc)) => layer_norm(tape, c_new, gc, Some(bc))?,
+                None => c_new,
+            };
+            let tc = tape.tanh(c_out)?;
             let h_new = tape.mul(o, tc)?; // h_t = o * tanh(c_t)
             let h_new = match w.w_hr {
                 Some(w_hr) => tape.matmul_t(h_new, false, w_hr, true)?, // h_t = W_hr h_t
@@ -166,8 +223,9 @@ fn regularized_step<T: Float>(
             (h_new, Some(c_new))
         }
         CellKind::Gru => {
-            let xp = affine(tape, x_t, w.w_ih, w.b_ih)?;
-            let hp = affine(tape, h_rec, w.w_hh, w.b_hh)?;
+            // With layer normalization: LN(W_ih x_t; γ_x) + b_ih and LN(W_hh h; γ_h) + b_hh.
+            let xp = normalized_affine(tape, x_t, w.w_ih, w.b_ih, w.ln.map(|l| l.gamma_ih))?;
+            let hp = normalized_affine(tape, h_rec, w.w_hh, w.b_hh, w.ln.map(|l| l.gamma_hh))?;
             let (xr, hr) = (tape.slice(xp, 0, hidden)?, tape.slice(hp, 0, hidden)?);
             let r = tape.add(xr, hr)?;
             let r = tape.sigmoid(r)?;

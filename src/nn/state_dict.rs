@@ -56,6 +56,14 @@ impl Module for Recurrent {
                 if let Some(hr) = p.w_hr {
                     out.push((format!("weight_hr_l{layer}{sfx}"), hr));
                 }
+                if let Some(ln) = p.ln {
+                    out.push((format!("ln_ih_weight_l{layer}{sfx}"), ln.gamma_ih));
+                    out.push((format!("ln_hh_weight_l{layer}{sfx}"), ln.gamma_hh));
+                    if let Some((gc, bc)) = ln.cell {
+                        out.push((format!("ln_c_weight_l{layer}{sfx}"), gc));
+                        out.push((format!("ln_c_bias_l{layer}{sfx}"), bc));
+                    }
+                }
             }
         }
         out

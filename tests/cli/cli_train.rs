@@ -162,6 +162,103 @@ fn resume_with_regularizers_continues_bit_for_bit_on_any_thread_count() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `--layer-norm`: the layer-normalized LSTM's gains and biases are in the checkpoint, the
+/// option comes back from it (a run resumed without the flag, in a new process on another
+/// number of threads, ends bit for bit where an uninterrupted one does), the model samples,
+/// and the combinations it does not support are refused by name before anything is written.
+#[test]
+fn layer_norm_trains_resumes_bit_for_bit_and_refuses_what_it_does_not_support() {
+    let dir = temp_dir("cli-train-layer-norm");
+    let text = corpus(&dir);
+    let t = text.to_str().unwrap();
+    let run = |out: &Path, steps: &str, threads: &str, extra: &[&str], resume: Option<&Path>| {
+        let mut args = vec!["train", "--text", t, "--steps", steps, "--threads", threads];
+        args.extend(["--out", out.to_str().unwrap()]);
+        args.extend(SMALL.iter().filter(|a| **a != "--quiet"));
+        args.extend(extra);
+        if let Some(r) = resume {
+            args.extend(["--resume", r.to_str().unwrap()]);
+        }
+        let o = recur(&args);
+        assert!(o.status.success(), "{}", output_text(&o.stderr));
+        output_text(&o.stdout)
+    };
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    run(&a, "60", "2", &["--layer-norm"], None);
+    run(&b, "40", "1", &["--layer-norm"], None);
+    let at_40 = std::fs::read(b.join("last.safetensors")).unwrap();
+    let out = run(&b, "60", "2", &[], Some(&b.join("last.safetensors")));
+    assert!(out.contains("at step 40"), "{out}");
+    let read = |d: &Path| std::fs::read(d.join("last.safetensors")).unwrap();
+    let (fa, fb) = (read(&a), read(&b));
+    assert!(
+        fa == fb,
+        "the resumed run differs from the uninterrupted one"
+    );
+    assert!(at_40 != fb, "steps 41..60 changed nothing");
+    let has = |bytes: &[u8], name: &str| bytes.windows(name.len()).any(|w| w == name.as_bytes());
+    for name in [
+        "rnn.ln_ih_weight_l1",
+        "rnn.ln_hh_weight_l0",
+        "rnn.ln_c_weight_l1",
+        "rnn.ln_c_bias_l0",
+    ] {
+        assert!(has(&fa, name), "{name} is not in the checkpoint");
+    }
+    let (lm, _) = recur::models::CharLm::<f32>::load(&a.join("last.safetensors")).unwrap();
+    assert!(
+        lm.config().layer_norm,
+        "the option is not in the checkpoint"
+    );
+    let o = recur(&[
+        "sample",
+        "--checkpoint",
+        a.join("last.safetensors").to_str().unwrap(),
+        "--prime",
+        "the ",
+        "--length",
+        "30",
+    ]);
+    assert!(o.status.success(), "{}", output_text(&o.stderr));
+    assert!(output_text(&o.stdout).chars().count() >= 30);
+    // A GRU trains with it too.
+    let o = train_small(
+        &text,
+        &dir.join("gru"),
+        &["--steps", "5", "--cell", "gru", "--layer-norm"],
+    );
+    assert!(o.status.success(), "{}", output_text(&o.stderr));
+    let bad = dir.join("bad");
+    for (extra, needle) in [
+        (
+            &["--cell", "rnn"][..],
+            "--layer-norm needs --cell lstm or gru, not rnn",
+        ),
+        (
+            &["--proj", "12"][..],
+            "--layer-norm is not supported with --proj",
+        ),
+        (
+            &["--zoneout", "0.1"][..],
+            "--layer-norm is not supported with --zoneout",
+        ),
+        (
+            &["--weight-drop", "0.1"][..],
+            "--layer-norm is not supported with --weight-drop",
+        ),
+        (
+            &["--recurrent-dropout", "0.1"][..],
+            "--layer-norm is not supported with --recurrent-dropout",
+        ),
+    ] {
+        let mut args = vec!["--steps", "10", "--layer-norm"];
+        args.extend(extra);
+        one_line_error(&train_small(&text, &bad, &args), &[needle]);
+        assert!(!bad.join("last.safetensors").exists(), "{extra:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `--proj` trains a projected LSTM (with weight drop); the regularizers a projection does
 /// not support, and bad probabilities, are refused by name before anything is written.
 #[test]

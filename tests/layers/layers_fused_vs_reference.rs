@@ -3,27 +3,9 @@
 //! bidirectional, ragged lengths), f64 to 1e-10 and f32 to 1e-5 relative; and gradcheck of the
 //! fused layers in f64.
 
-use recur::diagnostics::{GradcheckOptions, gradcheck};
-use recur::nn::{Activation, CellKind, ForwardOptions, Implementation, Recurrent, RecurrentConfig};
-use recur::{Float, ParamStore, Rng, Tape, Tensor, Var};
-
-const KINDS: [CellKind; 4] = [
-    CellKind::Lstm,
-    CellKind::Gru,
-    CellKind::Rnn(Activation::Tanh),
-    CellKind::Rnn(Activation::Relu),
-];
-
-#[derive(Clone, Debug)]
-struct Case {
-    kind: CellKind,
-    cfg: RecurrentConfig,
-    t: usize,
-    b: usize,
-    lengths: Option<Vec<usize>>,
-    with_h0: bool,
-    seed: u64,
-}
+use crate::support::{Case, KINDS, compare, gradcheck_case};
+use recur::nn::{CellKind, ForwardOptions, Implementation, Recurrent, RecurrentConfig};
+use recur::{ParamStore, Rng, Tape, Tensor};
 
 fn random_case(rng: &mut Rng, kind: CellKind, seed: u64) -> Case {
     let t = 1 + rng.below(6);
@@ -41,129 +23,8 @@ fn random_case(rng: &mut Rng, kind: CellKind, seed: u64) -> Case {
         b,
         lengths,
         with_h0: rng.below(2) == 1,
+        train: None,
         seed,
-    }
-}
-
-/// Inputs of one case: x, h0, c0 and the loss weights ry, rh, rc.
-struct Data<T> {
-    x: Tensor<T>,
-    h0: Tensor<T>,
-    c0: Tensor<T>,
-    ry: Tensor<T>,
-    rh: Tensor<T>,
-    rc: Tensor<T>,
-}
-
-fn data<T: Float>(c: &Case) -> Data<T> {
-    let mut rng = Rng::new(c.seed ^ 0xdead);
-    let mut r = |dims: &[usize]| {
-        Tensor::from_fn(dims, |_| T::from_f64(rng.uniform_range(-1.0, 1.0))).unwrap()
-    };
-    let (d, l, h) = (c.cfg.directions(), c.cfg.num_layers, c.cfg.hidden_size);
-    // The hidden state and the outputs have P features with a projection; the cell state H.
-    let o = c.cfg.output_size();
-    let xd = if c.cfg.batch_first {
-        [c.b, c.t, c.cfg.input_size]
-    } else {
-        [c.t, c.b, c.cfg.input_size]
-    };
-    let yd = if c.cfg.batch_first {
-        [c.b, c.t, d * o]
-    } else {
-        [c.t, c.b, d * o]
-    };
-    Data {
-        x: r(&xd),
-        h0: r(&[d * l, c.b, o]),
-        c0: r(&[d * l, c.b, h]),
-        ry: r(&yd),
-        rh: r(&[d * l, c.b, o]),
-        rc: r(&[d * l, c.b, h]),
-    }
-}
-
-/// loss = sum(y * ry) + sum(h_n * rh) (+ sum(c_n * rc)).
-#[allow(clippy::too_many_arguments)]
-fn loss<T: Float>(
-    tape: &mut Tape<T>,
-    layer: &Recurrent,
-    ps: &ParamStore<T>,
-    c: &Case,
-    d: &Data<T>,
-    x: Var,
-    h0: Option<Var>,
-    c0: Option<Var>,
-    imp: Implementation,
-) -> recur::Result<Var> {
-    let opts = ForwardOptions {
-        h0,
-        c0,
-        lengths: c.lengths.as_deref(),
-        dropout_rng: None,
-        implementation: imp,
-    };
-    let out = layer.forward(tape, ps, x, opts)?;
-    let ry = tape.constant(d.ry.clone());
-    let rh = tape.constant(d.rh.clone());
-    let a = tape.mul(out.y, ry)?;
-    let a = tape.sum(a)?;
-    let b = tape.mul(out.h_n, rh)?;
-    let b = tape.sum(b)?;
-    let mut l = tape.add(a, b)?;
-    if let Some(cn) = out.c_n {
-        let rc = tape.constant(d.rc.clone());
-        let m = tape.mul(cn, rc)?;
-        let m = tape.sum(m)?;
-        l = tape.add(l, m)?;
-    }
-    Ok(l)
-}
-
-/// Runs one implementation; returns (loss, y, h_n, grads of params, x, h0, c0).
-fn run<T: Float>(c: &Case, imp: Implementation) -> Vec<(String, Tensor<T>)> {
-    let mut ps = ParamStore::<T>::new();
-    let layer = Recurrent::new(&mut ps, "", c.kind, c.cfg.clone(), &mut Rng::new(c.seed)).unwrap();
-    let d = data::<T>(c);
-    let mut tape = Tape::new();
-    let x = tape.input(d.x.clone());
-    let h0 = c.with_h0.then(|| tape.input(d.h0.clone()));
-    let c0 = (c.with_h0 && c.kind == CellKind::Lstm).then(|| tape.input(d.c0.clone()));
-    let l = loss(&mut tape, &layer, &ps, c, &d, x, h0, c0, imp).unwrap();
-    let mut out = vec![("loss".to_string(), tape.value(l).unwrap().clone())];
-    let g = tape.backward(l).unwrap();
-    for (id, name, _) in ps.iter() {
-        out.push((
-            format!("grad.{name}"),
-            g.param(id).expect("every parameter is used").clone(),
-        ));
-    }
-    out.push(("grad.x".into(), g.wrt(x).unwrap().clone()));
-    if let Some(h0) = h0 {
-        out.push(("grad.h0".into(), g.wrt(h0).unwrap().clone()));
-    }
-    if let Some(c0) = c0 {
-        out.push(("grad.c0".into(), g.wrt(c0).unwrap().clone()));
-    }
-    out
-}
-
-fn max_rel<T: Float>(a: &Tensor<T>, b: &Tensor<T>) -> f64 {
-    let scale = b
-        .data()
-        .iter()
-        .map(|x| x.to_f64().abs())
-        .fold(1e-3, f64::max);
-    a.max_abs_diff(b).unwrap() / scale
-}
-
-fn compare<T: Float>(c: &Case, tol: f64) {
-    let fused = run::<T>(c, Implementation::Fused);
-    let reference = run::<T>(c, Implementation::Reference);
-    assert_eq!(fused.len(), reference.len());
-    for ((n, a), (_, b)) in fused.iter().zip(&reference) {
-        let e = max_rel(a, b);
-        assert!(e < tol, "{n}: relative error {e:e} in {c:?} ({})", T::DTYPE);
     }
 }
 
@@ -200,6 +61,7 @@ fn fused_equals_reference_on_named_edge_cases() {
             b: 1,
             lengths: None,
             with_h0: true,
+            train: None,
             seed: 5,
         };
         compare::<f64>(&base, 1e-10);
@@ -255,35 +117,10 @@ fn gradcheck_passes_on_the_fused_layers() {
             b: 2,
             lengths: Some(vec![3, 2]),
             with_h0: true,
+            train: None,
             seed: 9,
         };
-        let mut ps = ParamStore::<f64>::new();
-        let layer =
-            Recurrent::new(&mut ps, "", c.kind, c.cfg.clone(), &mut Rng::new(c.seed)).unwrap();
-        let d = data::<f64>(&c);
-        let mut inputs = vec![d.x.clone(), d.h0.clone()];
-        if kind == CellKind::Lstm {
-            inputs.push(d.c0.clone());
-        }
-        let report = gradcheck(
-            &mut ps,
-            &inputs,
-            GradcheckOptions::default(),
-            |tape, ps, xs| {
-                loss(
-                    tape,
-                    &layer,
-                    ps,
-                    &c,
-                    &d,
-                    xs[0],
-                    Some(xs[1]),
-                    xs.get(2).copied(),
-                    Implementation::Fused,
-                )
-            },
-        )
-        .unwrap();
+        let report = gradcheck_case(&c, Implementation::Fused);
         assert!(report.passed(), "{kind:?}: {report:#?}");
         assert!(report.max_rel_err < 1e-6, "{kind:?}: {report:#?}");
     }
@@ -324,6 +161,7 @@ fn fused_equals_reference_with_projection() {
         b: 4,
         lengths: Some(vec![7, 1, 4, 2]),
         with_h0: true,
+        train: None,
         seed: 16,
     };
     compare::<f64>(&c, 1e-10);
@@ -387,32 +225,10 @@ fn gradcheck_passes_with_projection() {
             b: 2,
             lengths,
             with_h0: true,
+            train: None,
             seed: 10,
         };
-        let mut ps = ParamStore::<f64>::new();
-        let layer =
-            Recurrent::new(&mut ps, "", c.kind, c.cfg.clone(), &mut Rng::new(c.seed)).unwrap();
-        let d = data::<f64>(&c);
-        let inputs = vec![d.x.clone(), d.h0.clone(), d.c0.clone()];
-        let report = gradcheck(
-            &mut ps,
-            &inputs,
-            GradcheckOptions::default(),
-            |tape, ps, xs| {
-                loss(
-                    tape,
-                    &layer,
-                    ps,
-                    &c,
-                    &d,
-                    xs[0],
-                    Some(xs[1]),
-                    Some(xs[2]),
-                    imp,
-                )
-            },
-        )
-        .unwrap();
+        let report = gradcheck_case(&c, imp);
         assert!(report.passed(), "{imp:?}: {report:#?}");
         assert!(report.max_rel_err < 1e-6, "{imp:?}: {report:#?}");
     }

@@ -6,8 +6,10 @@ mod common;
 
 mod cells;
 mod inference_step;
+mod layer_norm;
 mod layers_fused_vs_reference;
 mod parity;
 mod parity_modules;
 mod regularizers;
+mod support;
 mod threads_bit_identical;

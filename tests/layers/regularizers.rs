@@ -4,30 +4,9 @@
 //! generator state for every evaluation), results bit-identical for 1, 2 and 3 threads, and the
 //! semantics of training and evaluation.
 
-use crate::common;
-
-use recur::diagnostics::{GradcheckOptions, gradcheck};
+use crate::support::{Case, KINDS, assert_bit_identical, compare, gradcheck_case, run};
 use recur::nn::{Activation, CellKind, ForwardOptions, Implementation, Recurrent, RecurrentConfig};
-use recur::{Float, ParamStore, Rng, Tape, Tensor, Var};
-
-const KINDS: [CellKind; 4] = [
-    CellKind::Lstm,
-    CellKind::Gru,
-    CellKind::Rnn(Activation::Tanh),
-    CellKind::Rnn(Activation::Relu),
-];
-
-#[derive(Clone, Debug)]
-struct Case {
-    kind: CellKind,
-    cfg: RecurrentConfig,
-    t: usize,
-    b: usize,
-    lengths: Option<Vec<usize>>,
-    /// Training mode, with the generator seeded by this; evaluation when `None`.
-    train: Option<u64>,
-    seed: u64,
-}
+use recur::{ParamStore, Rng, Tape, Tensor};
 
 /// A random shape with each regularizer off or on at a random probability, in training or
 /// evaluation.
@@ -57,118 +36,9 @@ fn random_case(rng: &mut Rng, kind: CellKind, seed: u64) -> Case {
         t,
         b,
         lengths,
+        with_h0: true,
         train: (rng.below(4) != 0).then_some(seed ^ 0x5eed),
         seed,
-    }
-}
-
-struct Data<T> {
-    x: Tensor<T>,
-    h0: Tensor<T>,
-    c0: Tensor<T>,
-    ry: Tensor<T>,
-    rh: Tensor<T>,
-    rc: Tensor<T>,
-}
-
-fn data<T: Float>(c: &Case) -> Data<T> {
-    let mut rng = Rng::new(c.seed ^ 0xdead);
-    let mut r = |dims: &[usize]| {
-        Tensor::from_fn(dims, |_| T::from_f64(rng.uniform_range(-1.0, 1.0))).unwrap()
-    };
-    let (d, l, h, o) = (
-        c.cfg.directions(),
-        c.cfg.num_layers,
-        c.cfg.hidden_size,
-        c.cfg.output_size(),
-    );
-    let (xd, yd) = if c.cfg.batch_first {
-        ([c.b, c.t, c.cfg.input_size], [c.b, c.t, d * o])
-    } else {
-        ([c.t, c.b, c.cfg.input_size], [c.t, c.b, d * o])
-    };
-    Data {
-        x: r(&xd),
-        h0: r(&[d * l, c.b, o]),
-        c0: r(&[d * l, c.b, h]),
-        ry: r(&yd),
-        rh: r(&[d * l, c.b, o]),
-        rc: r(&[d * l, c.b, h]),
-    }
-}
-
-/// loss = sum(y * ry) + sum(h_n * rh) (+ sum(c_n * rc)); in training the generator is seeded
-/// afresh, so every evaluation draws the same masks.
-#[allow(clippy::too_many_arguments)]
-fn loss<T: Float>(
-    tape: &mut Tape<T>,
-    layer: &Recurrent,
-    ps: &ParamStore<T>,
-    c: &Case,
-    d: &Data<T>,
-    (x, h0, c0): (Var, Var, Option<Var>),
-    imp: Implementation,
-) -> recur::Result<(Var, Var)> {
-    let mut rng = c.train.map(Rng::new);
-    let opts = ForwardOptions {
-        h0: Some(h0),
-        c0,
-        lengths: c.lengths.as_deref(),
-        dropout_rng: rng.as_mut(),
-        implementation: imp,
-    };
-    let out = layer.forward(tape, ps, x, opts)?;
-    let mut l = None;
-    let mut terms = vec![(out.y, &d.ry), (out.h_n, &d.rh)];
-    if let Some(cn) = out.c_n {
-        terms.push((cn, &d.rc));
-    }
-    for (v, w) in terms {
-        let w = tape.constant(w.clone());
-        let m = tape.mul(v, w)?;
-        let s = tape.sum(m)?;
-        l = Some(match l {
-            None => s,
-            Some(l) => tape.add(l, s)?,
-        });
-    }
-    Ok((l.unwrap(), out.y))
-}
-
-/// Forward and backward of one implementation: the loss, the outputs and every gradient.
-fn run<T: Float>(c: &Case, imp: Implementation) -> Vec<(String, Tensor<T>)> {
-    let mut ps = ParamStore::<T>::new();
-    let layer = Recurrent::new(&mut ps, "", c.kind, c.cfg.clone(), &mut Rng::new(c.seed)).unwrap();
-    let d = data::<T>(c);
-    let mut tape = Tape::new();
-    let (x, h0, c0, _) = common::layer_inputs(
-        &mut tape,
-        c.kind,
-        (d.x.clone(), d.h0.clone(), d.c0.clone()),
-        None,
-    );
-    let (l, y) = loss(&mut tape, &layer, &ps, c, &d, (x, h0, c0), imp).unwrap();
-    let mut out = vec![
-        ("loss".to_string(), tape.value(l).unwrap().clone()),
-        ("y".to_string(), tape.value(y).unwrap().clone()),
-    ];
-    let g = tape.backward(l).unwrap();
-    common::push_grads(&mut out, &g, &ps, x, h0, c0);
-    out
-}
-
-fn compare<T: Float>(c: &Case, tol: f64) {
-    let fused = run::<T>(c, Implementation::Fused);
-    let reference = run::<T>(c, Implementation::Reference);
-    assert_eq!(fused.len(), reference.len());
-    for ((n, a), (_, b)) in fused.iter().zip(&reference) {
-        let scale = b
-            .data()
-            .iter()
-            .map(|x| x.to_f64().abs())
-            .fold(1e-3, f64::max);
-        let e = a.max_abs_diff(b).unwrap() / scale;
-        assert!(e < tol, "{n}: relative error {e:e} in {c:?} ({})", T::DTYPE);
     }
 }
 
@@ -206,6 +76,7 @@ fn fused_equals_reference_with_regularizers_on_named_cases() {
             t: 5,
             b: 40,
             lengths: None,
+            with_h0: true,
             train: Some(3),
             seed: 8,
         };
@@ -231,6 +102,7 @@ fn fused_equals_reference_with_regularizers_on_named_cases() {
         t: 6,
         b: 3,
         lengths: Some(vec![6, 1, 4]),
+        with_h0: true,
         train: Some(4),
         seed: 16,
     };
@@ -271,27 +143,11 @@ fn gradcheck_passes_with_each_regularizer() {
                     t: 3,
                     b: 2,
                     lengths: Some(vec![3, 2]),
+                    with_h0: true,
                     train,
                     seed: 9,
                 };
-                let mut ps = ParamStore::<f64>::new();
-                let layer =
-                    Recurrent::new(&mut ps, "", kind, c.cfg.clone(), &mut Rng::new(9)).unwrap();
-                let d = data::<f64>(&c);
-                let mut inputs = vec![d.x.clone(), d.h0.clone()];
-                if kind == CellKind::Lstm {
-                    inputs.push(d.c0.clone());
-                }
-                let report = gradcheck(
-                    &mut ps,
-                    &inputs,
-                    GradcheckOptions::default(),
-                    |tape, ps, xs| {
-                        let vars = (xs[0], xs[1], xs.get(2).copied());
-                        Ok(loss(tape, &layer, ps, &c, &d, vars, imp)?.0)
-                    },
-                )
-                .unwrap();
+                let report = gradcheck_case(&c, imp);
                 let what = format!("{kind:?} {name} train {train:?} {imp:?}");
                 assert!(report.passed(), "{what}: {report:#?}");
                 assert!(report.max_rel_err < 1e-6, "{what}: {report:#?}");
@@ -300,15 +156,7 @@ fn gradcheck_passes_with_each_regularizer() {
     }
 }
 
-fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap()
-        .install(f)
-}
-
-fn check_bits<T: Float>(to_bits: fn(T) -> u64) {
+fn check_bits<T: recur::Float>(to_bits: fn(T) -> u64) {
     // A batch of 70 runs as three shards; one of 16 splits each step's product by columns
     // on more than one thread.
     for (b, h) in [(70, 11), (16, 200)] {
@@ -324,22 +172,11 @@ fn check_bits<T: Float>(to_bits: fn(T) -> u64) {
                 t: 6,
                 b,
                 lengths: Some((0..b).map(|i| 6 - (i * 7) % 6).collect()),
+                with_h0: true,
                 train: Some(11),
                 seed: 5,
             };
-            let one = in_pool(1, || run::<T>(&c, Implementation::Fused));
-            let two = in_pool(2, || run::<T>(&c, Implementation::Fused));
-            let three = in_pool(3, || run::<T>(&c, Implementation::Fused));
-            for (((name, a), (_, b)), (_, d)) in one.iter().zip(&two).zip(&three) {
-                for (k, ((&p, &q), &r)) in a.data().iter().zip(b.data()).zip(d.data()).enumerate() {
-                    assert_eq!(
-                        (to_bits(p), to_bits(p)),
-                        (to_bits(q), to_bits(r)),
-                        "{kind:?} {name}[{k}] ({}): {p} with 1 thread, {q} with 2, {r} with 3",
-                        T::DTYPE
-                    );
-                }
-            }
+            assert_bit_identical::<T>(&c, to_bits);
         }
     }
 }
@@ -363,6 +200,7 @@ fn outputs(kind: CellKind, cfg: RecurrentConfig, train: Option<u64>) -> Tensor<f
         t: 8,
         b: 5,
         lengths: None,
+        with_h0: true,
         train,
         seed: 3,
     };

@@ -86,6 +86,10 @@ pub struct BenchArgs {
     /// Train with zoneout of this probability (masks drawn each step).
     #[arg(long, default_value_t = 0.0)]
     pub(crate) zoneout: f64,
+    /// Layer-normalized LSTM or GRU layers (not with --step-latency, the regularizers or an
+    /// RNN cell).
+    #[arg(long)]
+    pub(crate) layer_norm: bool,
 }
 
 /// Runs the benchmark described by `args`.
@@ -160,6 +164,13 @@ pub fn run(args: &BenchArgs) -> CmdResult {
         if !(0.0..1.0).contains(&p) {
             return Err(format!("bench: {name} must be in [0, 1), got {p}"));
         }
+    }
+    if args.layer_norm && args.step_latency {
+        return Err(
+            "bench: --layer-norm is not supported with --step-latency (the tape-free \
+                    step has no layer normalization)"
+                .into(),
+        );
     }
     if args.steps < 5 {
         return Err(format!(
@@ -237,11 +248,12 @@ fn measure<T: Float>(kind: CellKind, a: &BenchArgs) -> recur::Result<String> {
     let cfg = RecurrentConfig::new(a.input, a.hidden)
         .recurrent_dropout(a.recurrent_dropout)
         .weight_drop(a.weight_drop)
-        .zoneout(a.zoneout);
+        .zoneout(a.zoneout)
+        .layer_norm(a.layer_norm);
     let layer = Recurrent::new(&mut ps, "", kind, cfg.clone(), &mut rng)?;
     let g = kind.gates();
     println!(
-        "cell={} dtype={} threads={} B={} T={} I={} H={}{}",
+        "cell={} dtype={} threads={} B={} T={} I={} H={}{}{}",
         kind.name(),
         T::DTYPE,
         a.threads,
@@ -256,7 +268,8 @@ fn measure<T: Float>(kind: CellKind, a: &BenchArgs) -> recur::Result<String> {
             )
         } else {
             String::new()
-        }
+        },
+        if a.layer_norm { " layer_norm" } else { "" }
     );
     if a.step_latency {
         let p = layer.direction_params(0, 0).expect("layer 0 exists");

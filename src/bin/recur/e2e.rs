@@ -47,6 +47,7 @@ pub fn run(a: &BenchArgs) -> CmdResult {
         recurrent_dropout: a.recurrent_dropout,
         weight_drop: a.weight_drop,
         zoneout: a.zoneout,
+        layer_norm: a.layer_norm,
         ..CharLmConfig::new(&a.cell, a.hidden, a.layers, a.embed, &vocab)
     };
     let chunks = a.warmup + a.steps;

@@ -1,7 +1,8 @@
 //! The fused recurrence: one tape node per layer and direction.
 //!
 //! An LSTM with a projection (`proj_size`) runs as its own node, [`projected`], which follows
-//! the same schedule over the whole batch at once; everything below describes the other layers.
+//! the same schedule over the whole batch at once, and so does a layer-normalized LSTM or GRU
+//! (`layer_norm`), [`layer_norm`]; everything below describes the other layers.
 //!
 //! The batch is split into shards (see [`shard_ranges`]). The shard boundaries depend only on
 //! the batch size, never on the number of threads, and each shard runs its whole recurrence
@@ -58,11 +59,13 @@ use crate::tensor::{Float, Shape, Tensor};
 mod backward;
 mod buffers;
 mod forward;
+mod layer_norm;
 mod projected;
 mod schedule;
 mod weights;
 
 use buffers::{ForwardScratch, Shard};
+pub(crate) use layer_norm::run as run_layer_norm;
 pub(crate) use projected::run as run_projected;
 use schedule::shard_ranges;
 use weights::{RecurrentWeight, Weights};

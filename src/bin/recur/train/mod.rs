@@ -89,6 +89,12 @@ pub struct TrainArgs {
     /// LSTM only: project the hidden state to this many features (0: no projection).
     #[arg(long, default_value_t = 0)]
     pub proj: usize,
+    /// Layer-normalized LSTM or GRU layers: LN(W_ih x_t) and LN(W_hh h_{t-1}) with learned gains
+    /// in each step's gates, and the LSTM's h_t = o * tanh(LN(c_t)). Not with --cell rnn or
+    /// rnn-relu, --proj, --recurrent-dropout, --weight-drop or --zoneout. Kept in the
+    /// checkpoint: a resumed run keeps it.
+    #[arg(long)]
+    pub layer_norm: bool,
     /// Random seed (initialisation, dropout, samples).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -269,6 +275,7 @@ fn run_on(args: &TrainArgs, ranks: &crate::ranks::Ranks) -> CmdResult {
             weight_drop: args.weight_drop,
             zoneout: args.zoneout,
             proj: args.proj,
+            layer_norm: args.layer_norm,
             ..CharLmConfig::new(
                 args.cell.name(),
                 args.hidden,

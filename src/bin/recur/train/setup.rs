@@ -73,6 +73,24 @@ pub(super) fn check_args(a: &TrainArgs) -> Result<(), String> {
             }
         }
     }
+    if a.layer_norm {
+        if !matches!(a.cell.name(), "lstm" | "gru") {
+            return Err(format!(
+                "--layer-norm needs --cell lstm or gru, not {}",
+                a.cell.name()
+            ));
+        }
+        for (name, on) in [
+            ("--proj", a.proj > 0),
+            ("--recurrent-dropout", a.recurrent_dropout > 0.0),
+            ("--weight-drop", a.weight_drop > 0.0),
+            ("--zoneout", a.zoneout > 0.0),
+        ] {
+            if on {
+                return Err(format!("--layer-norm is not supported with {name}"));
+            }
+        }
+    }
     if !(a.val_fraction > 0.0 && a.val_fraction < 0.5) {
         return Err(format!(
             "--val-fraction must be in (0, 0.5), got {}",
@@ -176,7 +194,14 @@ pub(crate) fn estimate_bytes(
         } else {
             0.0
         };
-    let per_position = e + l * (2.0 * g * h + 5.0 * h + reg) + 3.0 * v;
+    // Layer normalization: both sides' normalized rows and their gradients, and the LSTM's
+    // c_t, LN(c_t) and tanh(LN(c_t)).
+    let ln = if config.layer_norm {
+        4.0 * g * h + 3.0 * h
+    } else {
+        0.0
+    };
+    let per_position = e + l * (2.0 * g * h + 5.0 * h + reg + ln) + 3.0 * v;
     let tape = (batch * seq_len) as f64 * per_position * 4.0 * 2.0;
     let weights = params as f64 * 4.0 * 18.0;
     let text = text_bytes as f64 + chars as f64 * 8.0 * 2.2;
@@ -333,6 +358,14 @@ pub(super) fn resume_conflicts(
     }
     if given("proj") && args.proj != m.proj {
         differ("--proj", args.proj.to_string(), m.proj.to_string(), "");
+    }
+    if given("layer_norm") && args.layer_norm != m.layer_norm {
+        differ(
+            "--layer-norm",
+            args.layer_norm.to_string(),
+            m.layer_norm.to_string(),
+            "",
+        );
     }
     let opt_name = args
         .optimizer
