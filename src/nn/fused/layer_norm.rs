@@ -16,8 +16,10 @@
 //! and `dW_hh`. The gains' and biases' gradients are sums over the rows in a fixed order (time
 //! step by time step, row by row).
 //!
-//! The batch runs as one block (no shards), so the results do not depend on the number of
-//! threads. With sequence lengths, a sequence past its length keeps its state `h` and `c` while
+//! The batch runs as one block (no shards); with a second thread in the pool its products
+//! split by rows (the input projection, each step's recurrent product) or run side by side
+//! (`dX`, `dW_ih`, `dW_hh`), and each row is computed as in the whole product, so the results
+//! do not depend on the number of threads. With sequence lengths, a sequence past its length keeps its state `h` and `c` while
 //! its output is zero, as in the other fused layers.
 
 use super::buffers::read_write;
@@ -134,6 +136,26 @@ fn gemm<T: Float>(
         trans_b,
     };
     T::gemm(s, T::ONE, a, b, beta, c);
+}
+
+/// Fewest rows a product is split over two threads for: below, the split costs more than it
+/// saves.
+const SPLIT_ROWS: usize = 8;
+
+/// `c = a B` for `m` rows of `a` against `B` packed; with a second thread in the pool and at
+/// least [`SPLIT_ROWS`] rows, the two halves of the rows side by side. Each row of `c` is
+/// computed as in the whole product, so the split changes how fast, never what, it computes.
+fn rows_product<T: Float>(m: usize, a: &[T], b: &PackedB<T>, c: &mut [T]) {
+    if m < SPLIT_ROWS || rayon::current_num_threads() < 2 {
+        return gemm_packed_set(m, a, b, c);
+    }
+    let (k, n, m1) = (b.k(), b.n(), m / 2);
+    let (a0, a1) = a[..m * k].split_at(m1 * k);
+    let (c0, c1) = c[..m * n].split_at_mut(m1 * n);
+    rayon::join(
+        || gemm_packed_set(m1, a0, b, c0),
+        || gemm_packed_set(m - m1, a1, b, c1),
+    );
 }
 
 /// Runs one direction of a layer-normalized LSTM or GRU layer as one fused tape node (see the
@@ -261,14 +283,19 @@ impl<T: Float> LayerNormDirection<T> {
             None => (&zeros[..], &zeros[..]),
         };
         // W_ih x_t of every step at once, each row normalized: LN(W_ih x_t) does not depend on h.
-        gemm(
-            (tl * b, d.in_size, gh),
-            (false, true),
-            x,
-            w_ih,
-            T::ZERO,
-            &mut self.xhat_x,
-        );
+        // Split by rows over two threads where the pool has them (each row as in the whole).
+        let (m, i_sz) = (tl * b, d.in_size);
+        let project = |m: usize, x: &[T], out: &mut [T]| {
+            gemm((m, i_sz, gh), (false, true), x, w_ih, T::ZERO, out)
+        };
+        if m >= SPLIT_ROWS && rayon::current_num_threads() > 1 {
+            let m1 = m / 2;
+            let (x0, x1) = x[..m * i_sz].split_at(m1 * i_sz);
+            let (p0, p1) = self.xhat_x[..m * gh].split_at_mut(m1 * gh);
+            rayon::join(|| project(m1, x0, p0), || project(m - m1, x1, p1));
+        } else {
+            project(m, x, &mut self.xhat_x);
+        }
         for (row, inv) in self.xhat_x.chunks_exact_mut(gh).zip(&mut self.inv_x) {
             *inv = ln::normalize_in_place(row);
         }
@@ -293,7 +320,7 @@ impl<T: Float> LayerNormDirection<T> {
             let h_in = &self.h_prev[t * bh..(t + 1) * bh];
             // LN(W_hh h_{t-1}), row by row.
             let xh = &mut self.xhat_h[t * b * gh..(t + 1) * b * gh];
-            gemm_packed_set(b, h_in, &self.w_hh, xh);
+            rows_product(b, h_in, &self.w_hh, xh);
             for (row, inv) in xh
                 .chunks_exact_mut(gh)
                 .zip(&mut self.inv_h[t * b..(t + 1) * b])
@@ -517,7 +544,7 @@ impl<T: Float> CustomOp<T> for LayerNormDirection<T> {
                     None,
                 );
             }
-            gemm_packed_set(
+            rows_product(
                 b,
                 &dgh[t * b * gh..(t + 1) * b * gh],
                 &self.w_hh,
@@ -545,36 +572,31 @@ impl<T: Float> CustomOp<T> for LayerNormDirection<T> {
                 None,
             );
         }
-        if let Some(g) = gin[X].as_mut() {
-            gemm(
-                (rows, gh, i_sz),
-                (false, false),
-                &dgx,
-                w_ih,
-                T::ONE,
-                g.data_mut(),
-            );
-        }
-        if let Some(g) = gin[sl.w_ih].as_mut() {
-            gemm(
-                (gh, rows, i_sz),
-                (true, false),
-                &dgx,
-                x,
-                T::ONE,
-                g.data_mut(),
-            );
-        }
-        if let Some(g) = gin[sl.w_hh].as_mut() {
-            gemm(
-                (gh, rows, h),
-                (true, false),
-                &dgh,
-                &self.h_prev,
-                T::ONE,
-                g.data_mut(),
-            );
-        }
+        // dX, dW_ih and dW_hh are independent: side by side (each writes its own gradient, so
+        // the result does not depend on how they are scheduled).
+        let (before, from_w_ih) = gin.split_at_mut(sl.w_ih);
+        let (g_w_ih, after) = from_w_ih.split_first_mut().expect("W_ih and W_hh follow x");
+        let (g_x, g_w_hh) = (before[X].as_mut(), after[0].as_mut());
+        let (dg_x, dg_h, h_prev) = (&dgx, &dgh, &self.h_prev);
+        let dx_job = || {
+            if let Some(g) = g_x {
+                let s = (rows, gh, i_sz);
+                gemm(s, (false, false), dg_x, w_ih, T::ONE, g.data_mut());
+            }
+        };
+        let dw_ih_job = || {
+            if let Some(g) = g_w_ih.as_mut() {
+                let s = (gh, rows, i_sz);
+                gemm(s, (true, false), dg_x, x, T::ONE, g.data_mut());
+            }
+        };
+        let dw_hh_job = || {
+            if let Some(g) = g_w_hh {
+                let s = (gh, rows, h);
+                gemm(s, (true, false), dg_h, h_prev, T::ONE, g.data_mut());
+            }
+        };
+        rayon::join(dx_job, || rayon::join(dw_ih_job, dw_hh_job));
         let mut sums = vec![(sl.gamma_x, &dgamma_x), (sl.gamma_h, &dgamma_h)];
         if let Some((gc, bc)) = sl.cell {
             sums.extend([(gc, &dgamma_c), (bc, &dbeta_c)]);
