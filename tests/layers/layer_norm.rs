@@ -4,7 +4,9 @@
 //! 2 and 3 threads, the parameters' names and initial values, what the normalization does, and
 //! the combinations that are refused.
 
-use crate::support::{Case, assert_bit_identical, compare, gradcheck_case, run};
+use crate::support::{
+    Case, assert_bit_identical, compare, gradcheck_case, random_config, random_lengths, run,
+};
 use recur::nn::{
     Activation, Cell, CellKind, ForwardOptions, Implementation, Recurrent, RecurrentConfig,
 };
@@ -26,13 +28,8 @@ const LN_KINDS: [CellKind; 2] = [CellKind::Lstm, CellKind::Gru];
 fn random_case(rng: &mut Rng, kind: CellKind, seed: u64) -> Case {
     let t = 1 + rng.below(6);
     let b = 1 + rng.below(4);
-    let cfg = RecurrentConfig::new(2 + rng.below(4), 2 + rng.below(10))
-        .num_layers(1 + rng.below(2))
-        .bidirectional(rng.below(2) == 1)
-        .bias(rng.below(4) != 0)
-        .batch_first(rng.below(3) == 0)
-        .layer_norm(true);
-    let lengths = (rng.below(2) == 1).then(|| (0..b).map(|_| 1 + rng.below(t)).collect());
+    let cfg = random_config(rng, 2).layer_norm(true);
+    let lengths = random_lengths(rng, t, b);
     Case {
         kind,
         cfg,

@@ -3,19 +3,15 @@
 //! bidirectional, ragged lengths), f64 to 1e-10 and f32 to 1e-5 relative; and gradcheck of the
 //! fused layers in f64.
 
-use crate::support::{Case, KINDS, compare, gradcheck_case};
+use crate::support::{Case, KINDS, compare, gradcheck_case, random_config, random_lengths};
 use recur::nn::{CellKind, ForwardOptions, Implementation, Recurrent, RecurrentConfig};
 use recur::{ParamStore, Rng, Tape, Tensor};
 
 fn random_case(rng: &mut Rng, kind: CellKind, seed: u64) -> Case {
     let t = 1 + rng.below(6);
     let b = 1 + rng.below(4);
-    let cfg = RecurrentConfig::new(1 + rng.below(5), 1 + rng.below(11))
-        .num_layers(1 + rng.below(2))
-        .bidirectional(rng.below(2) == 1)
-        .bias(rng.below(4) != 0)
-        .batch_first(rng.below(3) == 0);
-    let lengths = (rng.below(2) == 1).then(|| (0..b).map(|_| 1 + rng.below(t)).collect());
+    let cfg = random_config(rng, 1);
+    let lengths = random_lengths(rng, t, b);
     Case {
         kind,
         cfg,

@@ -4,7 +4,9 @@
 //! generator state for every evaluation), results bit-identical for 1, 2 and 3 threads, and the
 //! semantics of training and evaluation.
 
-use crate::support::{Case, KINDS, assert_bit_identical, compare, gradcheck_case, run};
+use crate::support::{
+    Case, KINDS, assert_bit_identical, compare, gradcheck_case, random_config, random_lengths, run,
+};
 use recur::nn::{Activation, CellKind, ForwardOptions, Implementation, Recurrent, RecurrentConfig};
 use recur::{ParamStore, Rng, Tape, Tensor};
 
@@ -21,15 +23,11 @@ fn random_case(rng: &mut Rng, kind: CellKind, seed: u64) -> Case {
         }
     };
     let (rd, wd, zo) = (p(), p(), p());
-    let cfg = RecurrentConfig::new(1 + rng.below(5), 1 + rng.below(11))
-        .num_layers(1 + rng.below(2))
-        .bidirectional(rng.below(2) == 1)
-        .bias(rng.below(4) != 0)
-        .batch_first(rng.below(3) == 0)
+    let cfg = random_config(rng, 1)
         .recurrent_dropout(rd)
         .weight_drop(wd)
         .zoneout(zo);
-    let lengths = (rng.below(2) == 1).then(|| (0..b).map(|_| 1 + rng.below(t)).collect());
+    let lengths = random_lengths(rng, t, b);
     Case {
         kind,
         cfg,

@@ -15,6 +15,22 @@ pub const KINDS: [CellKind; 4] = [
     CellKind::Rnn(Activation::Relu),
 ];
 
+/// A random layer configuration: `min`..6 input features and `min`..12 hidden units (`min` is
+/// 1, or 2 where a single unit makes a gradient pure rounding noise), 1 or 2 layers, one or
+/// both directions, biases most of the time, batch-first a third of the time.
+pub fn random_config(rng: &mut Rng, min: usize) -> RecurrentConfig {
+    RecurrentConfig::new(min + rng.below(6 - min), min + rng.below(12 - min))
+        .num_layers(1 + rng.below(2))
+        .bidirectional(rng.below(2) == 1)
+        .bias(rng.below(4) != 0)
+        .batch_first(rng.below(3) == 0)
+}
+
+/// Ragged sequence lengths (1..=t) for a batch of `b`, half of the time; else none.
+pub fn random_lengths(rng: &mut Rng, t: usize, b: usize) -> Option<Vec<usize>> {
+    (rng.below(2) == 1).then(|| (0..b).map(|_| 1 + rng.below(t)).collect())
+}
+
 /// One layer stack and its inputs' shape.
 #[derive(Clone, Debug)]
 pub struct Case {
