@@ -18,8 +18,10 @@
 //!
 //! The batch runs as one block (no shards); with a second thread in the pool its products
 //! split by rows (the input projection, each step's recurrent product) or run side by side
-//! (`dX`, `dW_ih`, `dW_hh`), and each row is computed as in the whole product, so the results
-//! do not depend on the number of threads. With sequence lengths, a sequence past its length keeps its state `h` and `c` while
+//! (`dX`, `dW_ih`, `dW_hh`), and each forward step's per-row work runs in two halves of the
+//! rows. Each row is computed as it is alone, so the results do not depend on the number of
+//! threads. (The backward's per-row work stays on one thread: its gains' gradients are sums
+//! over the rows in one fixed order.) With sequence lengths, a sequence past its length keeps its state `h` and `c` while
 //! its output is zero, as in the other fused layers.
 
 use super::buffers::read_write;
@@ -156,6 +158,169 @@ fn rows_product<T: Float>(m: usize, a: &[T], b: &PackedB<T>, c: &mut [T]) {
         || gemm_packed_set(m1, a0, b, c0),
         || gemm_packed_set(m - m1, a1, b, c1),
     );
+}
+
+/// The gains and biases a forward step reads (empty where the cell has none).
+struct Gates<'a, T> {
+    gamma_x: &'a [T],
+    gamma_h: &'a [T],
+    b_ih: &'a [T],
+    b_hh: &'a [T],
+    gamma_c: &'a [T],
+    beta_c: &'a [T],
+}
+
+/// What one forward step's rows read, for the whole batch: `LN(W_ih x_t)`'s normalized rows
+/// `xx` `[B, G*H]`, `h_{t-1}` and (LSTM) `c_{t-1}` `[B, H]`.
+struct StepInputs<'a, T> {
+    d: &'a Dims,
+    t: usize,
+    g: &'a Gates<'a, T>,
+    xx: &'a [T],
+    h_in: &'a [T],
+    c_prev: &'a [T],
+}
+
+/// What one forward step writes, for a run of consecutive batch rows: `W_hh h_{t-1}` (to be
+/// normalized in place) `[n, G*H]` and its inverse standard deviations `[n]`, the activations
+/// `[n, 4H]`, (LSTM) `c_t`, `x^` of `c_t`, its inverse standard deviations and
+/// `tanh(LN(c_t))`, and `h_t` into both the next state and the output `[n, H]`.
+struct StepRows<'a, T> {
+    xh: &'a mut [T],
+    inv_h: &'a mut [T],
+    acts: &'a mut [T],
+    c_t: &'a mut [T],
+    chat: &'a mut [T],
+    inv_c: &'a mut [T],
+    tc: &'a mut [T],
+    h_next: &'a mut [T],
+    y: &'a mut [T],
+}
+
+impl<'a, T> StepRows<'a, T> {
+    /// The first `m` rows and the rest.
+    fn split_at(self, m: usize) -> (Self, Self) {
+        let n = self.inv_h.len();
+        // Each buffer holds `n` rows of its own width (the GRU's cell buffers none).
+        let cut = |v: &'a mut [T]| {
+            let w = v.len() / n;
+            v.split_at_mut(m * w)
+        };
+        let (xh, xh2) = cut(self.xh);
+        let (inv_h, inv_h2) = cut(self.inv_h);
+        let (acts, acts2) = cut(self.acts);
+        let (c_t, c_t2) = cut(self.c_t);
+        let (chat, chat2) = cut(self.chat);
+        let (inv_c, inv_c2) = cut(self.inv_c);
+        let (tc, tc2) = cut(self.tc);
+        let (h_next, h_next2) = cut(self.h_next);
+        let (y, y2) = cut(self.y);
+        (
+            StepRows {
+                xh,
+                inv_h,
+                acts,
+                c_t,
+                chat,
+                inv_c,
+                tc,
+                h_next,
+                y,
+            },
+            StepRows {
+                xh: xh2,
+                inv_h: inv_h2,
+                acts: acts2,
+                c_t: c_t2,
+                chat: chat2,
+                inv_c: inv_c2,
+                tc: tc2,
+                h_next: h_next2,
+                y: y2,
+            },
+        )
+    }
+}
+
+/// Block `t` of `len` values of an LSTM-only buffer, or nothing for the GRU.
+fn lstm_block<T>(buf: &mut [T], lstm: bool, t: usize, len: usize) -> &mut [T] {
+    if lstm {
+        &mut buf[t * len..(t + 1) * len]
+    } else {
+        &mut []
+    }
+}
+
+/// Forward step `k.t` for the batch rows `b0..b0 + n` that `o` holds: `LN(W_hh h_{t-1})`, the
+/// gates and the new state of each row, as the module docs give them.
+fn step_rows<T: Float>(k: &StepInputs<'_, T>, b0: usize, o: StepRows<'_, T>) {
+    let (d, t, g) = (k.d, k.t, k.g);
+    let (h, gh) = (d.hidden, d.gates() * d.hidden);
+    for (row, inv) in o.xh.chunks_exact_mut(gh).zip(o.inv_h.iter_mut()) {
+        *inv = ln::normalize_in_place(row);
+    }
+    for li in 0..o.inv_h.len() {
+        let bi = b0 + li;
+        let (rh, gr) = (li * h..(li + 1) * h, bi * h..(bi + 1) * h);
+        let hp = &k.h_in[gr.clone()];
+        let out = &mut o.h_next[rh.clone()];
+        if !d.active(t, bi) {
+            // Past its length a sequence keeps its state; its output stays zero.
+            out.copy_from_slice(hp);
+            if d.lstm {
+                o.c_t[rh].copy_from_slice(&k.c_prev[gr]);
+            }
+            continue;
+        }
+        let xx = &k.xx[bi * gh..(bi + 1) * gh];
+        let xh = &o.xh[li * gh..(li + 1) * gh];
+        let acts = &mut o.acts[li * 4 * h..(li + 1) * 4 * h];
+        if d.lstm {
+            for j in 0..gh {
+                acts[j] = g.gamma_x[j] * xx[j] + g.gamma_h[j] * xh[j] + g.b_ih[j] + g.b_hh[j];
+            }
+            // i, f, o = σ(.), g = tanh(.), vector by vector.
+            map_inplace(&mut acts[..2 * h], T::sigmoid_v);
+            map_inplace(&mut acts[2 * h..3 * h], T::tanh_v);
+            map_inplace(&mut acts[3 * h..], T::sigmoid_v);
+            let (c_prev, c_t) = (&k.c_prev[gr], &mut o.c_t[rh.clone()]);
+            for j in 0..h {
+                c_t[j] = acts[h + j] * c_prev[j] + acts[j] * acts[2 * h + j];
+            }
+            let chat = &mut o.chat[rh.clone()];
+            chat.copy_from_slice(c_t);
+            o.inv_c[li] = ln::normalize_in_place(chat);
+            // tanh(LN(c_t)), and h_t = o * tanh(LN(c_t)).
+            let tc = &mut o.tc[rh.clone()];
+            for j in 0..h {
+                tc[j] = g.gamma_c[j] * chat[j] + g.beta_c[j];
+            }
+            map_inplace(tc, T::tanh_v);
+            for j in 0..h {
+                out[j] = acts[3 * h + j] * tc[j];
+            }
+        } else {
+            // r, z = σ(x + h) and h_n = γ_h x^_n + b_hn.
+            for j in 0..2 * h {
+                acts[j] = g.gamma_x[j] * xx[j] + g.b_ih[j] + g.gamma_h[j] * xh[j] + g.b_hh[j];
+            }
+            map_inplace(&mut acts[..2 * h], T::sigmoid_v);
+            for j in 2 * h..gh {
+                acts[h + j] = g.gamma_h[j] * xh[j] + g.b_hh[j];
+            }
+            // n = tanh(x_n + r * h_n).
+            for j in 0..h {
+                let xn = g.gamma_x[2 * h + j] * xx[2 * h + j] + g.b_ih[2 * h + j];
+                acts[2 * h + j] = xn + acts[j] * acts[3 * h + j];
+            }
+            map_inplace(&mut acts[2 * h..3 * h], T::tanh_v);
+            for j in 0..h {
+                let (z, n) = (acts[h + j], acts[2 * h + j]);
+                out[j] = n + z * (hp[j] - n);
+            }
+        }
+        o.y[rh].copy_from_slice(out);
+    }
 }
 
 /// Runs one direction of a layer-normalized LSTM or GRU layer as one fused tape node (see the
@@ -315,18 +480,20 @@ impl<T: Float> LayerNormDirection<T> {
             Some((g, be)) => (inp[g].data(), inp[be].data()),
             None => (&[][..], &[][..]),
         };
+        let gates = Gates {
+            gamma_x,
+            gamma_h,
+            b_ih,
+            b_hh,
+            gamma_c,
+            beta_c,
+        };
         for s in 0..tl {
             let t = d.time(s);
             let h_in = &self.h_prev[t * bh..(t + 1) * bh];
-            // LN(W_hh h_{t-1}), row by row.
+            // W_hh h_{t-1}, normalized row by row below.
             let xh = &mut self.xhat_h[t * b * gh..(t + 1) * b * gh];
             rows_product(b, h_in, &self.w_hh, xh);
-            for (row, inv) in xh
-                .chunks_exact_mut(gh)
-                .zip(&mut self.inv_h[t * b..(t + 1) * b])
-            {
-                *inv = ln::normalize_in_place(row);
-            }
             // LSTM: c_{t-1} (c0 at the first step) and c_t, `[B, H]` each.
             let (c_prev, c_t) = if !d.lstm {
                 (&[][..], &mut [][..])
@@ -335,69 +502,35 @@ impl<T: Float> LayerNormDirection<T> {
             } else {
                 read_write(&mut self.c, d.time(s - 1), t, bh)
             };
-            for bi in 0..b {
-                let r = t * b + bi;
-                let rh = bi * h..(bi + 1) * h;
-                let hp = &h_in[rh.clone()];
-                let out = &mut h_next[rh.clone()];
-                if !d.active(t, bi) {
-                    // Past its length a sequence keeps its state; its output stays zero.
-                    out.copy_from_slice(hp);
-                    if d.lstm {
-                        c_t[rh.clone()].copy_from_slice(&c_prev[rh]);
-                    }
-                    continue;
-                }
-                let (xx, xh) = (
-                    &self.xhat_x[r * gh..(r + 1) * gh],
-                    &self.xhat_h[r * gh..(r + 1) * gh],
+            let rows = StepRows {
+                xh,
+                inv_h: &mut self.inv_h[t * b..(t + 1) * b],
+                acts: &mut self.acts[t * b * 4 * h..(t + 1) * b * 4 * h],
+                c_t,
+                chat: lstm_block(&mut self.chat, d.lstm, t, bh),
+                inv_c: lstm_block(&mut self.inv_c, d.lstm, t, b),
+                tc: lstm_block(&mut self.tc, d.lstm, t, bh),
+                h_next: &mut h_next,
+                y: &mut y[t * bh..(t + 1) * bh],
+            };
+            let inputs = StepInputs {
+                d: &d,
+                t,
+                g: &gates,
+                xx: &self.xhat_x[t * b * gh..(t + 1) * b * gh],
+                h_in,
+                c_prev,
+            };
+            // The rows are independent: two halves side by side where the pool has a second
+            // thread, each row computed as it is alone.
+            if b >= SPLIT_ROWS && rayon::current_num_threads() > 1 {
+                let (lo, hi) = rows.split_at(b / 2);
+                rayon::join(
+                    || step_rows(&inputs, 0, lo),
+                    || step_rows(&inputs, b / 2, hi),
                 );
-                let acts = &mut self.acts[r * 4 * h..(r + 1) * 4 * h];
-                if d.lstm {
-                    for j in 0..gh {
-                        acts[j] = gamma_x[j] * xx[j] + gamma_h[j] * xh[j] + b_ih[j] + b_hh[j];
-                    }
-                    // i, f, o = σ(.), g = tanh(.), vector by vector.
-                    map_inplace(&mut acts[..2 * h], T::sigmoid_v);
-                    map_inplace(&mut acts[2 * h..3 * h], T::tanh_v);
-                    map_inplace(&mut acts[3 * h..], T::sigmoid_v);
-                    let (c_prev, c_t) = (&c_prev[rh.clone()], &mut c_t[rh]);
-                    for j in 0..h {
-                        c_t[j] = acts[h + j] * c_prev[j] + acts[j] * acts[2 * h + j];
-                    }
-                    let chat = &mut self.chat[r * h..(r + 1) * h];
-                    chat.copy_from_slice(c_t);
-                    self.inv_c[r] = ln::normalize_in_place(chat);
-                    // tanh(LN(c_t)), and h_t = o * tanh(LN(c_t)).
-                    let tc = &mut self.tc[r * h..(r + 1) * h];
-                    for j in 0..h {
-                        tc[j] = gamma_c[j] * chat[j] + beta_c[j];
-                    }
-                    map_inplace(tc, T::tanh_v);
-                    for j in 0..h {
-                        out[j] = acts[3 * h + j] * tc[j];
-                    }
-                } else {
-                    // r, z = σ(x + h) and h_n = γ_h x^_n + b_hn.
-                    for j in 0..2 * h {
-                        acts[j] = gamma_x[j] * xx[j] + b_ih[j] + gamma_h[j] * xh[j] + b_hh[j];
-                    }
-                    map_inplace(&mut acts[..2 * h], T::sigmoid_v);
-                    for j in 2 * h..gh {
-                        acts[h + j] = gamma_h[j] * xh[j] + b_hh[j];
-                    }
-                    // n = tanh(x_n + r * h_n).
-                    for j in 0..h {
-                        let xn = gamma_x[2 * h + j] * xx[2 * h + j] + b_ih[2 * h + j];
-                        acts[2 * h + j] = xn + acts[j] * acts[3 * h + j];
-                    }
-                    map_inplace(&mut acts[2 * h..3 * h], T::tanh_v);
-                    for j in 0..h {
-                        let (z, n) = (acts[h + j], acts[2 * h + j]);
-                        out[j] = n + z * (hp[j] - n);
-                    }
-                }
-                y[r * h..(r + 1) * h].copy_from_slice(out);
+            } else {
+                step_rows(&inputs, 0, rows);
             }
             if s + 1 < tl {
                 let tn = d.time(s + 1);
