@@ -112,16 +112,7 @@ fn resume_with_regularizers_continues_bit_for_bit_on_any_thread_count() {
         "0.1",
     ];
     let run = |out: &Path, steps: &str, threads: &str, extra: &[&str], resume: Option<&Path>| {
-        let mut args = vec!["train", "--text", t, "--steps", steps, "--threads", threads];
-        args.extend(["--out", out.to_str().unwrap()]);
-        args.extend(SMALL.iter().filter(|a| **a != "--quiet"));
-        args.extend(extra);
-        if let Some(r) = resume {
-            args.extend(["--resume", r.to_str().unwrap()]);
-        }
-        let o = recur(&args);
-        assert!(o.status.success(), "{}", output_text(&o.stderr));
-        output_text(&o.stdout)
+        small_run(t, out, (steps, threads), extra, resume)
     };
     let (a, b, plain) = (dir.join("a"), dir.join("b"), dir.join("plain"));
     run(&a, "60", "2", &reg, None);
@@ -172,16 +163,7 @@ fn layer_norm_trains_resumes_bit_for_bit_and_refuses_what_it_does_not_support() 
     let text = corpus(&dir);
     let t = text.to_str().unwrap();
     let run = |out: &Path, steps: &str, threads: &str, extra: &[&str], resume: Option<&Path>| {
-        let mut args = vec!["train", "--text", t, "--steps", steps, "--threads", threads];
-        args.extend(["--out", out.to_str().unwrap()]);
-        args.extend(SMALL.iter().filter(|a| **a != "--quiet"));
-        args.extend(extra);
-        if let Some(r) = resume {
-            args.extend(["--resume", r.to_str().unwrap()]);
-        }
-        let o = recur(&args);
-        assert!(o.status.success(), "{}", output_text(&o.stderr));
-        output_text(&o.stdout)
+        small_run(t, out, (steps, threads), extra, resume)
     };
     let (a, b) = (dir.join("a"), dir.join("b"));
     run(&a, "60", "2", &["--layer-norm"], None);
@@ -1142,4 +1124,34 @@ fn damaged_or_non_finite_checkpoints_are_refused_and_stale_temporaries_removed()
         one_line_error(&r, &["`model.head.weight` holds non-finite values"]);
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A small `recur train` run on `text` into `out` (`SMALL`'s model, printing its progress), of
+/// `(steps, threads)`, with `extra` flags and, if given, `--resume` from `resume`; returns its
+/// stdout after asserting that it succeeded.
+fn small_run(
+    text: &str,
+    out: &Path,
+    (steps, threads): (&str, &str),
+    extra: &[&str],
+    resume: Option<&Path>,
+) -> String {
+    let mut args = vec![
+        "train",
+        "--text",
+        text,
+        "--steps",
+        steps,
+        "--threads",
+        threads,
+    ];
+    args.extend(["--out", out.to_str().unwrap()]);
+    args.extend(SMALL.iter().filter(|a| **a != "--quiet"));
+    args.extend(extra);
+    if let Some(r) = resume {
+        args.extend(["--resume", r.to_str().unwrap()]);
+    }
+    let o = recur(&args);
+    assert!(o.status.success(), "{}", output_text(&o.stderr));
+    output_text(&o.stdout)
 }
