@@ -25,6 +25,7 @@
 //! its output is zero, as in the other fused layers.
 
 use super::buffers::read_write;
+use super::weights::by_row_halves;
 use crate::kernels::gemm_nn::{PackedB, gemm_packed_set};
 use crate::kernels::simd::map_inplace;
 use crate::kernels::{GemmShape, layer_norm as ln};
@@ -140,24 +141,21 @@ fn gemm<T: Float>(
     T::gemm(s, T::ONE, a, b, beta, c);
 }
 
-/// Fewest rows a product is split over two threads for: below, the split costs more than it
-/// saves.
+/// Fewest rows a product, or a step's per-row work, is split over two threads for: below, the
+/// split costs more than it saves.
 const SPLIT_ROWS: usize = 8;
 
-/// `c = a B` for `m` rows of `a` against `B` packed; with a second thread in the pool and at
-/// least [`SPLIT_ROWS`] rows, the two halves of the rows side by side. Each row of `c` is
-/// computed as in the whole product, so the split changes how fast, never what, it computes.
+/// Whether work over `m` rows runs as two halves side by side: with a second thread in the
+/// pool and at least [`SPLIT_ROWS`] rows.
+fn halves(m: usize) -> bool {
+    m >= SPLIT_ROWS && rayon::current_num_threads() > 1
+}
+
+/// `c = a B` for `m` rows of `a` against `B` packed, by [`halves`] of the rows where it pays.
 fn rows_product<T: Float>(m: usize, a: &[T], b: &PackedB<T>, c: &mut [T]) {
-    if m < SPLIT_ROWS || rayon::current_num_threads() < 2 {
-        return gemm_packed_set(m, a, b, c);
-    }
-    let (k, n, m1) = (b.k(), b.n(), m / 2);
-    let (a0, a1) = a[..m * k].split_at(m1 * k);
-    let (c0, c1) = c[..m * n].split_at_mut(m1 * n);
-    rayon::join(
-        || gemm_packed_set(m1, a0, b, c0),
-        || gemm_packed_set(m - m1, a1, b, c1),
-    );
+    by_row_halves((m, b.k(), b.n()), a, c, halves(m), |m, a, c| {
+        gemm_packed_set(m, a, b, c)
+    });
 }
 
 /// The gains and biases a forward step reads (empty where the cell has none).
@@ -448,19 +446,14 @@ impl<T: Float> LayerNormDirection<T> {
             None => (&zeros[..], &zeros[..]),
         };
         // W_ih x_t of every step at once, each row normalized: LN(W_ih x_t) does not depend on h.
-        // Split by rows over two threads where the pool has them (each row as in the whole).
         let (m, i_sz) = (tl * b, d.in_size);
-        let project = |m: usize, x: &[T], out: &mut [T]| {
-            gemm((m, i_sz, gh), (false, true), x, w_ih, T::ZERO, out)
-        };
-        if m >= SPLIT_ROWS && rayon::current_num_threads() > 1 {
-            let m1 = m / 2;
-            let (x0, x1) = x[..m * i_sz].split_at(m1 * i_sz);
-            let (p0, p1) = self.xhat_x[..m * gh].split_at_mut(m1 * gh);
-            rayon::join(|| project(m1, x0, p0), || project(m - m1, x1, p1));
-        } else {
-            project(m, x, &mut self.xhat_x);
-        }
+        by_row_halves(
+            (m, i_sz, gh),
+            x,
+            &mut self.xhat_x,
+            halves(m),
+            |m, x, out| gemm((m, i_sz, gh), (false, true), x, w_ih, T::ZERO, out),
+        );
         for (row, inv) in self.xhat_x.chunks_exact_mut(gh).zip(&mut self.inv_x) {
             *inv = ln::normalize_in_place(row);
         }
@@ -523,7 +516,7 @@ impl<T: Float> LayerNormDirection<T> {
             };
             // The rows are independent: two halves side by side where the pool has a second
             // thread, each row computed as it is alone.
-            if b >= SPLIT_ROWS && rayon::current_num_threads() > 1 {
+            if halves(b) {
                 let (lo, hi) = rows.split_at(b / 2);
                 rayon::join(
                     || step_rows(&inputs, 0, lo),
