@@ -96,6 +96,24 @@ pub struct RecurrentConfig {
     /// (`γ_h`, `[G*H]`) and for the LSTM `ln_c_weight_l{k}` and `ln_c_bias_l{k}` (`γ_c`, `β_c`,
     /// `[H]`); gains start at 1 and `β_c` at 0. LSTM and GRU only, and not with `proj_size`,
     /// `recurrent_dropout`, `weight_drop` or `zoneout`.
+    ///
+    /// ```
+    /// use recur::nn::{ForwardOptions, Lstm, RecurrentConfig};
+    /// use recur::{ParamStore, Rng, Tape, Tensor};
+    /// let mut ps = ParamStore::<f32>::new();
+    /// let cfg = RecurrentConfig::new(3, 5).layer_norm(true);
+    /// let lstm = Lstm::new(&mut ps, "", cfg, &mut Rng::new(0))?;
+    /// assert_eq!(ps.get(ps.find("ln_ih_weight_l0").unwrap()).dims(), &[20]); // γ_x, [4H]
+    /// assert_eq!(ps.get(ps.find("ln_c_bias_l0").unwrap()).dims(), &[5]); // β_c, [H]
+    /// let mut tape = Tape::new();
+    /// let x = tape.constant(Tensor::zeros(&[7, 2, 3])?); // [T, B, I]
+    /// let out = lstm.forward(&mut tape, &ps, x, ForwardOptions::default())?;
+    /// assert_eq!(tape.shape(out.y)?.dims(), &[7, 2, 5]);
+    /// // Not with a projection: the configuration is refused.
+    /// let cfg = RecurrentConfig::new(3, 5).layer_norm(true).proj_size(2);
+    /// assert!(Lstm::new(&mut ParamStore::<f32>::new(), "", cfg, &mut Rng::new(0)).is_err());
+    /// # Ok::<(), recur::Error>(())
+    /// ```
     pub layer_norm: bool,
 }
 
