@@ -42,7 +42,9 @@ pub use custom::{CustomOp, Workspace};
 pub use profile::OpProfile;
 pub use var::Var;
 
+use crate::kernels::bf16::Bf16Kernel;
 use crate::params::{ParamId, ParamStore};
+use crate::precision::Precision;
 use crate::tensor::{self, Float, Shape, Tensor};
 use crate::{Error, Result};
 use pool::Pool;
@@ -84,6 +86,8 @@ pub struct Tape<T: Float> {
     pub(crate) pool: Pool<T>,
     anomaly: bool,
     pub(crate) profiler: Option<Box<profile::Profiler>>,
+    /// The kernel of the products in bf16 ([`Precision::Bf16`]), `None` in the tape's own type.
+    bf16: Option<Bf16Kernel>,
 }
 
 impl<T: Float> Default for Tape<T> {
@@ -106,7 +110,51 @@ impl<T: Float> Tape<T> {
             pool: Pool::default(),
             anomaly: false,
             profiler: None,
+            bf16: None,
         }
+    }
+
+    /// Sets the precision of the matrix products recorded from now on (see [`Precision`]);
+    /// it stays set when the tape is cleared. [`Precision::Bf16`] needs an `f32` tape and a CPU
+    /// with AVX512_BF16: otherwise this returns an error saying which is missing and the tape
+    /// keeps its precision.
+    ///
+    /// ```
+    /// use recur::{Precision, Tape};
+    ///
+    /// let mut tape = Tape::<f64>::new();
+    /// let err = tape.set_precision(Precision::Bf16).unwrap_err();
+    /// assert!(err.to_string().contains("f32 tape"), "{err}");
+    /// assert_eq!(tape.precision(), Precision::F32);
+    /// ```
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        self.bf16 = precision.kernel::<T>()?;
+        Ok(())
+    }
+
+    /// The precision of the products recorded from now on: [`Precision::F32`] (the tape's own
+    /// element type, `f32` or `f64`) unless [`Tape::set_precision`] set bf16.
+    pub fn precision(&self) -> Precision {
+        if self.bf16.is_some() {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        }
+    }
+
+    /// Products in bf16 on `kernel`, which may be the portable [`Bf16Kernel::scalar`] on a CPU
+    /// without AVX512_BF16 (the same values, slowly): for tests of the bf16 path on any
+    /// machine. Errors unless the tape is `f32`.
+    #[doc(hidden)]
+    pub fn set_bf16_kernel(&mut self, kernel: Bf16Kernel) -> Result<()> {
+        crate::precision::check_f32::<T>()?;
+        self.bf16 = Some(kernel);
+        Ok(())
+    }
+
+    /// The kernel of the products in bf16, when the tape's precision is bf16.
+    pub(crate) fn bf16_kernel(&self) -> Option<Bf16Kernel> {
+        self.bf16
     }
 
     /// Empties the tape for the next step, keeping every buffer for reuse. All `Var`s from before

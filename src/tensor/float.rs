@@ -83,6 +83,11 @@ pub trait Float:
     ) {
         (Self::GEMM)(s, alpha, a, b, beta, c)
     }
+    /// The values as `f32`, when this type is `f32` (`None` for `f64`): how the products in
+    /// bf16, which only `f32` training has, reach their operands from generic code.
+    fn as_f32(x: &[Self]) -> Option<&[f32]>;
+    /// [`Float::as_f32`], mutable.
+    fn as_f32_mut(x: &mut [Self]) -> Option<&mut [f32]>;
     /// The logistic sigmoid 1 / (1 + e^-x), computed without overflow.
     fn sigmoid(self) -> Self {
         if self >= Self::ZERO {
@@ -107,7 +112,7 @@ macro_rules! inherent_methods {
 }
 
 macro_rules! impl_float {
-    ($t:ty, $name:expr, $gemm:path) => {
+    ($t:ty, $name:expr, $gemm:path, $as_f32:expr) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -134,9 +139,17 @@ macro_rules! impl_float {
                 powi(n: i32) -> Self,
                 is_finite() -> bool,
             );
+            #[inline(always)]
+            fn as_f32(x: &[Self]) -> Option<&[f32]> {
+                ($as_f32)(x)
+            }
+            #[inline(always)]
+            fn as_f32_mut(x: &mut [Self]) -> Option<&mut [f32]> {
+                ($as_f32)(x)
+            }
         }
     };
 }
 
-impl_float!(f32, "F32", crate::kernels::gemm::sgemm);
-impl_float!(f64, "F64", crate::kernels::gemm::dgemm);
+impl_float!(f32, "F32", crate::kernels::gemm::sgemm, Some);
+impl_float!(f64, "F64", crate::kernels::gemm::dgemm, |_| None);

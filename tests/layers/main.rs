@@ -4,6 +4,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod bf16;
 mod cells;
 mod inference_step;
 mod layer_norm;

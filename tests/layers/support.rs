@@ -144,9 +144,17 @@ pub fn layer<T: Float>(c: &Case) -> (Recurrent, ParamStore<T>) {
 /// Forward and backward of one implementation: the loss, the outputs `y` and every gradient
 /// (`grad.<parameter>`, `grad.x`, `grad.h0`, `grad.c0`).
 pub fn run<T: Float>(c: &Case, imp: Implementation) -> Vec<(String, Tensor<T>)> {
+    run_on(c, imp, Tape::new())
+}
+
+/// [`run`] on `tape` (set up beforehand, e.g. with a precision).
+pub fn run_on<T: Float>(
+    c: &Case,
+    imp: Implementation,
+    mut tape: Tape<T>,
+) -> Vec<(String, Tensor<T>)> {
     let (layer, ps) = layer::<T>(c);
     let d = data::<T>(c);
-    let mut tape = Tape::new();
     let x = tape.input(d.x.clone());
     let h0 = c.with_h0.then(|| tape.input(d.h0.clone()));
     let c0 = (c.with_h0 && c.kind == CellKind::Lstm).then(|| tape.input(d.c0.clone()));

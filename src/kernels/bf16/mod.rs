@@ -46,6 +46,7 @@ mod packing;
 mod tests;
 mod tile;
 
+use crate::kernels::gemm::GemmShape;
 pub use crate::kernels::gemm_nn::AStorage;
 pub use convert::{Bf16, convert_to_bf16, convert_to_f32, to_bf16, to_f32};
 pub use packing::{PackedBf16A, PackedBf16B};
@@ -160,6 +161,25 @@ fn product(kernel: Bf16Kernel, a: loops::AOperand<'_>, b: &PackedBf16B, c: &mut 
         Isa::Avx512Bf16 => loops::product(&loops::Avx512Bf16(()), a, b, c, ldc),
         _ => loops::product(&loops::Scalar, a, b, c, ldc),
     }
+}
+
+/// `C += op(A) op(B)` in bf16 with f32 accumulation, for the same [`GemmShape`] as the f32
+/// [`sgemm`](crate::kernels::gemm::sgemm) (`alpha = beta = 1`): `op(A)` `m x k`, `op(B)`
+/// `k x n`, each stored row-major and read transposed where its flag is set; `C` `m x n`
+/// row-major. `B` is packed for this call, `A` converted block by block.
+pub fn gemm_bf16(kernel: Bf16Kernel, s: GemmShape, a: &[f32], b: &[f32], c: &mut [f32]) {
+    let mut pb = PackedBf16B::new();
+    if s.trans_b {
+        pb.pack_transposed(kernel, b, s.n, s.k);
+    } else {
+        pb.pack(kernel, b, s.k, s.n);
+    }
+    let storage = if s.trans_a {
+        AStorage::ColMajor { ld: s.m }
+    } else {
+        AStorage::RowMajor
+    };
+    gemm_bf16_acc_stored(kernel, (s.m, a, storage), &pb, c, s.n);
 }
 
 /// `C += A B`, `A` `m x k` and `B` `k x n` row-major (`B` packed for this call, `A` converted block by block).

@@ -415,6 +415,47 @@ fn products_match_the_scalar_model_bit_for_bit() {
     }
 }
 
+/// The general product reads each operand as its flag says: every one of the four cases
+/// gives, bit for bit, what the matching fixed-shape product gives on the operands laid out
+/// for it (the case of both transposed against `gemm_bf16_tn` over `B` transposed first).
+#[test]
+fn the_general_product_reads_each_transpose() {
+    let kernel = Bf16Kernel::scalar();
+    let transpose = |x: &[f32], rows: usize, cols: usize| -> Vec<f32> {
+        (0..cols * rows)
+            .map(|e| x[(e % rows) * cols + e / rows])
+            .collect()
+    };
+    for &(m, k, n) in test_shapes() {
+        let a: Vec<f32> = values(m as u64 + 5, m * k, 1.0);
+        let b: Vec<f32> = values(n as u64 + 6, k * n, 1.0);
+        let c0: Vec<f32> = values(k as u64 + 7, m * n, 1.0);
+        // a as m x k or k x m, b as k x n or n x k.
+        for (trans_a, trans_b) in [(false, false), (false, true), (true, false), (true, true)] {
+            let s = GemmShape {
+                m,
+                k,
+                n,
+                trans_a,
+                trans_b,
+            };
+            let mut want = c0.clone();
+            match (trans_a, trans_b) {
+                (false, false) => gemm_bf16_nn(kernel, (m, k, n), &a, &b, &mut want),
+                (false, true) => gemm_bf16_nt(kernel, (m, k, n), &a, &b, &mut want),
+                (true, false) => gemm_bf16_tn(kernel, (m, k, n), &a, &b, &mut want),
+                (true, true) => {
+                    gemm_bf16_tn(kernel, (m, k, n), &a, &transpose(&b, n, k), &mut want)
+                }
+            }
+            let mut got = c0.clone();
+            gemm_bf16(kernel, s, &a, &b, &mut got);
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{m}x{k}x{n}, {s:?}");
+        }
+    }
+}
+
 #[test]
 fn products_are_within_the_documented_bound() {
     let shapes: &[(usize, usize, usize)] = if cfg!(miri) {

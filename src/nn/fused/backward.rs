@@ -5,6 +5,7 @@
 
 use rayon::prelude::*;
 
+use super::bf16;
 use super::buffers::{BackwardScratch, Shard};
 use super::schedule::{GROUP_SHARDS, Split, for_each_group, group_len, reborrow, step_product};
 use super::weights::{RecurrentWeight, StepWeight, Weights};
@@ -362,29 +363,36 @@ impl Config {
         let (x_packed, h_packed) = (&mut bs.x_packed, &mut bs.h_packed);
         let xs = sh.x(x);
         let dx_job = || {
-            if want.x {
+            if let (true, Some(b)) = (want.x, w.bf16) {
+                let dg = (tl * n, dg, AStorage::RowMajor);
+                bf16::product(b.kernel, dg, &b.w_ih, dx, true);
+            } else if want.x {
                 let w_ih = w
                     .w_ih_packed
                     .expect("backward: W_ih is packed when dX is wanted");
                 gemm_packed_set(tl * n, dg, w_ih, dx);
             }
         };
-        // dW = dG^T A, `[G*H, cols]`, with `A` `[rows, cols]` packed in `packed` and `dG`
-        // `[rows, G*H]` read in place.
-        let weight_grad = |dg: &[T], packed: &PackedB<T>, dw: &mut [T]| {
-            let mut blocks = [Rows {
-                m: gh,
-                a: dg,
-                storage: AStorage::ColMajor { ld: gh },
-                c: dw,
-                bias: None,
-            }];
-            gemm_packed_set_rows(&mut blocks, packed);
-        };
+        // dW = dG^T A, `[G*H, cols]`, with `A` `[rows, cols]` (row blocks stacked in order)
+        // packed in `packed` and `dG` `[rows, G*H]` read in place.
+        let weight_grad =
+            |dg: &[T], parts: &[&[T]], cols: usize, packed: &mut PackedB<T>, dw: &mut [T]| {
+                if let Some(b) = w.bf16 {
+                    return bf16::weight_grad(b.kernel, (dg, gh), parts, cols, dw);
+                }
+                packed.pack_stacked(parts, cols);
+                let mut blocks = [Rows {
+                    m: gh,
+                    a: dg,
+                    storage: AStorage::ColMajor { ld: gh },
+                    c: dw,
+                    bias: None,
+                }];
+                gemm_packed_set_rows(&mut blocks, packed);
+            };
         let dw_ih_job = || {
             if want.w_ih {
-                x_packed.pack(xs, tl * n, i_sz);
-                weight_grad(dg, x_packed, dw_ih);
+                weight_grad(dg, &[&xs[..tl * n * i_sz]], i_sz, x_packed, dw_ih);
             }
         };
         let dw_hh_job = || {
@@ -394,12 +402,10 @@ impl Config {
             // With recurrent dropout the product read a_t = m * h_{t-1}, kept time-indexed as
             // the states are with lengths.
             if self.h_drop {
-                h_packed.pack(&sh.h_drop, tl * n, h);
-                return weight_grad(dg_h, h_packed, dw_hh);
+                return weight_grad(dg_h, &[&sh.h_drop[..tl * nh]], h, h_packed, dw_hh);
             }
             if keep_prev || tl == 0 {
-                h_packed.pack(&sh.h_prev, tl * n, h);
-                return weight_grad(dg_h, h_packed, dw_hh);
+                return weight_grad(dg_h, &[&sh.h_prev[..tl * nh]], h, h_packed, dw_hh);
             }
             // Step 0 starts from h0; every later step from the previous step's output, which
             // in time order is the next output (reverse) or the one before. A zero initial
@@ -412,8 +418,7 @@ impl Config {
                 (true, true) => (dg_h, [&hs[nh..tl * nh], h0]),
                 (true, false) => (&dg_h[..(tl - 1) * n * gh], [&hs[nh..tl * nh], &[]]),
             };
-            h_packed.pack_stacked(&parts, h);
-            weight_grad(dg_rows, h_packed, dw_hh);
+            weight_grad(dg_rows, &parts, h, h_packed, dw_hh);
         };
         rayon::join(dx_job, || rayon::join(dw_ih_job, dw_hh_job));
         // The bias gradients were summed step by step (`add_bias_grads`); the LSTM's and the
@@ -452,12 +457,19 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
         let lstm = cfg.kind == CellKind::Lstm;
         // W_hh [G*H, H] packed once: dh_{t-1} = dG W_hh at every step reads it (a single row
         // over a large W_hh reads the forward's copy as stored).
-        let w_hh_p = match &mut self.w_hh {
-            RecurrentWeight::Packed(p) => {
+        let want_x = gin[slots.x].is_some();
+        // In bf16, W_hh (and for dX, W_ih) packed once in bf16 for every product.
+        let bf16 = self.bf16.as_mut().map(|b| {
+            b.pack_backward(want_x.then_some(w.w_ih), w.w_hh, (gh, i_sz, h));
+            &*b
+        });
+        let w_hh_p = match (bf16, &mut self.w_hh) {
+            (Some(b), _) => StepWeight::Bf16(&b.w_hh, b.kernel),
+            (None, RecurrentWeight::Packed(p)) => {
                 p.pack(w.w_hh, gh, h);
                 StepWeight::Packed(&*p)
             }
-            RecurrentWeight::Stored(m) => StepWeight::Cols(&*m),
+            (None, RecurrentWeight::Stored(m)) => StepWeight::Cols(&*m),
         };
         let wanted = |slot: Option<usize>| slot.is_some_and(|k| gin[k].is_some());
         let want = Wanted {
@@ -475,7 +487,9 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
             None
         };
         // W_ih packed once for every shard's dX = dG W_ih.
-        let w = if want.x {
+        let w = if bf16.is_some() {
+            Weights { bf16, ..w }
+        } else if want.x {
             self.w_ih.pack(w.w_ih, gh, i_sz);
             Weights {
                 w_ih_packed: Some(&self.w_ih),

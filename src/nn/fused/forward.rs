@@ -173,7 +173,7 @@ impl Config {
             CellKind::Gru => &mut fs.xp,
             CellKind::Rnn(_) => &mut sh.ys,
         };
-        project((tl * n, i_sz, gh), xs, w.w_ih, w.w_ih_packed, xp, halves);
+        project((tl * n, i_sz, gh), xs, w, xp, halves);
         if self.kind != CellKind::Gru {
             // One row of `b_ih + b_hh` (empty without biases).
             init_input_projection(&mut fs.bias, w.bias, self.kind);
@@ -296,31 +296,42 @@ impl<T: Float> FusedDirection<T> {
         let cfg = &self.cfg;
         let (b, h) = (cfg.batch, cfg.hidden);
         let w = inp.w;
+        let gh = cfg.kind.gates() * h;
+        // In bf16, both weights packed once in bf16 for every product.
+        let bf16 = self.bf16.as_mut().map(|b| {
+            b.pack_forward(w.w_ih, w.w_hh, (gh, cfg.in_size, h));
+            &*b
+        });
         // W_ih^T packed once for every shard's input projection over more than SMALL_ROWS rows.
-        let w_ih_packed = if self
-            .shards
-            .iter()
-            .any(|sh| projects_packed(cfg.t_len * sh.rows.len()))
+        let w_ih_packed = if bf16.is_none()
+            && self
+                .shards
+                .iter()
+                .any(|sh| projects_packed(cfg.t_len * sh.rows.len()))
         {
-            let gh = cfg.kind.gates() * h;
             self.w_ih.pack_transposed(w.w_ih, gh, cfg.in_size);
             Some(&self.w_ih)
         } else {
             None
         };
         let inp = Inputs {
-            w: Weights { w_ih_packed, ..w },
+            w: Weights {
+                w_ih_packed,
+                bf16,
+                ..w
+            },
             ..*inp
         };
         let lstm = cfg.kind == CellKind::Lstm;
         // W_hh^T packed once for the whole sequence (a single row over a W_hh larger than
         // L2: W_hh copied as stored): h_{t-1} W_hh^T at every step reads it.
-        let w_hh_t = match &mut self.w_hh {
-            RecurrentWeight::Packed(p) => {
+        let w_hh_t = match (bf16, &mut self.w_hh) {
+            (Some(b), _) => StepWeight::Bf16(&b.w_hh, b.kernel),
+            (None, RecurrentWeight::Packed(p)) => {
                 p.pack_transposed(w.w_hh, cfg.kind.gates() * h, h);
                 StepWeight::Packed(&*p)
             }
-            RecurrentWeight::Stored(m) => {
+            (None, RecurrentWeight::Stored(m)) => {
                 m.copy_from(w.w_hh, cfg.kind.gates() * h, h);
                 StepWeight::Rows(&*m)
             }

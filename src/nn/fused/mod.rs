@@ -57,6 +57,7 @@ use crate::tape::Tape;
 use crate::tensor::{Float, Shape, Tensor};
 
 mod backward;
+mod bf16;
 mod buffers;
 mod forward;
 mod layer_norm;
@@ -78,6 +79,7 @@ pub(crate) fn run<T: Float>(
     run: &DirectionRun<'_>,
 ) -> Result<DirectionOutput> {
     let (x, h0, c0) = (run.x, run.h0, run.c0);
+    let bf16_kernel = tape.bf16_kernel();
     let w = run.weights(tape, store)?;
     let bias = w.b_ih.zip(w.b_hh);
     let slots = Slots::new(c0.is_some(), bias.is_some());
@@ -150,6 +152,7 @@ pub(crate) fn run<T: Float>(
         ),
         cfg,
         reg: RegMasks::default(),
+        bf16: bf16_kernel.map(bf16::Bf16Weights::new),
     };
     let mut scratch: Vec<ForwardScratch<T>> = node
         .shards
@@ -273,6 +276,8 @@ struct FusedDirection<T> {
     w_ih: PackedB<T>,
     /// The regularizers' masks.
     reg: RegMasks<T>,
+    /// The weights packed in bf16 when the tape's products are ([`crate::Precision::Bf16`]).
+    bf16: Option<bf16::Bf16Weights>,
 }
 
 /// The regularizers' masks of one direction (each empty when its regularizer is off): the
@@ -372,6 +377,7 @@ impl<'a, T: Float> Inputs<'a, T> {
                 w_ih_packed: None,
                 w_hh: inp[slots.w_hh].data(),
                 bias: slots.bias.map(|(bi, bh)| (inp[bi].data(), inp[bh].data())),
+                bf16: None,
             },
         }
     }

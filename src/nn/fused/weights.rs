@@ -4,8 +4,12 @@
 
 use std::ops::Range;
 
+use super::bf16::{self, Bf16Weights};
 use crate::kernels::Sweep;
-use crate::kernels::gemm_nn::{PackedB, Rows, gemm_packed_acc_cols, gemm_packed_set, panel};
+use crate::kernels::bf16::{Bf16Kernel, PackedBf16B};
+use crate::kernels::gemm_nn::{
+    AStorage, PackedB, Rows, gemm_packed_acc_cols, gemm_packed_set, panel,
+};
 use crate::kernels::gemm_nt::gemm_nt_acc;
 use crate::kernels::gemv::{AlignedMatrix, gemv_cols_acc, gemv_rows_acc};
 use crate::nn::direction::CellKind;
@@ -38,6 +42,9 @@ pub(super) enum StepWeight<'a, T> {
     Rows(&'a AlignedMatrix<T>),
     /// `B = W_hh` as stored, a single row: backward, `dh += dG W_hh`.
     Cols(&'a AlignedMatrix<T>),
+    /// `B` packed in bf16 (`W_hh^T` in forward, `W_hh` in backward), any number of rows: the
+    /// product in [`crate::Precision::Bf16`].
+    Bf16(&'a PackedBf16B, Bf16Kernel),
 }
 
 impl<T: Float> StepWeight<'_, T> {
@@ -47,16 +54,18 @@ impl<T: Float> StepWeight<'_, T> {
             StepWeight::Packed(b) => b.n(),
             StepWeight::Rows(w) => w.rows(),
             StepWeight::Cols(w) => w.cols(),
+            StepWeight::Bf16(b, _) => b.n(),
         }
     }
 
     /// Where a product split in two cuts its columns: the first half of the panels (rounded
-    /// up); of the vectors, over `W_hh` as stored.
+    /// up); of the vectors, over `W_hh` as stored. The bf16 product is not split (`n`).
     pub(super) fn split_point(self) -> usize {
         let n = self.n();
         let unit = match self {
             StepWeight::Packed(_) => panel::<T>(),
             StepWeight::Rows(_) | StepWeight::Cols(_) => T::LANES,
+            StepWeight::Bf16(..) => return n,
         };
         (n.div_ceil(unit).div_ceil(2) * unit).min(n)
     }
@@ -73,6 +82,13 @@ impl<T: Float> StepWeight<'_, T> {
     ) {
         let w = match self {
             StepWeight::Packed(b) => return gemm_packed_acc_cols(blocks, b, cols, ldc, sweep),
+            StepWeight::Bf16(b, kernel) => {
+                assert!(
+                    cols == (0..b.n()) && ldc == b.n(),
+                    "step product: the bf16 product runs over every column"
+                );
+                return bf16::step_product(kernel, blocks, b);
+            }
             StepWeight::Rows(w) | StepWeight::Cols(w) => w,
         };
         let [g] = blocks else {
@@ -99,6 +115,9 @@ pub(super) struct Weights<'a, T> {
     pub(super) w_ih_packed: Option<&'a PackedB<T>>,
     pub(super) w_hh: &'a [T],
     pub(super) bias: Option<(&'a [T], &'a [T])>,
+    /// The weights packed in bf16, when the products run in bf16 (for the pass at hand, as
+    /// `w_ih_packed`).
+    pub(super) bf16: Option<&'a Bf16Weights>,
 }
 
 /// Up to this many rows, `X W^T` runs on the small-batch kernel over `W` as stored instead of
@@ -111,19 +130,26 @@ pub(super) fn projects_packed(rows: usize) -> bool {
     rows > SMALL_ROWS
 }
 
-/// `xp = X W^T`, for `X` `[m, k]` and `W` `[n, k]` (`dims` = `(m, k, n)`): up to
+/// `xp = X W^T`, for `X` `[m, k]` and `W = W_ih` `[n, k]` (`dims` = `(m, k, n)`): in bf16
+/// against `w.bf16`'s packing where set; else up to
 /// [`SMALL_ROWS`] rows on the small-batch kernel over `W` as stored, more against `W^T` packed
-/// (`packed`, required then); with `halves` on two threads, split by rows. The kernel is chosen
+/// (`w.w_ih_packed`, required then); with `halves` on two threads, split by rows. The kernel is chosen
 /// by the whole product's rows, and either computes each row of `xp` as in the whole product,
 /// so the split changes how fast, never what, it computes.
 pub(super) fn project<T: Float>(
     (m, k, n): (usize, usize, usize),
     x: &[T],
-    w: &[T],
-    packed: Option<&PackedB<T>>,
+    w: &Weights<'_, T>,
     xp: &mut [T],
     halves: bool,
 ) {
+    if let Some(b) = w.bf16 {
+        let rows = |m: usize, x: &[T], xp: &mut [T]| {
+            bf16::product(b.kernel, (m, x, AStorage::RowMajor), &b.w_ih, xp, true);
+        };
+        return by_row_halves((m, k, n), x, xp, halves, rows);
+    }
+    let (packed, w) = (w.w_ih_packed, w.w_ih);
     let packed = projects_packed(m).then(|| {
         packed.expect("project: W^T is packed for a product over more than SMALL_ROWS rows")
     });

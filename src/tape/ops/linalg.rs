@@ -2,6 +2,7 @@
 
 use super::{GradAcc, Op};
 use crate::kernels::GemmShape;
+use crate::kernels::bf16::{Bf16Kernel, gemm_bf16};
 use crate::tape::{Tape, Var};
 use crate::tensor::{Float, Shape, Tensor};
 use crate::{Error, Result};
@@ -63,13 +64,27 @@ impl<T: Float> Tape<T> {
             &self.slots[ia as usize].value,
             &self.slots[ib as usize].value,
         );
-        T::gemm(g, T::ONE, va.data(), vb.data(), T::ZERO, out.data_mut());
-        self.push1(Op::MatMul { trans_a, trans_b }, &[ia, ib], out)
+        let bf16 = self.bf16_kernel();
+        match bf16 {
+            Some(kernel) => {
+                let out = out.data_mut();
+                out.fill(T::ZERO);
+                gemm_in_bf16(kernel, g, va.data(), vb.data(), out);
+            }
+            None => T::gemm(g, T::ONE, va.data(), vb.data(), T::ZERO, out.data_mut()),
+        }
+        let op = Op::MatMul {
+            trans_a,
+            trans_b,
+            bf16,
+        };
+        self.push1(op, &[ia, ib], out)
     }
 }
 
 pub(super) fn matmul_backward<T: Float>(
     (trans_a, trans_b): (bool, bool),
+    bf16: Option<Bf16Kernel>,
     a: u32,
     b: u32,
     dc: &Tensor<T>,
@@ -83,27 +98,28 @@ pub(super) fn matmul_backward<T: Float>(
         let da = acc.buf(a);
         if !trans_a {
             // dA[m,k] += dC[m,n] op(B)^T
-            gemm_acc((m, n, k), (false, !trans_b), dc, vb, da);
+            gemm_acc(bf16, (m, n, k), (false, !trans_b), dc, vb, da);
         } else {
             // A is stored [k,m]: dA += op(B) dC^T
-            gemm_acc((k, n, m), (trans_b, true), vb, dc, da);
+            gemm_acc(bf16, (k, n, m), (trans_b, true), vb, dc, da);
         }
     }
     if acc.needs(b) {
         let db = acc.buf(b);
         if !trans_b {
             // dB[k,n] += op(A)^T dC
-            gemm_acc((k, m, n), (!trans_a, false), va, dc, db);
+            gemm_acc(bf16, (k, m, n), (!trans_a, false), va, dc, db);
         } else {
             // B is stored [n,k]: dB += dC^T op(A)
-            gemm_acc((n, m, k), (true, trans_a), dc, va, db);
+            gemm_acc(bf16, (n, m, k), (true, trans_a), dc, va, db);
         }
     }
 }
 
 /// `C += op(A) op(B)` with `op(A)` `m x k` and `op(B)` `k x n`, each read transposed where its
-/// flag is set.
+/// flag is set; in bf16 on `bf16`'s kernel where given.
 fn gemm_acc<T: Float>(
+    bf16: Option<Bf16Kernel>,
     (m, k, n): (usize, usize, usize),
     (trans_a, trans_b): (bool, bool),
     a: &[T],
@@ -117,5 +133,16 @@ fn gemm_acc<T: Float>(
         trans_a,
         trans_b,
     };
-    T::gemm(g, T::ONE, a, b, T::ONE, c);
+    match bf16 {
+        Some(kernel) => gemm_in_bf16(kernel, g, a, b, c),
+        None => T::gemm(g, T::ONE, a, b, T::ONE, c),
+    }
+}
+
+/// `C += op(A) op(B)` on bf16 operands with f32 accumulation; only a bf16 tape, which is
+/// always `f32`, records a product with a bf16 kernel.
+fn gemm_in_bf16<T: Float>(kernel: Bf16Kernel, g: GemmShape, a: &[T], b: &[T], c: &mut [T]) {
+    let f32s = "matmul: a bf16 product on an f32 tape";
+    let (a, b) = (T::as_f32(a).expect(f32s), T::as_f32(b).expect(f32s));
+    gemm_bf16(kernel, g, a, b, T::as_f32_mut(c).expect(f32s));
 }

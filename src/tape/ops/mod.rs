@@ -25,6 +25,8 @@ pub(crate) enum Op<T: Float> {
     MatMul {
         trans_a: bool,
         trans_b: bool,
+        /// The kernel of the products in bf16, when the tape's precision was bf16.
+        bf16: Option<crate::kernels::bf16::Bf16Kernel>,
     },
     Add(Bcast),
     Sub(Bcast),
@@ -157,9 +159,11 @@ pub(crate) fn backward<T: Float>(
     let y = val(outs.start);
     match op {
         Op::Input | Op::Constant | Op::Param(_) | Op::Custom(_) => {}
-        Op::MatMul { trans_a, trans_b } => {
-            linalg::matmul_backward((*trans_a, *trans_b), ins[0], ins[1], gy, acc)
-        }
+        Op::MatMul {
+            trans_a,
+            trans_b,
+            bf16,
+        } => linalg::matmul_backward((*trans_a, *trans_b), *bf16, ins[0], ins[1], gy, acc),
         Op::Add(b) => elementwise::add_backward(*b, ins[0], ins[1], T::ONE, gy, acc),
         Op::Sub(b) => elementwise::add_backward(*b, ins[0], ins[1], -T::ONE, gy, acc),
         Op::Mul(b) => elementwise::mul_backward(*b, ins[0], ins[1], gy, acc),

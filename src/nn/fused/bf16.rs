@@ -1,0 +1,117 @@
+//! The fused layer's products in bf16 ([`crate::Precision::Bf16`]): the same products as in
+//! f32, each on operands rounded to bf16 and accumulated in f32 by
+//! [`crate::kernels::bf16`]. The weights are packed once per pass (`W^T` in forward, `W` in
+//! backward); the activations are converted as each product reads them.
+//!
+//! Only `f32` layers reach here (a bf16 tape is always `f32`), so each function takes its
+//! operands as `f32` through [`Float::as_f32`].
+
+use crate::kernels::bf16::{AStorage, Bf16Kernel, PackedBf16B, gemm_bf16_acc_stored};
+use crate::kernels::gemm_nn::Rows;
+use crate::tensor::{self, Float};
+
+const F32: &str = "fused layer: a bf16 product on an f32 tape";
+
+fn f32s<T: Float>(x: &[T]) -> &[f32] {
+    T::as_f32(x).expect(F32)
+}
+
+fn f32s_mut<T: Float>(x: &mut [T]) -> &mut [f32] {
+    T::as_f32_mut(x).expect(F32)
+}
+
+/// `W_ih` and `W_hh` packed in bf16 for one direction's products, with the kernel they run on.
+pub(super) struct Bf16Weights {
+    pub(super) kernel: Bf16Kernel,
+    /// `W_ih^T` in forward (the input projection), `W_ih` in backward (`dX`).
+    pub(super) w_ih: PackedBf16B,
+    /// `W_hh^T` in forward (each step's `h_{t-1} W_hh^T`), `W_hh` in backward (`dG W_hh`).
+    pub(super) w_hh: PackedBf16B,
+}
+
+impl Bf16Weights {
+    pub(super) fn new(kernel: Bf16Kernel) -> Self {
+        Bf16Weights {
+            kernel,
+            w_ih: PackedBf16B::new(),
+            w_hh: PackedBf16B::new(),
+        }
+    }
+
+    /// Packs `W_ih^T` and `W_hh^T` (`W_ih` `[G*H, I]`, `W_hh` `[G*H, H]`) for the forward.
+    pub(super) fn pack_forward<T: Float>(&mut self, w_ih: &[T], w_hh: &[T], (gh, i, h): Dims) {
+        self.w_ih.pack_transposed(self.kernel, f32s(w_ih), gh, i);
+        self.w_hh.pack_transposed(self.kernel, f32s(w_hh), gh, h);
+    }
+
+    /// Packs `W_hh` and, when `dX` is wanted, `W_ih` for the backward.
+    pub(super) fn pack_backward<T: Float>(
+        &mut self,
+        w_ih: Option<&[T]>,
+        w_hh: &[T],
+        (gh, i, h): Dims,
+    ) {
+        if let Some(w_ih) = w_ih {
+            self.w_ih.pack(self.kernel, f32s(w_ih), gh, i);
+        }
+        self.w_hh.pack(self.kernel, f32s(w_hh), gh, h);
+    }
+}
+
+/// `(G*H, I, H)`: the gates' width, the input size and the hidden size.
+type Dims = (usize, usize, usize);
+
+/// `C = A B` (`set`) or `C += A B`, `A` `m x k` as `storage` says, `B` packed (`k x n`), `C`
+/// `m x n` row-major.
+pub(super) fn product<T: Float>(
+    kernel: Bf16Kernel,
+    (m, a, storage): (usize, &[T], AStorage),
+    b: &PackedBf16B,
+    c: &mut [T],
+    set: bool,
+) {
+    let c = &mut c[..m * b.n()];
+    if set {
+        c.fill(T::ZERO);
+    }
+    gemm_bf16_acc_stored(kernel, (m, f32s(a), storage), b, f32s_mut(c), b.n());
+}
+
+/// One step's recurrent product over a group of shards' row blocks: `C + bias + A B` for
+/// each (see [`Rows`]), over every column of `B`.
+pub(super) fn step_product<T: Float>(
+    kernel: Bf16Kernel,
+    blocks: &mut [Rows<'_, T>],
+    b: &PackedBf16B,
+) {
+    let n = b.n();
+    for g in blocks.iter_mut().filter(|g| g.m > 0) {
+        let c = &mut g.c[..g.m * n];
+        if let Some(bias) = g.bias {
+            for row in c.chunks_exact_mut(n) {
+                tensor::add(row, &bias[..n]);
+            }
+        }
+        product(kernel, (g.m, g.a, g.storage), b, c, false);
+    }
+}
+
+/// `dW = dG^T A` (`[G*H, cols]`, set), with `dG` `[rows, G*H]` read in place by columns and
+/// `A` `[rows, cols]` given as row blocks stacked in order (`parts`, each whole rows).
+pub(super) fn weight_grad<T: Float>(
+    kernel: Bf16Kernel,
+    (dg, gh): (&[T], usize),
+    parts: &[&[T]],
+    cols: usize,
+    dw: &mut [T],
+) {
+    let a: Vec<f32> = match parts {
+        [one] => f32s(one).to_vec(),
+        _ => parts.iter().flat_map(|p| f32s(p)).copied().collect(),
+    };
+    let rows = a.len().checked_div(cols).unwrap_or(0);
+    let mut packed = PackedBf16B::new();
+    packed.pack(kernel, &a, rows, cols);
+    let storage = AStorage::ColMajor { ld: gh };
+    product(kernel, (gh, dg, storage), &packed, dw, true);
+}

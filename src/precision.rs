@@ -1,0 +1,111 @@
+//! The precision of the products in training: f32 throughout, or bf16 operands accumulated in
+//! f32 (mixed precision).
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::kernels::bf16::Bf16Kernel;
+use crate::{Error, Float, Result};
+
+/// What the matrix products of a training step compute in: set on a [`Tape`](crate::Tape) with
+/// [`Tape::set_precision`](crate::Tape::set_precision), it covers every product recorded on the
+/// tape from then on, forward and backward.
+///
+/// With [`Precision::Bf16`], the products (each recurrent layer's input projection over all
+/// steps, its recurrent product at every step, the weight-gradient and input-gradient products,
+/// and [`Tape::matmul`](crate::Tape::matmul), which [`Linear`](crate::nn::Linear) uses) round
+/// both operands to bf16 (8 significant bits, round to nearest even) and accumulate the
+/// products in f32, as `torch.autocast("cpu", dtype=torch.bfloat16)` does for its matrix
+/// products. Everything else stays f32: the master weights and the optimizer's state, the gate
+/// activations, the cell state, the loss and the gradients as they are summed.
+///
+/// Each product is then accurate to about `2^-7` of the sum of its terms' magnitudes (see
+/// the [`bf16` kernels](crate::internals::bf16) for the bound), against `2^-24` times the
+/// reduction length in f32: enough for training, as the loss curves in BENCHMARKS.md show,
+/// not for finite-difference gradient checks.
+///
+/// bf16 runs on CPUs with AVX512_BF16 (`vdpbf16ps`, two bf16 products per f32 lane and
+/// instruction); elsewhere [`Tape::set_precision`](crate::Tape::set_precision) returns an
+/// error that says so. Only `f32` tapes take it. Not yet covered: an LSTM with `proj_size` and
+/// the layer-normalized layers, which refuse a bf16 tape with an error.
+///
+/// ```
+/// use recur::{Precision, Tape};
+///
+/// let mut tape = Tape::<f32>::new();
+/// assert_eq!(tape.precision(), Precision::F32);
+/// match tape.set_precision(Precision::Bf16) {
+///     Ok(()) => assert_eq!(tape.precision(), Precision::Bf16),
+///     // A CPU without AVX512_BF16: the tape stays in f32.
+///     Err(e) => {
+///         assert!(e.to_string().contains("AVX512_BF16"), "{e}");
+///         assert_eq!(tape.precision(), Precision::F32);
+///     }
+/// }
+/// assert_eq!("bf16".parse::<Precision>().unwrap(), Precision::Bf16);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Precision {
+    /// Every product in the tape's own element type (the default).
+    #[default]
+    F32,
+    /// Products on bf16 operands, accumulated in f32 (mixed precision).
+    Bf16,
+}
+
+impl Precision {
+    /// The name the command line and configs use: `f32` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// The kernel the products run in this precision on this CPU for a tape of `T`: `None` for
+    /// f32, the AVX512_BF16 kernel for bf16; an error naming what is missing otherwise.
+    pub(crate) fn kernel<T: Float>(self) -> Result<Option<Bf16Kernel>> {
+        match self {
+            Precision::F32 => Ok(None),
+            Precision::Bf16 => {
+                check_f32::<T>()?;
+                Bf16Kernel::detect()
+                    .map(Some)
+                    .map_err(|e| Error::invalid("precision bf16", e.to_string()))
+            }
+        }
+    }
+}
+
+/// An error unless `T` is `f32`: bf16 products serve f32 training only.
+pub(crate) fn check_f32<T: Float>() -> Result<()> {
+    if T::as_f32(&[]).is_none() {
+        return Err(Error::invalid(
+            "precision bf16",
+            format!("bf16 products need an f32 tape, not {}", T::DTYPE),
+        ));
+    }
+    Ok(())
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Precision {
+    type Err = Error;
+
+    /// `f32` or `bf16` (case-insensitive).
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Ok(Precision::F32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            _ => Err(Error::invalid(
+                "precision",
+                format!("unknown precision `{s}` (expected f32 or bf16)"),
+            )),
+        }
+    }
+}
