@@ -26,7 +26,10 @@ use crate::{Error, Float, Result};
 ///
 /// bf16 runs on CPUs with AVX512_BF16 (`vdpbf16ps`, two bf16 products per f32 lane and
 /// instruction); elsewhere [`Tape::set_precision`](crate::Tape::set_precision) returns an
-/// error that says so. Only `f32` tapes take it. Not yet covered: an LSTM with `proj_size` and
+/// error that says so, unless the environment variable `RECUR_BF16_KERNEL` is `portable`:
+/// then (on any CPU) the products run on a scalar model of the same instruction, which gives
+/// the same values bit for bit, many times slower than f32; for trying and testing bf16
+/// training on any machine, not for speed. Only `f32` tapes take bf16. Not yet covered: an LSTM with `proj_size` and
 /// the layer-normalized layers, which refuse a bf16 tape with an error.
 ///
 /// ```
@@ -36,7 +39,7 @@ use crate::{Error, Float, Result};
 /// assert_eq!(tape.precision(), Precision::F32);
 /// match tape.set_precision(Precision::Bf16) {
 ///     Ok(()) => assert_eq!(tape.precision(), Precision::Bf16),
-///     // A CPU without AVX512_BF16: the tape stays in f32.
+///     // A CPU without AVX512_BF16 (and RECUR_BF16_KERNEL unset): the tape stays in f32.
 ///     Err(e) => {
 ///         assert!(e.to_string().contains("AVX512_BF16"), "{e}");
 ///         assert_eq!(tape.precision(), Precision::F32);
@@ -62,6 +65,19 @@ impl Precision {
         }
     }
 
+    /// Whether a tape of `T` can compute in this precision on this CPU: `Ok`, or the error
+    /// [`Tape::set_precision`](crate::Tape::set_precision) would give, so that a program can
+    /// refuse a setting before it starts work.
+    ///
+    /// ```
+    /// use recur::Precision;
+    /// assert!(Precision::F32.supported::<f64>().is_ok());
+    /// assert!(Precision::Bf16.supported::<f64>().is_err());
+    /// ```
+    pub fn supported<T: Float>(self) -> Result<()> {
+        self.kernel::<T>().map(|_| ())
+    }
+
     /// The kernel the products run in this precision on this CPU for a tape of `T`: `None` for
     /// f32, the AVX512_BF16 kernel for bf16; an error naming what is missing otherwise.
     pub(crate) fn kernel<T: Float>(self) -> Result<Option<Bf16Kernel>> {
@@ -69,13 +85,22 @@ impl Precision {
             Precision::F32 => Ok(None),
             Precision::Bf16 => {
                 check_f32::<T>()?;
-                Bf16Kernel::detect()
-                    .map(Some)
-                    .map_err(|e| Error::invalid("precision bf16", e.to_string()))
+                if std::env::var_os(KERNEL_VAR).is_some_and(|v| v == "portable") {
+                    return Ok(Some(Bf16Kernel::scalar()));
+                }
+                Bf16Kernel::detect().map(Some).map_err(|e| {
+                    Error::invalid(
+                        "precision bf16",
+                        format!("{e} (set {KERNEL_VAR}=portable for the portable kernel, slowly)"),
+                    )
+                })
             }
         }
     }
 }
+
+/// The environment variable that, set to `portable`, runs bf16 on the portable kernel.
+const KERNEL_VAR: &str = "RECUR_BF16_KERNEL";
 
 /// An error unless `T` is `f32`: bf16 products serve f32 training only.
 pub(crate) fn check_f32<T: Float>() -> Result<()> {

@@ -14,7 +14,7 @@ use crate::params::ParamStore;
 use crate::rng::Rng;
 use crate::tape::Tape;
 use crate::tensor::Float;
-use crate::{Error, Result};
+use crate::{Error, Precision, Result};
 
 /// The settings of a [`Trainer`].
 ///
@@ -40,6 +40,10 @@ pub struct TrainerConfig {
     pub out_dir: Option<PathBuf>,
     /// The seed of the dropout generator (see also [`Trainer::rng`]).
     pub seed: u64,
+    /// What the products compute in, training and validation alike (see [`Precision`]):
+    /// [`Precision::Bf16`] needs an `f32` model and a CPU with AVX512_BF16, else the run stops
+    /// with an error before its first step.
+    pub precision: Precision,
 }
 
 impl TrainerConfig {
@@ -54,6 +58,7 @@ impl TrainerConfig {
             patience: None,
             out_dir: None,
             seed: 0,
+            precision: Precision::F32,
         }
     }
 
@@ -93,6 +98,12 @@ impl TrainerConfig {
     /// Sets the dropout seed.
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
+        self
+    }
+
+    /// Sets the precision of the products.
+    pub fn precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
         self
     }
 
@@ -446,15 +457,17 @@ impl<'c, T: Float> Trainer<'c, T> {
             (p.best, p.bad_evals) = (f64::INFINITY, 0);
         }
         p.meta.extend(self.meta.clone());
+        let mut tape = Tape::new();
+        // Validation records on its own tape, which keeps its buffers from one validation to the
+        // next (a tape's pool lets go of buffers unused for two steps).
+        let mut val_tape = Tape::new();
+        tape.set_precision(self.config.precision)?;
+        val_tape.set_precision(self.config.precision)?;
         if let Some(dir) = self.config.out_dir.as_ref().filter(|_| plan.writes()) {
             std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
         }
         plan.start(model)?;
 
-        let mut tape = Tape::new();
-        // Validation records on its own tape, which keeps its buffers from one validation to the
-        // next (a tape's pool lets go of buffers unused for two steps).
-        let mut val_tape = Tape::new();
         let mut stop = false;
         let ended = loop {
             if p.step >= total {

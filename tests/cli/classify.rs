@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use crate::common::{output_text, temp_dir};
-use crate::recur;
+use crate::{PORTABLE_BF16, recur, recur_with_env};
 use recur::Rng;
 
 /// `n` words, each of one of two alphabets that share two letters: (label, word).
@@ -428,5 +428,34 @@ fn bad_input_gives_one_line_and_writes_nothing() {
         &["not a text classifier checkpoint"],
     );
     assert!(!out.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--precision bf16` (on the portable kernel): the classifier learns as in f32, and a
+/// checkpoint trained so predicts as any other.
+#[test]
+fn learns_in_bf16() {
+    let dir = temp_dir("cli-classify-bf16");
+    let (tr, va) = dataset(&dir);
+    let out = dir.join("run");
+    let mut args = vec!["classify", "train"];
+    args.extend([
+        "--train",
+        tr.to_str().unwrap(),
+        "--valid",
+        va.to_str().unwrap(),
+    ]);
+    args.extend(["--out", out.to_str().unwrap(), "--epochs", "4", "--json"]);
+    args.extend(["--precision", "bf16"]);
+    args.extend_from_slice(SMALL);
+    let o = recur_with_env(&args, &[PORTABLE_BF16]);
+    assert!(o.status.success(), "{}", output_text(&o.stderr));
+    let last: serde_json::Value =
+        serde_json::from_str(output_text(&o.stdout).lines().last().unwrap()).unwrap();
+    let acc = last["val_accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.95, "validation accuracy {acc} in bf16");
+    let o = predict(&out.join("best.safetensors"), &va);
+    assert!(o.status.success(), "{}", output_text(&o.stderr));
+    assert!(output_text(&o.stdout).starts_with("accuracy "));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -14,8 +14,22 @@ use std::process::{Command, Output};
 
 /// Runs the `recur` binary with `args` and waits for it.
 fn recur<S: AsRef<OsStr>>(args: &[S]) -> Output {
+    recur_with_env(args, &[])
+}
+
+/// [`recur`] with environment variables `env` set.
+fn recur_with_env<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_recur"))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("the recur binary runs")
 }
+
+/// Whether this CPU runs the native bf16 kernel (AVX512_BF16 and AVX-512F).
+fn native_bf16() -> bool {
+    recur::Precision::Bf16.supported::<f32>().is_ok()
+}
+
+/// `RECUR_BF16_KERNEL=portable`: bf16 on the portable kernel on any CPU.
+const PORTABLE_BF16: (&str, &str) = ("RECUR_BF16_KERNEL", "portable");

@@ -90,6 +90,12 @@ pub struct BenchArgs {
     /// RNN cell).
     #[arg(long)]
     pub(crate) layer_norm: bool,
+    /// Precision of the products: f32, or bf16 (operands rounded to bf16, accumulated in
+    /// f32; needs a CPU with AVX512_BF16, or RECUR_BF16_KERNEL=portable for the slow portable
+    /// kernel). Not with --layer-norm
+    /// yet.
+    #[arg(long, default_value = "f32")]
+    pub(crate) precision: recur::Precision,
 }
 
 /// Runs the benchmark described by `args`.
@@ -165,6 +171,17 @@ pub fn run(args: &BenchArgs) -> CmdResult {
             return Err(format!("bench: {name} must be in [0, 1), got {p}"));
         }
     }
+    if args.precision == recur::Precision::Bf16 && args.step_latency {
+        return Err(
+            "bench: --step-latency times inference, which runs in f32 (no --precision)".into(),
+        );
+    }
+    let supported = if args.dtype == "f64" {
+        args.precision.supported::<f64>()
+    } else {
+        args.precision.supported::<f32>()
+    };
+    supported.map_err(|e| format!("bench: {e}"))?;
     if args.layer_norm && args.step_latency {
         return Err(
             "bench: --layer-norm is not supported with --step-latency (the tape-free \
@@ -253,7 +270,7 @@ fn measure<T: Float>(kind: CellKind, a: &BenchArgs) -> recur::Result<String> {
     let layer = Recurrent::new(&mut ps, "", kind, cfg.clone(), &mut rng)?;
     let g = kind.gates();
     println!(
-        "cell={} dtype={} threads={} B={} T={} I={} H={}{}{}",
+        "cell={} dtype={} threads={} B={} T={} I={} H={}{}{}{}",
         kind.name(),
         T::DTYPE,
         a.threads,
@@ -269,7 +286,12 @@ fn measure<T: Float>(kind: CellKind, a: &BenchArgs) -> recur::Result<String> {
         } else {
             String::new()
         },
-        if a.layer_norm { " layer_norm" } else { "" }
+        if a.layer_norm { " layer_norm" } else { "" },
+        if a.precision == recur::Precision::Bf16 {
+            " precision=bf16"
+        } else {
+            ""
+        }
     );
     if a.step_latency {
         let p = layer.direction_params(0, 0).expect("layer 0 exists");
@@ -307,6 +329,7 @@ fn measure<T: Float>(kind: CellKind, a: &BenchArgs) -> recur::Result<String> {
     let (b, t, i, h) = (a.batch, a.seq_len, a.input, a.hidden);
     let x_val = Tensor::from_fn(&[t, b, i], |_| T::from_f64(rng.uniform_range(-1.0, 1.0)))?;
     let mut tape = Tape::new();
+    tape.set_precision(a.precision)?;
     let mut times = Vec::new();
     // Training mode with the regularizers on: their masks are drawn every step, as in training.
     let mut mask_rng = Rng::new(2);

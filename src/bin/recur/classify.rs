@@ -89,6 +89,11 @@ pub struct TrainArgs {
     /// Learning rate (Adam).
     #[arg(long, default_value_t = 5e-3)]
     pub lr: f64,
+    /// Precision of the products: f32, or bf16 (operands rounded to bf16, accumulated in
+    /// f32; needs a CPU with AVX512_BF16, or RECUR_BF16_KERNEL=portable for the slow portable
+    /// kernel).
+    #[arg(long, default_value = "f32")]
+    pub precision: recur::Precision,
     /// Random seed (initialisation, shuffling, dropout).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -177,6 +182,7 @@ fn check_args(a: &TrainArgs) -> Result<(), String> {
     if !(a.lr.is_finite() && a.lr > 0.0) {
         return Err(format!("--lr must be a positive number, got {}", a.lr));
     }
+    a.precision.supported::<f32>().map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -302,7 +308,8 @@ fn train(args: &TrainArgs, ranks: &crate::ranks::Ranks) -> CmdResult {
     }
     .clip(5.0)
     .out_dir(&args.out)
-    .seed(args.seed);
+    .seed(args.seed)
+    .precision(args.precision);
     let mut opt = Adam::new(AdamConfig::default().lr(args.lr)).map_err(|e| e.to_string())?;
     let start = Instant::now();
     let (json, quiet) = (args.json && root, args.quiet || !root);

@@ -74,6 +74,7 @@ fn measure(a: &BenchArgs, config: CharLmConfig, text_len: usize) -> recur::Resul
     let mut lm = CharLm::new(&mut store, config, &mut rng)?;
     let mut opt = Adam::new(AdamConfig::default().lr(2e-3))?;
     let mut tape = Tape::new();
+    tape.set_precision(a.precision)?;
     let mut phases = vec![Vec::new(); PHASES.len()];
     let mut totals = Vec::new();
     for k in 0..a.warmup + a.steps {

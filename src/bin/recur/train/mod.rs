@@ -95,6 +95,11 @@ pub struct TrainArgs {
     /// checkpoint: a resumed run keeps it.
     #[arg(long)]
     pub layer_norm: bool,
+    /// Precision of the products: f32, or bf16 (operands rounded to bf16, accumulated in
+    /// f32; needs a CPU with AVX512_BF16, or RECUR_BF16_KERNEL=portable for the slow portable
+    /// kernel). Not with --proj or --layer-norm yet.
+    #[arg(long, default_value = "f32")]
+    pub precision: recur::Precision,
     /// Random seed (initialisation, dropout, samples).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -330,7 +335,8 @@ fn run_on(args: &TrainArgs, ranks: &crate::ranks::Ranks) -> CmdResult {
     };
     let mut tc = TrainerConfig::steps(total_steps)
         .eval_every(args.eval_every)
-        .out_dir(&args.out);
+        .out_dir(&args.out)
+        .precision(args.precision);
     if clip > 0.0 {
         tc = tc.clip(clip);
     }
