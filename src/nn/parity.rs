@@ -32,18 +32,20 @@
 //! `max_i |a_i - b_i| / max(max_i |b_i|, 1e-6)`: the largest deviation measured against the
 //! tensor's largest magnitude, so elements near zero are not judged by their own tiny size, and
 //! a tensor that is (almost) all zero is compared absolutely against the floor `1e-6`. A fixture
-//! passes when every error is within [`ParityReport::tolerance`]: 1e-9 for F64, 1e-4 for F32.
+//! passes when every error is within [`ParityReport::tolerance`]: 1e-9 for F64, 1e-4 for F32,
+//! and `2^-5` for F32 with recur's products in bf16 ([`check_fixture_with`]).
 
 use std::path::Path;
 
 use super::state_dict::{Module, load_state_dict};
 use super::{Activation, CellKind, ForwardOptions, Implementation, Recurrent, RecurrentConfig};
 use crate::io::{Archive, StoredDtype};
+use crate::kernels::bf16::Bf16Kernel;
 use crate::params::ParamStore;
 use crate::rng::Rng;
 use crate::tape::{Tape, Var};
 use crate::tensor::{Float, Tensor};
-use crate::{Error, Result};
+use crate::{Error, Precision, Result};
 
 /// Smallest scale a relative error is measured against; see the [module docs](self).
 pub const SCALE_FLOOR: f64 = 1e-6;
@@ -53,6 +55,13 @@ pub const TOLERANCE_F64: f64 = 1e-9;
 
 /// Tolerance for F32 fixtures.
 pub const TOLERANCE_F32: f64 = 1e-4;
+
+/// Tolerance for F32 fixtures computed with bf16 products ([`check_fixture_with`]): `2^-5`.
+/// Rounding a product's inputs to bf16 moves each term by up to `2u = 2^-7` of its magnitude
+/// (`u = 2^-8`, bf16's unit roundoff); the roundings of successive products are independent
+/// and largely cancel, and the fixtures' worst error is 1.6 `u` (6.2e-3); `2^-5` leaves a
+/// factor of 5 above it (torch.testing's default relative tolerance for bf16 is 1.6e-2).
+pub const TOLERANCE_BF16: f64 = 1.0 / 32.0;
 
 /// `max|a - b| / max(max|b|, SCALE_FLOOR)`; see the [module docs](self).
 pub fn relative_error<T: Float>(a: &Tensor<T>, b: &Tensor<T>) -> Result<f64> {
@@ -100,15 +109,18 @@ pub struct ParityReport {
     /// Relative error of every compared tensor, by its name in the fixture (`y`, `h_n`, `c_n`,
     /// `grad.x`, `grad.weight_ih_l0`, ...), outputs first.
     pub errors: Vec<(String, f64)>,
+    /// The precision recur's products ran in ([`check_fixture_with`]).
+    pub precision: Precision,
 }
 
 impl ParityReport {
-    /// The tolerance for the fixture's dtype: 1e-9 for F64, 1e-4 for F32.
+    /// The tolerance for the fixture's dtype: 1e-9 for F64, 1e-4 for F32, and
+    /// [`TOLERANCE_BF16`] for F32 computed in bf16.
     pub fn tolerance(&self) -> f64 {
-        if self.spec.dtype == StoredDtype::F64 {
-            TOLERANCE_F64
-        } else {
-            TOLERANCE_F32
+        match (self.spec.dtype, self.precision) {
+            (StoredDtype::F64, _) => TOLERANCE_F64,
+            (_, Precision::Bf16) => TOLERANCE_BF16,
+            _ => TOLERANCE_F32,
         }
     }
 
@@ -280,9 +292,39 @@ pub fn fixture_spec(archive: &Archive) -> Result<FixtureSpec> {
 pub fn check_fixture(archive: &Archive, implementation: Implementation) -> Result<ParityReport> {
     let spec = fixture_spec(archive)?;
     match spec.dtype {
-        StoredDtype::F64 => run::<f64>(archive, spec, implementation),
-        _ => run::<f32>(archive, spec, implementation),
+        StoredDtype::F64 => run::<f64>(archive, spec, implementation, None),
+        _ => run::<f32>(archive, spec, implementation, None),
     }
+}
+
+/// [`check_fixture`] with recur's products in `precision` (see [`Tape::set_precision`]): bf16
+/// takes an F32 fixture, and is judged by [`TOLERANCE_BF16`].
+pub fn check_fixture_with(
+    archive: &Archive,
+    implementation: Implementation,
+    precision: Precision,
+) -> Result<ParityReport> {
+    match precision.kernel::<f32>()? {
+        Some(kernel) => check_fixture_bf16(archive, implementation, kernel),
+        None => check_fixture(archive, implementation),
+    }
+}
+
+/// [`check_fixture_with`] in bf16 on `kernel` (the portable one on any CPU).
+#[doc(hidden)]
+pub fn check_fixture_bf16(
+    archive: &Archive,
+    implementation: Implementation,
+    kernel: Bf16Kernel,
+) -> Result<ParityReport> {
+    let spec = fixture_spec(archive)?;
+    if spec.dtype != StoredDtype::F32 {
+        return Err(Error::invalid(
+            "parity fixture",
+            format!("bf16 products need an F32 fixture, not {:?}", spec.dtype),
+        ));
+    }
+    run::<f32>(archive, spec, implementation, Some(kernel))
 }
 
 /// Reads a fixture file and checks it with the fused kernels (see [`check_fixture`]). Errors
@@ -331,6 +373,7 @@ fn run<T: Float>(
     archive: &Archive,
     spec: FixtureSpec,
     implementation: Implementation,
+    bf16: Option<Bf16Kernel>,
 ) -> Result<ParityReport> {
     let cfg = &spec.config;
     let dt = spec.dtype;
@@ -399,6 +442,9 @@ fn run<T: Float>(
     }
 
     let mut tape = Tape::<T>::new();
+    if let Some(kernel) = bf16 {
+        tape.set_bf16_kernel(kernel)?;
+    }
     let xv = tape.input(x);
     let h0v = tape.input(h0);
     let c0v = c0.map(|c| tape.input(c));
@@ -461,7 +507,12 @@ fn run<T: Float>(
     }
     // Outputs first, then gradients, as documented.
     errors.sort_by_key(|(n, _)| n.starts_with("grad."));
-    Ok(ParityReport { spec, errors })
+    let precision = tape.precision();
+    Ok(ParityReport {
+        spec,
+        errors,
+        precision,
+    })
 }
 
 /// The PyTorch name and shape of every parameter of the module a fixture describes.
