@@ -16,7 +16,9 @@
 //!    [`nn`](crate::nn) and `examples/classify.rs`); it trains once it implements
 //!    [`models::Objective`](crate::models::Objective).
 //! 5. **Training.** [`models::Trainer`](crate::models::Trainer): epochs, clipping, validation,
-//!    best/last checkpoints, resume, early stopping, progress events.
+//!    best/last checkpoints, resume, early stopping, progress events; on a CPU with
+//!    AVX512_BF16, `TrainerConfig::precision(Precision::Bf16)` runs the products in bf16
+//!    (mixed precision, see [`Precision`](crate::Precision)).
 //! 6. **Saving and predicting.** [`nn::save_state_dict`](crate::nn::save_state_dict) writes the
 //!    parameters under PyTorch's names (with the vocabulary in the header here);
 //!    `predict` runs without a tape.
