@@ -4,7 +4,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::kernels::bf16::Bf16Kernel;
+use crate::kernels::GemmShape;
+use crate::kernels::bf16::{Bf16Kernel, gemm_bf16};
 use crate::{Error, Float, Result};
 
 /// What the matrix products of a training step compute in: set on a [`Tape`](crate::Tape) with
@@ -12,8 +13,8 @@ use crate::{Error, Float, Result};
 /// tape from then on, forward and backward.
 ///
 /// With [`Precision::Bf16`], the products (each recurrent layer's input projection over all
-/// steps, its recurrent product at every step, the weight-gradient and input-gradient products,
-/// and [`Tape::matmul`](crate::Tape::matmul), which [`Linear`](crate::nn::Linear) uses) round
+/// steps, its recurrent product at every step (and an LSTM's projection `W_hr`), the
+/// weight-gradient and input-gradient products, and [`Tape::matmul`](crate::Tape::matmul), which [`Linear`](crate::nn::Linear) uses) round
 /// both operands to bf16 (8 significant bits, round to nearest even) and accumulate the
 /// products in f32, as `torch.autocast("cpu", dtype=torch.bfloat16)` does for its matrix
 /// products. Everything else stays f32: the master weights and the optimizer's state, the gate
@@ -29,8 +30,7 @@ use crate::{Error, Float, Result};
 /// error that says so, unless the environment variable `RECUR_BF16_KERNEL` is `portable`:
 /// then (on any CPU) the products run on a scalar model of the same instruction, which gives
 /// the same values bit for bit, many times slower than f32; for trying and testing bf16
-/// training on any machine, not for speed. Only `f32` tapes take bf16. Not yet covered: an LSTM with `proj_size` and
-/// the layer-normalized layers, which refuse a bf16 tape with an error.
+/// training on any machine, not for speed. Only `f32` tapes take bf16.
 ///
 /// ```
 /// use recur::{Precision, Tape};
@@ -133,4 +133,30 @@ impl FromStr for Precision {
             )),
         }
     }
+}
+
+/// `C = op(A) op(B) + beta C` with `beta` 0 or 1: in `T` ([`Float::gemm`]), or where `bf16`
+/// is given on bf16 operands accumulated in f32 (only a bf16 tape, always `f32`, passes one).
+pub(crate) fn gemm<T: Float>(
+    bf16: Option<Bf16Kernel>,
+    s: GemmShape,
+    a: &[T],
+    b: &[T],
+    beta: T,
+    c: &mut [T],
+) {
+    let Some(kernel) = bf16 else {
+        return T::gemm(s, T::ONE, a, b, beta, c);
+    };
+    debug_assert!(
+        beta == T::ZERO || beta == T::ONE,
+        "gemm in bf16: beta is 0 or 1"
+    );
+    let c = &mut c[..s.m * s.n];
+    if beta == T::ZERO {
+        c.fill(T::ZERO);
+    }
+    let f32s = "a bf16 product on an f32 tape";
+    let (a, b) = (T::as_f32(a).expect(f32s), T::as_f32(b).expect(f32s));
+    gemm_bf16(kernel, s, a, b, T::as_f32_mut(c).expect(f32s));
 }

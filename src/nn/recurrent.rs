@@ -13,7 +13,7 @@ use crate::params::{ParamId, ParamStore};
 use crate::rng::Rng;
 use crate::tape::{Tape, Var};
 use crate::tensor::{Float, Shape, Tensor};
-use crate::{Error, Precision, Result};
+use crate::{Error, Result};
 
 /// Builder methods of a configuration: `field(value)` returns the configuration with `field`
 /// set to `value`.
@@ -591,22 +591,6 @@ impl Recurrent {
             ));
         }
         self.check_params(store)?;
-        if tape.precision() == Precision::Bf16
-            && opts.implementation == Implementation::Fused
-            && (cfg.proj_size > 0 || cfg.layer_norm)
-        {
-            return Err(Error::invalid(
-                "recurrent forward",
-                format!(
-                    "bf16 precision does not cover {} yet: train this layer in f32",
-                    if cfg.proj_size > 0 {
-                        "an LSTM with proj_size"
-                    } else {
-                        "layer-normalized layers"
-                    }
-                ),
-            ));
-        }
         let o = cfg.output_size();
         let h_shape = Shape::new(&[d_n * l_n, batch, o])?;
         let c_shape = Shape::new(&[d_n * l_n, batch, h])?;

@@ -433,12 +433,8 @@ fn every_f32_fixture_matches_pytorch_in_bf16() {
     {
         let archive = Archive::read(path).unwrap();
         for imp in [Implementation::Fused, Implementation::Reference] {
-            let r = match check_fixture_bf16(&archive, imp, Bf16Kernel::scalar()) {
-                Ok(r) => r,
-                // What bf16 does not cover yet (the LSTM with a projection) says so.
-                Err(e) if e.to_string().contains("bf16 precision does not cover") => continue,
-                Err(e) => panic!("{path:?}: {e}"),
-            };
+            let r = check_fixture_bf16(&archive, imp, Bf16Kernel::scalar())
+                .unwrap_or_else(|e| panic!("{path:?}: {e}"));
             let line = describe(path, imp, &r);
             println!("{line}");
             checked += 1;

@@ -92,8 +92,7 @@ pub struct BenchArgs {
     pub(crate) layer_norm: bool,
     /// Precision of the products: f32, or bf16 (operands rounded to bf16, accumulated in
     /// f32; needs a CPU with AVX512_BF16, or RECUR_BF16_KERNEL=portable for the slow portable
-    /// kernel). Not with --layer-norm
-    /// yet.
+    /// kernel).
     #[arg(long, default_value = "f32")]
     pub(crate) precision: recur::Precision,
 }

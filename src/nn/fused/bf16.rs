@@ -7,7 +7,7 @@
 //! operands as `f32` through [`Float::as_f32`].
 
 use crate::kernels::bf16::{AStorage, Bf16Kernel, PackedBf16B, gemm_bf16_acc_stored};
-use crate::kernels::gemm_nn::Rows;
+use crate::kernels::gemm_nn::{PackedB, Rows, gemm_packed_acc, gemm_packed_set};
 use crate::tensor::{self, Float};
 
 const F32: &str = "fused layer: a bf16 product on an f32 tape";
@@ -114,4 +114,79 @@ pub(super) fn weight_grad<T: Float>(
     packed.pack(kernel, &a, rows, cols);
     let storage = AStorage::ColMajor { ld: gh };
     product(kernel, (gh, dg, storage), &packed, dw, true);
+}
+
+/// A weight packed for the products of each step, `C = A B` or `C += A B` over a few rows: in
+/// the layer's type, or in bf16 on a bf16 tape.
+pub(super) enum StepPacked<T> {
+    /// In `T`, for the small-batch kernel of [`crate::kernels::gemm_nn`].
+    Native(PackedB<T>),
+    /// In bf16.
+    Bf16(PackedBf16B, Bf16Kernel),
+}
+
+impl<T: Float> StepPacked<T> {
+    /// In bf16 on `bf16`'s kernel where given, else in `T` in the buffer `room` gives.
+    pub(super) fn new(bf16: Option<Bf16Kernel>, room: impl FnOnce() -> PackedB<T>) -> Self {
+        match bf16 {
+            Some(kernel) => StepPacked::Bf16(PackedBf16B::new(), kernel),
+            None => StepPacked::Native(room()),
+        }
+    }
+
+    /// Packs `w^T` for `w` `[n, k]` row-major (forward: `h W^T`).
+    pub(super) fn pack_transposed(&mut self, w: &[T], n: usize, k: usize) {
+        match self {
+            StepPacked::Native(p) => p.pack_transposed(w, n, k),
+            StepPacked::Bf16(p, kernel) => p.pack_transposed(*kernel, f32s(w), n, k),
+        }
+    }
+
+    /// Packs `b` `[k, n]` row-major (backward: `dG W`).
+    pub(super) fn pack(&mut self, b: &[T], k: usize, n: usize) {
+        match self {
+            StepPacked::Native(p) => p.pack(b, k, n),
+            StepPacked::Bf16(p, kernel) => p.pack(*kernel, f32s(b), k, n),
+        }
+    }
+
+    /// Rows of `B` (`k`) and columns (`n`).
+    pub(super) fn k_n(&self) -> (usize, usize) {
+        match self {
+            StepPacked::Native(p) => (p.k(), p.n()),
+            StepPacked::Bf16(p, _) => (p.k(), p.n()),
+        }
+    }
+
+    /// `C += A B`, `A` `m` rows row-major.
+    pub(super) fn acc(&self, m: usize, a: &[T], c: &mut [T]) {
+        match self {
+            StepPacked::Native(p) => gemm_packed_acc(m, a, p, c),
+            StepPacked::Bf16(p, kernel) => {
+                product(*kernel, (m, a, AStorage::RowMajor), p, c, false)
+            }
+        }
+    }
+
+    /// `C = A B`, `A` `m` rows row-major.
+    pub(super) fn set(&self, m: usize, a: &[T], c: &mut [T]) {
+        match self {
+            StepPacked::Native(p) => gemm_packed_set(m, a, p, c),
+            StepPacked::Bf16(p, kernel) => product(*kernel, (m, a, AStorage::RowMajor), p, c, true),
+        }
+    }
+
+    /// The buffer to give back to the tape's pool (none in bf16).
+    pub(super) fn into_buffer(self) -> Vec<T> {
+        match self {
+            StepPacked::Native(p) => p.into_buffer(),
+            StepPacked::Bf16(..) => Vec::new(),
+        }
+    }
+}
+
+impl<T: Float> Default for StepPacked<T> {
+    fn default() -> Self {
+        StepPacked::Native(PackedB::default())
+    }
 }

@@ -24,11 +24,13 @@
 //! over the rows in one fixed order.) With sequence lengths, a sequence past its length keeps its state `h` and `c` while
 //! its output is zero, as in the other fused layers.
 
+use super::bf16::StepPacked;
 use super::buffers::read_write;
-use super::weights::by_row_halves;
-use crate::kernels::gemm_nn::{PackedB, gemm_packed_set};
+use super::weights::{by_row_halves, gemm};
+use crate::kernels::bf16::Bf16Kernel;
+use crate::kernels::gemm_nn::PackedB;
+use crate::kernels::layer_norm as ln;
 use crate::kernels::simd::map_inplace;
-use crate::kernels::{GemmShape, layer_norm as ln};
 use crate::nn::direction::{CellKind, DirectionOutput, DirectionRun, is_active, step_time};
 use crate::params::ParamStore;
 use crate::tape::{CustomOp, Tape, Workspace};
@@ -79,6 +81,8 @@ struct Dims {
     batch: usize,
     in_size: usize,
     hidden: usize,
+    /// The kernel of the products on a bf16 tape.
+    bf16: Option<Bf16Kernel>,
 }
 
 impl Dims {
@@ -119,26 +123,7 @@ struct LayerNormDirection<T> {
     inv_c: Vec<T>,
     tc: Vec<T>,
     /// `W_hh^T` (forward) or `W_hh` (backward), packed for each step's product.
-    w_hh: PackedB<T>,
-}
-
-/// `op(A) op(B)` of `m x k` by `k x n`, into `c` scaled by `beta` first.
-fn gemm<T: Float>(
-    (m, k, n): (usize, usize, usize),
-    (trans_a, trans_b): (bool, bool),
-    a: &[T],
-    b: &[T],
-    beta: T,
-    c: &mut [T],
-) {
-    let s = GemmShape {
-        m,
-        k,
-        n,
-        trans_a,
-        trans_b,
-    };
-    T::gemm(s, T::ONE, a, b, beta, c);
+    w_hh: StepPacked<T>,
 }
 
 /// Fewest rows a product, or a step's per-row work, is split over two threads for: below, the
@@ -152,10 +137,9 @@ fn halves(m: usize) -> bool {
 }
 
 /// `c = a B` for `m` rows of `a` against `B` packed, by [`halves`] of the rows where it pays.
-fn rows_product<T: Float>(m: usize, a: &[T], b: &PackedB<T>, c: &mut [T]) {
-    by_row_halves((m, b.k(), b.n()), a, c, halves(m), |m, a, c| {
-        gemm_packed_set(m, a, b, c)
-    });
+fn rows_product<T: Float>(m: usize, a: &[T], b: &StepPacked<T>, c: &mut [T]) {
+    let (k, n) = b.k_n();
+    by_row_halves((m, k, n), a, c, halves(m), |m, a, c| b.set(m, a, c));
 }
 
 /// The gains and biases a forward step reads (empty where the cell has none).
@@ -376,6 +360,7 @@ pub(crate) fn run<T: Float>(
         batch,
         in_size,
         hidden,
+        bf16: tape.bf16_kernel(),
     };
     let gh = dims.gates() * hidden;
     let (rows, bh) = (t_len * batch, batch * hidden);
@@ -392,11 +377,11 @@ pub(crate) fn run<T: Float>(
         chat: ws.scratch(cell(rows * hidden)),
         inv_c: ws.scratch(cell(rows)),
         tc: ws.scratch(cell(rows * hidden)),
-        w_hh: {
+        w_hh: StepPacked::new(dims.bf16, || {
             let len =
                 PackedB::<T>::packed_len(hidden, gh).max(PackedB::<T>::packed_len(gh, hidden));
             PackedB::from_buffer(ws.scratch(len))
-        },
+        }),
         dims,
         slots,
     };
@@ -452,7 +437,7 @@ impl<T: Float> LayerNormDirection<T> {
             x,
             &mut self.xhat_x,
             halves(m),
-            |m, x, out| gemm((m, i_sz, gh), (false, true), x, w_ih, T::ZERO, out),
+            |m, x, out| gemm(d.bf16, (m, i_sz, gh), (false, true), x, w_ih, T::ZERO, out),
         );
         for (row, inv) in self.xhat_x.chunks_exact_mut(gh).zip(&mut self.inv_x) {
             *inv = ln::normalize_in_place(row);
@@ -703,23 +688,23 @@ impl<T: Float> CustomOp<T> for LayerNormDirection<T> {
         let (before, from_w_ih) = gin.split_at_mut(sl.w_ih);
         let (g_w_ih, after) = from_w_ih.split_first_mut().expect("W_ih and W_hh follow x");
         let (g_x, g_w_hh) = (before[X].as_mut(), after[0].as_mut());
-        let (dg_x, dg_h, h_prev) = (&dgx, &dgh, &self.h_prev);
+        let (dg_x, dg_h, h_prev, bf16) = (&dgx, &dgh, &self.h_prev, d.bf16);
         let dx_job = || {
             if let Some(g) = g_x {
                 let s = (rows, gh, i_sz);
-                gemm(s, (false, false), dg_x, w_ih, T::ONE, g.data_mut());
+                gemm(bf16, s, (false, false), dg_x, w_ih, T::ONE, g.data_mut());
             }
         };
         let dw_ih_job = || {
             if let Some(g) = g_w_ih.as_mut() {
                 let s = (gh, rows, i_sz);
-                gemm(s, (true, false), dg_x, x, T::ONE, g.data_mut());
+                gemm(bf16, s, (true, false), dg_x, x, T::ONE, g.data_mut());
             }
         };
         let dw_hh_job = || {
             if let Some(g) = g_w_hh {
                 let s = (gh, rows, h);
-                gemm(s, (true, false), dg_h, h_prev, T::ONE, g.data_mut());
+                gemm(bf16, s, (true, false), dg_h, h_prev, T::ONE, g.data_mut());
             }
         };
         rayon::join(dx_job, || rayon::join(dw_ih_job, dw_hh_job));

@@ -7,16 +7,20 @@
 //! in reverse time: per step `dr_t = dh_t W_hr`, the gate kernel's backward and
 //! `dh_{t-1} = dG W_hh`; after the loop, one product each over all time steps gives `dX`,
 //! `dW_ih`, `dW_hh` and `dW_hr`. The batch runs as one block (no shards). The per-step products
-//! read `W_hh` and `W_hr` packed once per pass ([`PackedB`]: transposed in forward, as stored
-//! in backward); the products over all time steps go through [`Float::gemm`].
+//! read `W_hh` and `W_hr` packed once per pass ([`StepPacked`]: transposed in forward, as
+//! stored in backward); the products over all time steps go through [`Float::gemm`]. On a bf16
+//! tape every product is in bf16 ([`crate::Precision::Bf16`]).
 //!
 //! With sequence lengths, a sequence past its length keeps its state `h` and `c` while its
 //! output is zero, as in the other fused layers.
 
+use super::bf16::StepPacked;
 use super::buffers::read_write;
+use super::weights::gemm;
 use crate::Result;
-use crate::kernels::gemm_nn::{PackedB, gemm_packed_acc, gemm_packed_set};
-use crate::kernels::{GemmShape, lstm};
+use crate::kernels::bf16::Bf16Kernel;
+use crate::kernels::gemm_nn::PackedB;
+use crate::kernels::lstm;
 use crate::nn::direction::{DirectionOutput, DirectionRun, is_active, step_time};
 use crate::params::ParamStore;
 use crate::tape::{CustomOp, Tape, Workspace};
@@ -45,6 +49,8 @@ struct Dims {
     hidden: usize,
     /// State features `P`.
     proj: usize,
+    /// The kernel of the products on a bf16 tape.
+    bf16: Option<Bf16Kernel>,
 }
 
 impl Dims {
@@ -73,35 +79,15 @@ struct ProjectedLstm<T> {
     /// The state `h_{t-1}` each step starts from `[T, B, P]`.
     h_prev: Vec<T>,
     /// `W_hh^T` (forward) or `W_hh` (backward), packed for each step's product.
-    w_hh: PackedB<T>,
+    w_hh: StepPacked<T>,
     /// `W_hr^T` (forward) or `W_hr` (backward), likewise.
-    w_hr: PackedB<T>,
+    w_hr: StepPacked<T>,
 }
 
 /// Room for `w` `[rows, cols]` packed as stored or transposed, so that neither packing grows it.
 fn packed_room<T: Float>(ws: &mut Workspace<'_, T>, rows: usize, cols: usize) -> PackedB<T> {
     let len = PackedB::<T>::packed_len(rows, cols).max(PackedB::<T>::packed_len(cols, rows));
     PackedB::from_buffer(ws.scratch(len))
-}
-
-/// `op(A) op(B)` of `m x k` by `k x n`, into `c` scaled by `beta` first.
-fn gemm<T: Float>(
-    (m, k, n): (usize, usize, usize),
-    trans_a: bool,
-    trans_b: bool,
-    a: &[T],
-    b: &[T],
-    beta: T,
-    c: &mut [T],
-) {
-    let s = GemmShape {
-        m,
-        k,
-        n,
-        trans_a,
-        trans_b,
-    };
-    T::gemm(s, T::ONE, a, b, beta, c);
 }
 
 /// Runs one direction of an LSTM layer with a projection as one fused tape node (see the
@@ -135,6 +121,7 @@ pub(crate) fn run<T: Float>(
         in_size,
         hidden,
         proj,
+        bf16: tape.bf16_kernel(),
     };
     let (bh, bp) = (batch * hidden, batch * proj);
     let mut ws = tape.workspace();
@@ -143,8 +130,8 @@ pub(crate) fn run<T: Float>(
         c: ws.scratch(t_len * bh),
         r: ws.scratch(t_len * bh),
         h_prev: ws.scratch(t_len * bp),
-        w_hh: packed_room(&mut ws, 4 * hidden, proj),
-        w_hr: packed_room(&mut ws, proj, hidden),
+        w_hh: StepPacked::new(dims.bf16, || packed_room(&mut ws, 4 * hidden, proj)),
+        w_hr: StepPacked::new(dims.bf16, || packed_room(&mut ws, proj, hidden)),
         dims,
     };
     let mut y = ws.zeroed(t_len * bp);
@@ -187,15 +174,8 @@ impl<T: Float> ProjectedLstm<T> {
         let (x, h0, c0) = (inp[X].data(), inp[H0].data(), inp[C0].data());
         let (w_ih, w_hh, w_hr) = (inp[W_IH].data(), inp[W_HH].data(), inp[W_HR].data());
         // The input projection of every step at once, then both biases on every row.
-        gemm(
-            (tl * b, d.in_size, gh),
-            false,
-            true,
-            x,
-            w_ih,
-            T::ZERO,
-            &mut self.gates,
-        );
+        let s = (tl * b, d.in_size, gh);
+        gemm(d.bf16, s, (false, true), x, w_ih, T::ZERO, &mut self.gates);
         if let (Some(bi), Some(bhh)) = (inp.get(B_IH), inp.get(B_HH)) {
             let (bi, bhh) = (bi.data(), bhh.data());
             for row in self.gates.chunks_exact_mut(gh) {
@@ -218,7 +198,7 @@ impl<T: Float> ProjectedLstm<T> {
             let t = d.time(s);
             let gates = &mut self.gates[t * b * gh..(t + 1) * b * gh];
             let h_in = &self.h_prev[t * bp..(t + 1) * bp];
-            gemm_packed_acc(b, h_in, &self.w_hh, gates);
+            self.w_hh.acc(b, h_in, gates);
             let (c_prev, c_t) = if s == 0 {
                 (c0, &mut self.c[t * bh..(t + 1) * bh])
             } else {
@@ -226,7 +206,7 @@ impl<T: Float> ProjectedLstm<T> {
             };
             let r_t = &mut self.r[t * bh..(t + 1) * bh];
             lstm::lstm_forward(gates, c_prev, c_t, r_t, h);
-            gemm_packed_set(b, r_t, &self.w_hr, h_new);
+            self.w_hr.set(b, r_t, h_new);
             let (h_in, h_next) = if s + 1 < tl {
                 read_write(&mut self.h_prev, t, d.time(s + 1), bp)
             } else {
@@ -306,7 +286,7 @@ impl<T: Float> CustomOp<T> for ProjectedLstm<T> {
                     dh_t[rp].fill(T::ZERO);
                 }
             }
-            gemm_packed_set(b, dh_t, &self.w_hr, &mut dr);
+            self.w_hr.set(b, dh_t, &mut dr);
             if !all_active {
                 keep.copy_from_slice(&dc);
             }
@@ -334,7 +314,7 @@ impl<T: Float> CustomOp<T> for ProjectedLstm<T> {
                     dc[rh.clone()].copy_from_slice(&keep[rh]);
                 }
             }
-            gemm_packed_set(b, dg_t, &self.w_hh, &mut dh_prev);
+            self.w_hh.set(b, dg_t, &mut dh_prev);
             for bi in 0..b {
                 let rp = bi * p..(bi + 1) * p;
                 if d.active(t, bi) {
@@ -343,26 +323,21 @@ impl<T: Float> CustomOp<T> for ProjectedLstm<T> {
             }
         }
         // The products over every time step at once; gradients add into the tape's buffers.
-        let rows = tl * b;
+        let (rows, bf16) = (tl * b, d.bf16);
         if let Some(g) = gin[X].as_mut() {
-            gemm(
-                (rows, gh, i_sz),
-                false,
-                false,
-                &dg,
-                w_ih,
-                T::ONE,
-                g.data_mut(),
-            );
+            let s = (rows, gh, i_sz);
+            gemm(bf16, s, (false, false), &dg, w_ih, T::ONE, g.data_mut());
         }
         if let Some(g) = gin[W_IH].as_mut() {
-            gemm((gh, rows, i_sz), true, false, &dg, x, T::ONE, g.data_mut());
+            let s = (gh, rows, i_sz);
+            gemm(bf16, s, (true, false), &dg, x, T::ONE, g.data_mut());
         }
         if let Some(g) = gin[W_HH].as_mut() {
+            let s = (gh, rows, p);
             gemm(
-                (gh, rows, p),
-                true,
-                false,
+                bf16,
+                s,
+                (true, false),
                 &dg,
                 &self.h_prev,
                 T::ONE,
@@ -370,15 +345,8 @@ impl<T: Float> CustomOp<T> for ProjectedLstm<T> {
             );
         }
         if let Some(g) = gin[W_HR].as_mut() {
-            gemm(
-                (p, rows, h),
-                true,
-                false,
-                &dhs,
-                &self.r,
-                T::ONE,
-                g.data_mut(),
-            );
+            let s = (p, rows, h);
+            gemm(bf16, s, (true, false), &dhs, &self.r, T::ONE, g.data_mut());
         }
         for k in [B_IH, B_HH] {
             if let Some(g) = gin.get_mut(k).and_then(Option::as_mut) {

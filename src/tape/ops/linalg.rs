@@ -2,7 +2,8 @@
 
 use super::{GradAcc, Op};
 use crate::kernels::GemmShape;
-use crate::kernels::bf16::{Bf16Kernel, gemm_bf16};
+use crate::kernels::bf16::Bf16Kernel;
+use crate::precision::gemm;
 use crate::tape::{Tape, Var};
 use crate::tensor::{Float, Shape, Tensor};
 use crate::{Error, Result};
@@ -65,14 +66,7 @@ impl<T: Float> Tape<T> {
             &self.slots[ib as usize].value,
         );
         let bf16 = self.bf16_kernel();
-        match bf16 {
-            Some(kernel) => {
-                let out = out.data_mut();
-                out.fill(T::ZERO);
-                gemm_in_bf16(kernel, g, va.data(), vb.data(), out);
-            }
-            None => T::gemm(g, T::ONE, va.data(), vb.data(), T::ZERO, out.data_mut()),
-        }
+        gemm(bf16, g, va.data(), vb.data(), T::ZERO, out.data_mut());
         let op = Op::MatMul {
             trans_a,
             trans_b,
@@ -133,16 +127,5 @@ fn gemm_acc<T: Float>(
         trans_a,
         trans_b,
     };
-    match bf16 {
-        Some(kernel) => gemm_in_bf16(kernel, g, a, b, c),
-        None => T::gemm(g, T::ONE, a, b, T::ONE, c),
-    }
-}
-
-/// `C += op(A) op(B)` on bf16 operands with f32 accumulation; only a bf16 tape, which is
-/// always `f32`, records a product with a bf16 kernel.
-fn gemm_in_bf16<T: Float>(kernel: Bf16Kernel, g: GemmShape, a: &[T], b: &[T], c: &mut [T]) {
-    let f32s = "matmul: a bf16 product on an f32 tape";
-    let (a, b) = (T::as_f32(a).expect(f32s), T::as_f32(b).expect(f32s));
-    gemm_bf16(kernel, g, a, b, T::as_f32_mut(c).expect(f32s));
+    gemm(bf16, g, a, b, T::ONE, c);
 }

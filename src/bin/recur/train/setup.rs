@@ -73,13 +73,6 @@ pub(super) fn check_args(a: &TrainArgs) -> Result<(), String> {
             }
         }
     }
-    if a.precision == recur::Precision::Bf16 {
-        for (name, on) in [("--proj", a.proj > 0), ("--layer-norm", a.layer_norm)] {
-            if on {
-                return Err(format!("--precision bf16 is not supported with {name} yet"));
-            }
-        }
-    }
     a.precision.supported::<f32>().map_err(|e| e.to_string())?;
     if a.layer_norm {
         if !matches!(a.cell.name(), "lstm" | "gru") {
