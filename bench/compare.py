@@ -11,9 +11,16 @@ cause of run-to-run drift, and of a second thread that brings little). Then the 
 inference latency at B=1 at each thread count (PyTorch's LSTMCell/GRUCell/RNNCell under no_grad
 against `recur bench --step-latency`).
 
+With --precision bf16 the training steps run with bf16 products: recur's `--precision bf16`
+against PyTorch under `torch.autocast("cpu", dtype=torch.bfloat16)`, and recur's own f32 step
+in the same rounds, so the table shows both recur's gain over its f32 step and the ratio to
+PyTorch in bf16. recur needs a CPU with AVX512_BF16 for it (or RECUR_BF16_KERNEL=portable in
+the environment, whose portable kernel gives the same values slowly: for trying, not timing).
+
 Usage:
     cargo build --release
     python3 bench/compare.py [--threads 1 2] [--shapes tiny-batch small ...] [--steps 7]
+    python3 bench/compare.py --precision bf16 --shapes medium large --no-latency
 
 PyTorch is optional: without it, only recur's times are printed. To install it:
     python3 -m venv /tmp/tv && /tmp/tv/bin/pip install torch numpy
@@ -54,7 +61,7 @@ def load_torch():
         return None
 
 
-def torch_step_ms(torch, cell, b, t, i, h, threads, steps):
+def torch_step_ms(torch, cell, b, t, i, h, threads, steps, precision="f32"):
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
@@ -63,8 +70,14 @@ def torch_step_ms(torch, cell, b, t, i, h, threads, steps):
     times = []
     for k in range(3 + steps):
         t0 = time.perf_counter()
-        y, _ = model(x)
-        y.sum().backward()
+        if precision == "bf16":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y, _ = model(x)
+                loss = y.float().sum()
+        else:
+            y, _ = model(x)
+            loss = y.sum()
+        loss.backward()
         dt = time.perf_counter() - t0
         model.zero_grad(set_to_none=True)
         if k >= 3:
@@ -113,11 +126,12 @@ def sgemm_gflops(binary):
     return float(recur_run(binary, ["--sgemm-rate", "1024", "--steps", "9"])["sgemm_gflops"])
 
 
-def recur_step_ms(binary, cell, b, t, i, h, threads, steps):
+def recur_step_ms(binary, cell, b, t, i, h, threads, steps, precision="f32"):
     out = recur_run(
         binary,
         ["--cell", cell, "--batch", str(b), "--seq-len", str(t), "--input", str(i),
-         "--hidden", str(h), "--threads", str(threads), "--steps", str(steps)],
+         "--hidden", str(h), "--threads", str(threads), "--steps", str(steps),
+         "--precision", precision],
     )
     return float(out["ms_per_step"])
 
@@ -162,6 +176,9 @@ def main():
                     help="times each comparison is repeated, PyTorch and recur in turn; the "
                          "ratio printed is the median of the rounds' ratios (default 3)")
     ap.add_argument("--no-latency", action="store_true", help="skip the single-step latency")
+    ap.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                    help="the training steps' products: f32, or bf16 against PyTorch's autocast "
+                         "and recur's own f32 step (see above)")
     ap.add_argument("--no-training", action="store_true",
                     help="skip the training steps (time only the single-step latency)")
     a = ap.parse_args()
@@ -177,7 +194,12 @@ def main():
     if torch is not None:
         print(f"# PyTorch {torch.__version__}", flush=True)
 
-    if a.shapes:
+    bf16 = a.precision == "bf16"
+    if a.shapes and bf16:
+        print("| shape | cell | threads | PyTorch bf16 ms | recur f32 ms | recur bf16 ms "
+              "| recur f32 / bf16 | PyTorch bf16 / recur bf16 | CPU stolen |")
+        print("|---|---|---|---|---|---|---|---|---|", flush=True)
+    elif a.shapes:
         print("| shape | cell | threads | PyTorch ms | recur ms | PyTorch / recur | CPU stolen |")
         print("|---|---|---|---|---|---|---|", flush=True)
     large_gflops = {}
@@ -189,18 +211,36 @@ def main():
                 # then hits both sides of a round alike, and the median ratio discounts the rest.
                 # On the large shape at one thread each round also times the reference sgemm
                 # right after recur, so the share of it is taken within a round too.
-                pts, rcs, sgs = [], [], []
+                pts, rcs, sgs, r32 = [], [], [], []
                 ticks = cpu_ticks()
                 for _ in range(a.rounds):
-                    if torch:
-                        pts.append(torch_step_ms(torch, cell, b, t, i, h, th, a.steps))
+                    if torch and pts is not None:
+                        try:
+                            pts.append(torch_step_ms(torch, cell, b, t, i, h, th, a.steps,
+                                                     a.precision))
+                        except RuntimeError as e:
+                            # oneDNN's bf16 RNN primitives need a CPU with bf16 support.
+                            print(f"# PyTorch {cell} in {a.precision} failed: "
+                                  f"{str(e).splitlines()[0]}", file=sys.stderr)
+                            pts = None
                         settle()
-                    rcs.append(recur_step_ms(a.recur, cell, b, t, i, h, th, a.steps))
+                    rcs.append(recur_step_ms(a.recur, cell, b, t, i, h, th, a.steps,
+                                             a.precision))
+                    if bf16:
+                        r32.append(recur_step_ms(a.recur, cell, b, t, i, h, th, a.steps))
                     if shape == "large" and th == 1:
                         sgs.append(sgemm_gflops(a.recur))
                 steal = stolen(ticks, cpu_ticks())
                 rc = statistics.median(rcs)
-                if torch:
+                if bf16:
+                    own = statistics.median(f / r for f, r in zip(r32, rcs))
+                    pt, ratio = "-", "-"
+                    if torch and pts:
+                        pt = f"{statistics.median(pts):.2f}"
+                        ratio = f"{statistics.median(p / r for p, r in zip(pts, rcs)):.2f}"
+                    print(f"| {shape} | {cell} | {th} | {pt} | {statistics.median(r32):.2f} "
+                          f"| {rc:.2f} | {own:.2f} | {ratio} | {steal} |", flush=True)
+                elif torch:
                     pt = statistics.median(pts)
                     ratio = statistics.median(p / r for p, r in zip(pts, rcs))
                     print(f"| {shape} | {cell} | {th} | {pt:.2f} | {rc:.2f} | {ratio:.2f} "
@@ -208,7 +248,7 @@ def main():
                 else:
                     print(f"| {shape} | {cell} | {th} | - | {rc:.2f} | - | {steal} |",
                           flush=True)
-                if sgs:
+                if sgs and not bf16:
                     gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
                     flops = 3 * t * 2 * b * (i + h) * gates * h
                     rates = [flops / (r / 1e3) / 1e9 for r in rcs]
