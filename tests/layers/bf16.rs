@@ -4,7 +4,7 @@
 //! the reference built from primitive ops (whose products, `Tape::matmul`, are bf16 too), and
 //! bit-identical for any number of threads.
 
-use crate::support::{Case, KINDS, in_pool, max_rel, random_config, random_lengths, run, run_on};
+use crate::support::{Case, KINDS, in_pool, max_rel, random_case, run, run_on};
 use recur::internals::bf16::Bf16Kernel;
 use recur::nn::{CellKind, Implementation, RecurrentConfig};
 use recur::{Precision, Rng, Tape, Tensor};
@@ -15,21 +15,6 @@ fn bf16_tape() -> Tape<f32> {
     tape.set_bf16_kernel(Bf16Kernel::scalar()).unwrap();
     assert_eq!(tape.precision(), Precision::Bf16);
     tape
-}
-
-fn random_case(rng: &mut Rng, kind: CellKind, seed: u64) -> Case {
-    let t = 1 + rng.below(6);
-    let b = 1 + rng.below(4);
-    Case {
-        kind,
-        cfg: random_config(rng, 2),
-        t,
-        b,
-        lengths: random_lengths(rng, t, b),
-        with_h0: rng.below(2) == 1,
-        train: None,
-        seed,
-    }
 }
 
 /// The cells whose derivatives are continuous. ReLU's jumps at 0: where a pre-activation lies
@@ -62,51 +47,58 @@ fn as_f64(t: &Tensor<f32>) -> Tensor<f64> {
     Tensor::from_vec(t.data().iter().map(|&v| f64::from(v)).collect(), t.dims()).unwrap()
 }
 
-/// Outputs and gradients in bf16 against f64, within [`bound`]; and farther from f64 than the
-/// same layer in f32 somewhere, so the products did run in bf16.
+/// The case in bf16: every output and gradient within [`bound`] of f64, and somewhere farther
+/// from it than the same layer in f32 (the products did run in bf16); and within a quarter of
+/// the bound of the reference in bf16, which rounds the same products' inputs, so the two
+/// differ only where a value computed in another order in f32 rounds to another bf16.
+fn check_bf16(c: &Case) {
+    let exact = run::<f64>(c, Implementation::Fused);
+    let bf16 = run_on(c, Implementation::Fused, bf16_tape());
+    let f32s = run::<f32>(c, Implementation::Fused);
+    let reference = run_on(c, Implementation::Reference, bf16_tape());
+    let tol = bound(c);
+    let (mut worst_bf16, mut worst_f32) = (0.0f64, 0.0f64);
+    for ((((n, e), (_, b)), (_, f)), (_, r)) in exact.iter().zip(&bf16).zip(&f32s).zip(&reference) {
+        let eb = max_rel(&as_f64(b), e);
+        assert!(eb < tol, "{n}: relative error {eb:e} > {tol:e} in {c:?}");
+        let er = max_rel(b, r);
+        assert!(er < tol / 4.0, "{n}: {er:e} from the reference in {c:?}");
+        worst_bf16 = worst_bf16.max(eb);
+        worst_f32 = worst_f32.max(max_rel(&as_f64(f), e));
+    }
+    // bf16 rounds each product's inputs to 8 bits, f32 to 24: at least 2^8 times farther,
+    // given the f32 error is its own rounding.
+    assert!(
+        worst_bf16 > 256.0 * worst_f32 && worst_bf16 > U / 16.0,
+        "bf16 {worst_bf16:e} against f32 {worst_f32:e}: the products ran in f32? {c:?}"
+    );
+}
+
+/// Random shapes of every smooth cell ([`check_bf16`]).
 #[test]
-fn fused_bf16_is_within_the_bound_of_f64() {
+fn fused_bf16_is_within_the_bound_of_f64_and_matches_the_reference() {
     let mut rng = Rng::new(31);
     for kind in SMOOTH {
         for k in 0..8 {
-            let c = random_case(&mut rng, kind, 300 + k);
-            let exact = run::<f64>(&c, Implementation::Fused);
-            let bf16 = run_on(&c, Implementation::Fused, bf16_tape());
-            let f32s = run::<f32>(&c, Implementation::Fused);
-            let tol = bound(&c);
-            let (mut worst_bf16, mut worst_f32) = (0.0f64, 0.0f64);
-            for (((n, e), (_, b)), (_, f)) in exact.iter().zip(&bf16).zip(&f32s) {
-                let eb = max_rel(&as_f64(b), e);
-                assert!(eb < tol, "{n}: relative error {eb:e} > {tol:e} in {c:?}");
-                worst_bf16 = worst_bf16.max(eb);
-                worst_f32 = worst_f32.max(max_rel(&as_f64(f), e));
-            }
-            // bf16 rounds each product's inputs to 8 bits, f32 to 24: at least 2^8 times
-            // farther, given the f32 error is its own rounding.
-            assert!(
-                worst_bf16 > 256.0 * worst_f32 && worst_bf16 > U / 16.0,
-                "bf16 {worst_bf16:e} against f32 {worst_f32:e}: the products ran in f32? {c:?}"
-            );
+            check_bf16(&random_case(&mut rng, kind, 300 + k, 2));
         }
     }
 }
 
-/// The fused layers in bf16 against the reference in bf16: both round the same products'
-/// inputs, so they differ only where a value computed in a different order in f32 rounds to
-/// a different bf16, one step of `2u` at a time, far inside the bound against f64.
+/// The LSTM with a projection and the layer-normalized LSTM and GRU ([`check_bf16`]; the
+/// projection adds one product to each step's path, which the bound's factor 4 covers).
 #[test]
-fn fused_bf16_equals_reference_bf16() {
-    let mut rng = Rng::new(32);
-    for kind in SMOOTH {
-        for k in 0..8 {
-            let c = random_case(&mut rng, kind, 400 + k);
-            let fused = run_on(&c, Implementation::Fused, bf16_tape());
-            let reference = run_on(&c, Implementation::Reference, bf16_tape());
-            let tol = bound(&c) / 4.0;
-            for ((n, a), (_, b)) in fused.iter().zip(&reference) {
-                let e = max_rel(a, b);
-                assert!(e < tol, "{n}: relative error {e:e} > {tol:e} in {c:?}");
-            }
+fn projected_and_layer_normalized_layers_in_bf16() {
+    let mut rng = Rng::new(33);
+    for k in 0..6 {
+        let mut c = random_case(&mut rng, CellKind::Lstm, 500 + k, 2);
+        let p = 1 + rng.below(c.cfg.hidden_size - 1);
+        c.cfg = c.cfg.proj_size(p);
+        check_bf16(&c);
+        for kind in [CellKind::Lstm, CellKind::Gru] {
+            let mut c = random_case(&mut rng, kind, 600 + k, 2);
+            c.cfg = c.cfg.layer_norm(true);
+            check_bf16(&c);
         }
     }
 }
@@ -160,47 +152,4 @@ fn an_f64_tape_refuses_bf16() {
         .to_string();
     assert!(err.contains("f32 tape"), "{err}");
     assert_eq!(t64.precision(), Precision::F32);
-}
-
-/// The LSTM with a projection and the layer-normalized LSTM and GRU, in bf16: within the
-/// bound of f64 (the projection adds one product to each step's path, which the bound's
-/// factor 4 covers), farther from it than f32, and equal to the reference in bf16 within a
-/// quarter of the bound (the reference normalizes with primitive ops).
-#[test]
-fn projected_and_layer_normalized_layers_in_bf16() {
-    let mut rng = Rng::new(33);
-    let mut cases = Vec::new();
-    for k in 0..6 {
-        let mut c = random_case(&mut rng, CellKind::Lstm, 500 + k);
-        let p = 1 + rng.below(c.cfg.hidden_size - 1);
-        c.cfg = c.cfg.proj_size(p);
-        cases.push(c);
-        for kind in [CellKind::Lstm, CellKind::Gru] {
-            let mut c = random_case(&mut rng, kind, 600 + k);
-            c.cfg = c.cfg.layer_norm(true);
-            cases.push(c);
-        }
-    }
-    for c in &cases {
-        let exact = run::<f64>(c, Implementation::Fused);
-        let bf16 = run_on(c, Implementation::Fused, bf16_tape());
-        let f32s = run::<f32>(c, Implementation::Fused);
-        let reference = run_on(c, Implementation::Reference, bf16_tape());
-        let tol = bound(c);
-        let (mut worst_bf16, mut worst_f32) = (0.0f64, 0.0f64);
-        for ((((n, e), (_, b)), (_, f)), (_, r)) in
-            exact.iter().zip(&bf16).zip(&f32s).zip(&reference)
-        {
-            let eb = max_rel(&as_f64(b), e);
-            assert!(eb < tol, "{n}: relative error {eb:e} > {tol:e} in {c:?}");
-            let er = max_rel(b, r);
-            assert!(er < tol / 4.0, "{n}: against the reference {er:e} in {c:?}");
-            worst_bf16 = worst_bf16.max(eb);
-            worst_f32 = worst_f32.max(max_rel(&as_f64(f), e));
-        }
-        assert!(
-            worst_bf16 > 256.0 * worst_f32 && worst_bf16 > U / 16.0,
-            "bf16 {worst_bf16:e} against f32 {worst_f32:e}: the products ran in f32? {c:?}"
-        );
-    }
 }

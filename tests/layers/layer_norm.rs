@@ -4,9 +4,7 @@
 //! 2 and 3 threads, the parameters' names and initial values, what the normalization does, and
 //! the combinations that are refused.
 
-use crate::support::{
-    Case, assert_bit_identical, compare, gradcheck_case, random_config, random_lengths, run,
-};
+use crate::support::{Case, assert_bit_identical, compare, gradcheck_case, random_case, run};
 use recur::nn::{
     Activation, Cell, CellKind, ForwardOptions, Implementation, Recurrent, RecurrentConfig,
 };
@@ -25,21 +23,11 @@ const LN_KINDS: [CellKind; 2] = [CellKind::Lstm, CellKind::Gru];
 /// units: with one, `LN(W_ih x_t)` (or `LN(W_hh h_{t-1})`) does not depend on `|x_t|` (on
 /// `|h_{t-1}|`), so the gradient reaching `x` (`h0`) is rounding noise, which f32 cannot
 /// compare.
-fn random_case(rng: &mut Rng, kind: CellKind, seed: u64) -> Case {
-    let t = 1 + rng.below(6);
-    let b = 1 + rng.below(4);
-    let cfg = random_config(rng, 2).layer_norm(true);
-    let lengths = random_lengths(rng, t, b);
-    Case {
-        kind,
-        cfg,
-        t,
-        b,
-        lengths,
-        with_h0: rng.below(2) == 1,
-        train: (rng.below(2) == 1).then_some(seed),
-        seed,
-    }
+fn random_ln_case(rng: &mut Rng, kind: CellKind, seed: u64) -> Case {
+    let mut c = random_case(rng, kind, seed, 2);
+    c.cfg = c.cfg.layer_norm(true);
+    c.train = (rng.below(2) == 1).then_some(seed);
+    c
 }
 
 #[test]
@@ -47,7 +35,7 @@ fn fused_equals_reference_with_layer_norm() {
     let mut rng = Rng::new(31);
     for kind in LN_KINDS {
         for k in 0..16 {
-            let c = random_case(&mut rng, kind, 500 + k);
+            let c = random_ln_case(&mut rng, kind, 500 + k);
             compare::<f64>(&c, 1e-12);
             compare::<f32>(&c, F32_TOL);
         }

@@ -3,33 +3,16 @@
 //! bidirectional, ragged lengths), f64 to 1e-10 and f32 to 1e-5 relative; and gradcheck of the
 //! fused layers in f64.
 
-use crate::support::{Case, KINDS, compare, gradcheck_case, random_config, random_lengths};
+use crate::support::{Case, KINDS, compare, gradcheck_case, random_case};
 use recur::nn::{CellKind, ForwardOptions, Implementation, Recurrent, RecurrentConfig};
 use recur::{ParamStore, Rng, Tape, Tensor};
-
-fn random_case(rng: &mut Rng, kind: CellKind, seed: u64) -> Case {
-    let t = 1 + rng.below(6);
-    let b = 1 + rng.below(4);
-    let cfg = random_config(rng, 1);
-    let lengths = random_lengths(rng, t, b);
-    Case {
-        kind,
-        cfg,
-        t,
-        b,
-        lengths,
-        with_h0: rng.below(2) == 1,
-        train: None,
-        seed,
-    }
-}
 
 #[test]
 fn fused_equals_reference_f64() {
     let mut rng = Rng::new(11);
     for kind in KINDS {
         for k in 0..12 {
-            let c = random_case(&mut rng, kind, 100 + k);
+            let c = random_case(&mut rng, kind, 100 + k, 1);
             compare::<f64>(&c, 1e-10);
         }
     }
@@ -40,7 +23,7 @@ fn fused_equals_reference_f32() {
     let mut rng = Rng::new(12);
     for kind in KINDS {
         for k in 0..12 {
-            let c = random_case(&mut rng, kind, 200 + k);
+            let c = random_case(&mut rng, kind, 200 + k, 1);
             compare::<f32>(&c, 1e-5);
         }
     }
@@ -125,7 +108,7 @@ fn gradcheck_passes_on_the_fused_layers() {
 /// LSTM cases with a projection: random sizes with `proj_size` in `1..H`, several layers,
 /// bidirectional, ragged lengths, batch-first.
 fn projected_case(rng: &mut Rng, seed: u64) -> Case {
-    let mut c = random_case(rng, CellKind::Lstm, seed);
+    let mut c = random_case(rng, CellKind::Lstm, seed, 1);
     c.cfg.hidden_size = 2 + rng.below(10);
     c.cfg.proj_size = 1 + rng.below(c.cfg.hidden_size - 1);
     c

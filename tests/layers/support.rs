@@ -31,6 +31,26 @@ pub fn random_lengths(rng: &mut Rng, t: usize, b: usize) -> Option<Vec<usize>> {
     (rng.below(2) == 1).then(|| (0..b).map(|_| 1 + rng.below(t)).collect())
 }
 
+/// A random case of `kind`: 1..=6 steps, a batch of 1..=4, [`random_config`] with `min`,
+/// [`random_lengths`], `h0` given half of the time, evaluation mode; parameters and inputs
+/// from `seed`.
+pub fn random_case(rng: &mut Rng, kind: CellKind, seed: u64, min: usize) -> Case {
+    let t = 1 + rng.below(6);
+    let b = 1 + rng.below(4);
+    let cfg = random_config(rng, min);
+    let lengths = random_lengths(rng, t, b);
+    Case {
+        kind,
+        cfg,
+        t,
+        b,
+        lengths,
+        with_h0: rng.below(2) == 1,
+        train: None,
+        seed,
+    }
+}
+
 /// One layer stack and its inputs' shape.
 #[derive(Clone, Debug)]
 pub struct Case {
