@@ -182,7 +182,6 @@ fn check_args(a: &TrainArgs) -> Result<(), String> {
     if !(a.lr.is_finite() && a.lr > 0.0) {
         return Err(format!("--lr must be a positive number, got {}", a.lr));
     }
-    a.precision.supported::<f32>().map_err(|e| e.to_string())?;
     Ok(())
 }
 
@@ -238,15 +237,16 @@ fn train(args: &TrainArgs, ranks: &crate::ranks::Ranks) -> CmdResult {
     check_args(args)?;
     set_threads(args.threads)?;
     let root = ranks.is_root();
-    let stored_micro = match &args.resume {
-        Some(path) => RunInfo::read(path)
-            .map_err(|e| e.to_string())?
-            .meta
-            .get("micro_batches")
-            .and_then(|v| v.as_u64())
-            .map(|m| m as usize),
-        None => None,
+    let stored = match &args.resume {
+        Some(path) => RunInfo::read(path).map_err(|e| e.to_string())?.meta,
+        None => Default::default(),
     };
+    let stored_micro = stored
+        .get("micro_batches")
+        .and_then(|v| v.as_u64())
+        .map(|m| m as usize);
+    let given = args.explicit.iter().any(|e| e == "precision");
+    let precision = crate::run_precision(args.precision, given, stored.get("precision"))?;
     let micro = ranks.micro_batches(args.micro_batches, stored_micro, args.batch)?;
     let mut parallel = micro.map(|m| ranks.parallel(m, args.combine)).transpose()?;
     // Everything is read and checked before anything is written.
@@ -309,13 +309,14 @@ fn train(args: &TrainArgs, ranks: &crate::ranks::Ranks) -> CmdResult {
     .clip(5.0)
     .out_dir(&args.out)
     .seed(args.seed)
-    .precision(args.precision);
+    .precision(precision);
     let mut opt = Adam::new(AdamConfig::default().lr(args.lr)).map_err(|e| e.to_string())?;
     let start = Instant::now();
     let (json, quiet) = (args.json && root, args.quiet || !root);
     let mut trainer = Trainer::new(config)
         .meta("batch", args.batch)
-        .meta("seed", args.seed);
+        .meta("seed", args.seed)
+        .meta("precision", precision.name());
     if let Some(m) = micro {
         trainer = trainer.meta("micro_batches", m);
     }

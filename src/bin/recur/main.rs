@@ -60,6 +60,24 @@ enum Command {
 /// What a subcommand hands back: an exit status, or a message for stderr (exit status 1).
 pub type CmdResult = Result<ExitCode, String>;
 
+/// The precision a training run computes in: `--precision` when given on the command line
+/// (`given`), else the one a resumed run recorded in its checkpoint (`stored`, the run
+/// metadata's `precision`), else `flag`'s default (f32); checked to run on this CPU.
+pub fn run_precision(
+    flag: recur::Precision,
+    given: bool,
+    stored: Option<&serde_json::Value>,
+) -> Result<recur::Precision, String> {
+    let precision = match stored.and_then(|v| v.as_str()) {
+        Some(name) if !given => name
+            .parse()
+            .map_err(|e: recur::Error| format!("the checkpoint's precision: {e}"))?,
+        _ => flag,
+    };
+    precision.supported::<f32>().map_err(|e| e.to_string())?;
+    Ok(precision)
+}
+
 /// Sets the size of rayon's global pool (once, before any parallel work).
 pub fn set_threads(threads: Option<usize>) -> Result<(), String> {
     if let Some(n) = threads {

@@ -239,6 +239,11 @@ fn run_on(args: &TrainArgs, ranks: &crate::ranks::Ranks) -> CmdResult {
             })
         })
         .transpose()?;
+    let precision = crate::run_precision(
+        args.precision,
+        args.explicit.iter().any(|e| e == "precision"),
+        resume.as_ref().and_then(|r| r.info.meta.get("precision")),
+    )?;
     let (mut lr_override, mut clip) = (None, args.clip);
     let mut new_text_note = None;
     if let Some(r) = &resume {
@@ -336,7 +341,7 @@ fn run_on(args: &TrainArgs, ranks: &crate::ranks::Ranks) -> CmdResult {
     let mut tc = TrainerConfig::steps(total_steps)
         .eval_every(args.eval_every)
         .out_dir(&args.out)
-        .precision(args.precision);
+        .precision(precision);
     if clip > 0.0 {
         tc = tc.clip(clip);
     }
@@ -354,7 +359,8 @@ fn run_on(args: &TrainArgs, ranks: &crate::ranks::Ranks) -> CmdResult {
         .meta("batch", args.batch)
         .meta("seq_len", args.seq_len)
         .meta("clip", clip)
-        .meta("text_fingerprint", fingerprint);
+        .meta("text_fingerprint", fingerprint)
+        .meta("precision", precision.name());
     if let Some(m) = micro {
         trainer = trainer.meta("micro_batches", m);
     }

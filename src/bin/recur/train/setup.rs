@@ -73,7 +73,6 @@ pub(super) fn check_args(a: &TrainArgs) -> Result<(), String> {
             }
         }
     }
-    a.precision.supported::<f32>().map_err(|e| e.to_string())?;
     if a.layer_norm {
         if !matches!(a.cell.name(), "lstm" | "gru") {
             return Err(format!(
