@@ -1,6 +1,6 @@
 //! The common types and traits in one import: `use recur::prelude::*;`.
 //!
-//! It brings the [`Optimizer`](crate::optim::Optimizer) trait (so `opt.step(...)` works), the
+//! It brings the [`Optimizer`] trait (so `opt.step(...)` works), the
 //! tensor, tape and parameter types, the layers and the forward context, the data pipeline types,
 //! and the models and training loop.
 

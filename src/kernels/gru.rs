@@ -1,5 +1,5 @@
 //! GRU step kernels, row by row over the batch, two vectors of hidden units at a time
-//! ([`super::block`]).
+//! (`kernels::block`).
 //!
 //! Gates r, z, n (PyTorch's order), the reset gate applied after the hidden product:
 //! `n = tanh(xn + r * hn)` with `hn = W_hn h + b_hn`, `h' = (1 - z) * n + z * h`.

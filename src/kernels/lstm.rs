@@ -1,5 +1,5 @@
 //! LSTM step kernels, row by row over the batch, two vectors of hidden units at a time
-//! ([`super::block`]).
+//! (`kernels::block`).
 //!
 //! Gates are laid out per row as `[i | f | g | o]`, each block `H` wide (PyTorch's order).
 

@@ -98,7 +98,7 @@ pub trait SimdFloat: Copy + Default + Send + Sync + 'static {
     /// Lane-wise hyperbolic tangent.
     fn tanh_v(x: Self::V) -> Self::V;
     /// `dst[i * ldd + j] = src[j * ld + i]` for `i, j < LANES`: the transpose of a square block
-    /// of `LANES x LANES` values ([`super::transpose`]). Panics if a slice is too short for its
+    /// of `LANES x LANES` values (`kernels::transpose`). Panics if a slice is too short for its
     /// block or a row stride is below `LANES`.
     fn transpose_block(src: &[Self], ld: usize, dst: &mut [Self], ldd: usize);
 

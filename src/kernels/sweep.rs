@@ -1,7 +1,7 @@
 //! The order in which a per-step kernel walks a weight matrix.
 
 /// The order in which a per-step product walks its weight matrix: the panels of a packed `B`
-/// ([`super::gemm_nn::gemm_packed_acc_cols`]) or the rows of `W_hh` as stored
+/// (`gemm_nn::gemm_packed_acc_cols`) or the rows of `W_hh` as stored
 /// ([`super::gemv::gemv_rows_acc`]). It changes no value, only which part of the matrix is
 /// read first.
 ///

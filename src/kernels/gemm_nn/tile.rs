@@ -45,9 +45,9 @@ pub(super) const NARROW_MR: usize = 6;
 /// give the same results bit for bit; only the speed differs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tiles {
-    /// [`MR`] rows by a whole panel ([`NV`] vectors); a single row by up to four panels.
+    /// `MR` rows by a whole panel (`NV` vectors); a single row by up to four panels.
     Wide,
-    /// [`NARROW_MR`] rows by one vector of a panel, the panel's vectors one after another (each
+    /// `NARROW_MR` rows by one vector of a panel, the panel's vectors one after another (each
     /// reads a quarter of the panel's slice of `B`, which stays in L1 for all of a block's
     /// tiles); a single row by one panel.
     Narrow,
