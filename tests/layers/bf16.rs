@@ -28,19 +28,33 @@ const U: f64 = 1.0 / 256.0;
 /// The bound on the relative error of the case's outputs and gradients in bf16, against the
 /// exact (f64) values, relative to the largest magnitude of each.
 ///
-/// One product in bf16 is within `(2u + u^2) S` of the exact one, `S` the sum of its terms'
-/// magnitudes (see `recur::internals::bf16`; the f32 accumulation adds far less at these
-/// lengths). The terms here are of the size of the result (inputs and weights of either
-/// sign, uniform in `[-1, 1]` and `[-1/sqrt(H), 1/sqrt(H)]`), so `S` stays within a small
-/// factor, say 4, of the largest result. The activations' derivatives are at most 1, so an
-/// error is carried along, not amplified, by each later product: a value is at most the sum of
-/// the errors of the products on its path. The forward reaches `y` through the input
-/// projection and `T` recurrent products per layer; the backward goes back along the same path
-/// and through the weight-gradient product. Hence `4 (2u + u^2) P` with
+/// One product in bf16 is within `e S` of the exact one, `e = 2u + u^2 + g (1 + u)^2`, `S` the
+/// sum of its terms' magnitudes: `2u + u^2` from rounding both inputs to bf16, `g = k v /
+/// (1 - k v)` (`v = 2^-24`) from accumulating its `k` terms in f32 (see
+/// `recur::internals::bf16`); `k` here is the longest reduction of the case, over the inputs,
+/// the gates or the `T B` rows of a weight gradient. The terms are of the size of the result
+/// (inputs and weights of either sign, uniform in `[-1, 1]` and `[-1/sqrt(H), 1/sqrt(H)]`),
+/// so `S` stays within a small factor, say 4, of the largest result. The activations'
+/// derivatives are at most 1, so an error is carried along, not amplified, by each later
+/// product: a value is at most the sum of the errors of the products on its path. The forward
+/// reaches `y` through the input projection and `T` recurrent products per layer; the backward
+/// goes back along the same path and through the weight-gradient product. Hence `4 e P` with
 /// `P = 2 L (T + 1) + 1`.
 fn bound(c: &Case) -> f64 {
-    let p = 2 * c.cfg.num_layers * (c.t + 1) + 1;
-    4.0 * (2.0 * U + U * U) * p as f64
+    let cfg = &c.cfg;
+    let k = [
+        cfg.input_size,
+        cfg.directions() * cfg.hidden_size,
+        4 * cfg.hidden_size,
+        c.t * c.b,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(1);
+    let kv = 2.0 * k.div_ceil(2) as f64 * 2f64.powi(-24);
+    let e = 2.0 * U + U * U + kv / (1.0 - kv) * (1.0 + U).powi(2);
+    let p = 2 * cfg.num_layers * (c.t + 1) + 1;
+    4.0 * e * p as f64
 }
 
 fn as_f64(t: &Tensor<f32>) -> Tensor<f64> {
