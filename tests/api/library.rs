@@ -809,3 +809,23 @@ fn a_nan_loss_never_counts_as_the_best() {
     assert_eq!(improved, [false, false]);
     assert_eq!(s.best, f64::INFINITY);
 }
+
+/// A trainer set to bf16 on an f64 model stops with an error that says why before its first
+/// step, and writes nothing.
+#[test]
+fn a_bf16_trainer_on_an_f64_model_refuses_before_writing() {
+    let dir = temp_dir("library-bf16-f64");
+    let out = dir.join("run");
+    let (mut ps, mut model, mut train, mut val) = lm("lstm", 1, 0.0);
+    let mut opt = Adam::new(AdamConfig::default().lr(0.01)).unwrap();
+    let config = TrainerConfig::steps(4)
+        .out_dir(&out)
+        .precision(recur::Precision::Bf16);
+    let err = Trainer::new(config)
+        .fit(&mut model, &mut ps, &mut opt, &mut train, Some(&mut val))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("f32 tape"), "{err}");
+    assert!(!out.exists(), "{} was created", out.display());
+    std::fs::remove_dir_all(&dir).ok();
+}
