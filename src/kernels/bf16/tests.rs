@@ -821,3 +821,58 @@ fn a_short_c_is_refused() {
     let (m, k, n) = (3, 4, 5);
     gemm_bf16_nn(kernel, (m, k, n), &[1.0; 12], &[1.0; 20], &mut [0.0; 14]);
 }
+
+/// GFLOP/s of `C += A B` (`m = 256`, `k = 512`, `n = 1024`, [`gemm_bf16_nn`]) on each bf16
+/// kernel this machine has and of the f32 `sgemm` of the same shape, in alternating rounds
+/// (the best of each kernel's timings); printed, not checked. Run with
+/// `cargo test --release --lib bf16_speed -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bf16_speed() {
+    use crate::kernels::gemm::sgemm;
+    use std::time::Instant;
+    let (m, k, n) = (256, 512, 1024);
+    let a: Vec<f32> = values(1, m * k, 1.0);
+    let b: Vec<f32> = values(2, k * n, 1.0);
+    let mut c = vec![0.0f32; m * n];
+    let flops = 2.0 * (m * k * n) as f64;
+    let shape = GemmShape {
+        m,
+        k,
+        n,
+        trans_a: false,
+        trans_b: false,
+    };
+    let mut names: Vec<String> = vec!["f32 sgemm".into()];
+    let bf16: Vec<Bf16Kernel> = kernels("bf16_speed");
+    names.extend(bf16.iter().map(|k| format!("bf16 {k:?}")));
+    let mut best = vec![f64::INFINITY; names.len()];
+    for _round in 0..3 {
+        for (i, best) in best.iter_mut().enumerate() {
+            // The scalar kernel takes about a second a product: once a round.
+            let reps = if i > 0 && bf16[i - 1] == Bf16Kernel::scalar() {
+                1
+            } else {
+                5
+            };
+            for _ in 0..reps {
+                let t = Instant::now();
+                if i == 0 {
+                    sgemm(shape, 1.0, &a, &b, 1.0, &mut c);
+                } else {
+                    gemm_bf16_nn(bf16[i - 1], (m, k, n), &a, &b, &mut c);
+                }
+                *best = best.min(t.elapsed().as_secs_f64());
+            }
+        }
+    }
+    let f32_rate = flops / best[0] / 1e9;
+    for (name, t) in names.iter().zip(&best) {
+        let rate = flops / t / 1e9;
+        println!(
+            "{name:>34}: {:8.2} ms  {rate:7.2} GFLOP/s  {:6.3} of f32",
+            t * 1e3,
+            rate / f32_rate
+        );
+    }
+}
