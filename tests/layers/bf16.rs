@@ -1,4 +1,4 @@
-//! The fused layers in bf16 ([`recur::Precision::Bf16`]), on the portable kernel (the scalar
+//! The fused layers in bf16 ([`recur::Precision::Bf16`]), on the scalar kernel (the scalar
 //! model of `vdpbf16ps`, the same values as the AVX512_BF16 kernel on any CPU): outputs and
 //! every gradient against f64 within a bound derived from bf16's 8-bit significand, against
 //! the reference built from primitive ops (whose products, `Tape::matmul`, are bf16 too), and
@@ -9,7 +9,7 @@ use recur::internals::bf16::Bf16Kernel;
 use recur::nn::{CellKind, Implementation, RecurrentConfig};
 use recur::{Precision, Rng, Tape, Tensor};
 
-/// A tape whose products run in bf16 on the portable kernel.
+/// A tape whose products run in bf16 on the scalar kernel.
 fn bf16_tape() -> Tape<f32> {
     let mut tape = Tape::new();
     tape.set_bf16_kernel(Bf16Kernel::scalar()).unwrap();
