@@ -142,9 +142,9 @@ impl<T: Float> Tape<T> {
         }
     }
 
-    /// Products in bf16 on `kernel`, which may be the portable [`Bf16Kernel::scalar`] on a CPU
-    /// without AVX512_BF16 (the same values, slowly): for tests of the bf16 path on any
-    /// machine. Errors unless the tape is `f32`.
+    /// Products in bf16 on `kernel`, which may be [`Bf16Kernel::portable`] or
+    /// [`Bf16Kernel::scalar`] on a CPU without AVX512_BF16 (the same values, more slowly): for
+    /// tests of the bf16 path on any machine. Errors unless the tape is `f32`.
     #[doc(hidden)]
     pub fn set_bf16_kernel(&mut self, kernel: Bf16Kernel) -> Result<()> {
         crate::precision::check_f32::<T>()?;

@@ -1,8 +1,8 @@
-//! The fused layers in bf16 ([`recur::Precision::Bf16`]), on the portable kernel (the scalar
-//! model of `vdpbf16ps`, the same values as the AVX512_BF16 kernel on any CPU): outputs and
-//! every gradient against f64 within a bound derived from bf16's 8-bit significand, against
-//! the reference built from primitive ops (whose products, `Tape::matmul`, are bf16 too), and
-//! bit-identical for any number of threads.
+//! The fused layers in bf16 ([`recur::Precision::Bf16`]), on the portable kernel (an AVX2
+//! emulation or a scalar model of `vdpbf16ps`, the same values as the AVX512_BF16 kernel on
+//! any CPU): outputs and every gradient against f64 within a bound derived from bf16's 8-bit
+//! significand, against the reference built from primitive ops (whose products,
+//! `Tape::matmul`, are bf16 too), and bit-identical for any number of threads.
 
 use crate::support::{Case, KINDS, in_pool, max_rel, random_case, run, run_on};
 use recur::internals::bf16::Bf16Kernel;
@@ -12,7 +12,7 @@ use recur::{Precision, Rng, Tape, Tensor};
 /// A tape whose products run in bf16 on the portable kernel.
 fn bf16_tape() -> Tape<f32> {
     let mut tape = Tape::new();
-    tape.set_bf16_kernel(Bf16Kernel::scalar()).unwrap();
+    tape.set_bf16_kernel(Bf16Kernel::portable()).unwrap();
     assert_eq!(tape.precision(), Precision::Bf16);
     tape
 }

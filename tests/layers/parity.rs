@@ -433,7 +433,7 @@ fn every_f32_fixture_matches_pytorch_in_bf16() {
     {
         let archive = Archive::read(path).unwrap();
         for imp in [Implementation::Fused, Implementation::Reference] {
-            let r = check_fixture_bf16(&archive, imp, Bf16Kernel::scalar())
+            let r = check_fixture_bf16(&archive, imp, Bf16Kernel::portable())
                 .unwrap_or_else(|e| panic!("{path:?}: {e}"));
             let line = describe(path, imp, &r);
             println!("{line}");

@@ -90,8 +90,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 5e-3)]
     pub lr: f64,
     /// Precision of the products: f32, or bf16 (operands rounded to bf16, accumulated in
-    /// f32; needs a CPU with AVX512_BF16, or RECUR_BF16_KERNEL=portable for the slow portable
-    /// kernel).
+    /// f32; needs a CPU with AVX512_BF16, or RECUR_BF16_KERNEL=portable for the portable
+    /// kernel, an emulation slower than f32).
     #[arg(long, default_value = "f32")]
     pub precision: recur::Precision,
     /// Random seed (initialisation, shuffling, dropout).

@@ -76,6 +76,29 @@ impl Tile for Avx512Bf16 {
     }
 }
 
+/// The AVX2 and FMA emulation of the AVX-512 tile. Only [`Bf16Kernel`](super::Bf16Kernel)'s
+/// dispatch makes one, and only after the CPU was seen to have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+pub(super) struct Avx2Fma(pub(super) ());
+
+#[cfg(target_arch = "x86_64")]
+impl Tile for Avx2Fma {
+    fn tile(
+        &self,
+        a: &[u32],
+        b: &[u32],
+        steps: usize,
+        c: &mut [f32],
+        ldc: usize,
+        rows: usize,
+        width: usize,
+    ) {
+        // SAFETY: an `Avx2Fma` exists only once the CPU was seen to have the features the
+        // tile needs (see the type).
+        unsafe { super::tile::avx2::tile(a, b, steps, c, ldc, rows, width) }
+    }
+}
+
 /// The `A` of a product: packed whole beforehand, or as stored, each cache block of it packed
 /// as the loops reach it (into a buffer that stays in cache, instead of a whole packing
 /// written to memory and read back).

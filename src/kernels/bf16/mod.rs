@@ -19,8 +19,15 @@
 //!
 //! [`Bf16Kernel::detect`] (or [`bf16_available`]) checks the CPU once and returns the token that
 //! every function here takes; without AVX512_BF16 it returns an `Err` saying why, so no
-//! instruction the CPU lacks is ever executed. [`Bf16Kernel::scalar`] is the portable kernel on
-//! any machine: a scalar model of `vdpbf16ps` that gives the same values bit for bit (slowly).
+//! instruction the CPU lacks is ever executed. Two kernels give the same values bit for bit
+//! without AVX512_BF16:
+//!
+//! - [`Bf16Kernel::portable`]: an emulation of `vdpbf16ps` with AVX2 and FMA (each pair of k
+//!   as two fused multiply-adds, the flushes of subnormals done with vector masks) where the
+//!   CPU has them, else the scalar kernel. The same values as the native kernel, at a fraction
+//!   of f32's speed: for trying and testing bf16 on CPUs without AVX512_BF16.
+//! - [`Bf16Kernel::scalar`]: the scalar model of `vdpbf16ps` ([`dot_pair`]), on any machine
+//!   (and under Miri), far slower.
 //!
 //! # Accuracy
 //!
@@ -73,10 +80,13 @@ enum Isa {
     Scalar,
     /// AVX512_BF16 and AVX-512F, seen on this CPU.
     Avx512Bf16,
+    /// AVX2 and FMA, seen on this CPU: `vdpbf16ps` emulated.
+    Avx2Fma,
 }
 
 /// The kernel the bf16 functions run: a token made by [`Bf16Kernel::detect`] (the CPU's
-/// AVX512_BF16, checked once) or [`Bf16Kernel::scalar`] (portable). Both give the same values.
+/// AVX512_BF16, checked once), [`Bf16Kernel::portable`] (an AVX2 and FMA emulation where the
+/// CPU has them) or [`Bf16Kernel::scalar`] (any CPU). All give the same values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bf16Kernel {
     isa: Isa,
@@ -104,12 +114,29 @@ impl Bf16Kernel {
         Err(Bf16Unavailable::NotX86)
     }
 
-    /// The portable kernel: the scalar model of `vdpbf16ps`, the same values on any CPU.
+    /// The scalar model of `vdpbf16ps`: the same values on any CPU, slowly.
     pub fn scalar() -> Self {
         Bf16Kernel { isa: Isa::Scalar }
     }
 
-    /// Whether this kernel runs AVX512_BF16 instructions (not the scalar model).
+    /// The portable kernel: `vdpbf16ps` emulated with AVX2 and FMA if this CPU has them (and
+    /// this is not Miri, which does not interpret them), else [`Bf16Kernel::scalar`]. The same
+    /// values as the native kernel, at a fraction of f32's speed: for trying and testing bf16
+    /// on CPUs without AVX512_BF16.
+    pub fn portable() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !cfg!(miri)
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Bf16Kernel { isa: Isa::Avx2Fma };
+            }
+        }
+        Self::scalar()
+    }
+
+    /// Whether this kernel runs AVX512_BF16 instructions (not an emulation of them).
     pub fn is_native(self) -> bool {
         self.isa == Isa::Avx512Bf16
     }
@@ -159,7 +186,33 @@ fn product(kernel: Bf16Kernel, a: loops::AOperand<'_>, b: &PackedBf16B, c: &mut 
     match kernel.isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Bf16 => loops::product(&loops::Avx512Bf16(()), a, b, c, ldc),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => loops::product(&loops::Avx2Fma(()), a, b, c, ldc),
         _ => loops::product(&loops::Scalar, a, b, c, ldc),
+    }
+}
+
+/// One register tile with `kernel`'s tile (see `tile.rs` for the arguments): for the tests,
+/// which check each tile against the scalar one directly.
+#[cfg(test)]
+#[allow(clippy::too_many_arguments)]
+fn run_tile(
+    kernel: Bf16Kernel,
+    a: &[u32],
+    b: &[u32],
+    steps: usize,
+    c: &mut [f32],
+    ldc: usize,
+    rows: usize,
+    width: usize,
+) {
+    use loops::Tile;
+    match kernel.isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16 => loops::Avx512Bf16(()).tile(a, b, steps, c, ldc, rows, width),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => loops::Avx2Fma(()).tile(a, b, steps, c, ldc, rows, width),
+        _ => loops::Scalar.tile(a, b, steps, c, ldc, rows, width),
     }
 }
 

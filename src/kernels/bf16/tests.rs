@@ -16,10 +16,34 @@ fn native(test: &str) -> Option<Bf16Kernel> {
     }
 }
 
-/// The scalar kernel, and the native one where this machine has it.
+/// The AVX2 and FMA emulation, or `None` after printing why its checks are skipped (as
+/// [`native`] does).
+fn emulated(test: &str) -> Option<Bf16Kernel> {
+    use std::io::Write;
+    let k = Bf16Kernel::portable();
+    if k == Bf16Kernel::scalar() {
+        let why = if cfg!(miri) {
+            "Miri does not interpret AVX2"
+        } else {
+            "this CPU lacks AVX2 or FMA"
+        };
+        let line = format!("SKIPPED {test} with the AVX2 emulation: {why}\n");
+        let _ = std::io::stderr().write_all(line.as_bytes());
+        None
+    } else {
+        Some(k)
+    }
+}
+
+/// The vector kernels this machine has: the AVX2 emulation and the native one.
+fn vector_kernels(test: &str) -> Vec<Bf16Kernel> {
+    emulated(test).into_iter().chain(native(test)).collect()
+}
+
+/// The scalar kernel, and the vector ones where this machine has them.
 fn kernels(test: &str) -> Vec<Bf16Kernel> {
     std::iter::once(Bf16Kernel::scalar())
-        .chain(native(test))
+        .chain(vector_kernels(test))
         .collect()
 }
 
@@ -151,15 +175,40 @@ fn awkward_values(n: usize) -> Vec<f32> {
 
 #[test]
 fn vector_conversion_matches_the_scalar_one() {
-    let Some(native) = native("vector_conversion_matches_the_scalar_one") else {
-        return;
-    };
-    let xs = awkward_values(1000);
-    for len in [0, 1, 15, 16, 17, 33, 1000] {
-        let mut got = vec![Bf16(0xAAAA); len];
-        convert_to_bf16(native, &xs[..len], &mut got);
-        for (i, (&g, &x)) in got.iter().zip(&xs).enumerate() {
-            assert_eq!(g, to_bf16(x), "len {len}, value {i}: {x:e}");
+    let xs = awkward_values(1010);
+    for kernel in vector_kernels("vector_conversion_matches_the_scalar_one") {
+        for len in [0, 1, 7, 8, 15, 16, 17, 31, 32, 33, 1000] {
+            for start in [0, 1, 5] {
+                let src = &xs[start..start + len];
+                let mut got = vec![Bf16(0xAAAA); len];
+                convert_to_bf16(kernel, src, &mut got);
+                for (i, (&g, &x)) in got.iter().zip(src).enumerate() {
+                    assert_eq!(g, to_bf16(x), "{kernel:?} len {len}, value {i}: {x:e}");
+                }
+            }
+        }
+    }
+}
+
+/// Every f32 pattern of a sparse sweep through the vector conversions, each stride's block
+/// holding the values either side of every rounding boundary near it.
+#[test]
+fn vector_conversion_matches_the_scalar_one_across_patterns() {
+    let kernels = vector_kernels("vector_conversion_matches_the_scalar_one_across_patterns");
+    let mut xs = Vec::new();
+    for hi in (0..=u16::MAX as u32)
+        .step_by(97)
+        .chain([0x7F7F, 0x7F80, 0x7FC0, 0xFF80])
+    {
+        for lo in [0, 1, 0x40, 0x7FFF, 0x8000, 0x8001, 0xC000, 0xFFFF] {
+            xs.push(f32::from_bits(hi << 16 | lo));
+        }
+    }
+    for kernel in kernels {
+        let mut got = vec![Bf16::default(); xs.len()];
+        convert_to_bf16(kernel, &xs, &mut got);
+        for (&g, &x) in got.iter().zip(&xs) {
+            assert_eq!(g, to_bf16(x), "{kernel:?} {:08x}", x.to_bits());
         }
     }
 }
@@ -169,18 +218,18 @@ fn vector_conversion_matches_the_scalar_one() {
 #[test]
 #[ignore]
 fn exhaustive_vector_conversion_matches_the_scalar_one() {
-    let Some(native) = native("exhaustive_vector_conversion_matches_the_scalar_one") else {
-        return;
-    };
+    let kernels = vector_kernels("exhaustive_vector_conversion_matches_the_scalar_one");
     let mut xs = vec![0.0f32; 1 << 16];
     let mut got = vec![Bf16::default(); 1 << 16];
     for hi in 0..=u16::MAX as u32 {
         for (lo, x) in xs.iter_mut().enumerate() {
             *x = f32::from_bits(hi << 16 | lo as u32);
         }
-        convert_to_bf16(native, &xs, &mut got);
-        for (&g, &x) in got.iter().zip(&xs) {
-            assert_eq!(g, to_bf16(x), "{:08x}", x.to_bits());
+        for &kernel in &kernels {
+            convert_to_bf16(kernel, &xs, &mut got);
+            for (&g, &x) in got.iter().zip(&xs) {
+                assert_eq!(g, to_bf16(x), "{kernel:?} {:08x}", x.to_bits());
+            }
         }
     }
 }
@@ -230,19 +279,151 @@ fn dot_pair_follows_the_instruction() {
 
 #[test]
 fn the_instruction_matches_its_scalar_model() {
-    let Some(native) = native("the_instruction_matches_its_scalar_model") else {
-        return;
-    };
-    // Each case as a 1 x 2 by 2 x 1 product onto C = acc.
-    for (acc, a, b, want) in dot_cases() {
-        let mut c = [acc];
-        gemm_bf16_nn(native, (1, 2, 1), &a, &b, &mut c);
-        assert!(
-            same(c[0], want),
-            "{acc:e} + {a:?} . {b:?}: got {:e}, want {want:e}",
-            c[0]
-        );
+    for kernel in vector_kernels("the_instruction_matches_its_scalar_model") {
+        // Each case as a 1 x 2 by 2 x 1 product onto C = acc.
+        for (acc, a, b, want) in dot_cases() {
+            let mut c = [acc];
+            gemm_bf16_nn(kernel, (1, 2, 1), &a, &b, &mut c);
+            assert!(
+                same(c[0], want),
+                "{kernel:?}: {acc:e} + {a:?} . {b:?}: got {:e}, want {want:e}",
+                c[0]
+            );
+        }
     }
+}
+
+/// A small xorshift generator for the tile checks' operands.
+struct Bits(u64);
+
+impl Bits {
+    fn next(&mut self) -> u32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 32) as u32
+    }
+
+    /// One of `xs`.
+    fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+        xs[self.next() as usize % xs.len()]
+    }
+}
+
+/// `dot_pair` without its flushes: how the tile checks see that their operands reach them.
+fn dot_pair_unflushed(acc: f32, a: u32, b: u32) -> f32 {
+    let (lo, hi) = (
+        |x: u32| f32::from_bits(x << 16),
+        |x: u32| f32::from_bits(x & 0xFFFF_0000),
+    );
+    lo(a).mul_add(lo(b), hi(a).mul_add(hi(b), acc))
+}
+
+/// Operands for the tile checks: `(a, b, c)` for `steps` pairs, `C` `MR` rows of `ldc`.
+/// `tiny`: values about the square root of `f32::MIN_POSITIVE` and `C` about it, so that sums
+/// of products fall to f32 subnormals often; else ordinary values and, now and then, a NaN,
+/// an infinity, a bf16 subnormal, a zero or a huge value.
+fn tile_operands(
+    bits: &mut Bits,
+    steps: usize,
+    ldc: usize,
+    tiny: bool,
+) -> (Vec<u32>, Vec<u32>, Vec<f32>) {
+    let bf16 = |bits: &mut Bits| -> u16 {
+        let sign = (bits.next() & 0x8000) as u16;
+        let mantissa = (bits.next() & 0x7F) as u16;
+        let exponent = if tiny {
+            // 2^-64 .. 2^-61, or a bf16 subnormal or zero now and then.
+            if bits.next().is_multiple_of(8) {
+                0
+            } else {
+                63 + bits.next() as u16 % 4
+            }
+        } else {
+            match bits.next() % 32 {
+                0 => 0,    // subnormal or zero
+                1 => 0xFF, // infinity or NaN
+                2 => 0xFE, // huge
+                _ => 124 + bits.next() as u16 % 6,
+            }
+        };
+        sign | exponent << 7 | mantissa
+    };
+    let pairs = |bits: &mut Bits, n: usize| -> Vec<u32> {
+        (0..n)
+            .map(|_| u32::from(bf16(bits)) | u32::from(bf16(bits)) << 16)
+            .collect()
+    };
+    let a = pairs(bits, steps * MR);
+    let b = pairs(bits, steps * PANEL);
+    let c = (0..MR * ldc)
+        .map(|_| {
+            let sign = bits.next() & 0x8000_0000;
+            let mantissa = bits.next() & 0x007F_FFFF;
+            let exponent = if tiny {
+                // f32 subnormals and zeros, and normals up to 2^-124.
+                bits.next() % 4
+            } else {
+                bits.pick(&[0, 0xFF, 1, 126, 127, 128, 127, 130])
+            };
+            f32::from_bits(sign | exponent << 23 | mantissa)
+        })
+        .collect();
+    (a, b, c)
+}
+
+/// Each vector tile against the scalar one, bit for bit (NaNs as NaNs), on every shape of
+/// tile (1 to `MR` rows, 1 to `PANEL` columns) and on operands that exercise every flush: bf16
+/// subnormal inputs, sums that fall to f32 subnormals, `C` starting subnormal; and NaN,
+/// infinity and overflow. `C`'s values outside the tile are left as they were.
+#[test]
+fn vector_tiles_flush_as_the_scalar_tile_does() {
+    let kernels = vector_kernels("vector_tiles_flush_as_the_scalar_tile_does");
+    let ldc = PANEL + 3;
+    let mut bits = Bits(0x9E37_79B9_7F4A_7C15);
+    let (mut flushed, mut nans) = (0usize, 0usize);
+    for tiny in [true, false] {
+        let steps: &[usize] = if tiny { &[1, 7, 67] } else { &[1, 2, 5] };
+        for &steps in steps {
+            let (a, b, c0) = tile_operands(&mut bits, steps, ldc, tiny);
+            // How many of the scalar tile's results its flushes change, and how many are NaN:
+            // the operands must reach the cases this test is for.
+            let mut want = c0.clone();
+            tile::tile_scalar(&a, &b, steps, &mut want, ldc, MR, PANEL);
+            for r in 0..MR {
+                for j in 0..PANEL {
+                    let mut x = c0[r * ldc + j];
+                    for p in 0..steps {
+                        x = dot_pair_unflushed(x, a[p * MR + r], b[p * PANEL + j]);
+                    }
+                    flushed += usize::from(!same(x, want[r * ldc + j]));
+                    nans += usize::from(want[r * ldc + j].is_nan());
+                }
+            }
+            for &kernel in &kernels {
+                for rows in 1..=MR {
+                    for width in 1..=PANEL {
+                        let mut want = c0.clone();
+                        tile::tile_scalar(&a, &b, steps, &mut want, ldc, rows, width);
+                        let mut got = c0.clone();
+                        run_tile(kernel, &a, &b, steps, &mut got, ldc, rows, width);
+                        for (e, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                            assert!(
+                                same(g, w),
+                                "{kernel:?} tiny {tiny}, {steps} pairs, {rows} x {width}: \
+                                 C[{}][{}] = {g:e} ({:08x}), scalar tile {w:e} ({:08x})",
+                                e / ldc,
+                                e % ldc,
+                                g.to_bits(),
+                                w.to_bits()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(flushed > 100 && nans > 10, "{flushed} flushed, {nans} NaN");
 }
 
 /// Which product: `C += A B` (NN), `C += A B^T` (NT), `C += A^T B` (TN).
@@ -617,6 +798,20 @@ fn detection_says_why_not() {
         assert!(why.to_string().contains("AVX512_BF16"), "{why}");
     }
     assert!(!Bf16Kernel::scalar().is_native());
+    // The portable kernel is never the native one: the AVX2 emulation where the CPU has AVX2
+    // and FMA (not under Miri), else the scalar one.
+    let portable = Bf16Kernel::portable();
+    assert!(!portable.is_native());
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx2 = !cfg!(miri)
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma");
+        assert_eq!(portable.isa == Isa::Avx2Fma, avx2);
+    }
+    if cfg!(miri) {
+        assert_eq!(portable, Bf16Kernel::scalar());
+    }
 }
 
 #[test]
@@ -625,4 +820,59 @@ fn a_short_c_is_refused() {
     let kernel = Bf16Kernel::scalar();
     let (m, k, n) = (3, 4, 5);
     gemm_bf16_nn(kernel, (m, k, n), &[1.0; 12], &[1.0; 20], &mut [0.0; 14]);
+}
+
+/// GFLOP/s of `C += A B` (`m = 256`, `k = 512`, `n = 1024`, [`gemm_bf16_nn`]) on each bf16
+/// kernel this machine has and of the f32 `sgemm` of the same shape, in alternating rounds
+/// (the best of each kernel's timings); printed, not checked. Run with
+/// `cargo test --release --lib bf16_speed -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bf16_speed() {
+    use crate::kernels::gemm::sgemm;
+    use std::time::Instant;
+    let (m, k, n) = (256, 512, 1024);
+    let a: Vec<f32> = values(1, m * k, 1.0);
+    let b: Vec<f32> = values(2, k * n, 1.0);
+    let mut c = vec![0.0f32; m * n];
+    let flops = 2.0 * (m * k * n) as f64;
+    let shape = GemmShape {
+        m,
+        k,
+        n,
+        trans_a: false,
+        trans_b: false,
+    };
+    let mut names: Vec<String> = vec!["f32 sgemm".into()];
+    let bf16: Vec<Bf16Kernel> = kernels("bf16_speed");
+    names.extend(bf16.iter().map(|k| format!("bf16 {k:?}")));
+    let mut best = vec![f64::INFINITY; names.len()];
+    for _round in 0..3 {
+        for (i, best) in best.iter_mut().enumerate() {
+            // The scalar kernel takes about a second a product: once a round.
+            let reps = if i > 0 && bf16[i - 1] == Bf16Kernel::scalar() {
+                1
+            } else {
+                5
+            };
+            for _ in 0..reps {
+                let t = Instant::now();
+                if i == 0 {
+                    sgemm(shape, 1.0, &a, &b, 1.0, &mut c);
+                } else {
+                    gemm_bf16_nn(bf16[i - 1], (m, k, n), &a, &b, &mut c);
+                }
+                *best = best.min(t.elapsed().as_secs_f64());
+            }
+        }
+    }
+    let f32_rate = flops / best[0] / 1e9;
+    for (name, t) in names.iter().zip(&best) {
+        let rate = flops / t / 1e9;
+        println!(
+            "{name:>34}: {:8.2} ms  {rate:7.2} GFLOP/s  {:6.3} of f32",
+            t * 1e3,
+            rate / f32_rate
+        );
+    }
 }

@@ -1,6 +1,6 @@
 //! The register tile: [`MR`] rows of `C` by one panel of [`PANEL`] columns, over a run of pairs
-//! of k, with `vdpbf16ps` (the only code of the product with `unsafe`), and the scalar model of
-//! the same instruction that the portable kernel runs.
+//! of k, with `vdpbf16ps` or its emulation with AVX2 and FMA (the only code of the product
+//! with `unsafe`), and the scalar model of the same instruction that the scalar kernel runs.
 //!
 //! `vdpbf16ps acc, a, b` adds to each f32 lane `j` the two products `a[2j] b[2j]` and
 //! `a[2j+1] b[2j+1]` of bf16 values. Intel's manual specifies it as two fused multiply-adds,
@@ -148,5 +148,176 @@ pub(super) mod avx512 {
         let v = _mm512_set1_epi32(pair as i32);
         // SAFETY: both are 64-byte vector types with no invalid bit patterns.
         unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(super) mod avx2 {
+    //! `vdpbf16ps` emulated with AVX2 and FMA: each pair of k as two fused multiply-adds, the
+    //! odd product first, with the instruction's flushes done with vector masks (not with
+    //! MXCSR's DAZ and FTZ, whose detection of tiny results need not match the model's).
+
+    use super::{MR, PANEL, check, flush};
+    use std::arch::x86_64::*;
+
+    /// f32 lanes per vector.
+    const LANES: usize = 8;
+    /// Vectors per row of a chunk: 6 rows by 2 vectors are 12 accumulators. With `B`'s 4
+    /// unpacked vectors and `A`'s 2 broadcasts that is more than AVX2's 16 registers, but it
+    /// measured a little faster than 1 vector per row, whose 6 chains of dependent fused
+    /// multiply-adds and flushes leave the units idle more often.
+    const CV: usize = 2;
+    /// Columns per chunk: the panel is covered a chunk at a time.
+    const CHUNK: usize = CV * LANES;
+    const _: () = assert!(PANEL.is_multiple_of(CHUNK));
+    /// Pairs of k whose `A` is unpacked at a time (into 3 KiB on the stack).
+    const KS: usize = 64;
+
+    /// [`tile_scalar`](super::tile_scalar) emulated: for each chunk of [`CHUNK`] columns, the
+    /// accumulators stay in registers from the loads of `C` to its stores, over every pair of
+    /// `A` (unpacked and flushed once) and `B` (unpacked and flushed in registers). Rows of `A`
+    /// past `rows` are computed but not stored, and columns past `width` are neither read nor
+    /// written.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(in super::super) unsafe fn tile(
+        a: &[u32],
+        b: &[u32],
+        steps: usize,
+        c: &mut [f32],
+        ldc: usize,
+        rows: usize,
+        width: usize,
+    ) {
+        check(a, b, steps, c, ldc, rows, width);
+        // `A[r][p]` as two f32, each flushed: the odd step of k at `ahi[(p - p0) MR + r]`, the
+        // even one at `alo[(p - p0) MR + r]`.
+        let (mut ahi, mut alo) = ([0.0f32; KS * MR], [0.0f32; KS * MR]);
+        for p0 in (0..steps).step_by(KS) {
+            let ks = KS.min(steps - p0);
+            let a = &a[p0 * MR..(p0 + ks) * MR];
+            let whole = a.len() / LANES * LANES;
+            for ((h, l), x) in ahi
+                .chunks_exact_mut(LANES)
+                .zip(alo.chunks_exact_mut(LANES))
+                .zip(a[..whole].chunks_exact(LANES))
+            {
+                // SAFETY: `x` holds `LANES` u32, one vector (an unaligned load reads exactly
+                // those), and `h` and `l` `LANES` f32 each (which the unaligned stores fill).
+                unsafe {
+                    let (vh, vl) = unpack(x.as_ptr().cast::<__m256i>().read_unaligned());
+                    _mm256_storeu_ps(h.as_mut_ptr(), vh);
+                    _mm256_storeu_ps(l.as_mut_ptr(), vl);
+                }
+            }
+            for (i, &x) in a.iter().enumerate().skip(whole) {
+                ahi[i] = flush(f32::from_bits(x & 0xFFFF_0000));
+                alo[i] = flush(f32::from_bits(x << 16));
+            }
+            let au = (&ahi[..ks * MR], &alo[..ks * MR]);
+            for j0 in (0..width).step_by(CHUNK) {
+                chunk(au, &b[p0 * PANEL + j0..], ks, c, ldc, rows, (j0, width));
+            }
+        }
+    }
+
+    /// `C += A B` over `steps` pairs for the chunk of columns from `j0` (below `width`): `ahi`
+    /// and `alo` the unpacked `A`, `b` the panel's pairs from column `j0` of pair `p0`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn chunk(
+        (ahi, alo): (&[f32], &[f32]),
+        b: &[u32],
+        steps: usize,
+        c: &mut [f32],
+        ldc: usize,
+        rows: usize,
+        (j0, width): (usize, usize),
+    ) {
+        // `tile`'s `check` bounds every access below: of `B`, vector `v` of pair `p < steps`,
+        // `LANES` values from `b[p PANEL + v LANES]`, inside the panel (`j0` is a multiple of
+        // `CHUNK`, which divides `PANEL`) and so inside `b`; of row `r < rows` of C, the lanes
+        // of vector `v` below `width`, from `c[r ldc + j0 + v LANES]` (vectors with no such
+        // lane are skipped, the others masked to those lanes).
+        assert!(
+            j0 < width
+                && j0.is_multiple_of(CHUNK)
+                && ahi.len() >= steps * MR
+                && alo.len() >= steps * MR
+                && b.len() + j0 >= steps * PANEL
+        );
+        let lanes: [usize; CV] =
+            std::array::from_fn(|v| width.saturating_sub(j0 + v * LANES).min(LANES));
+        let mask: [__m256i; CV] = std::array::from_fn(|v| {
+            let ramp = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(lanes[v] as i32), ramp)
+        });
+        let (bp, cp) = (b.as_ptr(), c.as_mut_ptr());
+        let mut acc = [[_mm256_setzero_ps(); CV]; MR];
+        for r in 0..rows {
+            for v in (0..CV).filter(|&v| lanes[v] > 0) {
+                // SAFETY: the lanes of vector `v` of row `r` below `width` (see above); masked
+                // lanes are not read.
+                let x = unsafe { _mm256_maskload_ps(cp.add(r * ldc + j0 + v * LANES), mask[v]) };
+                acc[r][v] = flush_ps(x);
+            }
+        }
+        for p in 0..steps {
+            let mut hi = [_mm256_setzero_ps(); CV];
+            let mut lo = [_mm256_setzero_ps(); CV];
+            for v in 0..CV {
+                // SAFETY: vector `v` of pair `p` of the chunk (see above).
+                let x = unsafe {
+                    bp.add(p * PANEL + v * LANES)
+                        .cast::<__m256i>()
+                        .read_unaligned()
+                };
+                (hi[v], lo[v]) = unpack(x);
+            }
+            for r in 0..MR {
+                let (ah, al) = (ahi[p * MR + r], alo[p * MR + r]);
+                let (ah, al) = (_mm256_set1_ps(ah), _mm256_set1_ps(al));
+                for v in 0..CV {
+                    let x = flush_ps(_mm256_fmadd_ps(ah, hi[v], acc[r][v]));
+                    acc[r][v] = flush_ps(_mm256_fmadd_ps(al, lo[v], x));
+                }
+            }
+        }
+        for r in 0..rows {
+            for v in (0..CV).filter(|&v| lanes[v] > 0) {
+                // SAFETY: as for the loads of C; masked lanes are not written.
+                unsafe {
+                    _mm256_maskstore_ps(cp.add(r * ldc + j0 + v * LANES), mask[v], acc[r][v])
+                };
+            }
+        }
+    }
+
+    /// Eight pairs of bf16 values as f32, the odd (upper) halves and the even (lower) ones,
+    /// each a zero of its sign if it is a bf16 subnormal (its exponent field zero).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn unpack(x: __m256i) -> (__m256, __m256) {
+        // Each 16-bit half with its exponent zero keeps only its sign.
+        let exponent = _mm256_and_si256(x, _mm256_set1_epi32(0x7F80_7F80));
+        let tiny = _mm256_cmpeq_epi16(exponent, _mm256_setzero_si256());
+        let x = _mm256_andnot_si256(_mm256_and_si256(tiny, _mm256_set1_epi32(0x7FFF_7FFF)), x);
+        let hi = _mm256_and_si256(x, _mm256_set1_epi32(0xFFFF_0000u32 as i32));
+        let lo = _mm256_slli_epi32::<16>(x);
+        (_mm256_castsi256_ps(hi), _mm256_castsi256_ps(lo))
+    }
+
+    /// `x` with each subnormal lane made a zero of its sign ([`flush`] on every lane): a lane
+    /// whose magnitude is below `f32::MIN_POSITIVE` keeps only its sign bit (a NaN compares
+    /// false and is kept).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn flush_ps(x: __m256) -> __m256 {
+        let magnitude = _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF)));
+        let tiny = _mm256_cmp_ps::<_CMP_LT_OQ>(magnitude, _mm256_set1_ps(f32::MIN_POSITIVE));
+        _mm256_blendv_ps(x, _mm256_xor_ps(x, magnitude), tiny)
     }
 }

@@ -96,8 +96,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub layer_norm: bool,
     /// Precision of the products: f32, or bf16 (operands rounded to bf16, accumulated in
-    /// f32; needs a CPU with AVX512_BF16, or RECUR_BF16_KERNEL=portable for the slow portable
-    /// kernel).
+    /// f32; needs a CPU with AVX512_BF16, or RECUR_BF16_KERNEL=portable for the portable
+    /// kernel, an emulation slower than f32).
     #[arg(long, default_value = "f32")]
     pub precision: recur::Precision,
     /// Random seed (initialisation, dropout, samples).
