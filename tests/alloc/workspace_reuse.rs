@@ -12,6 +12,7 @@
 
 use crate::common;
 use crate::counted;
+use recur::internals::bf16::Bf16Kernel;
 use recur::nn::{Activation, CellKind, ForwardOptions, Recurrent, RecurrentConfig};
 use recur::optim::{Optimizer, Sgd, SgdConfig};
 use recur::{ParamStore, Rng, Tape, Tensor};
@@ -96,8 +97,9 @@ fn a_reused_tape_gives_the_results_of_a_fresh_one() {
 
 /// Allocations (count, bytes) of one steady-state training step of an LSTM layer (projecting
 /// its state to `proj` features, when not 0) over a sequence of `t` steps: forward,
-/// loss = sum(y), backward, an SGD step. Run on one thread.
-fn steady_state_allocations(t: usize, proj: usize) -> (usize, usize) {
+/// loss = sum(y), backward, an SGD step; with bf16 products (on the portable kernel) where
+/// `bf16`. Run on one thread.
+fn steady_state_allocations(t: usize, proj: usize, bf16: bool) -> (usize, usize) {
     let (b, i, h) = (64, 32, 48);
     let mut ps = ParamStore::<f32>::new();
     let cfg = RecurrentConfig::new(i, h).proj_size(proj);
@@ -111,6 +113,9 @@ fn steady_state_allocations(t: usize, proj: usize) -> (usize, usize) {
     })
     .unwrap();
     let mut tape = Tape::new();
+    if bf16 {
+        tape.set_bf16_kernel(Bf16Kernel::scalar()).unwrap();
+    }
     let mut train_step = |tape: &mut Tape<f32>, ps: &mut ParamStore<f32>| {
         tape.clear();
         let x = tape.input_copy(&x_val);
@@ -136,23 +141,24 @@ fn a_steady_state_training_step_allocates_nothing_that_grows_with_the_sequence()
         .num_threads(1)
         .build()
         .unwrap();
-    for proj in [0, 20] {
+    for (proj, bf16) in [(0, false), (20, false), (0, true), (20, true)] {
         let (short, long) = pool.install(|| {
             (
-                steady_state_allocations(25, proj),
-                steady_state_allocations(100, proj),
+                steady_state_allocations(25, proj, bf16),
+                steady_state_allocations(100, proj, bf16),
             )
         });
         // What the step works on: at T = 100, the saved activations alone are 100 * 64 * 48 * 7
         // floats (8.6 MB).
         assert_eq!(
             short, long,
-            "proj_size {proj}: allocations (count, bytes) per step: {short:?} at T = 25, \
-             {long:?} at T = 100"
+            "proj_size {proj}, bf16 {bf16}: allocations (count, bytes) per step: {short:?} at \
+             T = 25, {long:?} at T = 100"
         );
         assert!(
             long.1 <= 1 << 20,
-            "proj_size {proj}: a steady-state step allocated {} bytes in {} allocations",
+            "proj_size {proj}, bf16 {bf16}: a steady-state step allocated {} bytes in {} \
+             allocations",
             long.1,
             long.0
         );

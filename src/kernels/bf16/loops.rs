@@ -145,7 +145,8 @@ pub(super) fn product(
     // cache blocks of k) at a time, at most `A_CHUNK_BYTES`: long runs of each stored row
     // (short ones, a cache block of k from each of the block's rows, left the hardware's
     // prefetchers behind and the packing took twice as long).
-    let (mut block, mut scratch) = (Vec::new(), Scratch::default());
+    let mut scratch = Scratch::take();
+    let mut block = std::mem::take(&mut scratch.block);
     let chunk = match &a {
         AOperand::Packed(_) => kp,
         AOperand::Stored(..) => {
@@ -181,4 +182,6 @@ pub(super) fn product(
             }
         }
     }
+    scratch.block = block;
+    scratch.put();
 }

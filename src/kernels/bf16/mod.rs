@@ -221,18 +221,51 @@ fn run_tile(
 /// `k x n`, each stored row-major and read transposed where its flag is set; `C` `m x n`
 /// row-major. `B` is packed for this call, `A` converted block by block.
 pub fn gemm_bf16(kernel: Bf16Kernel, s: GemmShape, a: &[f32], b: &[f32], c: &mut [f32]) {
-    let mut pb = PackedBf16B::new();
-    if s.trans_b {
-        pb.pack_transposed(kernel, b, s.n, s.k);
-    } else {
-        pb.pack(kernel, b, s.k, s.n);
-    }
     let storage = if s.trans_a {
         AStorage::ColMajor { ld: s.m }
     } else {
         AStorage::RowMajor
     };
-    gemm_bf16_acc_stored(kernel, (s.m, a, storage), &pb, c, s.n);
+    with_packed_b(|pb| {
+        if s.trans_b {
+            pb.pack_transposed(kernel, b, s.n, s.k);
+        } else {
+            pb.pack(kernel, b, s.k, s.n);
+        }
+        gemm_bf16_acc_stored(kernel, (s.m, a, storage), pb, c, s.n);
+    });
+}
+
+/// `C += A [b_1; b_2; ...]`: `A` (`m x k`) as stored in f32 (`storage`), `B` the row-major
+/// parts of `n` columns stacked along k (`k` their rows in all), packed for this call without
+/// copying them together; `C` `m x n` with rows `ldc` apart. A weight gradient
+/// `dW += dG^T [h_0; H]` reads its inputs so, the initial state apart from the outputs.
+pub fn gemm_bf16_stacked(
+    kernel: Bf16Kernel,
+    (m, a, storage): (usize, &[f32], AStorage),
+    parts: &[&[f32]],
+    n: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    with_packed_b(|pb| {
+        pb.pack_stacked(kernel, parts, n);
+        gemm_bf16_acc_stored(kernel, (m, a, storage), pb, c, ldc);
+    });
+}
+
+thread_local! {
+    /// This thread's packing of a product's `B` between calls.
+    static PACKED_B: std::cell::Cell<PackedBf16B> = std::cell::Cell::new(PackedBf16B::new());
+}
+
+/// Runs `f` on this thread's packing of `B`, kept between calls so that products whose `B`
+/// is packed for the call (a weight gradient's inputs, every step) allocate nothing once warm.
+fn with_packed_b<R>(f: impl FnOnce(&mut PackedBf16B) -> R) -> R {
+    let mut pb = PACKED_B.with(std::cell::Cell::take);
+    let r = f(&mut pb);
+    PACKED_B.with(|c| c.set(pb));
+    r
 }
 
 /// `C += A B`, `A` `m x k` and `B` `k x n` row-major (`B` packed for this call, `A` converted block by block).

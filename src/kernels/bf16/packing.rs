@@ -71,15 +71,42 @@ impl PackedBf16B {
             "PackedBf16B::pack: {} values for {k} x {n}",
             b.len()
         );
+        if n == 0 {
+            // No columns: nothing to pack, but the product still has `k` rows of `B`.
+            self.resize(k, 0);
+            return;
+        }
+        self.pack_stacked(kernel, &[&b[..k * n]], n);
+    }
+
+    /// Packs `[b_1; b_2; ...]`, row-major matrices of `n` columns stacked along k (the rows of
+    /// `b_1`, then of `b_2`, ...), without copying them together first. Panics if a part is
+    /// not whole rows of `n` (or `n` is zero while a part is not empty).
+    pub fn pack_stacked(&mut self, kernel: Bf16Kernel, parts: &[&[f32]], n: usize) {
+        assert!(
+            parts.iter().all(|b| if n == 0 {
+                b.is_empty()
+            } else {
+                b.len() % n == 0
+            }),
+            "PackedBf16B::pack_stacked: a part is not whole rows of {n}"
+        );
+        let k = parts.iter().map(|b| b.len() / n.max(1)).sum::<usize>();
         let kp = k.div_ceil(2);
         let out = self.resize(k, n);
-        let (mut even, mut odd) = (vec![Bf16::default(); n], vec![Bf16::default(); n]);
+        if n == 0 {
+            return;
+        }
+        let mut rows = parts.iter().flat_map(|b| b.chunks_exact(n));
+        let mut scratch = Scratch::take();
+        let Scratch { even, odd, .. } = &mut scratch;
+        even.resize(n, Bf16::default());
+        odd.resize(n, Bf16::default());
         for p in 0..kp {
-            convert_to_bf16(kernel, &b[2 * p * n..(2 * p + 1) * n], &mut even);
-            if 2 * p + 1 < k {
-                convert_to_bf16(kernel, &b[(2 * p + 1) * n..(2 * p + 2) * n], &mut odd);
-            } else {
-                odd.fill(Bf16::default());
+            convert_to_bf16(kernel, rows.next().expect("row 2p of k"), even);
+            match rows.next() {
+                Some(row) => convert_to_bf16(kernel, row, odd),
+                None => odd.fill(Bf16::default()),
             }
             for (q, panel) in out.chunks_exact_mut(kp * PANEL).enumerate() {
                 let row = &mut panel[p * PANEL..(p + 1) * PANEL];
@@ -91,6 +118,7 @@ impl PackedBf16B {
                 row[w..].fill(0);
             }
         }
+        scratch.put();
     }
 
     /// Packs `w^T`, where `w` is a row-major `n x k` matrix (a weight in `[out, in]` layout,
@@ -107,7 +135,10 @@ impl PackedBf16B {
             return;
         }
         // Row `j` of `w`, in bf16, with a zero after an odd `k`: `kp` pairs of k.
-        let mut row = vec![Bf16::default(); 2 * kp];
+        let mut scratch = Scratch::take();
+        let row = &mut scratch.even;
+        row.clear();
+        row.resize(2 * kp, Bf16::default());
         for (q, panel) in out.chunks_exact_mut(kp * PANEL).enumerate() {
             let j0 = q * PANEL;
             let w_cols = PANEL.min(n - j0);
@@ -125,6 +156,7 @@ impl PackedBf16B {
                 }
             }
         }
+        scratch.put();
     }
 }
 
@@ -164,13 +196,9 @@ impl PackedBf16A {
         (self.m, self.k) = (m, k);
         self.buf.resize(len);
         let out = self.buf.values_mut();
-        src.pack_block(
-            kernel,
-            0..m.div_ceil(MR),
-            0..kp,
-            out,
-            &mut Scratch::default(),
-        );
+        let mut scratch = Scratch::take();
+        src.pack_block(kernel, 0..m.div_ceil(MR), 0..kp, out, &mut scratch);
+        scratch.put();
     }
 }
 
@@ -184,12 +212,32 @@ pub(super) struct ASource<'a> {
     storage: AStorage,
 }
 
-/// Buffers that packing reuses between blocks.
+/// Buffers that packing reuses between blocks, and the loops a block of `A` packed
+/// (`block`). Each thread keeps one between calls ([`Scratch::take`], [`Scratch::put`]), so a
+/// training step's products, thousands of small ones, allocate none once warm.
 #[derive(Default)]
 pub(super) struct Scratch {
     even: Vec<Bf16>,
     odd: Vec<Bf16>,
     pairs: Vec<u32>,
+    pub(super) block: Vec<u32>,
+}
+
+thread_local! {
+    /// This thread's [`Scratch`] between calls.
+    static SCRATCH: std::cell::Cell<Scratch> = std::cell::Cell::new(Scratch::default());
+}
+
+impl Scratch {
+    /// This thread's scratch (empty if a call further up holds it).
+    pub(super) fn take() -> Self {
+        SCRATCH.with(std::cell::Cell::take)
+    }
+
+    /// Keeps `self` for this thread's next call.
+    pub(super) fn put(self) {
+        SCRATCH.with(|s| s.set(self));
+    }
 }
 
 impl<'a> ASource<'a> {
@@ -266,7 +314,9 @@ impl<'a> ASource<'a> {
                 // pairs written as one contiguous run (a pair at a time, each tile's writes
                 // would lie `np MR` values apart, 75 KiB for a whole `dG^T` at `k = 6400`).
                 const PB: usize = 8;
-                let Scratch { even, odd, pairs } = scratch;
+                let Scratch {
+                    even, odd, pairs, ..
+                } = scratch;
                 even.resize(rows, Bf16::default());
                 odd.resize(rows, Bf16::default());
                 pairs.resize(PB * rows, 0);

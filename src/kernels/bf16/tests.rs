@@ -876,3 +876,34 @@ fn bf16_speed() {
         );
     }
 }
+
+/// Packing parts stacked along k gives the packing of the parts copied together, also where a
+/// pair of k spans two parts (a part of an odd number of rows) and with empty parts.
+#[test]
+fn stacked_parts_pack_as_their_concatenation() {
+    let kernel = Bf16Kernel::portable();
+    for (rows, n) in [
+        (vec![3, 4], 70),
+        (vec![0, 5, 0], 9),
+        (vec![1, 1, 1], 64),
+        (vec![7], 1),
+    ] {
+        let parts: Vec<Vec<f32>> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| values(i as u64 + 40, r * n, 1.0))
+            .collect();
+        let whole: Vec<f32> = parts.iter().flatten().copied().collect();
+        let k: usize = rows.iter().sum();
+        let (mut want, mut got) = (PackedBf16B::new(), PackedBf16B::new());
+        want.pack(kernel, &whole, k, n);
+        let refs: Vec<&[f32]> = parts.iter().map(Vec::as_slice).collect();
+        got.pack_stacked(kernel, &refs, n);
+        assert_eq!((got.k(), got.n()), (k, n));
+        assert_eq!(
+            got.buf.values(),
+            want.buf.values(),
+            "rows {rows:?}, n = {n}"
+        );
+    }
+}

@@ -6,7 +6,9 @@
 //! Only `f32` layers reach here (a bf16 tape is always `f32`), so each function takes its
 //! operands as `f32` through [`Float::as_f32`].
 
-use crate::kernels::bf16::{AStorage, Bf16Kernel, PackedBf16B, gemm_bf16_acc_stored};
+use crate::kernels::bf16::{
+    AStorage, Bf16Kernel, PackedBf16B, gemm_bf16_acc_stored, gemm_bf16_stacked,
+};
 use crate::kernels::gemm_nn::{PackedB, Rows, gemm_packed_acc, gemm_packed_set};
 use crate::tensor::{self, Float};
 
@@ -105,15 +107,15 @@ pub(super) fn weight_grad<T: Float>(
     cols: usize,
     dw: &mut [T],
 ) {
-    let a: Vec<f32> = match parts {
-        [one] => f32s(one).to_vec(),
-        _ => parts.iter().flat_map(|p| f32s(p)).copied().collect(),
+    let dw = f32s_mut(&mut dw[..gh * cols]);
+    dw.fill(0.0);
+    let parts: [&[f32]; 2] = match parts {
+        [one] => [f32s(one), &[]],
+        [one, two] => [f32s(one), f32s(two)],
+        _ => panic!("weight_grad: one or two parts"),
     };
-    let rows = a.len().checked_div(cols).unwrap_or(0);
-    let mut packed = PackedBf16B::new();
-    packed.pack(kernel, &a, rows, cols);
-    let storage = AStorage::ColMajor { ld: gh };
-    product(kernel, (gh, dg, storage), &packed, dw, true);
+    let a = (gh, f32s(dg), AStorage::ColMajor { ld: gh });
+    gemm_bf16_stacked(kernel, a, &parts, cols, dw, cols);
 }
 
 /// A weight packed for the products of each step, `C = A B` or `C += A B` over a few rows: in
