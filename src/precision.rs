@@ -32,9 +32,10 @@ use crate::{Error, Float, Result};
 /// AVX2 and FMA where the CPU has them (a scalar model of it elsewhere), which gives the same
 /// values bit for bit. It is slower than f32: on an AMD EPYC (Zen 3: AVX2, no AVX-512), a
 /// product of 256 x 512 by 512 x 1024 ran at about 0.3 of f32's speed on one thread, and a
-/// training step of a 256-unit LSTM (batch 32, 100 steps) took about 3.4 times as long as in
-/// f32; the scalar model, on CPUs without AVX2, is some 70 times slower than f32. For trying
-/// and testing bf16 training on any machine, not for speed. Only `f32` tapes take bf16.
+/// training step of a 256-unit LSTM (batch 32, 100 steps) took 2.5 to 3.1 times as long as
+/// in f32 (BENCHMARKS.md); the scalar model, on CPUs without AVX2, is some 70 times slower
+/// than f32. For trying and testing bf16 training on any machine, not for speed. Only `f32`
+/// tapes take bf16.
 ///
 /// ```
 /// use recur::{Precision, Tape};
