@@ -1,7 +1,7 @@
 //! Mixed-precision products: `C += A B` with `A` and `B` rounded to bf16 and `C` accumulated
 //! in f32, by AVX512_BF16's `vdpbf16ps` (two products of k per instruction and lane).
 //!
-//! - [`convert`]: f32 <-> bf16, rounding to nearest even ([`to_bf16`] is the scalar reference).
+//! - `convert`: f32 <-> bf16, rounding to nearest even ([`to_bf16`] is the scalar reference).
 //! - `packing`: both operands converted once per call into the pair layout the instruction
 //!   reads; a weight's [`PackedBf16B`] can be packed once and reused.
 //! - `tile`: the register tile with `vdpbf16ps`, and the scalar model of that instruction.
