@@ -8,7 +8,7 @@
 
 use super::Bf16Kernel;
 use super::packing::{ASource, PackedBf16A, PackedBf16B, Scratch};
-use super::tile::{MR, PANEL, tile_scalar};
+use super::tile::{MR, PANEL, TileOps, tile_scalar};
 
 /// Pairs of k per cache block: a panel's slice of `B` is `KB * PANEL * 4` bytes = 16 KiB, and
 /// stays in L1 while every tile of the block's rows runs over it.
@@ -22,34 +22,15 @@ const A_CHUNK_BYTES: usize = 256 << 10;
 /// A register tile's implementation (see `tile.rs` for the arguments).
 pub(super) trait Tile {
     /// `C += A B` for one tile.
-    #[allow(clippy::too_many_arguments)]
-    fn tile(
-        &self,
-        a: &[u32],
-        b: &[u32],
-        steps: usize,
-        c: &mut [f32],
-        ldc: usize,
-        rows: usize,
-        width: usize,
-    );
+    fn tile(&self, t: TileOps<'_>);
 }
 
 /// The portable tile, the scalar model of `vdpbf16ps`.
 pub(super) struct Scalar;
 
 impl Tile for Scalar {
-    fn tile(
-        &self,
-        a: &[u32],
-        b: &[u32],
-        steps: usize,
-        c: &mut [f32],
-        ldc: usize,
-        rows: usize,
-        width: usize,
-    ) {
-        tile_scalar(a, b, steps, c, ldc, rows, width);
+    fn tile(&self, t: TileOps<'_>) {
+        tile_scalar(t);
     }
 }
 
@@ -60,19 +41,10 @@ pub(super) struct Avx512Bf16(pub(super) ());
 
 #[cfg(target_arch = "x86_64")]
 impl Tile for Avx512Bf16 {
-    fn tile(
-        &self,
-        a: &[u32],
-        b: &[u32],
-        steps: usize,
-        c: &mut [f32],
-        ldc: usize,
-        rows: usize,
-        width: usize,
-    ) {
+    fn tile(&self, t: TileOps<'_>) {
         // SAFETY: an `Avx512Bf16` exists only once the CPU was seen to have the features the
         // tile needs (see the type).
-        unsafe { super::tile::avx512::tile(a, b, steps, c, ldc, rows, width) }
+        unsafe { super::tile::avx512::tile(t) }
     }
 }
 
@@ -83,19 +55,10 @@ pub(super) struct Avx2Fma(pub(super) ());
 
 #[cfg(target_arch = "x86_64")]
 impl Tile for Avx2Fma {
-    fn tile(
-        &self,
-        a: &[u32],
-        b: &[u32],
-        steps: usize,
-        c: &mut [f32],
-        ldc: usize,
-        rows: usize,
-        width: usize,
-    ) {
+    fn tile(&self, t: TileOps<'_>) {
         // SAFETY: an `Avx2Fma` exists only once the CPU was seen to have the features the
         // tile needs (see the type).
-        unsafe { super::tile::avx2::tile(a, b, steps, c, ldc, rows, width) }
+        unsafe { super::tile::avx2::tile(t) }
     }
 }
 
@@ -176,7 +139,15 @@ pub(super) fn product(
                         let rows = MR.min(m - t * MR);
                         let at = (t - origin.0) * stride + (p0 - origin.1) * MR;
                         let cs = &mut c[t * MR * ldc + q * PANEL..];
-                        kernel.tile(&av[at..][..steps * MR], bs, steps, cs, ldc, rows, width);
+                        kernel.tile(TileOps {
+                            a: &av[at..][..steps * MR],
+                            b: bs,
+                            steps,
+                            c: cs,
+                            ldc,
+                            rows,
+                            width,
+                        });
                     }
                 }
             }

@@ -192,27 +192,17 @@ fn product(kernel: Bf16Kernel, a: loops::AOperand<'_>, b: &PackedBf16B, c: &mut 
     }
 }
 
-/// One register tile with `kernel`'s tile (see `tile.rs` for the arguments): for the tests,
-/// which check each tile against the scalar one directly.
+/// One register tile with `kernel`'s tile: for the tests, which check each tile against the
+/// scalar one directly.
 #[cfg(test)]
-#[allow(clippy::too_many_arguments)]
-fn run_tile(
-    kernel: Bf16Kernel,
-    a: &[u32],
-    b: &[u32],
-    steps: usize,
-    c: &mut [f32],
-    ldc: usize,
-    rows: usize,
-    width: usize,
-) {
+fn run_tile(kernel: Bf16Kernel, t: tile::TileOps<'_>) {
     use loops::Tile;
     match kernel.isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Bf16 => loops::Avx512Bf16(()).tile(a, b, steps, c, ldc, rows, width),
+        Isa::Avx512Bf16 => loops::Avx512Bf16(()).tile(t),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => loops::Avx2Fma(()).tile(a, b, steps, c, ldc, rows, width),
-        _ => loops::Scalar.tile(a, b, steps, c, ldc, rows, width),
+        Isa::Avx2Fma => loops::Avx2Fma(()).tile(t),
+        _ => loops::Scalar.tile(t),
     }
 }
 

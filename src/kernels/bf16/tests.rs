@@ -323,6 +323,26 @@ fn dot_pair_unflushed(acc: f32, a: u32, b: u32) -> f32 {
 /// `tiny`: values about the square root of `f32::MIN_POSITIVE` and `C` about it, so that sums
 /// of products fall to f32 subnormals often; else ordinary values and, now and then, a NaN,
 /// an infinity, a bf16 subnormal, a zero or a huge value.
+/// A tile's operands (see [`tile::TileOps`]).
+fn ops<'a>(
+    a: &'a [u32],
+    b: &'a [u32],
+    steps: usize,
+    c: &'a mut [f32],
+    ldc: usize,
+    (rows, width): (usize, usize),
+) -> tile::TileOps<'a> {
+    tile::TileOps {
+        a,
+        b,
+        steps,
+        c,
+        ldc,
+        rows,
+        width,
+    }
+}
+
 fn tile_operands(
     bits: &mut Bits,
     steps: usize,
@@ -389,7 +409,7 @@ fn vector_tiles_flush_as_the_scalar_tile_does() {
             // How many of the scalar tile's results its flushes change, and how many are NaN:
             // the operands must reach the cases this test is for.
             let mut want = c0.clone();
-            tile::tile_scalar(&a, &b, steps, &mut want, ldc, MR, PANEL);
+            tile::tile_scalar(ops(&a, &b, steps, &mut want, ldc, (MR, PANEL)));
             for r in 0..MR {
                 for j in 0..PANEL {
                     let mut x = c0[r * ldc + j];
@@ -404,9 +424,9 @@ fn vector_tiles_flush_as_the_scalar_tile_does() {
                 for rows in 1..=MR {
                     for width in 1..=PANEL {
                         let mut want = c0.clone();
-                        tile::tile_scalar(&a, &b, steps, &mut want, ldc, rows, width);
+                        tile::tile_scalar(ops(&a, &b, steps, &mut want, ldc, (rows, width)));
                         let mut got = c0.clone();
-                        run_tile(kernel, &a, &b, steps, &mut got, ldc, rows, width);
+                        run_tile(kernel, ops(&a, &b, steps, &mut got, ldc, (rows, width)));
                         for (e, (&g, &w)) in got.iter().zip(&want).enumerate() {
                             assert!(
                                 same(g, w),

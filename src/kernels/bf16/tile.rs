@@ -41,32 +41,58 @@ pub fn dot_pair(acc: f32, a: u32, b: u32) -> f32 {
     flush(lo(a).mul_add(lo(b), acc))
 }
 
-/// Checks a tile's operands: `a` holds `steps` pairs of k for `MR` rows (`steps * MR` values),
-/// `b` the same pairs for a panel (`steps * PANEL`), and `c` rows `0..rows` of `width` columns,
-/// `ldc` apart, with `1 <= rows <= MR` and `width <= PANEL`.
-fn check(a: &[u32], b: &[u32], steps: usize, c: &[f32], ldc: usize, rows: usize, width: usize) {
-    assert!(
-        (1..=MR).contains(&rows)
-            && width <= PANEL
-            && a.len() >= steps * MR
-            && b.len() >= steps * PANEL
-            && c.len() >= (rows - 1) * ldc + width,
-        "bf16 tile: operands too small for {rows} x {width} over {steps} pairs"
-    );
+/// One register tile's operands: `a` holds `steps` pairs of k for `MR` rows (`steps * MR`
+/// values), `b` the same pairs for a panel (`steps * PANEL`), and `c` rows `0..rows` of
+/// `width` columns, `ldc` apart, with `1 <= rows <= MR` and `width <= PANEL`.
+pub(super) struct TileOps<'a> {
+    pub(super) a: &'a [u32],
+    pub(super) b: &'a [u32],
+    pub(super) steps: usize,
+    pub(super) c: &'a mut [f32],
+    pub(super) ldc: usize,
+    pub(super) rows: usize,
+    pub(super) width: usize,
+}
+
+/// A tile's operands as one tuple: `(a, b, steps, c, ldc, rows, width)`.
+type Parts<'a> = (
+    &'a [u32],
+    &'a [u32],
+    usize,
+    &'a mut [f32],
+    usize,
+    usize,
+    usize,
+);
+
+impl<'a> TileOps<'a> {
+    /// The operands, checked to hold what the fields say (panics otherwise).
+    fn checked(self) -> Parts<'a> {
+        let TileOps {
+            a,
+            b,
+            steps,
+            c,
+            ldc,
+            rows,
+            width,
+        } = self;
+        assert!(
+            (1..=MR).contains(&rows)
+                && width <= PANEL
+                && a.len() >= steps * MR
+                && b.len() >= steps * PANEL
+                && c.len() >= (rows - 1) * ldc + width,
+            "bf16 tile: operands too small for {rows} x {width} over {steps} pairs"
+        );
+        (a, b, steps, c, ldc, rows, width)
+    }
 }
 
 /// The portable tile: `C[r][j] = dot_pair(C[r][j], A[r][p], B[p][j])` for `p = 0..steps` in
 /// order, for `r < rows` and `j < width`: the values `vdpbf16ps` gives, bit for bit.
-pub(super) fn tile_scalar(
-    a: &[u32],
-    b: &[u32],
-    steps: usize,
-    c: &mut [f32],
-    ldc: usize,
-    rows: usize,
-    width: usize,
-) {
-    check(a, b, steps, c, ldc, rows, width);
+pub(super) fn tile_scalar(t: TileOps<'_>) {
+    let (a, b, steps, c, ldc, rows, width) = t.checked();
     for r in 0..rows {
         for j in 0..width {
             let x = &mut c[r * ldc + j];
@@ -79,7 +105,7 @@ pub(super) fn tile_scalar(
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx512 {
-    use super::{LANES, MR, NV, PANEL, check};
+    use super::{LANES, MR, NV, PANEL, TileOps};
     use std::arch::x86_64::*;
 
     /// [`tile_scalar`](super::tile_scalar) with `vdpbf16ps`: the accumulators stay in
@@ -90,16 +116,8 @@ pub(super) mod avx512 {
     ///
     /// The CPU must have AVX512_BF16 and AVX-512F.
     #[target_feature(enable = "avx512bf16,avx512f")]
-    pub(in super::super) unsafe fn tile(
-        a: &[u32],
-        b: &[u32],
-        steps: usize,
-        c: &mut [f32],
-        ldc: usize,
-        rows: usize,
-        width: usize,
-    ) {
-        check(a, b, steps, c, ldc, rows, width);
+    pub(in super::super) unsafe fn tile(t: TileOps<'_>) {
+        let (a, b, steps, c, ldc, rows, width) = t.checked();
         // `check` bounds every access below: `A[r][p]` at `a[p MR + r]`, `r < MR`, `p < steps`;
         // vector `v` of pair `p` of B, `LANES` values from `b[p PANEL + v LANES]`; of row
         // `r < rows` of C, the lanes of vector `v` below `width`, from `c[r ldc + v LANES]`
@@ -157,7 +175,7 @@ pub(super) mod avx2 {
     //! odd product first, with the instruction's flushes done with vector masks (not with
     //! MXCSR's DAZ and FTZ, whose detection of tiny results need not match the model's).
 
-    use super::{MR, PANEL, check, flush};
+    use super::{MR, PANEL, TileOps, flush};
     use std::arch::x86_64::*;
 
     /// f32 lanes per vector.
@@ -183,16 +201,8 @@ pub(super) mod avx2 {
     ///
     /// The CPU must have AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub(in super::super) unsafe fn tile(
-        a: &[u32],
-        b: &[u32],
-        steps: usize,
-        c: &mut [f32],
-        ldc: usize,
-        rows: usize,
-        width: usize,
-    ) {
-        check(a, b, steps, c, ldc, rows, width);
+    pub(in super::super) unsafe fn tile(t: TileOps<'_>) {
+        let (a, b, steps, c, ldc, rows, width) = t.checked();
         // `A[r][p]` as two f32, each flushed: the odd step of k at `ahi[(p - p0) MR + r]`, the
         // even one at `alo[(p - p0) MR + r]`.
         let (mut ahi, mut alo) = ([0.0f32; KS * MR], [0.0f32; KS * MR]);
