@@ -12,12 +12,12 @@ use crate::{Error, Float, Result};
 /// [`Tape::set_precision`](crate::Tape::set_precision), it covers every product recorded on the
 /// tape from then on, forward and backward.
 ///
-/// With [`Precision::Bf16`], the products (each recurrent layer's input projection over all
-/// steps, its recurrent product at every step (and an LSTM's projection `W_hr`), the
-/// weight-gradient and input-gradient products, and [`Tape::matmul`](crate::Tape::matmul), which [`Linear`](crate::nn::Linear) uses) round
-/// both operands to bf16 (8 significant bits, round to nearest even) and accumulate the
-/// products in f32, as `torch.autocast("cpu", dtype=torch.bfloat16)` does for its matrix
-/// products. Everything else stays f32: the master weights and the optimizer's state, the gate
+/// With [`Precision::Bf16`], the products round both operands to bf16 (8 significant bits,
+/// round to nearest even) and accumulate in f32, as `torch.autocast("cpu",
+/// dtype=torch.bfloat16)` does for its matrix products: each recurrent layer's input projection
+/// over all steps, its recurrent product at every step (and an LSTM's projection `W_hr`), the
+/// input- and weight-gradient products, and [`Tape::matmul`](crate::Tape::matmul), which
+/// [`Linear`](crate::nn::Linear) uses. Everything else stays f32: the master weights and the optimizer's state, the gate
 /// activations, the cell state, the loss and the gradients as they are summed.
 ///
 /// Each product is then accurate to about `2^-7` of the sum of its terms' magnitudes (see
