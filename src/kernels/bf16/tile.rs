@@ -118,7 +118,7 @@ pub(super) mod avx512 {
     #[target_feature(enable = "avx512bf16,avx512f")]
     pub(in super::super) unsafe fn tile(t: TileOps<'_>) {
         let (a, b, steps, c, ldc, rows, width) = t.checked();
-        // `check` bounds every access below: `A[r][p]` at `a[p MR + r]`, `r < MR`, `p < steps`;
+        // `checked` bounds every access below: `A[r][p]` at `a[p MR + r]`, `r < MR`, `p < steps`;
         // vector `v` of pair `p` of B, `LANES` values from `b[p PANEL + v LANES]`; of row
         // `r < rows` of C, the lanes of vector `v` below `width`, from `c[r ldc + v LANES]`
         // (vectors with no such lane are skipped, so every pointer stays inside its row).
@@ -247,7 +247,7 @@ pub(super) mod avx2 {
         rows: usize,
         (j0, width): (usize, usize),
     ) {
-        // `tile`'s `check` bounds every access below: of `B`, vector `v` of pair `p < steps`,
+        // `tile`'s `checked` bounds every access below: of `B`, vector `v` of pair `p < steps`,
         // `LANES` values from `b[p PANEL + v LANES]`, inside the panel (`j0` is a multiple of
         // `CHUNK`, which divides `PANEL`) and so inside `b`; of row `r < rows` of C, the lanes
         // of vector `v` below `width`, from `c[r ldc + j0 + v LANES]` (vectors with no such
