@@ -118,8 +118,9 @@ fn projected_and_layer_normalized_layers_in_bf16() {
 }
 
 /// In bf16 too, the outputs and gradients do not depend on the number of threads: sharded
-/// batches (70 rows) and one shard (16 rows), and the projected and layer-normalized layers
-/// (one block, split by rows).
+/// batches (70 rows) and one shard (16 rows, whose products two threads split by columns
+/// where they are large enough), and the projected and layer-normalized layers (one block,
+/// split by rows).
 #[test]
 fn fused_bf16_is_bit_identical_across_threads() {
     let plain = RecurrentConfig::new(5, 24).bidirectional(true);
@@ -128,6 +129,10 @@ fn fused_bf16_is_bit_identical_across_threads() {
     cases.push((CellKind::Lstm, plain.clone().proj_size(10)));
     cases.push((CellKind::Lstm, plain.clone().layer_norm(true)));
     cases.push((CellKind::Gru, plain.clone().layer_norm(true)));
+    // 200 units: at 16 rows (one shard) on more than one thread, each step's product is split
+    // by columns between two threads, at a panel of the bf16 packing (ragged right half).
+    cases.push((CellKind::Lstm, RecurrentConfig::new(5, 200)));
+    cases.push((CellKind::Gru, RecurrentConfig::new(5, 200)));
     for (kind, cfg) in cases {
         for b in [16, 70] {
             let c = Case {

@@ -72,12 +72,14 @@ pub(super) enum AOperand<'a> {
     Stored(ASource<'a>, Bf16Kernel),
 }
 
-/// `C += A B`, `C` `m x n` with rows `ldc` apart. Panics if `A` and `B` disagree on `k`, or
-/// `C` is too short.
+/// `C += A B` over the columns of `B`'s panels `panels` (`C` holding just those columns, rows
+/// `ldc` apart: column `j` of `B` in column `j - panels.start * PANEL` of `C`). Panics if `A`
+/// and `B` disagree on `k`, the panels pass `B`'s, or `C` is too short.
 pub(super) fn product(
     kernel: &impl Tile,
     a: AOperand<'_>,
     b: &PackedBf16B,
+    panels: std::ops::Range<usize>,
     c: &mut [f32],
     ldc: usize,
 ) {
@@ -85,25 +87,31 @@ pub(super) fn product(
         AOperand::Packed(pa) => (pa.m, pa.k),
         AOperand::Stored(src, _) => (src.m, src.k),
     };
-    let n = b.n;
     assert_eq!(k, b.k, "gemm_bf16: A has {k} columns, B {} rows", b.k);
-    let need = if m == 0 || n == 0 {
+    assert!(
+        panels.start <= panels.end && panels.end <= b.n.div_ceil(PANEL),
+        "gemm_bf16: panels {panels:?} of B's {}",
+        b.n.div_ceil(PANEL)
+    );
+    // Columns of `B` (and of `C`) the product covers.
+    let (j0, n) = (panels.start * PANEL, b.n.min(panels.end * PANEL));
+    let width = n.saturating_sub(j0);
+    let need = if m == 0 || width == 0 {
         Some(0)
     } else {
-        (m - 1).checked_mul(ldc).and_then(|x| x.checked_add(n))
+        (m - 1).checked_mul(ldc).and_then(|x| x.checked_add(width))
     };
     assert!(
-        ldc >= n && need.is_some_and(|need| c.len() >= need),
-        "gemm_bf16: {} values of C for {m} x {n} (rows {ldc} apart)",
+        ldc >= width && need.is_some_and(|need| c.len() >= need),
+        "gemm_bf16: {} values of C for {m} x {width} (rows {ldc} apart)",
         c.len()
     );
     let kp = k.div_ceil(2);
-    if m == 0 || n == 0 || kp == 0 {
+    if m == 0 || width == 0 || kp == 0 {
         return;
     }
     let bv = b.buf.values();
     let tiles = m.div_ceil(MR);
-    let panels = n.div_ceil(PANEL);
     // An `A` as stored is packed a block of rows by a run of `chunk` pairs (a whole number of
     // cache blocks of k) at a time, at most `A_CHUNK_BYTES`: long runs of each stored row
     // (short ones, a cache block of k from each of the block's rows, left the hardware's
@@ -132,13 +140,13 @@ pub(super) fn product(
             };
             for p0 in (c0..c1).step_by(KB) {
                 let steps = KB.min(c1 - p0);
-                for q in 0..panels {
+                for q in panels.clone() {
                     let width = PANEL.min(n - q * PANEL);
                     let bs = &bv[(q * kp + p0) * PANEL..][..steps * PANEL];
                     for t in t0..t1 {
                         let rows = MR.min(m - t * MR);
                         let at = (t - origin.0) * stride + (p0 - origin.1) * MR;
-                        let cs = &mut c[t * MR * ldc + q * PANEL..];
+                        let cs = &mut c[t * MR * ldc + q * PANEL - j0..];
                         kernel.tile(TileOps {
                             a: &av[at..][..steps * MR],
                             b: bs,

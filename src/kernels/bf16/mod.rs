@@ -161,7 +161,14 @@ pub fn gemm_bf16_acc_ld(
     c: &mut [f32],
     ldc: usize,
 ) {
-    product(kernel, loops::AOperand::Packed(a), b, c, ldc);
+    product(
+        kernel,
+        loops::AOperand::Packed(a),
+        b,
+        0..b.n.div_ceil(PANEL),
+        c,
+        ldc,
+    );
 }
 
 /// `C += A B` with `A` (`m x k`) as stored in f32, row by row or column by column (`storage`),
@@ -177,18 +184,62 @@ pub fn gemm_bf16_acc_stored(
     c: &mut [f32],
     ldc: usize,
 ) {
+    gemm_bf16_acc_stored_cols(kernel, (m, a, storage), b, 0..b.n, c, ldc);
+}
+
+/// [`gemm_bf16_acc_stored`] over columns `cols` of `B` only, `C` holding just those (column
+/// `j` of `B` in column `j - cols.start` of `C`, rows `ldc` apart): each value as the whole
+/// product computes it, so that two threads can each take a part of the columns. `cols` must
+/// start on a panel ([`PANEL`] columns) and end on one or at `n`.
+///
+/// Panics if `cols` is not so, or as [`gemm_bf16_acc_stored`] does.
+pub fn gemm_bf16_acc_stored_cols(
+    kernel: Bf16Kernel,
+    (m, a, storage): (usize, &[f32], AStorage),
+    b: &PackedBf16B,
+    cols: std::ops::Range<usize>,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    assert!(
+        cols.start <= cols.end
+            && cols.end <= b.n
+            && (cols.is_empty()
+                || cols.start.is_multiple_of(PANEL)
+                    && (cols.end.is_multiple_of(PANEL) || cols.end == b.n)),
+        "gemm_bf16: columns {cols:?} of {} are not whole panels",
+        b.n
+    );
+    if cols.is_empty() {
+        return;
+    }
     let src = packing::ASource::new(a, m, b.k, storage);
-    product(kernel, loops::AOperand::Stored(src, kernel), b, c, ldc);
+    let panels = cols.start / PANEL..cols.end.div_ceil(PANEL);
+    product(
+        kernel,
+        loops::AOperand::Stored(src, kernel),
+        b,
+        panels,
+        c,
+        ldc,
+    );
 }
 
 /// The loops with `kernel`'s tile, chosen once here.
-fn product(kernel: Bf16Kernel, a: loops::AOperand<'_>, b: &PackedBf16B, c: &mut [f32], ldc: usize) {
+fn product(
+    kernel: Bf16Kernel,
+    a: loops::AOperand<'_>,
+    b: &PackedBf16B,
+    panels: std::ops::Range<usize>,
+    c: &mut [f32],
+    ldc: usize,
+) {
     match kernel.isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Bf16 => loops::product(&loops::Avx512Bf16(()), a, b, c, ldc),
+        Isa::Avx512Bf16 => loops::product(&loops::Avx512Bf16(()), a, b, panels, c, ldc),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => loops::product(&loops::Avx2Fma(()), a, b, c, ldc),
-        _ => loops::product(&loops::Scalar, a, b, c, ldc),
+        Isa::Avx2Fma => loops::product(&loops::Avx2Fma(()), a, b, panels, c, ldc),
+        _ => loops::product(&loops::Scalar, a, b, panels, c, ldc),
     }
 }
 

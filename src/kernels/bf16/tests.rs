@@ -927,3 +927,36 @@ fn stacked_parts_pack_as_their_concatenation() {
         );
     }
 }
+
+/// A product over a range of whole panels of `B` gives, into a `C` of just those columns, the
+/// values of the whole product bit for bit: the two halves a split step computes on two
+/// threads, a ragged last panel included.
+#[test]
+fn a_product_over_some_panels_computes_those_columns_as_the_whole() {
+    let kernel = Bf16Kernel::portable();
+    for &(m, k, n) in &[(7, 9, 200), (3, 64, 128), (1, 5, 65), (13, 1, 64)] {
+        let a: Vec<f32> = values(m as u64 + 50, m * k, 1.0);
+        let b: Vec<f32> = values(n as u64 + 51, k * n, 1.0);
+        let c0: Vec<f32> = values(k as u64 + 52, m * n, 1.0);
+        let mut pb = PackedBf16B::new();
+        pb.pack(kernel, &b, k, n);
+        let mut whole = c0.clone();
+        gemm_bf16_acc_stored(kernel, (m, &a, AStorage::RowMajor), &pb, &mut whole, n);
+        let panels = n.div_ceil(PANEL);
+        for cut in 0..=panels {
+            let split = (cut * PANEL).min(n);
+            for cols in [0..split, split..n] {
+                let w = cols.len();
+                let mut part: Vec<f32> = (0..m * w)
+                    .map(|e| c0[(e / w.max(1)) * n + cols.start + e % w.max(1)])
+                    .collect();
+                let a_op = (m, &a[..], AStorage::RowMajor);
+                gemm_bf16_acc_stored_cols(kernel, a_op, &pb, cols.clone(), &mut part, w);
+                for (e, &g) in part.iter().enumerate() {
+                    let want = whole[(e / w) * n + cols.start + e % w];
+                    assert!(same(g, want), "{m}x{k}x{n}, columns {cols:?}: value {e}");
+                }
+            }
+        }
+    }
+}

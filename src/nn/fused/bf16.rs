@@ -7,7 +7,8 @@
 //! operands as `f32` through [`Float::as_f32`].
 
 use crate::kernels::bf16::{
-    AStorage, Bf16Kernel, PackedBf16B, gemm_bf16_acc_stored, gemm_bf16_stacked,
+    AStorage, Bf16Kernel, PackedBf16B, gemm_bf16_acc_stored, gemm_bf16_acc_stored_cols,
+    gemm_bf16_stacked,
 };
 use crate::kernels::gemm_nn::{PackedB, Rows, gemm_packed_acc, gemm_packed_set};
 use crate::tensor::{self, Float};
@@ -80,21 +81,26 @@ pub(super) fn product<T: Float>(
 }
 
 /// One step's recurrent product over a group of shards' row blocks: `C + bias + A B` for
-/// each (see [`Rows`]), over every column of `B`.
+/// each (see [`Rows`]) over columns `cols` of `B` (whole panels, as
+/// [`StepWeight::split_point`](super::weights::StepWeight::split_point) cuts them), each
+/// block's `C` holding just those columns, rows `ldc` apart.
 pub(super) fn step_product<T: Float>(
     kernel: Bf16Kernel,
     blocks: &mut [Rows<'_, T>],
     b: &PackedBf16B,
+    cols: std::ops::Range<usize>,
+    ldc: usize,
 ) {
-    let n = b.n();
+    let w = cols.len();
     for g in blocks.iter_mut().filter(|g| g.m > 0) {
-        let c = &mut g.c[..g.m * n];
+        let c = &mut g.c[..(g.m - 1) * ldc + w];
         if let Some(bias) = g.bias {
-            for row in c.chunks_exact_mut(n) {
-                tensor::add(row, &bias[..n]);
+            for row in c.chunks_mut(ldc) {
+                tensor::add(&mut row[..w], &bias[cols.clone()]);
             }
         }
-        product(kernel, (g.m, g.a, g.storage), b, c, false);
+        let a = (g.m, f32s(g.a), g.storage);
+        gemm_bf16_acc_stored_cols(kernel, a, b, cols.clone(), f32s_mut(c), ldc);
     }
 }
 

@@ -59,13 +59,13 @@ impl<T: Float> StepWeight<'_, T> {
     }
 
     /// Where a product split in two cuts its columns: the first half of the panels (rounded
-    /// up); of the vectors, over `W_hh` as stored. The bf16 product is not split (`n`).
+    /// up, of the bf16 packing's in bf16); of the vectors, over `W_hh` as stored.
     pub(super) fn split_point(self) -> usize {
         let n = self.n();
         let unit = match self {
             StepWeight::Packed(_) => panel::<T>(),
             StepWeight::Rows(_) | StepWeight::Cols(_) => T::LANES,
-            StepWeight::Bf16(..) => return n,
+            StepWeight::Bf16(..) => crate::kernels::bf16::PANEL,
         };
         (n.div_ceil(unit).div_ceil(2) * unit).min(n)
     }
@@ -82,13 +82,7 @@ impl<T: Float> StepWeight<'_, T> {
     ) {
         let w = match self {
             StepWeight::Packed(b) => return gemm_packed_acc_cols(blocks, b, cols, ldc, sweep),
-            StepWeight::Bf16(b, kernel) => {
-                assert!(
-                    cols == (0..b.n()) && ldc == b.n(),
-                    "step product: the bf16 product runs over every column"
-                );
-                return bf16::step_product(kernel, blocks, b);
-            }
+            StepWeight::Bf16(b, kernel) => return bf16::step_product(kernel, blocks, b, cols, ldc),
             StepWeight::Rows(w) | StepWeight::Cols(w) => w,
         };
         let [g] = blocks else {
