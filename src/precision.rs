@@ -145,16 +145,26 @@ impl FromStr for Precision {
     }
 }
 
-/// `C = op(A) op(B) + beta C` with `beta` 0 or 1: in `T` ([`Float::gemm`]), or where `bf16`
-/// is given on bf16 operands accumulated in f32 (only a bf16 tape, always `f32`, passes one).
+/// `C = op(A) op(B) + beta C` with `beta` 0 or 1, `op(A)` `m x k` and `op(B)` `k x n`, each
+/// stored row-major and read transposed where its flag says: in `T` ([`Float::gemm`]), or
+/// where `bf16` is given on bf16 operands accumulated in f32 (only a bf16 tape, always `f32`,
+/// passes one). The products of `Tape::matmul` and of the fused nodes over all time steps.
 pub(crate) fn gemm<T: Float>(
     bf16: Option<Bf16Kernel>,
-    s: GemmShape,
+    (m, k, n): (usize, usize, usize),
+    (trans_a, trans_b): (bool, bool),
     a: &[T],
     b: &[T],
     beta: T,
     c: &mut [T],
 ) {
+    let s = GemmShape {
+        m,
+        k,
+        n,
+        trans_a,
+        trans_b,
+    };
     let Some(kernel) = bf16 else {
         return T::gemm(s, T::ONE, a, b, beta, c);
     };
@@ -162,11 +172,19 @@ pub(crate) fn gemm<T: Float>(
         beta == T::ZERO || beta == T::ONE,
         "gemm in bf16: beta is 0 or 1"
     );
-    let c = &mut c[..s.m * s.n];
+    let c = &mut c[..m * n];
     if beta == T::ZERO {
         c.fill(T::ZERO);
     }
-    let f32s = "a bf16 product on an f32 tape";
-    let (a, b) = (T::as_f32(a).expect(f32s), T::as_f32(b).expect(f32s));
-    gemm_bf16(kernel, s, a, b, T::as_f32_mut(c).expect(f32s));
+    gemm_bf16(kernel, s, f32s(a), f32s(b), f32s_mut(c));
+}
+
+/// `x` as `f32`: the operands of a bf16 product, which only a bf16 tape (always `f32`) runs.
+pub(crate) fn f32s<T: Float>(x: &[T]) -> &[f32] {
+    T::as_f32(x).expect("a bf16 product on an f32 tape")
+}
+
+/// [`f32s`], mutable.
+pub(crate) fn f32s_mut<T: Float>(x: &mut [T]) -> &mut [f32] {
+    T::as_f32_mut(x).expect("a bf16 product on an f32 tape")
 }

@@ -4,24 +4,15 @@
 //! backward); the activations are converted as each product reads them.
 //!
 //! Only `f32` layers reach here (a bf16 tape is always `f32`), so each function takes its
-//! operands as `f32` through [`Float::as_f32`].
+//! operands as `f32` through [`Float::as_f32`] ([`f32s`]).
 
 use crate::kernels::bf16::{
     AStorage, Bf16Kernel, PackedBf16B, gemm_bf16_acc_stored, gemm_bf16_acc_stored_cols,
     gemm_bf16_stacked,
 };
 use crate::kernels::gemm_nn::{PackedB, Rows, gemm_packed_acc, gemm_packed_set};
+use crate::precision::{f32s, f32s_mut};
 use crate::tensor::{self, Float};
-
-const F32: &str = "fused layer: a bf16 product on an f32 tape";
-
-fn f32s<T: Float>(x: &[T]) -> &[f32] {
-    T::as_f32(x).expect(F32)
-}
-
-fn f32s_mut<T: Float>(x: &mut [T]) -> &mut [f32] {
-    T::as_f32_mut(x).expect(F32)
-}
 
 /// `W_ih` and `W_hh` packed in bf16 for one direction's products, with the kernel they run on.
 pub(super) struct Bf16Weights {

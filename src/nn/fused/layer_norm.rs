@@ -26,13 +26,14 @@
 
 use super::bf16::StepPacked;
 use super::buffers::read_write;
-use super::weights::{by_row_halves, gemm};
+use super::weights::by_row_halves;
 use crate::kernels::bf16::Bf16Kernel;
 use crate::kernels::gemm_nn::PackedB;
 use crate::kernels::layer_norm as ln;
 use crate::kernels::simd::map_inplace;
 use crate::nn::direction::{CellKind, DirectionOutput, DirectionRun, is_active, step_time};
 use crate::params::ParamStore;
+use crate::precision::gemm;
 use crate::tape::{CustomOp, Tape, Workspace};
 use crate::tensor::{Float, Shape, Tensor};
 use crate::{Error, Result};

@@ -8,7 +8,7 @@
 //! `dh_{t-1} = dG W_hh`; after the loop, one product each over all time steps gives `dX`,
 //! `dW_ih`, `dW_hh` and `dW_hr`. The batch runs as one block (no shards). The per-step products
 //! read `W_hh` and `W_hr` packed once per pass ([`StepPacked`]: transposed in forward, as
-//! stored in backward); the products over all time steps go through [`Float::gemm`]. On a bf16
+//! stored in backward); the products over all time steps go through `precision::gemm`. On a bf16
 //! tape every product is in bf16 ([`crate::Precision::Bf16`]).
 //!
 //! With sequence lengths, a sequence past its length keeps its state `h` and `c` while its
@@ -16,13 +16,13 @@
 
 use super::bf16::StepPacked;
 use super::buffers::read_write;
-use super::weights::gemm;
 use crate::Result;
 use crate::kernels::bf16::Bf16Kernel;
 use crate::kernels::gemm_nn::PackedB;
 use crate::kernels::lstm;
 use crate::nn::direction::{DirectionOutput, DirectionRun, is_active, step_time};
 use crate::params::ParamStore;
+use crate::precision::gemm;
 use crate::tape::{CustomOp, Tape, Workspace};
 use crate::tensor::{Float, Shape, Tensor};
 

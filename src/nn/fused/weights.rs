@@ -180,28 +180,6 @@ pub(super) fn by_row_halves<T: Float>(
     rayon::join(|| f(m1, x0, p0), || f(m - m1, x1, p1));
 }
 
-/// `C = op(A) op(B) + beta C` (`beta` 0 or 1) of `m x k` by `k x n`, each operand read
-/// transposed where its flag says: the products over all time steps of the nodes that run
-/// the whole batch at once, in bf16 where `bf16` is given.
-pub(super) fn gemm<T: Float>(
-    bf16: Option<Bf16Kernel>,
-    (m, k, n): (usize, usize, usize),
-    (trans_a, trans_b): (bool, bool),
-    a: &[T],
-    b: &[T],
-    beta: T,
-    c: &mut [T],
-) {
-    let s = crate::kernels::GemmShape {
-        m,
-        k,
-        n,
-        trans_a,
-        trans_b,
-    };
-    crate::precision::gemm(bf16, s, a, b, beta, c);
-}
-
 /// Fills every row of `[rows, w]` with `init` (or zeros).
 pub(crate) fn fill_rows<T: Float>(buf: &mut [T], init: Option<&[T]>) {
     match init {

@@ -1,7 +1,6 @@
 //! Matrix product: forward `C = op(A) op(B)`, backward `dA = dC op(B)^T`, `dB = op(A)^T dC`.
 
 use super::{GradAcc, Op};
-use crate::kernels::GemmShape;
 use crate::kernels::bf16::Bf16Kernel;
 use crate::precision::gemm;
 use crate::tape::{Tape, Var};
@@ -54,19 +53,13 @@ impl<T: Float> Tape<T> {
             });
         }
         let mut out = self.alloc(Shape::new(&[m, n])?);
-        let g = GemmShape {
-            m,
-            k,
-            n,
-            trans_a,
-            trans_b,
-        };
         let (va, vb) = (
             &self.slots[ia as usize].value,
             &self.slots[ib as usize].value,
         );
         let bf16 = self.bf16_kernel();
-        gemm(bf16, g, va.data(), vb.data(), T::ZERO, out.data_mut());
+        let (trans, c) = ((trans_a, trans_b), out.data_mut());
+        gemm(bf16, (m, k, n), trans, va.data(), vb.data(), T::ZERO, c);
         let op = Op::MatMul {
             trans_a,
             trans_b,
@@ -92,40 +85,20 @@ pub(super) fn matmul_backward<T: Float>(
         let da = acc.buf(a);
         if !trans_a {
             // dA[m,k] += dC[m,n] op(B)^T
-            gemm_acc(bf16, (m, n, k), (false, !trans_b), dc, vb, da);
+            gemm(bf16, (m, n, k), (false, !trans_b), dc, vb, T::ONE, da);
         } else {
             // A is stored [k,m]: dA += op(B) dC^T
-            gemm_acc(bf16, (k, n, m), (trans_b, true), vb, dc, da);
+            gemm(bf16, (k, n, m), (trans_b, true), vb, dc, T::ONE, da);
         }
     }
     if acc.needs(b) {
         let db = acc.buf(b);
         if !trans_b {
             // dB[k,n] += op(A)^T dC
-            gemm_acc(bf16, (k, m, n), (!trans_a, false), va, dc, db);
+            gemm(bf16, (k, m, n), (!trans_a, false), va, dc, T::ONE, db);
         } else {
             // B is stored [n,k]: dB += dC^T op(A)
-            gemm_acc(bf16, (n, m, k), (true, trans_a), dc, va, db);
+            gemm(bf16, (n, m, k), (true, trans_a), dc, va, T::ONE, db);
         }
     }
-}
-
-/// `C += op(A) op(B)` with `op(A)` `m x k` and `op(B)` `k x n`, each read transposed where its
-/// flag is set; in bf16 on `bf16`'s kernel where given.
-fn gemm_acc<T: Float>(
-    bf16: Option<Bf16Kernel>,
-    (m, k, n): (usize, usize, usize),
-    (trans_a, trans_b): (bool, bool),
-    a: &[T],
-    b: &[T],
-    c: &mut [T],
-) {
-    let g = GemmShape {
-        m,
-        k,
-        n,
-        trans_a,
-        trans_b,
-    };
-    gemm(bf16, g, a, b, T::ONE, c);
 }
