@@ -162,7 +162,7 @@ pub(super) struct BackwardScratch<T> {
     pub(super) db_ih: Vec<T>,
     pub(super) db_hh: Vec<T>,
     /// The shard's `X` `[T n, I]` and `h_{t-1}` `[T n, H]` packed for the weight gradients
-    /// `dG^T X` and `dG^T H`.
+    /// `dG^T X` and `dG^T H` (empty in bf16).
     pub(super) x_packed: PackedB<T>,
     pub(super) h_packed: PackedB<T>,
 }
@@ -188,12 +188,15 @@ impl<T: Float> BackwardScratch<T> {
             dw_hh: ws.scratch(size(want.w_hh, gh * h)),
             db_ih: ws.scratch(size(want.b_ih, gh)),
             db_hh: ws.scratch(size(want.b_hh, gh)),
-            x_packed: PackedB::from_buffer(
-                ws.scratch(size(want.w_ih, PackedB::<T>::packed_len(tl * n, i))),
-            ),
-            h_packed: PackedB::from_buffer(
-                ws.scratch(size(want.w_hh, PackedB::<T>::packed_len(tl * n, h))),
-            ),
+            // In bf16 the weight gradients pack their inputs in bf16 instead.
+            x_packed: PackedB::from_buffer(ws.scratch(size(
+                want.w_ih && !cfg.bf16,
+                PackedB::<T>::packed_len(tl * n, i),
+            ))),
+            h_packed: PackedB::from_buffer(ws.scratch(size(
+                want.w_hh && !cfg.bf16,
+                PackedB::<T>::packed_len(tl * n, h),
+            ))),
         }
     }
 

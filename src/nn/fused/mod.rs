@@ -117,9 +117,12 @@ pub(crate) fn run<T: Float>(
         h_drop: !reg.h_drop.is_empty(),
         zone_h: !reg.zone_h.is_empty(),
         zone_c: !reg.zone_c.is_empty(),
+        bf16: bf16_kernel.is_some(),
     };
     let lstm = cfg.kind.has_cell_state();
     let gates_h = cfg.kind.gates() * hidden;
+    // Room for a packing in `T`, which the products in bf16 do not use.
+    let room = |len: usize| if cfg.bf16 { 0 } else { len };
     // Every buffer first, from the tape's pool; then the values, which borrow the tape.
     let mut ws = tape.workspace();
     let mut node = FusedDirection::<T> {
@@ -130,25 +133,28 @@ pub(crate) fn run<T: Float>(
         // A single row reads W_hh as stored when it streams from L3 at every step anyway (then
         // packing it twice a sequence only costs); smaller, it packs it too: the packed
         // single-row tile reads it from L2 faster than the kernels over W_hh as stored.
-        w_hh: if batch == 1 && gates_h * hidden * std::mem::size_of::<T>() > STREAMED_BYTES {
+        w_hh: if batch == 1
+            && !cfg.bf16
+            && gates_h * hidden * std::mem::size_of::<T>() > STREAMED_BYTES
+        {
             RecurrentWeight::Stored(AlignedMatrix::from_buffer(
                 ws.scratch(AlignedMatrix::<T>::buffer_len(gates_h, hidden)),
             ))
         } else {
             // W_hh^T packed in forward, W_hh in backward: room for both, so neither grows it.
             RecurrentWeight::Packed(PackedB::from_buffer(
-                ws.scratch(
+                ws.scratch(room(
                     PackedB::<T>::packed_len(hidden, gates_h)
                         .max(PackedB::<T>::packed_len(gates_h, hidden)),
-                ),
+                )),
             ))
         },
         // W_ih^T packed in forward (the input projection), W_ih in backward (dX): room for both.
         w_ih: PackedB::from_buffer(
-            ws.scratch(
+            ws.scratch(room(
                 PackedB::<T>::packed_len(in_size, gates_h)
                     .max(PackedB::<T>::packed_len(gates_h, in_size)),
-            ),
+            )),
         ),
         cfg,
         reg: RegMasks::default(),
@@ -215,6 +221,9 @@ struct Config {
     zone_h: bool,
     /// Zoneout on the LSTM's `c` is on.
     zone_c: bool,
+    /// The products run in bf16, on the weights and inputs packed in bf16: the packings in
+    /// `T` stay empty.
+    bf16: bool,
 }
 
 impl Config {
