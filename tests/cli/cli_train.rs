@@ -1136,6 +1136,18 @@ fn small_run(
     extra: &[&str],
     resume: Option<&Path>,
 ) -> String {
+    small_run_with_env(text, out, (steps, threads), extra, resume, &[])
+}
+
+/// [`small_run`] with environment variables `env` set.
+fn small_run_with_env(
+    text: &str,
+    out: &Path,
+    (steps, threads): (&str, &str),
+    extra: &[&str],
+    resume: Option<&Path>,
+    env: &[(&str, &str)],
+) -> String {
     let mut args = vec![
         "train",
         "--text",
@@ -1151,7 +1163,7 @@ fn small_run(
     if let Some(r) = resume {
         args.extend(["--resume", r.to_str().unwrap()]);
     }
-    let o = recur(&args);
+    let o = recur_with_env(&args, env);
     assert!(o.status.success(), "{}", output_text(&o.stderr));
     output_text(&o.stdout)
 }
@@ -1179,20 +1191,15 @@ fn bf16_training_tracks_f32_and_resumes_bit_for_bit() {
     let t = text.to_str().unwrap();
     let (f32_out, a, b) = (dir.join("f32"), dir.join("a"), dir.join("b"));
     small_run(t, &f32_out, ("120", "2"), &[], None);
+    // A resumed run computes in the precision its checkpoint records: no flag then.
     let bf16 = |out: &Path, steps: &str, threads: &str, resume: Option<&Path>, extra: &[&str]| {
-        let mut args = vec!["train", "--text", t, "--steps", steps, "--threads", threads];
-        args.extend(["--out", out.to_str().unwrap()]);
-        // A resumed run computes in the precision its checkpoint records.
-        if resume.is_none() {
-            args.extend(["--precision", "bf16"]);
-        }
-        args.extend(SMALL);
-        args.extend(extra);
-        if let Some(r) = resume {
-            args.extend(["--resume", r.to_str().unwrap()]);
-        }
-        let o = recur_with_env(&args, &[PORTABLE_BF16]);
-        assert!(o.status.success(), "{}", output_text(&o.stderr));
+        let flag: &[&str] = if resume.is_none() {
+            &["--precision", "bf16"]
+        } else {
+            &[]
+        };
+        let extra = [flag, extra].concat();
+        small_run_with_env(t, out, (steps, threads), &extra, resume, &[PORTABLE_BF16]);
     };
     bf16(&a, "120", "2", None, &[]);
     let (want, got) = (val_losses(&f32_out), val_losses(&a));
@@ -1229,7 +1236,10 @@ fn bf16_training_tracks_f32_and_resumes_bit_for_bit() {
 #[test]
 fn bf16_without_avx512_bf16_is_one_line_and_writes_nothing() {
     if native_bf16() {
-        eprintln!("SKIPPED bf16_without_avx512_bf16: this CPU has AVX512_BF16");
+        eprintln!(
+            "SKIPPED bf16_without_avx512_bf16: bf16 runs here (AVX512_BF16, or \
+             RECUR_BF16_KERNEL=portable in the environment)"
+        );
         return;
     }
     let dir = temp_dir("cli-train-bf16-refused");

@@ -26,7 +26,8 @@ fn recur_with_env<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &str)]) -> Output {
         .expect("the recur binary runs")
 }
 
-/// Whether this CPU runs the native bf16 kernel (AVX512_BF16 and AVX-512F).
+/// Whether `--precision bf16` runs here: a CPU with AVX512_BF16, or `RECUR_BF16_KERNEL=portable`
+/// in the environment.
 fn native_bf16() -> bool {
     recur::Precision::Bf16.supported::<f32>().is_ok()
 }
