@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use crate::common::{output_text, temp_dir};
-use crate::{PORTABLE_BF16, native_bf16, recur, recur_with_env};
+use crate::{PORTABLE_BF16, bf16_runs_here, recur, recur_with_env};
 use recur::Rng;
 use recur::data::CharVocab;
 
@@ -1235,7 +1235,7 @@ fn bf16_training_tracks_f32_and_resumes_bit_for_bit() {
 /// clear line and a non-zero exit before anything is written.
 #[test]
 fn bf16_without_avx512_bf16_is_one_line_and_writes_nothing() {
-    if native_bf16() {
+    if bf16_runs_here() {
         eprintln!(
             "SKIPPED bf16_without_avx512_bf16: bf16 runs here (AVX512_BF16, or \
              RECUR_BF16_KERNEL=portable in the environment)"

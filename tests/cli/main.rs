@@ -28,7 +28,7 @@ fn recur_with_env<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &str)]) -> Output {
 
 /// Whether `--precision bf16` runs here: a CPU with AVX512_BF16, or `RECUR_BF16_KERNEL=portable`
 /// in the environment.
-fn native_bf16() -> bool {
+fn bf16_runs_here() -> bool {
     recur::Precision::Bf16.supported::<f32>().is_ok()
 }
 
