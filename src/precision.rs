@@ -62,7 +62,14 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// The name the command line and configs use: `f32` or `bf16`.
+    /// The name the command line and configs use: `f32` or `bf16` (what [`str::parse`] reads
+    /// back).
+    ///
+    /// ```
+    /// use recur::Precision;
+    /// assert_eq!(Precision::Bf16.name(), "bf16");
+    /// assert_eq!(Precision::F32.name().parse::<Precision>().unwrap(), Precision::F32);
+    /// ```
     pub fn name(self) -> &'static str {
         match self {
             Precision::F32 => "f32",

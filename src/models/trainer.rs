@@ -101,7 +101,16 @@ impl TrainerConfig {
         self
     }
 
-    /// Sets the precision of the products.
+    /// Sets the precision of the products (see [`Precision`]).
+    ///
+    /// ```
+    /// use recur::Precision;
+    /// use recur::models::TrainerConfig;
+    /// let cfg = TrainerConfig::steps(1000).clip(5.0).precision(Precision::Bf16);
+    /// assert_eq!(cfg.precision, Precision::Bf16);
+    /// // Checked when the run starts: on a CPU without AVX512_BF16, `Trainer::fit` returns an
+    /// // error before the first step; `Precision::Bf16.supported::<f32>()` tells in advance.
+    /// ```
     pub fn precision(mut self, precision: Precision) -> Self {
         self.precision = precision;
         self

@@ -299,6 +299,23 @@ pub fn check_fixture(archive: &Archive, implementation: Implementation) -> Resul
 
 /// [`check_fixture`] with recur's products in `precision` (see [`Tape::set_precision`]): bf16
 /// takes an F32 fixture, and is judged by [`TOLERANCE_BF16`].
+///
+/// ```
+/// use recur::Precision;
+/// use recur::io::Archive;
+/// use recur::nn::Implementation;
+/// use recur::nn::parity::{TOLERANCE_BF16, check_fixture_with};
+/// let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/parity/gru_bidir_f32.safetensors");
+/// let archive = Archive::read(std::path::Path::new(path))?;
+/// if Precision::Bf16.supported::<f32>().is_ok() {
+///     let report = check_fixture_with(&archive, Implementation::Fused, Precision::Bf16)?;
+///     assert_eq!(report.tolerance(), TOLERANCE_BF16);
+///     assert!(report.passed(), "{:?}", report.errors);
+/// }
+/// let report = check_fixture_with(&archive, Implementation::Fused, Precision::F32)?;
+/// assert!(report.passed());
+/// # Ok::<(), recur::Error>(())
+/// ```
 pub fn check_fixture_with(
     archive: &Archive,
     implementation: Implementation,

@@ -134,6 +134,17 @@ impl<T: Float> Tape<T> {
 
     /// The precision of the products recorded from now on: [`Precision::F32`] (the tape's own
     /// element type, `f32` or `f64`) unless [`Tape::set_precision`] set bf16.
+    ///
+    /// ```
+    /// use recur::{Precision, Tape};
+    /// let mut tape = Tape::<f32>::new();
+    /// if tape.set_precision(Precision::Bf16).is_ok() {
+    ///     assert_eq!(tape.precision(), Precision::Bf16);
+    ///     tape.set_precision(Precision::F32)?; // back to f32 products
+    /// }
+    /// assert_eq!(tape.precision(), Precision::F32);
+    /// # Ok::<(), recur::Error>(())
+    /// ```
     pub fn precision(&self) -> Precision {
         if self.bf16.is_some() {
             Precision::Bf16

@@ -85,6 +85,12 @@ pub trait Float:
     }
     /// The values as `f32`, when this type is `f32` (`None` for `f64`): how the products in
     /// bf16, which only `f32` training has, reach their operands from generic code.
+    ///
+    /// ```
+    /// use recur::Float;
+    /// assert_eq!(f32::as_f32(&[1.5f32, 2.0]), Some(&[1.5f32, 2.0][..]));
+    /// assert_eq!(f64::as_f32(&[1.5f64]), None);
+    /// ```
     fn as_f32(x: &[Self]) -> Option<&[f32]>;
     /// [`Float::as_f32`], mutable.
     fn as_f32_mut(x: &mut [Self]) -> Option<&mut [f32]>;
