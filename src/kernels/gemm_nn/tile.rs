@@ -101,6 +101,16 @@ impl Tiles {
         }
     }
 
+    /// The fewest rows a tile may take where a block has more rows than one whole tile: enough
+    /// accumulators to cover the FMA latency on both FMA units (8 chains). A narrow tile of 2
+    /// rows has 4 (it ran at about half the rate of a whole one), a wide tile of 2 rows has 8.
+    pub(super) fn min_rows(self) -> usize {
+        match self {
+            Tiles::Wide => 2,
+            Tiles::Narrow => 4,
+        }
+    }
+
     /// Tiles across one panel (the vectors a tile covers one after another).
     pub(super) fn across(self) -> usize {
         match self {

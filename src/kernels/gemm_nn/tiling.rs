@@ -113,7 +113,7 @@ pub(super) fn products<T: SimdFloat>(
         let ks = k0..(k0 + kb).min(k);
         for j in 0..row_blocks {
             // Row block `j` of every block of rows that has one.
-            let tiling = |g: &Rows<'_, T>| (j * MB < g.m).then(|| Tiling::new(j * MB, g.m, mr));
+            let tiling = |g: &Rows<'_, T>| (j * MB < g.m).then(|| Tiling::new(j * MB, g.m, shape));
             let tiles: usize = blocks.iter().filter_map(tiling).map(|t| t.tiles).sum();
             let tiles = tiles * shape.across();
             for i in 0..panels.len() {
@@ -173,10 +173,12 @@ pub(super) fn products<T: SimdFloat>(
 }
 
 /// How rows `i0..min(i0 + MB, m)` are cut into register tiles of `mr` rows ([`Tiles::rows`]):
-/// whole tiles up to `full`; a remainder of one row makes the last `mr + 1` rows two tiles (a
-/// lone row would stream every panel of B once more, and a tile of `mr + 1` rows leaves the
-/// compiler too few registers), other remainders take one tile of 2 to `mr - 1` rows, up to
-/// `end`. Only a block of one row (`single`) is left for the single-row path, row `end`.
+/// whole tiles up to `full`; a remainder of fewer rows than [`Tiles::min_rows`] makes the last
+/// `mr + r` rows two tiles of about half each (a lone row would stream every panel of B once
+/// more, a tile of 2 narrow rows keeps too few FMAs in flight, and a tile of more than `mr` rows
+/// leaves the compiler too few registers), other remainders take one tile of `min_rows` to
+/// `mr - 1` rows, up to `end`. Only a block of one row (`single`) is left for the single-row
+/// path, row `end`.
 pub(super) struct Tiling {
     pub(super) i0: usize,
     pub(super) full: usize,
@@ -189,11 +191,12 @@ pub(super) struct Tiling {
 }
 
 impl Tiling {
-    pub(super) fn new(i0: usize, m: usize, mr: usize) -> Self {
+    pub(super) fn new(i0: usize, m: usize, shape: Tiles) -> Self {
+        let (mr, min_rows) = (shape.rows(), shape.min_rows());
         let i1 = (i0 + MB).min(m);
         let len = i1 - i0;
         let single = len == 1;
-        let split = len > mr && len % mr == 1;
+        let split = len > mr && !len.is_multiple_of(mr) && len % mr < min_rows;
         let full = i0 + (len / mr - usize::from(split)) * mr;
         let end = i1 - usize::from(single);
         let tiles = (full - i0) / mr + (end - full).div_ceil(mr);
@@ -309,8 +312,8 @@ pub(super) fn panel_tiles<T: SimdFloat, const NVT: usize, const PF: bool>(
     }
     match end - full {
         0 => {}
-        // `mr + 1` rows: two tiles.
-        r if r == mr + 1 => {
+        // `mr + r` rows, `r < min_rows`: two tiles.
+        r if r > mr => {
             let first = r.div_ceil(2);
             rows(g, full, first);
             rows(g, full + first, r - first);
