@@ -1,6 +1,6 @@
 //! Nodes with a backward of their own: fused layers and user-defined ops.
 
-use super::pool::Pool;
+use super::pool::{Pool, Scratch};
 use crate::Result;
 use crate::tensor::{Float, Tensor};
 
@@ -68,6 +68,17 @@ impl<T: Float> Workspace<'_, T> {
     /// for a buffer that will be overwritten in full: it skips the zeroing pass.
     pub fn scratch(&mut self, n: usize) -> Vec<T> {
         self.pool.take_dirty(n)
+    }
+
+    /// [`Workspace::scratch`] as a [`Scratch`], whose buffer keeps the values past `n` it
+    /// held before: give it back with [`Workspace::give_back`].
+    pub(crate) fn lend(&mut self, n: usize) -> Scratch<T> {
+        self.pool.lend(n)
+    }
+
+    /// Gives a [`Workspace::lend`] buffer back for reuse.
+    pub(crate) fn give_back(&mut self, s: Scratch<T>) {
+        self.pool.give_back(s);
     }
 
     /// Gives a buffer back for reuse.

@@ -39,6 +39,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 pub use backward::Grads;
 pub use custom::{CustomOp, Workspace};
+pub(crate) use pool::Scratch;
 pub use profile::OpProfile;
 pub use var::Var;
 

@@ -74,7 +74,7 @@ impl Config {
         let h = self.hidden;
         for (sh, bs) in group.iter().zip(bss.iter_mut()) {
             let rows = &sh.rows;
-            let state_rows = |dst: &mut Vec<T>, g: Option<&[T]>| match g {
+            let state_rows = |dst: &mut [T], g: Option<&[T]>| match g {
                 Some(g) => dst.copy_from_slice(&g[rows.start * h..rows.end * h]),
                 None => dst.fill(T::ZERO),
             };

@@ -7,7 +7,7 @@ use super::Config;
 use super::backward::Wanted;
 use crate::kernels::gemm_nn::PackedB;
 use crate::nn::direction::CellKind;
-use crate::tape::Workspace;
+use crate::tape::{Scratch, Workspace};
 use crate::tensor::Float;
 
 /// The activations one shard's backward needs, in the shard's own time-major layout
@@ -17,27 +17,27 @@ pub(super) struct Shard<T> {
     /// Per time step: LSTM activated gates `[n, 4H]`; GRU `r, z, n, W_hn h + b_hn` `[n, 4H]`;
     /// RNN none (its pre-activations are summed in its output slots `y_t` and activated there,
     /// and its backward reads `h_t` from them).
-    pub(super) gates: Vec<T>,
+    pub(super) gates: Scratch<T>,
     /// With sequence lengths: `h_{t-1}` for every time step `[T, n, H]`, time-indexed (a
     /// finished sequence keeps its state while its output is zero). Without, it is empty:
     /// `h_{t-1}` is the previous step's output, or `h0` at the first step.
-    pub(super) h_prev: Vec<T>,
+    pub(super) h_prev: Scratch<T>,
     /// The shard's outputs `h_t` `[T, n, H]` when it is not the whole batch (a single shard
     /// writes the layer's output in place, which backward reads from the node's outputs).
     pub(super) ys: Vec<T>,
     /// LSTM: `c_t` for every time step (for a sequence past its length, the state it keeps), and
     /// the shard's rows of `c0`: `c_{t-1}` is the previous step's entry, or `c0` at the first.
-    pub(super) c_new: Vec<T>,
-    pub(super) c0: Vec<T>,
+    pub(super) c_new: Scratch<T>,
+    pub(super) c0: Scratch<T>,
     /// The shard's rows of the input `[T, n, I]`; empty when the shard is the whole batch (the
     /// input is then read in place).
-    pub(super) xs: Vec<T>,
+    pub(super) xs: Scratch<T>,
     /// With recurrent dropout: `a_t = m * h_{t-1}` of every step `[T, n, H]`, time-indexed,
     /// what each step's product reads and `dW_hh = sum_t dG_t^T a_t` packs.
-    pub(super) h_drop: Vec<T>,
+    pub(super) h_drop: Scratch<T>,
     /// RNN with zoneout: the new values `h~_t` `[T, n, H]` (its output is the blend; its
     /// backward needs `act'` at `h~_t`).
-    pub(super) h_new: Vec<T>,
+    pub(super) h_new: Scratch<T>,
 }
 
 impl<T: Float> Shard<T> {
@@ -47,14 +47,14 @@ impl<T: Float> Shard<T> {
         let lstm = cfg.kind.has_cell_state();
         let own_x = n < cfg.batch;
         Shard {
-            gates: ws.scratch(tl * n * cfg.saved_width()),
-            h_prev: ws.scratch(if cfg.lengths.is_some() { tl * n * h } else { 0 }),
+            gates: ws.lend(tl * n * cfg.saved_width()),
+            h_prev: ws.lend(if cfg.lengths.is_some() { tl * n * h } else { 0 }),
             ys: ws.scratch(if own_x { tl * n * h } else { 0 }),
-            c_new: ws.scratch(if lstm { tl * n * h } else { 0 }),
-            c0: ws.scratch(if lstm { n * h } else { 0 }),
-            xs: ws.scratch(if own_x { tl * n * cfg.in_size } else { 0 }),
-            h_drop: ws.scratch(if cfg.h_drop { tl * n * h } else { 0 }),
-            h_new: ws.scratch(if cfg.zone_h && !lstm && cfg.kind != CellKind::Gru {
+            c_new: ws.lend(if lstm { tl * n * h } else { 0 }),
+            c0: ws.lend(if lstm { n * h } else { 0 }),
+            xs: ws.lend(if own_x { tl * n * cfg.in_size } else { 0 }),
+            h_drop: ws.lend(if cfg.h_drop { tl * n * h } else { 0 }),
+            h_new: ws.lend(if cfg.zone_h && !lstm && cfg.kind != CellKind::Gru {
                 tl * n * h
             } else {
                 0
@@ -64,17 +64,17 @@ impl<T: Float> Shard<T> {
     }
 
     pub(super) fn give(self, ws: &mut Workspace<'_, T>) {
+        ws.give(self.ys);
         for v in [
             self.gates,
             self.h_prev,
-            self.ys,
             self.c_new,
             self.c0,
             self.xs,
             self.h_drop,
             self.h_new,
         ] {
-            ws.give(v);
+            ws.give_back(v);
         }
     }
 
@@ -107,14 +107,14 @@ impl<T: Float> Shard<T> {
 pub(super) struct ForwardScratch<T> {
     /// GRU: the input projection `Xp = X W_ih^T` of every step `[T, n, 3H]`, without `b_ih`
     /// (the LSTM and the RNN write theirs straight into the saved gates).
-    pub(super) xp: Vec<T>,
+    pub(super) xp: Scratch<T>,
     /// The shard's final state `h_n` `[n, H]`.
-    pub(super) h_cur: Vec<T>,
+    pub(super) h_cur: Scratch<T>,
     /// GRU: `W_hh h + b_hh` of one step `[n, 3H]`.
-    pub(super) hp: Vec<T>,
+    pub(super) hp: Scratch<T>,
     /// LSTM and RNN with biases: `b_ih + b_hh` `[G*H]`, which each step's recurrent product
     /// adds to the projection.
-    pub(super) bias: Vec<T>,
+    pub(super) bias: Scratch<T>,
 }
 
 impl<T: Float> ForwardScratch<T> {
@@ -123,16 +123,16 @@ impl<T: Float> ForwardScratch<T> {
         let gh = cfg.kind.gates() * h;
         let gru = cfg.kind == CellKind::Gru;
         ForwardScratch {
-            xp: ws.scratch(if gru { tl * n * gh } else { 0 }),
-            h_cur: ws.scratch(n * h),
-            hp: ws.scratch(if gru { n * gh } else { 0 }),
-            bias: ws.scratch(if cfg.has_bias() && !gru { gh } else { 0 }),
+            xp: ws.lend(if gru { tl * n * gh } else { 0 }),
+            h_cur: ws.lend(n * h),
+            hp: ws.lend(if gru { n * gh } else { 0 }),
+            bias: ws.lend(if cfg.has_bias() && !gru { gh } else { 0 }),
         }
     }
 
     pub(super) fn give(self, ws: &mut Workspace<'_, T>) {
         for v in [self.xp, self.h_cur, self.hp, self.bias] {
-            ws.give(v);
+            ws.give_back(v);
         }
     }
 }
@@ -141,22 +141,22 @@ impl<T: Float> ForwardScratch<T> {
 /// gradients, which are then added up in shard order.
 pub(super) struct BackwardScratch<T> {
     /// `dh` carried back through time; at the end, the shard's rows of `dh0`.
-    pub(super) dh: Vec<T>,
+    pub(super) dh: Scratch<T>,
     /// LSTM: `dc` likewise; at the end, the rows of `dc0`.
-    pub(super) dc: Vec<T>,
+    pub(super) dc: Scratch<T>,
     /// The gradient of the gate pre-activations of every step `[T, n, G*H]` (GRU: of `Xp`).
-    pub(super) dg: Vec<T>,
+    pub(super) dg: Scratch<T>,
     /// GRU: the gradient of `Hp = W_hh h + b_hh` of every step `[T, n, 3H]`.
-    pub(super) dhp: Vec<T>,
-    pub(super) dh_t: Vec<T>,
-    pub(super) keep: Vec<T>,
+    pub(super) dhp: Scratch<T>,
+    pub(super) dh_t: Scratch<T>,
+    pub(super) keep: Scratch<T>,
     /// Recurrent dropout: one step's `dG W_hh` `[n, H]`, the gradient of `m * h_{t-1}`.
-    pub(super) da: Vec<T>,
+    pub(super) da: Scratch<T>,
     /// Zoneout: one step's `d_t * dh_t` `[n, H]`, what reaches `h_{t-1}` directly.
-    pub(super) kept: Vec<T>,
+    pub(super) kept: Scratch<T>,
     /// The shard's rows of `dX` `[T, n, I]`, and its parts of `dW_ih`, `dW_hh`, `db_ih` and
     /// `db_hh`.
-    pub(super) dx: Vec<T>,
+    pub(super) dx: Scratch<T>,
     pub(super) dw_ih: Vec<T>,
     pub(super) dw_hh: Vec<T>,
     pub(super) db_ih: Vec<T>,
@@ -175,15 +175,15 @@ impl<T: Float> BackwardScratch<T> {
         let gru = cfg.kind == CellKind::Gru;
         let size = |wanted: bool, len: usize| if wanted { len } else { 0 };
         BackwardScratch {
-            dh: ws.scratch(n * h),
-            dc: ws.scratch(size(lstm, n * h)),
-            dg: ws.scratch(tl * n * gh),
-            dhp: ws.scratch(size(gru, tl * n * gh)),
-            dh_t: ws.scratch(n * h),
-            keep: ws.scratch(size(lstm, n * h)),
-            da: ws.scratch(size(cfg.h_drop, n * h)),
-            kept: ws.scratch(size(cfg.zone_h, n * h)),
-            dx: ws.scratch(size(want.x, tl * n * i)),
+            dh: ws.lend(n * h),
+            dc: ws.lend(size(lstm, n * h)),
+            dg: ws.lend(tl * n * gh),
+            dhp: ws.lend(size(gru, tl * n * gh)),
+            dh_t: ws.lend(n * h),
+            keep: ws.lend(size(lstm, n * h)),
+            da: ws.lend(size(cfg.h_drop, n * h)),
+            kept: ws.lend(size(cfg.zone_h, n * h)),
+            dx: ws.lend(size(want.x, tl * n * i)),
             dw_ih: ws.scratch(size(want.w_ih, gh * i)),
             dw_hh: ws.scratch(size(want.w_hh, gh * h)),
             db_ih: ws.scratch(size(want.b_ih, gh)),
@@ -202,25 +202,16 @@ impl<T: Float> BackwardScratch<T> {
 
     pub(super) fn give(self, ws: &mut Workspace<'_, T>) {
         let bufs = [
-            self.dh,
-            self.dc,
-            self.dg,
-            self.dhp,
-            self.dh_t,
-            self.keep,
-            self.da,
-            self.kept,
-            self.dx,
-            self.dw_ih,
-            self.dw_hh,
-            self.db_ih,
-            self.db_hh,
-            self.x_packed.into_buffer(),
-            self.h_packed.into_buffer(),
+            self.dh, self.dc, self.dg, self.dhp, self.dh_t, self.keep, self.da, self.kept, self.dx,
         ];
         for v in bufs {
+            ws.give_back(v);
+        }
+        for v in [self.dw_ih, self.dw_hh, self.db_ih, self.db_hh] {
             ws.give(v);
         }
+        ws.give(self.x_packed.into_buffer());
+        ws.give(self.h_packed.into_buffer());
     }
 }
 

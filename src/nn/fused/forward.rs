@@ -168,7 +168,7 @@ impl Config {
             gather(x, &mut sh.xs, b, &rows, i_sz);
         }
         let xs = if sh.xs.is_empty() { x } else { &sh.xs };
-        let xp = match self.kind {
+        let xp: &mut [T] = match self.kind {
             CellKind::Lstm => &mut sh.gates,
             CellKind::Gru => &mut fs.xp,
             CellKind::Rnn(_) => &mut sh.ys,
