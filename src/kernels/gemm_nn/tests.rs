@@ -596,6 +596,7 @@ fn both_tile_shapes_give_the_same_values_bit_for_bit() {
             (13, 300, 260),
             (64, 1024, 256),
             (41, 70, 129),
+            (13, 70, 530),
         ]
     };
     for &(m, n, k) in shapes {

@@ -1,17 +1,25 @@
-//! The loops around the register tile: cache blocks of [`KB`] steps of `k` by [`MB`] rows of
-//! `A`, the cut of each block's rows into tiles, the single-row path, and the order the panels
-//! are walked in ([`Sweep`]).
+//! The loops around the register tile: cache blocks of [`KB`] (or [`NARROW_KB`]) steps of `k`
+//! by [`MB`] rows of `A`, the cut of each block's rows into tiles, the single-row path, and the
+//! order the panels are walked in ([`Sweep`]).
 
-use super::Rows;
 use super::packing::NV;
 use super::packing::{PackedB, panel};
 use super::prefetch::{Prefetch, STREAMED_BYTES};
 use super::tile::{Layout, Operands, Tiles, tile};
+use super::{AStorage, Rows};
 use crate::kernels::simd::SimdFloat;
 use crate::kernels::sweep::Sweep;
 
 /// Steps of k per cache block.
 pub(super) const KB: usize = 128;
+/// Steps of k per cache block for [`Tiles::Narrow`] tiles over an `A` stored by rows. With
+/// AVX2 on AMD Zen 3 (32 KiB L1d, 512 KiB L2), one thread, f32, the best of 3-4 alternating
+/// runs, % of the FMA peak at `KB` = 128 / 256 / 512: 6400x256x1024 (an input projection) 73 /
+/// 81 / 81, 3200x512x2048 70 / 78 / 83, 64x256x1024 (a step's product) 83 / 90 / 88,
+/// 64x512x2048 77 / 84 / 87, 32x384x128 91 / 94 / 96; 768 and 1024 gave the same as 512.
+/// Fewer trips of C through memory outweigh the slice of B that no longer stays in L1. An `A`
+/// stored by columns keeps [`KB`]: there it went the other way (1024x6400x256 62 / 61 / 54).
+pub(super) const NARROW_KB: usize = 512;
 /// Rows of A per cache block.
 pub(super) const MB: usize = 40;
 
@@ -105,9 +113,15 @@ pub(super) fn products<T: SimdFloat>(
     // L2 while each panel's KB x PANEL slice of B is reused from L1 by every tile of the block.
     // Splitting k only stores and reloads C between blocks (exact), so the accumulation order
     // of every element is unchanged.
-    // Fewer rows than a tile reuse no slice of B from L1: no k blocks, C loaded once.
+    // Fewer rows than a tile reuse no slice of B from L1: no k blocks, C loaded once. Narrow
+    // tiles over a row-major A take longer blocks ([`NARROW_KB`]).
     let streamed = k * width * std::mem::size_of::<T>() > STREAMED_BYTES;
-    let kb = if rows < mr { k } else { KB };
+    let by_rows = blocks.iter().all(|g| g.storage == AStorage::RowMajor);
+    let kb = match shape {
+        _ if rows < mr => k,
+        Tiles::Narrow if by_rows => NARROW_KB,
+        _ => KB,
+    };
     let row_blocks = blocks.iter().map(|g| g.m.div_ceil(MB)).max().unwrap_or(0);
     for k0 in (0..k).step_by(kb) {
         let ks = k0..(k0 + kb).min(k);
