@@ -283,11 +283,12 @@ fn column_ranges_start_on_a_panel() {
 #[test]
 fn a_stored_by_columns_gives_the_row_major_values() {
     each_shape(|| {
-        // Each block's `A` also stored column by column, `ld` = m + 3 apart (the transpose of a
-        // wider row-major matrix, read in place): every value the same bit for bit, over tiles
-        // of 5, 3 + 3 and 2 rows, the single-row path and k > KB. Under Miri only small cases.
+        // Each block's `A` also stored column by column, `ld` = m + 3 and m + 600 apart (the
+        // transpose of a wider row-major matrix, read in place, or copied block by block): every
+        // value the same bit for bit, over tiles of 5, 3 + 3 and 2 rows, the single-row path
+        // and k > KB. Under Miri only small cases, one over two blocks of k.
         let cases: &[(&[usize], usize, usize)] = if cfg!(miri) {
-            &[(&[6, 1, 3], 20, 9)]
+            &[(&[6, 1, 3], 20, 9), (&[7], 16, 130)]
         } else {
             &[(&[32, 6, 1, 11], 150, 300), (&[45, 2], 64, 130)]
         };
@@ -295,40 +296,47 @@ fn a_stored_by_columns_gives_the_row_major_values() {
             let case = Case::new(ms, n, k);
             let mut by_rows = case.c0.clone();
             gemm_packed_acc_rows(&mut case.rows(&mut by_rows, ms, 0), &case.pb);
-            // Column s of block i's A at `cols[i][s * (m + 3)..]`; the padding is NaN, which
-            // would show in any value that read it.
-            let cols: Vec<Vec<f32>> = case
-                .a
-                .iter()
-                .zip(ms)
-                .map(|(a, &m)| {
-                    let mut t = vec![f32::NAN; k * (m + 3)];
-                    for (i, row) in a.chunks_exact(k).enumerate() {
-                        for (s, &v) in row.iter().enumerate() {
-                            t[s * (m + 3) + i] = v;
+            for pad in [3, 600] {
+                // Column s of block i's A at `cols[i][s * (m + pad)..]`; the padding is NaN, which
+                // would show in any value that read it. Columns 2 KiB or more apart are copied
+                // block by block by the narrow tiles.
+                let cols: Vec<Vec<f32>> = case
+                    .a
+                    .iter()
+                    .zip(ms)
+                    .map(|(a, &m)| {
+                        let mut t = vec![f32::NAN; k * (m + pad)];
+                        for (i, row) in a.chunks_exact(k).enumerate() {
+                            for (s, &v) in row.iter().enumerate() {
+                                t[s * (m + pad) + i] = v;
+                            }
                         }
+                        t
+                    })
+                    .collect();
+                let mut by_cols = case.c0.clone();
+                let mut blocks: Vec<Rows<'_, f32>> = by_cols
+                    .iter_mut()
+                    .zip(&cols)
+                    .zip(ms)
+                    .enumerate()
+                    .map(|(i, ((c, a), &m))| Rows {
+                        m,
+                        a,
+                        storage: AStorage::ColMajor { ld: m + pad },
+                        c,
+                        bias: (i == 0).then_some(&case.bias[..]),
+                    })
+                    .collect();
+                gemm_packed_acc_rows(&mut blocks, &case.pb);
+                for (i, (x, y)) in by_rows.iter().zip(&by_cols).enumerate() {
+                    for (j, (p, q)) in x.iter().zip(y).enumerate() {
+                        assert_eq!(
+                            p.to_bits(),
+                            q.to_bits(),
+                            "{ms:?} ld m + {pad}: block {i} value {j}"
+                        );
                     }
-                    t
-                })
-                .collect();
-            let mut by_cols = case.c0.clone();
-            let mut blocks: Vec<Rows<'_, f32>> = by_cols
-                .iter_mut()
-                .zip(&cols)
-                .zip(ms)
-                .enumerate()
-                .map(|(i, ((c, a), &m))| Rows {
-                    m,
-                    a,
-                    storage: AStorage::ColMajor { ld: m + 3 },
-                    c,
-                    bias: (i == 0).then_some(&case.bias[..]),
-                })
-                .collect();
-            gemm_packed_acc_rows(&mut blocks, &case.pb);
-            for (i, (x, y)) in by_rows.iter().zip(&by_cols).enumerate() {
-                for (j, (p, q)) in x.iter().zip(y).enumerate() {
-                    assert_eq!(p.to_bits(), q.to_bits(), "{ms:?} block {i} value {j}");
                 }
             }
         }

@@ -136,6 +136,21 @@ pub(super) struct Operands<'r, 'a, T> {
     pub(super) out: Layout,
     /// `C` is set, not added to: the first block over k starts from zero, not from `C`.
     pub(super) fresh: bool,
+    /// The cache block of `A` the tiles read, copied ([`PackedA`]); `None` reads `A` where it
+    /// is stored.
+    pub(super) packed: Option<PackedA<'r, T>>,
+}
+
+/// A cache block of `A` (rows `i0..i0 + ld`, steps `k0..k0 + kl` of k) copied column by
+/// column, `A[i][s]` at `a[(i - i0) + (s - k0) ld]`: the steps of a column-major `A` that lie
+/// a page or more apart in memory are then `ld` values apart (see [`super::AStorage`]).
+#[derive(Clone, Copy)]
+pub(super) struct PackedA<'p, T> {
+    pub(super) a: &'p [T],
+    pub(super) i0: usize,
+    pub(super) ld: usize,
+    pub(super) k0: usize,
+    pub(super) kl: usize,
 }
 
 /// Rows `i..i+R` of `C` by panels `q..q+Q` (with `NVT < NV`: by vectors `v0..v0+NVT` of panel
@@ -167,10 +182,23 @@ pub(super) fn tile<
         return;
     }
     assert!(i + R <= g.g.m && col >= out.col0);
-    let strides = g.g.storage.strides(b.k);
-    let a = StridedA {
-        a: &g.g.a[i * strides.0..],
-        strides,
+    let a = match g.packed {
+        Some(pa) => {
+            assert!(i >= pa.i0 && ks.start == pa.k0 && ks.len() == pa.kl);
+            StridedA {
+                a: &pa.a[i - pa.i0..],
+                strides: (1, pa.ld),
+                s0: pa.k0,
+            }
+        }
+        None => {
+            let strides = g.g.storage.strides(b.k);
+            StridedA {
+                a: &g.g.a[i * strides.0..],
+                strides,
+                s0: 0,
+            }
+        }
     };
     let off = i * out.ldc + col - out.col0;
     let zero = g.fresh && ks.start == 0;
@@ -217,11 +245,13 @@ pub(super) fn clipped_tile<T: SimdFloat, const R: usize, const Q: usize, const N
     }
 }
 
-/// A tile's rows of `A`: value `(r, s)` at `a[r * strides.0 + s * strides.1]`.
+/// A tile's rows of `A`: value `(r, s)` at `a[r * strides.0 + (s - s0) * strides.1]`, for
+/// steps `s >= s0`.
 #[derive(Clone, Copy)]
 pub(super) struct StridedA<'a, T> {
     pub(super) a: &'a [T],
     pub(super) strides: (usize, usize),
+    pub(super) s0: usize,
 }
 
 /// The register tile: `C[r][j] += sum_{s in ks} A[r][s] B[s][q p + v0 LANES + j]` for rows
@@ -250,14 +280,14 @@ pub(super) fn register_tile<
     let values = b.values();
     assert!(R > 0 && ks.end <= k && (q + Q) * k * p <= values.len());
     assert!(NVT == NV && v0 == 0 || Q == 1 && v0 + NVT <= NV);
-    let (rs, cs) = a.strides;
-    assert!(ks.is_empty() || (R - 1) * rs + (ks.end - 1) * cs < a.a.len());
+    let ((rs, cs), s0) = (a.strides, a.s0);
+    assert!(ks.is_empty() || ks.start >= s0 && (R - 1) * rs + (ks.end - 1 - s0) * cs < a.a.len());
     assert!(c.len() >= (R - 1) * ldc + (Q - 1) * p + NVT * T::LANES);
     let (a, c, base) = (a.a.as_ptr(), c.as_mut_ptr(), values.as_ptr());
     // The asserts above bound every pointer below (the SAFETY notes refer to them): row
     // `r < R` of `C` holds `(Q - 1) p + NVT LANES` values from `c + r ldc`, of which vector
-    // `(qq, v)` is `LANES` of them from `qq p + v LANES`; `A[r][s]` is read at `a + r rs + s cs`
-    // with `s < ks.end`, at most the last index asserted; panel `q + qq` of B occupies
+    // `(qq, v)` is `LANES` of them from `qq p + v LANES`; `A[r][s]` is read at
+    // `a + r rs + (s - s0) cs` with `s0 <= s < ks.end`, at most the last index asserted; panel `q + qq` of B occupies
     // `[(q + qq) k p, (q + qq + 1) k p)` of `values`, and row `s < k` of it `p` values, of which
     // vector `v0 + v < NV` reads `LANES`.
     let at = |r: usize, qq: usize, v: usize| r * ldc + qq * p + v * T::LANES;
@@ -283,8 +313,8 @@ pub(super) fn register_tile<
             })
         });
         for r in 0..R {
-            // SAFETY: `A[r][s]`, `r < R` and `s < ks.end`, within `a` (see above).
-            let av = T::splat(unsafe { *a.add(r * rs + s * cs) });
+            // SAFETY: `A[r][s]`, `r < R` and `s0 <= s < ks.end`, within `a` (see above).
+            let av = T::splat(unsafe { *a.add(r * rs + (s - s0) * cs) });
             for qq in 0..Q {
                 for v in 0..NVT {
                     acc[r][qq][v] = T::mul_add(av, bv[qq][v], acc[r][qq][v]);
