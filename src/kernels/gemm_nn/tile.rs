@@ -48,8 +48,8 @@ pub enum Tiles {
     /// `MR` rows by a whole panel (`NV` vectors); a single row by up to four panels.
     Wide,
     /// `NARROW_MR` rows by one vector of a panel, the panel's vectors one after another (each
-    /// reads a quarter of the panel's slice of `B`, which stays in L1 for all of a block's
-    /// tiles); a single row by one panel.
+    /// reads a quarter of the panel's slice of `B`, for all of a block's tiles); a single row
+    /// by one panel.
     Narrow,
 }
 

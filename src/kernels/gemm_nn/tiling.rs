@@ -110,11 +110,12 @@ pub(super) fn products<T: SimdFloat>(
     let shape = Tiles::current();
     let mr = shape.rows();
     // Cache blocking for large products: a block of KB steps of k by MB rows of each A stays in
-    // L2 while each panel's KB x PANEL slice of B is reused from L1 by every tile of the block.
+    // cache while each panel's KB x PANEL slice of B is reused by every tile of the block (from
+    // L1 with wide tiles; narrow tiles over a row-major A take longer blocks, NARROW_KB, whose
+    // slices of B come from L2).
     // Splitting k only stores and reloads C between blocks (exact), so the accumulation order
     // of every element is unchanged.
-    // Fewer rows than a tile reuse no slice of B from L1: no k blocks, C loaded once. Narrow
-    // tiles over a row-major A take longer blocks ([`NARROW_KB`]).
+    // Fewer rows than a tile reuse no slice of B: no k blocks, C loaded once.
     let streamed = k * width * std::mem::size_of::<T>() > STREAMED_BYTES;
     let by_rows = blocks.iter().all(|g| g.storage == AStorage::RowMajor);
     let kb = match shape {
@@ -125,24 +126,32 @@ pub(super) fn products<T: SimdFloat>(
     let row_blocks = blocks.iter().map(|g| g.m.div_ceil(MB)).max().unwrap_or(0);
     // Each block of rows whose `A` is copied block by block has a buffer of its own here.
     let packs = |g: &Rows<'_, T>| kb == KB && packs_a::<T>(shape, g.storage);
-    let mut apack = vec![T::default(); blocks.iter().filter(|g| packs(g)).count() * MB * KB];
+    // Where any block's A is copied, a buffer of MB x KB values for each block.
+    let any_packs = blocks.iter().any(packs);
+    let mut apack = vec![T::default(); if any_packs { blocks.len() * MB * KB } else { 0 }];
     for k0 in (0..k).step_by(kb) {
         let ks = k0..(k0 + kb).min(k);
         for j in 0..row_blocks {
             // Row block `j` of every block of rows that has one.
             let tiling = |g: &Rows<'_, T>| (j * MB < g.m).then(|| Tiling::new(j * MB, g.m, shape));
-            let mut bufs = apack.chunks_exact_mut(MB * KB);
-            let packed: Vec<Option<PackedA<'_, T>>> = blocks
-                .iter()
-                .map(|g| {
-                    if !packs(g) {
-                        return None;
+            // A block's row block `j`, if its A is copied.
+            let copied = |g: &Rows<'_, T>| tiling(g).filter(|tl| packs(g) && tl.end > tl.i0);
+            if any_packs {
+                for (g, buf) in blocks.iter().zip(apack.chunks_exact_mut(MB * KB)) {
+                    if let Some(tl) = copied(g) {
+                        pack_a(g, &tl, &ks, k, buf);
                     }
-                    let buf = bufs.next().expect("a buffer for each block that packs");
-                    let tl = tiling(g).filter(|tl| tl.end > tl.i0)?;
-                    Some(pack_a(g, &tl, &ks, k, buf))
+                }
+            }
+            let packed = |n: usize, g: &Rows<'_, T>| {
+                copied(g).map(|tl| PackedA {
+                    a: &apack[n * MB * KB..][..(tl.end - tl.i0) * ks.len()],
+                    i0: tl.i0,
+                    ld: tl.end - tl.i0,
+                    k0: ks.start,
+                    kl: ks.len(),
                 })
-                .collect();
+            };
             let tiles: usize = blocks.iter().filter_map(tiling).map(|t| t.tiles).sum();
             let tiles = tiles * shape.across();
             for i in 0..panels.len() {
@@ -154,11 +163,12 @@ pub(super) fn products<T: SimdFloat>(
                     Prefetch::none()
                 };
                 // Narrow tiles take the panel's vectors one after another, each over every
-                // block's rows, so that its quarter of the panel's slice of B stays in L1.
+                // block's rows, so that its quarter of the panel's slice of B stays in cache.
                 for v in 0..shape.across() {
-                    for (g, &packed) in blocks.iter_mut().zip(&packed) {
+                    for (n, g) in blocks.iter_mut().enumerate() {
                         if let Some(tl) = tiling(g) {
                             let fresh = set && g.bias.is_none();
+                            let packed = packed(n, g);
                             let ops = &mut Operands {
                                 g,
                                 b,
@@ -229,19 +239,18 @@ fn packs_a<T>(shape: Tiles, storage: AStorage) -> bool {
     shape == Tiles::Narrow && matches!(storage, AStorage::ColMajor { ld } if far(ld))
 }
 
-/// Copies rows `tl.i0..tl.end` of `A` over the steps `ks` (of `k`) into `buf` as [`PackedA`]
-/// lays them out.
-fn pack_a<'p, T: SimdFloat>(
+/// Copies rows `tl.i0..tl.end` of `A` over the steps `ks` (of `k`) into the start of `buf` as
+/// [`PackedA`] lays them out.
+fn pack_a<T: SimdFloat>(
     g: &Rows<'_, T>,
     tl: &Tiling,
     ks: &std::ops::Range<usize>,
     k: usize,
-    buf: &'p mut [T],
-) -> PackedA<'p, T> {
+    buf: &mut [T],
+) {
     let (rs, cs) = g.storage.strides(k);
     let (i0, ld) = (tl.i0, tl.end - tl.i0);
-    let out = &mut buf[..ld * ks.len()];
-    for (s, col) in ks.clone().zip(out.chunks_exact_mut(ld)) {
+    for (s, col) in ks.clone().zip(buf.chunks_exact_mut(ld)) {
         if rs == 1 {
             col.copy_from_slice(&g.a[i0 + s * cs..][..ld]);
         } else {
@@ -249,13 +258,6 @@ fn pack_a<'p, T: SimdFloat>(
                 *x = g.a[i * rs + s * cs];
             }
         }
-    }
-    PackedA {
-        a: out,
-        i0,
-        ld,
-        k0: ks.start,
-        kl: ks.len(),
     }
 }
 
