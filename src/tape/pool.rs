@@ -21,20 +21,20 @@ impl<T: Copy + Default> Pool<T> {
 
     /// A buffer of length `n` whose values are whatever it held before (every element is
     /// initialised, none is meaningful): for buffers that are about to be overwritten in full,
-    /// which then skip the zeroing pass.
+    /// which then skip the zeroing pass. [`Pool::lend`]'s buffer, cut to `n`.
+    pub(crate) fn take_dirty(&mut self, n: usize) -> Vec<T> {
+        let mut v = self.lend(n).buf;
+        v.truncate(n);
+        v
+    }
+
+    /// A [`Scratch`] of `n` stale values over a free buffer that keeps the values it held past
+    /// them; only values past every length the buffer has held are zeroed (none, once its
+    /// lengths have settled).
     ///
     /// Of the smallest free buffers that are large enough, it takes one that already holds `n`
     /// values where there is one, as a shorter one must zero its tail: buffers of the same
     /// capacity but different lengths are common once a buffer has served a smaller request.
-    pub(crate) fn take_dirty(&mut self, n: usize) -> Vec<T> {
-        let mut v = self.pick(n, |b| (b.capacity(), b.len() < n));
-        v.truncate(n);
-        v.resize(n, T::default());
-        v
-    }
-
-    /// A [`Scratch`] of `n` values: [`Pool::take_dirty`]'s buffer, but only values past every
-    /// length the buffer has held are zeroed (none, once its lengths have settled).
     pub(crate) fn lend(&mut self, n: usize) -> Scratch<T> {
         let mut buf = self.pick(n, |b| (b.capacity(), b.len() < n));
         if buf.len() < n {

@@ -287,9 +287,9 @@ pub(super) fn register_tile<
     // The asserts above bound every pointer below (the SAFETY notes refer to them): row
     // `r < R` of `C` holds `(Q - 1) p + NVT LANES` values from `c + r ldc`, of which vector
     // `(qq, v)` is `LANES` of them from `qq p + v LANES`; `A[r][s]` is read at
-    // `a + r rs + (s - s0) cs` with `s0 <= s < ks.end`, at most the last index asserted; panel `q + qq` of B occupies
-    // `[(q + qq) k p, (q + qq + 1) k p)` of `values`, and row `s < k` of it `p` values, of which
-    // vector `v0 + v < NV` reads `LANES`.
+    // `a + r rs + (s - s0) cs` with `s0 <= s < ks.end`, at most the last index asserted; panel
+    // `q + qq` of B occupies `[(q + qq) k p, (q + qq + 1) k p)` of `values`, and row `s < k` of
+    // it `p` values, of which vector `v0 + v < NV` reads `LANES`.
     let at = |r: usize, qq: usize, v: usize| r * ldc + qq * p + v * T::LANES;
     // From zero (`zero`: C is being set), else from C's values.
     let mut acc = [[[T::splat(T::default()); NVT]; Q]; R];

@@ -124,9 +124,9 @@ pub(super) fn products<T: SimdFloat>(
         _ => KB,
     };
     let row_blocks = blocks.iter().map(|g| g.m.div_ceil(MB)).max().unwrap_or(0);
-    // Each block of rows whose `A` is copied block by block has a buffer of its own here.
+    // Whether a block's A is copied block by block (`packs_a`); where any is, a buffer of
+    // MB x KB values for each block.
     let packs = |g: &Rows<'_, T>| kb == KB && packs_a::<T>(shape, g.storage);
-    // Where any block's A is copied, a buffer of MB x KB values for each block.
     let any_packs = blocks.iter().any(packs);
     let mut apack = vec![T::default(); if any_packs { blocks.len() * MB * KB } else { 0 }];
     for k0 in (0..k).step_by(kb) {
@@ -139,7 +139,7 @@ pub(super) fn products<T: SimdFloat>(
             if any_packs {
                 for (g, buf) in blocks.iter().zip(apack.chunks_exact_mut(MB * KB)) {
                     if let Some(tl) = copied(g) {
-                        pack_a(g, &tl, &ks, k, buf);
+                        pack_a(g, &tl, &ks, buf);
                     }
                 }
             }
@@ -231,33 +231,24 @@ pub(super) fn products<T: SimdFloat>(
 /// f32) ran at about 64 % of the FMA peak against 85 % with `A` stored by rows. Copied, with
 /// AVX2 on AMD Zen 3, one thread, f32, best of 3 alternating runs, % of the peak before /
 /// after: 1024x6400x256 (`ld` 1024) 64 / 69, 1024x6400x128 64 / 69, 1024x640x256 68 / 75,
-/// 2048x3200x512 (`ld` 2048) 51 / 72, 2048x3200x64 58 / 62; 1024x6400x64 unchanged (62); at
-/// `ld` = 768 (3 KiB) unchanged (70 / 69), kept for the pages. The wide tiles (AVX-512) read
-/// `A` in place: their machines were not measured with the copy.
+/// 2048x3200x512 (`ld` 2048) 51 / 72, 2048x3200x64 58 / 62; 1024x6400x64 unchanged (62). At
+/// `ld` = 768 (3 KiB apart, a GRU at `H = 256`) the product alone was unchanged (70 / 69),
+/// while the GRU's medium training step gained 1.16x with the copy. The wide tiles (AVX-512)
+/// read `A` in place: their machines were not measured with the copy.
 fn packs_a<T>(shape: Tiles, storage: AStorage) -> bool {
     let far = |ld: usize| ld * std::mem::size_of::<T>() >= 2048;
     shape == Tiles::Narrow && matches!(storage, AStorage::ColMajor { ld } if far(ld))
 }
 
-/// Copies rows `tl.i0..tl.end` of `A` over the steps `ks` (of `k`) into the start of `buf` as
-/// [`PackedA`] lays them out.
-fn pack_a<T: SimdFloat>(
-    g: &Rows<'_, T>,
-    tl: &Tiling,
-    ks: &std::ops::Range<usize>,
-    k: usize,
-    buf: &mut [T],
-) {
-    let (rs, cs) = g.storage.strides(k);
-    let (i0, ld) = (tl.i0, tl.end - tl.i0);
-    for (s, col) in ks.clone().zip(buf.chunks_exact_mut(ld)) {
-        if rs == 1 {
-            col.copy_from_slice(&g.a[i0 + s * cs..][..ld]);
-        } else {
-            for (x, i) in col.iter_mut().zip(i0..) {
-                *x = g.a[i * rs + s * cs];
-            }
-        }
+/// Copies rows `tl.i0..tl.end` of a column-major `A` over the steps `ks` into the start of
+/// `buf` as [`PackedA`] lays them out: each step's rows are contiguous in `A` too.
+fn pack_a<T: SimdFloat>(g: &Rows<'_, T>, tl: &Tiling, ks: &std::ops::Range<usize>, buf: &mut [T]) {
+    let AStorage::ColMajor { ld: stride } = g.storage else {
+        unreachable!("pack_a: only a column-major A is copied (packs_a)");
+    };
+    let (i0, rows) = (tl.i0, tl.end - tl.i0);
+    for (s, col) in ks.clone().zip(buf.chunks_exact_mut(rows)) {
+        col.copy_from_slice(&g.a[i0 + s * stride..][..rows]);
     }
 }
 
