@@ -347,7 +347,7 @@ impl<T: Float> InferenceStep<T> {
     /// ```
     pub fn with_threads<R: Send>(&mut self, f: impl FnOnce(&mut Self) -> R + Send) -> R {
         let two_shares = self.packed.as_ref().is_some_and(|p| p.shares.len() == 2);
-        if !two_shares || rayon::current_num_threads() < 2 || self.helper.is_some() {
+        if !two_shares || !crate::threads::parallel() || self.helper.is_some() {
             return f(self);
         }
         let helper = Arc::new(Helper::new());

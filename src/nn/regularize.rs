@@ -18,8 +18,6 @@
 //!   `dh~_t = (1 - d_t) * dh_t` and `dh_{t-1} += d_t * dh_t` (the LSTM's `c_t` likewise, inside
 //!   its gate kernel).
 
-use rayon::prelude::*;
-
 use super::direction::CellKind;
 use crate::Result;
 use crate::rng::{KeyedRow, Rng};
@@ -138,19 +136,16 @@ fn dropout_mask<T: Float>(key: u64, stream: u64, dims: &[usize], p: f64) -> Resu
     let mut m = Tensor::zeros(dims)?;
     let cols = dims.last().copied().unwrap_or(1).max(1);
     let (zero, keep) = (T::ZERO, T::from_f64(1.0 / (1.0 - p)));
-    m.data_mut()
-        .par_chunks_mut(cols)
-        .enumerate()
-        .for_each(|(r, row)| {
-            let draw = KeyedRow::new(key, stream, r as u64);
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = if draw.uniform(j as u64) < p {
-                    zero
-                } else {
-                    keep
-                };
-            }
-        });
+    crate::threads::for_each_chunk(m.data_mut(), cols, |r, row| {
+        let draw = KeyedRow::new(key, stream, r as u64);
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = if draw.uniform(j as u64) < p {
+                zero
+            } else {
+                keep
+            };
+        }
+    });
     Ok(m)
 }
 
@@ -159,19 +154,16 @@ fn dropout_mask<T: Float>(key: u64, stream: u64, dims: &[usize], p: f64) -> Resu
 fn keep_mask<T: Float>(key: u64, stream: u64, dims: &[usize; 3], p: f64) -> Result<Tensor<T>> {
     let mut m = Tensor::zeros(dims)?;
     let step = (dims[1] * dims[2]).max(1);
-    m.data_mut()
-        .par_chunks_mut(step)
-        .enumerate()
-        .for_each(|(t, block)| {
-            let draw = KeyedRow::new(key, stream, t as u64);
-            for (k, v) in block.iter_mut().enumerate() {
-                *v = if draw.uniform(k as u64) < p {
-                    T::ONE
-                } else {
-                    T::ZERO
-                };
-            }
-        });
+    crate::threads::for_each_chunk(m.data_mut(), step, |t, block| {
+        let draw = KeyedRow::new(key, stream, t as u64);
+        for (k, v) in block.iter_mut().enumerate() {
+            *v = if draw.uniform(k as u64) < p {
+                T::ONE
+            } else {
+                T::ZERO
+            };
+        }
+    });
     Ok(m)
 }
 

@@ -21,7 +21,7 @@ const GROUP: usize = 64;
 
 /// Whether a pass over `len` values goes to the pool.
 fn spread(len: usize) -> bool {
-    len >= 2 * CHUNK && rayon::current_num_threads() > 1
+    len >= 2 * CHUNK && crate::threads::parallel()
 }
 
 /// `dst = src`. Panics if the lengths differ.

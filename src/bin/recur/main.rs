@@ -78,18 +78,13 @@ pub fn run_precision(
     Ok(precision)
 }
 
-/// Sets the size of rayon's global pool (once, before any parallel work).
+/// Sets `--threads` (once, before any parallel work), the main thread being one of them.
 pub fn set_threads(threads: Option<usize>) -> Result<(), String> {
-    if let Some(n) = threads {
-        if n == 0 {
-            return Err("--threads must be at least 1".into());
-        }
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .map_err(|e| format!("cannot start {n} threads: {e}"))?;
+    match threads {
+        Some(0) => Err("--threads must be at least 1".into()),
+        Some(n) => recur::set_threads(n).map_err(|e| e.to_string()),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -109,7 +109,7 @@ impl<T: SimdFloat> PackedB<T> {
         let len = (self.k * panel::<T>()).max(1);
         let values = self.values_mut();
         let bytes = std::mem::size_of_val(values);
-        if bytes >= PARALLEL_PACK_BYTES && rayon::current_num_threads() > 1 {
+        if bytes >= PARALLEL_PACK_BYTES && crate::threads::parallel() {
             use rayon::prelude::*;
             values
                 .par_chunks_exact_mut(len)

@@ -3,8 +3,6 @@
 //! `dG` join the bias gradients; after the loop, products over all time steps give `dX`,
 //! `dW_ih` and `dW_hh`, added up in shard order.
 
-use rayon::prelude::*;
-
 use super::bf16;
 use super::buffers::{BackwardScratch, Shard};
 use super::schedule::{GROUP_SHARDS, Split, for_each_group, group_len, reborrow, step_product};
@@ -420,7 +418,7 @@ impl Config {
             };
             weight_grad(dg_rows, &parts, h, h_packed, dw_hh);
         };
-        rayon::join(dx_job, || rayon::join(dw_ih_job, dw_hh_job));
+        crate::threads::join(dx_job, || crate::threads::join(dw_ih_job, dw_hh_job));
         // The bias gradients were summed step by step (`add_bias_grads`); the LSTM's and the
         // RNN's are one sum.
         if want.b_ih && want.b_hh && self.kind != CellKind::Gru {
@@ -536,16 +534,13 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
         if let Some(gx) = gin[slots.x].as_mut() {
             let (shards, scratch) = (&self.shards, &scratch);
             let row = b * i_sz;
-            gx.data_mut()
-                .par_chunks_mut(row)
-                .enumerate()
-                .for_each(|(t, gx_t)| {
-                    for (sh, g) in shards.iter().zip(scratch) {
-                        let (rows, n) = (&sh.rows, sh.rows.len());
-                        gx_t[rows.start * i_sz..rows.end * i_sz]
-                            .copy_from_slice(&g.dx[t * n * i_sz..(t + 1) * n * i_sz]);
-                    }
-                });
+            crate::threads::for_each_chunk(gx.data_mut(), row, |t, gx_t| {
+                for (sh, g) in shards.iter().zip(scratch) {
+                    let (rows, n) = (&sh.rows, sh.rows.len());
+                    gx_t[rows.start * i_sz..rows.end * i_sz]
+                        .copy_from_slice(&g.dx[t * n * i_sz..(t + 1) * n * i_sz]);
+                }
+            });
         }
         for (sh, g) in self.shards.iter().zip(&scratch) {
             let rows = sh.rows.start * h..sh.rows.end * h;

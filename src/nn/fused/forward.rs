@@ -1,8 +1,6 @@
 //! The forward recurrence: the input projection of every step at once, then per step the
 //! recurrent product and the fused gate kernel, for a group of shards in lockstep.
 
-use rayon::prelude::*;
-
 use super::buffers::{ForwardScratch, Shard, gather, read_write};
 use super::schedule::{GROUP_SHARDS, Split, for_each_group, group_len, reborrow, step_product};
 use super::weights::{
@@ -356,7 +354,7 @@ impl<T: Float> FusedDirection<T> {
         } else {
             // Each shard's rows into y, in parallel over time steps.
             let shards = &self.shards;
-            y.par_chunks_mut(b * h).enumerate().for_each(|(t, y_t)| {
+            crate::threads::for_each_chunk(y, b * h, |t, y_t| {
                 for sh in shards {
                     let n = sh.rows.len();
                     y_t[sh.rows.start * h..sh.rows.end * h]

@@ -134,7 +134,7 @@ const SPLIT_ROWS: usize = 8;
 /// Whether work over `m` rows runs as two halves side by side: with a second thread in the
 /// pool and at least [`SPLIT_ROWS`] rows.
 fn halves(m: usize) -> bool {
-    m >= SPLIT_ROWS && rayon::current_num_threads() > 1
+    m >= SPLIT_ROWS && crate::threads::parallel()
 }
 
 /// `c = a B` for `m` rows of `a` against `B` packed, by [`halves`] of the rows where it pays.
@@ -708,7 +708,7 @@ impl<T: Float> CustomOp<T> for LayerNormDirection<T> {
                 gemm(bf16, s, (true, false), dg_h, h_prev, T::ONE, g.data_mut());
             }
         };
-        rayon::join(dx_job, || rayon::join(dw_ih_job, dw_hh_job));
+        crate::threads::join(dx_job, || crate::threads::join(dw_ih_job, dw_hh_job));
         let mut sums = vec![(sl.gamma_x, &dgamma_x), (sl.gamma_h, &dgamma_h)];
         if let Some((gc, bc)) = sl.cell {
             sums.extend([(gc, &dgamma_c), (bc, &dbeta_c)]);

@@ -58,6 +58,10 @@ pub(super) fn for_each_group<A: Send, B: Send>(
 ) {
     if a.len() <= len {
         f(a, b);
+    } else if !crate::threads::parallel() {
+        a.chunks_mut(len)
+            .zip(b.chunks_mut(len))
+            .for_each(|(x, y)| f(x, y));
     } else {
         a.par_chunks_mut(len)
             .zip(b.par_chunks_mut(len))
@@ -149,7 +153,7 @@ impl Config {
         // A single panel has no halves.
         let wide = n > panel::<T>();
         let pays = work >= SPLIT_MIN_WORK && intensity >= SPLIT_MIN_INTENSITY;
-        (rayon::current_num_threads() > 1 && one_group && wide && pays)
+        (crate::threads::parallel() && one_group && wide && pays)
             .then(|| ws.scratch(self.batch * n))
     }
 }

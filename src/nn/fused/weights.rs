@@ -177,7 +177,7 @@ pub(super) fn by_row_halves<T: Float>(
     let m1 = m / 2;
     let (x0, x1) = x[..m * k].split_at(m1 * k);
     let (p0, p1) = out[..m * n].split_at_mut(m1 * n);
-    rayon::join(|| f(m1, x0, p0), || f(m - m1, x1, p1));
+    crate::threads::join(|| f(m1, x0, p0), || f(m - m1, x1, p1));
 }
 
 /// Fills every row of `[rows, w]` with `init` (or zeros).
