@@ -14,6 +14,7 @@ use super::convert::{Bf16, convert_to_bf16};
 use super::tile::{MR, PANEL};
 use crate::kernels::aligned::AlignedBuf;
 use crate::kernels::gemm_nn::AStorage;
+use crate::kernels::gemm_nn::stacked_rows;
 
 /// The pair `(lo, hi)` as one `u32`: `lo` in the low half.
 fn pair(lo: Bf16, hi: Bf16) -> u32 {
@@ -83,15 +84,7 @@ impl PackedBf16B {
     /// `b_1`, then of `b_2`, ...), without copying them together first. Panics if a part is
     /// not whole rows of `n` (or `n` is zero while a part is not empty).
     pub fn pack_stacked(&mut self, kernel: Bf16Kernel, parts: &[&[f32]], n: usize) {
-        assert!(
-            parts.iter().all(|b| if n == 0 {
-                b.is_empty()
-            } else {
-                b.len() % n == 0
-            }),
-            "PackedBf16B::pack_stacked: a part is not whole rows of {n}"
-        );
-        let k = parts.iter().map(|b| b.len() / n.max(1)).sum::<usize>();
+        let k = stacked_rows("PackedBf16B::pack_stacked", parts, n);
         let kp = k.div_ceil(2);
         let out = self.resize(k, n);
         if n == 0 {

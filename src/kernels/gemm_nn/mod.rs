@@ -43,6 +43,7 @@ mod tests;
 mod tile;
 mod tiling;
 
+pub(crate) use packing::stacked_rows;
 pub use packing::{PackedB, panel};
 pub use prefetch::STREAMED_BYTES;
 pub use tile::Tiles;

@@ -135,15 +135,7 @@ impl<T: SimdFloat> PackedB<T> {
     /// stacked along k: the rows of `b_1`, then of `b_2`, and so on. Panics if `n` is zero while
     /// a part is not empty, or a part's length is not a multiple of `n`.
     pub fn pack_stacked(&mut self, parts: &[&[T]], n: usize) {
-        assert!(
-            parts.iter().all(|b| if n == 0 {
-                b.is_empty()
-            } else {
-                b.len() % n == 0
-            }),
-            "PackedB::pack_stacked: a part is not whole rows of {n}"
-        );
-        let k = parts.iter().map(|b| b.len() / n.max(1)).sum();
+        let k = stacked_rows("PackedB::pack_stacked", parts, n);
         self.resize(k, n);
         let p = panel::<T>();
         self.fill_panels(|q, pd| {
@@ -207,4 +199,19 @@ impl<T: SimdFloat> PackedB<T> {
             }
         });
     }
+}
+
+/// The rows `k` of `[b_1; b_2; ...]`, row-major parts of `n` columns stacked along k, for the
+/// packers' `pack_stacked`. Panics, naming `what`, if a part is not whole rows of `n` (or `n`
+/// is zero while a part is not empty).
+pub(crate) fn stacked_rows<T>(what: &str, parts: &[&[T]], n: usize) -> usize {
+    assert!(
+        parts.iter().all(|b| if n == 0 {
+            b.is_empty()
+        } else {
+            b.len() % n == 0
+        }),
+        "{what}: a part is not whole rows of {n}"
+    );
+    parts.iter().map(|b| b.len() / n.max(1)).sum()
 }
