@@ -23,6 +23,7 @@ pub use cell::{
 };
 pub use direction::{CellKind, DirectionParams, LayerNormParams};
 pub use embedding::Embedding;
+pub(crate) use fused::shard_ranges;
 pub use inference::InferenceStep;
 pub use linear::Linear;
 pub use module::{

@@ -171,6 +171,36 @@ fn classifier_matches_pytorch_and_predicts_without_a_tape() {
 }
 
 #[test]
+fn predict_steps_shards_of_a_large_batch_alike_on_any_number_of_threads() {
+    // 70 rows: shards of 32, 32 and 6 rows, stepped on separate threads where there are two.
+    let mut rng = Rng::new(5);
+    let lengths: Vec<usize> = (0..70).map(|_| 1 + rng.below(9)).collect();
+    let t = 9;
+    let ids: Vec<usize> = (0..t * lengths.len()).map(|_| rng.below(9)).collect();
+    for cell in ["lstm", "gru"] {
+        let cfg = SequenceClassifierConfig::tokens(9, 6, 5, 4)
+            .cell(cell)
+            .layers(2)
+            .bidirectional(true);
+        let mut ps = ParamStore::<f64>::new();
+        let m = SequenceClassifier::new(&mut ps, "", cfg, &mut Rng::new(7)).unwrap();
+        let one = recur::with_threads(1, || m.predict(&ps, &ids, t, &lengths).unwrap()).unwrap();
+        let two = recur::with_threads(2, || m.predict(&ps, &ids, t, &lengths).unwrap()).unwrap();
+        assert_eq!(
+            one.data(),
+            two.data(),
+            "{cell}: the thread count changed a value"
+        );
+        let mut tape = Tape::new();
+        let logits = m
+            .forward(&mut Ctx::eval(&mut tape, &ps), &ids, t, &lengths)
+            .unwrap();
+        let err = one.max_abs_diff(tape.value(logits).unwrap()).unwrap();
+        assert!(err < 1e-12, "{cell}: {err}");
+    }
+}
+
+#[test]
 fn predict_equals_the_tape_for_every_cell_and_pooling() {
     let lengths = [4, 7, 1, 5, 7];
     let t = 7;

@@ -68,7 +68,7 @@ mod weights;
 use buffers::{ForwardScratch, Shard};
 pub(crate) use layer_norm::run as run_layer_norm;
 pub(crate) use projected::run as run_projected;
-use schedule::shard_ranges;
+pub(crate) use schedule::shard_ranges;
 use weights::{RecurrentWeight, Weights};
 pub(crate) use weights::{fill_rows, init_input_projection};
 
