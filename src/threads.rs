@@ -12,7 +12,8 @@ use crate::{Error, Result};
 /// and hands the others to the `n - 1` threads the pool starts, instead of handing all of it
 /// over and waking the caller at the end. With `n = 1` the kernels run on the calling thread
 /// alone and never hand work over (BENCHMARKS.md measures both against a pool of `n` threads
-/// of its own). Work started from another thread still runs, on the `n - 1` others.
+/// of its own). Work started from another thread still runs: on the `n - 1` others, or with
+/// `n = 1` on the thread that started it.
 ///
 /// ```no_run
 /// recur::set_threads(2)?;
