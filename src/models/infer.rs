@@ -1,6 +1,7 @@
 //! A whole recurrent stack over a batch of sequences without a tape: an
-//! [`crate::nn::InferenceStep`] per layer, direction and shard of rows over weights packed once
-//! per call, with lengths; the shards on separate threads where the pool has them.
+//! [`crate::nn::InferenceStep`] per layer, direction and shard of rows (each packing the
+//! layer's weights for itself), with lengths; the shards on separate threads where the pool
+//! has them.
 
 use std::ops::Range;
 

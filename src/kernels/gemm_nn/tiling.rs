@@ -134,17 +134,18 @@ pub(super) fn products<T: SimdFloat>(
         for j in 0..row_blocks {
             // Row block `j` of every block of rows that has one.
             let tiling = |g: &Rows<'_, T>| (j * MB < g.m).then(|| Tiling::new(j * MB, g.m, shape));
-            // A block's row block `j`, if its A is copied.
-            let copied = |g: &Rows<'_, T>| tiling(g).filter(|tl| packs(g) && tl.end > tl.i0);
+            // Whether a block's row block `j` (its tiling `tl`) has its A copied.
+            let copied = |g: &Rows<'_, T>, tl: &Tiling| packs(g) && tl.end > tl.i0;
             if any_packs {
                 for (g, buf) in blocks.iter().zip(apack.chunks_exact_mut(MB * KB)) {
-                    if let Some(tl) = copied(g) {
+                    if let Some(tl) = tiling(g).filter(|tl| copied(g, tl)) {
                         pack_a(g, &tl, &ks, buf);
                     }
                 }
             }
-            let packed = |n: usize, g: &Rows<'_, T>| {
-                copied(g).map(|tl| PackedA {
+            // The copy of block `n`'s row block `j`, from the tiling the tile loop already has.
+            let packed = |n: usize, g: &Rows<'_, T>, tl: &Tiling| {
+                copied(g, tl).then(|| PackedA {
                     a: &apack[n * MB * KB..][..(tl.end - tl.i0) * ks.len()],
                     i0: tl.i0,
                     ld: tl.end - tl.i0,
@@ -168,7 +169,7 @@ pub(super) fn products<T: SimdFloat>(
                     for (n, g) in blocks.iter_mut().enumerate() {
                         if let Some(tl) = tiling(g) {
                             let fresh = set && g.bias.is_none();
-                            let packed = packed(n, g);
+                            let packed = packed(n, g, &tl);
                             let ops = &mut Operands {
                                 g,
                                 b,
