@@ -4,7 +4,8 @@
 //! Value by value, a transposed packing gathers each packed row from as many rows of the weight,
 //! and the LSTM's `W_hh` is packed so at every forward. With AVX-512 a 16 x 16 block of f32 is
 //! sixteen loads, four rounds of sixteen shuffles and sixteen stores, which packs the same
-//! weights several times faster.
+//! weights several times faster. With AVX (and not AVX-512) it is four 8 x 8 blocks, each eight
+//! loads, three rounds of eight shuffles and eight stores.
 
 /// Panics unless `src` holds an `n x n` block with rows `ld` apart and `dst` one with rows `ldd`
 /// apart (rows at least `n` long).
@@ -34,8 +35,9 @@ pub fn block<T: Copy>(src: &[T], ld: usize, dst: &mut [T], ldd: usize, n: usize)
     }
 }
 
-/// [`block`] for `n = 16` values of `f32`: in AVX-512 registers where the target has them,
-/// else value by value. The values are the same either way (only moved).
+/// [`block`] for `n = 16` values of `f32`: in AVX-512 registers where the target has them, as
+/// four 8 x 8 blocks in AVX registers where it has AVX only, else value by value. The values
+/// are the same either way (only moved).
 pub fn block_f32x16(src: &[f32], ld: usize, dst: &mut [f32], ldd: usize) {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
     {
@@ -45,8 +47,79 @@ pub fn block_f32x16(src: &[f32], ld: usize, dst: &mut [f32], ldd: usize) {
         // writes; the target has AVX-512F (the `cfg` above).
         unsafe { avx512_16(src.as_ptr(), ld, dst.as_mut_ptr(), ldd) }
     }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx512f")))]
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx",
+        not(target_feature = "avx512f")
+    ))]
+    {
+        check(src.len(), ld, dst.len(), ldd, 16);
+        // Block (i, j) of the destination, rows 8i.. and columns 8j.., is block (j, i) of the
+        // source transposed.
+        for i in 0..2 {
+            for j in 0..2 {
+                let (s, d) = (8 * j * ld + 8 * i, 8 * i * ldd + 8 * j);
+                // SAFETY: `check` proved rows `0..16` of 16 values each within both slices, so
+                // rows `8j..8j + 8` of the source from column `8i` and rows `8i..8i + 8` of the
+                // destination from column `8j`, 8 values each, are in them: all of `avx_8`'s
+                // reads and writes. The target has AVX (the `cfg` above).
+                unsafe { avx_8(src.as_ptr().add(s), ld, dst.as_mut_ptr().add(d), ldd) }
+            }
+        }
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx")))]
     block(src, ld, dst, ldd, 16);
+}
+
+/// The 8 x 8 transpose in AVX registers: row `i` of the block at `src + i ld`, written to
+/// `dst + i ldd`.
+///
+/// Rows 2i and 2i+1 interleaved value by value (`unpack*_ps`), then pairs of values from
+/// registers two apart (`shuffle_ps`), then the 128-bit halves of registers four apart
+/// (`permute2f128_ps`): register `i` then holds column `i` of the block.
+///
+/// # Safety
+///
+/// `src + i ld` must be readable and `dst + i ldd` writable for 8 values each, `i < 8`.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx",
+    not(target_feature = "avx512f")
+))]
+#[target_feature(enable = "avx")]
+unsafe fn avx_8(src: *const f32, ld: usize, dst: *mut f32, ldd: usize) {
+    use std::arch::x86_64::{
+        __m256, _mm256_loadu_ps, _mm256_permute2f128_ps, _mm256_setzero_ps, _mm256_shuffle_ps,
+        _mm256_storeu_ps, _mm256_unpackhi_ps, _mm256_unpacklo_ps,
+    };
+    let mut r: [__m256; 8] = [_mm256_setzero_ps(); 8];
+    for (i, v) in r.iter_mut().enumerate() {
+        // SAFETY: row `i < 8` of the source is readable (the caller's contract).
+        *v = unsafe { _mm256_loadu_ps(src.add(i * ld)) };
+    }
+    let mut t = r;
+    // t[2i] = a0 b0 a1 b1 | a4 b4 a5 b5, t[2i+1] = a2 b2 a3 b3 | a6 b6 a7 b7 (a, b: rows 2i, 2i+1).
+    for i in 0..4 {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    // r[4i + q] = column q (and q + 4) of rows 4i..4i + 4: a_q b_q c_q d_q | a_q+4 ...
+    for i in 0..2 {
+        let (a, b, c, d) = (t[4 * i], t[4 * i + 1], t[4 * i + 2], t[4 * i + 3]);
+        r[4 * i] = _mm256_shuffle_ps::<0x44>(a, c);
+        r[4 * i + 1] = _mm256_shuffle_ps::<0xEE>(a, c);
+        r[4 * i + 2] = _mm256_shuffle_ps::<0x44>(b, d);
+        r[4 * i + 3] = _mm256_shuffle_ps::<0xEE>(b, d);
+    }
+    // Low halves of rows 0..4 and 4..8 give columns 0..4, high halves columns 4..8.
+    for q in 0..4 {
+        t[q] = _mm256_permute2f128_ps::<0x20>(r[q], r[4 + q]);
+        t[4 + q] = _mm256_permute2f128_ps::<0x31>(r[q], r[4 + q]);
+    }
+    for (i, v) in t.into_iter().enumerate() {
+        // SAFETY: row `i < 8` of the destination is writable (the caller's contract).
+        unsafe { _mm256_storeu_ps(dst.add(i * ldd), v) };
+    }
 }
 
 /// The 16 x 16 transpose in registers: row `i` of the block at `src + i ld`, written to
