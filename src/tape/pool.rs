@@ -2,18 +2,25 @@
 
 /// Buffers returned by a cleared tape, handed out again by size.
 ///
+/// Two lists: plain buffers (tensors' storage, cut to their length) and the buffers of
+/// [`Scratch`]es, which keep every value they ever held initialised; a lent buffer comes from
+/// the second where one fits, so only values past every length it held are zeroed.
+///
 /// A buffer that stays unused through two whole steps is freed ([`Pool::age`]), so memory that
 /// enters the tape from outside every step (an input tensor moved in) does not pile up.
 #[derive(Debug, Default)]
 pub(crate) struct Pool<T> {
-    /// Free buffers, each with the number of steps it has sat unused.
+    /// Free plain buffers, each with the number of steps it has sat unused.
     free: Vec<(Vec<T>, u8)>,
+    /// Free buffers of [`Scratch`]es given back, likewise: each one's length is how far it is
+    /// initialised.
+    kept: Vec<(Vec<T>, u8)>,
 }
 
 impl<T: Copy + Default> Pool<T> {
     /// A zero-filled buffer of length `n`, reusing the smallest free buffer that is large enough.
     pub(crate) fn take(&mut self, n: usize) -> Vec<T> {
-        let mut v = self.pick(n, |b| b.capacity());
+        let mut v = self.plain(n);
         v.clear();
         v.resize(n, T::default());
         v
@@ -21,9 +28,12 @@ impl<T: Copy + Default> Pool<T> {
 
     /// A buffer of length `n` whose values are whatever it held before (every element is
     /// initialised, none is meaningful): for buffers that are about to be overwritten in full,
-    /// which then skip the zeroing pass. [`Pool::lend`]'s buffer, cut to `n`.
+    /// which then skip the zeroing pass where the buffer held `n` values already.
     pub(crate) fn take_dirty(&mut self, n: usize) -> Vec<T> {
-        let mut v = self.lend(n).buf;
+        let mut v = self.plain(n);
+        if v.len() < n {
+            v.resize(n, T::default());
+        }
         v.truncate(n);
         v
     }
@@ -32,11 +42,13 @@ impl<T: Copy + Default> Pool<T> {
     /// them; only values past every length the buffer has held are zeroed (none, once its
     /// lengths have settled).
     ///
-    /// Of the smallest free buffers that are large enough, it takes one that already holds `n`
-    /// values where there is one, as a shorter one must zero its tail: buffers of the same
-    /// capacity but different lengths are common once a buffer has served a smaller request.
+    /// It takes the smallest given-back [`Scratch`] buffer that already holds `n` values, else
+    /// the smallest that is large enough (zeroing its tail), else a plain buffer.
     pub(crate) fn lend(&mut self, n: usize) -> Scratch<T> {
-        let mut buf = self.pick(n, |b| (b.capacity(), b.len() < n));
+        let mut buf = match pick(&mut self.kept, n, |b| (b.len() < n, b.capacity())) {
+            Some(b) => b,
+            None => self.plain(n),
+        };
         if buf.len() < n {
             buf.resize(n, T::default());
         }
@@ -45,23 +57,22 @@ impl<T: Copy + Default> Pool<T> {
 
     /// Takes back a [`Scratch`], with every value its buffer holds.
     pub(crate) fn give_back(&mut self, s: Scratch<T>) {
-        self.give(s.buf);
+        if s.buf.capacity() > 0 {
+            self.kept.push((s.buf, 0));
+        }
     }
 
-    /// The free buffer of capacity at least `n` that ranks lowest by `rank`, or a new empty one.
-    /// A request for no values takes none: it gets a new empty buffer, which allocates nothing.
-    fn pick<K: Ord>(&mut self, n: usize, rank: impl Fn(&Vec<T>) -> K) -> Vec<T> {
+    /// The smallest free plain buffer of capacity at least `n` (of those, one that holds `n`
+    /// values where there is one, as a shorter one must be zeroed past its length), else the
+    /// smallest [`Scratch`] buffer, else a new empty one. A request for no values takes none:
+    /// it gets a new empty buffer, which allocates nothing.
+    fn plain(&mut self, n: usize) -> Vec<T> {
         if n == 0 {
             return Vec::new();
         }
-        let best = (self.free.iter().enumerate())
-            .filter(|(_, (b, _))| b.capacity() >= n)
-            .min_by_key(|(_, (b, _))| rank(b))
-            .map(|(i, _)| i);
-        match best {
-            Some(i) => self.free.swap_remove(i).0,
-            None => Vec::with_capacity(n),
-        }
+        pick(&mut self.free, n, |b| (b.capacity(), b.len() < n))
+            .or_else(|| pick(&mut self.kept, n, |b| b.capacity()))
+            .unwrap_or_else(|| Vec::with_capacity(n))
     }
 
     /// Returns a buffer for later reuse.
@@ -74,11 +85,30 @@ impl<T: Copy + Default> Pool<T> {
     /// Marks the end of a step: frees the buffers that went unused through this step and the one
     /// before it.
     pub(crate) fn age(&mut self) {
-        self.free.retain_mut(|(_, idle)| {
-            *idle += 1;
-            *idle < 2
-        });
+        for list in [&mut self.free, &mut self.kept] {
+            list.retain_mut(|(_, idle)| {
+                *idle += 1;
+                *idle < 2
+            });
+        }
     }
+}
+
+/// Removes from `list` the buffer of capacity at least `n` (`n > 0`) that ranks lowest by
+/// `rank`, if there is one.
+fn pick<T, K: Ord>(
+    list: &mut Vec<(Vec<T>, u8)>,
+    n: usize,
+    rank: impl Fn(&Vec<T>) -> K,
+) -> Option<Vec<T>> {
+    if n == 0 {
+        return Some(Vec::new());
+    }
+    let best = (list.iter().enumerate())
+        .filter(|(_, (b, _))| b.capacity() >= n)
+        .min_by_key(|(_, (b, _))| rank(b))
+        .map(|(i, _)| i)?;
+    Some(list.swap_remove(best).0)
 }
 
 /// A working buffer of `n` values lent by a [`Pool`]: it reads as its first `n` values (stale,
@@ -92,6 +122,20 @@ impl<T: Copy + Default> Pool<T> {
 pub(crate) struct Scratch<T> {
     buf: Vec<T>,
     n: usize,
+}
+
+impl<T> Scratch<T> {
+    /// The whole buffer, every value it holds (at least the `n` lent), for a user that sizes
+    /// its own part of it (a packing): give it back with [`Scratch::whole`].
+    pub(crate) fn into_buffer(self) -> Vec<T> {
+        self.buf
+    }
+
+    /// A buffer taken with [`Scratch::into_buffer`], whole again, to give back.
+    pub(crate) fn whole(buf: Vec<T>) -> Self {
+        let n = buf.len();
+        Scratch { buf, n }
+    }
 }
 
 impl<T> std::ops::Deref for Scratch<T> {
@@ -157,5 +201,35 @@ mod tests {
         pool.give_back(s);
         let v = pool.take_dirty(10);
         assert_eq!((v.len(), v.capacity()), (10, 100));
+    }
+
+    #[test]
+    fn lent_buffers_come_back_to_lending_and_plain_ones_to_tensors() {
+        let mut pool = Pool::<f32>::default();
+        // A tensor's storage, cut short, and a lent buffer that held 100 values.
+        let mut plain = vec![1.0; 64];
+        plain.truncate(8);
+        pool.give(plain);
+        let mut s = pool.lend(100);
+        s.fill(2.0);
+        pool.give_back(s);
+        // Lending takes the lent buffer, although the plain one is smaller: nothing is zeroed.
+        let s = pool.lend(50);
+        assert!(s.len() == 50 && s.iter().all(|&x| x == 2.0));
+        // A tensor takes the plain buffer, zeroing only past its old length.
+        let v = pool.take_dirty(20);
+        assert_eq!((v.len(), v.capacity()), (20, 64));
+        assert!(v[..8].iter().all(|&x| x == 1.0) && v[8..].iter().all(|&x| x == 0.0));
+        // A whole lent buffer (a packing's) keeps every value through the round trip.
+        let whole = s.into_buffer();
+        assert_eq!(whole.len(), 100);
+        pool.give_back(Scratch::whole(whole));
+        let s = pool.lend(100);
+        assert!(s.iter().all(|&x| x == 2.0));
+        // With no lent buffer left, a plain one serves the lending.
+        pool.give(v);
+        let t = pool.lend(30);
+        assert_eq!(t.len(), 30);
+        assert!(t[..8].iter().all(|&x| x == 1.0) && t[20..].iter().all(|&x| x == 0.0));
     }
 }

@@ -189,14 +189,22 @@ impl<T: Float> BackwardScratch<T> {
             db_ih: ws.scratch(size(want.b_ih, gh)),
             db_hh: ws.scratch(size(want.b_hh, gh)),
             // In bf16 the weight gradients pack their inputs in bf16 instead.
-            x_packed: PackedB::from_buffer(ws.scratch(size(
-                want.w_ih && !cfg.bf16,
-                PackedB::<T>::packed_len(tl * n, i),
-            ))),
-            h_packed: PackedB::from_buffer(ws.scratch(size(
-                want.w_hh && !cfg.bf16,
-                PackedB::<T>::packed_len(tl * n, h),
-            ))),
+            // Whole lent buffers: a packing keeps its buffer's length, so one that served a
+            // longer sequence is not zeroed again for a shorter one.
+            x_packed: PackedB::from_buffer(
+                ws.lend(size(
+                    want.w_ih && !cfg.bf16,
+                    PackedB::<T>::packed_len(tl * n, i),
+                ))
+                .into_buffer(),
+            ),
+            h_packed: PackedB::from_buffer(
+                ws.lend(size(
+                    want.w_hh && !cfg.bf16,
+                    PackedB::<T>::packed_len(tl * n, h),
+                ))
+                .into_buffer(),
+            ),
         }
     }
 
@@ -210,8 +218,8 @@ impl<T: Float> BackwardScratch<T> {
         for v in [self.dw_ih, self.dw_hh, self.db_ih, self.db_hh] {
             ws.give(v);
         }
-        ws.give(self.x_packed.into_buffer());
-        ws.give(self.h_packed.into_buffer());
+        ws.give_back(Scratch::whole(self.x_packed.into_buffer()));
+        ws.give_back(Scratch::whole(self.h_packed.into_buffer()));
     }
 }
 
