@@ -94,8 +94,8 @@ impl<T: Copy + Default> Pool<T> {
     }
 }
 
-/// Removes from `list` the buffer of capacity at least `n` (`n > 0`) that ranks lowest by
-/// `rank`, if there is one.
+/// Removes from `list` the buffer of capacity at least `n` that ranks lowest by `rank`, if
+/// there is one; a request for no values gets a new empty buffer, which allocates nothing.
 fn pick<T, K: Ord>(
     list: &mut Vec<(Vec<T>, u8)>,
     n: usize,
