@@ -446,6 +446,10 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
         gin: &mut [Option<Tensor<T>>],
         ws: &mut Workspace<'_, T>,
     ) -> Result<()> {
+        // Shards run on every thread: wake the others while this one packs the weights.
+        if self.shards.len() > 1 {
+            crate::threads::wake();
+        }
         let cfg = &self.cfg;
         let (b, h, i_sz) = (cfg.batch, cfg.hidden, cfg.in_size);
         let gh = cfg.kind.gates() * h;

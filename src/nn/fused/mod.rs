@@ -123,10 +123,16 @@ pub(crate) fn run<T: Float>(
     let gates_h = cfg.kind.gates() * hidden;
     // Room for a packing in `T`, which the products in bf16 do not use.
     let room = |len: usize| if cfg.bf16 { 0 } else { len };
+    // Shards run on every thread: wake the others while this one takes the buffers and packs
+    // the weights.
+    let shards = shard_ranges(batch);
+    if shards.len() > 1 {
+        crate::threads::wake();
+    }
     // Every buffer first, from the tape's pool; then the values, which borrow the tape.
     let mut ws = tape.workspace();
     let mut node = FusedDirection::<T> {
-        shards: shard_ranges(batch)
+        shards: shards
             .into_iter()
             .map(|rows| Shard::take(&cfg, rows, &mut ws))
             .collect(),
