@@ -31,10 +31,8 @@ impl<T: Copy + Default> Pool<T> {
     /// which then skip the zeroing pass where the buffer held `n` values already.
     pub(crate) fn take_dirty(&mut self, n: usize) -> Vec<T> {
         let mut v = self.plain(n);
-        if v.len() < n {
-            v.resize(n, T::default());
-        }
-        v.truncate(n);
+        // Cuts a longer buffer; zeroes only past a shorter one's length.
+        v.resize(n, T::default());
         v
     }
 
@@ -67,9 +65,6 @@ impl<T: Copy + Default> Pool<T> {
     /// smallest [`Scratch`] buffer, else a new empty one. A request for no values takes none:
     /// it gets a new empty buffer, which allocates nothing.
     fn plain(&mut self, n: usize) -> Vec<T> {
-        if n == 0 {
-            return Vec::new();
-        }
         pick(&mut self.free, n, |b| (b.capacity(), b.len() < n))
             .or_else(|| pick(&mut self.kept, n, |b| b.capacity()))
             .unwrap_or_else(|| Vec::with_capacity(n))
