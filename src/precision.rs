@@ -173,7 +173,7 @@ pub(crate) fn gemm<T: Float>(
         trans_b,
     };
     let Some(kernel) = bf16 else {
-        return T::gemm(s, T::ONE, a, b, beta, c);
+        return gemm_halves(s, a, b, beta, c);
     };
     debug_assert!(
         beta == T::ZERO || beta == T::ONE,
@@ -186,6 +186,30 @@ pub(crate) fn gemm<T: Float>(
     gemm_bf16(kernel, s, f32s(a), f32s(b), f32s_mut(c));
 }
 
+/// Products of at least this many multiply-adds run in two halves of rows on two threads
+/// where the pool has them: waking the other thread costs some tens of microseconds, which a
+/// product this large (about 0.1 ms on one core) repays.
+const SPLIT_MIN_WORK: usize = 1 << 22;
+
+/// `C = op(A) op(B) + beta C` in `T`, the rows of `C` in two halves on two threads where the
+/// pool has more than one ([`crate::threads::parallel`]) and the product is large enough to
+/// repay it. Each row of `C` gets the same values either way ([`Float::GEMM_ROWS`]), so the
+/// result does not depend on the number of threads.
+fn gemm_halves<T: Float>(s: GemmShape, a: &[T], b: &[T], beta: T, c: &mut [T]) {
+    let work = s.m.saturating_mul(s.k).saturating_mul(s.n);
+    // Cut at a multiple of the product's blocks of rows, where the halves equal the whole.
+    let half = (s.m / 2).next_multiple_of(crate::kernels::gemm::ROW_BLOCK);
+    let short = c.len() < s.m.saturating_mul(s.n);
+    if work < SPLIT_MIN_WORK || half >= s.m || short || !crate::threads::parallel() {
+        return T::gemm(s, T::ONE, a, b, beta, c);
+    }
+    let (top, bottom) = c[..s.m * s.n].split_at_mut(half * s.n);
+    crate::threads::join(
+        || (T::GEMM_ROWS)(s, 0..half, T::ONE, a, b, beta, top),
+        || (T::GEMM_ROWS)(s, half..s.m, T::ONE, a, b, beta, bottom),
+    );
+}
+
 /// `x` as `f32`: the operands of a bf16 product, which only a bf16 tape (always `f32`) runs.
 pub(crate) fn f32s<T: Float>(x: &[T]) -> &[f32] {
     T::as_f32(x).expect("a bf16 product on an f32 tape")
@@ -194,4 +218,34 @@ pub(crate) fn f32s<T: Float>(x: &[T]) -> &[f32] {
 /// [`f32s`], mutable.
 pub(crate) fn f32s_mut<T: Float>(x: &mut [T]) -> &mut [f32] {
     T::as_f32_mut(x).expect("a bf16 product on an f32 tape")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A product large enough to run in halves on two threads gives what one thread gives, bit
+    /// for bit, in each transposition and with `beta` 0 and 1.
+    #[test]
+    fn products_in_halves_equal_one_thread_bit_for_bit() {
+        let (m, k, n) = (203, 160, 131);
+        assert!(m * k * n >= SPLIT_MIN_WORK);
+        let val = |i: usize| ((i * 7919) % 1009) as f64 / 1009.0 - 0.5;
+        let a: Vec<f64> = (0..m * k).map(val).collect();
+        let b: Vec<f64> = (0..k * n).map(|i| val(i + 13)).collect();
+        let c0: Vec<f64> = (0..m * n).map(|i| val(i + 29)).collect();
+        for trans in [(false, false), (false, true), (true, false), (true, true)] {
+            for beta in [0.0, 1.0] {
+                let run = |threads: usize| {
+                    crate::threads::with_threads(threads, || {
+                        let mut c = c0.clone();
+                        gemm(None, (m, k, n), trans, &a, &b, beta, &mut c);
+                        c
+                    })
+                    .unwrap()
+                };
+                assert_eq!(run(1), run(2), "{trans:?}, beta {beta}");
+            }
+        }
+    }
 }

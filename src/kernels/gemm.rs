@@ -47,29 +47,55 @@ impl GemmShape {
     }
 }
 
+/// Rows of `C` that matrixmultiply computes as one block (its `MC`, a multiple of its register
+/// tiles' rows): a product cut into row ranges starting at multiples of it gives every row the
+/// values of the whole product.
+pub const ROW_BLOCK: usize = 64;
+
 /// Safe wrappers around one of matrixmultiply's products (`sgemm`, `dgemm`) for contiguous
 /// row-major slices.
 macro_rules! gemm_wrapper {
-    ($(#[$doc:meta])* $name:ident, $t:ty, $mm:path) => {
+    ($(#[$doc:meta])* $name:ident, $(#[$rows_doc:meta])* $rows_name:ident, $t:ty, $mm:path) => {
         $(#[$doc])*
         pub fn $name(s: GemmShape, alpha: $t, a: &[$t], b: &[$t], beta: $t, c: &mut [$t]) {
-            s.check(a.len(), b.len(), c.len());
-            if s.m == 0 || s.n == 0 {
+            $rows_name(s, 0..s.m, alpha, a, b, beta, c);
+        }
+
+        $(#[$rows_doc])*
+        pub fn $rows_name(
+            s: GemmShape,
+            rows: std::ops::Range<usize>,
+            alpha: $t,
+            a: &[$t],
+            b: &[$t],
+            beta: $t,
+            c: &mut [$t],
+        ) {
+            s.check(a.len(), b.len(), usize::MAX);
+            let need = rows.len().checked_mul(s.n).expect("gemm: shape overflows usize");
+            assert!(
+                rows.start <= rows.end && rows.end <= s.m && c.len() >= need,
+                "gemm: rows {rows:?} of {s:?} do not fit (c={})",
+                c.len()
+            );
+            if rows.is_empty() || s.n == 0 {
                 return;
             }
             let (rsa, csa) = s.strides_a();
             let (rsb, csb) = s.strides_b();
-            // SAFETY: `check` proved each buffer holds at least the m*k, k*n and m*n elements
-            // that the strides above address (every index i*rs + j*cs stays below rows*cols),
-            // the slices are valid for the call's duration, and `c` is uniquely borrowed so it
-            // aliases neither input.
+            // SAFETY: `check` proved `a` and `b` hold the m*k and k*n elements that the strides
+            // above address (every index i*rs + j*cs stays below rows*cols); row `i` of op(A)
+            // starts at `i * rsa`, so from row `rows.start` on the call addresses rows
+            // `rows.start..rows.end < m` only; the assert proved `c` holds their
+            // `rows.len() * n` values. The slices are valid for the call's duration, and `c` is
+            // uniquely borrowed so it aliases neither input.
             unsafe {
                 $mm(
-                    s.m,
+                    rows.len(),
                     s.k,
                     s.n,
                     alpha,
-                    a.as_ptr(),
+                    a.as_ptr().offset(rows.start as isize * rsa),
                     rsa,
                     csa,
                     b.as_ptr(),
@@ -90,12 +116,20 @@ gemm_wrapper!(
     /// needs (callers validate shapes first; this is the last line of defence before raw
     /// pointers).
     sgemm,
+    /// Rows `rows` of [`sgemm`]'s product: `C[rows] = alpha * op(A)[rows] op(B) + beta *
+    /// C[rows]`, with `c` holding just those rows (`rows.len() x n`). Where `rows.start` is a
+    /// multiple of [`ROW_BLOCK`], each row gets the values the whole product gives it (the
+    /// same blocks and register tiles over the same sums), so a product split there between
+    /// threads equals the unsplit one bit for bit.
+    sgemm_rows,
     f32,
     matrixmultiply::sgemm
 );
 gemm_wrapper!(
     /// `C = alpha * op(A) op(B) + beta * C` in f64; see [`sgemm`].
     dgemm,
+    /// Rows `rows` of [`dgemm`]'s product; see [`sgemm_rows`].
+    dgemm_rows,
     f64,
     matrixmultiply::dgemm
 );
@@ -180,5 +214,50 @@ mod tests {
                 }
             });
         }
+    }
+
+    /// A split of `C`'s rows at a multiple of [`ROW_BLOCK`] gives each row the values of the
+    /// whole product, bit for bit, in every transposition (the halves of a product run on two
+    /// threads rely on it), for shapes past matrixmultiply's cache blocks in every dimension
+    /// and ragged against its tiles.
+    #[test]
+    fn rows_of_a_product_equal_the_whole_bit_for_bit() {
+        let mut seed = 11;
+        for shape in [(1, 3, 2), (86, 300, 86), (150, 700, 129), (203, 33, 1100)] {
+            each_transposition(shape, &mut seed, |s, a, b, c0| {
+                let (m, n) = (s.m, s.n);
+                let af: Vec<f32> = a.iter().map(|&x| x as f32).collect();
+                let bf: Vec<f32> = b.iter().map(|&x| x as f32).collect();
+                let cf: Vec<f32> = c0.iter().map(|&x| x as f32).collect();
+                let (mut whole, mut wholef) = (c0.to_vec(), cf.clone());
+                dgemm(s, 0.7, a, b, 0.3, &mut whole);
+                sgemm(s, 0.7, &af, &bf, 0.3, &mut wholef);
+                for cut in (0..=m).step_by(ROW_BLOCK).chain([m]) {
+                    let (mut parts, mut partsf) = (c0.to_vec(), cf.clone());
+                    let (top, bottom) = parts.split_at_mut(cut * n);
+                    dgemm_rows(s, 0..cut, 0.7, a, b, 0.3, top);
+                    dgemm_rows(s, cut..m, 0.7, a, b, 0.3, bottom);
+                    let (top, bottom) = partsf.split_at_mut(cut * n);
+                    sgemm_rows(s, 0..cut, 0.7, &af, &bf, 0.3, top);
+                    sgemm_rows(s, cut..m, 0.7, &af, &bf, 0.3, bottom);
+                    assert_eq!(parts, whole, "dgemm {s:?} cut at row {cut}");
+                    assert_eq!(partsf, wholef, "sgemm {s:?} cut at row {cut}");
+                }
+            });
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "do not fit")]
+    fn rows_past_the_product_are_refused() {
+        let s = GemmShape {
+            m: 4,
+            k: 2,
+            n: 3,
+            trans_a: false,
+            trans_b: false,
+        };
+        let mut c = [0.0; 6];
+        dgemm_rows(s, 3..5, 1.0, &[1.0; 8], &[1.0; 6], 0.0, &mut c);
     }
 }

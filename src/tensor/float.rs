@@ -9,6 +9,11 @@ use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssi
 /// `C = alpha * op(A) op(B) + beta * C` on row-major slices of `T`.
 pub type Gemm<T> = fn(crate::kernels::GemmShape, T, &[T], &[T], T, &mut [T]);
 
+/// Rows `rows` of a [`Gemm`]'s product, `C[rows] = alpha * op(A)[rows] op(B) + beta * C[rows]`,
+/// with the last slice holding just those rows of `C`.
+pub type GemmRows<T> =
+    fn(crate::kernels::GemmShape, std::ops::Range<usize>, T, &[T], &[T], T, &mut [T]);
+
 /// A floating-point element type: implemented for `f32` and `f64`.
 ///
 /// It carries the scalar math the reference ops need and the matrix product the kernels
@@ -71,6 +76,9 @@ pub trait Float:
     fn is_finite(self) -> bool;
     /// The matrix product of this type (sgemm or dgemm), called by [`Float::gemm`].
     const GEMM: Gemm<Self>;
+    /// Rows of [`Float::GEMM`]'s product, each with the values the whole product gives it
+    /// (`sgemm_rows` or `dgemm_rows`): the halves of a product split between threads.
+    const GEMM_ROWS: GemmRows<Self>;
     /// `C = alpha * op(A) op(B) + beta * C` on row-major slices (sgemm or dgemm).
     #[inline(always)]
     fn gemm(
@@ -118,13 +126,14 @@ macro_rules! inherent_methods {
 }
 
 macro_rules! impl_float {
-    ($t:ty, $name:expr, $gemm:path, $as_f32:expr) => {
+    ($t:ty, $name:expr, $gemm:path, $gemm_rows:path, $as_f32:expr) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
             const DTYPE: &'static str = $name;
             const EPSILON: Self = <$t>::EPSILON;
             const GEMM: Gemm<Self> = $gemm;
+            const GEMM_ROWS: GemmRows<Self> = $gemm_rows;
             #[inline(always)]
             fn from_f64(x: f64) -> Self {
                 x as $t
@@ -157,5 +166,17 @@ macro_rules! impl_float {
     };
 }
 
-impl_float!(f32, "F32", crate::kernels::gemm::sgemm, Some);
-impl_float!(f64, "F64", crate::kernels::gemm::dgemm, |_| None);
+impl_float!(
+    f32,
+    "F32",
+    crate::kernels::gemm::sgemm,
+    crate::kernels::gemm::sgemm_rows,
+    Some
+);
+impl_float!(
+    f64,
+    "F64",
+    crate::kernels::gemm::dgemm,
+    crate::kernels::gemm::dgemm_rows,
+    |_| None
+);
