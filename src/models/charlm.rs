@@ -281,10 +281,10 @@ impl<T: Float> CharLm<T> {
     ) -> Result<Var> {
         let x = cx.embed(&self.embed, ids, &[t_len, batch])?;
         let out = cx.recurrent_carry(&self.rnn, x, &mut self.carry)?;
-        let y = cx
-            .tape
-            .reshape(out.y, &[t_len * batch, self.config.output_size()])?;
-        cx.linear(&self.head, y)
+        // The head over [T, B, H] directly, then the (V-wide, smaller) logits as rows.
+        let logits = cx.linear(&self.head, out.y)?;
+        let v = self.head.out_features();
+        cx.tape.reshape(logits, &[t_len * batch, v])
     }
 
     /// Generates `length` characters after `prime` (non-empty, in the vocabulary), sampling from

@@ -109,7 +109,7 @@ impl Linear {
     }
 
     /// `x W^T + b` for `x` shaped `[N, in]` (gives `[N, out]`) or `[T, B, in]` (gives
-    /// `[T, B, out]`), as one matrix product over all rows.
+    /// `[T, B, out]`), as one matrix product over all rows ([`Tape::linear`]).
     pub fn forward<T: Float>(
         &self,
         tape: &mut Tape<T>,
@@ -117,9 +117,8 @@ impl Linear {
         x: Var,
     ) -> Result<Var> {
         let s = tape.shape(x)?;
-        let (rows, lead): (usize, Vec<usize>) = match *s.dims() {
-            [n, f] if f == self.in_features => (n, vec![n]),
-            [t, b, f] if f == self.in_features => (t * b, vec![t, b]),
+        match *s.dims() {
+            [_, f] | [_, _, f] if f == self.in_features => {}
             [.., f] if (2..=3).contains(&s.rank()) => {
                 return Err(Error::invalid(
                     "Linear::forward",
@@ -135,23 +134,10 @@ impl Linear {
                     format!("input must be [N, in] or [T, B, in], got shape {s}"),
                 ));
             }
-        };
+        }
         let w = tape.param(store, self.weight)?;
-        let x2 = if lead.len() == 1 {
-            x
-        } else {
-            tape.reshape(x, &[rows, self.in_features])?
-        };
-        let mut y = tape.matmul_t(x2, false, w, true)?;
-        if let Some(b) = self.bias {
-            let bv = tape.param(store, b)?;
-            y = tape.add(y, bv)?;
-        }
-        if lead.len() == 1 {
-            Ok(y)
-        } else {
-            tape.reshape(y, &[lead[0], lead[1], self.out_features])
-        }
+        let b = self.bias.map(|b| tape.param(store, b)).transpose()?;
+        tape.linear(x, w, b)
     }
 
     /// `x W^T + b` on plain tensors, without a tape (inference), for `[N, in]` or `[T, B, in]`.

@@ -43,6 +43,30 @@ fn matmul_all_transpositions() {
 }
 
 #[test]
+fn linear_over_any_leading_dimensions_with_and_without_bias() {
+    let mut rng = Rng::new(21);
+    for lead in [vec![], vec![3], vec![2, 3]] {
+        let (_, k, n) = dims(&mut rng);
+        let xd: Vec<usize> = lead.iter().copied().chain([k]).collect();
+        let x = rand_tensor(&mut rng, &xd, -1.0, 1.0);
+        let w = rand_tensor(&mut rng, &[n, k], -1.0, 1.0);
+        let b = rand_tensor(&mut rng, &[n], -1.0, 1.0);
+        check(vec![x.clone(), w.clone(), b], |t, _, v| {
+            let y = t.linear(v[0], v[1], Some(v[2]))?;
+            t.tanh(y)
+        });
+        // x and W each feed two nodes: the second contribution adds to the first.
+        check(vec![x, w], |t, _, v| {
+            let y = t.linear(v[0], v[1], None)?;
+            let z = t.tanh(v[0])?;
+            let z = t.linear(z, v[1], None)?;
+            let s = t.add(y, z)?;
+            t.tanh(s)
+        });
+    }
+}
+
+#[test]
 fn add_sub_mul_with_broadcasts() {
     let mut rng = Rng::new(2);
     for _ in 0..3 {

@@ -231,3 +231,59 @@ fn sum_and_mean_gradients_on_a_reused_tape_ignore_stale_buffers() -> Result<()> 
     }
     Ok(())
 }
+
+/// `linear` is `matmul_t(x, W^T) + b` in one node: the same values and gradients to the last
+/// bit, over `[T, B, in]` without reshaping; shapes that do not fit are errors naming the op.
+#[test]
+fn linear_equals_the_product_plus_bias_and_checks_its_shapes() -> Result<()> {
+    let (steps, batch, k, n) = (3, 4, 5, 6);
+    let val = |i: usize, s: usize| ((i * 37 + s) % 17) as f64 / 17.0 - 0.5;
+    let x = Tensor::from_fn(&[steps, batch, k], |i| val(i, 1))?;
+    let w = Tensor::from_fn(&[n, k], |i| val(i, 2))?;
+    let b = Tensor::from_fn(&[n], |i| val(i, 3))?;
+    let run = |fused: bool| -> Result<(Tensor<f64>, Vec<Tensor<f64>>)> {
+        let mut tape = Tape::<f64>::new();
+        let (xv, wv, bv) = (
+            tape.input(x.clone()),
+            tape.input(w.clone()),
+            tape.input(b.clone()),
+        );
+        let y = if fused {
+            let y = tape.linear(xv, wv, Some(bv))?;
+            tape.reshape(y, &[steps * batch, n])?
+        } else {
+            let x2 = tape.reshape(xv, &[steps * batch, k])?;
+            let y = tape.matmul_t(x2, false, wv, true)?;
+            tape.add(y, bv)?
+        };
+        let loss = tape.tanh(y)?;
+        let loss = tape.sum(loss)?;
+        let value = tape.value(y)?.clone();
+        let grads = tape.backward(loss)?;
+        let g = [xv, wv, bv].map(|v| grads.wrt(v).expect("a gradient").clone());
+        Ok((value, g.to_vec()))
+    };
+    let (fused, unfused) = (run(true)?, run(false)?);
+    assert_eq!(fused.0.data(), unfused.0.data());
+    for (f, u) in fused.1.iter().zip(&unfused.1) {
+        assert_eq!(f.dims(), u.dims());
+        assert_eq!(f.data(), u.data());
+    }
+
+    let mut tape = Tape::<f64>::new();
+    let xv = tape.constant(x.clone());
+    let wv = tape.constant(w.clone());
+    let short_w = tape.constant(Tensor::zeros(&[n, k - 1])?);
+    let short_b = tape.constant(Tensor::zeros(&[n - 1])?);
+    let scalar = tape.constant(Tensor::zeros(&[])?);
+    for (x, w, b) in [
+        (xv, short_w, None),
+        (xv, wv, Some(short_b)),
+        (scalar, wv, None),
+        (xv, xv, None),
+    ] {
+        let e = tape.linear(x, w, b).unwrap_err();
+        assert!(e.to_string().contains("linear"), "{e}");
+    }
+    Ok(())
+}

@@ -69,6 +69,107 @@ impl<T: Float> Tape<T> {
     }
 }
 
+impl<T: Float> Tape<T> {
+    /// `x W^T + b`, PyTorch's `F.linear`: `x` is `[..., in]` (any leading dimensions, all their
+    /// rows in one matrix product), `w` is `[out, in]` and `b`, if given, `[out]`; the result is
+    /// `[..., out]`. One node, with the values of `add(matmul_t(x, false, w, true), b)` on `x` as
+    /// a matrix, without reshaped copies of `x` or of the result or a node for the sum.
+    ///
+    /// ```
+    /// # use recur::{Tape, Tensor};
+    /// let mut tape = Tape::<f64>::new();
+    /// let x = tape.constant(Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0], &[2, 1, 2])?); // [T, B, in]
+    /// let w = tape.constant(Tensor::from_vec(vec![1.0, 0.0, 1.0, 1.0, 0.0, 2.0], &[3, 2])?);
+    /// let b = tape.constant(Tensor::from_vec(vec![0.5, 0.0, -1.0], &[3])?);
+    /// let y = tape.linear(x, w, Some(b))?;
+    /// assert_eq!(tape.shape(y)?.dims(), &[2, 1, 3]);
+    /// assert_eq!(tape.value(y)?.data(), &[1.5, 3.0, 3.0, 3.5, 7.0, 7.0]);
+    /// # Ok::<(), recur::Error>(())
+    /// ```
+    pub fn linear(&mut self, x: Var, w: Var, b: Option<Var>) -> Result<Var> {
+        let ix = self.check("linear", x)?;
+        let iw = self.check("linear", w)?;
+        let ib = b.map(|b| self.check("linear", b)).transpose()?;
+        let sx = self.slots[ix as usize].value.shape();
+        let sw = self.slots[iw as usize].value.shape();
+        let (n, k) = matrix_dims("linear (weight)", sw)?;
+        if sx.rank() == 0 || sx.last() != k {
+            return Err(Error::ShapeMismatch {
+                op: "linear (input features against the weight's columns)",
+                lhs: sx,
+                rhs: sw,
+            });
+        }
+        if let Some(ib) = ib {
+            let sb = self.slots[ib as usize].value.shape();
+            if sb.dims() != [n] {
+                return Err(Error::ShapeMismatch {
+                    op: "linear (bias against the weight's rows)",
+                    lhs: sb,
+                    rhs: sw,
+                });
+            }
+        }
+        let mut dims = sx.dims().to_vec();
+        *dims.last_mut().expect("rank >= 1") = n;
+        let mut out = self.alloc(Shape::new(&dims)?);
+        let rows = sx.rows();
+        let bf16 = self.bf16_kernel();
+        let c = out.data_mut();
+        let vx = self.slots[ix as usize].value.data();
+        gemm(
+            bf16,
+            (rows, k, n),
+            (false, true),
+            vx,
+            self.slots[iw as usize].value.data(),
+            T::ZERO,
+            c,
+        );
+        if let (Some(ib), true) = (ib, n > 0) {
+            let bias = self.slots[ib as usize].value.data();
+            for row in c.chunks_exact_mut(n) {
+                for (y, &b) in row.iter_mut().zip(bias) {
+                    *y += b;
+                }
+            }
+        }
+        let ins: Vec<u32> = [ix, iw].into_iter().chain(ib).collect();
+        self.push1(Op::Linear { bf16 }, &ins, out)
+    }
+}
+
+/// `y = x W^T + b` backward: `dX += dY W`, `dW += dY^T X`, `db +=` the sum of `dY`'s rows
+/// (`ins` = `[x, w]` or `[x, w, b]`).
+pub(super) fn linear_backward<T: Float>(
+    bf16: Option<Bf16Kernel>,
+    ins: &[u32],
+    gy: &Tensor<T>,
+    acc: &mut GradAcc<'_, T>,
+) {
+    let (x, w) = (ins[0], ins[1]);
+    let (vx, vw) = (acc.value(x).data(), acc.value(w).data());
+    let (n, k) = (gy.shape().last(), acc.value(w).dims()[1]);
+    let (rows, g) = (gy.shape().rows(), gy.data());
+    if acc.needs(x) {
+        // A first contribution sets dX (every value is written).
+        let (dx, new) = acc.buf_or_new(x);
+        let beta = if new { T::ZERO } else { T::ONE };
+        gemm(bf16, (rows, n, k), (false, false), g, vw, beta, dx);
+    }
+    if acc.needs(w) {
+        gemm(bf16, (n, rows, k), (true, false), g, vx, T::ONE, acc.buf(w));
+    }
+    if let Some(&b) = ins.get(2).filter(|&&b| acc.needs(b) && n > 0) {
+        let db = acc.buf(b);
+        for row in g.chunks_exact(n) {
+            for (d, &v) in db.iter_mut().zip(row) {
+                *d += v;
+            }
+        }
+    }
+}
+
 pub(super) fn matmul_backward<T: Float>(
     (trans_a, trans_b): (bool, bool),
     bf16: Option<Bf16Kernel>,

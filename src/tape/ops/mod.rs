@@ -28,6 +28,11 @@ pub(crate) enum Op<T: Float> {
         /// The kernel of the products in bf16, when the tape's precision was bf16.
         bf16: Option<crate::kernels::bf16::Bf16Kernel>,
     },
+    /// `x W^T + b` over `x`'s rows (`Tape::linear`), with a bias when it has three inputs.
+    Linear {
+        /// As in `MatMul`.
+        bf16: Option<crate::kernels::bf16::Bf16Kernel>,
+    },
     Add(Bcast),
     Sub(Bcast),
     Mul(Bcast),
@@ -70,6 +75,7 @@ impl<T: Float> Op<T> {
             Op::Constant => "constant",
             Op::Param(_) => "param",
             Op::MatMul { .. } => "matmul",
+            Op::Linear { .. } => "linear",
             Op::Add(_) => "add",
             Op::Sub(_) => "sub",
             Op::Mul(_) => "mul",
@@ -164,6 +170,7 @@ pub(crate) fn backward<T: Float>(
             trans_b,
             bf16,
         } => linalg::matmul_backward((*trans_a, *trans_b), *bf16, ins[0], ins[1], gy, acc),
+        Op::Linear { bf16 } => linalg::linear_backward(*bf16, ins, gy, acc),
         Op::Add(b) => elementwise::add_backward(*b, ins[0], ins[1], T::ONE, gy, acc),
         Op::Sub(b) => elementwise::add_backward(*b, ins[0], ins[1], -T::ONE, gy, acc),
         Op::Mul(b) => elementwise::mul_backward(*b, ins[0], ins[1], gy, acc),
