@@ -10,6 +10,10 @@ of the held-out text from a zero state (batch min(B, len // (T + 1))). Prints th
 loss at each validation and the characters per second of the training steps (validation
 excluded) and of the whole run.
 
+With --save-init FILE it writes its initial weights first; `recur train --init-weights FILE`
+then starts from the same weights, so that the two validation losses compare at equal steps
+without the spread that different initial weights give.
+
 Usage, side by side with `recur train` on the same text:
 
     cat /usr/share/common-licenses/* > /tmp/text.txt
@@ -72,6 +76,9 @@ def main():
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save-init", metavar="FILE",
+                    help="write the initial weights to FILE (safetensors, the state_dict's "
+                         "names) for `recur train --init-weights FILE`, then train as usual")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -90,6 +97,9 @@ def main():
     val_chunks = min(val_chunks, 64)
 
     model = CharLm(len(chars), args.embed, args.hidden, args.layers, args.cell)
+    if args.save_init:
+        from safetensors.torch import save_file
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, args.save_init)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     state, train_secs = None, 0.0
     for step in range(1, args.steps + 1):

@@ -567,6 +567,83 @@ fn a_checkpoint_whose_config_lies_about_its_size_is_refused() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `--init-weights` starts from a PyTorch `state_dict` file (as `bench/charlm_torch.py
+/// --save-init` writes one): without dropout the run then no longer depends on the seed, while
+/// without the file two seeds train differently; a file of another model is refused, naming the
+/// tensors that do not fit, before the first step.
+#[test]
+fn init_weights_start_from_a_state_dict_file() {
+    use recur::ParamStore;
+    use recur::models::{CharLm, CharLmConfig};
+    let dir = temp_dir("init_weights");
+    let text = corpus(&dir);
+    let vocab: String = CharVocab::from_text(&std::fs::read_to_string(&text).unwrap())
+        .unwrap()
+        .chars()
+        .iter()
+        .collect();
+    let write = |hidden: usize, name: &str| {
+        let mut store = ParamStore::<f32>::new();
+        let cfg = CharLmConfig::new("lstm", hidden, 2, 8, &vocab);
+        let lm = CharLm::new(&mut store, cfg, &mut Rng::new(5)).unwrap();
+        let p = dir.join(name);
+        recur::nn::save_state_dict(&lm, &store, &p, "", &Default::default()).unwrap();
+        p
+    };
+    let good = write(24, "init.safetensors");
+    let other = write(16, "other.safetensors");
+    let run = |seed: &str, init: Option<&Path>| {
+        let out = dir.join(format!("run-{seed}-{}", init.is_some()));
+        let mut args = vec!["train", "--text", text.to_str().unwrap()];
+        args.extend([
+            "--out",
+            out.to_str().unwrap(),
+            "--seed",
+            seed,
+            "--steps",
+            "20",
+        ]);
+        args.extend([
+            "--hidden",
+            "24",
+            "--layers",
+            "2",
+            "--embed",
+            "8",
+            "--seq-len",
+            "16",
+        ]);
+        args.extend(["--batch", "4", "--eval-every", "20", "--json"]);
+        if let Some(p) = init {
+            args.extend(["--init-weights", p.to_str().unwrap()]);
+        }
+        let o = recur(&args);
+        assert!(o.status.success(), "{}", output_text(&o.stderr));
+        let stdout = output_text(&o.stdout);
+        let at = stdout.rfind("\"val_loss\":").expect("a validation loss");
+        stdout[at..].split(',').next().unwrap().to_string()
+    };
+    let (a, b) = (run("1", Some(&good)), run("2", Some(&good)));
+    assert_eq!(a, b, "the same initial weights under two seeds");
+    assert_ne!(
+        run("1", None),
+        run("2", None),
+        "random initial weights under two seeds"
+    );
+    let out = dir.join("refused");
+    let o = train_small(
+        &text,
+        &out,
+        &["--steps", "5", "--init-weights", other.to_str().unwrap()],
+    );
+    one_line_error(
+        &o,
+        &["--init-weights", "other.safetensors", "rnn.weight_hh_l0"],
+    );
+    assert!(!out.join("last.safetensors").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Runs `recur train` on `text` into `out` with `extra` arguments after the SMALL ones.
 fn train_small(text: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["train", "--text", text.to_str().unwrap()];

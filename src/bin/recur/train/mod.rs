@@ -125,6 +125,12 @@ pub struct TrainArgs {
     /// --clip may change with --override); --batch and --seq-len must match it.
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Start from the weights in this safetensors file instead of random ones: a PyTorch
+    /// `state_dict` of the same model under PyTorch's names (`embed.weight`,
+    /// `rnn.weight_ih_l0`, ..., `head.weight`, `head.bias`), such as `bench/charlm_torch.py
+    /// --save-init` writes. Every tensor must be there with the model's shape, and no other.
+    #[arg(long, conflicts_with = "resume")]
+    pub init_weights: Option<PathBuf>,
     /// With --resume: use the --lr and --clip given instead of the checkpoint's.
     #[arg(long = "override", requires = "resume")]
     pub override_: bool,
@@ -319,6 +325,10 @@ fn run_on(args: &TrainArgs, ranks: &crate::ranks::Ranks) -> CmdResult {
     let mut rng = Rng::new(args.seed);
     let mut store = ParamStore::new();
     let mut lm = CharLm::<f32>::new(&mut store, config, &mut rng).map_err(|e| e.to_string())?;
+    if let Some(path) = &args.init_weights {
+        recur::nn::load_state_dict_file(&lm, &mut store, path, "", true)
+            .map_err(|e| format!("--init-weights: {e}"))?;
+    }
     let mut opt = match &resume {
         Some(r) => optimizer_by_name(&r.info.optimizer, 1e-3).ok_or_else(|| {
             format!(
