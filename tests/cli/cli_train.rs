@@ -603,17 +603,12 @@ fn init_weights_start_from_a_state_dict_file() {
             "--steps",
             "20",
         ]);
-        args.extend([
-            "--hidden",
-            "24",
-            "--layers",
-            "2",
-            "--embed",
-            "8",
-            "--seq-len",
-            "16",
-        ]);
-        args.extend(["--batch", "4", "--eval-every", "20", "--json"]);
+        // The small model without dropout, whose masks would depend on the seed, and with
+        // `--json` in place of `--quiet`.
+        let at = SMALL.iter().position(|&a| a == "--dropout").unwrap();
+        let rest = SMALL[at + 2..].iter().filter(|&&a| a != "--quiet");
+        args.extend(SMALL[..at].iter().chain(rest));
+        args.push("--json");
         if let Some(p) = init {
             args.extend(["--init-weights", p.to_str().unwrap()]);
         }
