@@ -37,12 +37,14 @@ impl GemmShape {
             (self.n as isize, 1)
         }
     }
-    fn check(&self, a: usize, b: usize, c: usize) {
+    /// Panics unless `a` and `b` values are enough for `op(A)` and `op(B)` (`C` is checked
+    /// against the rows a call computes).
+    fn check_inputs(&self, a: usize, b: usize) {
         // Checked products: a shape whose element count overflows must not pass as a small one.
         let need = |x: usize, y: usize| x.checked_mul(y).expect("gemm: shape overflows usize");
         assert!(
-            a >= need(self.m, self.k) && b >= need(self.k, self.n) && c >= need(self.m, self.n),
-            "gemm: buffers too small for {self:?} (a={a}, b={b}, c={c})"
+            a >= need(self.m, self.k) && b >= need(self.k, self.n),
+            "gemm: buffers too small for {self:?} (a={a}, b={b})"
         );
     }
 }
@@ -71,7 +73,7 @@ macro_rules! gemm_wrapper {
             beta: $t,
             c: &mut [$t],
         ) {
-            s.check(a.len(), b.len(), usize::MAX);
+            s.check_inputs(a.len(), b.len());
             let need = rows.len().checked_mul(s.n).expect("gemm: shape overflows usize");
             assert!(
                 rows.start <= rows.end && rows.end <= s.m && c.len() >= need,
@@ -83,7 +85,7 @@ macro_rules! gemm_wrapper {
             }
             let (rsa, csa) = s.strides_a();
             let (rsb, csb) = s.strides_b();
-            // SAFETY: `check` proved `a` and `b` hold the m*k and k*n elements that the strides
+            // SAFETY: `check_inputs` proved `a` and `b` hold the m*k and k*n elements that the strides
             // above address (every index i*rs + j*cs stays below rows*cols); row `i` of op(A)
             // starts at `i * rsa`, so from row `rows.start` on the call addresses rows
             // `rows.start..rows.end < m` only; the assert proved `c` holds their

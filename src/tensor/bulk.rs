@@ -58,6 +58,19 @@ pub(crate) fn add<T: Float>(dst: &mut [T], src: &[T]) {
     }
 }
 
+/// `dst +=` the column sums of `rows`, a row-major buffer of rows as long as `dst`, added row by
+/// row in order (nothing for an empty `dst`).
+pub(crate) fn add_col_sums<T: Float>(dst: &mut [T], rows: &[T]) {
+    if dst.is_empty() {
+        return;
+    }
+    for row in rows.chunks_exact(dst.len()) {
+        for (d, &x) in dst.iter_mut().zip(row) {
+            *d += x;
+        }
+    }
+}
+
 /// `v` added to every value of `dst`.
 pub(crate) fn add_scalar<T: Float>(dst: &mut [T], v: T) {
     let add = |d: &mut [T]| d.iter_mut().for_each(|d| *d += v);

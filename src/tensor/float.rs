@@ -76,8 +76,25 @@ pub trait Float:
     fn is_finite(self) -> bool;
     /// The matrix product of this type (sgemm or dgemm), called by [`Float::gemm`].
     const GEMM: Gemm<Self>;
-    /// Rows of [`Float::GEMM`]'s product, each with the values the whole product gives it
-    /// (`sgemm_rows` or `dgemm_rows`): the halves of a product split between threads.
+    /// Rows of [`Float::GEMM`]'s product, `C[rows] = alpha * op(A)[rows] op(B) + beta *
+    /// C[rows]` with the last slice holding just those rows of `C`. Cut at a multiple of 64
+    /// rows, each row gets the values the whole product gives it: how a product splits between
+    /// threads without changing its result.
+    ///
+    /// ```
+    /// use recur::tensor::{Float, GemmShape};
+    /// let (m, k, n) = (80, 3, 2);
+    /// let s = GemmShape { m, k, n, trans_a: false, trans_b: false };
+    /// let a: Vec<f64> = (0..m * k).map(|i| i as f64 * 0.01).collect();
+    /// let b = [1.0, -1.0, 0.5, 2.0, 0.25, 0.0];
+    /// let mut whole = vec![0.0; m * n];
+    /// f64::gemm(s, 1.0, &a, &b, 0.0, &mut whole);
+    /// let mut parts = vec![0.0; m * n];
+    /// let (top, bottom) = parts.split_at_mut(64 * n);
+    /// (f64::GEMM_ROWS)(s, 0..64, 1.0, &a, &b, 0.0, top);
+    /// (f64::GEMM_ROWS)(s, 64..m, 1.0, &a, &b, 0.0, bottom);
+    /// assert_eq!(parts, whole);
+    /// ```
     const GEMM_ROWS: GemmRows<Self>;
     /// `C = alpha * op(A) op(B) + beta * C` on row-major slices (sgemm or dgemm).
     #[inline(always)]

@@ -11,7 +11,7 @@ pub use float::Float;
 pub use shape::{MAX_RANK, Shape};
 pub use stats::accuracy;
 
-pub(crate) use bulk::{add, add_scalar, copy, fill, sum_f64};
+pub(crate) use bulk::{add, add_col_sums, add_scalar, copy, fill, sum_f64};
 
 use crate::{Error, Result};
 

@@ -42,16 +42,6 @@ pub(super) struct BackwardCtx<'a, T> {
     pub(super) want: Wanted,
 }
 
-/// `dst += column sums of rows` over a row-major buffer.
-pub(super) fn add_col_sums<T: Float>(dst: &mut [T], rows: &[T]) {
-    let n = dst.len();
-    for row in rows.chunks_exact(n) {
-        for (d, &x) in dst.iter_mut().zip(row) {
-            *d += x;
-        }
-    }
-}
-
 impl Config {
     /// Backward through the recurrence of a group of shards, in lockstep as in
     /// [`Config::forward_group`] (see [`BackwardCtx`] for what it reads). Leaves each shard's gradients in its `bs`
@@ -321,11 +311,11 @@ impl Config {
         let rows = t * n * gh..(t + 1) * n * gh;
         let gru = self.kind == CellKind::Gru;
         if want.b_ih {
-            add_col_sums(&mut bs.db_ih, &bs.dg[rows.clone()]);
+            tensor::add_col_sums(&mut bs.db_ih, &bs.dg[rows.clone()]);
         }
         if want.b_hh && (gru || !want.b_ih) {
             let dg_h = if gru { &bs.dhp } else { &bs.dg };
-            add_col_sums(&mut bs.db_hh, &dg_h[rows]);
+            tensor::add_col_sums(&mut bs.db_hh, &dg_h[rows]);
         }
     }
 

@@ -4,7 +4,7 @@ use super::{GradAcc, Op};
 use crate::kernels::bf16::Bf16Kernel;
 use crate::precision::gemm;
 use crate::tape::{Tape, Var};
-use crate::tensor::{Float, Shape, Tensor};
+use crate::tensor::{self, Float, Shape, Tensor};
 use crate::{Error, Result};
 
 /// (rows, cols) of a rank-2 tensor, or an error naming the op and the shape.
@@ -67,9 +67,7 @@ impl<T: Float> Tape<T> {
         };
         self.push1(op, &[ia, ib], out)
     }
-}
 
-impl<T: Float> Tape<T> {
     /// `x W^T + b`, PyTorch's `F.linear`: `x` is `[..., in]` (any leading dimensions, all their
     /// rows in one matrix product), `w` is `[out, in]` and `b`, if given, `[out]`; the result is
     /// `[..., out]`. One node, with the values of `add(matmul_t(x, false, w, true), b)` on `x` as
@@ -129,9 +127,7 @@ impl<T: Float> Tape<T> {
         if let (Some(ib), true) = (ib, n > 0) {
             let bias = self.slots[ib as usize].value.data();
             for row in c.chunks_exact_mut(n) {
-                for (y, &b) in row.iter_mut().zip(bias) {
-                    *y += b;
-                }
+                tensor::add(row, bias);
             }
         }
         let ins: Vec<u32> = [ix, iw].into_iter().chain(ib).collect();
@@ -160,13 +156,8 @@ pub(super) fn linear_backward<T: Float>(
     if acc.needs(w) {
         gemm(bf16, (n, rows, k), (true, false), g, vx, T::ONE, acc.buf(w));
     }
-    if let Some(&b) = ins.get(2).filter(|&&b| acc.needs(b) && n > 0) {
-        let db = acc.buf(b);
-        for row in g.chunks_exact(n) {
-            for (d, &v) in db.iter_mut().zip(row) {
-                *d += v;
-            }
-        }
+    if let Some(&b) = ins.get(2).filter(|&&b| acc.needs(b)) {
+        tensor::add_col_sums(acc.buf(b), g);
     }
 }
 
