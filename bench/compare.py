@@ -121,6 +121,15 @@ def recur_run(binary, args):
     return dict(kv.split("=") for kv in last.split())
 
 
+def recur_cpu(binary):
+    """The `cpu:` line recur prints above its figures: the CPU's model, vendor, family and
+    model numbers, vector extensions and caches, and the register tiles of this build."""
+    res = subprocess.run([binary, "bench", "--sgemm-rate", "16", "--steps", "5"],
+                         capture_output=True, text=True)
+    lines = [l for l in res.stdout.splitlines() if l.startswith("cpu: ")]
+    return lines[0][len("cpu: "):] if lines else "unknown"
+
+
 def sgemm_gflops(binary):
     """matrixmultiply's sgemm on 1024^3 at one thread, through `recur bench --sgemm-rate`."""
     return float(recur_run(binary, ["--sgemm-rate", "1024", "--steps", "9"])["sgemm_gflops"])
@@ -193,6 +202,7 @@ def main():
     torch = load_torch()
     if torch is not None:
         print(f"# PyTorch {torch.__version__}", flush=True)
+    print(f"# CPU: {recur_cpu(a.recur)}", flush=True)
 
     bf16 = a.precision == "bf16"
     if a.shapes and bf16:

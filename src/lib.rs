@@ -42,6 +42,7 @@
 //! Build with `-C target-cpu=native` (this crate's `.cargo/config.toml` does) so the SIMD kernels
 //! use the machine's widest vectors.
 
+pub mod cpu;
 pub mod data;
 pub mod diagnostics;
 pub mod dist;
@@ -84,6 +85,7 @@ pub mod internals {
     pub use crate::kernels::simd::{SimdFloat, map_inplace};
     pub use crate::kernels::sweep::Sweep;
     pub use crate::kernels::{gru, lstm, rnn};
+    pub use crate::nn::SingleRow;
 }
 
 #[cfg(doctest)]

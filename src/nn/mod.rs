@@ -5,6 +5,9 @@ mod cell;
 mod direction;
 mod embedding;
 mod fused;
+/// For this crate's tests and benchmarks (see `recur::internals`).
+#[doc(hidden)]
+pub use fused::SingleRow;
 mod inference;
 pub mod init;
 mod linear;

@@ -6,6 +6,7 @@
 
 use crate::common;
 
+use recur::internals::SingleRow;
 use recur::nn::{Activation, CellKind, ForwardOptions, Implementation, Recurrent, RecurrentConfig};
 use recur::{Float, ParamStore, Rng, Tape, Tensor};
 
@@ -19,32 +20,61 @@ const KINDS: [CellKind; 4] = [
 const T: usize = 6;
 const I: usize = 5;
 
-/// Batch and hidden size of a test.
+/// Batch and hidden size of a test, and for a batch of one row how it reads `W_hh`.
 #[derive(Clone, Copy)]
 struct Size {
     b: usize,
     h: usize,
+    /// Forced on every machine: which one a machine chooses depends on its CPU.
+    single: Option<SingleRow>,
 }
 
 /// Batch of 70: three shards of 32, 32 and 6 rows.
-const SHARDED: Size = Size { b: 70, h: 11 };
+const SHARDED: Size = Size {
+    b: 70,
+    h: 11,
+    single: None,
+};
 /// Batch of 16, one shard: on more than one thread each step's recurrent product is split by
 /// columns between two threads (for every cell the product is large enough, and 200 columns
 /// make two halves in f32's panels of 64 and f64's of 32, the right one ragged).
-const SPLIT: Size = Size { b: 16, h: 200 };
-/// A batch of one row, whose products read `W_hh` as stored (larger than L2 but for the f32
-/// RNN's, which is packed): split by rows of `W_hh` in forward and by columns in backward, on
-/// more than one thread (for every cell the product is large enough; 370 is no whole number
-/// of vectors, so both halves' ends are ragged).
-const SINGLE: Size = Size { b: 1, h: 370 };
-/// A batch of one row whose `W_hh` stays in L2 and is packed (in f32 for every cell, in f64
-/// for the RNN): the f32 LSTM's and GRU's products split by panels, the last one ragged.
-const SINGLE_PACKED: Size = Size { b: 1, h: 230 };
+const SPLIT: Size = Size {
+    b: 16,
+    h: 200,
+    single: None,
+};
+/// A batch of one row whose products read `W_hh` as stored: split by rows of `W_hh` in
+/// forward and by columns in backward, on more than one thread (for every cell the product is
+/// large enough; 370 is no whole number of vectors, so both halves' ends are ragged).
+const SINGLE: Size = Size {
+    b: 1,
+    h: 370,
+    single: Some(SingleRow::Stored),
+};
+/// A batch of one row whose `W_hh` is packed: the LSTM's and GRU's products split by panels,
+/// the last one ragged.
+const SINGLE_PACKED: Size = Size {
+    b: 1,
+    h: 230,
+    single: Some(SingleRow::Packed),
+};
 
 /// Forward + backward of loss = sum(y * ry) + sum(h_n * rh) (+ sum(c_n * rc)) over a 2-layer
 /// bidirectional layer with ragged lengths; returns every output and gradient.
 fn run<T: Float>(kind: CellKind, imp: Implementation, size: Size) -> Vec<(String, Tensor<T>)> {
-    let Size { b, h } = size;
+    match size.single {
+        Some(choice) => choice.forced(|| run_as_chosen(kind, imp, size)),
+        None => run_as_chosen(kind, imp, size),
+    }
+}
+
+/// [`run`] with the machine's choices as they stand on this thread.
+fn run_as_chosen<T: Float>(
+    kind: CellKind,
+    imp: Implementation,
+    size: Size,
+) -> Vec<(String, Tensor<T>)> {
+    let Size { b, h, .. } = size;
     let cfg = RecurrentConfig::new(I, h).num_layers(2).bidirectional(true);
     let mut ps = ParamStore::<T>::new();
     let layer = Recurrent::new(&mut ps, "", kind, cfg, &mut Rng::new(5)).unwrap();

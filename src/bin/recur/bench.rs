@@ -204,6 +204,7 @@ pub fn run(args: &BenchArgs) -> CmdResult {
         .num_threads(args.threads)
         .build()
         .map_err(|e| format!("bench: cannot start {} threads: {e}", args.threads))?;
+    print_cpu();
     let line = match args.dtype.as_str() {
         "f32" => pool.install(|| measure::<f32>(kind, args)),
         "f64" => pool.install(|| measure::<f64>(kind, args)),
@@ -234,6 +235,7 @@ fn sgemm_rate(n: usize, steps: usize, warmup: usize) -> CmdResult {
         trans_a: false,
         trans_b: false,
     };
+    print_cpu();
     let mut times = Vec::with_capacity(steps);
     for i in 0..warmup + steps {
         let t = Instant::now();
@@ -245,6 +247,15 @@ fn sgemm_rate(n: usize, steps: usize, warmup: usize) -> CmdResult {
     let secs = median(times);
     println!("sgemm_gflops={:.2}", 2.0 * (n as f64).powi(3) / secs / 1e9);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the CPU the figures below come from, and the register tiles its products use.
+pub(crate) fn print_cpu() {
+    let tiles = match recur::internals::Tiles::current() {
+        recur::internals::Tiles::Wide => "wide (AVX-512)",
+        recur::internals::Tiles::Narrow => "narrow (AVX2)",
+    };
+    println!("cpu: {}; tiles {tiles}", recur::cpu::CpuInfo::get());
 }
 
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {

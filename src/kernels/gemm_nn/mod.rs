@@ -45,7 +45,6 @@ mod tiling;
 
 pub(crate) use packing::stacked_rows;
 pub use packing::{PackedB, panel};
-pub use prefetch::STREAMED_BYTES;
 pub use tile::Tiles;
 use tiling::product_cols;
 

@@ -50,7 +50,7 @@ use std::ops::Range;
 
 use super::direction::{CellKind, DirectionOutput, DirectionRun, is_active, step_time};
 use crate::Result;
-use crate::kernels::gemm_nn::{PackedB, STREAMED_BYTES};
+use crate::kernels::gemm_nn::PackedB;
 use crate::kernels::gemv::AlignedMatrix;
 use crate::params::ParamStore;
 use crate::tape::Tape;
@@ -69,6 +69,7 @@ use buffers::{ForwardScratch, Shard};
 pub(crate) use layer_norm::run as run_layer_norm;
 pub(crate) use projected::run as run_projected;
 pub(crate) use schedule::shard_ranges;
+pub use weights::SingleRow;
 use weights::{RecurrentWeight, Weights};
 pub(crate) use weights::{fill_rows, init_input_projection};
 
@@ -136,12 +137,11 @@ pub(crate) fn run<T: Float>(
             .into_iter()
             .map(|rows| Shard::take(&cfg, rows, &mut ws))
             .collect(),
-        // A single row reads W_hh as stored when it streams from L3 at every step anyway (then
-        // packing it twice a sequence only costs); smaller, it packs it too: the packed
-        // single-row tile reads it from L2 faster than the kernels over W_hh as stored.
+        // A single row reads W_hh packed or as stored, whichever is faster on this machine
+        // (`SingleRow::choose`); in bf16 always packed.
         w_hh: if batch == 1
             && !cfg.bf16
-            && gates_h * hidden * std::mem::size_of::<T>() > STREAMED_BYTES
+            && SingleRow::current(gates_h * hidden * std::mem::size_of::<T>()) == SingleRow::Stored
         {
             RecurrentWeight::Stored(AlignedMatrix::from_buffer(
                 ws.scratch(AlignedMatrix::<T>::buffer_len(gates_h, hidden)),

@@ -8,7 +8,7 @@ use super::bf16::{self, Bf16Weights};
 use crate::kernels::Sweep;
 use crate::kernels::bf16::{Bf16Kernel, PackedBf16B};
 use crate::kernels::gemm_nn::{
-    AStorage, PackedB, Rows, gemm_packed_acc_cols, gemm_packed_set, panel,
+    AStorage, PackedB, Rows, Tiles, gemm_packed_acc_cols, gemm_packed_set, panel,
 };
 use crate::kernels::gemm_nt::gemm_nt_acc;
 use crate::kernels::gemv::{AlignedMatrix, gemv_cols_acc, gemv_rows_acc};
@@ -22,6 +22,76 @@ pub(super) enum RecurrentWeight<T> {
     /// For a batch of one row: an aligned copy as stored, made in forward and read again by
     /// the backward (the node's weights do not change in between).
     Stored(AlignedMatrix<T>),
+}
+
+/// How a batch of one row reads `W_hh` at each step: packed in panels (`W_hh^T` for forward,
+/// `W_hh` again for backward: two packings a sequence) for the packed product's single-row
+/// tile, or as stored, in one aligned copy, by the matrix-vector kernels of
+/// `kernels::gemv`.
+///
+/// [`SingleRow::choose`] picks from the register tiles the build uses and the CPU's L2
+/// ([`crate::cpu::CpuInfo`]); [`SingleRow::forced`] sets the choice on a thread, so that tests
+/// run both paths on any machine. Both read the same weights in the same order of
+/// multiply-adds per output, so the choice changes the speed, not the values beyond rounding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SingleRow {
+    /// `W_hh` packed for the single-row tile.
+    Packed,
+    /// `W_hh` read as stored.
+    Stored,
+}
+
+/// The L2 size taken where the system reports none: the 1 MiB per core of the AVX-512 CPUs
+/// these choices were first measured on.
+const ASSUMED_L2: usize = 1 << 20;
+
+thread_local! {
+    /// The choice forced on this thread by [`SingleRow::forced`], if any.
+    static FORCED_SINGLE_ROW: std::cell::Cell<Option<SingleRow>> =
+        const { std::cell::Cell::new(None) };
+}
+
+impl SingleRow {
+    /// The choice for a `W_hh` of `bytes` bytes, given the build's register tiles and the L2
+    /// size per core (`None`: not known).
+    ///
+    /// - [`Tiles::Narrow`] (AVX2): packed at every size. On AMD Zen 3 (512 KiB L2), one
+    ///   thread, `B = 1`, `T = 100`, `I = 128`, alternating runs: a packed `W_hh` of 768 KiB
+    ///   (GRU, `H = 256`) and 1 MiB (LSTM) took 0.92x and 0.89x the time of the stored one,
+    ///   3 MiB (GRU, `H = 512`) 0.86-0.98x and 4 MiB (LSTM) 0.73-0.84x; at two threads 0.74-0.97x
+    ///   for three of the four. The matrix-vector kernels' AVX2 tiles (two rows, six vectors)
+    ///   read more values per multiply-add than the packed tile, from L2 as from L3.
+    /// - [`Tiles::Wide`] (AVX-512): packed while `W_hh` fits in L2, where the packed tile read
+    ///   it 1.1-1.9x faster than the stored kernels (AMD Zen 5, 1 MiB L2); larger, it streams
+    ///   from L3 at every step either way, and packing it twice a sequence only costs.
+    pub fn choose(bytes: usize, tiles: Tiles, l2: Option<usize>) -> SingleRow {
+        match tiles {
+            Tiles::Narrow => SingleRow::Packed,
+            Tiles::Wide if bytes > l2.unwrap_or(ASSUMED_L2) => SingleRow::Stored,
+            Tiles::Wide => SingleRow::Packed,
+        }
+    }
+
+    /// The choice on this thread: [`SingleRow::forced`]'s, else [`SingleRow::choose`]'s for
+    /// this thread's tiles ([`Tiles::current`]) and this CPU's L2.
+    pub fn current(bytes: usize) -> SingleRow {
+        FORCED_SINGLE_ROW.with(|f| f.get()).unwrap_or_else(|| {
+            SingleRow::choose(
+                bytes,
+                Tiles::current(),
+                crate::cpu::CpuInfo::get().caches.l2,
+            )
+        })
+    }
+
+    /// Runs `f` with every batch of one row that starts on this thread reading `W_hh` the
+    /// way `self` says (layers started by other threads keep theirs).
+    pub fn forced<R>(self, f: impl FnOnce() -> R) -> R {
+        let before = FORCED_SINGLE_ROW.with(|c| c.replace(Some(self)));
+        let out = f();
+        FORCED_SINGLE_ROW.with(|c| c.set(before));
+        out
+    }
 }
 
 impl<T: Float> RecurrentWeight<T> {
@@ -213,5 +283,50 @@ pub(crate) fn init_input_projection<T: Float>(
         }
         Some(_) => {}
         None => xp.fill(T::ZERO),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_single_row_reads_w_hh_as_the_cpu_suits() {
+        let mib = 1 << 20;
+        // AVX2 tiles: packed at any size.
+        for bytes in [64 << 10, mib, 4 * mib, 64 * mib] {
+            for l2 in [None, Some(512 << 10), Some(2 * mib)] {
+                assert_eq!(
+                    SingleRow::choose(bytes, Tiles::Narrow, l2),
+                    SingleRow::Packed
+                );
+            }
+        }
+        // AVX-512 tiles: packed while W_hh fits in L2, as stored past it.
+        let wide = |bytes, l2| SingleRow::choose(bytes, Tiles::Wide, l2);
+        assert_eq!(wide(mib, Some(mib)), SingleRow::Packed);
+        assert_eq!(wide(mib + 64, Some(mib)), SingleRow::Stored);
+        assert_eq!(wide(3 * mib / 2, Some(2 * mib)), SingleRow::Packed);
+        assert_eq!(wide(3 * mib, Some(2 * mib)), SingleRow::Stored);
+        assert_eq!(wide(768 << 10, Some(512 << 10)), SingleRow::Stored);
+        // An L2 the system does not report is taken as 1 MiB.
+        assert_eq!(wide(mib, None), SingleRow::Packed);
+        assert_eq!(wide(2 * mib, None), SingleRow::Stored);
+    }
+
+    #[test]
+    fn a_forced_choice_holds_on_its_thread_only() {
+        let natural = SingleRow::current(64 << 20);
+        for choice in [SingleRow::Packed, SingleRow::Stored] {
+            let (here, elsewhere) = choice.forced(|| {
+                let elsewhere = std::thread::spawn(|| SingleRow::current(64 << 20))
+                    .join()
+                    .unwrap();
+                (SingleRow::current(64 << 20), elsewhere)
+            });
+            assert_eq!(here, choice);
+            assert_eq!(elsewhere, natural);
+        }
+        assert_eq!(SingleRow::current(64 << 20), natural);
     }
 }
