@@ -16,6 +16,7 @@
 //! - [`transpose`]: square blocks transposed in registers, for the transposed packing of weights.
 //! - [`handoff`]: a spinning helper thread that takes half of each step's product (small batches).
 //! - [`rnn`], [`lstm`], [`gru`]: the fused gate kernels, forward and backward, one file per cell.
+//! - [`softmax`]: softmax cross-entropy over a row of logits, forward and backward (vector `exp`).
 //! - [`regularize`]: the elementwise parts of recurrent dropout and zoneout.
 //! - [`layer_norm`]: layer normalization of one row, forward and backward (safe loops).
 //! - [`block`]: one or two vectors at a time, so each gate kernel is written once and runs two
@@ -37,6 +38,7 @@ pub mod lstm;
 pub mod regularize;
 pub mod rnn;
 pub mod simd;
+pub mod softmax;
 pub mod sweep;
 pub mod transpose;
 

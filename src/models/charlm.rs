@@ -281,10 +281,19 @@ impl<T: Float> CharLm<T> {
     ) -> Result<Var> {
         let x = cx.embed(&self.embed, ids, &[t_len, batch])?;
         let out = cx.recurrent_carry(&self.rnn, x, &mut self.carry)?;
-        // The head over [T, B, H] directly, then the (V-wide, smaller) logits as rows.
-        let logits = cx.linear(&self.head, out.y)?;
+        // The head's rows are the T*B positions; a reshape copies its input, so the narrower
+        // of the hidden states and the logits is made rows (the logits at a vocabulary of
+        // characters, the states at one of words).
         let v = self.head.out_features();
-        cx.tape.reshape(logits, &[t_len * batch, v])
+        if v > self.head.in_features() {
+            let rows = cx
+                .tape
+                .reshape(out.y, &[t_len * batch, self.head.in_features()])?;
+            cx.linear(&self.head, rows)
+        } else {
+            let logits = cx.linear(&self.head, out.y)?;
+            cx.tape.reshape(logits, &[t_len * batch, v])
+        }
     }
 
     /// Generates `length` characters after `prime` (non-empty, in the vocabulary), sampling from

@@ -186,3 +186,58 @@ fn bad_inputs_are_errors() {
     assert!(sequence_mse(&mut tape, l, y, None).is_err());
     assert!(last_step_mse(&mut tape, l, &random(&[B, 4], 14), None).is_err());
 }
+
+/// A vocabulary of words, not characters: 96 rows of 2,000 logits, whose rows the loss spreads
+/// over the pool's threads. The value and the gradient against the formula in f64, and the
+/// same bits on one thread and on two.
+#[test]
+fn cross_entropy_over_a_large_vocabulary_is_the_formula_on_any_thread_count() {
+    let (rows, v) = (96, 2000);
+    let logits = {
+        let mut r = Rng::new(3);
+        Tensor::from_fn(&[rows, v], |_| 4.0 * r.normal()).unwrap()
+    };
+    let targets: Vec<usize> = (0..rows).map(|i| (i * 7919) % v).collect();
+    let run = |threads: usize| {
+        recur::with_threads(threads, || {
+            let mut tape = Tape::<f64>::new();
+            let x = tape.input(logits.clone());
+            // Row 5 is padding: it counts for nothing.
+            let loss = tape.cross_entropy(x, &targets, Some(targets[5])).unwrap();
+            let l = tape.value(loss).unwrap().data()[0];
+            let g = tape.backward(loss).unwrap();
+            (l, g.wrt(x).unwrap().data().to_vec())
+        })
+        .unwrap()
+    };
+    let (l1, g1) = run(1);
+    let (l2, g2) = run(2);
+    assert_eq!(l1.to_bits(), l2.to_bits());
+    assert!(g1.iter().zip(&g2).all(|(a, b)| a.to_bits() == b.to_bits()));
+    let counted: Vec<usize> = (0..rows).filter(|&r| targets[r] != targets[5]).collect();
+    let n = counted.len() as f64;
+    let x = logits.data();
+    let want: f64 = counted
+        .iter()
+        .map(|&r| nll(&x[r * v..(r + 1) * v], targets[r]))
+        .sum::<f64>()
+        / n;
+    assert!((l1 - want).abs() < 1e-12 * want, "{l1} against {want}");
+    for r in 0..rows {
+        let row = &x[r * v..(r + 1) * v];
+        let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = row.iter().map(|x| (x - m).exp()).sum();
+        for k in 0..v {
+            let want = if counted.contains(&r) {
+                ((row[k] - m).exp() / z - if k == targets[r] { 1.0 } else { 0.0 }) / n
+            } else {
+                0.0
+            };
+            let got = g1[r * v + k];
+            assert!(
+                (got - want).abs() < 1e-15,
+                "d[{r}][{k}] = {got:e}, want {want:e}"
+            );
+        }
+    }
+}

@@ -663,8 +663,11 @@ fn a_nan_validation_loss_leaves_loadable_checkpoints() {
     let dir = temp_dir("cli-train-nanval");
     let text = corpus(&dir);
     let out = dir.join("run");
-    // A ReLU RNN at a high learning rate: its validation loss is NaN at step 15, and training
-    // recovers to a new best afterwards.
+    // A ReLU RNN at a high learning rate: its validation loss is NaN at step 5, and training
+    // recovers to a new best afterwards (six times) and resumes without a NaN. Which step
+    // overflows depends on the last bits of every value on the way (a change in rounding
+    // anywhere moves it; seed 25 was chosen among the seeds 0-60 whose runs had a NaN and
+    // resumed, for the most bests after it).
     let o = recur(&[
         "train",
         "--text",
@@ -690,7 +693,7 @@ fn a_nan_validation_loss_leaves_loadable_checkpoints() {
         "--lr",
         "0.2",
         "--seed",
-        "2",
+        "25",
         "--threads",
         "1",
         "--no-divergence-check",
@@ -720,18 +723,16 @@ fn a_nan_validation_loss_leaves_loadable_checkpoints() {
     // The NaN is in the stored history as a value that reads back.
     let a = recur::io::Archive::read(&out.join("last.safetensors")).unwrap();
     let config: serde_json::Value = serde_json::from_str(a.meta("config").unwrap()).unwrap();
-    assert!(
-        config["history"]["val"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p[1] == "NaN"),
-        "{config}"
-    );
+    let nan_index = config["history"]["val"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|p| p[1] == "NaN")
+        .unwrap_or_else(|| panic!("no NaN in the history: {config}"));
     // A file from an earlier version, with the NaN stored as null, loads and resumes too.
     let old = dir.join("old.safetensors");
     tamper_config(&out.join("last.safetensors"), &old, |c| {
-        c["history"]["val"][2][1] = serde_json::Value::Null;
+        c["history"]["val"][nan_index][1] = serde_json::Value::Null;
         c.as_object_mut().unwrap().remove("text_fingerprint");
         c.as_object_mut().unwrap().remove("interval_loss");
         c.as_object_mut().unwrap().remove("interval_steps");
