@@ -130,6 +130,12 @@ def recur_cpu(binary):
     return lines[0][len("cpu: "):] if lines else "unknown"
 
 
+def fma_peak(binary):
+    """One core's peak rate of f32 fused multiply-adds, through `recur bench --fma-peak` (the
+    best of 200 short trials): the ceiling of every rate below, measured in the same run."""
+    return float(recur_run(binary, ["--fma-peak", "--steps", "200"])["fma_peak_gflops"])
+
+
 def sgemm_gflops(binary):
     """matrixmultiply's sgemm on 1024^3 at one thread, through `recur bench --sgemm-rate`."""
     return float(recur_run(binary, ["--sgemm-rate", "1024", "--steps", "9"])["sgemm_gflops"])
@@ -203,6 +209,8 @@ def main():
     if torch is not None:
         print(f"# PyTorch {torch.__version__}", flush=True)
     print(f"# CPU: {recur_cpu(a.recur)}", flush=True)
+    print(f"# one core's FMA peak (f32) before the runs: {fma_peak(a.recur):.1f} GFLOP/s",
+          flush=True)
 
     bf16 = a.precision == "bf16"
     if a.shapes and bf16:
@@ -273,8 +281,14 @@ def main():
         for cell, (g, sg, share) in large_gflops.items():
             print(f"| {cell} | {g:.1f} | {sg:.1f} | {100 * share:.0f}% |", flush=True)
 
-    if a.no_latency:
-        return
+    if not a.no_latency:
+        latency(a, torch)
+    print(f"\n# one core's FMA peak (f32) after the runs: {fma_peak(a.recur):.1f} GFLOP/s",
+          flush=True)
+
+
+def latency(a, torch):
+    """The single-step latency table."""
     print()
     print("| single step, B=1, I=64 | H | threads | PyTorch cell us | recur us | PyTorch / recur |")
     print("|---|---|---|---|---|---|", flush=True)

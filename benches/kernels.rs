@@ -17,8 +17,9 @@ use recur::internals::bf16::{
     AStorage, Bf16Kernel, PackedBf16A, PackedBf16B, gemm_bf16_acc, gemm_bf16_acc_stored,
 };
 use recur::internals::{
-    AlignedBuf, AlignedMatrix, GemmShape, PackedB, Rows, SimdFloat, Sweep, gemm_nt_acc,
-    gemm_packed_acc, gemm_packed_acc_rows, gemv_cols_acc, gemv_rows_acc, gru, lstm, rnn,
+    AlignedBuf, AlignedMatrix, GemmShape, PackedB, Rows, SimdFloat, Sweep, fma_chains,
+    fma_chains_flops, gemm_nt_acc, gemm_packed_acc, gemm_packed_acc_rows, gemv_cols_acc,
+    gemv_rows_acc, gru, lstm, rnn,
 };
 use recur::nn::{Activation, CellKind, ForwardOptions, Recurrent, RecurrentConfig};
 use recur::{Float, ParamStore, Rng, Tape, Tensor};
@@ -450,29 +451,11 @@ fn gemm_bf16(c: &mut Criterion) {
 /// weights (bytes per second: from L2 up to its size, partly or wholly from L3 above it).
 fn machine(c: &mut Criterion) {
     let mut g = c.benchmark_group("machine");
-    // Chains enough to cover the FMA latency on two FMA units (4 cycles x 2, and some slack),
-    // few enough to stay in registers: an `f32x16` is one register with AVX-512 (32 of them)
-    // and two without it (16 of them), where 12 chains would spill and time the stack instead.
-    const CHAINS: usize = if cfg!(target_feature = "avx512f") {
-        12
-    } else {
-        6
-    };
+    // `recur::cpu::fma_peak_gflops`'s chains (`kernels::peak`).
     const ROUNDS: usize = 1000;
-    let flops = (CHAINS * ROUNDS * f32::LANES * 2) as u64;
-    g.throughput(Throughput::Elements(flops));
+    g.throughput(Throughput::Elements(fma_chains_flops(ROUNDS)));
     g.bench_function("fma_peak", |b| {
-        let (x, y) = (f32::splat(0.999_999), f32::splat(1e-7));
-        b.iter(|| {
-            let mut acc = [f32::splat(1.0); CHAINS];
-            for _ in 0..ROUNDS {
-                for a in acc.iter_mut() {
-                    *a = <f32 as SimdFloat>::mul_add(*a, x, y);
-                }
-            }
-            let sum = acc.iter().fold(f32::splat(0.0), |s, &a| s + a);
-            black_box(f32::reduce_add(sum))
-        })
+        b.iter(|| black_box(fma_chains(black_box(ROUNDS))))
     });
     for kib in [384usize, 768, 1024, 1280, 1536, 4608] {
         // On a cache-line boundary, so that no load straddles two lines.

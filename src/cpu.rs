@@ -228,6 +228,28 @@ impl CpuInfo {
     }
 }
 
+/// One core's peak rate of `f32` fused multiply-adds in GFLOP/s: the best of `trials` timings
+/// of independent multiply-add chains (a millisecond or so each) on the calling thread. No
+/// product can beat it; recur's benchmarks quote their rates against it, measured in the same
+/// run, since a shared machine's rate drifts from one minute to the next.
+///
+/// ```
+/// let peak = recur::cpu::fma_peak_gflops(3);
+/// assert!(peak > 0.0);
+/// ```
+pub fn fma_peak_gflops(trials: usize) -> f64 {
+    use crate::kernels::peak::{fma_chains, fma_chains_flops};
+    const ROUNDS: usize = 100_000;
+    let mut best = 0.0f64;
+    for _ in 0..trials.max(1) {
+        let t = std::time::Instant::now();
+        std::hint::black_box(fma_chains(std::hint::black_box(ROUNDS)));
+        let secs = t.elapsed().as_secs_f64().max(1e-9);
+        best = best.max(fma_chains_flops(ROUNDS) as f64 / secs / 1e9);
+    }
+    best
+}
+
 /// Vendor, brand, display family and model from CPUID.
 #[cfg(target_arch = "x86_64")]
 fn identity() -> (String, String, u32, u32) {

@@ -82,6 +82,7 @@ pub mod internals {
     };
     pub use crate::kernels::gemm_nt::gemm_nt_acc;
     pub use crate::kernels::gemv::{AlignedMatrix, gemv_cols_acc, gemv_rows_acc};
+    pub use crate::kernels::peak::{fma_chains, fma_chains_flops};
     pub use crate::kernels::simd::{SimdFloat, map_inplace};
     pub use crate::kernels::sweep::Sweep;
     pub use crate::kernels::{gru, lstm, rnn};

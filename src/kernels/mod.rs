@@ -3,6 +3,7 @@
 //! Every unsafe block carries a `// SAFETY:` comment, and every kernel is tested against a plain
 //! scalar version of itself.
 //!
+//! - [`peak`]: independent chains of fused multiply-adds: the core's own limit.
 //! - [`simd`]: the [`SimdFloat`] trait, vectorised `exp`, `sigmoid`, `tanh` (`f32x16`, `f64x8`).
 //! - [`aligned`]: buffers whose values start on a cache line, for the streamed weights.
 //! - [`gemm`]: products over matrixmultiply, for the tape's general ops.
@@ -35,6 +36,7 @@ pub use gemm::GemmShape;
 pub mod gru;
 pub mod layer_norm;
 pub mod lstm;
+pub mod peak;
 pub mod regularize;
 pub mod rnn;
 pub mod simd;

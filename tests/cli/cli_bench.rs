@@ -165,3 +165,28 @@ fn the_whole_step_of_the_character_model_is_timed_by_phase_and_op() {
     let (ok, _, stderr) = bench(&["--layers", "3"]);
     assert!(!ok && stderr.contains("--e2e"), "{stderr}");
 }
+
+/// Every timing names its CPU above it, and `--fma-peak` and `--sgemm-rate` time the
+/// references the training steps are quoted against.
+#[test]
+fn the_cpu_and_the_reference_rates() {
+    let (ok, stdout, stderr) = bench(&["--fma-peak", "--steps", "5"]);
+    assert!(ok, "{stderr}");
+    let cpu = stdout.lines().next().expect("a cpu line");
+    assert!(
+        cpu.starts_with("cpu: ") && cpu.contains("tiles"),
+        "{stdout}"
+    );
+    if cfg!(target_arch = "x86_64") {
+        assert!(cpu.contains("family") && cpu.contains("L2"), "{cpu}");
+    }
+    let v = last_line_values(&stdout, &["fma_peak_gflops"]);
+    assert!(v[0] > 0.0, "{stdout}");
+    let (ok, stdout, stderr) = bench(&["--sgemm-rate", "64", "--steps", "5"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("cpu: "), "{stdout}");
+    let v = last_line_values(&stdout, &["sgemm_gflops"]);
+    assert!(v[0] > 0.0, "{stdout}");
+    let (ok, _, stderr) = bench(&["--fma-peak", "--e2e"]);
+    assert!(!ok && stderr.contains("--fma-peak"), "{stderr}");
+}

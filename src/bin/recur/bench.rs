@@ -58,6 +58,10 @@ pub struct BenchArgs {
     /// sgemm_gflops): the reference rate for the training-step figures.
     #[arg(long = "sgemm-rate", value_name = "N")]
     sgemm_rate: Option<usize>,
+    /// Time one core's peak rate of f32 fused multiply-adds instead (independent chains, the
+    /// best of --steps trials; prints fma_peak_gflops): the ceiling every rate is quoted against
+    #[arg(long = "fma-peak", conflicts_with_all = ["sgemm_rate", "e2e", "step_latency"])]
+    fma_peak: bool,
     /// Refuse to start if the estimated peak memory exceeds this (e.g. 800M, 4G; default: the
     /// available memory).
     #[arg(long, value_parser = crate::memory::parse_size)]
@@ -104,6 +108,14 @@ pub fn run(args: &BenchArgs) -> CmdResult {
     }
     if let Some(n) = args.sgemm_rate {
         return sgemm_rate(n, args.steps.max(5), args.warmup);
+    }
+    if args.fma_peak {
+        print_cpu();
+        println!(
+            "fma_peak_gflops={:.2}",
+            recur::cpu::fma_peak_gflops(args.steps.max(5))
+        );
+        return Ok(ExitCode::SUCCESS);
     }
     let kind = match args.cell.as_str() {
         "lstm" => CellKind::Lstm,
