@@ -192,9 +192,9 @@ pub(super) fn cross_entropy_backward<T: Float>(
     }
 }
 
-/// Fewest logits per task when the rows of a cross-entropy are spread over the pool's threads
-/// (a few tens of microseconds of exponentials; at one symbol's vocabulary of 86 and 3,200
-/// positions the whole loss is about 0.3 M logits).
+/// Fewest logits per task when the rows of a cross-entropy are spread over the pool's threads:
+/// 32K exponentials, some tens of microseconds, far above what handing out a task costs (the
+/// character model's 3,200 positions of 86 characters make eight such tasks).
 const ROWS_MIN_VALUES: usize = 1 << 15;
 
 /// Whether `rows` rows of `c` logits are spread over the pool's threads: at least two tasks'
