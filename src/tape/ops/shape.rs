@@ -4,7 +4,7 @@
 
 use super::{GradAcc, Op};
 use crate::tape::{Tape, Var};
-use crate::tensor::{Float, MAX_RANK, Shape, Tensor};
+use crate::tensor::{self, Float, MAX_RANK, Shape, Tensor};
 use crate::{Error, Result};
 
 impl<T: Float> Tape<T> {
@@ -179,8 +179,7 @@ impl<T: Float> Tape<T> {
             });
         }
         let mut out = self.alloc(new);
-        out.data_mut()
-            .copy_from_slice(self.slots[ia as usize].value.data());
+        tensor::copy(out.data_mut(), self.slots[ia as usize].value.data());
         self.push1(Op::Reshape, &[ia], out)
     }
 }
@@ -284,8 +283,6 @@ pub(super) fn swap01_backward<T: Float>(a: u32, gy: &Tensor<T>, acc: &mut GradAc
 
 pub(super) fn reshape_backward<T: Float>(a: u32, gy: &Tensor<T>, acc: &mut GradAcc<'_, T>) {
     if acc.needs(a) {
-        for (d, &g) in acc.buf(a).iter_mut().zip(gy.data()) {
-            *d += g;
-        }
+        tensor::add(acc.buf(a), gy.data());
     }
 }
