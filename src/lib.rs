@@ -40,7 +40,8 @@
 //! [`prelude`] imports the common names at once.
 //!
 //! Build with `-C target-cpu=native` (this crate's `.cargo/config.toml` does) so the SIMD kernels
-//! use the machine's widest vectors.
+//! use the machine's widest vectors. [`cpu`] tells what the machine reports about itself (the
+//! kernels choose from it) and measures one core's peak rate, to quote timings against.
 
 pub mod cpu;
 pub mod data;
