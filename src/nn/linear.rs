@@ -3,14 +3,15 @@
 use crate::params::{ParamId, ParamStore};
 use crate::rng::Rng;
 use crate::tape::{Tape, Var};
-use crate::tensor::{Float, Tensor};
+use crate::tensor::{Float, Shape, Tensor};
 use crate::{Error, Result};
 
 /// A fully connected layer, PyTorch's `nn.Linear`: `y = x W^T + b`.
 ///
 /// Parameters, registered under `{prefix}weight` (`[out, in]`) and `{prefix}bias` (`[out]`), are
-/// initialised as PyTorch does, from `U(-1/sqrt(in), 1/sqrt(in))`. The input is `[N, in]` or a
-/// sequence `[T, B, in]`; the map applies to the last axis.
+/// initialised as PyTorch does, from `U(-1/sqrt(in), 1/sqrt(in))`. The input is `[..., in]`, as
+/// in PyTorch: one row `[in]`, rows `[N, in]`, a sequence `[T, B, in]` or more leading axes; the
+/// map applies to the last axis.
 ///
 /// ```
 /// use recur::nn::Linear;
@@ -108,39 +109,21 @@ impl Linear {
         std::iter::once(self.weight).chain(self.bias).collect()
     }
 
-    /// `x W^T + b` for `x` shaped `[N, in]` (gives `[N, out]`) or `[T, B, in]` (gives
-    /// `[T, B, out]`), as one matrix product over all rows ([`Tape::linear`]).
+    /// `x W^T + b` for `x` shaped `[..., in]` (gives `[..., out]`: `[N, out]` for `[N, in]`,
+    /// `[T, B, out]` for `[T, B, in]`), as one matrix product over all rows ([`Tape::linear`]).
     pub fn forward<T: Float>(
         &self,
         tape: &mut Tape<T>,
         store: &ParamStore<T>,
         x: Var,
     ) -> Result<Var> {
-        let s = tape.shape(x)?;
-        match *s.dims() {
-            [_, f] | [_, _, f] if f == self.in_features => {}
-            [.., f] if (2..=3).contains(&s.rank()) => {
-                return Err(Error::invalid(
-                    "Linear::forward",
-                    format!(
-                        "input has {f} features but the layer expects {} (shape {s})",
-                        self.in_features
-                    ),
-                ));
-            }
-            _ => {
-                return Err(Error::invalid(
-                    "Linear::forward",
-                    format!("input must be [N, in] or [T, B, in], got shape {s}"),
-                ));
-            }
-        }
+        self.check_input(tape.shape(x)?, "Linear::forward")?;
         let w = tape.param(store, self.weight)?;
         let b = self.bias.map(|b| tape.param(store, b)).transpose()?;
         tape.linear(x, w, b)
     }
 
-    /// `x W^T + b` on plain tensors, without a tape (inference), for `[N, in]` or `[T, B, in]`.
+    /// `x W^T + b` on plain tensors, without a tape (inference), for `x` shaped `[..., in]`.
     pub fn apply<T: Float>(&self, store: &ParamStore<T>, x: &Tensor<T>) -> Result<Tensor<T>> {
         let w = param_value(
             store,
@@ -149,16 +132,7 @@ impl Linear {
             "Linear::apply",
         )?;
         let s = x.shape();
-        let ok = (2..=3).contains(&s.rank()) && s.last() == self.in_features;
-        if !ok {
-            return Err(Error::invalid(
-                "Linear::apply",
-                format!(
-                    "input must be [N, {0}] or [T, B, {0}], got shape {s}",
-                    self.in_features
-                ),
-            ));
-        }
+        self.check_input(s, "Linear::apply")?;
         let rows = s.rows();
         let mut out = vec![T::ZERO; rows * self.out_features];
         if let Some(b) = self.bias {
@@ -176,8 +150,26 @@ impl Linear {
         };
         T::gemm(g, T::ONE, x.data(), w.data(), T::ONE, &mut out);
         let mut dims = s.dims().to_vec();
-        *dims.last_mut().expect("rank >= 2") = self.out_features;
+        *dims.last_mut().expect("rank >= 1") = self.out_features;
         Tensor::from_vec(out, &dims)
+    }
+
+    /// An input `[..., in]`: at least one axis, the last of `in` features.
+    fn check_input(&self, s: Shape, op: &'static str) -> Result<()> {
+        match s.dims().last() {
+            Some(&f) if f == self.in_features => Ok(()),
+            Some(&f) => Err(Error::invalid(
+                op,
+                format!(
+                    "input has {f} features but the layer expects {} (shape {s})",
+                    self.in_features
+                ),
+            )),
+            None => Err(Error::invalid(
+                op,
+                format!("input must be [..., {}], got a scalar", self.in_features),
+            )),
+        }
     }
 }
 

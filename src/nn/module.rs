@@ -184,7 +184,7 @@ impl<'a, T: Float> Ctx<'a, T> {
         layer.forward(self.tape, self.store, ids, dims)
     }
 
-    /// [`Linear::forward`] on `x` `[N, in]` or `[T, B, in]`.
+    /// [`Linear::forward`] on `x` `[..., in]`.
     pub fn linear(&mut self, layer: &Linear, x: Var) -> Result<Var> {
         layer.forward(self.tape, self.store, x)
     }

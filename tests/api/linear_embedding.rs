@@ -66,18 +66,54 @@ fn linear_forward_matches_loop_for_2d_and_3d() {
     assert!(y3.max_abs_diff(&y).unwrap() < 1e-12);
 }
 
+/// As in PyTorch, any number of leading axes: one row `[in]` and `[A, B, C, in]` give the
+/// values of the same rows as `[N, in]`, on the tape and off it.
+#[test]
+fn linear_takes_any_leading_axes() {
+    let mut ps = ParamStore::<f64>::new();
+    let fc = Linear::new(&mut ps, "", 3, 2, true, &mut Rng::new(4)).unwrap();
+    let mut rng = Rng::new(2);
+    let x = Tensor::from_fn(&[2, 1, 2, 3], |_| rng.uniform_range(-1.0, 1.0)).unwrap();
+    let rows = fc.apply(&ps, &x.clone().reshape(&[4, 3]).unwrap()).unwrap();
+    let mut tape = Tape::new();
+    let xv = tape.constant(x.clone());
+    let y = fc.forward(&mut tape, &ps, xv).unwrap();
+    let y = tape.value(y).unwrap().clone();
+    assert_eq!(y.dims(), &[2, 1, 2, 2]);
+    assert_eq!(y.data(), rows.data());
+    let off = fc.apply(&ps, &x).unwrap();
+    assert_eq!(off.dims(), &[2, 1, 2, 2]);
+    assert!(off.max_abs_diff(&y).unwrap() < 1e-12);
+    for r in 0..4 {
+        let one = Tensor::from_vec(x.data()[3 * r..3 * r + 3].to_vec(), &[3]).unwrap();
+        let v = tape.constant(one.clone());
+        let y1 = fc.forward(&mut tape, &ps, v).unwrap();
+        assert_eq!(tape.value(y1).unwrap().dims(), &[2]);
+        assert_eq!(
+            tape.value(y1).unwrap().data(),
+            &rows.data()[2 * r..2 * r + 2]
+        );
+        assert_eq!(fc.apply(&ps, &one).unwrap().dims(), &[2]);
+    }
+}
+
 #[test]
 fn linear_shape_errors() {
     let mut ps = ParamStore::<f32>::new();
     let fc = Linear::new(&mut ps, "", 3, 2, true, &mut Rng::new(0)).unwrap();
     let mut tape = Tape::new();
-    for dims in [&[4, 5][..], &[2, 2, 2], &[3], &[1, 1, 1, 3]] {
+    for dims in [&[4, 5][..], &[2, 2, 2], &[4], &[1, 1, 1, 2]] {
         let x = tape.constant(Tensor::zeros(dims).unwrap());
         let e = fc.forward(&mut tape, &ps, x).unwrap_err();
         assert!(matches!(e, Error::Invalid { .. }), "{e}");
-        assert!(e.to_string().contains("Linear::forward"), "{e}");
+        let text = e.to_string();
+        assert!(text.contains("Linear::forward"), "{e}");
+        assert!(text.contains("features but the layer expects 3"), "{e}");
         assert!(fc.apply(&ps, &Tensor::zeros(dims).unwrap()).is_err());
     }
+    let x = tape.constant(Tensor::zeros(&[]).unwrap());
+    let e = fc.forward(&mut tape, &ps, x).unwrap_err();
+    assert!(e.to_string().contains("a scalar"), "{e}");
     // A weight replaced by one of the wrong shape is caught, not a panic.
     let mut bad = ps.clone();
     *bad.get_mut(fc.weight()) = Tensor::zeros(&[2, 4]).unwrap();
