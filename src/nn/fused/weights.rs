@@ -72,16 +72,32 @@ impl SingleRow {
         }
     }
 
-    /// The choice on this thread: [`SingleRow::forced`]'s, else [`SingleRow::choose`]'s for
-    /// this thread's tiles ([`Tiles::current`]) and this CPU's L2.
+    /// The choice on this thread: [`SingleRow::forced`]'s, else the one the environment
+    /// variable `RECUR_SINGLE_ROW` names (`packed` or `stored`, read once; for measuring one
+    /// against the other), else [`SingleRow::choose`]'s for this thread's tiles
+    /// ([`Tiles::current`]) and this CPU's L2.
     pub fn current(bytes: usize) -> SingleRow {
+        static FROM_ENV: std::sync::OnceLock<Option<SingleRow>> = std::sync::OnceLock::new();
         FORCED_SINGLE_ROW.with(|f| f.get()).unwrap_or_else(|| {
-            SingleRow::choose(
-                bytes,
-                Tiles::current(),
-                crate::cpu::CpuInfo::get().caches.l2,
-            )
+            FROM_ENV
+                .get_or_init(|| SingleRow::named(std::env::var("RECUR_SINGLE_ROW").ok()))
+                .unwrap_or_else(|| {
+                    SingleRow::choose(
+                        bytes,
+                        Tiles::current(),
+                        crate::cpu::CpuInfo::get().caches.l2,
+                    )
+                })
         })
+    }
+
+    /// The choice `RECUR_SINGLE_ROW` names: `packed` or `stored`; anything else names none.
+    fn named(value: Option<String>) -> Option<SingleRow> {
+        match value.as_deref() {
+            Some("packed") => Some(SingleRow::Packed),
+            Some("stored") => Some(SingleRow::Stored),
+            _ => None,
+        }
     }
 
     /// Runs `f` with every batch of one row that starts on this thread reading `W_hh` the
@@ -312,6 +328,16 @@ mod tests {
         // An L2 the system does not report is taken as 1 MiB.
         assert_eq!(wide(mib, None), SingleRow::Packed);
         assert_eq!(wide(2 * mib, None), SingleRow::Stored);
+    }
+
+    #[test]
+    fn the_environment_names_a_choice_or_none() {
+        let named = |v: Option<&str>| SingleRow::named(v.map(str::to_string));
+        assert_eq!(named(Some("packed")), Some(SingleRow::Packed));
+        assert_eq!(named(Some("stored")), Some(SingleRow::Stored));
+        for other in [None, Some(""), Some("Stored"), Some("wide")] {
+            assert_eq!(named(other), None, "{other:?}");
+        }
     }
 
     #[test]
