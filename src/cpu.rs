@@ -82,6 +82,12 @@ impl Caches {
     /// `/sys/devices/system/cpu/cpu0/cache`: `index0`, `index1`, ... each with the files
     /// `level`, `type` (`Data`, `Instruction` or `Unified`) and `size` (`32K`, `2048K`, ...).
     /// `None` where the directory is missing or names no data cache.
+    ///
+    /// ```
+    /// use recur::cpu::Caches;
+    /// let here = Caches::from_sysfs(std::path::Path::new("/sys/devices/system/cpu/cpu0/cache"));
+    /// println!("L2 per core: {:?} bytes", here.and_then(|c| c.l2));
+    /// ```
     pub fn from_sysfs(dir: &Path) -> Option<Caches> {
         let mut caches = Caches::default();
         let mut found = false;
@@ -135,6 +141,14 @@ impl Caches {
 
     /// Decodes CPUID cache-parameter subleaves, `[eax, ebx, ecx]` each, up to the first that
     /// reports no cache. `None` when none reports a data cache.
+    ///
+    /// ```
+    /// use recur::cpu::Caches;
+    /// // A unified level-2 cache of 8 ways x 1024 sets x 64-byte lines, then the end.
+    /// let c = Caches::from_cache_leaves([[0x143, (7 << 22) | 63, 1023], [0, 0, 0]]).unwrap();
+    /// assert_eq!(c.l2, Some(512 << 10));
+    /// assert_eq!(c.l1d, None);
+    /// ```
     pub fn from_cache_leaves(leaves: impl IntoIterator<Item = [u32; 3]>) -> Option<Caches> {
         let mut caches = Caches::default();
         let mut found = false;
@@ -285,6 +299,12 @@ fn identity() -> (String, String, u32, u32) {
 
 /// The display family and model from CPUID leaf 1's `eax`, as Intel's and AMD's manuals
 /// define them.
+///
+/// ```
+/// use recur::cpu::display_family_model;
+/// assert_eq!(display_family_model(0x00a0_0f11), (25, 1)); // AMD Zen 3
+/// assert_eq!(display_family_model(0x000c_06f2), (6, 207)); // Intel Xeon, family 6 model 207
+/// ```
 pub fn display_family_model(eax: u32) -> (u32, u32) {
     let base_family = (eax >> 8) & 0xf;
     let base_model = (eax >> 4) & 0xf;
