@@ -130,10 +130,15 @@ def recur_cpu(binary):
     return lines[0][len("cpu: "):] if lines else "unknown"
 
 
-def fma_peak(binary):
-    """One core's peak rate of f32 fused multiply-adds, through `recur bench --fma-peak` (the
-    best of 200 short trials): the ceiling of every rate below, measured in the same run."""
-    return float(recur_run(binary, ["--fma-peak", "--steps", "200"])["fma_peak_gflops"])
+def peaks(binary):
+    """One core's peak rates through `recur bench --fma-peak` (the best of 200 short trials),
+    the ceiling of every rate below, measured in the same run: a line for f32's fused
+    multiply-adds, and for the bf16 products of `vdpbf16ps` where the CPU has AVX512_BF16."""
+    v = recur_run(binary, ["--fma-peak", "--steps", "200"])
+    line = f"f32 {float(v['fma_peak_gflops']):.1f} GFLOP/s"
+    if "bf16_peak_gflops" in v:
+        line += f", bf16 (vdpbf16ps) {float(v['bf16_peak_gflops']):.1f} GFLOP/s"
+    return line
 
 
 def sgemm_gflops(binary):
@@ -209,8 +214,7 @@ def main():
     if torch is not None:
         print(f"# PyTorch {torch.__version__}", flush=True)
     print(f"# CPU: {recur_cpu(a.recur)}", flush=True)
-    print(f"# one core's FMA peak (f32) before the runs: {fma_peak(a.recur):.1f} GFLOP/s",
-          flush=True)
+    print(f"# one core's peak before the runs: {peaks(a.recur)}", flush=True)
 
     bf16 = a.precision == "bf16"
     if a.shapes and bf16:
@@ -283,8 +287,7 @@ def main():
 
     if not a.no_latency:
         latency(a, torch)
-    print(f"\n# one core's FMA peak (f32) after the runs: {fma_peak(a.recur):.1f} GFLOP/s",
-          flush=True)
+    print(f"\n# one core's peak after the runs: {peaks(a.recur)}", flush=True)
 
 
 def latency(a, torch):

@@ -264,6 +264,34 @@ pub fn fma_peak_gflops(trials: usize) -> f64 {
     best
 }
 
+/// One core's peak rate of bf16 products in GFLOP/s (two per product, as for f32's multiply-add):
+/// the best of `trials` timings of independent chains of AVX512_BF16's `vdpbf16ps`, or why
+/// this CPU cannot run them. Against [`fma_peak_gflops`] it bounds what bf16 training can
+/// gain over f32 on this CPU: the instruction does twice the products of an f32 fused
+/// multiply-add, but not at the same rate on every CPU (on an Intel Xeon, family 6 model 207,
+/// it measured half the rate, so no faster than f32).
+///
+/// ```
+/// match recur::cpu::bf16_peak_gflops(3) {
+///     Ok(peak) => assert!(peak > 0.0),
+///     Err(why) => assert!(why.to_string().contains("AVX512_BF16"), "{why}"),
+/// }
+/// ```
+pub fn bf16_peak_gflops(trials: usize) -> Result<f64, crate::kernels::bf16::Bf16Unavailable> {
+    use crate::kernels::bf16::Bf16Kernel;
+    use crate::kernels::bf16::peak::{dot_chains, dot_chains_flops};
+    const ROUNDS: usize = 50_000;
+    let kernel = Bf16Kernel::detect()?;
+    let mut best = 0.0f64;
+    for _ in 0..trials.max(1) {
+        let t = std::time::Instant::now();
+        std::hint::black_box(dot_chains(kernel, std::hint::black_box(ROUNDS))?);
+        let secs = t.elapsed().as_secs_f64().max(1e-9);
+        best = best.max(dot_chains_flops(ROUNDS) as f64 / secs / 1e9);
+    }
+    Ok(best)
+}
+
 /// Vendor, brand, display family and model from CPUID.
 #[cfg(target_arch = "x86_64")]
 fn identity() -> (String, String, u32, u32) {

@@ -180,8 +180,18 @@ fn the_cpu_and_the_reference_rates() {
     if cfg!(target_arch = "x86_64") {
         assert!(cpu.contains("family") && cpu.contains("L2"), "{cpu}");
     }
-    let v = last_line_values(&stdout, &["fma_peak_gflops"]);
-    assert!(v[0] > 0.0, "{stdout}");
+    // The bf16 peak beside the f32 one where the CPU has AVX512_BF16, else a line saying why not.
+    if ::recur::cpu::CpuInfo::get().features.avx512_bf16 {
+        let v = last_line_values(&stdout, &["fma_peak_gflops", "bf16_peak_gflops"]);
+        assert!(v[0] > 0.0 && v[1] > 0.0, "{stdout}");
+    } else {
+        let v = last_line_values(&stdout, &["fma_peak_gflops"]);
+        assert!(v[0] > 0.0, "{stdout}");
+        assert!(
+            stdout.contains("bf16 peak: not measured") && stdout.contains("AVX512_BF16"),
+            "{stdout}"
+        );
+    }
     let (ok, stdout, stderr) = bench(&["--sgemm-rate", "64", "--steps", "5"]);
     assert!(ok, "{stderr}");
     assert!(stdout.starts_with("cpu: "), "{stdout}");

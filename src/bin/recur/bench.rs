@@ -59,7 +59,9 @@ pub struct BenchArgs {
     #[arg(long = "sgemm-rate", value_name = "N")]
     sgemm_rate: Option<usize>,
     /// Time one core's peak rate of f32 fused multiply-adds instead (independent chains, the
-    /// best of --steps trials; prints fma_peak_gflops): the ceiling every rate is quoted against
+    /// best of --steps trials; prints fma_peak_gflops): the ceiling every rate is quoted against.
+    /// Where the CPU has AVX512_BF16, also the peak of its bf16 products (chains of
+    /// `vdpbf16ps`; prints bf16_peak_gflops): the ceiling of --precision bf16
     #[arg(long = "fma-peak", conflicts_with_all = ["sgemm_rate", "e2e", "step_latency"])]
     fma_peak: bool,
     /// Refuse to start if the estimated peak memory exceeds this (e.g. 800M, 4G; default: the
@@ -111,10 +113,14 @@ pub fn run(args: &BenchArgs) -> CmdResult {
     }
     if args.fma_peak {
         print_cpu();
-        println!(
-            "fma_peak_gflops={:.2}",
-            recur::cpu::fma_peak_gflops(args.steps.max(5))
-        );
+        let fma = recur::cpu::fma_peak_gflops(args.steps.max(5));
+        match recur::cpu::bf16_peak_gflops(args.steps.max(5)) {
+            Ok(bf16) => println!("fma_peak_gflops={fma:.2} bf16_peak_gflops={bf16:.2}"),
+            Err(why) => {
+                println!("bf16 peak: not measured ({why})");
+                println!("fma_peak_gflops={fma:.2}");
+            }
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let kind = match args.cell.as_str() {

@@ -6,6 +6,7 @@
 //!   reads; a weight's [`PackedBf16B`] can be packed once and reused.
 //! - `tile`: the register tile with `vdpbf16ps`, and the scalar model of that instruction.
 //! - `loops`: the cache blocks around the tile.
+//! - [`peak`]: chains of `vdpbf16ps` alone, the CPU's own limit for every bf16 product.
 //!
 //! The training step's products are all one of three shapes, each an `A` and a `B` packing:
 //!
@@ -49,6 +50,7 @@
 mod convert;
 mod loops;
 mod packing;
+pub mod peak;
 #[cfg(test)]
 mod tests;
 mod tile;
