@@ -29,8 +29,8 @@ pub(super) enum RecurrentWeight<T> {
 /// tile, or as stored, in one aligned copy, by the matrix-vector kernels of
 /// `kernels::gemv`.
 ///
-/// [`SingleRow::choose`] picks from the register tiles the build uses and the CPU's L2
-/// ([`crate::cpu::CpuInfo`]); [`SingleRow::forced`] sets the choice on a thread, so that tests
+/// [`SingleRow::choose`] picks from the register tiles the build uses and the CPU's vendor and
+/// L2 ([`crate::cpu::CpuInfo`]); [`SingleRow::forced`] sets the choice on a thread, so that tests
 /// run both paths on any machine. Both read the same weights in the same order of
 /// multiply-adds per output, so the choice changes the speed, not the values beyond rounding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,22 +52,39 @@ thread_local! {
 }
 
 impl SingleRow {
-    /// The choice for a `W_hh` of `bytes` bytes, given the build's register tiles and the L2
-    /// size per core (`None`: not known).
+    /// The choice for a `W_hh` of `bytes` bytes, given the build's register tiles, the CPU's
+    /// vendor (CPUID's string, as [`CpuInfo::vendor`](crate::cpu::CpuInfo::vendor)) and its L2
+    /// size per core (`None`: not known). Measured in training steps at `B = 1`, `T = 100`,
+    /// `I = 128`, alternating runs:
     ///
     /// - [`Tiles::Narrow`] (AVX2): packed at every size. On AMD Zen 3 (512 KiB L2), one
-    ///   thread, `B = 1`, `T = 100`, `I = 128`, alternating runs: a packed `W_hh` of 768 KiB
-    ///   (GRU, `H = 256`) and 1 MiB (LSTM) took 0.92x and 0.89x the time of the stored one,
-    ///   3 MiB (GRU, `H = 512`) 0.86-0.98x and 4 MiB (LSTM) 0.73-0.84x; at two threads 0.74-0.97x
-    ///   for three of the four. The matrix-vector kernels' AVX2 tiles (two rows, six vectors)
-    ///   read more values per multiply-add than the packed tile, from L2 as from L3.
-    /// - [`Tiles::Wide`] (AVX-512): packed while `W_hh` fits in L2, where the packed tile read
-    ///   it 1.1-1.9x faster than the stored kernels (AMD Zen 5, 1 MiB L2); larger, it streams
-    ///   from L3 at every step either way, and packing it twice a sequence only costs.
-    pub fn choose(bytes: usize, tiles: Tiles, l2: Option<usize>) -> SingleRow {
+    ///   thread: a packed `W_hh` of 768 KiB (GRU, `H = 256`) and 1 MiB (LSTM) took 0.92x and
+    ///   0.89x the time of the stored one, 3 MiB (GRU, `H = 512`) 0.86-0.98x and 4 MiB (LSTM)
+    ///   0.73-0.84x; at two threads 0.74-0.97x for three of the four. The matrix-vector
+    ///   kernels' AVX2 tiles (two rows, six vectors) read more values per multiply-add than
+    ///   the packed tile, from L2 as from L3.
+    /// - [`Tiles::Wide`] (AVX-512) on an Intel CPU: as stored up to half the L2, packed above.
+    ///   On an Intel Xeon (family 6 model 207, 2 MiB L2), medians of three rounds, stored /
+    ///   packed time at one / two threads: 0.56-1 MiB (LSTM `H` = 192, 256; GRU 256; RNN 512)
+    ///   0.94-0.99 / 0.90-0.95; 1.17 MiB (GRU 320) 0.96 / 1.01; 1.56-2.3 MiB (LSTM 320, 384;
+    ///   GRU 384, 448; RNN 768) 1.04-1.39 / 1.06-1.09; 3-4 MiB (LSTM 448, 512; GRU 512)
+    ///   1.19-1.28 / 1.08-1.55. (Past 1 MiB the packed product prefetches the next panel in
+    ///   software; the matrix-vector kernels leave it to the hardware's prefetchers.)
+    /// - [`Tiles::Wide`] on other CPUs: packed while `W_hh` fits in L2, where the packed tile
+    ///   read it 1.1-1.9x faster than the stored kernels (AMD Zen 5, 1 MiB L2); larger, it
+    ///   streams from L3 at every step either way, and packing it twice a sequence only costs.
+    pub fn choose(bytes: usize, tiles: Tiles, vendor: &str, l2: Option<usize>) -> SingleRow {
+        let l2 = l2.unwrap_or(ASSUMED_L2);
         match tiles {
             Tiles::Narrow => SingleRow::Packed,
-            Tiles::Wide if bytes > l2.unwrap_or(ASSUMED_L2) => SingleRow::Stored,
+            Tiles::Wide if vendor == "GenuineIntel" => {
+                if bytes <= l2 / 2 {
+                    SingleRow::Stored
+                } else {
+                    SingleRow::Packed
+                }
+            }
+            Tiles::Wide if bytes > l2 => SingleRow::Stored,
             Tiles::Wide => SingleRow::Packed,
         }
     }
@@ -82,11 +99,8 @@ impl SingleRow {
             FROM_ENV
                 .get_or_init(|| SingleRow::named(std::env::var("RECUR_SINGLE_ROW").ok()))
                 .unwrap_or_else(|| {
-                    SingleRow::choose(
-                        bytes,
-                        Tiles::current(),
-                        crate::cpu::CpuInfo::get().caches.l2,
-                    )
+                    let cpu = crate::cpu::CpuInfo::get();
+                    SingleRow::choose(bytes, Tiles::current(), &cpu.vendor, cpu.caches.l2)
                 })
         })
     }
@@ -309,25 +323,37 @@ mod tests {
     #[test]
     fn a_single_row_reads_w_hh_as_the_cpu_suits() {
         let mib = 1 << 20;
-        // AVX2 tiles: packed at any size.
+        // AVX2 tiles: packed at any size, on any CPU.
         for bytes in [64 << 10, mib, 4 * mib, 64 * mib] {
             for l2 in [None, Some(512 << 10), Some(2 * mib)] {
-                assert_eq!(
-                    SingleRow::choose(bytes, Tiles::Narrow, l2),
-                    SingleRow::Packed
-                );
+                for vendor in ["AuthenticAMD", "GenuineIntel", ""] {
+                    assert_eq!(
+                        SingleRow::choose(bytes, Tiles::Narrow, vendor, l2),
+                        SingleRow::Packed
+                    );
+                }
             }
         }
-        // AVX-512 tiles: packed while W_hh fits in L2, as stored past it.
-        let wide = |bytes, l2| SingleRow::choose(bytes, Tiles::Wide, l2);
-        assert_eq!(wide(mib, Some(mib)), SingleRow::Packed);
-        assert_eq!(wide(mib + 64, Some(mib)), SingleRow::Stored);
-        assert_eq!(wide(3 * mib / 2, Some(2 * mib)), SingleRow::Packed);
-        assert_eq!(wide(3 * mib, Some(2 * mib)), SingleRow::Stored);
-        assert_eq!(wide(768 << 10, Some(512 << 10)), SingleRow::Stored);
-        // An L2 the system does not report is taken as 1 MiB.
-        assert_eq!(wide(mib, None), SingleRow::Packed);
-        assert_eq!(wide(2 * mib, None), SingleRow::Stored);
+        // AVX-512 tiles on an Intel CPU: as stored up to half the L2, packed above.
+        let intel = |bytes, l2| SingleRow::choose(bytes, Tiles::Wide, "GenuineIntel", l2);
+        assert_eq!(intel(mib, Some(2 * mib)), SingleRow::Stored);
+        assert_eq!(intel(mib + 64, Some(2 * mib)), SingleRow::Packed);
+        assert_eq!(intel(4 * mib, Some(2 * mib)), SingleRow::Packed);
+        assert_eq!(intel(64 << 10, Some(2 * mib)), SingleRow::Stored);
+        assert_eq!(intel(mib / 2, None), SingleRow::Stored);
+        assert_eq!(intel(mib, None), SingleRow::Packed);
+        // Elsewhere: packed while W_hh fits in L2, as stored past it.
+        for vendor in ["AuthenticAMD", ""] {
+            let wide = |bytes, l2| SingleRow::choose(bytes, Tiles::Wide, vendor, l2);
+            assert_eq!(wide(mib, Some(mib)), SingleRow::Packed);
+            assert_eq!(wide(mib + 64, Some(mib)), SingleRow::Stored);
+            assert_eq!(wide(3 * mib / 2, Some(2 * mib)), SingleRow::Packed);
+            assert_eq!(wide(3 * mib, Some(2 * mib)), SingleRow::Stored);
+            assert_eq!(wide(768 << 10, Some(512 << 10)), SingleRow::Stored);
+            // An L2 the system does not report is taken as 1 MiB.
+            assert_eq!(wide(mib, None), SingleRow::Packed);
+            assert_eq!(wide(2 * mib, None), SingleRow::Stored);
+        }
     }
 
     #[test]
