@@ -292,6 +292,22 @@ pub fn bf16_peak_gflops(trials: usize) -> Result<f64, crate::kernels::bf16::Bf16
     Ok(best)
 }
 
+/// This CPU's peak rate of bf16 products against its peak rate of f32 fused multiply-adds
+/// ([`bf16_peak_gflops`] over [`fma_peak_gflops`], the best of `trials` each), or why it
+/// cannot run bf16 products. Below 1, training with [`Precision::Bf16`](crate::Precision)
+/// is slower on this CPU than in f32 whatever the kernels do (0.50 on an Intel Xeon, family
+/// 6 model 207); the command line says so when asked for bf16 there.
+///
+/// ```
+/// if let Ok(ratio) = recur::cpu::bf16_against_f32(3) {
+///     assert!(ratio > 0.0);
+/// }
+/// ```
+pub fn bf16_against_f32(trials: usize) -> Result<f64, crate::kernels::bf16::Bf16Unavailable> {
+    let bf16 = bf16_peak_gflops(trials)?;
+    Ok(bf16 / fma_peak_gflops(trials))
+}
+
 /// Vendor, brand, display family and model from CPUID.
 #[cfg(target_arch = "x86_64")]
 fn identity() -> (String, String, u32, u32) {

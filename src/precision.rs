@@ -26,8 +26,13 @@ use crate::{Error, Float, Result};
 /// not for finite-difference gradient checks.
 ///
 /// bf16 runs on CPUs with AVX512_BF16 (`vdpbf16ps`, two bf16 products per f32 lane and
-/// instruction); elsewhere [`Tape::set_precision`](crate::Tape::set_precision) returns an
-/// error that says so, unless the environment variable `RECUR_BF16_KERNEL` is `portable`:
+/// instruction). Whether that is faster than f32 depends on the instruction's rate on the CPU,
+/// which [`cpu::bf16_against_f32`](crate::cpu::bf16_against_f32) measures: on an Intel Xeon
+/// (family 6 model 207) it runs at half the rate of f32's fused multiply-adds, and a bf16
+/// training step of the medium and large benchmark shapes took 1.7 to 2 times as long as in
+/// f32 (BENCHMARKS.md); the command line says so where it is asked for bf16 on such a CPU.
+/// On CPUs without AVX512_BF16, [`Tape::set_precision`](crate::Tape::set_precision) returns
+/// an error that says so, unless the environment variable `RECUR_BF16_KERNEL` is `portable`:
 /// then the products run on the portable kernel, an emulation of the same instruction with
 /// AVX2 and FMA where the CPU has them (a scalar model of it elsewhere), which gives the same
 /// values bit for bit. It is slower than f32: on an AMD EPYC (Zen 3: AVX2, no AVX-512), a

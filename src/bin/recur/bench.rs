@@ -199,6 +199,7 @@ pub fn run(args: &BenchArgs) -> CmdResult {
         args.precision.supported::<f32>()
     };
     supported.map_err(|e| format!("bench: {e}"))?;
+    crate::note_bf16_rate(args.precision);
     if args.layer_norm && args.step_latency {
         return Err(
             "bench: --layer-norm is not supported with --step-latency (the tape-free \

@@ -75,7 +75,25 @@ pub fn run_precision(
         _ => flag,
     };
     precision.supported::<f32>().map_err(|e| e.to_string())?;
+    note_bf16_rate(precision);
     Ok(precision)
+}
+
+/// With `precision` bf16 on a CPU whose bf16 products peak below its f32 ones, a line on
+/// stderr that says so: the run goes on, slower than it would in f32.
+pub fn note_bf16_rate(precision: recur::Precision) {
+    if precision != recur::Precision::Bf16 {
+        return;
+    }
+    if let Ok(ratio) = recur::cpu::bf16_against_f32(20)
+        && ratio < 0.9
+    {
+        eprintln!(
+            "note: this CPU's bf16 products (vdpbf16ps) peak at {ratio:.2}x the rate of its f32 \
+             multiply-adds, so --precision bf16 trains slower here than f32 (`recur bench \
+             --fma-peak` prints both peaks)"
+        );
+    }
 }
 
 /// Sets `--threads` (once, before any parallel work), the main thread being one of them.

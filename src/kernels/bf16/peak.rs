@@ -1,7 +1,8 @@
 //! The core's own limit in bf16: independent chains of `vdpbf16ps`, as
-//! [`kernels::peak`](crate::kernels::peak) times fused multiply-adds in f32. A bf16 product
-//! cannot beat their rate, and the instruction's rate against f32's decides whether bf16 can
-//! be faster at all on a CPU: on an Intel Xeon (family 6 model 207) it measured half of it.
+//! [`cpu::fma_peak_gflops`](crate::cpu::fma_peak_gflops) times fused multiply-adds in f32.
+//! No bf16 product can beat their rate, and the instruction's rate against f32's decides
+//! whether bf16 can be faster at all on a CPU: on an Intel Xeon (family 6 model 207) it
+//! measured half of it.
 
 use super::{Bf16Kernel, Bf16Unavailable};
 
