@@ -301,7 +301,10 @@ impl<T: Float> CharLm<T> {
     /// given; temperature 0 picks the most likely. Runs without a tape: one
     /// [`InferenceStep`] per layer over weights packed once (an LSTM with a projection, or
     /// layer-normalized layers, which the tape-free step lacks, step their layers in evaluation
-    /// mode on a tape instead).
+    /// mode on a tape instead). Where the thread pool has two threads or more, layers of
+    /// 256 KiB of weights or more step in two shares of their units on two threads
+    /// ([`InferenceStep::with_threads_all`]), each core reading half of the weights: the same
+    /// text, and a second thread busy while it runs.
     pub fn generate(
         &self,
         store: &ParamStore<T>,
@@ -376,17 +379,22 @@ impl<T: Float> CharLm<T> {
             }
             None => vec![T::ZERO; v],
         };
-        let advance = |token: usize| -> Result<Tensor<T>> {
-            let mut x = self.embed.lookup(store, &[token], &[1])?.into_vec();
-            for (l, s) in steps.iter_mut().enumerate() {
-                s.step_packed(&x, &mut hs[l], &mut cs[l])?;
-                x.clone_from(&hs[l]);
-            }
-            let mut logits = bias.clone();
-            gemv_rows_acc(&head, &x, &mut logits, 0..v, Sweep::Ascending);
-            Tensor::from_vec(logits, &[1, v])
-        };
-        self.sample_text(&prime, length, temperature, top_k, rng, advance)
+        // Layers whose weights are large enough step in two shares of their units on two
+        // threads where the pool has them (`InferenceStep::with_threads_all`): each core then
+        // reads half of the weights, which may fit in its L2 where the whole does not.
+        InferenceStep::with_threads_all(&mut steps, |steps| {
+            let advance = |token: usize| -> Result<Tensor<T>> {
+                let mut x = self.embed.lookup(store, &[token], &[1])?.into_vec();
+                for (l, s) in steps.iter_mut().enumerate() {
+                    s.step_packed(&x, &mut hs[l], &mut cs[l])?;
+                    x.clone_from(&hs[l]);
+                }
+                let mut logits = bias.clone();
+                gemv_rows_acc(&head, &x, &mut logits, 0..v, Sweep::Ascending);
+                Tensor::from_vec(logits, &[1, v])
+            };
+            self.sample_text(&prime, length, temperature, top_k, rng, advance)
+        })
     }
 
     /// Feeds the ids of `prime` (not empty) to `advance`, which steps the model by one

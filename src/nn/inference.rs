@@ -359,6 +359,54 @@ impl<T: Float> InferenceStep<T> {
         r
     }
 
+    /// [`InferenceStep::with_threads`] for several steps at once, as a stack of layers steps:
+    /// one helper thread takes one share of each packed step of any of `steps` that has two
+    /// (each keeps its own choice of splitting or not), for as long as `f` runs. The values are
+    /// the same as on one thread, bit for bit.
+    ///
+    /// ```
+    /// use recur::nn::{CellKind, InferenceStep};
+    /// let (i, h) = (64, 256);
+    /// let (w_ih, w_hh) = (vec![0.01f32; 4 * h * i], vec![0.01f32; 4 * h * h]);
+    /// let (w_ih2, w_hh2) = (vec![0.01f32; 4 * h * h], vec![0.01f32; 4 * h * h]);
+    /// let mut steps = vec![InferenceStep::new(CellKind::Lstm, i, h, 1)?];
+    /// steps.push(InferenceStep::new(CellKind::Lstm, h, h, 1)?);
+    /// steps[0].pack_weights(&w_ih, &w_hh, None)?;
+    /// steps[1].pack_weights(&w_ih2, &w_hh2, None)?;
+    /// let mut hs = vec![vec![0.0f32; h]; 2];
+    /// let mut cs = vec![vec![0.0f32; h]; 2];
+    /// InferenceStep::with_threads_all(&mut steps, |steps| {
+    ///     let mut x = vec![1.0f32; i];
+    ///     for (l, step) in steps.iter_mut().enumerate() {
+    ///         step.step_packed(&x, &mut hs[l], &mut cs[l])?;
+    ///         x.clone_from(&hs[l]);
+    ///     }
+    ///     Ok::<(), recur::Error>(())
+    /// })?;
+    /// assert!(hs[1].iter().all(|&v| v > 0.0 && v < 1.0));
+    /// # Ok::<(), recur::Error>(())
+    /// ```
+    pub fn with_threads_all<R: Send>(
+        steps: &mut [Self],
+        f: impl FnOnce(&mut [Self]) -> R + Send,
+    ) -> R {
+        let two_shares = |s: &Self| s.packed.as_ref().is_some_and(|p| p.shares.len() == 2);
+        let any = steps.iter().any(two_shares);
+        if !any || !crate::threads::parallel() || steps.iter().any(|s| s.helper.is_some()) {
+            return f(steps);
+        }
+        let helper = Arc::new(Helper::new());
+        for s in steps.iter_mut().filter(|s| two_shares(s)) {
+            s.helper = Some(Arc::clone(&helper));
+            s.tuner = SplitTuner::new();
+        }
+        let r = serve_during(&helper, || f(&mut *steps));
+        for s in steps.iter_mut() {
+            s.helper = None;
+        }
+        r
+    }
+
     fn check_weights(
         &self,
         op: &'static str,

@@ -671,6 +671,38 @@ fn char_lm_generates_without_a_tape_what_the_tape_predicts() {
     }
 }
 
+/// A model whose layers are large enough to step in two shares of their units generates the
+/// same text on one thread and on two (`InferenceStep::with_threads_all`), for each cell.
+#[test]
+fn char_lm_generates_the_same_text_on_one_thread_or_two() {
+    let chars = " .abcdefghijklmnopqrstuvwxyz";
+    for cell in ["lstm", "gru", "rnn"] {
+        // RNN layers of 512 units hold 1.1 MiB; the others 256 units: over 256 KiB each.
+        let hidden = if cell == "rnn" { 512 } else { 256 };
+        let mut ps = ParamStore::<f32>::new();
+        let model = CharLm::new(
+            &mut ps,
+            CharLmConfig::new(cell, hidden, 2, 16, chars),
+            &mut Rng::new(4),
+        )
+        .unwrap();
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                model
+                    .generate(&ps, "the ", 200, 1.0, None, &mut Rng::new(7))
+                    .unwrap()
+            })
+        };
+        let one = on(1);
+        assert_eq!(one.chars().count(), 200);
+        assert_eq!(on(2), one, "{cell}");
+    }
+}
+
 #[test]
 fn regressor_resume_is_bit_identical() {
     let dir = temp_dir("library-reg-resume");
