@@ -346,23 +346,13 @@ impl<T: Float> InferenceStep<T> {
     /// # Ok::<(), recur::Error>(())
     /// ```
     pub fn with_threads<R: Send>(&mut self, f: impl FnOnce(&mut Self) -> R + Send) -> R {
-        let two_shares = self.packed.as_ref().is_some_and(|p| p.shares.len() == 2);
-        if !two_shares || !crate::threads::parallel() || self.helper.is_some() {
-            return f(self);
-        }
-        let helper = Arc::new(Helper::new());
-        self.helper = Some(Arc::clone(&helper));
-        // The cores may not be those of the last time: try both ways again first.
-        self.tuner = SplitTuner::new();
-        let r = serve_during(&helper, || f(self));
-        self.helper = None;
-        r
+        Self::with_threads_all(std::slice::from_mut(self), |steps| f(&mut steps[0]))
     }
 
-    /// [`InferenceStep::with_threads`] for several steps at once, as a stack of layers steps:
-    /// one helper thread takes one share of each packed step of any of `steps` that has two
-    /// (each keeps its own choice of splitting or not), for as long as `f` runs. The values are
-    /// the same as on one thread, bit for bit.
+    /// [`InferenceStep::with_threads`] for several steps at once, as the layers of a stack
+    /// step one after another: one helper thread takes one share of each packed step of any of
+    /// `steps` that has two (each keeps its own choice of splitting or not), for as long as `f`
+    /// runs. The values are the same as on one thread, bit for bit.
     ///
     /// ```
     /// use recur::nn::{CellKind, InferenceStep};
@@ -398,6 +388,7 @@ impl<T: Float> InferenceStep<T> {
         let helper = Arc::new(Helper::new());
         for s in steps.iter_mut().filter(|s| two_shares(s)) {
             s.helper = Some(Arc::clone(&helper));
+            // The cores may not be those of the last time: try both ways again first.
             s.tuner = SplitTuner::new();
         }
         let r = serve_during(&helper, || f(&mut *steps));
