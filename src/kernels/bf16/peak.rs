@@ -4,14 +4,12 @@
 //! whether bf16 can be faster at all on a CPU: on an Intel Xeon (family 6 model 207) it
 //! measured half of it.
 
+use super::tile::LANES;
 use super::{Bf16Kernel, Bf16Unavailable};
 
 /// Chains of 16-lane accumulators: 24 of AVX-512's 32 registers, more than the latency times
 /// the throughput of `vdpbf16ps` on the CPUs measured.
 pub const CHAINS: usize = 24;
-
-/// f32 lanes of one accumulator.
-const LANES: usize = 16;
 
 /// The pair of bf16 values every lane of `a` holds: `0.99609375` twice.
 const A_PAIR: u32 = 0x3F7F_3F7F;
