@@ -211,17 +211,23 @@ fn bf16_on_a_cpu_where_it_is_slower_says_so() {
     assert!(ok && !stderr.contains(note), "{stderr}");
     match ::recur::cpu::bf16_against_f32(20) {
         Ok(ratio) => {
-            let (ok, _, stderr) = bench(&["--precision", "bf16", "--steps", "5", "--seq-len", "4"]);
-            assert!(ok, "{stderr}");
-            if ratio < 0.8 {
-                assert!(
-                    stderr.contains(note) && stderr.contains("--fma-peak"),
-                    "{stderr}"
-                );
-            } else if ratio > 1.0 {
-                assert!(!stderr.contains(note), "ratio {ratio}: {stderr}");
-            } else {
-                println!("bf16 against f32 {ratio:.2}, near the line: the note is not checked");
+            // The training step, and the character model's step (`--e2e`).
+            let e2e = ["--e2e", "--hidden", "16", "--layers", "1", "--batch", "2"];
+            for extra in [&[][..], &e2e[..]] {
+                let mut args = vec!["--precision", "bf16", "--steps", "5", "--seq-len", "4"];
+                args.extend_from_slice(extra);
+                let (ok, _, stderr) = bench(&args);
+                assert!(ok, "{args:?}: {stderr}");
+                if ratio < 0.8 {
+                    assert!(
+                        stderr.contains(note) && stderr.contains("--fma-peak"),
+                        "{args:?}: {stderr}"
+                    );
+                } else if ratio > 1.0 {
+                    assert!(!stderr.contains(note), "ratio {ratio}, {args:?}: {stderr}");
+                } else {
+                    println!("bf16 against f32 {ratio:.2}, near the line: the note is not checked");
+                }
             }
         }
         Err(why) => println!("bf16_on_a_cpu_where_it_is_slower_says_so: skipped: {why}"),

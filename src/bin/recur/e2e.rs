@@ -58,6 +58,7 @@ pub fn run(a: &BenchArgs) -> CmdResult {
         .num_threads(a.threads)
         .build()
         .map_err(|e| format!("bench --e2e: cannot start {} threads: {e}", a.threads))?;
+    crate::note_bf16_rate(a.precision);
     crate::bench::print_cpu();
     let report = pool
         .install(|| measure(a, config, text_len))
