@@ -18,7 +18,7 @@ use recur::internals::bf16::{
 };
 use recur::internals::{
     AlignedBuf, AlignedMatrix, GemmShape, PackedB, Rows, SimdFloat, Sweep, fma_chains,
-    fma_chains_flops, gemm_nt_acc, gemm_packed_acc, gemm_packed_acc_rows, gemv_cols_acc,
+    fma_chains_flops, gemm_nt_acc, gemm_packed_acc, gemm_set_blocked_b, gemv_cols_acc,
     gemv_rows_acc, gru, lstm, rnn,
 };
 use recur::nn::{Activation, CellKind, ForwardOptions, Recurrent, RecurrentConfig};
@@ -409,18 +409,18 @@ fn gemm_bf16(c: &mut Criterion) {
         // dW_ih = dG^T X: `4H x M` by `M x I`, dG read in place as its transpose.
         let mut dw = vec![0.0f32; gh * i];
         g.throughput(Throughput::Elements((2 * gh * m * i) as u64));
+        // In f32, `X` packed a block of k at a time as the training step does.
         let mut xf = PackedB::new();
         g.bench_function(format!("{name}/dw/f32"), |bn| {
             bn.iter(|| {
-                xf.pack(&x, m, *i);
-                let mut blocks = [Rows {
+                let block = Rows {
                     m: gh,
                     a: &dg,
                     storage: AStorage::ColMajor { ld: gh },
                     c: &mut dw,
                     bias: None,
-                }];
-                gemm_packed_acc_rows(&mut blocks, &xf);
+                };
+                gemm_set_blocked_b(block, &[&x[..m * *i]], *i, &mut xf);
                 black_box(&dw);
             })
         });

@@ -79,7 +79,7 @@ pub mod internals {
     pub use crate::kernels::bf16;
     pub use crate::kernels::gemm::{GemmShape, dgemm, sgemm};
     pub use crate::kernels::gemm_nn::{
-        AStorage, PackedB, Rows, Tiles, gemm_packed_acc, gemm_packed_acc_rows,
+        AStorage, PackedB, Rows, Tiles, gemm_packed_acc, gemm_packed_acc_rows, gemm_set_blocked_b,
     };
     pub use crate::kernels::gemm_nt::gemm_nt_acc;
     pub use crate::kernels::gemv::{AlignedMatrix, gemv_cols_acc, gemv_rows_acc};

@@ -378,6 +378,79 @@ fn setting_c_equals_adding_onto_zeros() {
 }
 
 #[test]
+fn a_b_packed_block_by_block_gives_the_whole_packing_s_values() {
+    each_shape(|| {
+        // `B` in parts of 37 and the rest rows (a part boundary inside the first block of k),
+        // over k from none to past two blocks of KB, `A` stored by columns `m + 3` apart, with
+        // and without a bias: bit for bit the values of packing `B` whole. `C` starts as NaN,
+        // which any value read from it would carry. Under Miri small.
+        let cases: &[(usize, usize, usize)] = if cfg!(miri) {
+            &[(6, 20, 9), (3, 20, 0)]
+        } else {
+            &[
+                (12, 70, 0),
+                (12, 70, 1),
+                (23, 150, 37),
+                (7, 70, 128),
+                (31, 130, 300),
+            ]
+        };
+        for &(m, n, k) in cases {
+            let (a, b, bias): (Vec<f32>, Vec<f32>, Vec<f32>) = (
+                values(1, k * (m + 3), 1.0),
+                values(2, k * n, 1.0),
+                values(3, n, 1.0),
+            );
+            let split = 37.min(k) * n;
+            let parts = [&b[..split], &b[split..]];
+            for with_bias in [false, true] {
+                let bias = with_bias.then_some(&bias[..]);
+                let rows = |c| Rows {
+                    m,
+                    a: &a,
+                    storage: AStorage::ColMajor { ld: m + 3 },
+                    c,
+                    bias,
+                };
+                let mut whole = PackedB::new();
+                whole.pack_stacked(&parts, n);
+                let mut want = vec![f32::NAN; m * n];
+                gemm_packed_set_rows(&mut [rows(&mut want)], &whole);
+                let len = blocked_b_len::<f32>(k, n);
+                let mut blocked = PackedB::from_buffer(vec![f32::NAN; len]);
+                let mut got = vec![f32::NAN; m * n];
+                gemm_set_blocked_b(rows(&mut got), &parts, n, &mut blocked);
+                assert!(
+                    blocked.values().len() <= len,
+                    "{m}x{n}x{k}: the packing grew"
+                );
+                for (j, (p, q)) in want.iter().zip(&got).enumerate() {
+                    assert_eq!(
+                        p.to_bits(),
+                        q.to_bits(),
+                        "{m}x{n}x{k} bias {with_bias}: value {j}"
+                    );
+                }
+            }
+        }
+    });
+}
+
+#[test]
+#[should_panic(expected = "stored by columns")]
+fn a_b_packed_block_by_block_needs_a_by_columns() {
+    let mut c = vec![0.0f32; 4];
+    let block = Rows {
+        m: 2,
+        a: &[1.0; 4],
+        storage: AStorage::RowMajor,
+        c: &mut c,
+        bias: None,
+    };
+    gemm_set_blocked_b(block, &[&[1.0; 4]], 2, &mut PackedB::new());
+}
+
+#[test]
 fn stacked_parts_pack_as_their_rows_in_turn() {
     // Parts of 3, 0 and 5 rows of a ragged width pack as the one matrix of their 8 rows.
     let n = panel::<f32>() + 5;

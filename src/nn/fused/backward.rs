@@ -10,7 +10,7 @@ use super::weights::{RecurrentWeight, StepWeight, Weights};
 use super::{Config, FusedDirection, Inputs, Reg};
 use crate::Result;
 use crate::kernels::Sweep;
-use crate::kernels::gemm_nn::{AStorage, PackedB, Rows, gemm_packed_set, gemm_packed_set_rows};
+use crate::kernels::gemm_nn::{AStorage, PackedB, Rows, gemm_packed_set, gemm_set_blocked_b};
 use crate::kernels::handoff::with_helper;
 use crate::kernels::{gru, lstm, regularize, rnn};
 use crate::nn::direction::CellKind;
@@ -362,21 +362,21 @@ impl Config {
             }
         };
         // dW = dG^T A, `[G*H, cols]`, with `A` `[rows, cols]` (row blocks stacked in order)
-        // packed in `packed` and `dG` `[rows, G*H]` read in place.
+        // packed into `packed` a cache block of rows at a time, and `dG` `[rows, G*H]` read in
+        // place.
         let weight_grad =
             |dg: &[T], parts: &[&[T]], cols: usize, packed: &mut PackedB<T>, dw: &mut [T]| {
                 if let Some(b) = w.bf16 {
                     return bf16::weight_grad(b.kernel, (dg, gh), parts, cols, dw);
                 }
-                packed.pack_stacked(parts, cols);
-                let mut blocks = [Rows {
+                let block = Rows {
                     m: gh,
                     a: dg,
                     storage: AStorage::ColMajor { ld: gh },
                     c: dw,
                     bias: None,
-                }];
-                gemm_packed_set_rows(&mut blocks, packed);
+                };
+                gemm_set_blocked_b(block, parts, cols, packed);
             };
         let dw_ih_job = || {
             if want.w_ih {

@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use super::Config;
 use super::backward::Wanted;
-use crate::kernels::gemm_nn::PackedB;
+use crate::kernels::gemm_nn::{PackedB, blocked_b_len};
 use crate::nn::direction::CellKind;
 use crate::tape::{Scratch, Workspace};
 use crate::tensor::Float;
@@ -192,18 +192,12 @@ impl<T: Float> BackwardScratch<T> {
             // Whole lent buffers: a packing keeps its buffer's length, so one that served a
             // longer sequence is not zeroed again for a shorter one.
             x_packed: PackedB::from_buffer(
-                ws.lend(size(
-                    want.w_ih && !cfg.bf16,
-                    PackedB::<T>::packed_len(tl * n, i),
-                ))
-                .into_buffer(),
+                ws.lend(size(want.w_ih && !cfg.bf16, blocked_b_len::<T>(tl * n, i)))
+                    .into_buffer(),
             ),
             h_packed: PackedB::from_buffer(
-                ws.lend(size(
-                    want.w_hh && !cfg.bf16,
-                    PackedB::<T>::packed_len(tl * n, h),
-                ))
-                .into_buffer(),
+                ws.lend(size(want.w_hh && !cfg.bf16, blocked_b_len::<T>(tl * n, h)))
+                    .into_buffer(),
             ),
         }
     }
