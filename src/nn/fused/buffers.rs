@@ -24,7 +24,7 @@ pub(super) struct Shard<T> {
     pub(super) h_prev: Scratch<T>,
     /// The shard's outputs `h_t` `[T, n, H]` when it is not the whole batch (a single shard
     /// writes the layer's output in place, which backward reads from the node's outputs).
-    pub(super) ys: Vec<T>,
+    pub(super) ys: Scratch<T>,
     /// LSTM: `c_t` for every time step (for a sequence past its length, the state it keeps), and
     /// the shard's rows of `c0`: `c_{t-1}` is the previous step's entry, or `c0` at the first.
     pub(super) c_new: Scratch<T>,
@@ -49,7 +49,7 @@ impl<T: Float> Shard<T> {
         Shard {
             gates: ws.lend(tl * n * cfg.saved_width()),
             h_prev: ws.lend(if cfg.lengths.is_some() { tl * n * h } else { 0 }),
-            ys: ws.scratch(if own_x { tl * n * h } else { 0 }),
+            ys: ws.lend(if own_x { tl * n * h } else { 0 }),
             c_new: ws.lend(if lstm { tl * n * h } else { 0 }),
             c0: ws.lend(if lstm { n * h } else { 0 }),
             xs: ws.lend(if own_x { tl * n * cfg.in_size } else { 0 }),
@@ -64,8 +64,8 @@ impl<T: Float> Shard<T> {
     }
 
     pub(super) fn give(self, ws: &mut Workspace<'_, T>) {
-        ws.give(self.ys);
         for v in [
+            self.ys,
             self.gates,
             self.h_prev,
             self.c_new,

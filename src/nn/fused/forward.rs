@@ -14,6 +14,7 @@ use crate::kernels::handoff::with_helper;
 use crate::kernels::regularize;
 use crate::kernels::{gru, lstm, rnn};
 use crate::nn::direction::CellKind;
+use crate::tape::Scratch;
 use crate::tensor::Float;
 
 impl Config {
@@ -337,7 +338,7 @@ impl<T: Float> FusedDirection<T> {
         // A single shard writes the layer's output in place: lend it the buffer.
         let single = self.shards.len() == 1;
         if single {
-            std::mem::swap(&mut self.shards[0].ys, y);
+            self.shards[0].ys = Scratch::whole(std::mem::take(y));
         }
         match split {
             // One group whose products two threads share.
@@ -350,7 +351,7 @@ impl<T: Float> FusedDirection<T> {
             }
         }
         if single {
-            std::mem::swap(&mut self.shards[0].ys, y);
+            *y = std::mem::take(&mut self.shards[0].ys).into_buffer();
         } else {
             // Each shard's rows into y, in parallel over time steps.
             let shards = &self.shards;
