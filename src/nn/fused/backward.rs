@@ -346,7 +346,8 @@ impl Config {
         let dg: &[T] = &bs.dg;
         // The three large products are independent: run them side by side (each writes its
         // own buffer, so the result does not depend on how they are scheduled). Each weight
-        // gradient reads dG in place as `dG^T` and packs the shard's inputs to the weight.
+        // gradient reads dG in place as `dG^T` and packs the shard's inputs to the weight a
+        // block of rows at a time.
         let (dx, dw_ih, dw_hh) = (&mut bs.dx, &mut bs.dw_ih, &mut bs.dw_hh);
         let (x_packed, h_packed) = (&mut bs.x_packed, &mut bs.h_packed);
         let xs = sh.x(x);

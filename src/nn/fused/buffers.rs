@@ -161,8 +161,8 @@ pub(super) struct BackwardScratch<T> {
     pub(super) dw_hh: Vec<T>,
     pub(super) db_ih: Vec<T>,
     pub(super) db_hh: Vec<T>,
-    /// The shard's `X` `[T n, I]` and `h_{t-1}` `[T n, H]` packed for the weight gradients
-    /// `dG^T X` and `dG^T H` (empty in bf16).
+    /// Where the weight gradients `dG^T X` and `dG^T H` pack the shard's `X` `[T n, I]` and
+    /// `h_{t-1}` `[T n, H]`, a cache block of rows at a time (empty in bf16).
     pub(super) x_packed: PackedB<T>,
     pub(super) h_packed: PackedB<T>,
 }
