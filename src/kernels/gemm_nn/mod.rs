@@ -182,9 +182,9 @@ pub fn gemm_packed_set<T: SimdFloat>(m: usize, a: &[T], b: &PackedB<T>, c: &mut 
 /// that block: a weight gradient `dG^T X`, whose k runs over every time step and row of a
 /// shard, then reads `X` from memory once, where packing all of it first wrote it out and
 /// read it back again (on an Intel Xeon, family 6 model 207, that pass took 5.6 % of the
-/// medium RNN's training step). `packed` needs only [`blocked_b_len`] values.
+/// medium RNN's training step). `packed` needs only `blocked_b_len` values.
 ///
-/// The values are those of [`gemm_packed_set_rows`] over the whole packing, bit for bit: the
+/// The values are those of `gemm_packed_set_rows` over the whole packing, bit for bit: the
 /// tiles store `C` and load it again between blocks of k either way, and every value is
 /// accumulated in the order `p = 0, 1, ...`.
 ///
