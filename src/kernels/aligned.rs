@@ -34,6 +34,16 @@ impl<T: Copy + Default> AlignedBuf<T> {
         }
     }
 
+    /// All of `buf`'s values where they lie, from its start (aligned or not): a buffer handed
+    /// in whole, to be read and written as it is.
+    pub fn whole(buf: Vec<T>) -> Self {
+        AlignedBuf {
+            off: 0,
+            len: buf.len(),
+            data: buf,
+        }
+    }
+
     /// The memory, for reuse.
     pub fn into_buffer(self) -> Vec<T> {
         self.data

@@ -1,6 +1,6 @@
 //! A free list of buffers, so a cleared tape reuses its memory instead of freeing it.
 
-use crate::kernels::aligned::{ALIGN, slack};
+use crate::kernels::aligned::AlignedBuf;
 
 /// Buffers returned by a cleared tape, handed out again by size.
 ///
@@ -40,8 +40,9 @@ impl<T: Copy + Default> Pool<T> {
 
     /// A [`Scratch`] of `n` stale values over a free buffer that keeps the values it held past
     /// them; only values past every length the buffer has held are zeroed (none, once its
-    /// lengths have settled). The values start on a cache line ([`ALIGN`] bytes): the buffer
-    /// holds [`slack`] values more than `n`, and the view starts at the first aligned one.
+    /// lengths have settled). The values start on a cache line ([`ALIGN`](crate::kernels::aligned::ALIGN) bytes): the buffer
+    /// holds a few values more than `n` ([`AlignedBuf`]), and the view starts at the first
+    /// aligned one.
     ///
     /// It takes the smallest given-back [`Scratch`] buffer that already holds those values,
     /// else the smallest that is large enough (zeroing its tail), else a plain buffer.
@@ -49,24 +50,22 @@ impl<T: Copy + Default> Pool<T> {
         if n == 0 {
             return Scratch::default();
         }
-        let len = n + slack::<T>();
-        let mut buf = match pick(&mut self.kept, len, |b| (b.len() < len, b.capacity())) {
+        let len = AlignedBuf::<T>::buffer_len(n);
+        let buf = match pick(&mut self.kept, len, |b| (b.len() < len, b.capacity())) {
             Some(b) => b,
             None => self.plain(len),
         };
-        if buf.len() < len {
-            buf.resize(len, T::default());
-        }
-        // At most `slack - 1` for any allocation (`Vec` aligns to the element), so the view
-        // stays inside the buffer.
-        let off = buf.as_ptr().align_offset(ALIGN).min(slack::<T>());
-        Scratch { buf, n, off }
+        // Grows a shorter buffer (zeroing the growth alone) and aligns the values.
+        let mut buf = AlignedBuf::from_buffer(buf);
+        buf.resize(n);
+        Scratch { buf }
     }
 
     /// Takes back a [`Scratch`], with every value its buffer holds.
     pub(crate) fn give_back(&mut self, s: Scratch<T>) {
-        if s.buf.capacity() > 0 {
-            self.kept.push((s.buf, 0));
+        let buf = s.buf.into_buffer();
+        if buf.capacity() > 0 {
+            self.kept.push((buf, 0));
         }
     }
 
@@ -131,43 +130,42 @@ fn pick<T, K: Ord>(
 /// long as with the values on a line.
 #[derive(Debug, Default)]
 pub(crate) struct Scratch<T> {
-    buf: Vec<T>,
-    n: usize,
-    /// Where the values start in `buf`.
-    off: usize,
+    buf: AlignedBuf<T>,
 }
 
-impl<T> Scratch<T> {
+impl<T: Copy + Default> Scratch<T> {
     /// The whole buffer, every value it holds (at least the `n` lent), for a user that sizes
     /// its own part of it (a packing): give it back with [`Scratch::whole`].
     pub(crate) fn into_buffer(self) -> Vec<T> {
-        self.buf
+        self.buf.into_buffer()
     }
 
     /// A buffer taken with [`Scratch::into_buffer`] (or any buffer), whole again, to give back
     /// or to lend where a `Scratch` is expected: its values from its start, all of them.
     pub(crate) fn whole(buf: Vec<T>) -> Self {
-        let n = buf.len();
-        Scratch { buf, n, off: 0 }
+        Scratch {
+            buf: AlignedBuf::whole(buf),
+        }
     }
 }
 
-impl<T> std::ops::Deref for Scratch<T> {
+impl<T: Copy + Default> std::ops::Deref for Scratch<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
-        &self.buf[self.off..self.off + self.n]
+        self.buf.values()
     }
 }
 
-impl<T> std::ops::DerefMut for Scratch<T> {
+impl<T: Copy + Default> std::ops::DerefMut for Scratch<T> {
     fn deref_mut(&mut self) -> &mut [T] {
-        &mut self.buf[self.off..self.off + self.n]
+        self.buf.values_mut()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::aligned::{ALIGN, slack};
 
     #[test]
     fn a_dirty_buffer_comes_from_the_smallest_that_fits_and_skips_zeroing_where_it_can() {
@@ -199,12 +197,12 @@ mod tests {
         assert_eq!(s.len(), 40);
         assert!(s.iter().all(|&x| x == 5.0));
         s.fill(1.0);
-        let (ptr, off) = (s.buf.as_ptr(), s.off);
+        let start = s.as_ptr();
         pool.give_back(s);
         // Longer again, from the same buffer at the same place: nothing zeroed, the values past
         // the short request are still there.
         let s = pool.lend(100);
-        assert_eq!((s.len(), s.buf.as_ptr(), s.off), (100, ptr, off));
+        assert_eq!((s.len(), s.as_ptr()), (100, start));
         assert!(s[..40].iter().all(|&x| x == 1.0) && s[40..].iter().all(|&x| x == 5.0));
         pool.give_back(s);
         // Past every earlier length: only the growth is zeroed.
@@ -212,10 +210,12 @@ mod tests {
         big.resize(150, 7.0);
         pool.give(big);
         let s = pool.lend(200);
-        assert_eq!((s.len(), s.buf.len()), (200, 200 + pad));
-        assert!(s.buf[..150].iter().all(|&x| x == 7.0) && s.buf[150..].iter().all(|&x| x == 0.0));
+        assert_eq!(s.len(), 200);
+        let whole = s.into_buffer();
+        assert_eq!(whole.len(), 200 + pad);
+        assert!(whole[..150].iter().all(|&x| x == 7.0) && whole[150..].iter().all(|&x| x == 0.0));
         // A plain buffer is cut to its request, as before (the smallest that fits: the first).
-        pool.give_back(s);
+        pool.give_back(Scratch::whole(whole));
         let v = pool.take_dirty(10);
         assert_eq!((v.len(), v.capacity()), (10, 100 + pad));
     }
@@ -247,8 +247,10 @@ mod tests {
         // With no lent buffer left, a plain one serves the lending, zeroed only past its length.
         pool.give(v);
         let t = pool.lend(30);
-        assert_eq!((t.len(), t.buf.len()), (30, 30 + pad));
-        assert!(t.buf[..8].iter().all(|&x| x == 1.0) && t.buf[20..].iter().all(|&x| x == 0.0));
+        assert_eq!(t.len(), 30);
+        let whole = t.into_buffer();
+        assert_eq!(whole.len(), 30 + pad);
+        assert!(whole[..8].iter().all(|&x| x == 1.0) && whole[20..].iter().all(|&x| x == 0.0));
     }
 
     #[test]
@@ -262,8 +264,11 @@ mod tests {
                 assert_eq!(s.len(), n);
                 assert_eq!(s.as_ptr() as usize % ALIGN, 0, "{n} values");
                 s.fill(one);
-                assert!(s.off + n <= s.buf.len());
-                pool.give_back(s);
+                // The view lies inside its buffer.
+                let (start, end) = (s.as_ptr(), s.as_ptr_range().end);
+                let whole = s.into_buffer();
+                assert!(whole.as_ptr_range().contains(&start) && end <= whole.as_ptr_range().end);
+                pool.give_back(Scratch::whole(whole));
             }
             assert!(pool.lend(0).is_empty());
         }
