@@ -199,7 +199,6 @@ pub fn run(args: &BenchArgs) -> CmdResult {
         args.precision.supported::<f32>()
     };
     supported.map_err(|e| format!("bench: {e}"))?;
-    crate::note_bf16_rate(args.precision);
     if args.layer_norm && args.step_latency {
         return Err(
             "bench: --layer-norm is not supported with --step-latency (the tape-free \
@@ -223,6 +222,7 @@ pub fn run(args: &BenchArgs) -> CmdResult {
         .num_threads(args.threads)
         .build()
         .map_err(|e| format!("bench: cannot start {} threads: {e}", args.threads))?;
+    crate::note_bf16_rate(args.precision);
     print_cpu();
     let line = match args.dtype.as_str() {
         "f32" => pool.install(|| measure::<f32>(kind, args)),
