@@ -379,9 +379,6 @@ impl<T: Float> CharLm<T> {
             }
             None => vec![T::ZERO; v],
         };
-        // Layers whose weights are large enough step in two shares of their units on two
-        // threads where the pool has them (`InferenceStep::with_threads_all`): each core then
-        // reads half of the weights, which may fit in its L2 where the whole does not.
         InferenceStep::with_threads_all(&mut steps, |steps| {
             let advance = |token: usize| -> Result<Tensor<T>> {
                 let mut x = self.embed.lookup(store, &[token], &[1])?.into_vec();
