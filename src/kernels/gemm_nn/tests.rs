@@ -687,6 +687,78 @@ fn both_tile_shapes_give_the_same_values_bit_for_bit() {
 }
 
 #[test]
+fn both_loop_orders_give_the_same_values_bit_for_bit() {
+    use super::tiling::LoopOrder;
+    // Row blocks outside or blocks of k outside: every value of C is accumulated in the same
+    // order, over several row blocks (MB = 40) and blocks of k (KB = 128, and the narrow
+    // tiles' 512), several blocks of rows, A by rows and by columns, both tile shapes.
+    fn check<T: crate::Float>(m: usize, n: usize, k: usize) {
+        let a: Vec<T> = values(3, m * k, 1.0);
+        let a2: Vec<T> = values(6, 7 * k, 1.0);
+        let b: Vec<T> = values(4, n * k, 1.0);
+        let c0: Vec<T> = values(5, m * n, 1.0);
+        let mut pb = PackedB::new();
+        pb.pack(&b, k, n);
+        let run = |order: LoopOrder, shape: Tiles, storage: AStorage| {
+            let (mut c, mut c2) = (c0.clone(), c0[..7 * n].to_vec());
+            order.forced(|| {
+                shape.forced(|| {
+                    let mut rows = [
+                        Rows {
+                            m,
+                            a: &a,
+                            storage,
+                            c: &mut c,
+                            bias: None,
+                        },
+                        Rows {
+                            m: 7,
+                            a: &a2,
+                            storage: AStorage::RowMajor,
+                            c: &mut c2,
+                            bias: None,
+                        },
+                    ];
+                    gemm_packed_acc_rows(&mut rows, &pb)
+                })
+            });
+            c.extend(c2);
+            c
+        };
+        // Under Miri one tile shape and A by rows: the loops around the tiles are the same.
+        let (shapes, storages): (&[Tiles], &[AStorage]) = if cfg!(miri) {
+            (&[Tiles::Wide], &[AStorage::RowMajor])
+        } else {
+            (
+                &[Tiles::Wide, Tiles::Narrow],
+                &[AStorage::RowMajor, AStorage::ColMajor { ld: m }],
+            )
+        };
+        for &shape in shapes {
+            for &storage in storages {
+                let r = run(LoopOrder::RowsOuter, shape, storage);
+                let kk = run(LoopOrder::KOuter, shape, storage);
+                for (j, (x, y)) in r.iter().zip(&kk).enumerate() {
+                    let (x, y) = (x.to_f64().to_bits(), y.to_f64().to_bits());
+                    assert_eq!(x, y, "{m}x{n}x{k} {shape:?} {storage:?} value {j}");
+                }
+            }
+        }
+    }
+    if cfg!(miri) {
+        check::<f32>(41, 8, 129);
+    } else {
+        for (m, n, k) in [(41, 17, 130), (95, 70, 300), (130, 33, 1030), (81, 64, 257)] {
+            check::<f32>(m, n, k);
+            check::<f64>(m, n, k);
+        }
+    }
+    // And the order follows the size of B: all of a small one stays in L2, 1 TiB does not.
+    assert_eq!(LoopOrder::current(64 << 10), LoopOrder::RowsOuter);
+    assert_eq!(LoopOrder::current(1 << 40), LoopOrder::KOuter);
+}
+
+#[test]
 fn every_small_shape_matches_the_reference_in_each_tile_shape() {
     // Every row count over two row blocks (MB = 40), every column count over two panels
     // (ragged vectors and panels), setting and adding, each tile shape.
