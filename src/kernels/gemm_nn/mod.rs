@@ -196,15 +196,9 @@ pub fn gemm_set_blocked_b<T: SimdFloat>(
     n: usize,
     packed: &mut PackedB<T>,
 ) {
-    let AStorage::ColMajor { ld } = block.storage else {
-        panic!("gemm_set_blocked_b: A must be stored by columns");
-    };
     let k = stacked_rows("gemm_set_blocked_b", parts, n);
-    let Rows { m, a, c, bias, .. } = block;
     let mut slices: Vec<&[T]> = Vec::with_capacity(parts.len());
-    // One block of k at least: a product with no steps of k still sets C.
-    for k0 in (0..k.max(1)).step_by(tiling::KB) {
-        let k1 = (k0 + tiling::KB).min(k);
+    blocked_b(block, k, packed, |k0, k1, packed| {
         slices.clear();
         let mut row = 0;
         for part in parts {
@@ -216,6 +210,98 @@ pub fn gemm_set_blocked_b<T: SimdFloat>(
             row += rows;
         }
         packed.pack_stacked(&slices, n);
+    });
+}
+
+/// The rows of a `k x n` `B` as runs of rows spaced evenly apart in one buffer: `runs` runs of
+/// `rows` rows of `n` values, the first at `src[0]`, each `stride` values after the one before
+/// (`k = runs * rows`). A shard's rows of every time step of a layer's input `[T, B, n]` are
+/// `runs = T` runs of its `rows` from its first row on, `stride = B n` apart.
+#[derive(Clone, Copy, Debug)]
+pub struct RowRuns<'a, T> {
+    /// The values, from the first run's first row.
+    pub src: &'a [T],
+    /// Rows per run.
+    pub rows: usize,
+    /// Values from the start of one run to the start of the next (at least `rows * n`).
+    pub stride: usize,
+    /// Runs.
+    pub runs: usize,
+}
+
+/// [`gemm_set_blocked_b`] with `B`'s rows read where they lie, as runs spaced evenly apart
+/// ([`RowRuns`]): a shard's weight gradient `dG^T X` packs its rows of every time step of
+/// the layer's input in place, where a copy of them into `[T rows, n]` first cost a pass over
+/// them (2.4 % of a medium RNN's training step). The values are those of
+/// [`gemm_set_blocked_b`] over the runs copied out, bit for bit.
+///
+/// Panics as [`gemm_set_blocked_b`] does, or if the runs overlap (`stride < rows * n`) or
+/// `src` is too short for them.
+pub fn gemm_set_blocked_b_runs<T: SimdFloat>(
+    block: Rows<'_, T>,
+    b: RowRuns<'_, T>,
+    n: usize,
+    packed: &mut PackedB<T>,
+) {
+    let RowRuns {
+        src,
+        rows,
+        stride,
+        runs,
+    } = b;
+    let run_len = rows
+        .checked_mul(n)
+        .expect("gemm_set_blocked_b_runs: shape overflows usize");
+    let fits = runs == 0
+        || (runs - 1)
+            .checked_mul(stride)
+            .and_then(|x| x.checked_add(run_len))
+            .is_some_and(|end| end <= src.len());
+    assert!(
+        stride >= run_len || runs < 2,
+        "gemm_set_blocked_b_runs: runs of {rows} rows of {n} overlap {stride} values apart"
+    );
+    assert!(
+        fits,
+        "gemm_set_blocked_b_runs: {runs} runs of {rows} rows of {n}, {stride} apart, \
+         do not fit {} values",
+        src.len()
+    );
+    let k = runs * rows;
+    // A block of k touches at most this many runs.
+    let mut slices: Vec<&[T]> = Vec::with_capacity(tiling::KB + 2);
+    blocked_b(block, k, packed, |k0, k1, packed| {
+        slices.clear();
+        if let Some(first) = k0.checked_div(rows) {
+            for r in first..k1.div_ceil(rows) {
+                let (lo, hi) = (
+                    k0.max(r * rows) - r * rows,
+                    k1.min((r + 1) * rows) - r * rows,
+                );
+                slices.push(&src[r * stride + lo * n..r * stride + hi * n]);
+            }
+        }
+        packed.pack_stacked(&slices, n);
+    });
+}
+
+/// The loop of the blocked-`B` products: for each block of k (one at least: a product with
+/// no steps of k still sets C), `pack(k0, k1, packed)` packs rows `k0..k1` of `B`, then
+/// `C (+)= A B` over them.
+fn blocked_b<T: SimdFloat>(
+    block: Rows<'_, T>,
+    k: usize,
+    packed: &mut PackedB<T>,
+    mut pack: impl FnMut(usize, usize, &mut PackedB<T>),
+) {
+    let AStorage::ColMajor { ld } = block.storage else {
+        panic!("gemm_set_blocked_b: A must be stored by columns");
+    };
+    let Rows { m, a, c, bias, .. } = block;
+    for k0 in (0..k.max(1)).step_by(tiling::KB) {
+        let k1 = (k0 + tiling::KB).min(k);
+        pack(k0, k1, packed);
+        let n = packed.n();
         let a = a.get(k0 * ld..).unwrap_or(&[]);
         let mut blocks = [Rows {
             m,

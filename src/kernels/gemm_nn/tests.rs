@@ -437,6 +437,78 @@ fn a_b_packed_block_by_block_gives_the_whole_packing_s_values() {
 }
 
 #[test]
+fn b_read_in_runs_gives_the_runs_copied_out_s_values() {
+    // `runs` runs of `rows` rows, `stride` values apart in one buffer (a shard's rows of each
+    // time step of `[T, B, n]`), packed where they lie: bit for bit the values of packing the
+    // runs copied out into one matrix. Runs of 1 (one per block of k and more), 24 (not
+    // dividing KB = 128) and 32 rows, none, and runs back to back (`stride = rows * n`).
+    let cases: &[(usize, usize, usize, usize, usize)] = if cfg!(miri) {
+        &[(5, 20, 3, 4, 60)]
+    } else {
+        &[
+            (12, 70, 24, 13, 70 * 64),
+            (7, 33, 1, 300, 40),
+            (9, 64, 32, 5, 64 * 32),
+            (9, 64, 32, 0, 64 * 64),
+            (20, 17, 24, 11, 17 * 40),
+        ]
+    };
+    for &(m, n, rows, runs, stride) in cases {
+        let k = rows * runs;
+        let src: Vec<f32> = values(1, (runs.max(1) - 1) * stride + rows * n, 1.0);
+        let a: Vec<f32> = values(2, k * m, 1.0);
+        let copied: Vec<f32> = (0..runs)
+            .flat_map(|r| src[r * stride..r * stride + rows * n].iter().copied())
+            .collect();
+        let block = |c| Rows {
+            m,
+            a: &a,
+            storage: AStorage::ColMajor { ld: m },
+            c,
+            bias: None,
+        };
+        let mut want = vec![f32::NAN; m * n];
+        gemm_set_blocked_b(block(&mut want), &[&copied], n, &mut PackedB::new());
+        let mut got = vec![f32::NAN; m * n];
+        let b = RowRuns {
+            src: &src,
+            rows,
+            stride,
+            runs,
+        };
+        gemm_set_blocked_b_runs(block(&mut got), b, n, &mut PackedB::new());
+        for (j, (p, q)) in want.iter().zip(&got).enumerate() {
+            assert_eq!(
+                p.to_bits(),
+                q.to_bits(),
+                "{m}x{n}, {runs} runs of {rows}: value {j}"
+            );
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "do not fit")]
+fn b_read_in_runs_must_fit_its_buffer() {
+    let mut c = vec![0.0f32; 4];
+    let block = Rows {
+        m: 2,
+        a: &[1.0; 12],
+        storage: AStorage::ColMajor { ld: 2 },
+        c: &mut c,
+        bias: None,
+    };
+    // Three runs of two rows of 2, 6 apart, need 16 values.
+    let b = RowRuns {
+        src: &[1.0; 15],
+        rows: 2,
+        stride: 6,
+        runs: 3,
+    };
+    gemm_set_blocked_b_runs(block, b, 2, &mut PackedB::new());
+}
+
+#[test]
 #[should_panic(expected = "stored by columns")]
 fn a_b_packed_block_by_block_needs_a_by_columns() {
     let mut c = vec![0.0f32; 4];

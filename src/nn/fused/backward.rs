@@ -10,7 +10,9 @@ use super::weights::{RecurrentWeight, StepWeight, Weights};
 use super::{Config, FusedDirection, Inputs, Reg};
 use crate::Result;
 use crate::kernels::Sweep;
-use crate::kernels::gemm_nn::{AStorage, PackedB, Rows, gemm_packed_set, gemm_set_blocked_b};
+use crate::kernels::gemm_nn::{
+    AStorage, PackedB, RowRuns, Rows, gemm_packed_set, gemm_set_blocked_b, gemm_set_blocked_b_runs,
+};
 use crate::kernels::handoff::with_helper;
 use crate::kernels::{gru, lstm, regularize, rnn};
 use crate::nn::direction::CellKind;
@@ -350,7 +352,13 @@ impl Config {
         // block of rows at a time.
         let (dx, dw_ih, dw_hh) = (&mut bs.dx, &mut bs.dw_ih, &mut bs.dw_hh);
         let (x_packed, h_packed) = (&mut bs.x_packed, &mut bs.h_packed);
-        let xs = sh.x(x);
+        // The shard's rows of each step of `X`, read where they lie (in bf16 copied out).
+        let x_runs = RowRuns {
+            src: x.get(rows.start * i_sz..).unwrap_or(&[]),
+            rows: n,
+            stride: self.batch * i_sz,
+            runs: tl,
+        };
         let dx_job = || {
             if let (true, Some(b)) = (want.x, w.bf16) {
                 let dg = (tl * n, dg, AStorage::RowMajor);
@@ -381,7 +389,22 @@ impl Config {
             };
         let dw_ih_job = || {
             if want.w_ih {
-                weight_grad(dg, &[&xs[..tl * n * i_sz]], i_sz, x_packed, dw_ih);
+                match w.bf16 {
+                    Some(b) => {
+                        let xs = if sh.xs.is_empty() { x } else { &sh.xs };
+                        bf16::weight_grad(b.kernel, (dg, gh), &[&xs[..tl * n * i_sz]], i_sz, dw_ih)
+                    }
+                    None => {
+                        let block = Rows {
+                            m: gh,
+                            a: dg,
+                            storage: AStorage::ColMajor { ld: gh },
+                            c: &mut dw_ih[..],
+                            bias: None,
+                        };
+                        gemm_set_blocked_b_runs(block, x_runs, i_sz, x_packed);
+                    }
+                }
             }
         };
         let dw_hh_job = || {

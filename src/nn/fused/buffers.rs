@@ -29,8 +29,8 @@ pub(super) struct Shard<T> {
     /// the shard's rows of `c0`: `c_{t-1}` is the previous step's entry, or `c0` at the first.
     pub(super) c_new: Scratch<T>,
     pub(super) c0: Scratch<T>,
-    /// The shard's rows of the input `[T, n, I]`; empty when the shard is the whole batch (the
-    /// input is then read in place).
+    /// In bf16, the shard's rows of the input `[T, n, I]` when it is not the whole batch (its
+    /// weight gradient packs them whole); else empty: the input is read in place.
     pub(super) xs: Scratch<T>,
     /// With recurrent dropout: `a_t = m * h_{t-1}` of every step `[T, n, H]`, time-indexed,
     /// what each step's product reads and `dW_hh = sum_t dG_t^T a_t` packs.
@@ -52,7 +52,11 @@ impl<T: Float> Shard<T> {
             ys: ws.lend(if own_x { tl * n * h } else { 0 }),
             c_new: ws.lend(if lstm { tl * n * h } else { 0 }),
             c0: ws.lend(if lstm { n * h } else { 0 }),
-            xs: ws.lend(if own_x { tl * n * cfg.in_size } else { 0 }),
+            xs: ws.lend(if own_x && cfg.bf16 {
+                tl * n * cfg.in_size
+            } else {
+                0
+            }),
             h_drop: ws.lend(if cfg.h_drop { tl * n * h } else { 0 }),
             h_new: ws.lend(if cfg.zone_h && !lstm && cfg.kind != CellKind::Gru {
                 tl * n * h
@@ -89,11 +93,6 @@ impl<T: Float> Shard<T> {
                 &self.c_new[t * nh..(t + 1) * nh]
             }
         }
-    }
-
-    /// The shard's rows of the input `x` `[T, B, I]`, as `[T, n, I]`.
-    pub(super) fn x<'a>(&'a self, x: &'a [T]) -> &'a [T] {
-        if self.xs.is_empty() { x } else { &self.xs }
     }
 
     /// The shard's outputs `[T, n, H]` after forward: its own buffer, or for a single shard

@@ -4,7 +4,7 @@
 use super::buffers::{ForwardScratch, Shard, gather, read_write};
 use super::schedule::{GROUP_SHARDS, Split, for_each_group, group_len, reborrow, step_product};
 use super::weights::{
-    RecurrentWeight, StepWeight, Weights, fill_rows, init_input_projection, project,
+    RecurrentWeight, StepWeight, Weights, fill_rows, init_input_projection, project, project_steps,
     projects_packed,
 };
 use super::{Config, FusedDirection, Inputs, Reg};
@@ -163,16 +163,23 @@ impl Config {
         // in each step's recurrent product (one pass over the projection fewer). The GRU keeps
         // Xp apart from its saved block, and b_ih apart from Xp (its gate kernel adds it); it
         // keeps b_hh apart too (its n gate scales `W_hn h + b_hn` by r).
+        // A shard of part of the batch reads its rows of each step where they lie; in bf16 it
+        // copies them out (its weight gradient packs them whole).
         if !sh.xs.is_empty() {
             gather(x, &mut sh.xs, b, &rows, i_sz);
         }
-        let xs = if sh.xs.is_empty() { x } else { &sh.xs };
         let xp: &mut [T] = match self.kind {
             CellKind::Lstm => &mut sh.gates,
             CellKind::Gru => &mut fs.xp,
             CellKind::Rnn(_) => &mut sh.ys,
         };
-        project((tl * n, i_sz, gh), xs, w, xp, halves);
+        if n == b || !sh.xs.is_empty() {
+            let xs = if sh.xs.is_empty() { x } else { &sh.xs };
+            project((tl * n, i_sz, gh), xs, w, xp, halves);
+        } else {
+            let x_t = |t: usize| &x[(t * b + rows.start) * i_sz..(t * b + rows.end) * i_sz];
+            project_steps((n, i_sz, gh), x_t, w, &mut xp[..tl * n * gh], halves);
+        }
         if self.kind != CellKind::Gru {
             // One row of `b_ih + b_hh` (empty without biases).
             init_input_projection(&mut fs.bias, w.bias, self.kind);
