@@ -378,34 +378,17 @@ impl Config {
                 if let Some(b) = w.bf16 {
                     return bf16::weight_grad(b.kernel, (dg, gh), parts, cols, dw);
                 }
-                let block = Rows {
-                    m: gh,
-                    a: dg,
-                    storage: AStorage::ColMajor { ld: gh },
-                    c: dw,
-                    bias: None,
-                };
-                gemm_set_blocked_b(block, parts, cols, packed);
+                gemm_set_blocked_b(dg_transposed(gh, dg, dw), parts, cols, packed);
             };
         let dw_ih_job = || {
-            if want.w_ih {
-                match w.bf16 {
-                    Some(b) => {
-                        let xs = if sh.xs.is_empty() { x } else { &sh.xs };
-                        bf16::weight_grad(b.kernel, (dg, gh), &[&xs[..tl * n * i_sz]], i_sz, dw_ih)
-                    }
-                    None => {
-                        let block = Rows {
-                            m: gh,
-                            a: dg,
-                            storage: AStorage::ColMajor { ld: gh },
-                            c: &mut dw_ih[..],
-                            bias: None,
-                        };
-                        gemm_set_blocked_b_runs(block, x_runs, i_sz, x_packed);
-                    }
-                }
+            if !want.w_ih {
+                return;
             }
+            // In bf16 the weight gradient packs the shard's rows whole, from its copy.
+            if w.bf16.is_some() {
+                return weight_grad(dg, &[&sh.x(x)[..tl * n * i_sz]], i_sz, x_packed, dw_ih);
+            }
+            gemm_set_blocked_b_runs(dg_transposed(gh, dg, dw_ih), x_runs, i_sz, x_packed);
         };
         let dw_hh_job = || {
             if !want.w_hh {
@@ -612,5 +595,17 @@ impl<T: Float> CustomOp<T> for FusedDirection<T> {
         let w_hh = std::mem::replace(&mut self.w_hh, RecurrentWeight::Packed(PackedB::new()));
         ws.give(w_hh.into_buffer());
         ws.give(std::mem::take(&mut self.w_ih).into_buffer());
+    }
+}
+
+/// A weight gradient's product block: `A = dG^T`, `dG` `[rows, gh]` read in place (by
+/// columns, `gh` apart), and `C = dW` `[gh, cols]`.
+fn dg_transposed<'a, T>(gh: usize, dg: &'a [T], dw: &'a mut [T]) -> Rows<'a, T> {
+    Rows {
+        m: gh,
+        a: dg,
+        storage: AStorage::ColMajor { ld: gh },
+        c: dw,
+        bias: None,
     }
 }

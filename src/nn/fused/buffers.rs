@@ -45,14 +45,14 @@ impl<T: Float> Shard<T> {
     pub(super) fn take(cfg: &Config, rows: Range<usize>, ws: &mut Workspace<'_, T>) -> Self {
         let (tl, n, h) = (cfg.t_len, rows.len(), cfg.hidden);
         let lstm = cfg.kind.has_cell_state();
-        let own_x = n < cfg.batch;
+        let part = n < cfg.batch;
         Shard {
             gates: ws.lend(tl * n * cfg.saved_width()),
             h_prev: ws.lend(if cfg.lengths.is_some() { tl * n * h } else { 0 }),
-            ys: ws.lend(if own_x { tl * n * h } else { 0 }),
+            ys: ws.lend(if part { tl * n * h } else { 0 }),
             c_new: ws.lend(if lstm { tl * n * h } else { 0 }),
             c0: ws.lend(if lstm { n * h } else { 0 }),
-            xs: ws.lend(if own_x && cfg.bf16 {
+            xs: ws.lend(if part && cfg.bf16 {
                 tl * n * cfg.in_size
             } else {
                 0
@@ -93,6 +93,12 @@ impl<T: Float> Shard<T> {
                 &self.c_new[t * nh..(t + 1) * nh]
             }
         }
+    }
+
+    /// The shard's rows of the input `x` `[T, B, I]` as one `[T, n, I]` buffer: its copy (in
+    /// bf16), or the input itself when the shard is the whole batch.
+    pub(super) fn x<'a>(&'a self, x: &'a [T]) -> &'a [T] {
+        if self.xs.is_empty() { x } else { &self.xs }
     }
 
     /// The shard's outputs `[T, n, H]` after forward: its own buffer, or for a single shard

@@ -174,6 +174,7 @@ impl Config {
             CellKind::Rnn(_) => &mut sh.ys,
         };
         if n == b || !sh.xs.is_empty() {
+            // (`Shard::x`, with the fields borrowed apart: `xp` is one of the shard's own.)
             let xs = if sh.xs.is_empty() { x } else { &sh.xs };
             project((tl * n, i_sz, gh), xs, w, xp, halves);
         } else {

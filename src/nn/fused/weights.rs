@@ -244,17 +244,28 @@ pub(super) fn project<T: Float>(
         return by_row_halves((m, k, n), x, xp, halves, rows);
     }
     let packed = projection_packing(m, w);
-    let rows = |m: usize, x: &[T], xp: &mut [T]| {
-        let xp = &mut xp[..m * n];
-        match packed {
-            Some(b) => gemm_packed_set(m, x, b, xp),
-            None => {
-                xp.fill(T::ZERO);
-                gemm_nt_acc(m, n, k, x, w.w_ih, xp)
-            }
-        }
-    };
+    let rows = |m: usize, x: &[T], xp: &mut [T]| project_rows((m, k, n), x, packed, w.w_ih, xp);
     by_row_halves((m, k, n), x, xp, halves, rows);
+}
+
+/// `xp = X W^T` over `m` rows (`xp` `[m, n]`, values past them untouched): against `W^T`
+/// packed where given ([`projection_packing`]), else on the small-batch kernel over `W` as
+/// stored. Each row of `xp` is computed as in a product over more rows.
+fn project_rows<T: Float>(
+    (m, k, n): (usize, usize, usize),
+    x: &[T],
+    packed: Option<&PackedB<T>>,
+    w: &[T],
+    xp: &mut [T],
+) {
+    let xp = &mut xp[..m * n];
+    match packed {
+        Some(b) => gemm_packed_set(m, x, b, xp),
+        None => {
+            xp.fill(T::ZERO);
+            gemm_nt_acc(m, n, k, x, w, xp)
+        }
+    }
 }
 
 /// `W^T` packed for an input projection over `m` rows in all ([`projects_packed`]), else
@@ -292,13 +303,7 @@ pub(super) fn project_steps<'x, T: Float>(
     // Steps `t0..` into `xp`, `[steps, m, n]`.
     let run = |t0: usize, xp: &mut [T]| {
         for (t, out) in (t0..).zip(xp.chunks_exact_mut(len)) {
-            match packed {
-                Some(b) => gemm_packed_set(m, x_t(t), b, out),
-                None => {
-                    out.fill(T::ZERO);
-                    gemm_nt_acc(m, n, k, x_t(t), w.w_ih, out);
-                }
-            }
+            project_rows((m, k, n), x_t(t), packed, w.w_ih, out);
         }
     };
     if !halves || tl < 2 {
