@@ -168,15 +168,17 @@ pub fn gemm_bf16_acc_ld(
         loops::AOperand::Packed(a),
         b,
         0..b.n.div_ceil(PANEL),
-        c,
-        ldc,
+        (c, ldc),
+        false,
     );
 }
 
-/// `C += A B` with `A` (`m x k`) as stored in f32, row by row or column by column (`storage`),
-/// each cache block of it converted to bf16 as the product reaches it: the same values as
-/// packing `A` first ([`PackedBf16A`]) and [`gemm_bf16_acc_ld`], without writing the whole
-/// packing to memory and reading it back. `C` has rows `ldc >= n` apart.
+/// `C += A B` with `A` (`m x k`) as stored in f32, row by row or column by column (`storage`):
+/// the same values as packing `A` first ([`PackedBf16A`]) and [`gemm_bf16_acc_ld`]. `A` by
+/// rows is converted a cache block at a time as the product reaches it, without writing the
+/// whole packing to memory and reading it back; `A` by columns (a weight gradient's `dG^T`) is
+/// packed whole first, reading each stored row in one run (a block of rows at a time, the
+/// runs were too short for the memory's rate). `C` has rows `ldc >= n` apart.
 ///
 /// Panics if `a` is too short for `m x k` stored so (`k = b.k()`), or `C` too short.
 pub fn gemm_bf16_acc_stored(
@@ -186,7 +188,21 @@ pub fn gemm_bf16_acc_stored(
     c: &mut [f32],
     ldc: usize,
 ) {
-    gemm_bf16_acc_stored_cols(kernel, (m, a, storage), b, 0..b.n, c, ldc);
+    stored_cols(kernel, (m, a, storage), b, 0..b.n, (c, ldc), false);
+}
+
+/// `C = A B`: [`gemm_bf16_acc_stored`] writing `C` instead of adding to it. `C` is not read:
+/// the values are those of a `C` filled with zeros first, bit for bit.
+///
+/// Panics as [`gemm_bf16_acc_stored`] does.
+pub fn gemm_bf16_set_stored(
+    kernel: Bf16Kernel,
+    (m, a, storage): (usize, &[f32], AStorage),
+    b: &PackedBf16B,
+    c: &mut [f32],
+    ldc: usize,
+) {
+    stored_cols(kernel, (m, a, storage), b, 0..b.n, (c, ldc), true);
 }
 
 /// [`gemm_bf16_acc_stored`] over columns `cols` of `B` only, `C` holding just those (column
@@ -203,6 +219,18 @@ pub fn gemm_bf16_acc_stored_cols(
     c: &mut [f32],
     ldc: usize,
 ) {
+    stored_cols(kernel, (m, a, storage), b, cols, (c, ldc), false);
+}
+
+/// [`gemm_bf16_acc_stored_cols`], adding to `C` or (with `set`) writing it.
+fn stored_cols(
+    kernel: Bf16Kernel,
+    (m, a, storage): (usize, &[f32], AStorage),
+    b: &PackedBf16B,
+    cols: std::ops::Range<usize>,
+    c: (&mut [f32], usize),
+    set: bool,
+) {
     assert!(
         cols.start <= cols.end
             && cols.end <= b.n
@@ -215,16 +243,16 @@ pub fn gemm_bf16_acc_stored_cols(
     if cols.is_empty() {
         return;
     }
-    let src = packing::ASource::new(a, m, b.k, storage);
     let panels = cols.start / PANEL..cols.end.div_ceil(PANEL);
-    product(
-        kernel,
-        loops::AOperand::Stored(src, kernel),
-        b,
-        panels,
-        c,
-        ldc,
-    );
+    if let AStorage::ColMajor { .. } = storage {
+        return with_packed_a(|pa| {
+            pa.pack(kernel, a, m, b.k, storage);
+            product(kernel, loops::AOperand::Packed(pa), b, panels, c, set);
+        });
+    }
+    let src = packing::ASource::new(a, m, b.k, storage);
+    let a = loops::AOperand::Stored(src, kernel);
+    product(kernel, a, b, panels, c, set);
 }
 
 /// The loops with `kernel`'s tile, chosen once here.
@@ -233,15 +261,15 @@ fn product(
     a: loops::AOperand<'_>,
     b: &PackedBf16B,
     panels: std::ops::Range<usize>,
-    c: &mut [f32],
-    ldc: usize,
+    c: (&mut [f32], usize),
+    set: bool,
 ) {
     match kernel.isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Bf16 => loops::product(&loops::Avx512Bf16(()), a, b, panels, c, ldc),
+        Isa::Avx512Bf16 => loops::product(&loops::Avx512Bf16(()), a, b, panels, c, set),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => loops::product(&loops::Avx2Fma(()), a, b, panels, c, ldc),
-        _ => loops::product(&loops::Scalar, a, b, panels, c, ldc),
+        Isa::Avx2Fma => loops::product(&loops::Avx2Fma(()), a, b, panels, c, set),
+        _ => loops::product(&loops::Scalar, a, b, panels, c, set),
     }
 }
 
@@ -300,6 +328,17 @@ pub fn gemm_bf16_stacked(
 thread_local! {
     /// This thread's packing of a product's `B` between calls.
     static PACKED_B: std::cell::Cell<PackedBf16B> = std::cell::Cell::new(PackedBf16B::new());
+    /// This thread's packing of a column-major `A` between calls.
+    static PACKED_A: std::cell::Cell<PackedBf16A> = std::cell::Cell::new(PackedBf16A::new());
+}
+
+/// Runs `f` on this thread's packing of `A`, kept between calls as [`with_packed_b`]'s is (a
+/// call further up holding it leaves `f` a new one).
+fn with_packed_a<R>(f: impl FnOnce(&mut PackedBf16A) -> R) -> R {
+    let mut pa = PACKED_A.with(std::cell::Cell::take);
+    let r = f(&mut pa);
+    PACKED_A.with(|c| c.set(pa));
+    r
 }
 
 /// Runs `f` on this thread's packing of `B`, kept between calls so that products whose `B`

@@ -340,6 +340,7 @@ fn ops<'a>(
         ldc,
         rows,
         width,
+        zero: false,
     }
 }
 
@@ -561,9 +562,9 @@ fn bound(
     (bound, exact)
 }
 
-/// Shapes `(m, k, n)` around the tile (6 rows, 64 columns) and the cache blocks (128 steps of
+/// Shapes `(m, k, n)` around the tile (6 rows, 64 columns) and the cache blocks (128 pairs of
 /// k, 96 rows): remainders of each, odd k, k = 1, and empty products; the last three span more
-/// than one block of k, the last more than one block of rows.
+/// than one block of k (the last three), the last more than one block of rows.
 fn test_shapes() -> &'static [(usize, usize, usize)] {
     if cfg!(miri) {
         &[(0, 3, 2), (2, 0, 3), (3, 2, 0), (1, 1, 1), (7, 3, 17)]
@@ -578,9 +579,9 @@ fn test_shapes() -> &'static [(usize, usize, usize)] {
             (7, 3, 65),
             (6, 64, 64),
             (5, 127, 63),
-            (13, 129, 70),
-            (64, 256, 130),
-            (100, 301, 200),
+            (13, 259, 70),
+            (64, 512, 130),
+            (100, 521, 200),
         ]
     }
 }
@@ -955,6 +956,46 @@ fn a_product_over_some_panels_computes_those_columns_as_the_whole() {
                 for (e, &g) in part.iter().enumerate() {
                     let want = whole[(e / w) * n + cols.start + e % w];
                     assert!(same(g, want), "{m}x{k}x{n}, columns {cols:?}: value {e}");
+                }
+            }
+        }
+    }
+}
+
+/// `C = A B` writes `C` without reading it: every value as a product added to a `C` of zeros
+/// gives, bit for bit, with `A` by rows and by columns, on every kernel; an empty sum (k = 0)
+/// writes zeros; the columns of a wider `C` past `n` are left as they were.
+#[test]
+fn a_set_product_writes_what_a_zeroed_c_would_hold() {
+    for kernel in kernels("a_set_product_writes_what_a_zeroed_c_would_hold") {
+        for &(m, k, n) in test_shapes() {
+            let a: Vec<f32> = values(m as u64 + 61, m * k, 1.0);
+            // The same `A` stored by columns: `A^T` row-major, `k x m`.
+            let a_t: Vec<f32> = (0..k * m).map(|e| a[(e % m) * k + e / m]).collect();
+            let b: Vec<f32> = values(n as u64 + 62, k * n, 1.0);
+            let mut pb = PackedBf16B::new();
+            pb.pack(kernel, &b, k, n);
+            let ldc = n + 3;
+            let by_rows = (m, &a[..], AStorage::RowMajor);
+            let by_cols = (m, &a_t[..], AStorage::ColMajor { ld: m });
+            for (what, a_op) in [("rows", by_rows), ("columns", by_cols)] {
+                let mut want = vec![0.0f32; m * ldc];
+                gemm_bf16_acc_stored(kernel, a_op, &pb, &mut want, ldc);
+                let mut got = vec![f32::NAN; m * ldc];
+                gemm_bf16_set_stored(kernel, a_op, &pb, &mut got, ldc);
+                for (e, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                    let (i, j) = (e / ldc, e % ldc);
+                    if j < n {
+                        assert!(
+                            g.to_bits() == w.to_bits() || g.is_nan() && w.is_nan() && k > 0,
+                            "{kernel:?} {m}x{k}x{n}, A by {what}: C[{i}][{j}] = {g:e}, want {w:e}"
+                        );
+                    } else {
+                        assert!(
+                            g.is_nan(),
+                            "{kernel:?} {m}x{k}x{n}: C[{i}][{j}] past n written"
+                        );
+                    }
                 }
             }
         }

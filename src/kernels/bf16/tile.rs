@@ -43,7 +43,8 @@ pub fn dot_pair(acc: f32, a: u32, b: u32) -> f32 {
 
 /// One register tile's operands: `a` holds `steps` pairs of k for `MR` rows (`steps * MR`
 /// values), `b` the same pairs for a panel (`steps * PANEL`), and `c` rows `0..rows` of
-/// `width` columns, `ldc` apart, with `1 <= rows <= MR` and `width <= PANEL`.
+/// `width` columns, `ldc` apart, with `1 <= rows <= MR` and `width <= PANEL`. With `zero` the
+/// sums start from zero and overwrite `C` (which is not read); else they add to it.
 pub(super) struct TileOps<'a> {
     pub(super) a: &'a [u32],
     pub(super) b: &'a [u32],
@@ -52,9 +53,10 @@ pub(super) struct TileOps<'a> {
     pub(super) ldc: usize,
     pub(super) rows: usize,
     pub(super) width: usize,
+    pub(super) zero: bool,
 }
 
-/// A tile's operands as one tuple: `(a, b, steps, c, ldc, rows, width)`.
+/// A tile's operands as one tuple: `(a, b, steps, c, ldc, rows, width, zero)`.
 type Parts<'a> = (
     &'a [u32],
     &'a [u32],
@@ -63,6 +65,7 @@ type Parts<'a> = (
     usize,
     usize,
     usize,
+    bool,
 );
 
 impl<'a> TileOps<'a> {
@@ -76,6 +79,7 @@ impl<'a> TileOps<'a> {
             ldc,
             rows,
             width,
+            zero,
         } = self;
         assert!(
             (1..=MR).contains(&rows)
@@ -85,17 +89,21 @@ impl<'a> TileOps<'a> {
                 && c.len() >= (rows - 1) * ldc + width,
             "bf16 tile: operands too small for {rows} x {width} over {steps} pairs"
         );
-        (a, b, steps, c, ldc, rows, width)
+        (a, b, steps, c, ldc, rows, width, zero)
     }
 }
 
 /// The portable tile: `C[r][j] = dot_pair(C[r][j], A[r][p], B[p][j])` for `p = 0..steps` in
-/// order, for `r < rows` and `j < width`: the values `vdpbf16ps` gives, bit for bit.
+/// order, for `r < rows` and `j < width` (from `C[r][j] = 0` with `zero`): the values
+/// `vdpbf16ps` gives, bit for bit.
 pub(super) fn tile_scalar(t: TileOps<'_>) {
-    let (a, b, steps, c, ldc, rows, width) = t.checked();
+    let (a, b, steps, c, ldc, rows, width, zero) = t.checked();
     for r in 0..rows {
         for j in 0..width {
             let x = &mut c[r * ldc + j];
+            if zero {
+                *x = 0.0;
+            }
             for p in 0..steps {
                 *x = dot_pair(*x, a[p * MR + r], b[p * PANEL + j]);
             }
@@ -109,30 +117,44 @@ pub(super) mod avx512 {
     use std::arch::x86_64::*;
 
     /// [`tile_scalar`](super::tile_scalar) with `vdpbf16ps`: the accumulators stay in
-    /// registers from the loads of `C` to its stores; rows of `A` past `rows` are computed (the
-    /// packing zeroes them) but not stored, and columns past `width` are masked off.
+    /// registers from the loads of `C` (zeros with `zero`) to its stores; rows of `A` past
+    /// `rows` are computed (the packing zeroes them) but not stored, and columns past `width`
+    /// are masked off.
     ///
     /// # Safety
     ///
     /// The CPU must have AVX512_BF16 and AVX-512F.
     #[target_feature(enable = "avx512bf16,avx512f")]
     pub(in super::super) unsafe fn tile(t: TileOps<'_>) {
-        let (a, b, steps, c, ldc, rows, width) = t.checked();
+        let (a, b, steps, c, ldc, rows, width, zero) = t.checked();
         // `checked` bounds every access below: `A[r][p]` at `a[p MR + r]`, `r < MR`, `p < steps`;
         // vector `v` of pair `p` of B, `LANES` values from `b[p PANEL + v LANES]`; of row
-        // `r < rows` of C, the lanes of vector `v` below `width`, from `c[r ldc + v LANES]`
-        // (vectors with no such lane are skipped, so every pointer stays inside its row).
-        let mask: [__mmask16; NV] = std::array::from_fn(|v| {
-            let w = width.saturating_sub(v * LANES).min(LANES);
-            ((1u32 << w) - 1) as __mmask16
+        // `r < rows` of C, the lanes of vector `v` below `width`, from `c[r ldc + v LANES]`.
+        // Every row and vector of the tile is loaded and stored under its mask (none for rows
+        // past `rows` and vectors past `width`), so the loops unroll and the accumulators stay
+        // in registers; a masked-off lane is neither read nor written (nor can it fault), and
+        // the addresses of vectors with no lane in `C` are only computed (`wrapping_add`). With
+        // `zero` no lane is loaded: the accumulators start from zero.
+        let mask: [[__mmask16; NV]; MR] = std::array::from_fn(|r| {
+            std::array::from_fn(|v| {
+                let w = if r < rows {
+                    width.saturating_sub(v * LANES).min(LANES)
+                } else {
+                    0
+                };
+                ((1u32 << w) - 1) as __mmask16
+            })
         });
         let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+        let load: __mmask16 = if zero { 0 } else { !0 };
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
-        for r in 0..rows {
-            for v in (0..NV).filter(|&v| mask[v] != 0) {
-                // SAFETY: the lanes of vector `v` of row `r` below `width` (see above); masked
+        for r in 0..MR {
+            for v in 0..NV {
+                // SAFETY: the lanes of vector `v` of row `r` under its mask (see above); masked
                 // lanes are not read.
-                acc[r][v] = unsafe { _mm512_maskz_loadu_ps(mask[v], cp.add(r * ldc + v * LANES)) };
+                acc[r][v] = unsafe {
+                    _mm512_maskz_loadu_ps(load & mask[r][v], cp.wrapping_add(r * ldc + v * LANES))
+                };
             }
         }
         for p in 0..steps {
@@ -151,10 +173,16 @@ pub(super) mod avx512 {
                 }
             }
         }
-        for r in 0..rows {
-            for v in (0..NV).filter(|&v| mask[v] != 0) {
+        for r in 0..MR {
+            for v in 0..NV {
                 // SAFETY: as for the loads of C; masked lanes are not written.
-                unsafe { _mm512_mask_storeu_ps(cp.add(r * ldc + v * LANES), mask[v], acc[r][v]) };
+                unsafe {
+                    _mm512_mask_storeu_ps(
+                        cp.wrapping_add(r * ldc + v * LANES),
+                        mask[r][v],
+                        acc[r][v],
+                    )
+                };
             }
         }
     }
@@ -202,11 +230,15 @@ pub(super) mod avx2 {
     /// The CPU must have AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(in super::super) unsafe fn tile(t: TileOps<'_>) {
-        let (a, b, steps, c, ldc, rows, width) = t.checked();
+        let (a, b, steps, c, ldc, rows, width, zero) = t.checked();
         // `A[r][p]` as two f32, each flushed: the odd step of k at `ahi[(p - p0) MR + r]`, the
         // even one at `alo[(p - p0) MR + r]`.
         let (mut ahi, mut alo) = ([0.0f32; KS * MR], [0.0f32; KS * MR]);
-        for p0 in (0..steps).step_by(KS) {
+        if steps == 0 && !zero {
+            return;
+        }
+        // With no pairs and `zero`, one empty run stores the zeros.
+        for p0 in (0..steps.max(1)).step_by(KS) {
             let ks = KS.min(steps - p0);
             let a = &a[p0 * MR..(p0 + ks) * MR];
             let whole = a.len() / LANES * LANES;
@@ -228,14 +260,25 @@ pub(super) mod avx2 {
                 alo[i] = flush(f32::from_bits(x << 16));
             }
             let au = (&ahi[..ks * MR], &alo[..ks * MR]);
+            // Only the first run of pairs starts from zero; the later ones add to it.
+            let zero = zero && p0 == 0;
             for j0 in (0..width).step_by(CHUNK) {
-                chunk(au, &b[p0 * PANEL + j0..], ks, c, ldc, rows, (j0, width));
+                chunk(
+                    au,
+                    &b[p0 * PANEL + j0..],
+                    ks,
+                    c,
+                    ldc,
+                    (rows, zero),
+                    (j0, width),
+                );
             }
         }
     }
 
-    /// `C += A B` over `steps` pairs for the chunk of columns from `j0` (below `width`): `ahi`
-    /// and `alo` the unpacked `A`, `b` the panel's pairs from column `j0` of pair `p0`.
+    /// `C += A B` (`C = A B` with `zero`) over `steps` pairs for the chunk of columns from `j0`
+    /// (below `width`): `ahi` and `alo` the unpacked `A`, `b` the panel's pairs from column
+    /// `j0` of pair `p0`.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     fn chunk(
@@ -244,7 +287,7 @@ pub(super) mod avx2 {
         steps: usize,
         c: &mut [f32],
         ldc: usize,
-        rows: usize,
+        (rows, zero): (usize, bool),
         (j0, width): (usize, usize),
     ) {
         // `tile`'s `checked` bounds every access below: of `B`, vector `v` of pair `p < steps`,
@@ -267,7 +310,7 @@ pub(super) mod avx2 {
         });
         let (bp, cp) = (b.as_ptr(), c.as_mut_ptr());
         let mut acc = [[_mm256_setzero_ps(); CV]; MR];
-        for r in 0..rows {
+        for r in (0..rows).filter(|_| !zero) {
             for v in (0..CV).filter(|&v| lanes[v] > 0) {
                 // SAFETY: the lanes of vector `v` of row `r` below `width` (see above); masked
                 // lanes are not read.

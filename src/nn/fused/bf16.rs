@@ -8,7 +8,7 @@
 
 use crate::kernels::bf16::{
     AStorage, Bf16Kernel, PackedBf16B, gemm_bf16_acc_stored, gemm_bf16_acc_stored_cols,
-    gemm_bf16_stacked,
+    gemm_bf16_set_stored, gemm_bf16_stacked,
 };
 use crate::kernels::gemm_nn::{PackedB, Rows, gemm_packed_acc, gemm_packed_set};
 use crate::precision::{f32s, f32s_mut};
@@ -64,11 +64,13 @@ pub(super) fn product<T: Float>(
     c: &mut [T],
     set: bool,
 ) {
-    let c = &mut c[..m * b.n()];
+    let c = f32s_mut(&mut c[..m * b.n()]);
+    let a = (m, f32s(a), storage);
     if set {
-        c.fill(T::ZERO);
+        gemm_bf16_set_stored(kernel, a, b, c, b.n());
+    } else {
+        gemm_bf16_acc_stored(kernel, a, b, c, b.n());
     }
-    gemm_bf16_acc_stored(kernel, (m, f32s(a), storage), b, f32s_mut(c), b.n());
 }
 
 /// One step's recurrent product over a group of shards' row blocks: `C + bias + A B` for
