@@ -69,8 +69,8 @@ impl Tile for Avx2Fma {
 /// as the loops reach it (into a buffer that stays in cache, instead of a whole packing
 /// written to memory and read back).
 pub(super) enum AOperand<'a> {
-    /// Packed beforehand.
-    Packed(&'a PackedBf16A),
+    /// Packed beforehand: its columns `ks` (see [`PackedBf16A::check_part`]).
+    Packed(&'a PackedBf16A, std::ops::Range<usize>),
     /// As stored, converted with this kernel block by block.
     Stored(ASource<'a>, Bf16Kernel),
 }
@@ -88,7 +88,10 @@ pub(super) fn product(
     set: bool,
 ) {
     let (m, k) = match &a {
-        AOperand::Packed(pa) => (pa.m, pa.k),
+        AOperand::Packed(pa, ks) => {
+            pa.check_part(ks);
+            (pa.m, ks.len())
+        }
         AOperand::Stored(src, _) => (src.m, src.k),
     };
     assert_eq!(k, b.k, "gemm_bf16: A has {k} columns, B {} rows", b.k);
@@ -132,7 +135,7 @@ pub(super) fn product(
     let mut scratch = Scratch::take();
     let mut block = std::mem::take(&mut scratch.block);
     let chunk = match &a {
-        AOperand::Packed(_) => kp,
+        AOperand::Packed(..) => kp,
         AOperand::Stored(..) => {
             let chunk = (A_CHUNK_BYTES / (MB * MR * 4)).max(KB) / KB * KB;
             block.resize(MB.min(tiles) * chunk.min(kp) * MR, 0);
@@ -143,9 +146,13 @@ pub(super) fn product(
         let t1 = tiles.min(t0 + MB);
         for c0 in (0..kp).step_by(chunk) {
             let c1 = kp.min(c0 + chunk);
-            // Tile `t`'s pair `p` starts at `av[(t - origin.0) * stride + (p - origin.1) MR]`.
+            // Tile `t`'s pair `p` starts at `av[(t - origin.0) * stride + (p - origin.1) MR]`
+            // (for a part of a packing, `av` starts at the part's first pair).
             let (av, origin, stride): (&[u32], _, _) = match &a {
-                AOperand::Packed(pa) => (pa.buf.values(), (0, 0), kp * MR),
+                AOperand::Packed(pa, ks) => {
+                    let first = ks.start / 2 * MR;
+                    (&pa.buf.values()[first..], (0, 0), pa.k.div_ceil(2) * MR)
+                }
                 AOperand::Stored(src, conv) => {
                     src.pack_block(*conv, t0..t1, c0..c1, &mut block, &mut scratch);
                     (&block, (t0, c0), (c1 - c0) * MR)

@@ -163,14 +163,25 @@ pub fn gemm_bf16_acc_ld(
     c: &mut [f32],
     ldc: usize,
 ) {
-    product(
-        kernel,
-        loops::AOperand::Packed(a),
-        b,
-        0..b.n.div_ceil(PANEL),
-        (c, ldc),
-        false,
-    );
+    gemm_bf16_part(kernel, (a, 0..a.k), b, (c, ldc), false);
+}
+
+/// `C += A[:, ks] B`, or with `set` `C = A[:, ks] B` (`C` only written): columns `ks` of a
+/// packed `A` against `B` (`ks.len()` rows), `C` with rows `ldc` apart. The same values as a
+/// packing of just those columns: so one packing of `dG^T` serves weight gradients over
+/// different runs of time steps. `ks` must start on an even column and end on one or at
+/// `a.k()`.
+///
+/// Panics if `ks` is not so, `B`'s rows are not `ks.len()`, or `C` is too short.
+pub fn gemm_bf16_part(
+    kernel: Bf16Kernel,
+    (a, ks): (&PackedBf16A, std::ops::Range<usize>),
+    b: &PackedBf16B,
+    c: (&mut [f32], usize),
+    set: bool,
+) {
+    let a = loops::AOperand::Packed(a, ks);
+    product(kernel, a, b, 0..b.n.div_ceil(PANEL), c, set);
 }
 
 /// `C += A B` with `A` (`m x k`) as stored in f32, row by row or column by column (`storage`):
@@ -247,7 +258,14 @@ fn stored_cols(
     if let AStorage::ColMajor { .. } = storage {
         return with_packed_a(|pa| {
             pa.pack(kernel, a, m, b.k, storage);
-            product(kernel, loops::AOperand::Packed(pa), b, panels, c, set);
+            product(
+                kernel,
+                loops::AOperand::Packed(pa, 0..pa.k),
+                b,
+                panels,
+                c,
+                set,
+            );
         });
     }
     let src = packing::ASource::new(a, m, b.k, storage);
@@ -322,6 +340,23 @@ pub fn gemm_bf16_stacked(
     with_packed_b(|pb| {
         pb.pack_stacked(kernel, parts, n);
         gemm_bf16_acc_stored(kernel, (m, a, storage), pb, c, ldc);
+    });
+}
+
+/// `C = A[:, ks] [b_1; b_2; ...]`: [`gemm_bf16_stacked`] over columns `ks` of a packed `A`
+/// (as [`gemm_bf16_part`] reads them), writing `C` (rows `ldc` apart) instead of adding to it.
+///
+/// Panics as [`gemm_bf16_part`] does, or if the parts are not `ks.len()` rows of `n` in all.
+pub fn gemm_bf16_stacked_part(
+    kernel: Bf16Kernel,
+    a: (&PackedBf16A, std::ops::Range<usize>),
+    parts: &[&[f32]],
+    n: usize,
+    c: (&mut [f32], usize),
+) {
+    with_packed_b(|pb| {
+        pb.pack_stacked(kernel, parts, n);
+        gemm_bf16_part(kernel, a, pb, c, true);
     });
 }
 

@@ -178,6 +178,21 @@ impl PackedBf16A {
         self.k
     }
 
+    /// Panics unless columns `ks` of the packing are a product's `A` by themselves: inside
+    /// it, starting on a pair (an even column), and ending on one or at the last column (where
+    /// the last pair's other half is the packing's zero, as in a packing of just those
+    /// columns).
+    pub(super) fn check_part(&self, ks: &std::ops::Range<usize>) {
+        assert!(
+            ks.start <= ks.end
+                && ks.end <= self.k
+                && ks.start.is_multiple_of(2)
+                && (ks.end.is_multiple_of(2) || ks.end == self.k),
+            "gemm_bf16: columns {ks:?} of a packed A of {} are not whole pairs",
+            self.k
+        );
+    }
+
     /// Packs `a`, an `m x k` matrix stored as `storage` says: row by row (the NN and NT
     /// products' `A`), or column by column `ld` apart, i.e. the transpose of a row-major
     /// `k x ld` matrix read in place (the TN products' `dG^T` of the weight gradients

@@ -1001,3 +1001,66 @@ fn a_set_product_writes_what_a_zeroed_c_would_hold() {
         }
     }
 }
+
+/// Columns `ks` of a packed `A` give, bit for bit, the product of a packing of just those
+/// columns, added to `C` or written over it, also against stacked parts of `B`; an odd run is
+/// allowed only at the packing's end, and a run that starts or ends inside a pair is refused.
+#[test]
+fn a_run_of_columns_of_a_packed_a_is_a_packing_of_them() {
+    for kernel in kernels("a_run_of_columns_of_a_packed_a_is_a_packing_of_them") {
+        let (m, k, n) = if cfg!(miri) { (7, 9, 5) } else { (13, 301, 70) };
+        let a_t: Vec<f32> = values(71, k * m, 1.0);
+        let b: Vec<f32> = values(72, k * n, 1.0);
+        let c0: Vec<f32> = values(73, m * n, 1.0);
+        let mut whole = PackedBf16A::new();
+        whole.pack(kernel, &a_t, m, k, AStorage::ColMajor { ld: m });
+        for ks in [0..k, 0..0, 2..k, 4..k - 1, 0..6, 2..3.min(k)] {
+            if !(ks.end.is_multiple_of(2) || ks.end == k) {
+                continue;
+            }
+            let a_part = &a_t[ks.start * m..ks.end * m];
+            let mut alone = PackedBf16A::new();
+            alone.pack(kernel, a_part, m, ks.len(), AStorage::ColMajor { ld: m });
+            let b_part = &b[ks.start * n..ks.end * n];
+            let mut pb = PackedBf16B::new();
+            pb.pack(kernel, b_part, ks.len(), n);
+            for set in [false, true] {
+                let mut want = if set { vec![0.0; m * n] } else { c0.clone() };
+                gemm_bf16_acc_ld(kernel, &alone, &pb, &mut want, n);
+                let mut got = if set {
+                    vec![f32::NAN; m * n]
+                } else {
+                    c0.clone()
+                };
+                gemm_bf16_part(kernel, (&whole, ks.clone()), &pb, (&mut got, n), set);
+                let mut stacked = vec![f32::NAN; m * n];
+                let parts: &[&[f32]] = &[
+                    &b_part[..b_part.len() / n / 2 * n],
+                    &b_part[b_part.len() / n / 2 * n..],
+                ];
+                gemm_bf16_stacked_part(kernel, (&whole, ks.clone()), parts, n, (&mut stacked, n));
+                for e in 0..m * n {
+                    assert!(
+                        same(got[e], want[e]),
+                        "{kernel:?} columns {ks:?} (set {set}): value {e}"
+                    );
+                    if set {
+                        assert!(
+                            same(stacked[e], want[e]),
+                            "{kernel:?} columns {ks:?}, stacked: value {e}"
+                        );
+                    }
+                }
+            }
+        }
+        for ks in [1..k, 0..3] {
+            let mut pb = PackedBf16B::new();
+            pb.pack(kernel, &b[..ks.len() * n], ks.len(), n);
+            let mut c = vec![0.0; m * n];
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                gemm_bf16_part(kernel, (&whole, ks.clone()), &pb, (&mut c, n), true)
+            }));
+            assert!(run.is_err(), "columns {ks:?} inside pairs were taken");
+        }
+    }
+}

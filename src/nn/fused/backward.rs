@@ -380,13 +380,26 @@ impl Config {
                 }
                 gemm_set_blocked_b(dg_transposed(gh, dg, dw), parts, cols, packed);
             };
+        // In bf16 the LSTM's and the RNN's two weight gradients read one packing of `dG^T`.
+        let dg_t = match w.bf16 {
+            Some(b) if self.kind != CellKind::Gru && want.w_ih && want.w_hh && tl > 0 => {
+                Some(bf16::PackedDgT::new(b.kernel, &dg[..tl * n * gh], gh))
+            }
+            _ => None,
+        };
         let dw_ih_job = || {
             if !want.w_ih {
                 return;
             }
             // In bf16 the weight gradient packs the shard's rows whole, from its copy.
             if w.bf16.is_some() {
-                return weight_grad(dg, &[&sh.x(x)[..tl * n * i_sz]], i_sz, x_packed, dw_ih);
+                let xs: &[&[T]] = &[&sh.x(x)[..tl * n * i_sz]];
+                if let Some(p) = &dg_t
+                    && p.weight_grad(0..tl * n, xs, i_sz, dw_ih)
+                {
+                    return;
+                }
+                return weight_grad(dg, xs, i_sz, x_packed, dw_ih);
             }
             gemm_set_blocked_b_runs(dg_transposed(gh, dg, dw_ih), x_runs, i_sz, x_packed);
         };
@@ -394,26 +407,37 @@ impl Config {
             if !want.w_hh {
                 return;
             }
+            // dW_hh over rows `rows` of `dg_h` (those steps' `dG`), from the shared packing
+            // where it has them as whole pairs.
+            let mut grad_hh = |rows: std::ops::Range<usize>, parts: &[&[T]], dw: &mut [T]| {
+                if let Some(p) = &dg_t
+                    && p.weight_grad(rows.clone(), parts, h, dw)
+                {
+                    return;
+                }
+                let dg_rows = &dg_h[rows.start * gh..rows.end * gh];
+                weight_grad(dg_rows, parts, h, h_packed, dw);
+            };
             // With recurrent dropout the product read a_t = m * h_{t-1}, kept time-indexed as
             // the states are with lengths.
             if self.h_drop {
-                return weight_grad(dg_h, &[&sh.h_drop[..tl * nh]], h, h_packed, dw_hh);
+                return grad_hh(0..tl * n, &[&sh.h_drop[..tl * nh]], dw_hh);
             }
             if keep_prev || tl == 0 {
-                return weight_grad(dg_h, &[&sh.h_prev[..tl * nh]], h, h_packed, dw_hh);
+                return grad_hh(0..tl * n, &[&sh.h_prev[..tl * nh]], dw_hh);
             }
             // Step 0 starts from h0; every later step from the previous step's output, which
             // in time order is the next output (reverse) or the one before. A zero initial
             // state (the default) adds nothing: its rows are left out (at B = 1 they were a
             // rank-one update of 0.11 ms in a 3 ms tiny-batch LSTM step).
             let with_h0 = h0.iter().any(|&v| v != T::ZERO);
-            let (dg_rows, parts): (&[T], [&[T]; 2]) = match (self.reverse, with_h0) {
-                (false, true) => (dg_h, [h0, &hs[..(tl - 1) * nh]]),
-                (false, false) => (&dg_h[n * gh..], [&hs[..(tl - 1) * nh], &[]]),
-                (true, true) => (dg_h, [&hs[nh..tl * nh], h0]),
-                (true, false) => (&dg_h[..(tl - 1) * n * gh], [&hs[nh..tl * nh], &[]]),
+            let (rows, parts): (_, [&[T]; 2]) = match (self.reverse, with_h0) {
+                (false, true) => (0..tl * n, [h0, &hs[..(tl - 1) * nh]]),
+                (false, false) => (n..tl * n, [&hs[..(tl - 1) * nh], &[]]),
+                (true, true) => (0..tl * n, [&hs[nh..tl * nh], h0]),
+                (true, false) => (0..(tl - 1) * n, [&hs[nh..tl * nh], &[]]),
             };
-            weight_grad(dg_rows, &parts, h, h_packed, dw_hh);
+            grad_hh(rows, &parts, dw_hh);
         };
         crate::threads::join(dx_job, || crate::threads::join(dw_ih_job, dw_hh_job));
         // The bias gradients were summed step by step (`add_bias_grads`); the LSTM's and the

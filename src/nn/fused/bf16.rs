@@ -7,8 +7,8 @@
 //! operands as `f32` through [`Float::as_f32`] ([`f32s`]).
 
 use crate::kernels::bf16::{
-    AStorage, Bf16Kernel, PackedBf16B, gemm_bf16_acc_stored, gemm_bf16_acc_stored_cols,
-    gemm_bf16_set_stored, gemm_bf16_stacked,
+    AStorage, Bf16Kernel, PackedBf16A, PackedBf16B, gemm_bf16_acc_stored,
+    gemm_bf16_acc_stored_cols, gemm_bf16_set_stored, gemm_bf16_stacked, gemm_bf16_stacked_part,
 };
 use crate::kernels::gemm_nn::{PackedB, Rows, gemm_packed_acc, gemm_packed_set};
 use crate::precision::{f32s, f32s_mut};
@@ -108,13 +108,70 @@ pub(super) fn weight_grad<T: Float>(
 ) {
     let dw = f32s_mut(&mut dw[..gh * cols]);
     dw.fill(0.0);
-    let parts: [&[f32]; 2] = match parts {
+    let a = (gh, f32s(dg), AStorage::ColMajor { ld: gh });
+    gemm_bf16_stacked(kernel, a, &two_parts(parts), cols, dw, cols);
+}
+
+/// Two parts as [`weight_grad`]'s, in f32.
+fn two_parts<'a, T: Float>(parts: &[&'a [T]]) -> [&'a [f32]; 2] {
+    match parts {
         [one] => [f32s(one), &[]],
         [one, two] => [f32s(one), f32s(two)],
         _ => panic!("weight_grad: one or two parts"),
-    };
-    let a = (gh, f32s(dg), AStorage::ColMajor { ld: gh });
-    gemm_bf16_stacked(kernel, a, &parts, cols, dw, cols);
+    }
+}
+
+thread_local! {
+    /// This thread's packing of a shard's `dG^T`, kept between backward passes.
+    static DG_T: std::cell::Cell<PackedBf16A> = std::cell::Cell::new(PackedBf16A::new());
+}
+
+/// A shard's `dG^T` packed once in bf16 for both weight gradients that read it (the LSTM's and
+/// the RNN's `dW_ih = dG^T X` and `dW_hh = dG^T H`; the GRU's `dW_hh` reads another gradient):
+/// one conversion of `dG`, which streams from memory, instead of one per product. Holds this
+/// thread's buffer, given back when dropped.
+pub(super) struct PackedDgT {
+    kernel: Bf16Kernel,
+    gh: usize,
+    packed: PackedBf16A,
+}
+
+impl PackedDgT {
+    /// `dg` `[rows, G*H]` (`gh = G*H`) packed as `dG^T`.
+    pub(super) fn new<T: Float>(kernel: Bf16Kernel, dg: &[T], gh: usize) -> Self {
+        let mut packed = DG_T.with(std::cell::Cell::take);
+        let a = f32s(dg);
+        packed.pack(kernel, a, gh, a.len() / gh, AStorage::ColMajor { ld: gh });
+        PackedDgT { kernel, gh, packed }
+    }
+
+    /// [`weight_grad`] over rows `rows` of the packed `dG`, if they are whole pairs of it (see
+    /// `gemm_bf16_part`; the same values as packing those rows alone); `false`, with nothing
+    /// done, if not.
+    pub(super) fn weight_grad<T: Float>(
+        &self,
+        rows: std::ops::Range<usize>,
+        parts: &[&[T]],
+        cols: usize,
+        dw: &mut [T],
+    ) -> bool {
+        let whole_pairs = rows.start.is_multiple_of(2)
+            && (rows.end.is_multiple_of(2) || rows.end == self.packed.k());
+        if !whole_pairs || rows.end > self.packed.k() {
+            return false;
+        }
+        let dw = f32s_mut(&mut dw[..self.gh * cols]);
+        let a = (&self.packed, rows);
+        gemm_bf16_stacked_part(self.kernel, a, &two_parts(parts), cols, (dw, cols));
+        true
+    }
+}
+
+impl Drop for PackedDgT {
+    fn drop(&mut self) {
+        let packed = std::mem::take(&mut self.packed);
+        DG_T.with(|c| c.set(packed));
+    }
 }
 
 /// A weight packed for the products of each step, `C = A B` or `C += A B` over a few rows: in
