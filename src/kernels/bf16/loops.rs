@@ -128,6 +128,8 @@ pub(super) fn product(
     }
     let bv = b.buf.values();
     let tiles = m.div_ceil(MR);
+    // Where the tiles' `C` lies, for the addresses they prefetch (only computed, never read).
+    let c_base = c.as_ptr();
     // An `A` as stored is packed a block of rows by a run of `chunk` pairs (a whole number of
     // cache blocks of k) at a time, at most `A_CHUNK_BYTES`: long runs of each stored row
     // (short ones, a cache block of k from each of the block's rows, left the hardware's
@@ -166,6 +168,16 @@ pub(super) fn product(
                     for t in t0..t1 {
                         let rows = MR.min(m - t * MR);
                         let at = (t - origin.0) * stride + (p0 - origin.1) * MR;
+                        // The tile after this one: the next of the block, else the block's
+                        // first by the next panel.
+                        let ahead = if t + 1 < t1 {
+                            Some((t + 1) * MR * ldc + q * PANEL - j0)
+                        } else if q + 1 < panels.end {
+                            Some(t0 * MR * ldc + (q + 1) * PANEL - j0)
+                        } else {
+                            None
+                        };
+                        let ahead = ahead.map_or(std::ptr::null(), |at| c_base.wrapping_add(at));
                         let cs = &mut c[t * MR * ldc + q * PANEL - j0..];
                         kernel.tile(TileOps {
                             a: &av[at..][..steps * MR],
@@ -177,6 +189,7 @@ pub(super) fn product(
                             width,
                             // The first block of k starts each sum from zero with `set`.
                             zero: set && p0 == 0,
+                            ahead,
                         });
                     }
                 }

@@ -341,6 +341,7 @@ fn ops<'a>(
         rows,
         width,
         zero: false,
+        ahead: std::ptr::null(),
     }
 }
 

@@ -54,6 +54,9 @@ pub(super) struct TileOps<'a> {
     pub(super) rows: usize,
     pub(super) width: usize,
     pub(super) zero: bool,
+    /// Where the next tile's `C` starts (rows `ldc` apart), which a tile may ask the cache for
+    /// while it runs (a hint: never read); null for none.
+    pub(super) ahead: *const f32,
 }
 
 /// A tile's operands as one tuple: `(a, b, steps, c, ldc, rows, width, zero)`.
@@ -80,6 +83,7 @@ impl<'a> TileOps<'a> {
             rows,
             width,
             zero,
+            ahead: _,
         } = self;
         assert!(
             (1..=MR).contains(&rows)
@@ -126,6 +130,7 @@ pub(super) mod avx512 {
     /// The CPU must have AVX512_BF16 and AVX-512F.
     #[target_feature(enable = "avx512bf16,avx512f")]
     pub(in super::super) unsafe fn tile(t: TileOps<'_>) {
+        let t_ahead = t.ahead;
         let (a, b, steps, c, ldc, rows, width, zero) = t.checked();
         // `checked` bounds every access below: `A[r][p]` at `a[p MR + r]`, `r < MR`, `p < steps`;
         // vector `v` of pair `p` of B, `LANES` values from `b[p PANEL + v LANES]`; of row
@@ -146,6 +151,17 @@ pub(super) mod avx512 {
             })
         });
         let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+        // The next tile's rows of C, a cache line at a time, asked for now: when `C` streams
+        // from memory (a step's gates, written by the input projection long before), its loads
+        // would otherwise wait for memory at the start of every tile.
+        if !t_ahead.is_null() {
+            for r in 0..MR {
+                for v in 0..NV {
+                    let line = t_ahead.wrapping_add(r * ldc + v * LANES);
+                    _mm_prefetch::<_MM_HINT_T0>(line.cast());
+                }
+            }
+        }
         let load: __mmask16 = if zero { 0 } else { !0 };
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
         for r in 0..MR {
