@@ -10,6 +10,11 @@ of the held-out text from a zero state (batch min(B, len // (T + 1))). Prints th
 loss at each validation and the characters per second of the training steps (validation
 excluded) and of the whole run.
 
+With --precision bf16 the training steps' forward runs under
+`torch.autocast("cpu", dtype=torch.bfloat16)` (PyTorch's mixed precision: the products in
+bf16, the weights, the optimizer and the loss in f32), the twin of `recur train --precision
+bf16`; validation stays in f32 on both sides.
+
 With --save-init FILE it writes its initial weights first; `recur train --init-weights FILE`
 then starts from the same weights, so that the two validation losses compare at equal steps
 without the spread that different initial weights give.
@@ -76,6 +81,8 @@ def main():
     ap.add_argument("--val-fraction", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                    help="bf16: the training steps' forward under torch.autocast (CPU, bf16)")
     ap.add_argument("--save-init", metavar="FILE",
                     help="write the initial weights to FILE (safetensors, the state_dict's "
                          "names) for `recur train --init-weights FILE`, then train as usual")
@@ -108,9 +115,10 @@ def main():
         if k == 0:
             state = None
         x, y = chunk(train, k, T)
-        logits, state = model(x, state)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            logits, state = model(x, state)
+            loss = nn.functional.cross_entropy(logits.view(-1, len(chars)).float(), y.view(-1))
         state = detach(state)
-        loss = nn.functional.cross_entropy(logits.view(-1, len(chars)), y.view(-1))
         opt.zero_grad()
         loss.backward()
         if args.clip > 0:
@@ -130,7 +138,7 @@ def main():
     wall = time.perf_counter() - start_all
     print(f"done: {args.steps} steps, {T * B * args.steps / train_secs:.0f} characters per second "
           f"in the training steps, {T * B * args.steps / wall:.0f} over the whole run ({wall:.1f} s), "
-          f"{args.threads} threads, torch {torch.__version__}")
+          f"{args.threads} threads, {args.precision}, torch {torch.__version__}")
 
 
 if __name__ == "__main__":
