@@ -121,34 +121,52 @@ pub(super) mod avx512 {
     use std::arch::x86_64::*;
 
     /// [`tile_scalar`](super::tile_scalar) with `vdpbf16ps`: the accumulators stay in
-    /// registers from the loads of `C` (zeros with `zero`) to its stores; rows of `A` past
-    /// `rows` are computed (the packing zeroes them) but not stored, and columns past `width`
-    /// are masked off.
+    /// registers from the loads of `C` (zeros with `zero`) to its stores, and columns past
+    /// `width` are masked off. A tile of fewer than [`MR`] rows (the last of a block whose rows
+    /// are not a multiple of `MR`: a shard of 32 rows ends with one of 2) computes only those
+    /// rows, in the time of its products: a tile of `MR` rows over 2 would take as long as a
+    /// whole one.
     ///
     /// # Safety
     ///
     /// The CPU must have AVX512_BF16 and AVX-512F.
     #[target_feature(enable = "avx512bf16,avx512f")]
     pub(in super::super) unsafe fn tile(t: TileOps<'_>) {
+        // SAFETY: the CPU has the features (this function's contract); each call's `R` is
+        // the tile's `rows` (`rows_of` asserts it).
+        unsafe {
+            match t.rows {
+                1 => rows_of::<1>(t),
+                2 => rows_of::<2>(t),
+                3 => rows_of::<3>(t),
+                4 => rows_of::<4>(t),
+                5 => rows_of::<5>(t),
+                _ => rows_of::<MR>(t),
+            }
+        }
+    }
+
+    /// [`tile`] for a tile of `R` rows.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX512_BF16 and AVX-512F.
+    #[target_feature(enable = "avx512bf16,avx512f")]
+    unsafe fn rows_of<const R: usize>(t: TileOps<'_>) {
         let t_ahead = t.ahead;
         let (a, b, steps, c, ldc, rows, width, zero) = t.checked();
-        // `checked` bounds every access below: `A[r][p]` at `a[p MR + r]`, `r < MR`, `p < steps`;
-        // vector `v` of pair `p` of B, `LANES` values from `b[p PANEL + v LANES]`; of row
-        // `r < rows` of C, the lanes of vector `v` below `width`, from `c[r ldc + v LANES]`.
-        // Every row and vector of the tile is loaded and stored under its mask (none for rows
-        // past `rows` and vectors past `width`), so the loops unroll and the accumulators stay
-        // in registers; a masked-off lane is neither read nor written (nor can it fault), and
-        // the addresses of vectors with no lane in `C` are only computed (`wrapping_add`). With
-        // `zero` no lane is loaded: the accumulators start from zero.
-        let mask: [[__mmask16; NV]; MR] = std::array::from_fn(|r| {
-            std::array::from_fn(|v| {
-                let w = if r < rows {
-                    width.saturating_sub(v * LANES).min(LANES)
-                } else {
-                    0
-                };
-                ((1u32 << w) - 1) as __mmask16
-            })
+        assert!(rows == R && R <= MR);
+        // `checked` bounds every access below: `A[r][p]` at `a[p MR + r]`, `r < R <= MR`,
+        // `p < steps`; vector `v` of pair `p` of B, `LANES` values from `b[p PANEL + v LANES]`;
+        // of row `r < R` of C, the lanes of vector `v` below `width`, from `c[r ldc + v LANES]`.
+        // Every vector of each row is loaded and stored under its mask (none for vectors past
+        // `width`), so the loops unroll and the accumulators stay in registers; a masked-off
+        // lane is neither read nor written (nor can it fault), and the addresses of vectors
+        // with no lane in `C` are only computed (`wrapping_add`). With `zero` no lane is
+        // loaded: the accumulators start from zero.
+        let mask: [__mmask16; NV] = std::array::from_fn(|v| {
+            let w = width.saturating_sub(v * LANES).min(LANES);
+            ((1u32 << w) - 1) as __mmask16
         });
         let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
         // The next tile's rows of C, a cache line at a time, asked for now: when `C` streams
@@ -163,13 +181,13 @@ pub(super) mod avx512 {
             }
         }
         let load: __mmask16 = if zero { 0 } else { !0 };
-        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
-        for r in 0..MR {
+        let mut acc = [[_mm512_setzero_ps(); NV]; R];
+        for r in 0..R {
             for v in 0..NV {
                 // SAFETY: the lanes of vector `v` of row `r` under its mask (see above); masked
                 // lanes are not read.
                 acc[r][v] = unsafe {
-                    _mm512_maskz_loadu_ps(load & mask[r][v], cp.wrapping_add(r * ldc + v * LANES))
+                    _mm512_maskz_loadu_ps(load & mask[v], cp.wrapping_add(r * ldc + v * LANES))
                 };
             }
         }
@@ -180,7 +198,7 @@ pub(super) mod avx512 {
                     .cast::<__m512bh>()
                     .read_unaligned()
             });
-            for r in 0..MR {
+            for r in 0..R {
                 // SAFETY: `A[r][p]` (see above).
                 let pair = unsafe { *ap.add(p * MR + r) };
                 let av = broadcast(pair);
@@ -189,15 +207,11 @@ pub(super) mod avx512 {
                 }
             }
         }
-        for r in 0..MR {
+        for r in 0..R {
             for v in 0..NV {
                 // SAFETY: as for the loads of C; masked lanes are not written.
                 unsafe {
-                    _mm512_mask_storeu_ps(
-                        cp.wrapping_add(r * ldc + v * LANES),
-                        mask[r][v],
-                        acc[r][v],
-                    )
+                    _mm512_mask_storeu_ps(cp.wrapping_add(r * ldc + v * LANES), mask[v], acc[r][v])
                 };
             }
         }
