@@ -178,16 +178,21 @@ impl PackedBf16A {
         self.k
     }
 
-    /// Panics unless columns `ks` of the packing are a product's `A` by themselves: inside
-    /// it, starting on a pair (an even column), and ending on one or at the last column (where
-    /// the last pair's other half is the packing's zero, as in a packing of just those
-    /// columns).
+    /// Whether columns `ks` of the packing are a product's `A` by themselves
+    /// ([`gemm_bf16_part`](super::gemm_bf16_part)): inside it, starting on a pair (an even
+    /// column), and ending on one or at the last column (where the last pair's other half is
+    /// the packing's zero, as in a packing of just those columns).
+    pub fn holds_part(&self, ks: &std::ops::Range<usize>) -> bool {
+        ks.start <= ks.end
+            && ks.end <= self.k
+            && ks.start.is_multiple_of(2)
+            && (ks.end.is_multiple_of(2) || ks.end == self.k)
+    }
+
+    /// Panics unless [`PackedBf16A::holds_part`].
     pub(super) fn check_part(&self, ks: &std::ops::Range<usize>) {
         assert!(
-            ks.start <= ks.end
-                && ks.end <= self.k
-                && ks.start.is_multiple_of(2)
-                && (ks.end.is_multiple_of(2) || ks.end == self.k),
+            self.holds_part(ks),
             "gemm_bf16: columns {ks:?} of a packed A of {} are not whole pairs",
             self.k
         );

@@ -145,9 +145,9 @@ impl PackedDgT {
         PackedDgT { kernel, gh, packed }
     }
 
-    /// [`weight_grad`] over rows `rows` of the packed `dG`, if they are whole pairs of it (see
-    /// `gemm_bf16_part`; the same values as packing those rows alone); `false`, with nothing
-    /// done, if not.
+    /// [`weight_grad`] over rows `rows` of the packed `dG`, if they are whole pairs of it
+    /// (`PackedBf16A::holds_part`; the same values as packing those rows alone); `false`, with
+    /// nothing done, if not.
     pub(super) fn weight_grad<T: Float>(
         &self,
         rows: std::ops::Range<usize>,
@@ -155,9 +155,7 @@ impl PackedDgT {
         cols: usize,
         dw: &mut [T],
     ) -> bool {
-        let whole_pairs = rows.start.is_multiple_of(2)
-            && (rows.end.is_multiple_of(2) || rows.end == self.packed.k());
-        if !whole_pairs || rows.end > self.packed.k() {
+        if !self.packed.holds_part(&rows) {
             return false;
         }
         let dw = f32s_mut(&mut dw[..self.gh * cols]);
