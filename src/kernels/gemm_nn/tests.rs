@@ -831,6 +831,37 @@ fn both_loop_orders_give_the_same_values_bit_for_bit() {
 }
 
 #[test]
+fn the_loop_order_follows_the_share_of_l2_that_b_takes() {
+    use super::tiling::LoopOrder;
+    const KIB: usize = 1 << 10;
+    // Intel family 6 model 207 (2 MiB L2): B of 1 MiB (a medium LSTM's dX) rows outside, 4 MiB not.
+    assert_eq!(
+        LoopOrder::choose(1024 * KIB, 2048 * KIB),
+        LoopOrder::RowsOuter
+    );
+    assert_eq!(LoopOrder::choose(4096 * KIB, 2048 * KIB), LoopOrder::KOuter);
+    // Intel family 6 model 106 (1.25 MiB L2): 768 KiB rows outside, 1 MiB not.
+    assert_eq!(
+        LoopOrder::choose(768 * KIB, 1280 * KIB),
+        LoopOrder::RowsOuter
+    );
+    assert_eq!(LoopOrder::choose(1024 * KIB, 1280 * KIB), LoopOrder::KOuter);
+    // AMD Zen 5 (1 MiB L2) and Zen 3 (512 KiB): as at half the L2 for the benchmarks' sizes.
+    assert_eq!(
+        LoopOrder::choose(512 * KIB, 1024 * KIB),
+        LoopOrder::RowsOuter
+    );
+    assert_eq!(LoopOrder::choose(768 * KIB, 1024 * KIB), LoopOrder::KOuter);
+    assert_eq!(
+        LoopOrder::choose(256 * KIB, 512 * KIB),
+        LoopOrder::RowsOuter
+    );
+    assert_eq!(LoopOrder::choose(512 * KIB, 512 * KIB), LoopOrder::KOuter);
+    // No overflow for a B of any size.
+    assert_eq!(LoopOrder::choose(usize::MAX, 1 << 20), LoopOrder::KOuter);
+}
+
+#[test]
 fn every_small_shape_matches_the_reference_in_each_tile_shape() {
     // Every row count over two row blocks (MB = 40), every column count over two panels
     // (ragged vectors and panels), setting and adding, each tile shape.

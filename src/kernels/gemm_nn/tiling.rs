@@ -254,17 +254,48 @@ thread_local! {
 }
 
 impl LoopOrder {
-    /// The order for a packed `B` of `b_bytes`: rows outside when `B` takes at most half of
-    /// one core's L2 (as the CPU reports it; 1 MiB where it does not, and under Miri), so that
-    /// reading it again for each row block costs what the other order's slices cost; else k
-    /// outside (a `B` streamed from L3 once per row block would cost more than `C`'s trips).
+    /// The order for a packed `B` of `b_bytes` on a CPU with `l2` bytes of L2 per core: rows
+    /// outside while `B` takes at most five eighths of the L2, so that reading it again for
+    /// each row block costs what the other order's slices cost; else k outside (a `B` streamed
+    /// from L3 once per row block would cost more than `C`'s trips).
     ///
-    /// On an Intel Xeon (family 6 model 207, 2 MiB L2), one thread, f32, best of 15
-    /// alternating runs, % of the FMA peak with k outside / rows outside: 3200x1024x256 (the
-    /// `dX` of a medium LSTM) 81.4 / 87.0, 3200x768x256 82.2 / 87.9, 3200x256x256 (an input
-    /// projection) 87.1 / 89.1; 6400x512x2048 (`B` 4 MiB) 75.2 / 76.6, kept k outside.
+    /// One thread, f32, alternating runs, the products of the medium and large steps:
+    ///
+    /// - Intel Xeon, family 6 model 207 (2 MiB L2), best of 15 runs, % of the FMA peak with k
+    ///   outside / rows outside: 3200x1024x256 (the `dX` of a medium LSTM, `B` 1 MiB) 81.4 /
+    ///   87.0, 3200x768x256 82.2 / 87.9, 3200x256x256 (an input projection) 87.1 / 89.1;
+    ///   6400x512x2048 (`B` 4 MiB) 75.2 / 76.6, kept k outside.
+    /// - Intel Xeon, family 6 model 106 (1.25 MiB L2), rate with rows outside / k outside,
+    ///   median of 7 rounds (range): 3200x768x256 (`B` 768 KiB, 60 % of the L2) 1.10
+    ///   (1.05-1.13, rows outside faster in every round); 3200x1024x256 (80 %) 0.99, 96x1024x256
+    ///   0.97, 64x1024x256 0.98, 64x2048x512 (`B` 4 MiB) 0.99 (rounds 0.6-1.5 apart on this
+    ///   shared machine). Half the L2, the bound before, left 768 KiB with k outside.
+    /// - AMD Zen 5 (1 MiB L2) and Zen 3 (512 KiB): every `B` of the benchmark shapes lies on
+    ///   the same side of half and of five eighths of the L2 (their sizes go 512 KiB, 768
+    ///   KiB, 1 MiB), so the order there is the one measured before.
+    pub(crate) fn choose(b_bytes: usize, l2: usize) -> LoopOrder {
+        if b_bytes.saturating_mul(8) <= l2.saturating_mul(5) {
+            LoopOrder::RowsOuter
+        } else {
+            LoopOrder::KOuter
+        }
+    }
+
+    /// The order for a packed `B` of `b_bytes` on this CPU: the one the tests force on this
+    /// thread, else the one the environment variable `RECUR_LOOP_ORDER` names (`rows` or `k`,
+    /// read once; for measuring one order against the other), else [`LoopOrder::choose`]'s for
+    /// one core's L2 as the CPU reports it (1 MiB where it does not, and under Miri).
     pub(crate) fn current(b_bytes: usize) -> LoopOrder {
         if let Some(o) = ORDER_FORCED.with(|c| c.get()) {
+            return o;
+        }
+        static FROM_ENV: std::sync::OnceLock<Option<LoopOrder>> = std::sync::OnceLock::new();
+        let named = FROM_ENV.get_or_init(|| match std::env::var("RECUR_LOOP_ORDER").as_deref() {
+            Ok("rows") => Some(LoopOrder::RowsOuter),
+            Ok("k") => Some(LoopOrder::KOuter),
+            _ => None,
+        });
+        if let Some(o) = *named {
             return o;
         }
         static L2: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -276,11 +307,7 @@ impl LoopOrder {
             };
             reported.unwrap_or(STREAMED_BYTES)
         });
-        if b_bytes <= l2 / 2 {
-            LoopOrder::RowsOuter
-        } else {
-            LoopOrder::KOuter
-        }
+        LoopOrder::choose(b_bytes, l2)
     }
 
     /// Runs `f` with this thread's products in order `self` (the tests run both orders on any
