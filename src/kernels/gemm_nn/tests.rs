@@ -832,33 +832,31 @@ fn both_loop_orders_give_the_same_values_bit_for_bit() {
 
 #[test]
 fn the_loop_order_follows_the_share_of_l2_that_b_takes() {
-    use super::tiling::LoopOrder;
+    use super::tiling::LoopOrder::{self, KOuter, RowsOuter};
     const KIB: usize = 1 << 10;
-    // Intel family 6 model 207 (2 MiB L2): B of 1 MiB (a medium LSTM's dX) rows outside, 4 MiB not.
-    assert_eq!(
-        LoopOrder::choose(1024 * KIB, 2048 * KIB),
-        LoopOrder::RowsOuter
-    );
-    assert_eq!(LoopOrder::choose(4096 * KIB, 2048 * KIB), LoopOrder::KOuter);
-    // Intel family 6 model 106 (1.25 MiB L2): 768 KiB rows outside, 1 MiB not.
-    assert_eq!(
-        LoopOrder::choose(768 * KIB, 1280 * KIB),
-        LoopOrder::RowsOuter
-    );
-    assert_eq!(LoopOrder::choose(1024 * KIB, 1280 * KIB), LoopOrder::KOuter);
-    // AMD Zen 5 (1 MiB L2) and Zen 3 (512 KiB): as at half the L2 for the benchmarks' sizes.
-    assert_eq!(
-        LoopOrder::choose(512 * KIB, 1024 * KIB),
-        LoopOrder::RowsOuter
-    );
-    assert_eq!(LoopOrder::choose(768 * KIB, 1024 * KIB), LoopOrder::KOuter);
-    assert_eq!(
-        LoopOrder::choose(256 * KIB, 512 * KIB),
-        LoopOrder::RowsOuter
-    );
-    assert_eq!(LoopOrder::choose(512 * KIB, 512 * KIB), LoopOrder::KOuter);
+    // (B in KiB, L2 in KiB, order): Intel family 6 model 207 (2 MiB L2), a medium LSTM's dX
+    // (1 MiB) rows outside, 4 MiB not; Intel family 6 model 106 (1.25 MiB), 768 KiB rows
+    // outside, 1 MiB not; AMD Zen 5 (1 MiB) and Zen 3 (512 KiB), as at half the L2 for the
+    // benchmarks' sizes.
+    let cases = [
+        (1024, 2048, RowsOuter),
+        (4096, 2048, KOuter),
+        (768, 1280, RowsOuter),
+        (1024, 1280, KOuter),
+        (512, 1024, RowsOuter),
+        (768, 1024, KOuter),
+        (256, 512, RowsOuter),
+        (512, 512, KOuter),
+    ];
+    for (b, l2, order) in cases {
+        assert_eq!(
+            LoopOrder::choose(b * KIB, l2 * KIB),
+            order,
+            "B {b} KiB, L2 {l2} KiB"
+        );
+    }
     // No overflow for a B of any size.
-    assert_eq!(LoopOrder::choose(usize::MAX, 1 << 20), LoopOrder::KOuter);
+    assert_eq!(LoopOrder::choose(usize::MAX, 1 << 20), KOuter);
 }
 
 #[test]
