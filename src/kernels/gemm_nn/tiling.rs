@@ -270,9 +270,10 @@ impl LoopOrder {
     ///   (1.05-1.13, rows outside faster in every round); 3200x1024x256 (80 %) 0.99, 96x1024x256
     ///   0.97, 64x1024x256 0.98, 64x2048x512 (`B` 4 MiB) 0.99 (rounds 0.6-1.5 apart on this
     ///   shared machine). Half the L2, the bound before, left 768 KiB with k outside.
-    /// - AMD Zen 5 (1 MiB L2) and Zen 3 (512 KiB): every `B` of the benchmark shapes lies on
-    ///   the same side of half and of five eighths of the L2 (their sizes go 512 KiB, 768
-    ///   KiB, 1 MiB), so the order there is the one measured before.
+    /// - AMD Zen 3 (512 KiB L2), Zen 5 (1 MiB) and the Intel model 207 (2 MiB): no packed `B`
+    ///   of the benchmark shapes or of the character model (128 KiB to 4 MiB) lies between
+    ///   half and five eighths of their L2 (256-320 KiB, 512-640 KiB, 1-1.25 MiB), so the
+    ///   order there is the one measured before.
     pub(crate) fn choose(b_bytes: usize, l2: usize) -> LoopOrder {
         if b_bytes.saturating_mul(8) <= l2.saturating_mul(5) {
             LoopOrder::RowsOuter
