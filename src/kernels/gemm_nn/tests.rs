@@ -281,10 +281,41 @@ fn column_ranges_start_on_a_panel() {
 }
 
 #[test]
+fn a_by_columns_is_copied_where_its_steps_fall_in_one_set_of_l1() {
+    use super::tiling::copies_a;
+    const KIB: usize = 1 << 10;
+    // (columns apart in bytes, panels of B reading each copy, narrow copies, wide copies), as
+    // measured: wide tiles with one panel only from a page apart.
+    let cases = [
+        (KIB, 4, false, false),
+        (2 * KIB - 4, 4, false, false),
+        (2 * KIB, 1, true, false),
+        (2 * KIB, 2, true, true),
+        (3 * KIB, 1, true, false),
+        (3 * KIB, 4, true, true),
+        (4 * KIB, 1, true, true),
+        (8 * KIB, 8, true, true),
+    ];
+    for (ld, panels, narrow, wide) in cases {
+        assert_eq!(
+            copies_a(Tiles::Narrow, ld, panels),
+            narrow,
+            "narrow, {ld} B, {panels}"
+        );
+        assert_eq!(
+            copies_a(Tiles::Wide, ld, panels),
+            wide,
+            "wide, {ld} B, {panels}"
+        );
+    }
+}
+
+#[test]
 fn a_stored_by_columns_gives_the_row_major_values() {
     each_shape(|| {
-        // Each block's `A` also stored column by column, `ld` = m + 3 and m + 600 apart (the
-        // transpose of a wider row-major matrix, read in place, or copied block by block): every
+        // Each block's `A` also stored column by column, `ld` = m + 3, m + 600 and m + 1100
+        // apart (the transpose of a wider row-major matrix, read in place, or copied block by
+        // block): every
         // value the same bit for bit, over tiles of 5, 3 + 3 and 2 rows, the single-row path
         // and k > KB. Under Miri only small cases, one over two blocks of k.
         let cases: &[(&[usize], usize, usize)] = if cfg!(miri) {
@@ -296,10 +327,11 @@ fn a_stored_by_columns_gives_the_row_major_values() {
             let case = Case::new(ms, n, k);
             let mut by_rows = case.c0.clone();
             gemm_packed_acc_rows(&mut case.rows(&mut by_rows, ms, 0), &case.pb);
-            for pad in [3, 600] {
+            for pad in [3, 600, 1100] {
                 // Column s of block i's A at `cols[i][s * (m + pad)..]`; the padding is NaN, which
                 // would show in any value that read it. Columns 2 KiB or more apart are copied
-                // block by block by the narrow tiles.
+                // block by block by the narrow tiles; by the wide ones from 4 KiB apart, or from
+                // 2 KiB where more than one panel reads the copy (n = 150, not n = 64).
                 let cols: Vec<Vec<f32>> = case
                     .a
                     .iter()

@@ -126,7 +126,7 @@ pub(super) fn products<T: SimdFloat>(
     let row_blocks = blocks.iter().map(|g| g.m.div_ceil(MB)).max().unwrap_or(0);
     // Whether a block's A is copied block by block (`packs_a`); where any is, a buffer of
     // MB x KB values for each block.
-    let packs = |g: &Rows<'_, T>| kb == KB && packs_a::<T>(shape, g.storage);
+    let packs = |g: &Rows<'_, T>| kb == KB && packs_a::<T>(shape, g.storage, width);
     let any_packs = blocks.iter().any(packs);
     let mut apack = vec![T::default(); if any_packs { blocks.len() * MB * KB } else { 0 }];
     // Which loop runs outside: row blocks where all of B stays in L2 (C's row block then stays
@@ -323,20 +323,51 @@ impl LoopOrder {
 }
 
 /// Whether the tiles of `shape` read an `A` stored so from a copy of each cache block
-/// ([`PackedA`]): narrow tiles over a column-major `A` whose columns are 2 KiB or more apart.
+/// ([`PackedA`]) in a product `width` columns wide: [`copies_a`]'s rule, unless the
+/// environment variable `RECUR_COPY_A` says `1` (copy every column-major `A`) or `0` (none),
+/// read once, for measuring one against the other.
+fn packs_a<T: SimdFloat>(shape: Tiles, storage: AStorage, width: usize) -> bool {
+    let AStorage::ColMajor { ld } = storage else {
+        return false;
+    };
+    static FROM_ENV: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let named = FROM_ENV.get_or_init(|| match std::env::var("RECUR_COPY_A").as_deref() {
+        Ok("1") => Some(true),
+        Ok("0") => Some(false),
+        _ => None,
+    });
+    let panels = width.div_ceil(panel::<T>());
+    named.unwrap_or_else(|| copies_a(shape, ld * std::mem::size_of::<T>(), panels))
+}
+
+/// The rule of [`packs_a`] for a column-major `A` whose columns lie `ld_bytes` apart, read by
+/// `panels` panels of `B`: narrow tiles copy from 2 KiB apart; wide tiles from 4 KiB, or from
+/// 2 KiB where more than one panel reads each copy.
 ///
 /// There each step of k that a tile reads lies in a page of its own, and 4 KiB apart they
 /// all fall in one set of L1: a weight gradient `dG^T X` of an LSTM at `H = 256` (`ld` = 1024
-/// f32) ran at about 64 % of the FMA peak against 85 % with `A` stored by rows. Copied, with
-/// AVX2 on AMD Zen 3, one thread, f32, best of 3 alternating runs, % of the peak before /
-/// after: 1024x6400x256 (`ld` 1024) 64 / 69, 1024x6400x128 64 / 69, 1024x640x256 68 / 75,
-/// 2048x3200x512 (`ld` 2048) 51 / 72, 2048x3200x64 58 / 62; 1024x6400x64 unchanged (62). At
-/// `ld` = 768 (3 KiB apart, a GRU at `H = 256`) the product alone was unchanged (70 / 69),
-/// while the GRU's medium training step gained 1.16x with the copy. The wide tiles (AVX-512)
-/// read `A` in place: their machines were not measured with the copy.
-fn packs_a<T>(shape: Tiles, storage: AStorage) -> bool {
-    let far = |ld: usize| ld * std::mem::size_of::<T>() >= 2048;
-    shape == Tiles::Narrow && matches!(storage, AStorage::ColMajor { ld } if far(ld))
+/// f32) ran at about 64 % of the FMA peak against 85 % with `A` stored by rows.
+///
+/// - Narrow tiles, AVX2 on AMD Zen 3, one thread, f32, best of 3 alternating runs, % of the
+///   peak before / after: 1024x6400x256 (`ld` 1024) 64 / 69, 1024x6400x128 64 / 69,
+///   1024x640x256 68 / 75, 2048x3200x512 (`ld` 2048) 51 / 72, 2048x3200x64 58 / 62;
+///   1024x6400x64 unchanged (62). At `ld` = 768 (3 KiB apart, a GRU at `H = 256`) the product
+///   alone was unchanged (70 / 69), while the GRU's medium training step gained 1.16x with the
+///   copy.
+/// - Wide tiles, AVX-512 on an Intel Xeon family 6 model 106 (48 KiB L1d), one thread, f32,
+///   5 alternating runs, rate copied / in place (`m x n x k`, the weight gradients of the
+///   benchmark's and the character model's shards): 4 KiB apart, 1024x256x1600 1.22,
+///   1024x256x3200 1.20, 1024x64x1600 1.05; 8 KiB apart, 2048x512x1600 1.33, 2048x256x1600
+///   1.20, 2048x64x1600 1.09; 3 KiB apart, 768x256x3200 1.13 but 768x64x1600 0.98; 2 KiB
+///   apart, 512x256x1024 1.13, 512x128x1024 1.04, but 512x64x1024 0.95 and 512x64x3200 0.94:
+///   with one panel the copy is read too few times to pay for itself until the columns are a
+///   page apart. Not measured on the AMD Zen 5 or the Intel model 207 (not available), whose
+///   L1d has the same 64 sets of 64-byte lines, each 4 KiB apart.
+pub(crate) fn copies_a(shape: Tiles, ld_bytes: usize, panels: usize) -> bool {
+    match shape {
+        Tiles::Narrow => ld_bytes >= 2048,
+        Tiles::Wide => ld_bytes >= 4096 || (ld_bytes >= 2048 && panels > 1),
+    }
 }
 
 /// Copies rows `tl.i0..tl.end` of a column-major `A` over the steps `ks` into the start of
