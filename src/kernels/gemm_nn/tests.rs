@@ -376,6 +376,53 @@ fn a_stored_by_columns_gives_the_row_major_values() {
 }
 
 #[test]
+fn a_by_columns_copied_gives_the_row_major_values_in_f64() {
+    // In f64 a panel is half as many columns and a column twice the bytes: `A` by columns
+    // `m + 600` apart (4.8 KiB, copied block by block by both tile shapes) gives the values
+    // of `A` by rows bit for bit, over several row blocks and blocks of k.
+    each_shape(|| {
+        let (m, n, k) = if cfg!(miri) {
+            (6, 9, 130)
+        } else {
+            (45, 70, 300)
+        };
+        let ld = m + 600;
+        let a: Vec<f64> = values(2, m * k, 1.0);
+        let b: Vec<f64> = values(3, k * n, 1.0);
+        let c0: Vec<f64> = values(4, m * n, 1.0);
+        let mut pb = PackedB::new();
+        pb.pack(&b, k, n);
+        let mut cols = vec![f64::NAN; k * ld];
+        for (i, row) in a.chunks_exact(k).enumerate() {
+            for (s, &v) in row.iter().enumerate() {
+                cols[s * ld + i] = v;
+            }
+        }
+        let run = |a: &[f64], storage: AStorage| {
+            let mut c = c0.clone();
+            gemm_packed_acc_rows(
+                &mut [Rows {
+                    m,
+                    a,
+                    storage,
+                    c: &mut c,
+                    bias: None,
+                }],
+                &pb,
+            );
+            c
+        };
+        let (by_rows, by_cols) = (
+            run(&a, AStorage::RowMajor),
+            run(&cols, AStorage::ColMajor { ld }),
+        );
+        for (j, (x, y)) in by_rows.iter().zip(&by_cols).enumerate() {
+            assert_eq!(x.to_bits(), y.to_bits(), "{m}x{n}x{k} value {j}");
+        }
+    });
+}
+
+#[test]
 fn setting_c_equals_adding_onto_zeros() {
     each_shape(|| {
         // C full of NaN beforehand, which any value read from it would carry: blocks of 32, 6,
