@@ -280,6 +280,19 @@ fn column_ranges_start_on_a_panel() {
     gemm_packed_acc_cols(&mut blocks, &pb, 1..n, n, Sweep::Ascending);
 }
 
+/// The row-major `a` (rows of `k` values) stored column by column, each column `ld` values
+/// after the one before; the padding below each column is NaN, which would show in any value
+/// that read it.
+fn by_columns<T: crate::Float>(a: &[T], k: usize, ld: usize) -> Vec<T> {
+    let mut t = vec![T::from_f64(f64::NAN); k * ld];
+    for (i, row) in a.chunks_exact(k).enumerate() {
+        for (s, &v) in row.iter().enumerate() {
+            t[s * ld + i] = v;
+        }
+    }
+    t
+}
+
 #[test]
 fn a_by_columns_is_copied_where_its_steps_fall_in_one_set_of_l1() {
     use super::tiling::copies_a;
@@ -315,9 +328,8 @@ fn a_stored_by_columns_gives_the_row_major_values() {
     each_shape(|| {
         // Each block's `A` also stored column by column, `ld` = m + 3, m + 600 and m + 1100
         // apart (the transpose of a wider row-major matrix, read in place, or copied block by
-        // block): every
-        // value the same bit for bit, over tiles of 5, 3 + 3 and 2 rows, the single-row path
-        // and k > KB. Under Miri only small cases, one over two blocks of k.
+        // block): every value the same bit for bit, over tiles of 5, 3 + 3 and 2 rows, the
+        // single-row path and k > KB. Under Miri only small cases, one over two blocks of k.
         let cases: &[(&[usize], usize, usize)] = if cfg!(miri) {
             &[(&[6, 1, 3], 20, 9), (&[7], 16, 130)]
         } else {
@@ -336,15 +348,7 @@ fn a_stored_by_columns_gives_the_row_major_values() {
                     .a
                     .iter()
                     .zip(ms)
-                    .map(|(a, &m)| {
-                        let mut t = vec![f32::NAN; k * (m + pad)];
-                        for (i, row) in a.chunks_exact(k).enumerate() {
-                            for (s, &v) in row.iter().enumerate() {
-                                t[s * (m + pad) + i] = v;
-                            }
-                        }
-                        t
-                    })
+                    .map(|(a, &m)| by_columns(a, k, m + pad))
                     .collect();
                 let mut by_cols = case.c0.clone();
                 let mut blocks: Vec<Rows<'_, f32>> = by_cols
@@ -392,12 +396,7 @@ fn a_by_columns_copied_gives_the_row_major_values_in_f64() {
         let c0: Vec<f64> = values(4, m * n, 1.0);
         let mut pb = PackedB::new();
         pb.pack(&b, k, n);
-        let mut cols = vec![f64::NAN; k * ld];
-        for (i, row) in a.chunks_exact(k).enumerate() {
-            for (s, &v) in row.iter().enumerate() {
-                cols[s * ld + i] = v;
-            }
-        }
+        let cols = by_columns(&a, k, ld);
         let run = |a: &[f64], storage: AStorage| {
             let mut c = c0.clone();
             gemm_packed_acc_rows(
