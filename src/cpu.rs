@@ -430,6 +430,20 @@ impl fmt::Display for CpuInfo {
     }
 }
 
+/// The value in `names` that the environment variable `var` names, if it names one: the
+/// switches (`RECUR_TILES`, `RECUR_SINGLE_ROW`, `RECUR_LOOP_ORDER`, `RECUR_COPY_A`) that force
+/// one of the kernels' machine-dependent choices, for measuring one against the other. Each
+/// caller reads its switch once.
+pub(crate) fn env_choice<T: Copy>(var: &str, names: &[(&str, T)]) -> Option<T> {
+    named_choice(std::env::var(var).ok().as_deref(), names)
+}
+
+/// The value in `names` that `value` names exactly; anything else, or no value, names none.
+pub(crate) fn named_choice<T: Copy>(value: Option<&str>, names: &[(&str, T)]) -> Option<T> {
+    let value = value?;
+    names.iter().find(|(n, _)| *n == value).map(|&(_, v)| v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

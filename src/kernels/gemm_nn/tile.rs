@@ -75,10 +75,9 @@ impl Tiles {
         static FROM_ENV: std::sync::OnceLock<Option<Tiles>> = std::sync::OnceLock::new();
         FORCED.with(|f| f.get()).unwrap_or_else(|| {
             FROM_ENV
-                .get_or_init(|| match std::env::var("RECUR_TILES").as_deref() {
-                    Ok("wide") => Some(Tiles::Wide),
-                    Ok("narrow") => Some(Tiles::Narrow),
-                    _ => None,
+                .get_or_init(|| {
+                    let names = [("wide", Tiles::Wide), ("narrow", Tiles::Narrow)];
+                    crate::cpu::env_choice("RECUR_TILES", &names)
                 })
                 .unwrap_or(Tiles::NATIVE)
         })

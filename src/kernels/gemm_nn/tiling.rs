@@ -291,10 +291,9 @@ impl LoopOrder {
             return o;
         }
         static FROM_ENV: std::sync::OnceLock<Option<LoopOrder>> = std::sync::OnceLock::new();
-        let named = FROM_ENV.get_or_init(|| match std::env::var("RECUR_LOOP_ORDER").as_deref() {
-            Ok("rows") => Some(LoopOrder::RowsOuter),
-            Ok("k") => Some(LoopOrder::KOuter),
-            _ => None,
+        let named = FROM_ENV.get_or_init(|| {
+            let names = [("rows", LoopOrder::RowsOuter), ("k", LoopOrder::KOuter)];
+            crate::cpu::env_choice("RECUR_LOOP_ORDER", &names)
         });
         if let Some(o) = *named {
             return o;
@@ -331,11 +330,8 @@ fn packs_a<T: SimdFloat>(shape: Tiles, storage: AStorage, width: usize) -> bool 
         return false;
     };
     static FROM_ENV: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
-    let named = FROM_ENV.get_or_init(|| match std::env::var("RECUR_COPY_A").as_deref() {
-        Ok("1") => Some(true),
-        Ok("0") => Some(false),
-        _ => None,
-    });
+    let named = FROM_ENV
+        .get_or_init(|| crate::cpu::env_choice("RECUR_COPY_A", &[("1", true), ("0", false)]));
     let panels = width.div_ceil(panel::<T>());
     named.unwrap_or_else(|| copies_a(shape, ld * std::mem::size_of::<T>(), panels))
 }

@@ -97,7 +97,7 @@ impl SingleRow {
         static FROM_ENV: std::sync::OnceLock<Option<SingleRow>> = std::sync::OnceLock::new();
         FORCED_SINGLE_ROW.with(|f| f.get()).unwrap_or_else(|| {
             FROM_ENV
-                .get_or_init(|| SingleRow::named(std::env::var("RECUR_SINGLE_ROW").ok()))
+                .get_or_init(|| crate::cpu::env_choice("RECUR_SINGLE_ROW", &SingleRow::NAMES))
                 .unwrap_or_else(|| {
                     let cpu = crate::cpu::CpuInfo::get();
                     SingleRow::choose(bytes, Tiles::current(), &cpu.vendor, cpu.caches.l2)
@@ -105,14 +105,9 @@ impl SingleRow {
         })
     }
 
-    /// The choice `RECUR_SINGLE_ROW` names: `packed` or `stored`; anything else names none.
-    fn named(value: Option<String>) -> Option<SingleRow> {
-        match value.as_deref() {
-            Some("packed") => Some(SingleRow::Packed),
-            Some("stored") => Some(SingleRow::Stored),
-            _ => None,
-        }
-    }
+    /// The values of `RECUR_SINGLE_ROW` that name a choice.
+    const NAMES: [(&'static str, SingleRow); 2] =
+        [("packed", SingleRow::Packed), ("stored", SingleRow::Stored)];
 
     /// Runs `f` with every batch of one row that starts on this thread reading `W_hh` the
     /// way `self` says (layers started by other threads keep theirs).
@@ -412,7 +407,7 @@ mod tests {
 
     #[test]
     fn the_environment_names_a_choice_or_none() {
-        let named = |v: Option<&str>| SingleRow::named(v.map(str::to_string));
+        let named = |v: Option<&str>| crate::cpu::named_choice(v, &SingleRow::NAMES);
         assert_eq!(named(Some("packed")), Some(SingleRow::Packed));
         assert_eq!(named(Some("stored")), Some(SingleRow::Stored));
         for other in [None, Some(""), Some("Stored"), Some("wide")] {
